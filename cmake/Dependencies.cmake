@@ -1,0 +1,33 @@
+# Every dependency comes from Debian packages, except libtorch (the PyPI torch wheel).
+find_package(Threads REQUIRED)
+
+if(NOT Torch_DIR AND NOT DEFINED ENV{Torch_DIR})
+  execute_process(COMMAND python3 -c "import torch; print(torch.utils.cmake_prefix_path)"
+                  OUTPUT_VARIABLE TORCH_PREFIX OUTPUT_STRIP_TRAILING_WHITESPACE
+                  RESULT_VARIABLE TORCH_PY_RESULT)
+  if(NOT TORCH_PY_RESULT EQUAL 0)
+    message(FATAL_ERROR "libtorch not found: pip install torch==2.11.0 (or set Torch_DIR)")
+  endif()
+  list(APPEND CMAKE_PREFIX_PATH ${TORCH_PREFIX})
+endif()
+find_package(Torch 2.11 REQUIRED)
+
+# CAF 0.17 ships neither a CMake config nor a pkg-config file.
+find_path(CAF_INCLUDE_DIR caf/all.hpp REQUIRED)
+find_library(CAF_CORE_LIBRARY caf_core REQUIRED)
+find_library(CAF_IO_LIBRARY caf_io REQUIRED)
+add_library(troupe_caf INTERFACE)
+target_include_directories(troupe_caf INTERFACE ${CAF_INCLUDE_DIR})
+target_link_libraries(troupe_caf INTERFACE ${CAF_CORE_LIBRARY} ${CAF_IO_LIBRARY})
+
+find_path(PCRE2_INCLUDE_DIR pcre2.h REQUIRED)
+find_library(PCRE2_LIBRARY pcre2-8 REQUIRED)
+add_library(troupe_pcre2 INTERFACE)
+target_include_directories(troupe_pcre2 INTERFACE ${PCRE2_INCLUDE_DIR})
+target_link_libraries(troupe_pcre2 INTERFACE ${PCRE2_LIBRARY})
+target_compile_definitions(troupe_pcre2 INTERFACE PCRE2_CODE_UNIT_WIDTH=8)
+
+find_package(tomlplusplus REQUIRED)
+find_package(nlohmann_json REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(Catch2 2 REQUIRED)

@@ -1,0 +1,18 @@
+// Data loader actor (detached: tokenizing and slicing must not occupy a scheduler thread).
+#pragma once
+#include <caf/fwd.hpp>
+
+#include <memory>
+
+#include "config/job_config.h"
+
+namespace troupe::runtime { class StatusBoard; }
+
+namespace troupe::actors {
+
+// Loads the tokenizer and corpus, then answers each credit from `consumer` with one batch
+// of [local_batch_size, seq_len]. Reports failures to `supervisor` as (failure_atom, text).
+caf::actor spawn_data_loader(caf::actor_system& sys, const config::JobConfig& cfg, caf::actor supervisor,
+                             std::shared_ptr<runtime::StatusBoard> board);
+
+}  // namespace troupe::actors

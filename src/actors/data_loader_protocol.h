@@ -1,0 +1,22 @@
+// Stage <-> data loader. The stage grants credits; the loader answers each credit with one
+// prefetched batch, so batches are ready before the step that needs them.
+#pragma once
+#include <caf/all.hpp>
+
+#include <memory>
+
+#include "actors/status_protocol.h"
+
+namespace troupe::data { struct Batch; }
+
+namespace troupe::actors {
+
+using batch_handle = std::shared_ptr<const data::Batch>;
+
+using credit_atom = caf::atom_constant<caf::atom("credit")>;  // stage -> loader: (credit_atom, int64_t n, caf::actor consumer)
+using batch_atom = caf::atom_constant<caf::atom("batch")>;    // loader -> stage: (batch_atom, batch_handle)
+using failure_atom = caf::atom_constant<caf::atom("failure")>;  // any -> supervisor: (failure_atom, std::string)
+
+}  // namespace troupe::actors
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::actors::batch_handle)

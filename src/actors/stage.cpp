@@ -1,0 +1,111 @@
+#include "actors/stage.h"
+
+#include <chrono>
+#include <deque>
+#include <optional>
+
+#include "actors/data_loader_protocol.h"
+#include "actors/stage_protocol.h"
+#include "runtime/status_board.h"
+#include "train/trainer.h"
+
+namespace troupe::actors {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+struct pending_step {
+  int64_t step;
+  clock::time_point asked;
+  caf::typed_response_promise<train::StepStats> promise;
+};
+
+struct stage_state {
+  std::shared_ptr<runtime::StatusEntry> status;
+  std::unique_ptr<train::Trainer> trainer;
+  std::string init_error;
+  caf::actor loader;
+  std::deque<batch_handle> ready;
+  std::optional<pending_step> pending;
+};
+
+void run_if_ready(caf::stateful_actor<stage_state>* self) {
+  auto& st = self->state;
+  if (!st.pending) return;
+  const auto needed = static_cast<size_t>(st.trainer->micro_batches_per_step());
+  if (st.ready.size() < needed) {
+    st.status->set_state("waiting-data");
+    return;
+  }
+  std::vector<batch_handle> micro(st.ready.begin(), st.ready.begin() + static_cast<long>(needed));
+  st.ready.erase(st.ready.begin(), st.ready.begin() + static_cast<long>(needed));
+  // Re-grant the credits now so the loader prepares the next step while this one computes.
+  self->send(st.loader, credit_atom::value, static_cast<int64_t>(needed), caf::actor_cast<caf::actor>(self));
+  auto job = std::move(*st.pending);
+  st.pending.reset();
+  st.status->set_state("computing");
+  st.status->set_step(job.step);
+  const double waited = std::chrono::duration<double>(clock::now() - job.asked).count();
+  try {
+    auto stats = st.trainer->step(job.step, micro);
+    stats.data_wait_seconds = waited;
+    st.status->set_state("idle");
+    job.promise.deliver(stats);
+  } catch (const std::exception& e) {
+    st.status->set_error(e.what());
+    job.promise.deliver(caf::make_error(caf::sec::runtime_error, std::string("step ") + std::to_string(job.step) +
+                                                                     ": " + e.what()));
+  }
+}
+
+caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cfg, int64_t vocab_size,
+                    caf::actor loader, caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
+  auto& st = self->state;
+  st.status = board->enroll("stage[0]");
+  st.loader = loader;
+  try {
+    st.status->set_state("building");
+    st.trainer = std::make_unique<train::Trainer>(cfg, vocab_size);
+    st.status->set_state("idle");
+    // Two steps of batches in flight: one being consumed, one being prepared.
+    self->send(loader, credit_atom::value, 2 * st.trainer->micro_batches_per_step(),
+               caf::actor_cast<caf::actor>(self));
+  } catch (const std::exception& e) {
+    st.init_error = e.what();
+    st.status->set_error(e.what());
+    self->send(supervisor, failure_atom::value, std::string("stage: ") + e.what());
+  }
+  return {
+      [=](batch_atom, batch_handle batch) {
+        self->state.status->on_message(self->mailbox().size());
+        self->state.ready.push_back(std::move(batch));
+        run_if_ready(self);
+      },
+      [=](step_atom, int64_t step) -> caf::typed_response_promise<train::StepStats> {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        auto promise = self->make_response_promise<train::StepStats>();
+        if (!s.trainer) {
+          promise.deliver(caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error));
+          return promise;
+        }
+        s.pending = pending_step{step, clock::now(), promise};
+        run_if_ready(self);
+        return promise;
+      },
+      [=](status_atom) {
+        self->state.status->on_message(self->mailbox().size());
+        return self->state.status->snapshot();
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size, caf::actor loader,
+                       caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
+  return sys.spawn<caf::detached>(stage, cfg, vocab_size, std::move(loader), std::move(supervisor), std::move(board));
+}
+
+}  // namespace troupe::actors

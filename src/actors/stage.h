@@ -1,0 +1,19 @@
+// Stage actor: owns the model's units and the optimizer of one rank, and runs a step when the
+// coordinator asks and its micro-batches have arrived. Detached: a step is seconds of CPU work
+// that must not starve the scheduler threads the other actors share.
+#pragma once
+#include <caf/fwd.hpp>
+
+#include <memory>
+
+#include "config/job_config.h"
+
+namespace troupe::runtime { class StatusBoard; }
+
+namespace troupe::actors {
+
+// `prefetch`: batches kept requested ahead of the running step (at least one step's worth).
+caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size, caf::actor loader,
+                       caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board);
+
+}  // namespace troupe::actors

@@ -1,0 +1,45 @@
+// Llama 3 as units. Parameter names are torchtitan's ("tok_embeddings.weight",
+// "layers.3.attention.wq.weight", "norm.weight", "output.weight"), rotary embeddings use Meta's
+// interleaved-pair layout, so checkpoints map one to one onto torchtitan's.
+#pragma once
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <vector>
+
+#include "models/llama3/model_args.h"
+#include "models/unit.h"
+
+namespace troupe::models::llama3 {
+
+// cos/sin of the rotary angles for positions [0, max_seq_len), each [max_seq_len, head_dim/2].
+struct RotaryTables {
+  at::Tensor cos;
+  at::Tensor sin;
+};
+RotaryTables make_rotary_tables(const ModelArgs& args, const at::TensorOptions& options);
+
+class Llama3Model : public torch::nn::Module {
+ public:
+  // `options` picks dtype and device; the meta device builds shapes without memory.
+  Llama3Model(const ModelArgs& args, const at::TensorOptions& options);
+
+  const ModelArgs& args() const { return args_; }
+  const std::vector<UnitPtr>& units() const { return units_; }
+
+  // Whole-model conveniences (tests, evaluation): logits [batch, seq, vocab] and mean loss.
+  at::Tensor logits(const at::Tensor& tokens);
+  at::Tensor loss(const UnitBatch& batch);
+
+  // torchtitan's initialisation; `seed` makes it reproducible.
+  void init_weights(uint64_t seed);
+
+ private:
+  ModelArgs args_;
+  std::vector<UnitPtr> units_;
+};
+
+// The head unit's logits without the loss (needed by logits()).
+at::Tensor head_logits(Unit& head, const at::Tensor& hidden);
+
+}  // namespace troupe::models::llama3
