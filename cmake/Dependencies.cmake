@@ -10,6 +10,12 @@ if(NOT Torch_DIR AND NOT DEFINED ENV{Torch_DIR})
   endif()
   list(APPEND CMAKE_PREFIX_PATH ${TORCH_PREFIX})
 endif()
+# libtorch's config probes the local GPU when nvcc exists; name the architecture instead
+# (H100/H200) so that CPU-only machines configure too.
+if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+  set(ENV{TORCH_CUDA_ARCH_LIST} "9.0")
+endif()
+set(CMAKE_CUDA_STANDARD 17)
 find_package(Torch 2.11 REQUIRED)
 
 # CAF 0.17 ships neither a CMake config nor a pkg-config file.

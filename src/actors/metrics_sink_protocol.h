@@ -8,7 +8,7 @@
 
 namespace troupe::actors {
 
-using metrics_atom = caf::atom_constant<caf::atom("metrics")>;  // (metrics_atom, train::StepStats, double wall_seconds)
+using metrics_atom = caf::atom_constant<caf::atom("metrics")>;  // (metrics_atom, train::StepStats)
 using log_atom = caf::atom_constant<caf::atom("log")>;          // (log_atom, std::string line)
 using flush_atom = caf::atom_constant<caf::atom("flush")>;      // (flush_atom) -> bool
 

@@ -15,6 +15,6 @@ namespace troupe::train {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, StepStats& x) {
   return f(caf::meta::type_name("step_stats"), x.step, x.loss, x.grad_norm, x.lr, x.tokens, x.compute_seconds,
-           x.data_wait_seconds);
+           x.data_wait_seconds, x.wall_seconds);
 }
 }  // namespace troupe::train

@@ -9,9 +9,12 @@
 namespace troupe::data {
 
 std::string dataset_file(const std::string& dataset, const std::string& dataset_path) {
-  if (dataset != "kjv")
-    throw std::invalid_argument("training.dataset: unknown dataset '" + dataset + "' (known: kjv)");
-  return dataset_path.empty() ? std::string("data/kjv/kjv.txt") : dataset_path;
+  if (dataset == "kjv") return dataset_path.empty() ? std::string("data/kjv/kjv.txt") : dataset_path;
+  if (dataset == "text") {
+    if (dataset_path.empty()) throw std::invalid_argument("training.dataset = \"text\" needs training.dataset_path");
+    return dataset_path;
+  }
+  throw std::invalid_argument("training.dataset: unknown dataset '" + dataset + "' (known: kjv, text)");
 }
 
 std::vector<std::string> split_documents(const std::string& text) {

@@ -12,6 +12,7 @@ struct StepStats {
   int64_t tokens = 0;     // tokens consumed by the step
   double compute_seconds = 0;
   double data_wait_seconds = 0;  // time the stage waited for batches
+  double wall_seconds = 0;  // from the coordinator's request to its reply
 };
 
 }  // namespace troupe::train

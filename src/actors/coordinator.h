@@ -1,0 +1,20 @@
+// Coordinator actor: the step clock. Event-based: it only sends requests and reacts to replies.
+#pragma once
+#include <caf/fwd.hpp>
+
+#include <memory>
+
+#include "config/job_config.h"
+
+namespace troupe::runtime { class StatusBoard; }
+
+namespace troupe::actors {
+
+// On start, asks `stage` for steps 1..training.steps one after another, forwards each step's
+// statistics to `sink`, and ends on the last step, a stop request (after the running step), a
+// non-finite loss or a failed step: it flushes the sink, then tells `supervisor`
+// (done_atom, exit_code, message, all step statistics).
+caf::actor spawn_coordinator(caf::actor_system& sys, const config::JobConfig& cfg, caf::actor stage, caf::actor sink,
+                             caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board);
+
+}  // namespace troupe::actors

@@ -1,0 +1,122 @@
+#include "actors/metrics_sink.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "actors/metrics_sink_protocol.h"
+#include "runtime/process_memory.h"
+#include "runtime/status_board.h"
+
+namespace troupe::actors {
+
+namespace {
+
+struct sink_state {
+  std::shared_ptr<runtime::StatusEntry> status;
+  std::ofstream jsonl;
+  std::string jsonl_path;
+  int64_t log_freq = 1, last_step = 0;
+  // Throughput is averaged over the steps since the previous log line, as torchtitan does.
+  int64_t tokens_since_log = 0;
+  double seconds_since_log = 0;
+};
+
+std::string console_line(const train::StepStats& s, double tps, uint64_t rss) {
+  char line[256];
+  std::snprintf(line, sizeof line, "step: %5lld  loss: %8.4f  grad_norm: %8.4f  lr: %.4e  memory: %6.2fGiB(rss)  tps: %.0f",
+                static_cast<long long>(s.step), s.loss, s.grad_norm, s.lr,
+                static_cast<double>(rss) / (1024.0 * 1024.0 * 1024.0), tps);
+  return line;
+}
+
+nlohmann::json record(const train::StepStats& s, uint64_t rss) {
+  return {{"step", s.step},
+          {"loss", s.loss},
+          {"grad_norm", s.grad_norm},
+          {"lr", s.lr},
+          {"tokens", s.tokens},
+          {"wall_seconds", s.wall_seconds},
+          {"compute_seconds", s.compute_seconds},
+          {"data_wait_seconds", s.data_wait_seconds},
+          {"tps", s.tokens / s.wall_seconds},
+          {"rss_bytes", rss}};
+}
+
+std::string jsonl_path(const config::JobConfig& cfg, int rank) {
+  const auto name = cfg.metrics.save_for_all_ranks ? "metrics_rank" + std::to_string(rank) + ".jsonl"
+                                                   : std::string("metrics.jsonl");
+  return (std::filesystem::path(cfg.job.dump_folder) / name).string();
+}
+
+void write_line(sink_state& st, const std::string& line) {
+  st.jsonl << line << '\n';
+  if (!st.jsonl) throw std::runtime_error("cannot write " + st.jsonl_path);
+}
+
+caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobConfig cfg, int rank,
+                           std::shared_ptr<runtime::StatusBoard> board) {
+  auto& st = self->state;
+  st.status = board->enroll("metrics_sink");
+  st.log_freq = cfg.metrics.log_freq;
+  st.last_step = cfg.training.steps;
+  // Only one rank writes unless every rank is asked to.
+  if (rank == 0 || cfg.metrics.save_for_all_ranks) {
+    st.jsonl_path = jsonl_path(cfg, rank);
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.job.dump_folder, ec);
+    if (ec) st.status->set_error("cannot create " + cfg.job.dump_folder + ": " + ec.message());
+    st.jsonl.open(st.jsonl_path, std::ios::app);
+    if (!st.jsonl) st.status->set_error("cannot open " + st.jsonl_path + " for writing");
+  }
+  st.status->set_state("idle");
+  return {
+      [=](metrics_atom, train::StepStats stats) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        s.status->set_step(stats.step);
+        const auto rss = runtime::resident_bytes();
+        s.tokens_since_log += stats.tokens;
+        s.seconds_since_log += stats.wall_seconds;
+        if (s.jsonl.is_open()) {
+          try {
+            write_line(s, record(stats, rss).dump());
+          } catch (const std::exception& e) {
+            s.status->set_error(e.what());
+          }
+        }
+        if (stats.step == 1 || stats.step % s.log_freq == 0 || stats.step == s.last_step) {
+          std::cout << console_line(stats, s.tokens_since_log / s.seconds_since_log, rss) << std::endl;
+          s.tokens_since_log = 0;
+          s.seconds_since_log = 0;
+        }
+      },
+      [=](log_atom, const std::string& line) {
+        self->state.status->on_message(self->mailbox().size());
+        std::cout << line << std::endl;
+      },
+      [=](flush_atom) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (s.jsonl.is_open()) s.jsonl.flush();
+        std::cout.flush();
+        return !s.jsonl.is_open() || static_cast<bool>(s.jsonl);
+      },
+      [=](status_atom) {
+        self->state.status->on_message(self->mailbox().size());
+        return self->state.status->snapshot();
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_metrics_sink(caf::actor_system& sys, const config::JobConfig& cfg, int rank,
+                              std::shared_ptr<runtime::StatusBoard> board) {
+  return sys.spawn<caf::detached>(metrics_sink, cfg, rank, std::move(board));
+}
+
+}  // namespace troupe::actors

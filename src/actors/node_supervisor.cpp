@@ -1,0 +1,92 @@
+#include "actors/node_supervisor.h"
+
+#include "actors/coordinator.h"
+#include "actors/data_loader.h"
+#include "actors/metrics_sink.h"
+#include "actors/node_supervisor_protocol.h"
+#include "actors/stage.h"
+#include "runtime/exit_codes.h"
+#include "runtime/status_board.h"
+
+namespace troupe::actors {
+
+namespace {
+
+struct supervisor_state {
+  std::shared_ptr<runtime::StatusEntry> status;
+  std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome;
+  std::vector<caf::actor> children;
+  caf::actor coordinator;
+  bool ended = false;
+};
+
+using self_ptr = caf::stateful_actor<supervisor_state>*;
+
+void end_job(self_ptr self, runtime::TrainOutcome outcome) {
+  auto& st = self->state;
+  if (st.ended) return;
+  st.ended = true;
+  st.status->set_state("done");
+  for (auto& child : st.children) self->send_exit(child, caf::exit_reason::user_shutdown);
+  st.outcome->set_value(std::move(outcome));
+  self->quit();
+}
+
+caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t vocab_size,
+                              std::shared_ptr<runtime::StatusBoard> board,
+                              std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome) {
+  auto& st = self->state;
+  st.status = board->enroll("node_supervisor");
+  st.outcome = std::move(outcome);
+  auto& sys = self->system();
+  auto me = caf::actor_cast<caf::actor>(self);
+  auto sink = spawn_metrics_sink(sys, cfg, /*rank=*/0, board);
+  auto loader = spawn_data_loader(sys, cfg, me, board);
+  auto stage = spawn_stage(sys, cfg, vocab_size, loader, me, board);
+  st.coordinator = spawn_coordinator(sys, cfg, stage, sink, me, board);
+  st.children = {st.coordinator, stage, loader, sink};
+  for (auto& child : st.children) self->monitor(child);
+  // A child that dies before the job has ended is a failure, whatever its reason.
+  self->set_down_handler([=](caf::down_msg& msg) {
+    if (!self->state.ended)
+      end_job(self, {runtime::exit_code::failed, "an actor stopped unexpectedly: " + to_string(msg.reason), {}});
+  });
+  st.status->set_state("running");
+  return {
+      [=](start_atom) {
+        self->state.status->on_message(self->mailbox().size());
+        self->send(self->state.coordinator, start_atom::value);
+      },
+      [=](stop_atom, std::string reason) {
+        self->state.status->on_message(self->mailbox().size());
+        self->state.status->set_state("stopping");
+        self->send(self->state.coordinator, stop_atom::value, std::move(reason));
+      },
+      [=](done_atom, int exit_code, std::string message, std::vector<train::StepStats> steps) {
+        self->state.status->on_message(self->mailbox().size());
+        end_job(self, {exit_code, std::move(message), std::move(steps)});
+      },
+      [=](failure_atom, std::string what) {
+        self->state.status->on_message(self->mailbox().size());
+        end_job(self, {runtime::exit_code::failed, std::move(what), {}});
+      },
+      [=](children_atom) {
+        self->state.status->on_message(self->mailbox().size());
+        return self->state.children;
+      },
+      [=](status_atom) {
+        self->state.status->on_message(self->mailbox().size());
+        return self->state.status->snapshot();
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_node_supervisor(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size,
+                                 std::shared_ptr<runtime::StatusBoard> board,
+                                 std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome) {
+  return sys.spawn(node_supervisor, cfg, vocab_size, std::move(board), std::move(outcome));
+}
+
+}  // namespace troupe::actors

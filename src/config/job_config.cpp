@@ -1,0 +1,487 @@
+// Reads, overrides and validates the job config. One table of key specs (kKeys) drives all of
+// it: TOML reading, command-line overrides, validation, the did-you-mean hints and known_keys(),
+// so a new key is one line there.
+#include "config/job_config.h"
+
+// Debian ships toml++ as a shared library (its CMake target and pkg-config file define this);
+// the fallback keeps a plain `g++ ... -ltomlplusplus` build from compiling toml++ inline.
+#ifndef TOML_SHARED_LIB
+#define TOML_SHARED_LIB 1
+#endif
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace troupe::config {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+// Errors are promised to be one line (they go to a log line and an exit message).
+[[noreturn]] void fail(std::string message) {
+  std::replace(message.begin(), message.end(), '\n', ' ');
+  throw ConfigError(message);
+}
+
+// A user-given string inside a message, with control characters made visible.
+std::string quote(std::string_view s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else out += c;
+  }
+  return out + "'";
+}
+
+std::string show(int64_t v) { return std::to_string(v); }
+std::string show(bool v) { return v ? "true" : "false"; }
+std::string show(const std::string& v) { return quote(v); }
+std::string show(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// " (did you mean 'x'?)" for the candidate nearest to `word` by `project(candidate)`.
+template <class Project = std::identity>
+std::string did_you_mean(std::string_view word, const std::vector<std::string>& candidates, Project project = {}) {
+  const std::string* best = nullptr;
+  size_t best_distance = std::numeric_limits<size_t>::max();
+  for (const auto& c : candidates) {
+    size_t d = edit_distance(word, project(c));
+    if (d < best_distance) best = &c, best_distance = d;
+  }
+  return best ? " (did you mean " + quote(*best) + "?)" : "";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key specs
+
+// Where a key's value lives inside a JobConfig; the alternative is the key's type.
+using FieldRef = std::variant<int64_t*, double*, bool*, std::string*>;
+
+// Says what is wrong with a key's value as a full message naming the key; empty when fine.
+// Sees the whole config for rules that relate two keys.
+using Rule = std::function<std::string(std::string_view key, FieldRef field, const JobConfig& cfg)>;
+
+struct KeySpec {
+  std::string_view section;
+  std::string_view name;
+  FieldRef (*field)(JobConfig&);
+  Rule rule;  // empty: any value of the right type
+
+  std::string full_name() const { return std::string(section) + "." + std::string(name); }
+};
+
+template <auto Section, auto Field>
+FieldRef field_of(JobConfig& cfg) {
+  return &(cfg.*Section.*Field);
+}
+
+// Names a field once: gives the section and key strings and the accessor for KeySpec.
+#define TROUPE_KEY(section, key) \
+  #section, #key, &field_of<&JobConfig::section, &decltype(JobConfig::section)::key>
+
+// A rule from a predicate on the value: "<key> must be <what>, got <value>".
+template <class T, class Pred>
+Rule must_be(std::string what, Pred ok) {
+  return [what = std::move(what), ok](std::string_view key, FieldRef field, const JobConfig& cfg) -> std::string {
+    const T& v = *std::get<T*>(field);
+    if (ok(v, cfg)) return {};
+    return std::string(key) + " must be " + what + ", got " + show(v);
+  };
+}
+
+// Written as positive conditions so that NaN fails them.
+Rule at_least(int64_t lo) {
+  return must_be<int64_t>("at least " + show(lo), [lo](int64_t v, auto&) { return v >= lo; });
+}
+Rule positive_number() {
+  return must_be<double>("greater than 0", [](double v, auto&) { return v > 0; });
+}
+Rule non_negative_number() {
+  return must_be<double>("at least 0", [](double v, auto&) { return v >= 0; });
+}
+Rule in_unit_interval() {
+  return must_be<double>("in [0, 1]", [](double v, auto&) { return v >= 0 && v <= 1; });
+}
+Rule in_unit_interval_open_above() {
+  return must_be<double>("in [0, 1)", [](double v, auto&) { return v >= 0 && v < 1; });
+}
+
+Rule one_of(std::initializer_list<std::string_view> choices) {
+  std::vector<std::string> allowed(choices.begin(), choices.end());
+  std::string what = "one of";
+  for (const auto& c : allowed) what += (c == allowed.front() ? " " : " | ") + c;
+  return must_be<std::string>(what, [allowed](const std::string& v, auto&) {
+    return std::find(allowed.begin(), allowed.end(), v) != allowed.end();
+  });
+}
+
+Rule not_empty() {
+  return must_be<std::string>("a non-empty string", [](const std::string& v, auto&) { return !v.empty(); });
+}
+
+std::string missing_file(std::string_view key, const std::string& path) {
+  if (std::filesystem::is_regular_file(path)) return {};
+  return std::string(key) + ": file " + quote(path) + " not found";
+}
+
+Rule existing_file() {
+  return [](std::string_view key, FieldRef field, const JobConfig&) { return missing_file(key, *std::get<std::string*>(field)); };
+}
+
+// Only the rank-local code paths exist so far.
+Rule single_rank(bool allow_fill) {
+  std::string what = allow_fill ? "-1 or 1 (only one rank is supported so far)" : "1 (only one rank is supported so far)";
+  return must_be<int64_t>(what, [allow_fill](int64_t v, auto&) { return v == 1 || (allow_fill && v == -1); });
+}
+
+Rule decay_ratio_rule() {
+  return must_be<double>("negative (decay over all steps after warmup) or in [0, 1]",
+                         [](double v, auto&) { return v < 0 || (v >= 0 && v <= 1); });
+}
+
+Rule global_batch_rule() {
+  return must_be<int64_t>("-1 or a positive multiple of training.local_batch_size", [](int64_t v, const JobConfig& cfg) {
+    const int64_t local = cfg.training.local_batch_size;
+    return v == -1 || (v > 0 && v % local == 0);
+  });
+}
+
+// "kjv" has a built-in default file; "text" has none, so it needs a path.
+Rule dataset_path_rule() {
+  return [](std::string_view key, FieldRef field, const JobConfig& cfg) -> std::string {
+    const std::string& path = *std::get<std::string*>(field);
+    if (cfg.training.dataset == "text" && path.empty())
+      return std::string(key) + " must name a file when training.dataset is 'text'";
+    return path.empty() ? std::string() : missing_file(key, path);
+  };
+}
+
+Rule checkpoint_enable_rule() {
+  return [](std::string_view key, FieldRef field, const JobConfig&) -> std::string {
+    return *std::get<bool*>(field) ? std::string(key) + ": checkpointing is not implemented yet" : std::string();
+  };
+}
+
+// selective_ac_option is a string because torchtitan also allows "op" (a per-op policy).
+Rule selective_ac_option_rule() {
+  return [](std::string_view key, FieldRef field, const JobConfig&) -> std::string {
+    const std::string& v = *std::get<std::string*>(field);
+    if (v == "op")
+      return std::string(key) + ": the per-op policy 'op' is not implemented yet; give a positive integer N "
+             "(recompute every Nth transformer block)";
+    int64_t n = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec == std::errc() && end == v.data() + v.size() && n >= 1) return {};
+    return std::string(key) + " must be a positive integer (as a string, e.g. \"2\"), got " + quote(v);
+  };
+}
+
+// Rules run in this order, so a rule that reads another key comes after that key's own rule.
+const std::vector<KeySpec>& key_specs() {
+  static const std::vector<KeySpec> specs = {
+      {TROUPE_KEY(job, dump_folder), not_empty()},
+      {TROUPE_KEY(job, description), {}},
+      {TROUPE_KEY(job, seed), {}},
+      {TROUPE_KEY(job, device), one_of({"auto", "cpu", "cuda"})},
+
+      {TROUPE_KEY(model, name), one_of({"llama3"})},
+      {TROUPE_KEY(model, flavor), one_of({"debugmodel", "1B", "3B", "8B", "70B", "405B"})},
+      {TROUPE_KEY(model, tokenizer_path), existing_file()},
+
+      {TROUPE_KEY(optimizer, name), one_of({"AdamW", "Adam"})},
+      {TROUPE_KEY(optimizer, lr), positive_number()},
+      {TROUPE_KEY(optimizer, beta1), in_unit_interval_open_above()},
+      {TROUPE_KEY(optimizer, beta2), in_unit_interval_open_above()},
+      {TROUPE_KEY(optimizer, eps), positive_number()},
+      {TROUPE_KEY(optimizer, weight_decay), non_negative_number()},
+
+      {TROUPE_KEY(lr_scheduler, warmup_steps), at_least(0)},
+      {TROUPE_KEY(lr_scheduler, decay_ratio), decay_ratio_rule()},
+      {TROUPE_KEY(lr_scheduler, decay_type), one_of({"linear", "cosine", "sqrt"})},
+      {TROUPE_KEY(lr_scheduler, min_lr_factor), in_unit_interval()},
+
+      {TROUPE_KEY(training, local_batch_size), at_least(1)},
+      {TROUPE_KEY(training, global_batch_size), global_batch_rule()},
+      {TROUPE_KEY(training, seq_len), at_least(2)},
+      {TROUPE_KEY(training, max_norm), positive_number()},
+      {TROUPE_KEY(training, steps), at_least(1)},
+      {TROUPE_KEY(training, dataset), one_of({"kjv", "text"})},
+      {TROUPE_KEY(training, dataset_path), dataset_path_rule()},
+      {TROUPE_KEY(training, deterministic), {}},
+
+      {TROUPE_KEY(metrics, log_freq), at_least(1)},
+      {TROUPE_KEY(metrics, save_for_all_ranks), {}},
+
+      {TROUPE_KEY(checkpoint, enable), checkpoint_enable_rule()},
+
+      {TROUPE_KEY(parallelism, data_parallel_replicate_degree), single_rank(false)},
+      {TROUPE_KEY(parallelism, data_parallel_shard_degree), single_rank(true)},
+      {TROUPE_KEY(parallelism, tensor_parallel_degree), single_rank(false)},
+      {TROUPE_KEY(parallelism, pipeline_parallel_degree), single_rank(false)},
+      {TROUPE_KEY(parallelism, context_parallel_degree), single_rank(false)},
+
+      {TROUPE_KEY(activation_checkpoint, mode), one_of({"none", "full", "selective"})},
+      {TROUPE_KEY(activation_checkpoint, selective_ac_option), selective_ac_option_rule()},
+  };
+  return specs;
+}
+
+#undef TROUPE_KEY
+
+std::vector<std::string> section_names() {
+  std::vector<std::string> names;
+  for (const auto& spec : key_specs())
+    if (names.empty() || names.back() != spec.section) names.emplace_back(spec.section);
+  return names;
+}
+
+const KeySpec* find_key(std::string_view full_name) {
+  for (const auto& spec : key_specs())
+    if (spec.full_name() == full_name) return &spec;
+  return nullptr;
+}
+
+// A boolean key may be given as a bare flag on the command line.
+bool is_flag(const KeySpec& spec) {
+  JobConfig probe;
+  return std::holds_alternative<bool*>(spec.field(probe));
+}
+
+std::string unknown_key(std::string_view name) {
+  return "unknown key " + quote(name) + did_you_mean(name, known_keys());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed values from TOML nodes and from command-line text
+
+template <class T>
+struct ValueKind;
+
+template <>
+struct ValueKind<int64_t> {
+  static constexpr std::string_view noun = "an integer";
+  static std::optional<int64_t> from(const toml::node& n) { return n.value_exact<int64_t>(); }
+  static std::optional<int64_t> from(std::string_view s) {
+    int64_t v = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+    return v;
+  }
+};
+
+// Integers are fine where a float is wanted; infinities and NaN never are.
+template <>
+struct ValueKind<double> {
+  static constexpr std::string_view noun = "a finite number";
+  static std::optional<double> finite(std::optional<double> v) {
+    return v && std::isfinite(*v) ? v : std::nullopt;
+  }
+  static std::optional<double> from(const toml::node& n) {
+    if (auto i = n.value_exact<int64_t>()) return static_cast<double>(*i);
+    return finite(n.value_exact<double>());
+  }
+  static std::optional<double> from(std::string_view s) {
+    double v = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+    return finite(v);
+  }
+};
+
+template <>
+struct ValueKind<bool> {
+  static constexpr std::string_view noun = "true or false";
+  static std::optional<bool> from(const toml::node& n) { return n.value_exact<bool>(); }
+  static std::optional<bool> from(std::string_view s) {
+    if (s == "true") return true;
+    if (s == "false") return false;
+    return std::nullopt;
+  }
+};
+
+template <>
+struct ValueKind<std::string> {
+  static constexpr std::string_view noun = "a string";
+  static std::optional<std::string> from(const toml::node& n) { return n.value_exact<std::string>(); }
+  static std::optional<std::string> from(std::string_view s) { return std::string(s); }
+};
+
+// What the user gave, for "got ...": the TOML type, or the command-line text.
+std::string describe(const toml::node& n) {
+  std::ostringstream os;
+  os << n.type();
+  return os.str();
+}
+std::string describe(std::string_view text) { return quote(text); }
+
+// Stores `source` (a TOML node or override text) into the key's field; `where` prefixes errors.
+template <class Source>
+void assign(const KeySpec& spec, JobConfig& cfg, const Source& source, const std::string& where) {
+  std::visit(
+      [&](auto* field) {
+        using T = std::remove_pointer_t<decltype(field)>;
+        auto value = ValueKind<T>::from(source);
+        if (!value)
+          fail(where + ": " + spec.full_name() + " must be " + std::string(ValueKind<T>::noun) + ", got " +
+               describe(source));
+        *field = std::move(*value);
+      },
+      spec.field(cfg));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+// Keys are located by line, values by line and column (where a type error points).
+std::string at_line(const std::string& file, const toml::source_region& src) {
+  return file + ":" + std::to_string(src.begin.line);
+}
+std::string at_column(const std::string& file, const toml::source_region& src) {
+  return at_line(file, src) + ":" + std::to_string(src.begin.column);
+}
+
+// toml++ tables are sorted by key; errors should follow the file instead.
+std::vector<std::pair<const toml::key*, const toml::node*>> in_file_order(const toml::table& table) {
+  std::vector<std::pair<const toml::key*, const toml::node*>> entries;
+  for (const auto& [key, node] : table) entries.emplace_back(&key, &node);
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+    const auto &pa = a.first->source().begin, &pb = b.first->source().begin;
+    return std::pair(pa.line, pa.column) < std::pair(pb.line, pb.column);
+  });
+  return entries;
+}
+
+// Builds a JobConfig and remembers where each key's value came from, so validation errors
+// can point at it.
+class Loader {
+ public:
+  void read_file(const std::string& path) {
+    if (!std::filesystem::is_regular_file(path)) fail("config file " + quote(path) + " not found");
+    toml::table root;
+    try {
+      root = toml::parse_file(path);
+    } catch (const toml::parse_error& e) {
+      fail(at_column(path, e.source()) + ": " + std::string(e.description()));
+    }
+    for (const auto& [key, node] : in_file_order(root)) read_section(path, *key, *node);
+  }
+
+  void apply(const Override& o) {
+    const KeySpec* spec = find_key(o.key);
+    if (!spec) fail("--" + o.key + ": " + unknown_key(o.key));
+    origins_[o.key] = "--" + o.key;
+    assign(*spec, cfg_, std::string_view(o.value), origins_[o.key]);
+  }
+
+  JobConfig validate() const {
+    JobConfig cfg = cfg_;
+    for (const auto& spec : key_specs()) {
+      if (!spec.rule) continue;
+      std::string problem = spec.rule(spec.full_name(), spec.field(cfg), cfg);
+      if (problem.empty()) continue;
+      auto it = origins_.find(spec.full_name());
+      fail(it == origins_.end() ? problem : it->second + ": " + problem);
+    }
+    return cfg;
+  }
+
+ private:
+  void read_section(const std::string& path, const toml::key& section, const toml::node& node) {
+    const auto* table = node.as_table();
+    if (!table) {
+      // A key above every [section]: suggest the known key with the nearest key part.
+      fail(at_line(path, section.source()) + ": key " + quote(section.str()) +
+           " must be inside a section" + did_you_mean(section.str(), known_keys(), [](const std::string& k) {
+             return std::string_view(k).substr(k.find('.') + 1);
+           }));
+    }
+    if (!std::ranges::any_of(key_specs(), [&](const KeySpec& s) { return s.section == section.str(); }))
+      fail(at_line(path, section.source()) + ": unknown section " + quote(section.str()) +
+           did_you_mean(section.str(), section_names()));
+    for (const auto& [key, value] : in_file_order(*table)) {
+      const std::string name = std::string(section.str()) + "." + std::string(key->str());
+      const KeySpec* spec = find_key(name);
+      if (!spec) fail(at_line(path, key->source()) + ": " + unknown_key(name));
+      origins_[name] = at_column(path, value->source());
+      assign(*spec, cfg_, *value, origins_[name]);
+    }
+  }
+
+  JobConfig cfg_;
+  std::map<std::string, std::string> origins_;  // "section.key" -> "file:line:col" or "--section.key"
+};
+
+}  // namespace
+
+std::vector<std::string> known_keys() {
+  std::vector<std::string> keys;
+  for (const auto& spec : key_specs()) keys.push_back(spec.full_name());
+  return keys;
+}
+
+std::vector<Override> parse_override_args(const std::vector<std::string>& args) {
+  std::vector<Override> overrides;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& word = args[i];
+    if (!word.starts_with("--"))
+      fail("unexpected argument " + quote(word) + " (overrides are written --section.key value)");
+    const std::string body = word.substr(2);
+    const size_t eq = body.find('=');
+    const std::string key = body.substr(0, eq);
+    const KeySpec* spec = find_key(key);
+    if (!spec) fail("--" + key + ": " + unknown_key(key));
+    if (eq != std::string::npos) {
+      overrides.push_back({key, body.substr(eq + 1)});
+    } else if (i + 1 < args.size() && !args[i + 1].starts_with("--")) {
+      overrides.push_back({key, args[++i]});
+    } else if (is_flag(*spec)) {
+      overrides.push_back({key, "true"});
+    } else {
+      fail(word + ": needs a value (--" + key + " VALUE or --" + key + "=VALUE)");
+    }
+  }
+  return overrides;
+}
+
+JobConfig load_job_config(const std::string& path, const std::vector<Override>& overrides) {
+  Loader loader;
+  if (!path.empty()) loader.read_file(path);
+  for (const auto& o : overrides) loader.apply(o);
+  return loader.validate();
+}
+
+}  // namespace troupe::config

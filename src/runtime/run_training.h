@@ -1,0 +1,22 @@
+// Runs one training job through the actors and waits for it to end.
+#pragma once
+#include <atomic>
+#include <functional>
+
+#include "config/job_config.h"
+#include "runtime/train_outcome.h"
+
+namespace caf { class actor_system; class actor; }
+
+namespace troupe::runtime {
+
+struct RunHooks {
+  // Set by a signal handler: stop after the running step (checked every few milliseconds).
+  const std::atomic<int>* stop_requests = nullptr;
+  // Called once the actors exist, with the node supervisor (tests use it to query them).
+  std::function<void(caf::actor_system&, const caf::actor& supervisor)> on_started;
+};
+
+TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks = {});
+
+}  // namespace troupe::runtime

@@ -1,0 +1,16 @@
+// How a training job ended: what `troupe train` exits with and prints last.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "train/step_stats.h"
+
+namespace troupe::runtime {
+
+struct TrainOutcome {
+  int exit_code = 0;
+  std::string message;  // empty on a normal finish
+  std::vector<train::StepStats> steps;
+};
+
+}  // namespace troupe::runtime
