@@ -50,7 +50,6 @@ std::string quote(std::string_view s) {
 }
 
 std::string show(int64_t v) { return std::to_string(v); }
-std::string show(bool v) { return v ? "true" : "false"; }
 std::string show(const std::string& v) { return quote(v); }
 std::string show(double v) {
   std::ostringstream os;
@@ -180,12 +179,25 @@ Rule global_batch_rule() {
   });
 }
 
-// "kjv" has a built-in default file; "text" has none, so it needs a path.
-Rule dataset_path_rule() {
+Rule both(Rule first, Rule second) {
+  return [first, second](std::string_view key, FieldRef field, const JobConfig& cfg) {
+    std::string problem = first(key, field, cfg);
+    return problem.empty() ? second(key, field, cfg) : problem;
+  };
+}
+
+// "kjv" falls back to data/kjv/kjv.txt; "text" has no built-in file. Checked on the dataset key
+// so the error points at where "text" was chosen.
+Rule text_needs_path() {
   return [](std::string_view key, FieldRef field, const JobConfig& cfg) -> std::string {
+    if (*std::get<std::string*>(field) != "text" || !cfg.training.dataset_path.empty()) return {};
+    return std::string(key) + " 'text' needs training.dataset_path to name a file";
+  };
+}
+
+Rule empty_or_existing_file() {
+  return [](std::string_view key, FieldRef field, const JobConfig&) {
     const std::string& path = *std::get<std::string*>(field);
-    if (cfg.training.dataset == "text" && path.empty())
-      return std::string(key) + " must name a file when training.dataset is 'text'";
     return path.empty() ? std::string() : missing_file(key, path);
   };
 }
@@ -239,8 +251,8 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(training, seq_len), at_least(2)},
       {TROUPE_KEY(training, max_norm), positive_number()},
       {TROUPE_KEY(training, steps), at_least(1)},
-      {TROUPE_KEY(training, dataset), one_of({"kjv", "text"})},
-      {TROUPE_KEY(training, dataset_path), dataset_path_rule()},
+      {TROUPE_KEY(training, dataset), both(one_of({"kjv", "text"}), text_needs_path())},
+      {TROUPE_KEY(training, dataset_path), empty_or_existing_file()},
       {TROUPE_KEY(training, deterministic), {}},
 
       {TROUPE_KEY(metrics, log_freq), at_least(1)},

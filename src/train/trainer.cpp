@@ -47,7 +47,8 @@ struct Trainer::Impl {
       : device(resolve_device(cfg.job.device)),
         args(make_args(cfg, vocab_size)),
         model(std::make_shared<models::llama3::Llama3Model>(args, at::TensorOptions().dtype(at::kFloat))),
-        schedule(cfg.optimizer.lr, cfg.training.steps, cfg.lr_scheduler.warmup_steps, cfg.lr_scheduler.decay_ratio,
+        schedule(cfg.optimizer.lr, cfg.training.steps, cfg.lr_scheduler.warmup_steps,
+                 cfg.lr_scheduler.decay_ratio < 0 ? std::nullopt : std::optional<double>(cfg.lr_scheduler.decay_ratio),
                  cfg.lr_scheduler.decay_type, cfg.lr_scheduler.min_lr_factor),
         max_norm(cfg.training.max_norm) {
     at::globalContext().setDeterministicAlgorithms(cfg.training.deterministic, /*warn_only=*/false);

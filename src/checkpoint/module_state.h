@@ -1,0 +1,15 @@
+// A module's parameters as a name -> tensor map, and back (names as named_parameters gives).
+#pragma once
+#include "checkpoint/safetensors.h"
+
+namespace torch::nn { class Module; }
+
+namespace troupe::checkpoint {
+
+TensorMap parameters_of(torch::nn::Module& module);
+
+// Copies every parameter from `tensors` (converting dtype and device); a missing, surplus or
+// wrongly shaped tensor is an error naming it, and nothing is copied in that case.
+void load_parameters(torch::nn::Module& module, const TensorMap& tensors);
+
+}  // namespace troupe::checkpoint

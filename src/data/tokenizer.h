@@ -1,0 +1,53 @@
+// Byte-level BPE tokenizer that reads and writes Hugging Face `tokenizer.json` files (the
+// Llama 3 layout: regex Split + ByteLevel pre-tokenizer, BPE model, ByteLevel decoder), and a
+// trainer that produces such files. Encoding matches Hugging Face `tokenizers`
+// `encode(text, add_special_tokens=False)` on text that holds no added-token strings.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace troupe::data {
+
+class Tokenizer {
+ public:
+  // Reads an HF tokenizer.json; std::runtime_error naming the file and the problem when the
+  // file is unreadable, malformed, or uses a feature this tokenizer does not implement.
+  static Tokenizer load(const std::string& path);
+
+  // Adds no special tokens, and treats special-token text inside `text` as plain text.
+  // Requires valid UTF-8 (std::invalid_argument naming the byte offset otherwise).
+  std::vector<int32_t> encode(std::string_view text) const;
+  // Concatenated bytes of the tokens (std::out_of_range naming a bad id). A slice of a
+  // sequence can end inside a multi-byte character, so the result is not always valid UTF-8.
+  std::string decode(const std::vector<int32_t>& ids) const;
+
+  int64_t vocab_size() const;  // max id + 1, added/special tokens included
+  int32_t bos_id() const;      // <|begin_of_text|>; std::runtime_error if absent
+  int32_t eos_id() const;      // <|end_of_text|>; std::runtime_error if absent
+  // Looks up a token as tokenizer.json spells it (byte-level form, e.g. "Ġthe") or an added token.
+  std::optional<int32_t> token_id(std::string_view token) const;
+
+  void save(const std::string& path) const;
+
+  struct Impl;
+
+ private:
+  explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+  friend Tokenizer make_tokenizer(std::shared_ptr<const Impl> impl);
+  std::shared_ptr<const Impl> impl_;  // immutable once built, so copies share it
+};
+
+struct BpeTrainOptions {
+  int vocab_size = 2048;  // byte tokens + merges + special tokens
+  std::vector<std::string> special_tokens{"<|begin_of_text|>", "<|end_of_text|>"};
+};
+
+// Trains on the files' text split by the Llama 3 pre-tokenizer regex. Deterministic: the
+// same files and options give the same tokenizer, byte for byte once saved.
+Tokenizer train_bpe(const std::vector<std::string>& files, const BpeTrainOptions& options);
+
+}  // namespace troupe::data

@@ -1,0 +1,170 @@
+// The actor runtime: a run through the actors, status answers, shutdown, signals, failures.
+#include <catch2/catch.hpp>
+#include <caf/all.hpp>
+
+#include <csignal>
+#include <fstream>
+#include <future>
+#include <set>
+
+#include "actors/node_supervisor_protocol.h"
+#include "data/batch_source.h"
+#include "data/tokenizer.h"
+#include "runtime/run_training.h"
+#include "test_support.h"
+#include "train/trainer.h"
+
+using namespace troupe;
+
+namespace {
+
+// A slice of the bundled corpus keeps start-up (tokenizing) short.
+std::string corpus_slice(const testing::TempDir& dir) {
+  std::ifstream in(testing::source_dir() + "/data/kjv/kjv.txt");
+  std::string text(200'000, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  const auto path = dir.file("slice.txt");
+  std::ofstream(path) << text;
+  return path;
+}
+
+config::JobConfig actor_config(const testing::TempDir& dir) {
+  config::JobConfig c;
+  c.job.device = "cpu";
+  c.job.dump_folder = dir.file("dump");
+  c.model.tokenizer_path = testing::source_dir() + "/data/kjv/tokenizer.json";
+  c.training.dataset = "text";
+  c.training.dataset_path = corpus_slice(dir);
+  c.training.local_batch_size = 2;
+  c.training.global_batch_size = 4;  // two micro-batches per step: exercises the credit flow
+  c.training.seq_len = 32;
+  c.training.steps = 6;
+  c.metrics.log_freq = 2;
+  c.lr_scheduler.warmup_steps = 2;
+  return c;
+}
+
+// Guards against a hang: a run that does not end in time fails the test instead of blocking CI.
+runtime::TrainOutcome run_with_timeout(const config::JobConfig& c, const runtime::RunHooks& hooks = {}) {
+  auto future = std::async(std::launch::async, [&] { return runtime::run_training(c, hooks); });
+  if (future.wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
+    FAIL_CHECK("run_training did not finish within 120 s");
+    std::_Exit(1);  // the actors are stuck; nothing else can end this process
+  }
+  return future.get();
+}
+
+}  // namespace
+
+TEST_CASE("a run through the actors ends cleanly and matches a plain loop bit for bit", "[actors]") {
+  testing::TempDir dir;
+  const auto c = actor_config(dir);
+  const auto outcome = run_with_timeout(c);
+  REQUIRE(outcome.exit_code == 0);
+  CHECK(outcome.message.empty());
+  REQUIRE(outcome.steps.size() == 6);
+  for (size_t i = 0; i < outcome.steps.size(); ++i) CHECK(outcome.steps[i].step == static_cast<int64_t>(i + 1));
+
+  // Same config without actors: the losses must be identical.
+  data::BatchSource src(c);
+  train::Trainer trainer(c, data::Tokenizer::load(c.model.tokenizer_path).vocab_size());
+  for (const auto& s : outcome.steps) {
+    std::vector<std::shared_ptr<const data::Batch>> micro;
+    for (int i = 0; i < 2; ++i) micro.push_back(std::make_shared<const data::Batch>(src.next()));
+    CHECK(trainer.step(s.step, micro).loss == s.loss);
+  }
+
+  // The metrics sink wrote one JSON line per step.
+  std::ifstream jsonl(c.job.dump_folder + "/metrics.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(jsonl, line)) {
+    ++lines;
+    CHECK(line.find("\"step\":" + std::to_string(lines)) != std::string::npos);
+  }
+  CHECK(lines == 6);
+}
+
+TEST_CASE("every actor answers a status request", "[actors]") {
+  testing::TempDir dir;
+  auto c = actor_config(dir);
+  c.training.steps = 2;
+  std::set<std::string> names;
+  runtime::RunHooks hooks;
+  hooks.on_started = [&](caf::actor_system& sys, const caf::actor& supervisor) {
+    caf::scoped_actor self{sys};
+    std::vector<caf::actor> children;
+    self->request(supervisor, std::chrono::seconds(30), actors::children_atom::value)
+        .receive([&](std::vector<caf::actor>& xs) { children = xs; },
+                 [&](caf::error& e) { FAIL_CHECK("children: " << to_string(e)); });
+    children.push_back(supervisor);
+    for (auto& child : children)
+      self->request(child, std::chrono::seconds(60), actors::status_atom::value)
+          .receive([&](actors::actor_status& s) { names.insert(s.name); },
+                   [&](caf::error& e) { FAIL_CHECK("status: " << to_string(e)); });
+  };
+  const auto outcome = run_with_timeout(c, hooks);
+  CHECK(outcome.exit_code == 0);
+  CHECK(names == std::set<std::string>{"node_supervisor", "coordinator", "stage[0]", "data_loader", "metrics_sink"});
+}
+
+TEST_CASE("a stop request ends the run after the running step with exit 0", "[actors]") {
+  testing::TempDir dir;
+  auto c = actor_config(dir);
+  c.training.steps = 10'000;
+  std::atomic<int> stops{0};
+  runtime::RunHooks hooks;
+  hooks.stop_requests = &stops;
+  hooks.on_started = [&](caf::actor_system&, const caf::actor&) { stops = 1; };
+  const auto outcome = run_with_timeout(c, hooks);
+  CHECK(outcome.exit_code == 0);
+  CHECK(outcome.steps.size() < 10);
+  CHECK_THAT(outcome.message, Catch::Contains("stopped by signal"));
+}
+
+TEST_CASE("a data loader that cannot read its dataset fails the run with a clear message", "[actors]") {
+  testing::TempDir dir;
+  auto c = actor_config(dir);
+  c.training.dataset_path = dir.file("gone.txt");
+  const auto outcome = run_with_timeout(c);
+  CHECK(outcome.exit_code == 1);
+  CHECK_THAT(outcome.message, Catch::Contains("gone.txt"));
+}
+
+TEST_CASE("troupe train: SIGINT finishes the step, flushes and exits 0", "[cli]") {
+  testing::TempDir dir;
+  const auto slice = corpus_slice(dir);
+  testing::ChildProcess p({testing::troupe_binary(), "train", "--config", testing::source_dir() + "/configs/llama3_debug.toml",
+                           "--model.tokenizer_path", testing::source_dir() + "/data/kjv/tokenizer.json",
+                           "--training.dataset=text", "--training.dataset_path", slice, "--training.steps", "100000",
+                           "--training.seq_len", "32", "--training.local_batch_size", "2", "--metrics.log_freq", "1",
+                           "--job.dump_folder", dir.file("dump"), "--job.device", "cpu"});
+  std::string out;
+  REQUIRE(p.wait_for_line("step:", out));
+  p.signal(SIGINT);
+  const int code = p.wait(60, out);
+  INFO(out);
+  CHECK(code == 0);
+  CHECK_THAT(out, Catch::Contains("SIGINT") && Catch::Contains("stopped by signal"));
+  std::ifstream jsonl(dir.file("dump") + "/metrics.jsonl");
+  std::string line;
+  CHECK(std::getline(jsonl, line));
+}
+
+TEST_CASE("troupe train: a bad config exits 2 with one line naming the problem", "[cli]") {
+  testing::ChildProcess p({testing::troupe_binary(), "train", "--config", testing::source_dir() + "/configs/llama3_debug.toml",
+                           "--training.step", "5"});
+  std::string out;
+  const int code = p.wait(30, out);
+  CHECK(code == 2);
+  CHECK_THAT(out, Catch::Contains("training.step") && Catch::Contains("did you mean 'training.steps'"));
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+}
+
+TEST_CASE("troupe --help lists the subcommands and train --help the override syntax", "[cli]") {
+  testing::ChildProcess p({testing::troupe_binary(), "train", "--help"});
+  std::string out;
+  CHECK(p.wait(30, out) == 0);
+  CHECK_THAT(out, Catch::Contains("--config") && Catch::Contains("--section.key"));
+}

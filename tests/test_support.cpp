@@ -1,0 +1,112 @@
+#include "test_support.h"
+
+#include <torch/torch.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <random>
+
+namespace troupe::testing {
+
+TempDir::TempDir() {
+  static std::atomic<int> counter{0};
+  std::random_device rd;
+  path_ = std::filesystem::temp_directory_path() /
+          ("troupe_test_" + std::to_string(rd()) + "_" + std::to_string(counter++));
+  std::filesystem::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+double relative_error(const at::Tensor& a, const at::Tensor& b) {
+  auto a64 = a.detach().to(torch::kDouble), b64 = b.detach().to(torch::kDouble);
+  return (a64 - b64).norm().item<double>() / b64.norm().item<double>();
+}
+
+int run_command(const std::string& command) {
+  const int status = std::system(command.c_str());
+  if (status == -1 || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+std::string source_dir() { return TROUPE_SOURCE_DIR; }
+std::string troupe_binary() { return TROUPE_BINARY; }
+
+}  // namespace troupe::testing
+
+#include <csignal>
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <stdexcept>
+#include <thread>
+
+namespace troupe::testing {
+
+ChildProcess::ChildProcess(const std::vector<std::string>& argv) {
+  int fds[2];
+  if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  pid_ = fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    dup2(fds[1], STDOUT_FILENO);
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    close(fds[1]);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  out_fd_ = fds[0];
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  if (out_fd_ >= 0) close(out_fd_);
+}
+
+bool ChildProcess::wait_for_line(const std::string& needle, std::string& all_output) {
+  char buf[4096];
+  while (true) {
+    const auto n = read(out_fd_, buf, sizeof buf);
+    if (n <= 0) return false;
+    all_output.append(buf, static_cast<size_t>(n));
+    if (all_output.find(needle) != std::string::npos) return true;
+  }
+}
+
+void ChildProcess::signal(int sig) { kill(pid_, sig); }
+
+int ChildProcess::wait(double seconds, std::string& all_output) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  char buf[4096];
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{out_fd_, POLLIN, 0};
+    if (poll(&p, 1, 50) > 0) {
+      const auto n = read(out_fd_, buf, sizeof buf);
+      if (n > 0) all_output.append(buf, static_cast<size_t>(n));
+    }
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      ssize_t n;
+      while ((n = read(out_fd_, buf, sizeof buf)) > 0) all_output.append(buf, static_cast<size_t>(n));
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+  }
+  return -1;
+}
+
+}  // namespace troupe::testing

@@ -1,0 +1,53 @@
+// Shared helpers of the test binary.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace troupe::testing {
+
+// A fresh empty directory under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// ||a - b|| / ||b|| in float64.
+double relative_error(const at::Tensor& a, const at::Tensor& b);
+
+// Runs a shell command; returns its exit status (or -1 if it could not run).
+int run_command(const std::string& command);
+
+// Paths of things the build knows: the repo root and the troupe binary.
+std::string source_dir();
+std::string troupe_binary();
+
+}  // namespace troupe::testing
+
+namespace troupe::testing {
+
+// A child process with stdout and stderr on one pipe, for testing the `troupe` binary.
+class ChildProcess {
+ public:
+  explicit ChildProcess(const std::vector<std::string>& argv);
+  ~ChildProcess();
+  // Reads output until a line containing `needle` arrives (true) or the output ends (false).
+  bool wait_for_line(const std::string& needle, std::string& all_output);
+  void signal(int sig);
+  // Waits for exit up to `seconds` (kills it and returns -1 on timeout); returns the exit code.
+  int wait(double seconds, std::string& all_output);
+
+ private:
+  int pid_ = -1;
+  int out_fd_ = -1;
+};
+
+}  // namespace troupe::testing
