@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "config/job_config.h"
+#include "test_support.h"
 
 namespace fs = std::filesystem;
 using namespace troupe::config;
@@ -19,27 +20,9 @@ using Catch::Matchers::StartsWith;
 namespace {
 
 // A fresh directory per test, removed afterwards.
-struct TempDir {
-  fs::path root;
-
-  TempDir() {
-    std::random_device rd;
-    root = fs::temp_directory_path() / ("troupe_config_test_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(root);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(root, ec);
-  }
-
-  std::string write(const std::string& name, const std::string& text) const {
-    const auto path = (root / name).string();
-    std::ofstream(path) << text;
-    return path;
-  }
-
+struct TempDir : troupe::testing::TempDir {
   // Where load_text writes its TOML.
-  std::string job_file() const { return (root / "job.toml").string(); }
+  std::string job_file() const { return file("job.toml"); }
 
   // Validation insists the tokenizer file exists; its contents do not matter here.
   std::string tokenizer() const { return write("tokenizer.json", "{}"); }
@@ -210,7 +193,7 @@ TEST_CASE("datasets: kjv with an optional file, text with a required one", "[con
   CHECK(override_error(dir, "training.dataset", "text") ==
              "--training.dataset: training.dataset 'text' needs training.dataset_path to name a file");
   CHECK_THAT(override_error(dir, "training.dataset", "wiki"), Contains("training.dataset must be one of kjv | text"));
-  const auto missing = (dir.root / "nope.txt").string();
+  const auto missing = dir.file("nope.txt");
   CHECK(override_error(dir, "training.dataset_path", missing) ==
         "--training.dataset_path: training.dataset_path: file '" + missing + "' not found");
 }
@@ -360,7 +343,7 @@ TEST_CASE("bad override words", "[config]") {
 
 TEST_CASE("missing config file", "[config]") {
   TempDir dir;
-  const auto path = (dir.root / "absent.toml").string();
+  const auto path = dir.file("absent.toml");
   REQUIRE_THROWS_AS(load_job_config(path), ConfigError);
   CHECK(config_error([&] { load_job_config(path); }) == "config file '" + path + "' not found");
 }
@@ -381,7 +364,7 @@ TEST_CASE("TOML syntax error: file:line:column and toml++'s description", "[conf
 
 TEST_CASE("the tokenizer file must exist", "[config]") {
   TempDir dir;
-  const auto missing = (dir.root / "nope.json").string();
+  const auto missing = dir.file("nope.json");
   CHECK(config_error([&] { load_job_config("", {{"model.tokenizer_path", missing}}); }) ==
         "--model.tokenizer_path: model.tokenizer_path: file '" + missing + "' not found");
   const auto path = dir.write("job.toml", "[model]\ntokenizer_path = \"" + missing + "\"\n");

@@ -5,7 +5,10 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <random>
+
+#include "runtime/remove_tree.h"
 
 namespace troupe::testing {
 
@@ -18,8 +21,17 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
+  try {
+    runtime::remove_tree(path_.string());
+  } catch (const std::exception&) {
+    // A leftover temp dir must not fail the test that made it.
+  }
+}
+
+std::string TempDir::write(const std::string& name, const std::string& text) const {
+  const auto path = file(name);
+  std::ofstream(path, std::ios::binary) << text;
+  return path;
 }
 
 double relative_error(const at::Tensor& a, const at::Tensor& b) {

@@ -15,6 +15,8 @@ class TempDir {
   ~TempDir();
   const std::filesystem::path& path() const { return path_; }
   std::string file(const std::string& name) const { return (path_ / name).string(); }
+  // Writes `text` to file(name) and returns that path.
+  std::string write(const std::string& name, const std::string& text) const;
 
  private:
   std::filesystem::path path_;

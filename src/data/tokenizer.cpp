@@ -11,7 +11,6 @@
 #include <array>
 #include <fstream>
 #include <functional>
-#include <map>
 #include <queue>
 #include <sstream>
 #include <stdexcept>
@@ -169,17 +168,59 @@ size_t utf8_char_length(std::string_view s, size_t i) {
   return c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
 }
 
+// Unicode's White_Space characters, which Oniguruma's \s matches (HF compiles its regexes with
+// Oniguruma). PCRE2's \s under UCP also matches U+180E, which Unicode 6.3 moved out of them.
+constexpr const char* kWhiteSpace = R"(\t\n\x{0B}\f\r\x{20}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000})";
+
+// Rewrites \s and \S as explicit White_Space classes so PCRE2 splits where HF does.
+std::string with_unicode_white_space(const std::string& pattern) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char e = pattern[++i];
+      if (e == 's')
+        out += in_class ? std::string(kWhiteSpace) : "[" + std::string(kWhiteSpace) + "]";
+      else if (e == 'S' && !in_class)
+        out += "[^" + std::string(kWhiteSpace) + "]";
+      else if (e == 'S')
+        throw std::runtime_error("split regex /" + pattern + "/: \\S inside a character class is not supported");
+      else
+        out += {c, e};
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {  // [:alpha:]
+      const size_t close = pattern.find(":]", i + 2);
+      const size_t end = close == std::string::npos ? pattern.size() : close + 2;
+      out.append(pattern, i, end - i);
+      i = end - 1;
+      continue;
+    }
+    out += c;
+    if (!in_class && c == '[') {
+      in_class = true;
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];  // a leading ] is literal
+    } else if (in_class && c == ']') {
+      in_class = false;
+    }
+  }
+  return out;
+}
+
 // One HF "Split" with behavior Isolated: matches and the gaps between them each become a piece.
 class SplitRegex {
  public:
   explicit SplitRegex(const std::string& pattern) {
     int err = 0;
     PCRE2_SIZE err_offset = 0;
-    code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+    const std::string translated = with_unicode_white_space(pattern);
+    code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
                               PCRE2_UTF | PCRE2_UCP, &err, &err_offset, nullptr));
     if (!code_)
-      throw std::runtime_error("split regex /" + pattern + "/ does not compile at offset " +
-                               std::to_string(err_offset) + ": " + pcre2_message(err));
+      throw std::runtime_error("split regex /" + pattern + "/ does not compile (as /" + translated +
+                               "/, at offset " + std::to_string(err_offset) + "): " + pcre2_message(err));
     pcre2_jit_compile(code_.get(), PCRE2_JIT_COMPLETE);  // on failure the interpreter runs it
   }
 
@@ -495,7 +536,7 @@ struct Tokenizer::Impl {
     StringMap<int32_t> out;
     if (!ignore_merges) return out;
     for (size_t id = 0; id < vocab.size(); ++id)
-      if (auto b = byte_alphabet().unspell(vocab[id]); b && !vocab[id].empty()) out.emplace(std::move(*b), id);
+      if (auto b = byte_alphabet().unspell(vocab[id]); !vocab[id].empty() && b) out.emplace(std::move(*b), id);
     return out;
   }
 

@@ -1,7 +1,8 @@
 // Byte-level BPE tokenizer that reads and writes Hugging Face `tokenizer.json` files (the
 // Llama 3 layout: regex Split + ByteLevel pre-tokenizer, BPE model, ByteLevel decoder), and a
 // trainer that produces such files. Encoding matches Hugging Face `tokenizers`
-// `encode(text, add_special_tokens=False)` on text that holds no added-token strings.
+// `encode(text, add_special_tokens=False)` on text that holds no added-token strings, except on
+// characters assigned after Unicode 14 (PCRE2 10.42's tables; HF's Oniguruma knows Unicode 16).
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -56,6 +56,8 @@ SAMPLES = [
     "Punctuation runs: !!! ??? ... --- *** ### @@@ $$$ %%% ^^^ &&& ((( ))) [[[ ]]] {{{ }}} ~~~ ``` |||",
     "Whitespace:  two   three    four\ttab\t\ttabs \t mixed\n\nblank line\n\n\n\nmany\r\nCRLF\r\n\r\nend   \n  trailing",
     "Odd spaces: a\u00a0b\u2003c\u3000d\u2009e\u200bf\u2028g\u2029h\u0085i\u000bj\u000ck\u1680l\u202fm\u205fn",
+    # U+180E is not White_Space for HF's Oniguruma (Unicode 6.3+) but is \s for PCRE2.
+    "Mongolian vowel separator: a \u180e's x\u180e\u180e y \u180e\n\u0085 \u0085'S",
     "Space before newline \n tab before newline\t\nnewline then spaces\n    indented\n\n    \n  \n",
     "Control chars: \u0001\u0002\u001b[31mred\u001b[0m \u007f \u0000 null inside",
     "a" * 3000,
