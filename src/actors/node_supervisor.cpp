@@ -3,10 +3,15 @@
 #include "actors/coordinator.h"
 #include "actors/data_loader.h"
 #include "actors/metrics_sink.h"
+#include "actors/metrics_sink_protocol.h"
 #include "actors/node_supervisor_protocol.h"
 #include "actors/stage.h"
 #include "runtime/exit_codes.h"
+#include "models/llama3/model_args.h"
 #include "runtime/status_board.h"
+#include "train/trainer.h"
+
+#include <sstream>
 
 namespace troupe::actors {
 
@@ -21,6 +26,17 @@ struct supervisor_state {
 };
 
 using self_ptr = caf::stateful_actor<supervisor_state>*;
+
+std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size) {
+  auto args = models::llama3::flavor(cfg.model.flavor);
+  args.vocab_size = vocab_size;
+  std::ostringstream line;
+  line << "troupe: " << (cfg.job.description.empty() ? "training" : cfg.job.description) << " | " << cfg.model.name
+       << ' ' << cfg.model.flavor << ", " << args.num_params() << " parameters, vocab " << vocab_size << " | device "
+       << train::resolve_device(cfg.job.device) << " | batch " << cfg.training.local_batch_size << " x seq "
+       << cfg.training.seq_len << ", " << cfg.training.steps << " steps | metrics in " << cfg.job.dump_folder;
+  return line.str();
+}
 
 void end_job(self_ptr self, runtime::TrainOutcome outcome) {
   auto& st = self->state;
@@ -51,6 +67,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
     if (!self->state.ended)
       end_job(self, {runtime::exit_code::failed, "an actor stopped unexpectedly: " + to_string(msg.reason), {}});
   });
+  self->send(sink, log_atom::value, job_banner(cfg, vocab_size));
   st.status->set_state("running");
   return {
       [=](start_atom) {

@@ -9,15 +9,21 @@
 #include "actors/node_supervisor_protocol.h"
 #include "data/tokenizer.h"
 #include "runtime/status_board.h"
+#include "train/trainer.h"
 
 namespace troupe::runtime {
 
 TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks) {
+  // Fail here, not inside an actor, on what can be checked up front.
+  train::resolve_device(cfg.job.device);
   // The model is sized by the tokenizer, as in torchtitan.
   const auto vocab_size = data::Tokenizer::load(cfg.model.tokenizer_path).vocab_size();
   caf::actor_system_config sys_cfg;
-  // Compute runs on detached threads; the event-based actors need little.
-  sys_cfg.set("scheduler.max-threads", 2);
+  // Compute runs on detached threads; the event-based actors need one thread, and a sharing
+  // scheduler sleeps on a condition variable where work stealing would spin on the cores that
+  // the compute threads need.
+  sys_cfg.set("scheduler.policy", caf::atom("sharing"));
+  sys_cfg.set("scheduler.max-threads", 1);
   caf::actor_system sys{sys_cfg};
   auto board = std::make_shared<StatusBoard>();
   auto promise = std::make_shared<std::promise<TrainOutcome>>();

@@ -7,6 +7,7 @@
 
 #include "data/batch.h"
 #include "models/llama3/model.h"
+#include "train/adamw.h"
 #include "train/lr_schedule.h"
 #include "train/unit_executor.h"
 
@@ -14,15 +15,16 @@ namespace troupe::train {
 
 namespace {
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::OptimizerSection& o,
-                                                        const std::vector<at::Tensor>& params) {
-  if (o.name == "AdamW")
-    return std::make_unique<torch::optim::AdamW>(
-        params, torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weight_decay));
-  if (o.name == "Adam")
-    return std::make_unique<torch::optim::Adam>(
-        params, torch::optim::AdamOptions(o.lr).betas({o.beta1, o.beta2}).eps(o.eps).weight_decay(o.weight_decay));
-  throw std::invalid_argument("optimizer.name: unknown '" + o.name + "' (AdamW, Adam)");
+AdamOptions adam_options(const config::OptimizerSection& o) {
+  if (o.name != "AdamW" && o.name != "Adam")
+    throw std::invalid_argument("optimizer.name: unknown '" + o.name + "' (AdamW, Adam)");
+  return {o.beta1, o.beta2, o.eps, o.weight_decay, /*decoupled=*/o.name == "AdamW"};
+}
+
+std::vector<std::pair<std::string, at::Tensor>> named_parameters(torch::nn::Module& m) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& item : m.named_parameters()) out.emplace_back(item.key(), item.value());
+  return out;
 }
 
 int64_t selective_every(const config::ActivationCheckpointSection& ac) {
@@ -55,7 +57,7 @@ struct Trainer::Impl {
     model->init_weights(static_cast<uint64_t>(cfg.job.seed));
     model->to(torch::Device(device));
     params = model->parameters();
-    optimizer = make_optimizer(cfg.optimizer, params);
+    optimizer = std::make_unique<AdamW>(named_parameters(*model), adam_options(cfg.optimizer));
     executor = std::make_unique<UnitExecutor>(
         model->units(), recompute_plan(model->units().size(), cfg.activation_checkpoint.mode,
                                        selective_every(cfg.activation_checkpoint)));
@@ -71,17 +73,13 @@ struct Trainer::Impl {
     return a;
   }
 
-  void set_lr(double lr) {
-    for (auto& group : optimizer->param_groups()) group.options().set_lr(lr);
-  }
-
   std::string device;
   models::llama3::ModelArgs args;
   std::shared_ptr<models::llama3::Llama3Model> model;
   LrSchedule schedule;
   double max_norm;
   std::vector<at::Tensor> params;
-  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<AdamW> optimizer;
   std::unique_ptr<UnitExecutor> executor;
   int64_t accumulation = 1;
 };
@@ -102,8 +100,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   StepStats stats;
   stats.step = step;
   stats.lr = m.schedule.lr(step);
-  m.set_lr(stats.lr);
-  m.optimizer->zero_grad(/*set_to_none=*/true);
+  m.optimizer->zero_grad();
   const auto dev = torch::Device(m.device);
   double loss_sum = 0;
   for (const auto& b : micro_batches) {
@@ -114,7 +111,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   }
   stats.loss = loss_sum / static_cast<double>(m.accumulation);
   stats.grad_norm = torch::nn::utils::clip_grad_norm_(m.params, m.max_norm);
-  m.optimizer->step();
+  m.optimizer->step(stats.lr);
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return stats;
 }

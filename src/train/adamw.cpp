@@ -1,0 +1,76 @@
+#include "train/adamw.h"
+
+#include <torch/torch.h>
+
+#include <stdexcept>
+
+namespace troupe::train {
+
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamOptions options)
+    : params_(std::move(named_params)), options_(options) {
+  for (const auto& [name, p] : params_) {
+    exp_avg_.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+    exp_avg_sq_.push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous));
+    // The fused kernels read the step count from a float tensor per parameter.
+    step_tensors_.push_back(torch::zeros({}, p.options().dtype(torch::kFloat)));
+  }
+}
+
+void AdamW::step(double lr) {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> params, grads, avgs, avg_sqs, steps;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& p = params_[i].second;
+    if (!p.grad().defined()) continue;
+    params.push_back(p);
+    grads.push_back(p.grad());
+    avgs.push_back(exp_avg_[i]);
+    avg_sqs.push_back(exp_avg_sq_[i]);
+    steps.push_back(step_tensors_[i]);
+  }
+  ++steps_;
+  if (params.empty()) return;
+  at::_foreach_add_(steps, 1.0);
+  const auto& o = options_;
+  if (o.decoupled)
+    at::_fused_adamw_(params, grads, avgs, avg_sqs, {}, steps, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  else
+    at::_fused_adam_(params, grads, avgs, avg_sqs, {}, steps, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
+                     /*amsgrad=*/false, /*maximize=*/false);
+}
+
+void AdamW::zero_grad() {
+  for (auto& [name, p] : params_) p.mutable_grad() = at::Tensor();
+}
+
+std::map<std::string, at::Tensor> AdamW::state() const {
+  std::map<std::string, at::Tensor> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    out["exp_avg." + params_[i].first] = exp_avg_[i];
+    out["exp_avg_sq." + params_[i].first] = exp_avg_sq_[i];
+  }
+  out["step"] = torch::full({1}, steps_, torch::kLong);
+  return out;
+}
+
+void AdamW::load_state(const std::map<std::string, at::Tensor>& state) {
+  auto find = [&](const std::string& name, const at::Tensor& like) -> const at::Tensor& {
+    auto it = state.find(name);
+    if (it == state.end()) throw std::runtime_error("optimizer state '" + name + "' is missing");
+    if (it->second.sizes() != like.sizes())
+      throw std::runtime_error("optimizer state '" + name + "' has shape " + c10::str(it->second.sizes()) +
+                               ", expected " + c10::str(like.sizes()));
+    return it->second;
+  };
+  const auto steps = find("step", torch::empty({1})).item<int64_t>();
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    exp_avg_[i].copy_(find("exp_avg." + params_[i].first, exp_avg_[i]));
+    exp_avg_sq_[i].copy_(find("exp_avg_sq." + params_[i].first, exp_avg_sq_[i]));
+    step_tensors_[i].fill_(static_cast<double>(steps));
+  }
+  steps_ = steps;
+}
+
+}  // namespace troupe::train
