@@ -33,6 +33,20 @@ target_include_directories(troupe_pcre2 INTERFACE ${PCRE2_INCLUDE_DIR})
 target_link_libraries(troupe_pcre2 INTERFACE ${PCRE2_LIBRARY})
 target_compile_definitions(troupe_pcre2 INTERFACE PCRE2_CODE_UNIT_WIDTH=8)
 
+# Unicode normalization (NFC, NFKC, ...) for tokenizers that normalize, such as Qwen3's.
+find_path(UTF8PROC_INCLUDE_DIR utf8proc.h REQUIRED)
+find_library(UTF8PROC_LIBRARY utf8proc REQUIRED)
+add_library(troupe_utf8proc INTERFACE)
+target_include_directories(troupe_utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIR})
+target_link_libraries(troupe_utf8proc INTERFACE ${UTF8PROC_LIBRARY})
+
+# xxHash (XXH3) checksums every tensor of a checkpoint shard.
+find_path(XXHASH_INCLUDE_DIR xxhash.h REQUIRED)
+find_library(XXHASH_LIBRARY xxhash REQUIRED)
+add_library(troupe_xxhash INTERFACE)
+target_include_directories(troupe_xxhash INTERFACE ${XXHASH_INCLUDE_DIR})
+target_link_libraries(troupe_xxhash INTERFACE ${XXHASH_LIBRARY})
+
 find_package(tomlplusplus REQUIRED)
 find_package(nlohmann_json REQUIRED)
 find_package(CLI11 REQUIRED)

@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
   std::vector<troupe::cli::Action> actions{
       troupe::cli::add_train_command(app),
       troupe::cli::add_tokenizer_command(app),
+      troupe::cli::add_checkpoint_command(app),
+      troupe::cli::add_data_command(app),
   };
   try {
     app.parse(argc, argv);

@@ -16,51 +16,11 @@
 
 using namespace troupe;
 
-namespace {
-
-// A slice of the bundled corpus keeps start-up (tokenizing) short.
-std::string corpus_slice(const testing::TempDir& dir) {
-  std::ifstream in(testing::source_dir() + "/data/kjv/kjv.txt");
-  std::string text(200'000, '\0');
-  in.read(text.data(), static_cast<std::streamsize>(text.size()));
-  text.resize(static_cast<size_t>(in.gcount()));
-  const auto path = dir.file("slice.txt");
-  std::ofstream(path) << text;
-  return path;
-}
-
-config::JobConfig actor_config(const testing::TempDir& dir) {
-  config::JobConfig c;
-  c.job.device = "cpu";
-  c.job.dump_folder = dir.file("dump");
-  c.model.tokenizer_path = testing::source_dir() + "/data/kjv/tokenizer.json";
-  c.training.dataset = "text";
-  c.training.dataset_path = corpus_slice(dir);
-  c.training.local_batch_size = 2;
-  c.training.global_batch_size = 4;  // two micro-batches per step: exercises the credit flow
-  c.training.seq_len = 32;
-  c.training.steps = 6;
-  c.metrics.log_freq = 2;
-  c.lr_scheduler.warmup_steps = 2;
-  return c;
-}
-
-// Guards against a hang: a run that does not end in time fails the test instead of blocking CI.
-runtime::TrainOutcome run_with_timeout(const config::JobConfig& c, const runtime::RunHooks& hooks = {}) {
-  auto future = std::async(std::launch::async, [&] { return runtime::run_training(c, hooks); });
-  if (future.wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
-    FAIL_CHECK("run_training did not finish within 120 s");
-    std::_Exit(1);  // the actors are stuck; nothing else can end this process
-  }
-  return future.get();
-}
-
-}  // namespace
 
 TEST_CASE("a run through the actors ends cleanly and matches a plain loop bit for bit", "[actors]") {
   testing::TempDir dir;
-  const auto c = actor_config(dir);
-  const auto outcome = run_with_timeout(c);
+  const auto c = testing::small_job_config(dir);
+  const auto outcome = testing::run_with_timeout(c);
   REQUIRE(outcome.exit_code == 0);
   CHECK(outcome.message.empty());
   REQUIRE(outcome.steps.size() == 6);
@@ -88,7 +48,7 @@ TEST_CASE("a run through the actors ends cleanly and matches a plain loop bit fo
 
 TEST_CASE("every actor answers a status request", "[actors]") {
   testing::TempDir dir;
-  auto c = actor_config(dir);
+  auto c = testing::small_job_config(dir);
   c.training.steps = 2;
   std::set<std::string> names;
   runtime::RunHooks hooks;
@@ -104,20 +64,20 @@ TEST_CASE("every actor answers a status request", "[actors]") {
           .receive([&](actors::actor_status& s) { names.insert(s.name); },
                    [&](caf::error& e) { FAIL_CHECK("status: " << to_string(e)); });
   };
-  const auto outcome = run_with_timeout(c, hooks);
+  const auto outcome = testing::run_with_timeout(c, hooks);
   CHECK(outcome.exit_code == 0);
   CHECK(names == std::set<std::string>{"node_supervisor", "coordinator", "stage[0]", "data_loader", "metrics_sink"});
 }
 
 TEST_CASE("a stop request ends the run after the running step with exit 0", "[actors]") {
   testing::TempDir dir;
-  auto c = actor_config(dir);
+  auto c = testing::small_job_config(dir);
   c.training.steps = 10'000;
   std::atomic<int> stops{0};
   runtime::RunHooks hooks;
   hooks.stop_requests = &stops;
   hooks.on_started = [&](caf::actor_system&, const caf::actor&) { stops = 1; };
-  const auto outcome = run_with_timeout(c, hooks);
+  const auto outcome = testing::run_with_timeout(c, hooks);
   CHECK(outcome.exit_code == 0);
   CHECK(outcome.steps.size() < 10);
   CHECK_THAT(outcome.message, Catch::Contains("stopped by signal"));
@@ -125,16 +85,16 @@ TEST_CASE("a stop request ends the run after the running step with exit 0", "[ac
 
 TEST_CASE("a data loader that cannot read its dataset fails the run with a clear message", "[actors]") {
   testing::TempDir dir;
-  auto c = actor_config(dir);
+  auto c = testing::small_job_config(dir);
   c.training.dataset_path = dir.file("gone.txt");
-  const auto outcome = run_with_timeout(c);
+  const auto outcome = testing::run_with_timeout(c);
   CHECK(outcome.exit_code == 1);
   CHECK_THAT(outcome.message, Catch::Contains("gone.txt"));
 }
 
 TEST_CASE("troupe train: SIGINT finishes the step, flushes and exits 0", "[cli]") {
   testing::TempDir dir;
-  const auto slice = corpus_slice(dir);
+  const auto slice = testing::corpus_slice(dir);
   testing::ChildProcess p({testing::troupe_binary(), "train", "--config", testing::source_dir() + "/configs/llama3_debug.toml",
                            "--model.tokenizer_path", testing::source_dir() + "/data/kjv/tokenizer.json",
                            "--training.dataset=text", "--training.dataset_path", slice, "--training.steps", "100000",

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -94,8 +95,9 @@ TEST_CASE("the shipped configs/llama3_debug.toml loads", "[config]") {
 
 TEST_CASE("known_keys lists every section.key once", "[config]") {
   const auto keys = known_keys();
-  CHECK(keys.size() == 35);
+  CHECK(keys.size() == 54);
   CHECK(std::find(keys.begin(), keys.end(), "training.steps") != keys.end());
+  CHECK(std::find(keys.begin(), keys.end(), "validation.dataset_path") != keys.end());
   CHECK(std::find(keys.begin(), keys.end(), "activation_checkpoint.selective_ac_option") != keys.end());
   auto sorted = keys;
   std::sort(sorted.begin(), sorted.end());
@@ -191,11 +193,36 @@ TEST_CASE("datasets: kjv with an optional file, text with a required one", "[con
   CHECK(kjv.training.dataset == "kjv");
 
   CHECK(override_error(dir, "training.dataset", "text") ==
-             "--training.dataset: training.dataset 'text' needs training.dataset_path to name a file");
-  CHECK_THAT(override_error(dir, "training.dataset", "wiki"), Contains("training.dataset must be one of kjv | text"));
+        "--training.dataset: training.dataset 'text' needs training.dataset_path to name a file, directory or glob");
+  CHECK_THAT(override_error(dir, "training.dataset", "wiki"),
+             Contains("training.dataset must be one of kjv | text | jsonl | tokens"));
   const auto missing = dir.file("nope.txt");
   CHECK(override_error(dir, "training.dataset_path", missing) ==
         "--training.dataset_path: training.dataset_path: file '" + missing + "' not found");
+  CHECK_THAT(override_error(dir, "training.dataset_path", dir.file("*.nomatch")),
+             Contains("training.dataset_path: dataset path") && Contains("names no file"));
+  // Directories and globs name the files the loader reads.
+  auto dir_cfg = load_job_config("", {{"model.tokenizer_path", tok}, {"training.dataset", "jsonl"},
+                                      {"training.dataset_path", dir.path().string()}, {"training.dataset_text_field", "body"}});
+  CHECK(dir_cfg.training.dataset_text_field == "body");
+  CHECK_NOTHROW(load_job_config("", {{"model.tokenizer_path", tok}, {"training.dataset_path", dir.file("*.txt")}}));
+  CHECK_THAT(override_error(dir, "training.dataset_text_field", ""), Contains("a non-empty string"));
+}
+
+TEST_CASE("validation: its dataset is checked like training's; enabling it is an error until the loop exists", "[config]") {
+  TempDir dir;
+  const auto tok = dir.tokenizer();
+  const auto corpus = dir.write("valid.txt", "hello");
+  auto off = load_job_config("", {{"model.tokenizer_path", tok}, {"validation.dataset", "text"},
+                                  {"validation.dataset_path", corpus}, {"validation.freq", "5"}, {"validation.steps", "3"}});
+  CHECK_FALSE(off.validation.enable);
+  CHECK(off.validation.freq == 5);
+  CHECK(off.validation.steps == 3);
+  CHECK(off.validation.dataset_path == corpus);
+  CHECK_THAT(override_error(dir, "validation.enable", "true"), Contains("validation.enable: the validation loop is not implemented yet"));
+  CHECK_THAT(override_error(dir, "validation.dataset", "csv"), Contains("validation.dataset must be one of kjv | text | jsonl | tokens"));
+  CHECK_THAT(override_error(dir, "validation.freq", "0"), Contains("validation.freq must be at least 1"));
+  CHECK_THAT(override_error(dir, "validation.steps", "0"), Contains("validation.steps must be at least 1"));
 }
 
 TEST_CASE("unknown key in a file: file, line and the closest key", "[config]") {
@@ -294,8 +321,6 @@ TEST_CASE("out of range on the command line names the --key", "[config]") {
 
 TEST_CASE("unsupported features are rejected with a reason", "[config]") {
   TempDir dir;
-  CHECK(override_error(dir, "checkpoint.enable", "true") ==
-        "--checkpoint.enable: checkpoint.enable: checkpointing is not implemented yet");
   CHECK_THAT(override_error(dir, "activation_checkpoint.selective_ac_option", "op"),
              Contains("'op' is not implemented yet"));
   for (const auto& key : {"parallelism.data_parallel_replicate_degree", "parallelism.data_parallel_shard_degree",
@@ -304,9 +329,58 @@ TEST_CASE("unsupported features are rejected with a reason", "[config]") {
     INFO(key);
     CHECK_THAT(override_error(dir, key, "2"), Contains("only one rank is supported so far") && Contains("got 2"));
   }
-  const auto path = dir.job_file();
-  CHECK(config_error([&] { load_text(dir, "[checkpoint]\nenable = true\n", {}); }) ==
-        path + ":2:10: checkpoint.enable: checkpointing is not implemented yet");
+}
+
+TEST_CASE("checkpoint keys: torchtitan's names, lists from TOML or comma-separated, checked values", "[config]") {
+  TempDir dir;
+  const auto cfg = load_text(dir,
+                             "[checkpoint]\nenable = true\nfolder = \"ckpt\"\ninterval = 3\nasync_mode = \"async\"\n"
+                             "keep_latest_k = 2\nload_step = 6\nexport_dtype = \"bfloat16\"\n"
+                             "exclude_from_loading = [\"optimizer\", \"dataloader\"]\n");
+  CHECK(cfg.checkpoint.enable);
+  CHECK(cfg.checkpoint.folder == "ckpt");
+  CHECK(cfg.checkpoint.interval == 3);
+  CHECK(cfg.checkpoint.async_mode == "async");
+  CHECK(cfg.checkpoint.keep_latest_k == 2);
+  CHECK(cfg.checkpoint.load_step == 6);
+  CHECK(cfg.checkpoint.export_dtype == "bfloat16");
+  CHECK(cfg.checkpoint.exclude_from_loading == std::vector<std::string>{"optimizer", "dataloader"});
+  const auto over = load_text(dir, "[checkpoint]\nenable = true\n",
+                              {{"checkpoint.exclude_from_loading", "lr_scheduler,rng"}});
+  CHECK(over.checkpoint.exclude_from_loading == std::vector<std::string>{"lr_scheduler", "rng"});
+  CHECK(override_error(dir, "checkpoint.async_mode", "sometimes") ==
+        "--checkpoint.async_mode: checkpoint.async_mode must be one of disabled | async | async_with_pinned_mem, got "
+        "'sometimes'");
+  CHECK(override_error(dir, "checkpoint.interval", "0") == "--checkpoint.interval: checkpoint.interval must be at least 1, got 0");
+  CHECK(override_error(dir, "checkpoint.export_dtype", "int8") ==
+        "--checkpoint.export_dtype: checkpoint.export_dtype must be one of float32 | bfloat16 | float16, got 'int8'");
+  CHECK_THAT(override_error(dir, "checkpoint.exclude_from_loading", "optimizer,weights"),
+             Contains("must be a list of model | optimizer") && Contains("'weights'"));
+  CHECK(override_error(dir, "checkpoint.load_step", "3") == "--checkpoint.load_step: checkpoint.load_step needs checkpoint.enable = true");
+  CHECK(override_error(dir, "checkpoint.create_seed_checkpoint", "true") ==
+        "--checkpoint.create_seed_checkpoint: checkpoint.create_seed_checkpoint needs checkpoint.enable = true");
+  CHECK_THAT(config_error([&] {
+               load_text(dir, "[checkpoint]\nenable = true\ninitial_load_path = \"/nonexistent/step-0\"\n");
+             }),
+             StartsWith(dir.job_file() + ":3:21: checkpoint.initial_load_path: directory '/nonexistent/step-0' not found"));
+  CHECK(config_error([&] { load_text(dir, "[checkpoint]\nexclude_from_loading = \"optimizer\"\n"); }) ==
+        dir.job_file() + ":2:24: checkpoint.exclude_from_loading must be a list of strings, got string");
+}
+
+TEST_CASE("key_values renders every key as TOML text that reads back to the same config", "[config]") {
+  TempDir dir;
+  auto cfg = load_text(dir, "[checkpoint]\nenable = true\nexclude_from_loading = [\"rng\"]\n[optimizer]\nlr = 3.0000000000000001e-4\n");
+  std::map<std::string, std::string> sections;
+  for (const auto& [key, value] : key_values(cfg)) {
+    const auto dot = key.find('.');
+    sections[key.substr(0, dot)] += key.substr(dot + 1) + " = " + value + "\n";
+  }
+  std::string toml;
+  for (const auto& [section, body] : sections) toml += "[" + section + "]\n" + body;
+  const auto back = load_text(dir, toml);
+  CHECK(back.optimizer.lr == cfg.optimizer.lr);
+  CHECK(back.checkpoint.exclude_from_loading == std::vector<std::string>{"rng"});
+  CHECK(key_values(back) == key_values(cfg));
 }
 
 TEST_CASE("wrong type on the command line", "[config]") {

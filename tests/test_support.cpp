@@ -1,11 +1,13 @@
 #include "test_support.h"
 
+#include <catch2/catch.hpp>
 #include <torch/torch.h>
 #include <sys/wait.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
+#include <future>
 #include <random>
 
 #include "runtime/remove_tree.h"
@@ -47,6 +49,41 @@ int run_command(const std::string& command) {
 
 std::string source_dir() { return TROUPE_SOURCE_DIR; }
 std::string troupe_binary() { return TROUPE_BINARY; }
+
+config::JobConfig small_job_config(const TempDir& dir) {
+  config::JobConfig c;
+  c.job.device = "cpu";
+  c.job.dump_folder = dir.file("dump");
+  c.model.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
+  c.training.dataset = "text";
+  c.training.dataset_path = corpus_slice(dir);
+  c.training.local_batch_size = 2;
+  c.training.global_batch_size = 4;
+  c.training.seq_len = 32;
+  c.training.steps = 6;
+  c.metrics.log_freq = 2;
+  c.lr_scheduler.warmup_steps = 2;
+  return c;
+}
+
+runtime::TrainOutcome run_with_timeout(const config::JobConfig& c, const runtime::RunHooks& hooks) {
+  auto future = std::async(std::launch::async, [&] { return runtime::run_training(c, hooks); });
+  if (future.wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
+    FAIL_CHECK("run_training did not finish within 120 s");
+    std::_Exit(1);  // the actors are stuck; nothing else can end this process
+  }
+  return future.get();
+}
+
+std::string corpus_slice(const TempDir& dir) {
+  std::ifstream in(source_dir() + "/data/kjv/kjv.txt");
+  std::string text(200'000, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  const auto path = dir.file("slice.txt");
+  std::ofstream(path) << text;
+  return path;
+}
 
 }  // namespace troupe::testing
 

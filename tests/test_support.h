@@ -6,6 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "config/job_config.h"
+#include "runtime/run_training.h"
+
 namespace troupe::testing {
 
 // A fresh empty directory under the system temp dir, removed when the object dies.
@@ -31,6 +34,17 @@ int run_command(const std::string& command);
 // Paths of things the build knows: the repo root and the troupe binary.
 std::string source_dir();
 std::string troupe_binary();
+
+// The first 200 kB of the bundled corpus in `dir` (its path): start-up (tokenizing) stays short.
+std::string corpus_slice(const TempDir& dir);
+
+// A job of seconds on the CPU: debug model, the corpus slice, batch 2 x seq 32, two micro-batches
+// per step (exercising the loader's credits), 6 steps, output in dir/dump.
+config::JobConfig small_job_config(const TempDir& dir);
+
+// Guards against a hang: a run that does not end within 120 s fails the test and ends the
+// process instead of blocking CI.
+runtime::TrainOutcome run_with_timeout(const config::JobConfig& c, const runtime::RunHooks& hooks = {});
 
 }  // namespace troupe::testing
 

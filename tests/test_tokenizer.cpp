@@ -138,13 +138,63 @@ TEST_CASE("the bundled tokenizer", "[tokenizer]") {
   }
 }
 
-TEST_CASE("special-token text is encoded as plain text", "[tokenizer]") {
+TEST_CASE("added-token text becomes the token, as in HF; encode_ordinary keeps it plain text", "[tokenizer]") {
   const auto tok = Tokenizer::load(kBundled);
-  const std::string text = "a<|end_of_text|>b";
+  const std::string text = "a<|end_of_text|>b <|begin_of_text|>";
   const auto ids = tok.encode(text);
-  CHECK(std::find(ids.begin(), ids.end(), tok.eos_id()) == ids.end());
+  auto expected = tok.encode("a");
+  expected.push_back(*tok.eos_id());
+  for (int32_t id : tok.encode("b ")) expected.push_back(id);
+  expected.push_back(*tok.bos_id());
+  CHECK(ids == expected);
+  const auto plain = tok.encode_ordinary(text);
+  CHECK(std::find(plain.begin(), plain.end(), *tok.eos_id()) == plain.end());
   CHECK(tok.decode(ids) == text);
-  CHECK(tok.decode({tok.bos_id(), tok.eos_id()}) == "<|begin_of_text|><|end_of_text|>");
+  CHECK(tok.decode(plain) == text);
+  CHECK(tok.decode({*tok.bos_id(), *tok.eos_id()}) == "<|begin_of_text|><|end_of_text|>");
+}
+
+TEST_CASE("an NFC normalizer composes before splitting (Qwen3's)", "[tokenizer]") {
+  auto doc = nlohmann::json::parse(slurp(kBundled));
+  doc["normalizer"] = {{"type", "NFC"}};
+  Scratch scratch;
+  const auto nfc = Tokenizer::load(scratch.write("nfc.json", doc.dump()));
+  const auto plain = Tokenizer::load(kBundled);
+  CHECK(nfc.encode("caf\u0065\u0301 \u212b") == plain.encode("caf\u00e9 \u00c5"));
+  CHECK(plain.encode("caf\u0065\u0301") != plain.encode("caf\u00e9"));
+  CHECK(nfc.encode("plain ascii") == plain.encode("plain ascii"));
+}
+
+TEST_CASE("a tiktoken rank file encodes as the tokenizer.json it was made from", "[tokenizer]") {
+  // The bundled tokenizer's ranks are its ids (bytes first, then merges in order), so its
+  // rank file is a tiktoken tokenizer; Llama 3's special tokens take the next ids, 2046 on.
+  const auto json_tok = Tokenizer::load(kBundled);
+  std::string ranks;
+  const char* b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  for (int32_t id = 0; id < 2046; ++id) {
+    const std::string bytes = json_tok.decode({id});
+    std::string enc;
+    for (size_t i = 0; i < bytes.size(); i += 3) {
+      uint32_t n = uint32_t(uint8_t(bytes[i])) << 16;
+      if (i + 1 < bytes.size()) n |= uint32_t(uint8_t(bytes[i + 1])) << 8;
+      if (i + 2 < bytes.size()) n |= uint8_t(bytes[i + 2]);
+      enc += b64[n >> 18];
+      enc += b64[(n >> 12) & 63];
+      enc += i + 1 < bytes.size() ? b64[(n >> 6) & 63] : '=';
+      enc += i + 2 < bytes.size() ? b64[n & 63] : '=';
+    }
+    ranks += enc + " " + std::to_string(id) + "\n";
+  }
+  Scratch scratch;
+  const auto tik = Tokenizer::load(scratch.write("tokenizer.model", ranks));
+  CHECK(tik.vocab_size() == 2046 + 256);
+  CHECK(tik.bos_id() == 2046);
+  CHECK(tik.token_id("<|eot_id|>") == 2046 + 9);
+  for (const auto& text : varied_texts()) CHECK(tik.encode(text) == json_tok.encode(text));
+  CHECK(tik.encode(slurp("data/kjv/kjv.txt").substr(0, 200000)) == json_tok.encode(slurp("data/kjv/kjv.txt").substr(0, 200000)));
+
+  const auto bad = scratch.write("bad.model", "IQ== 0\nIg== 2\n");
+  CHECK_THROWS_WITH(Tokenizer::load(bad), Catch::Contains("line 2") && Catch::Contains("rank 2"));
 }
 
 TEST_CASE("merges load as \"a b\" strings and as [a, b] pairs alike", "[tokenizer]") {
@@ -175,9 +225,9 @@ TEST_CASE("errors name what is wrong", "[tokenizer]") {
   CHECK_THAT(thrown_message<std::runtime_error>([&] { Tokenizer::load(malformed); }), Contains(malformed));
 
   auto doc = nlohmann::json::parse(slurp(kBundled));
-  doc["normalizer"] = {{"type", "NFC"}};
-  const auto nfc = scratch.write("nfc.json", doc.dump());
-  CHECK_THROWS_WITH(Tokenizer::load(nfc), Contains(nfc) && Contains("normalizer NFC"));
+  doc["normalizer"] = {{"type", "Lowercase"}};
+  const auto lower = scratch.write("lower.json", doc.dump());
+  CHECK_THROWS_WITH(Tokenizer::load(lower), Contains(lower) && Contains("normalizer Lowercase"));
   doc["normalizer"] = nullptr;
   doc["model"]["merges"].push_back("Ġthe nosuchtoken");
   const auto bad_merge = scratch.write("bad_merge.json", doc.dump());

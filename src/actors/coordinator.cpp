@@ -2,10 +2,15 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <functional>
+#include <optional>
 
+#include "actors/checkpoint_writer_protocol.h"
 #include "actors/coordinator_protocol.h"
 #include "actors/metrics_sink_protocol.h"
 #include "actors/stage_protocol.h"
+#include "checkpoint/checkpoint_folder.h"
 #include "runtime/exit_codes.h"
 #include "runtime/status_board.h"
 
@@ -15,6 +20,17 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
+// A checkpoint between its snapshot and its commit; at most one at a time, so host buffers
+// and disk bandwidth go to one step's state.
+struct running_save {
+  int64_t step = 0;
+  std::string tmp_dir;
+  std::vector<std::string> shard_records;  // one per rank that has written its shard
+  double blocked_seconds = 0;
+  clock::time_point started;
+  bool snapshot_taken = false;  // the stage's reply and the writers' acknowledgements race
+};
+
 struct coordinator_state {
   std::shared_ptr<runtime::StatusEntry> status;
   caf::actor stage, sink, supervisor;
@@ -23,14 +39,27 @@ struct coordinator_state {
   bool running = false, finished = false;
   clock::time_point step_started;
   std::vector<train::StepStats> history;
+  config::CheckpointSection checkpoint;
+  std::string checkpoint_folder;
+  caf::actor writer;  // rank 0's checkpoint writer; invalid when checkpoints are off
+  int ranks = 1;      // shards to wait for before a commit
+  std::optional<running_save> saving;
+  std::vector<std::function<void()>> after_save;  // what waits for the running save's commit
 };
 
 using self_ptr = caf::stateful_actor<coordinator_state>*;
 
-// Flushes the metrics first so that nothing logged is lost when the process exits.
+void log(self_ptr self, const std::string& line) { self->send(self->state.sink, log_atom::value, line); }
+
+// Flushes the metrics first so that nothing logged is lost when the process exits; a save in
+// progress is committed first.
 void finish(self_ptr self, int exit_code, std::string message) {
   auto& st = self->state;
   if (st.finished) return;
+  if (st.saving) {
+    st.after_save.push_back([=] { finish(self, exit_code, message); });
+    return;
+  }
   st.finished = true;
   st.status->set_state("stopping");
   auto report = [=](bool) {
@@ -39,6 +68,102 @@ void finish(self_ptr self, int exit_code, std::string message) {
     s.status->set_state("done");
   };
   self->request(st.sink, caf::infinite, flush_atom::value).then(report, [=](caf::error&) { report(false); });
+}
+
+void run_after_save(self_ptr self) {
+  auto waiting = std::move(self->state.after_save);
+  self->state.after_save.clear();
+  for (auto& f : waiting) f();
+}
+
+void save_failed(self_ptr self, int64_t step, const std::string& why) {
+  self->state.saving.reset();
+  self->state.after_save.clear();  // nothing continues after a failed save but the finish
+  finish(self, runtime::exit_code::failed, "checkpoint at step " + std::to_string(step) + " failed: " + why);
+}
+
+void commit_when_complete(self_ptr self) {
+  auto& st = self->state;
+  if (!st.saving->snapshot_taken || static_cast<int>(st.saving->shard_records.size()) < st.ranks) return;
+  const auto save = *st.saving;
+  self->request(st.writer, caf::infinite, commit_atom::value, save.step, save.tmp_dir, save.shard_records)
+      .then(
+          [=](const std::string& summary) {
+            char line[160];
+            std::snprintf(line, sizeof line, "; training blocked %.1f ms, done in %.2f s", 1e3 * save.blocked_seconds,
+                          std::chrono::duration<double>(clock::now() - save.started).count());
+            log(self, "checkpoint: step " + std::to_string(save.step) + " committed to " + summary + line);
+            self->state.saving.reset();
+            run_after_save(self);
+          },
+          [=](caf::error& err) { save_failed(self, save.step, to_string(err)); });
+}
+
+// Saves `step`, then calls `then`: once the snapshot is taken with async saves, once the step
+// is committed otherwise. The final step is model-only in export_dtype when asked; step 0 (a
+// seed) is the initialised model alone.
+void save(self_ptr self, int64_t step, std::function<void()> then) {
+  auto& st = self->state;
+  if (st.saving) {
+    st.after_save.push_back([=] { save(self, step, then); });
+    return;
+  }
+  const bool model_only = step == 0 || (step == st.steps && st.checkpoint.last_save_model_only);
+  const auto dtype = model_only && step > 0 ? st.checkpoint.export_dtype : std::string();
+  st.saving = running_save{step, checkpoint::new_tmp_dir(st.checkpoint_folder, step), {}, 0, clock::now()};
+  st.status->set_state("snapshot");
+  self->request(st.stage, caf::infinite, snapshot_atom::value, step, st.saving->tmp_dir, model_only, dtype, st.writer)
+      .then(
+          [=](double blocked) {
+            auto& s = self->state;
+            char line[96];
+            std::snprintf(line, sizeof line, " copied to host in %.1f ms; writing", 1e3 * blocked);
+            log(self, "checkpoint: step " + std::to_string(step) + line);
+            s.saving->blocked_seconds = blocked;
+            s.saving->snapshot_taken = true;
+            if (s.checkpoint.async_mode == "disabled") s.after_save.push_back(then);
+            commit_when_complete(self);
+            if (s.checkpoint.async_mode != "disabled") then();
+          },
+          [=](caf::error& err) { save_failed(self, step, to_string(err)); });
+}
+
+bool save_due(const coordinator_state& st, int64_t step) {
+  return st.writer && (step % st.checkpoint.interval == 0 || step == st.steps);
+}
+
+void run_step(self_ptr self, int64_t step);
+
+// After step `step` (and its checkpoint, if any): the next step or the end.
+void continue_after(self_ptr self, int64_t step) {
+  auto& s = self->state;
+  if (!s.stop_reason.empty())
+    return finish(self, runtime::exit_code::ok, "stopped by " + s.stop_reason + " after step " + std::to_string(step));
+  if (step == s.steps) return finish(self, runtime::exit_code::ok, "");
+  run_step(self, step + 1);
+}
+
+// The first step follows the checkpoint the stage restored (if any).
+void begin(self_ptr self) {
+  auto& st = self->state;
+  if (!st.writer) return run_step(self, 1);
+  st.status->set_state("restoring");
+  self->request(st.stage, caf::infinite, restored_atom::value)
+      .then(
+          [=](int64_t step, const std::string& message) {
+            auto& s = self->state;
+            if (!message.empty()) log(self, message);
+            if (s.checkpoint.create_seed_checkpoint)
+              return save(self, 0, [=] {
+                finish(self, runtime::exit_code::ok, "seed checkpoint written (checkpoint.create_seed_checkpoint)");
+              });
+            if (step >= s.steps)
+              return finish(self, runtime::exit_code::ok,
+                            "the checkpoint is at step " + std::to_string(step) + ", training.steps is " +
+                                std::to_string(s.steps) + ": nothing to train");
+            run_step(self, step + 1);
+          },
+          [=](caf::error& err) { finish(self, runtime::exit_code::failed, "restoring: " + to_string(err)); });
 }
 
 void run_step(self_ptr self, int64_t step) {
@@ -58,11 +183,8 @@ void run_step(self_ptr self, int64_t step) {
             if (!std::isfinite(stats.loss))
               return finish(self, runtime::exit_code::diverged,
                             "loss is " + std::to_string(stats.loss) + " at step " + std::to_string(step));
-            if (!s.stop_reason.empty())
-              return finish(self, runtime::exit_code::ok,
-                            "stopped by " + s.stop_reason + " after step " + std::to_string(step));
-            if (step == s.steps) return finish(self, runtime::exit_code::ok, "");
-            run_step(self, step + 1);
+            if (save_due(s, step)) return save(self, step, [=] { continue_after(self, step); });
+            continue_after(self, step);
           },
           [=](caf::error& err) {
             self->state.running = false;
@@ -71,24 +193,35 @@ void run_step(self_ptr self, int64_t step) {
 }
 
 caf::behavior coordinator(self_ptr self, config::JobConfig cfg, caf::actor stage, caf::actor sink,
-                          caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
+                          caf::actor supervisor, caf::actor writer, std::shared_ptr<runtime::StatusBoard> board) {
   auto& st = self->state;
   st.status = board->enroll("coordinator");
   st.stage = std::move(stage);
   st.sink = std::move(sink);
   st.supervisor = std::move(supervisor);
   st.steps = cfg.training.steps;
+  st.checkpoint = cfg.checkpoint;
+  st.checkpoint_folder = checkpoint::checkpoint_folder(cfg);
+  st.writer = std::move(writer);
   st.status->set_state("idle");
   return {
       [=](start_atom) {
         self->state.status->on_message(self->mailbox().size());
-        if (!self->state.finished) run_step(self, 1);
+        if (!self->state.finished) begin(self);
       },
       [=](stop_atom, const std::string& reason) {
         auto& s = self->state;
         s.status->on_message(self->mailbox().size());
         if (s.stop_reason.empty()) s.stop_reason = reason;
         if (!s.running) finish(self, runtime::exit_code::ok, "stopped by " + reason + " before the first step");
+      },
+      [=](written_atom, int64_t step, const std::string& record, const std::string& error) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (!s.saving || s.saving->step != step) return;  // from a save that already failed
+        if (!error.empty()) return save_failed(self, step, error);
+        s.saving->shard_records.push_back(record);
+        commit_when_complete(self);
       },
       [=](status_atom) {
         self->state.status->on_message(self->mailbox().size());
@@ -100,8 +233,9 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, caf::actor stage
 }  // namespace
 
 caf::actor spawn_coordinator(caf::actor_system& sys, const config::JobConfig& cfg, caf::actor stage, caf::actor sink,
-                             caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
-  return sys.spawn(coordinator, cfg, std::move(stage), std::move(sink), std::move(supervisor), std::move(board));
+                             caf::actor supervisor, caf::actor writer, std::shared_ptr<runtime::StatusBoard> board) {
+  return sys.spawn(coordinator, cfg, std::move(stage), std::move(sink), std::move(supervisor), std::move(writer),
+                   std::move(board));
 }
 
 }  // namespace troupe::actors

@@ -14,7 +14,11 @@ namespace troupe::actors {
 // statistics to `sink`, and ends on the last step, a stop request (after the running step), a
 // non-finite loss or a failed step: it flushes the sink, then tells `supervisor`
 // (done_atom, exit_code, message, all step statistics).
+// Checkpoints (when `writer`, rank 0's checkpoint writer, is valid): it first asks the stage
+// which step it restored and starts after it; it saves every checkpoint.interval steps and
+// after the last, commits a step once every rank's writer has acknowledged it, and finishes
+// only after the last commit.
 caf::actor spawn_coordinator(caf::actor_system& sys, const config::JobConfig& cfg, caf::actor stage, caf::actor sink,
-                             caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board);
+                             caf::actor supervisor, caf::actor writer, std::shared_ptr<runtime::StatusBoard> board);
 
 }  // namespace troupe::actors

@@ -36,6 +36,18 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
         s.status->set_step(s.source->produced());
         s.status->set_state("idle");
       },
+      [=](seek_atom, const data::DataPosition& pos) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (!s.source) return;
+        try {
+          s.source->seek(pos);
+        } catch (const std::exception& e) {
+          s.status->set_error(e.what());
+          s.source.reset();  // no batch from a wrong position; the supervisor ends the job
+          self->send(supervisor, failure_atom::value, std::string("data loader: resuming: ") + e.what());
+        }
+      },
       [=](status_atom) {
         self->state.status->on_message(self->mailbox().size());
         return self->state.status->snapshot();

@@ -22,15 +22,30 @@ struct sink_state {
   int64_t log_freq = 1, last_step = 0;
   // Throughput is averaged over the steps since the previous log line, as torchtitan does.
   int64_t tokens_since_log = 0;
-  double seconds_since_log = 0;
+  double seconds_since_log = 0, flops_since_log = 0;
 };
 
-std::string console_line(const train::StepStats& s, double tps, uint64_t rss) {
-  char line[256];
-  std::snprintf(line, sizeof line, "step: %5lld  loss: %8.4f  grad_norm: %8.4f  lr: %.4e  memory: %6.2fGiB(rss)  tps: %.0f",
-                static_cast<long long>(s.step), s.loss, s.grad_norm, s.lr,
-                static_cast<double>(rss) / (1024.0 * 1024.0 * 1024.0), tps);
-  return line;
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// MFU over the logged interval: model FLOPs done / (time × the device's peak).
+double mfu(double flops, double seconds, double peak) { return peak > 0 && seconds > 0 ? flops / seconds / peak : 0; }
+
+std::string console_line(const train::StepStats& s, double tps, double interval_mfu, uint64_t rss) {
+  char memory[96];
+  if (s.gpu_peak_reserved_bytes > 0)
+    std::snprintf(memory, sizeof memory, "memory: %5.2fGiB active %5.2fGiB reserved (peak)",
+                  static_cast<double>(s.gpu_peak_active_bytes) / kGiB, static_cast<double>(s.gpu_peak_reserved_bytes) / kGiB);
+  else
+    std::snprintf(memory, sizeof memory, "memory: %6.2fGiB(rss)", static_cast<double>(rss) / kGiB);
+  char line[320];
+  std::snprintf(line, sizeof line, "step: %5lld  loss: %8.4f  grad_norm: %8.4f  lr: %.4e  %s  tps: %.0f",
+                static_cast<long long>(s.step), s.loss, s.grad_norm, s.lr, memory, tps);
+  std::string out = line;
+  if (s.peak_flops_per_second > 0) {
+    std::snprintf(line, sizeof line, "  mfu: %.2f%%", 100.0 * interval_mfu);
+    out += line;
+  }
+  return out;
 }
 
 nlohmann::json record(const train::StepStats& s, uint64_t rss) {
@@ -43,6 +58,9 @@ nlohmann::json record(const train::StepStats& s, uint64_t rss) {
           {"compute_seconds", s.compute_seconds},
           {"data_wait_seconds", s.data_wait_seconds},
           {"tps", s.tokens / s.wall_seconds},
+          {"mfu", mfu(s.model_flops, s.wall_seconds, s.peak_flops_per_second)},
+          {"gpu_peak_active_bytes", s.gpu_peak_active_bytes},
+          {"gpu_peak_reserved_bytes", s.gpu_peak_reserved_bytes},
           {"rss_bytes", rss}};
 }
 
@@ -81,6 +99,7 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
         const auto rss = runtime::resident_bytes();
         s.tokens_since_log += stats.tokens;
         s.seconds_since_log += stats.wall_seconds;
+        s.flops_since_log += stats.model_flops;
         if (s.jsonl.is_open()) {
           try {
             write_line(s, record(stats, rss).dump());
@@ -89,9 +108,11 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
           }
         }
         if (stats.step == 1 || stats.step % s.log_freq == 0 || stats.step == s.last_step) {
-          std::cout << console_line(stats, s.tokens_since_log / s.seconds_since_log, rss) << std::endl;
+          std::cout << console_line(stats, s.tokens_since_log / s.seconds_since_log,
+                                    mfu(s.flops_since_log, s.seconds_since_log, stats.peak_flops_per_second), rss)
+                    << std::endl;
           s.tokens_since_log = 0;
-          s.seconds_since_log = 0;
+          s.seconds_since_log = s.flops_since_log = 0;
         }
       },
       [=](log_atom, const std::string& line) {

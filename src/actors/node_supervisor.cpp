@@ -1,5 +1,6 @@
 #include "actors/node_supervisor.h"
 
+#include "actors/checkpoint_writer.h"
 #include "actors/coordinator.h"
 #include "actors/data_loader.h"
 #include "actors/metrics_sink.h"
@@ -59,8 +60,11 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
   auto sink = spawn_metrics_sink(sys, cfg, /*rank=*/0, board);
   auto loader = spawn_data_loader(sys, cfg, me, board);
   auto stage = spawn_stage(sys, cfg, vocab_size, loader, me, board);
-  st.coordinator = spawn_coordinator(sys, cfg, stage, sink, me, board);
+  caf::actor writer;
+  if (cfg.checkpoint.enable) writer = spawn_checkpoint_writer(sys, cfg, /*rank=*/0, me, board);
+  st.coordinator = spawn_coordinator(sys, cfg, stage, sink, me, writer, board);
   st.children = {st.coordinator, stage, loader, sink};
+  if (writer) st.children.push_back(writer);
   for (auto& child : st.children) self->monitor(child);
   // A child that dies before the job has ended is a failure, whatever its reason.
   self->set_down_handler([=](caf::down_msg& msg) {

@@ -4,8 +4,11 @@
 #include <deque>
 #include <optional>
 
+#include "actors/checkpoint_writer_protocol.h"
 #include "actors/data_loader_protocol.h"
 #include "actors/stage_protocol.h"
+#include "checkpoint/trainer_checkpoint.h"
+#include "data/batch.h"
 #include "runtime/status_board.h"
 #include "train/trainer.h"
 
@@ -28,6 +31,9 @@ struct stage_state {
   caf::actor loader;
   std::deque<batch_handle> ready;
   std::optional<pending_step> pending;
+  checkpoint::Restored restored;
+  data::DataPosition consumed;  // after the last batch a step took (the loader is ahead)
+  std::unique_ptr<checkpoint::SnapshotBuffers> snapshot_buffers;
 };
 
 void run_if_ready(caf::stateful_actor<stage_state>* self) {
@@ -40,6 +46,7 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
   }
   std::vector<batch_handle> micro(st.ready.begin(), st.ready.begin() + static_cast<long>(needed));
   st.ready.erase(st.ready.begin(), st.ready.begin() + static_cast<long>(needed));
+  st.consumed = micro.back()->next;
   // Re-grant the credits now so the loader prepares the next step while this one computes.
   self->send(st.loader, credit_atom::value, static_cast<int64_t>(needed), caf::actor_cast<caf::actor>(self));
   auto job = std::move(*st.pending);
@@ -67,11 +74,17 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
   try {
     st.status->set_state("building");
     st.trainer = std::make_unique<train::Trainer>(cfg, vocab_size);
+    st.snapshot_buffers = std::make_unique<checkpoint::SnapshotBuffers>(cfg.checkpoint.async_mode == "async_with_pinned_mem");
+    st.status->set_state("loading-checkpoint");
+    st.restored = checkpoint::restore_trainer(*st.trainer, cfg, /*rank=*/0);
+    // Sent before the first credit, so the loader's first batch is the one after the checkpoint.
+    if (st.restored.dataloader) self->send(loader, seek_atom::value, *st.restored.dataloader);
     st.status->set_state("idle");
     // Two steps of batches in flight: one being consumed, one being prepared.
     self->send(loader, credit_atom::value, 2 * st.trainer->micro_batches_per_step(),
                caf::actor_cast<caf::actor>(self));
   } catch (const std::exception& e) {
+    st.trainer.reset();  // a failed restore leaves nothing half-loaded to train on
     st.init_error = e.what();
     st.status->set_error(e.what());
     self->send(supervisor, failure_atom::value, std::string("stage: ") + e.what());
@@ -93,6 +106,33 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
         s.pending = pending_step{step, clock::now(), promise};
         run_if_ready(self);
         return promise;
+      },
+      [=](restored_atom) -> caf::result<int64_t, std::string> {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (!s.trainer) return caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error);
+        return {s.restored.step, s.restored.message};
+      },
+      [=](snapshot_atom, int64_t step, const std::string& tmp_dir, bool model_only, const std::string& dtype,
+          caf::actor writer) -> caf::result<double> {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (!s.trainer) return caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error);
+        s.status->set_state("snapshot");
+        try {
+          auto snap = checkpoint::snapshot_trainer(*s.trainer, cfg, {step, tmp_dir, model_only, dtype, 0, s.consumed},
+                                                   *s.snapshot_buffers);
+          s.snapshot_buffers->lend_to(snap);
+          const double blocked = snap->blocked_seconds;
+          self->send(writer, write_atom::value, snapshot_handle(std::move(snap)),
+                     caf::actor_cast<caf::actor>(self->current_sender()));
+          s.status->set_state("idle");
+          return blocked;
+        } catch (const std::exception& e) {
+          s.status->set_error(e.what());
+          return caf::make_error(caf::sec::runtime_error, std::string("snapshot at step ") + std::to_string(step) +
+                                                              ": " + e.what());
+        }
       },
       [=](status_atom) {
         self->state.status->on_message(self->mailbox().size());

@@ -4,8 +4,9 @@
 #include <nlohmann/json.hpp>
 
 #include <cstring>
-#include <fstream>
 #include <stdexcept>
+
+#include "checkpoint/file_io.h"
 
 namespace troupe::checkpoint {
 
@@ -20,6 +21,14 @@ constexpr DtypeName kDtypes[] = {
     {"I64", at::kLong},   {"I32", at::kInt},   {"U8", at::kByte},       {"BOOL", at::kBool},
 };
 
+uint64_t read_le64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
+  return v;
+}
+
+}  // namespace
+
 at::ScalarType dtype_from_name(const std::string& name, const std::string& where) {
   for (const auto& d : kDtypes)
     if (name == d.name) return d.type;
@@ -32,19 +41,7 @@ const char* dtype_name(at::ScalarType type, const std::string& where) {
   throw std::runtime_error(where + ": dtype " + std::string(c10::toString(type)) + " cannot be written");
 }
 
-std::string read_all(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open");
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw std::runtime_error(path + ": read error");
-  return bytes;
-}
-
-uint64_t read_le64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(p[i]);
-  return v;
-}
+namespace {
 
 at::Tensor tensor_from_entry(const std::string& file, const std::string& name, const nlohmann::json& entry,
                              const char* data, uint64_t data_size) {
@@ -68,7 +65,7 @@ at::Tensor tensor_from_entry(const std::string& file, const std::string& name, c
 }  // namespace
 
 TensorMap read_safetensors(const std::string& path) {
-  const auto bytes = read_all(path);
+  const auto bytes = read_file(path);
   if (bytes.size() < 8) throw std::runtime_error(path + ": too short for a safetensors file");
   const uint64_t header_size = read_le64(bytes.data());
   if (header_size > bytes.size() - 8) throw std::runtime_error(path + ": header length beyond the end of the file");
@@ -88,33 +85,42 @@ TensorMap read_safetensors(const std::string& path) {
   return tensors;
 }
 
-void write_safetensors(const std::string& path, const TensorMap& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+std::map<std::string, std::pair<uint64_t, uint64_t>> write_safetensors_to(
+    OutputFile& out, const TensorMap& tensors, const std::map<std::string, std::string>& metadata) {
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<at::Tensor> contiguous;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
-    auto c = t.detach().to(torch::kCPU).contiguous();
-    const uint64_t size = static_cast<uint64_t>(c.numel()) * c.element_size();
-    header[name] = {{"dtype", dtype_name(c.scalar_type(), path + ": tensor '" + name + "'")},
-                    {"shape", c.sizes().vec()},
+    if (!t.is_cpu() || !t.is_contiguous())
+      throw std::invalid_argument(out.path() + ": tensor '" + name + "' must be contiguous on the CPU");
+    const uint64_t size = static_cast<uint64_t>(t.numel()) * t.element_size();
+    header[name] = {{"dtype", dtype_name(t.scalar_type(), out.path() + ": tensor '" + name + "'")},
+                    {"shape", t.sizes().vec()},
                     {"data_offsets", {offset, offset + size}}};
     offset += size;
-    contiguous.push_back(std::move(c));
   }
   auto text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw std::runtime_error(path + ": cannot open for writing");
   char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<char>((static_cast<uint64_t>(text.size()) >> (8 * i)) & 0xff);
   out.write(len, 8);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const auto& c : contiguous)
-    out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
-  out.flush();
-  if (!out) throw std::runtime_error(path + ": write failed (disk full?)");
+  out.write(text.data(), text.size());
+  std::map<std::string, std::pair<uint64_t, uint64_t>> ranges;
+  for (const auto& [name, t] : tensors) {
+    const uint64_t begin = out.size();
+    out.write(t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size());
+    ranges[name] = {begin, out.size()};
+  }
+  return ranges;
+}
+
+void write_safetensors(const std::string& path, const TensorMap& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  TensorMap contiguous;
+  for (const auto& [name, t] : tensors) contiguous[name] = t.detach().to(torch::kCPU).contiguous();
+  OutputFile out(path);
+  write_safetensors_to(out, contiguous, metadata);
+  out.sync_and_close();
 }
 
 }  // namespace troupe::checkpoint

@@ -12,5 +12,7 @@ using Action = std::function<int()>;
 
 Action add_train_command(CLI::App& app);
 Action add_tokenizer_command(CLI::App& app);
+Action add_checkpoint_command(CLI::App& app);
+Action add_data_command(CLI::App& app);
 
 }  // namespace troupe::cli

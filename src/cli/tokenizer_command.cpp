@@ -50,10 +50,10 @@ int run_train(const TokenizerOptions& o) {
 int run_encode(const TokenizerOptions& o) {
   const auto tok = data::Tokenizer::load(o.tokenizer);
   std::vector<int32_t> ids;
-  if (o.add_special) ids.push_back(tok.bos_id());
+  if (o.add_special && tok.bos_id()) ids.push_back(*tok.bos_id());
   const auto body = tok.encode(read_input(o.input));
   ids.insert(ids.end(), body.begin(), body.end());
-  if (o.add_special) ids.push_back(tok.eos_id());
+  if (o.add_special && tok.eos_id()) ids.push_back(*tok.eos_id());
   std::string line;
   for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
   std::cout << line << '\n';
@@ -96,15 +96,15 @@ CLI::App* add_train(CLI::App& parent, TokenizerOptions& o) {
 
 CLI::App* add_encode(CLI::App& parent, TokenizerOptions& o) {
   auto* cmd = parent.add_subcommand("encode", "Print the token ids of a text, separated by spaces");
-  cmd->add_option("--tokenizer", o.tokenizer, "Hugging Face tokenizer.json")->required();
+  cmd->add_option("--tokenizer", o.tokenizer, "Hugging Face tokenizer.json or tiktoken rank file")->required();
   cmd->add_option("--input", o.input, "text file (default: stdin)");
-  cmd->add_flag("--add-special", o.add_special, "wrap the ids in <|begin_of_text|> ... <|end_of_text|>");
+  cmd->add_flag("--add-special", o.add_special, "wrap the ids in the tokenizer's begin/end-of-text tokens (those it has)");
   return cmd;
 }
 
 CLI::App* add_decode(CLI::App& parent, TokenizerOptions& o) {
   auto* cmd = parent.add_subcommand("decode", "Print the text of whitespace-separated token ids");
-  cmd->add_option("--tokenizer", o.tokenizer, "Hugging Face tokenizer.json")->required();
+  cmd->add_option("--tokenizer", o.tokenizer, "Hugging Face tokenizer.json or tiktoken rank file")->required();
   cmd->add_option("--input", o.input, "file of ids (default: stdin)");
   return cmd;
 }

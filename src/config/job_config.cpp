@@ -3,6 +3,8 @@
 // so a new key is one line there.
 #include "config/job_config.h"
 
+#include "data/dataset_files.h"
+
 // Debian ships toml++ as a shared library (its CMake target and pkg-config file define this);
 // the fallback keeps a plain `g++ ... -ltomlplusplus` build from compiling toml++ inline.
 #ifndef TOML_SHARED_LIB
@@ -56,6 +58,11 @@ std::string show(double v) {
   os << v;
   return os.str();
 }
+std::string show(const std::vector<std::string>& v) {
+  std::string out = "[";
+  for (const auto& s : v) out += (out.size() > 1 ? ", " : "") + quote(s);
+  return out + "]";
+}
 
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -88,7 +95,7 @@ std::string did_you_mean(std::string_view word, const std::vector<std::string>& 
 // Key specs
 
 // Where a key's value lives inside a JobConfig; the alternative is the key's type.
-using FieldRef = std::variant<int64_t*, double*, bool*, std::string*>;
+using FieldRef = std::variant<int64_t*, double*, bool*, std::string*, std::vector<std::string>*>;
 
 // Says what is wrong with a key's value as a full message naming the key; empty when fine.
 // Sees the whole config for rules that relate two keys.
@@ -186,25 +193,76 @@ Rule both(Rule first, Rule second) {
   };
 }
 
-// "kjv" falls back to data/kjv/kjv.txt; "text" has no built-in file. Checked on the dataset key
-// so the error points at where "text" was chosen.
-Rule text_needs_path() {
-  return [](std::string_view key, FieldRef field, const JobConfig& cfg) -> std::string {
-    if (*std::get<std::string*>(field) != "text" || !cfg.training.dataset_path.empty()) return {};
-    return std::string(key) + " 'text' needs training.dataset_path to name a file";
+// "kjv" falls back to data/kjv/kjv.txt; the others have no built-in file. Checked on the
+// dataset key so the error points at where the dataset was chosen.
+template <auto Section>
+Rule dataset_needs_path(std::string path_key) {
+  return [path_key](std::string_view key, FieldRef field, const JobConfig& cfg) -> std::string {
+    const std::string& v = *std::get<std::string*>(field);
+    if (v == "kjv" || !(cfg.*Section).dataset_path.empty()) return {};
+    if constexpr (std::is_same_v<decltype(Section), ValidationSection JobConfig::*>)
+      if (!cfg.validation.enable) return {};
+    return std::string(key) + " '" + v + "' needs " + path_key + " to name a file, directory or glob";
   };
 }
 
-Rule empty_or_existing_file() {
-  return [](std::string_view key, FieldRef field, const JobConfig&) {
-    const std::string& path = *std::get<std::string*>(field);
-    return path.empty() ? std::string() : missing_file(key, path);
-  };
-}
-
-Rule checkpoint_enable_rule() {
+// The validation dataset and its config exist; the stage's validation loop does not yet, and a
+// run must not look as if it validated when it did not.
+Rule validation_enable_rule() {
   return [](std::string_view key, FieldRef field, const JobConfig&) -> std::string {
-    return *std::get<bool*>(field) ? std::string(key) + ": checkpointing is not implemented yet" : std::string();
+    return *std::get<bool*>(field) ? std::string(key) + ": the validation loop is not implemented yet" : std::string();
+  };
+}
+
+Rule dataset_rule(Rule needs_path) { return both(one_of({"kjv", "text", "jsonl", "tokens"}), std::move(needs_path)); }
+
+// A file, a directory or a glob, resolved as the data loader will resolve it.
+Rule empty_or_existing_dataset_path() {
+  return [](std::string_view key, FieldRef field, const JobConfig&) -> std::string {
+    const std::string& path = *std::get<std::string*>(field);
+    if (path.empty()) return {};
+    if (path.find_first_of("*?[") == std::string::npos && !std::filesystem::is_directory(path))
+      return missing_file(key, path);
+    try {
+      data::dataset_files(path);
+      return {};
+    } catch (const std::exception& e) {
+      return std::string(key) + ": " + e.what();
+    }
+  };
+}
+
+Rule each_one_of(std::initializer_list<std::string_view> choices) {
+  std::vector<std::string> allowed(choices.begin(), choices.end());
+  std::string what = "a list of";
+  for (const auto& c : allowed) what += (c == allowed.front() ? " " : " | ") + c;
+  return must_be<std::vector<std::string>>(what, [allowed](const std::vector<std::string>& v, auto&) {
+    return std::ranges::all_of(v, [&](const std::string& x) { return std::ranges::find(allowed, x) != allowed.end(); });
+  });
+}
+
+// Loading and seeding act only on an enabled checkpoint; set otherwise they would be ignored.
+Rule needs_checkpoint_enabled(Rule rule = {}) {
+  return [rule](std::string_view key, FieldRef field, const JobConfig& cfg) -> std::string {
+    const bool set = std::visit(
+        [](auto* v) {
+          using T = std::remove_pointer_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, int64_t>) return *v != -1;
+          else if constexpr (std::is_same_v<T, bool>) return *v;
+          else if constexpr (std::is_same_v<T, double>) return false;
+          else return !v->empty();
+        },
+        field);
+    if (set && !cfg.checkpoint.enable) return std::string(key) + " needs checkpoint.enable = true";
+    return rule ? rule(key, field, cfg) : std::string();
+  };
+}
+
+Rule empty_or_existing_directory() {
+  return [](std::string_view key, FieldRef field, const JobConfig&) -> std::string {
+    const std::string& path = *std::get<std::string*>(field);
+    if (path.empty() || std::filesystem::is_directory(path)) return {};
+    return std::string(key) + ": directory " + quote(path) + " not found";
   };
 }
 
@@ -231,7 +289,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(job, device), one_of({"auto", "cpu", "cuda"})},
 
       {TROUPE_KEY(model, name), one_of({"llama3"})},
-      {TROUPE_KEY(model, flavor), one_of({"debugmodel", "1B", "3B", "8B", "70B", "405B"})},
+      {TROUPE_KEY(model, flavor), one_of({"debugmodel", "1B", "1.5B", "3B", "8B", "70B", "405B"})},
       {TROUPE_KEY(model, tokenizer_path), existing_file()},
 
       {TROUPE_KEY(optimizer, name), one_of({"AdamW", "Adam"})},
@@ -251,14 +309,36 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(training, seq_len), at_least(2)},
       {TROUPE_KEY(training, max_norm), positive_number()},
       {TROUPE_KEY(training, steps), at_least(1)},
-      {TROUPE_KEY(training, dataset), both(one_of({"kjv", "text"}), text_needs_path())},
-      {TROUPE_KEY(training, dataset_path), empty_or_existing_file()},
+      {TROUPE_KEY(training, dataset), dataset_rule(dataset_needs_path<&JobConfig::training>("training.dataset_path"))},
+      {TROUPE_KEY(training, dataset_path), empty_or_existing_dataset_path()},
+      {TROUPE_KEY(training, dataset_text_field), not_empty()},
       {TROUPE_KEY(training, deterministic), {}},
+      {TROUPE_KEY(training, mixed_precision_param), one_of({"bfloat16", "float32"})},
+      // Gradients are reduced across ranks only once there are several; fp32 is the one choice now.
+      {TROUPE_KEY(training, mixed_precision_reduce), one_of({"float32"})},
+
+      {TROUPE_KEY(validation, enable), validation_enable_rule()},
+      {TROUPE_KEY(validation, dataset), dataset_rule(dataset_needs_path<&JobConfig::validation>("validation.dataset_path"))},
+      {TROUPE_KEY(validation, dataset_path), empty_or_existing_dataset_path()},
+      {TROUPE_KEY(validation, freq), at_least(1)},
+      {TROUPE_KEY(validation, steps), at_least(1)},
 
       {TROUPE_KEY(metrics, log_freq), at_least(1)},
       {TROUPE_KEY(metrics, save_for_all_ranks), {}},
 
-      {TROUPE_KEY(checkpoint, enable), checkpoint_enable_rule()},
+      {TROUPE_KEY(checkpoint, enable), {}},
+      {TROUPE_KEY(checkpoint, folder), not_empty()},
+      {TROUPE_KEY(checkpoint, interval), at_least(1)},
+      {TROUPE_KEY(checkpoint, async_mode), one_of({"disabled", "async", "async_with_pinned_mem"})},
+      {TROUPE_KEY(checkpoint, keep_latest_k), at_least(0)},
+      {TROUPE_KEY(checkpoint, load_step), needs_checkpoint_enabled(at_least(-1))},
+      {TROUPE_KEY(checkpoint, initial_load_path), needs_checkpoint_enabled(empty_or_existing_directory())},
+      {TROUPE_KEY(checkpoint, initial_load_model_only), {}},
+      {TROUPE_KEY(checkpoint, last_save_model_only), {}},
+      {TROUPE_KEY(checkpoint, export_dtype), one_of({"float32", "bfloat16", "float16"})},
+      {TROUPE_KEY(checkpoint, exclude_from_loading),
+       each_one_of({"model", "optimizer", "lr_scheduler", "dataloader", "train_state", "rng"})},
+      {TROUPE_KEY(checkpoint, create_seed_checkpoint), needs_checkpoint_enabled()},
 
       {TROUPE_KEY(parallelism, data_parallel_replicate_degree), single_rank(false)},
       {TROUPE_KEY(parallelism, data_parallel_shard_degree), single_rank(true)},
@@ -350,6 +430,32 @@ struct ValueKind<std::string> {
   static constexpr std::string_view noun = "a string";
   static std::optional<std::string> from(const toml::node& n) { return n.value_exact<std::string>(); }
   static std::optional<std::string> from(std::string_view s) { return std::string(s); }
+};
+
+// A TOML array of strings, or comma-separated words on the command line (as torchtitan's CLI).
+template <>
+struct ValueKind<std::vector<std::string>> {
+  static constexpr std::string_view noun = "a list of strings";
+  static std::optional<std::vector<std::string>> from(const toml::node& n) {
+    const auto* array = n.as_array();
+    if (!array) return std::nullopt;
+    std::vector<std::string> out;
+    for (const auto& item : *array) {
+      auto s = item.value_exact<std::string>();
+      if (!s) return std::nullopt;
+      out.push_back(std::move(*s));
+    }
+    return out;
+  }
+  static std::optional<std::vector<std::string>> from(std::string_view s) {
+    std::vector<std::string> out;
+    while (!s.empty()) {
+      const auto comma = s.find(',');
+      out.emplace_back(s.substr(0, comma));
+      s = comma == std::string_view::npos ? std::string_view() : s.substr(comma + 1);
+    }
+    return out;
+  }
 };
 
 // What the user gave, for "got ...": the TOML type, or the command-line text.
@@ -463,6 +569,36 @@ std::vector<std::string> known_keys() {
   std::vector<std::string> keys;
   for (const auto& spec : key_specs()) keys.push_back(spec.full_name());
   return keys;
+}
+
+std::vector<std::pair<std::string, std::string>> key_values(const JobConfig& cfg) {
+  JobConfig copy = cfg;  // key specs hand out mutable field pointers
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& spec : key_specs()) {
+    const std::string text = std::visit(
+        [](auto* v) -> std::string {
+          using T = std::remove_pointer_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, bool>) return *v ? "true" : "false";
+          else if constexpr (std::is_same_v<T, int64_t>) return std::to_string(*v);
+          else if constexpr (std::is_same_v<T, double>) {
+            char buf[32];
+            return std::string(buf, std::to_chars(buf, buf + sizeof buf, *v).ptr);  // shortest exact
+          } else {
+            std::ostringstream os;
+            if constexpr (std::is_same_v<T, std::string>) {
+              os << toml::value<std::string>(*v);
+            } else {
+              toml::array a;
+              for (const auto& s : *v) a.push_back(s);
+              os << a;
+            }
+            return os.str();
+          }
+        },
+        spec.field(copy));
+    out.emplace_back(spec.full_name(), text);
+  }
+  return out;
 }
 
 std::vector<Override> parse_override_args(const std::vector<std::string>& args) {

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace troupe::config {
@@ -43,9 +44,24 @@ struct TrainingSection {
   int64_t seq_len = 2048;
   double max_norm = 1.0;
   int64_t steps = 10000;
+  std::string dataset = "kjv";  // kjv | text | jsonl | tokens (shards of `troupe data prepare`)
+  std::string dataset_path = "";  // a file, a directory (its files, recursively) or a glob
+  std::string dataset_text_field = "text";  // jsonl: the key whose string is the document
+  bool deterministic = false;
+  // Compute dtype on CUDA (fp32 master weights and optimizer state either way). CPU runs
+  // compute in fp32: bf16 matmuls are slower there on CPUs without AMX.
+  std::string mixed_precision_param = "bfloat16";  // bfloat16 | float32
+  std::string mixed_precision_reduce = "float32";
+};
+
+// Every `freq` steps, the mean loss over `steps` batches of another dataset (read as
+// training.dataset is, with training.local_batch_size and seq_len), and its perplexity.
+struct ValidationSection {
+  bool enable = false;
   std::string dataset = "kjv";
   std::string dataset_path = "";
-  bool deterministic = false;
+  int64_t freq = 100;
+  int64_t steps = 10;
 };
 
 struct MetricsSection {
@@ -53,9 +69,21 @@ struct MetricsSection {
   bool save_for_all_ranks = false;
 };
 
-// Only what exists so far; the checkpoint issue adds the rest.
+// torchtitan's keys and defaults; checkpoints live in <job.dump_folder>/<folder>/step-N.
 struct CheckpointSection {
   bool enable = false;
+  std::string folder = "checkpoint";
+  int64_t interval = 500;  // save every N steps (and after the last step)
+  std::string async_mode = "disabled";  // disabled | async | async_with_pinned_mem
+  int64_t keep_latest_k = 10;  // 0: keep every committed step
+  int64_t load_step = -1;  // -1: resume from the newest committed step
+  std::string initial_load_path = "";  // a checkpoint (folder or step-N) to start from when the folder has none
+  bool initial_load_model_only = true;
+  bool last_save_model_only = true;  // the final step saves the model alone, in export_dtype
+  std::string export_dtype = "float32";  // float32 | bfloat16 | float16
+  // State parts not restored: model, optimizer, lr_scheduler, dataloader, train_state, rng.
+  std::vector<std::string> exclude_from_loading;
+  bool create_seed_checkpoint = false;  // write step-0 with the initialised model, then exit
 };
 
 // One rank so far: every degree must be 1 (data_parallel_shard_degree may be -1: fill the rest).
@@ -78,6 +106,7 @@ struct JobConfig {
   OptimizerSection optimizer;
   LrSchedulerSection lr_scheduler;
   TrainingSection training;
+  ValidationSection validation;
   MetricsSection metrics;
   CheckpointSection checkpoint;
   ParallelismSection parallelism;
@@ -104,5 +133,9 @@ JobConfig load_job_config(const std::string& path, const std::vector<Override>& 
 
 // Every valid key as "section.key", for error hints and --help.
 std::vector<std::string> known_keys();
+
+// Every key and its value as TOML text ("training.steps" -> "6"), in table order: what a
+// checkpoint records of the job that wrote it.
+std::vector<std::pair<std::string, std::string>> key_values(const JobConfig& cfg);
 
 }  // namespace troupe::config

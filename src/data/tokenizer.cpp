@@ -7,6 +7,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/added_token_matcher.h"
+#include "data/text_normalizer.h"
+#include "data/tiktoken_file.h"
+
 #include <algorithm>
 #include <array>
 #include <fstream>
@@ -258,11 +262,20 @@ class PreTokenizer {
  public:
   void add_split(const std::string& pattern) { splits_.emplace_back(pattern); }
 
+  // One per thread and call: pcre2 match data is not shareable across threads.
+  std::vector<MatchData> make_match_data() const {
+    std::vector<MatchData> out;
+    for (const auto& s : splits_) out.push_back(s.make_match_data());
+    return out;
+  }
+
+  template <class Fn>
+  void for_each_piece(std::string_view text, const std::vector<MatchData>& match_data, Fn&& piece) const {
+    visit(text, 0, match_data, piece);
+  }
   template <class Fn>
   void for_each_piece(std::string_view text, Fn&& piece) const {
-    std::vector<MatchData> match_data;  // per call: pcre2 match data is not shareable across threads
-    for (const auto& s : splits_) match_data.push_back(s.make_match_data());
-    visit(text, 0, match_data, piece);
+    for_each_piece(text, make_match_data(), piece);
   }
 
  private:
@@ -373,13 +386,6 @@ bool null_or(const json& obj, const char* key, const json& allowed) {
   return it == obj.end() || it->is_null() || *it == allowed;
 }
 
-void check_normalizer(const json& doc) {
-  const json& n = doc.value("normalizer", json());
-  if (n.is_null()) return;
-  const bool empty_sequence = n.value("type", "") == "Sequence" && n.value("normalizers", json::array()).empty();
-  require(empty_sequence, "normalizer " + n.value("type", n.dump()) + " is not supported");
-}
-
 // Reads the pre_tokenizer: Isolated regex Splits, then a ByteLevel that only maps bytes.
 PreTokenizer read_pre_tokenizer(const json& doc) {
   const json& p = doc.value("pre_tokenizer", json());
@@ -480,8 +486,12 @@ struct Tokenizer::Impl {
   StringMap<int32_t> ids;                     // spelling -> id, added tokens over the model vocab as in HF
   std::vector<std::pair<int32_t, int32_t>> merges;  // by rank
   bool ignore_merges = false;
+  bool rank_by_merged_token = false;  // tiktoken rank files
+  TextNormalizer normalizer;
   PreTokenizer pre_tokenizer;
   std::optional<BpeModel> model;
+  AddedTokenMatcher raw_added;         // added tokens matched before normalization
+  AddedTokenMatcher normalized_added;  // those HF marks "normalized": matched after it
   json sections;
 
   void set_token(int32_t id, std::string spelling, std::string decoded) {
@@ -524,9 +534,10 @@ struct Tokenizer::Impl {
     };
     for (size_t rank = 0; rank < list.size(); ++rank) {
       const auto [a, b] = merge_parts(list[rank]);
-      const int32_t left = id_of(a, rank), right = id_of(b, rank);
-      // A later duplicate of a pair overrides the earlier one, as in HF's merge map.
-      table[pair_key(left, right)] = {static_cast<int32_t>(rank), id_of(a + b, rank)};
+      const int32_t left = id_of(a, rank), right = id_of(b, rank), merged = id_of(a + b, rank);
+      // A later duplicate of a pair overrides the earlier one, as in HF's merge map. tiktoken
+      // ranks a pair by the token it makes, so pairs making one token tie (leftmost wins).
+      table[pair_key(left, right)] = {rank_by_merged_token ? merged : static_cast<int32_t>(rank), merged};
       merges.emplace_back(left, right);
     }
     return table;
@@ -545,13 +556,18 @@ struct Tokenizer::Impl {
       const auto id = t.at("id").get<int64_t>();
       const auto content = t.at("content").get<std::string>();
       require(id >= 0 && id < INT32_MAX && !content.empty(), "added token \"" + content + "\" has a bad id or content");
+      for (const char* option : {"single_word", "lstrip", "rstrip"})
+        require(!t.value(option, false), "added token \"" + content + "\" with " + option + " true is not supported");
       set_token(static_cast<int32_t>(id), content, byte_alphabet().token_bytes(content));
+      // HF's default: special tokens are matched in the raw text, others after normalization.
+      const bool normalized = t.value("normalized", !t.value("special", false));
+      (normalized && !normalizer.is_identity() ? normalized_added : raw_added).add(content, static_cast<int32_t>(id));
     }
   }
 
-  explicit Impl(const json& doc) {
+  explicit Impl(const json& doc, bool tiktoken_ranks = false) : rank_by_merged_token(tiktoken_ranks) {
     require(doc.is_object(), "not a JSON object");
-    check_normalizer(doc);
+    normalizer = TextNormalizer::from_json(doc.value("normalizer", json()));
     check_unsupported_sections(doc);
     pre_tokenizer = read_pre_tokenizer(doc);
     const json& m = doc.at("model");
@@ -565,18 +581,68 @@ struct Tokenizer::Impl {
       if (doc.contains(key)) sections[key] = doc[key];
   }
 
-  int32_t special_id(std::string_view token) const {
-    auto it = ids.find(token);
-    if (it == ids.end()) throw std::runtime_error("tokenizer has no " + std::string(token) + " token");
-    return it->second;
+  // The first of `names` that the tokenizer has (the families spell BOS and EOS differently).
+  std::optional<int32_t> first_token_of(std::initializer_list<std::string_view> names) const {
+    for (auto name : names)
+      if (auto it = ids.find(name); it != ids.end()) return it->second;
+    return std::nullopt;
+  }
+
+  struct Scratch {
+    std::vector<MatchData> match_data;
+    MergeWorkspace merge;
+  };
+
+  // Text with no added tokens in it: normalized already, split, then BPE per piece.
+  void encode_normalized(std::string_view text, Scratch& scratch, std::vector<int32_t>& out) const {
+    pre_tokenizer.for_each_piece(text, scratch.match_data,
+                                 [&](std::string_view piece) { model->encode_piece(piece, out, scratch.merge); });
+  }
+
+  // As HF: added tokens are cut out of the raw text first, the gaps normalized, and tokens
+  // marked "normalized" cut out of the normalized gaps.
+  void encode(std::string_view text, bool match_added, std::vector<int32_t>& out) const {
+    Scratch scratch{pre_tokenizer.make_match_data(), {}};
+    auto token = [&](int32_t id) { out.push_back(id); };
+    auto plain = [&](std::string_view normalized) {
+      if (match_added)
+        normalized_added.split(normalized, [&](std::string_view gap) { encode_normalized(gap, scratch, out); }, token);
+      else
+        encode_normalized(normalized, scratch, out);
+    };
+    auto gap = [&](std::string_view raw) {
+      if (normalizer.is_identity()) return plain(raw);
+      const std::string normalized = normalizer.apply(raw);
+      plain(normalized);
+    };
+    if (match_added)
+      raw_added.split(text, gap, token);
+    else
+      gap(text);
   }
 };
 
 Tokenizer make_tokenizer(std::shared_ptr<const Tokenizer::Impl> impl) { return Tokenizer(std::move(impl)); }
 
+namespace {
+json trained_sections(const std::vector<std::string>& specials, size_t first_special_id);
+
+// A rank file as the tokenizer.json it stands for: Llama 3's regex and special tokens, every
+// split of a token into two tokens as a merge, whole pieces looked up first (as tiktoken does).
+json tiktoken_document(const std::string& text) {
+  const auto tokens = read_tiktoken_ranks(text);
+  std::vector<std::string> vocab;
+  for (const auto& t : tokens) vocab.push_back(byte_alphabet().spell(t));
+  std::vector<std::pair<std::string, std::string>> merges;
+  for (const auto& [a, b] : tiktoken_merges(tokens)) merges.emplace_back(vocab[a], vocab[b]);
+  return make_document(trained_sections(llama3_special_tokens(), vocab.size()), model_json(vocab, merges, true));
+}
+}  // namespace
+
 Tokenizer Tokenizer::load(const std::string& path) {
   const std::string text = read_file(path, "tokenizer file");
   try {
+    if (is_tiktoken_file(text)) return make_tokenizer(std::make_shared<const Impl>(tiktoken_document(text), true));
     return make_tokenizer(std::make_shared<const Impl>(json::parse(text)));
   } catch (const std::exception& e) {
     throw std::runtime_error("tokenizer file '" + path + "': " + e.what());
@@ -587,8 +653,15 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
   require_utf8(text, "text to encode");
   std::vector<int32_t> out;
   out.reserve(text.size() / 3);
-  MergeWorkspace ws;
-  impl_->pre_tokenizer.for_each_piece(text, [&](std::string_view piece) { impl_->model->encode_piece(piece, out, ws); });
+  impl_->encode(text, true, out);
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode_ordinary(std::string_view text) const {
+  require_utf8(text, "text to encode");
+  std::vector<int32_t> out;
+  out.reserve(text.size() / 3);
+  impl_->encode(text, false, out);
   return out;
 }
 
@@ -604,8 +677,12 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->bytes.size()); }
-int32_t Tokenizer::bos_id() const { return impl_->special_id("<|begin_of_text|>"); }
-int32_t Tokenizer::eos_id() const { return impl_->special_id("<|end_of_text|>"); }
+std::optional<int32_t> Tokenizer::bos_id() const {
+  return impl_->first_token_of({"<|begin_of_text|>", "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<s>"});
+}
+std::optional<int32_t> Tokenizer::eos_id() const {
+  return impl_->first_token_of({"<|end_of_text|>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<|endoftext|>", "</s>"});
+}
 
 std::optional<int32_t> Tokenizer::token_id(std::string_view token) const {
   auto it = impl_->ids.find(token);

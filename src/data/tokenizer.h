@@ -1,8 +1,9 @@
-// Byte-level BPE tokenizer that reads and writes Hugging Face `tokenizer.json` files (the
-// Llama 3 layout: regex Split + ByteLevel pre-tokenizer, BPE model, ByteLevel decoder), and a
-// trainer that produces such files. Encoding matches Hugging Face `tokenizers`
-// `encode(text, add_special_tokens=False)` on text that holds no added-token strings, except on
-// characters assigned after Unicode 14 (PCRE2 10.42's tables; HF's Oniguruma knows Unicode 16).
+// Byte-level BPE tokenizer that reads and writes Hugging Face `tokenizer.json` files (Llama 3,
+// Qwen3 and DeepSeek V3 layouts: optional NF* normalizer, a sequence of regex Splits + ByteLevel
+// pre-tokenizer, BPE model, ByteLevel decoder, added tokens), reads tiktoken rank files, and
+// trains such tokenizers. Encoding matches Hugging Face `tokenizers`
+// `encode(text, add_special_tokens=False)` except on characters assigned after Unicode 14
+// (PCRE2 10.42's tables; HF's Oniguruma knows Unicode 16).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -19,16 +20,20 @@ class Tokenizer {
   // file is unreadable, malformed, or uses a feature this tokenizer does not implement.
   static Tokenizer load(const std::string& path);
 
-  // Adds no special tokens, and treats special-token text inside `text` as plain text.
-  // Requires valid UTF-8 (std::invalid_argument naming the byte offset otherwise).
+  // Adds no special tokens; added-token text inside `text` ("<|eot_id|>") becomes that token,
+  // as in HF. Requires valid UTF-8 (std::invalid_argument naming the byte offset otherwise).
   std::vector<int32_t> encode(std::string_view text) const;
+  // As encode, but added-token text is plain text (tiktoken's encode_ordinary).
+  std::vector<int32_t> encode_ordinary(std::string_view text) const;
   // Concatenated bytes of the tokens (std::out_of_range naming a bad id). A slice of a
   // sequence can end inside a multi-byte character, so the result is not always valid UTF-8.
   std::string decode(const std::vector<int32_t>& ids) const;
 
   int64_t vocab_size() const;  // max id + 1, added/special tokens included
-  int32_t bos_id() const;      // <|begin_of_text|>; std::runtime_error if absent
-  int32_t eos_id() const;      // <|end_of_text|>; std::runtime_error if absent
+  // Begin/end of text as the family spells them (Llama 3 <|begin_of_text|>, DeepSeek
+  // <｜begin▁of▁sentence｜>, Qwen <|endoftext|> as EOS and no BOS); nullopt when absent.
+  std::optional<int32_t> bos_id() const;
+  std::optional<int32_t> eos_id() const;
   // Looks up a token as tokenizer.json spells it (byte-level form, e.g. "Ġthe") or an added token.
   std::optional<int32_t> token_id(std::string_view token) const;
 

@@ -13,6 +13,10 @@ struct StepStats {
   double compute_seconds = 0;
   double data_wait_seconds = 0;  // time the stage waited for batches
   double wall_seconds = 0;  // from the coordinator's request to its reply
+  double model_flops = 0;   // torchtitan's 6·N + attention FLOPs per token, times tokens
+  double peak_flops_per_second = 0;  // the device's bf16 peak; 0 where unknown (CPU): no MFU
+  int64_t gpu_peak_active_bytes = 0;    // during this step; 0 on the CPU
+  int64_t gpu_peak_reserved_bytes = 0;
 };
 
 }  // namespace troupe::train

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/safetensors.h"
 #include "config/job_config.h"
 #include "train/step_stats.h"
 
@@ -27,6 +28,16 @@ class Trainer {
 
   models::llama3::Llama3Model& model();
   std::string device() const;
+
+  // Checkpoints. The model's parameters as "model.<name>" and, unless model_only, the
+  // optimizer's state as "optim.<key>": live tensors on the training device, to be copied.
+  checkpoint::TensorMap checkpoint_state(bool model_only) const;
+  // Copies in tensors named as checkpoint_state() names them: all of the model's or none, all
+  // of the optimizer's or none; a missing, surplus or wrongly shaped one throws naming it.
+  void load_checkpoint_state(const checkpoint::TensorMap& tensors);
+  // Step s uses the schedule's step s - offset: a resumed run whose schedule starts over.
+  void set_lr_schedule_offset(int64_t offset);
+  int64_t lr_schedule_offset() const;
 
  private:
   struct Impl;

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """Checks `troupe tokenizer` against Hugging Face `tokenizers` (the reference implementation).
 
-For the bundled data/kjv/tokenizer.json and Llama 3.1's tokenizer.json (from ../shared/tokenizers/,
-skipped with a notice when absent), encodes a varied corpus with
+For the bundled data/kjv/tokenizer.json and the real Llama 3.1, Qwen3 (NFC normalizer) and
+DeepSeek V3 (a sequence of Split pre-tokenizers) tokenizer.json files of ../shared/tokenizers/
+(or --shared DIR; their absence is a failure, not a skip), encodes a varied corpus with
 `Tokenizer.from_file(f).encode(text, add_special_tokens=False)` and with
 `troupe tokenizer encode`, requires identical ids, and requires `troupe tokenizer decode` to give
-the text back. Then trains a fresh tokenizer with `troupe tokenizer train` and requires HF to load
-it and encode identically. Exits 1 with a diff on the first mismatch.
+the text back. Invalid UTF-8 input must be refused with the byte offset. Then trains a fresh
+tokenizer with `troupe tokenizer train` and requires HF to load it and encode identically. Exits
+1 with a diff on the first mismatch.
 
-The corpus holds no added-token text such as "<|end_of_text|>": HF would read that as the special
-token, while troupe's encode deliberately treats it as plain text.
+The corpus holds added-token text of each family ("<|eot_id|>", "<|im_start|>", DeepSeek's
+full-width-bar tokens), which both sides turn into the added token. It keeps to characters of
+Unicode 14 and earlier: troupe's PCRE2 10.42 classifies newer ones (HF knows Unicode 16) as
+unassigned, so \p{L} and \p{N} would disagree on them.
 
-Usage: tokenizer_oracle.py --troupe PATH_TO_TROUPE [--repo REPO_ROOT]
+Usage: tokenizer_oracle.py --troupe PATH_TO_TROUPE [--repo REPO_ROOT] [--shared DIR]
 """
 import argparse
 import os
@@ -64,6 +68,14 @@ SAMPLES = [
     " " * 2500 + "x" + "\n" * 300 + "\t" * 200,
     "9" * 1001 + " " + "ab1" * 200,
     "MiXeD CaSe WoRdS aNd CamelCaseIdentifiers snake_case_names kebab-case-words",
+    "Special text: <|begin_of_text|>hi<|end_of_text|> x<|eot_id|>\n<|start_header_id|>user<|end_header_id|>"
+    " <|im_start|>system<|im_end|> <think>a</think> <|endoftext|> <tool_call>"
+    " \uff5cnot<\uff5cbegin\u2581of\u2581sentence\uff5c>q<\uff5cUser\uff5c><\uff5ctool\u2581sep\uff5c>"
+    " <|begin_of_text <|unknown|> <|end_of_text|><|end_of_text|>",
+    "NFC: e\u0301 A\u030a \u212b \u2126 \u1100\u1161\u11a8 \ufb01 \u0958 \u1e9b\u0323 q\u0307\u0323 o\u0308\u0304"
+    " \u00c5 \uac01 \u0344 \u0f73 \u2000 \uff21",
+    "Han and kana runs (DeepSeek splits them): \u4e2d\u6587\u6587\u672c\u3072\u3089\u304c\u306a\u30ab\u30bf\u30ab\u30caabc123\u4e00",
+    "Digits and punctuation (DeepSeek): a1234567b 12,345.678 ($5) --x ..y #tag @user 'quote' \"dq\" \u00b7\u2026",
 ]
 
 
@@ -111,8 +123,10 @@ def check_tokenizer(troupe, tokenizer, text, workdir):
     if ours != hf_ids:
         raise Failure(f"{tokenizer}: encode differs from HF\n" + describe_mismatch(hf_tok, text, hf_ids, ours))
     decoded = troupe_decode(troupe, tokenizer, ours)
-    if decoded != text.encode("utf-8"):
-        raise Failure(f"{tokenizer}: decode(encode(text)) != text ({len(decoded)} vs {len(text.encode())} bytes)")
+    # A normalizing tokenizer (Qwen3's NFC) gives back the normalized text, as HF's does.
+    expected = hf_tok.normalizer.normalize_str(text) if hf_tok.normalizer is not None else text
+    if decoded != expected.encode("utf-8"):
+        raise Failure(f"{tokenizer}: decode(encode(text)) != normalized text ({len(decoded)} vs {len(expected.encode())} bytes)")
     print(f"ok  {tokenizer}: {len(text.encode())} bytes -> {len(ours)} tokens, identical to HF, round trip exact")
 
 
@@ -131,23 +145,38 @@ def check_training(troupe, text, workdir):
     check_tokenizer(troupe, out, text, workdir)
 
 
+def check_invalid_utf8(troupe, tokenizer, workdir):
+    """Invalid UTF-8 must be a clear error naming the byte offset, never a crash or garbage ids."""
+    path = os.path.join(workdir, "invalid.txt")
+    with open(path, "wb") as f:
+        f.write(b"valid start \xc3\x28 then more")
+    r = run([troupe, "tokenizer", "encode", "--tokenizer", tokenizer, "--input", path])
+    if r.returncode != 1 or b"offset 12" not in r.stderr:
+        raise Failure(f"{tokenizer}: invalid UTF-8 gave exit {r.returncode}, stderr {r.stderr!r}")
+    print(f"ok  {tokenizer}: invalid UTF-8 refused at its byte offset")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--troupe", required=True, help="path to the troupe binary")
     p.add_argument("--repo", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    p.add_argument("--shared", help="folder of the real tokenizer files (default: REPO/../shared/tokenizers)")
     args = p.parse_args()
     repo = os.path.abspath(args.repo)
+    shared = os.path.abspath(args.shared or os.path.join(repo, "..", "shared", "tokenizers"))
     text = "\n\n".join(SAMPLES + kjv_excerpts(repo))
     tokenizers = [os.path.join(repo, "data/kjv/tokenizer.json")]
-    llama = os.path.join(repo, "..", "shared", "tokenizers", "llama3_1.tokenizer.json")
-    if os.path.exists(llama):
-        tokenizers.append(os.path.normpath(llama))
-    else:
-        print(f"note: {os.path.normpath(llama)} not found; Llama 3.1 comparison skipped")
+    for name in ("llama3_1", "qwen3", "deepseek_v3"):
+        path = os.path.join(shared, f"{name}.tokenizer.json")
+        if not os.path.exists(path):
+            print(f"FAIL {path} not found: the real tokenizers are required (pass --shared DIR)", file=sys.stderr)
+            return 1
+        tokenizers.append(path)
     try:
         with tempfile.TemporaryDirectory() as workdir:
             for tok in tokenizers:
                 check_tokenizer(args.troupe, tok, text, workdir)
+                check_invalid_utf8(args.troupe, tok, workdir)
             check_training(args.troupe, text, workdir)
     except Failure as e:
         print(f"FAIL {e}", file=sys.stderr)

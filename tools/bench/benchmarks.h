@@ -1,9 +1,16 @@
 // Benchmarks of `troupe_bench`; each prints a markdown table.
 #pragma once
+#include <string>
+
 #include "config/job_config.h"
 
 namespace troupe::bench {
 
 int actor_overhead(const config::JobConfig& cfg, int rounds);
+int tokenizer_speed(const config::JobConfig& cfg, const std::string& text_path, int rounds);
+// `consumed_tps`: what training takes (the 1.50B model on one H100 consumes about 60k tokens/s).
+int loader_throughput(const config::JobConfig& cfg, int64_t batches, double consumed_tps);
+int checkpoint_blocking(const config::JobConfig& cfg, int rounds);
+int throughput(const config::JobConfig& cfg, int64_t warmup);
 
 }  // namespace troupe::bench

@@ -1,9 +1,29 @@
-// troupe_bench: benchmarks that print tables (docs/perf/ records their results).
+// troupe_bench: benchmarks that print tables (docs/perf/ records their results). Each
+// subcommand takes a job config and `--section.key value` overrides, like `troupe train`.
 #include <CLI/CLI.hpp>
 
+#include <functional>
 #include <iostream>
+#include <memory>
 
 #include "bench/benchmarks.h"
+
+namespace {
+
+struct Benchmark {
+  CLI::App* command;
+  std::function<int(const troupe::config::JobConfig&)> run;
+};
+
+CLI::App* add_benchmark(CLI::App& app, const std::string& name, const std::string& what, std::string& config_path) {
+  auto* cmd = app.add_subcommand(name, what);
+  cmd->add_option("--config", config_path, "job config")->capture_default_str();
+  cmd->allow_extras();
+  cmd->footer("Config keys can be overridden as in `troupe train` (e.g. --training.steps 20).");
+  return cmd;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace troupe;
@@ -11,17 +31,52 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string config_path = "configs/llama3_debug.toml";
   int rounds = 3;
-  auto* overhead = app.add_subcommand("actor-overhead", "tokens/s through the actors vs a plain loop");
-  overhead->add_option("--config", config_path, "job config");
-  overhead->add_option("--rounds", rounds, "alternating rounds of each path");
-  overhead->allow_extras();
-  overhead->footer("Config keys can be overridden as in `troupe train` (e.g. --training.steps 20).");
+  int64_t warmup = 8;
+  std::vector<Benchmark> benchmarks;
+
+  auto* overhead = add_benchmark(app, "actor-overhead", "tokens/s through the actors vs a plain loop", config_path);
+  overhead->add_option("--rounds", rounds, "alternating rounds of each path")->capture_default_str();
+  benchmarks.push_back({overhead, [&](const config::JobConfig& cfg) { return bench::actor_overhead(cfg, rounds); }});
+
+  auto* speed = add_benchmark(app, "throughput", "tokens/s, MFU and peak memory of training (JSON + table)", config_path);
+  speed->add_option("--warmup", warmup, "steps left out of the figures")->capture_default_str();
+  benchmarks.push_back({speed, [&](const config::JobConfig& cfg) { return bench::throughput(cfg, warmup); }});
+
+  int saves = 5;
+  auto* blocking = add_benchmark(app, "checkpoint-blocking",
+                                 "training time blocked per checkpoint: async snapshots vs a synchronous save", config_path);
+  blocking->add_option("--rounds", saves, "checkpoints of each kind")->capture_default_str();
+  benchmarks.push_back({blocking, [&](const config::JobConfig& cfg) { return bench::checkpoint_blocking(cfg, saves); }});
+
+  std::string text_path = "data/kjv/kjv.txt";
+  int speed_rounds = 3;
+  auto* tok_speed = add_benchmark(app, "tokenizer-speed", "tokenizer MB/s, one thread and all cores, vs HF tokenizers",
+                                  config_path);
+  tok_speed->add_option("--text", text_path, "UTF-8 text; its blank-line separated paragraphs are the documents")
+      ->capture_default_str();
+  tok_speed->add_option("--rounds", speed_rounds, "best of this many passes")->capture_default_str();
+  benchmarks.push_back(
+      {tok_speed, [&](const config::JobConfig& cfg) { return bench::tokenizer_speed(cfg, text_path, speed_rounds); }});
+
+  int64_t loader_batches = 200;
+  double consumed_tps = 60000;
+  auto* loader = add_benchmark(app, "loader-throughput", "tokens/s the data loader supplies vs what training consumes",
+                               config_path);
+  loader->add_option("--batches", loader_batches, "batches to cut")->capture_default_str();
+  loader->add_option("--consumed", consumed_tps, "tokens/s training consumes")->capture_default_str();
+  benchmarks.push_back({loader, [&](const config::JobConfig& cfg) {
+                          return bench::loader_throughput(cfg, loader_batches, consumed_tps);
+                        }});
+
   CLI11_PARSE(app, argc, argv);
-  try {
-    const auto cfg = config::load_job_config(config_path, config::parse_override_args(overhead->remaining()));
-    return bench::actor_overhead(cfg, rounds);
-  } catch (const std::exception& e) {
-    std::cerr << "troupe_bench: " << e.what() << '\n';
-    return 1;
+  for (auto& b : benchmarks) {
+    if (!b.command->parsed()) continue;
+    try {
+      return b.run(config::load_job_config(config_path, config::parse_override_args(b.command->remaining())));
+    } catch (const std::exception& e) {
+      std::cerr << "troupe_bench: " << e.what() << '\n';
+      return 1;
+    }
   }
+  return 1;
 }

@@ -7,7 +7,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build ccache git python3 python3-pip python3-venv \
   libcaf-dev libtomlplusplus-dev catch2 nlohmann-json3-dev libcli11-dev \
-  libxxhash-dev libpcre2-dev >/dev/null
+  libxxhash-dev libpcre2-dev libutf8proc-dev >/dev/null
 PIP="python3 -m pip"
 PIP_FLAGS="--quiet --disable-pip-version-check"
 # Debian's system Python refuses global installs (PEP 668); pyenv/venv Pythons do not.

@@ -5,6 +5,8 @@
 
 #include <cmath>
 
+#include "kernels/ops.h"
+
 namespace troupe::models::llama3 {
 
 namespace {
@@ -13,7 +15,9 @@ class Projection : public torch::nn::Module {
  public:
   Projection(int64_t in, int64_t out, const at::TensorOptions& o)
       : weight(register_parameter("weight", torch::empty({out, in}, o))) {}
-  at::Tensor forward(const at::Tensor& x) const { return at::linear(x, weight); }
+  // Mixed precision: the fp32 master weight is cast to the activations' dtype; autograd casts
+  // its gradient back to fp32.
+  at::Tensor forward(const at::Tensor& x) const { return at::linear(x, weight.to(x.scalar_type())); }
   at::Tensor weight;
 };
 
@@ -21,32 +25,12 @@ class RMSNorm : public torch::nn::Module {
  public:
   RMSNorm(int64_t dim, double eps, const at::TensorOptions& o)
       : weight(register_parameter("weight", torch::ones({dim}, o))), eps_(eps) {}
-  at::Tensor forward(const at::Tensor& x) const {
-    // Normalise in fp32 whatever the compute dtype, as the reference implementations do.
-    auto xf = x.to(promoted(x));
-    auto normed = xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps_);
-    return normed.to(x.scalar_type()) * weight;
-  }
+  at::Tensor forward(const at::Tensor& x) const { return kernels::rms_norm(x, weight, eps_); }
   at::Tensor weight;
 
  private:
-  static at::ScalarType promoted(const at::Tensor& x) {
-    return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  }
   double eps_;
 };
-
-// Rotates consecutive pairs (x[2i], x[2i+1]) by the position's angle: Meta's layout.
-at::Tensor apply_rotary(const at::Tensor& x, const RotaryTables& t) {
-  const auto B = x.size(0), S = x.size(1), H = x.size(2), D = x.size(3);
-  auto compute = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto pairs = x.to(compute).reshape({B, S, H, D / 2, 2});
-  auto x0 = pairs.select(-1, 0), x1 = pairs.select(-1, 1);
-  auto cos = t.cos.narrow(0, 0, S).view({1, S, 1, D / 2});
-  auto sin = t.sin.narrow(0, 0, S).view({1, S, 1, D / 2});
-  auto out = at::stack({x0 * cos - x1 * sin, x0 * sin + x1 * cos}, -1);
-  return out.flatten(3).to(x.scalar_type());
-}
 
 class Attention : public torch::nn::Module {
  public:
@@ -60,16 +44,14 @@ class Attention : public torch::nn::Module {
 
   at::Tensor forward(const at::Tensor& x, const RotaryTables& rope) const {
     const auto B = x.size(0), S = x.size(1);
-    auto q = apply_rotary(wq->forward(x).view({B, S, n_heads_, head_dim_}), rope);
-    auto k = apply_rotary(wk->forward(x).view({B, S, n_kv_heads_, head_dim_}), rope);
+    auto q = kernels::rotary(wq->forward(x).view({B, S, n_heads_, head_dim_}), rope.cos, rope.sin);
+    auto k = kernels::rotary(wk->forward(x).view({B, S, n_kv_heads_, head_dim_}), rope.cos, rope.sin);
     auto v = wv->forward(x).view({B, S, n_kv_heads_, head_dim_});
-    const auto n_rep = n_heads_ / n_kv_heads_;
-    if (n_rep > 1) {  // grouped-query attention: each kv head serves n_rep consecutive q heads
-      k = k.unsqueeze(3).expand({B, S, n_kv_heads_, n_rep, head_dim_}).reshape({B, S, n_heads_, head_dim_});
-      v = v.unsqueeze(3).expand({B, S, n_kv_heads_, n_rep, head_dim_}).reshape({B, S, n_heads_, head_dim_});
-    }
+    // Grouped-query attention inside SDPA (each kv head serves n_heads/n_kv_heads consecutive
+    // q heads) instead of materialising the repeated k and v.
     auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                std::nullopt, 0.0, /*is_causal=*/true);
+                                                std::nullopt, 0.0, /*is_causal=*/true, std::nullopt,
+                                                /*enable_gqa=*/n_kv_heads_ != n_heads_);
     return wo->forward(out.transpose(1, 2).reshape({B, S, n_heads_ * head_dim_}));
   }
 
@@ -88,7 +70,7 @@ class FeedForward : public torch::nn::Module {
     w3 = register_module("w3", std::make_shared<Projection>(a.dim, hidden, o));
   }
   at::Tensor forward(const at::Tensor& x) const {
-    return w2->forward(at::silu(w1->forward(x)) * w3->forward(x));
+    return w2->forward(kernels::swiglu(w1->forward(x), w3->forward(x)));
   }
   std::shared_ptr<Projection> w1, w2, w3;
 };
@@ -96,11 +78,15 @@ class FeedForward : public torch::nn::Module {
 class EmbeddingUnit : public Unit {
  public:
   EmbeddingUnit(const ModelArgs& a, const at::TensorOptions& o)
-      : weight(register_parameter("weight", torch::empty({a.vocab_size, a.dim}, o))) {}
+      : weight(register_parameter("weight", torch::empty({a.vocab_size, a.dim}, o))),
+        compute_dtype(o.dtype().toScalarType()) {}
   at::Tensor forward(const at::Tensor&, const UnitBatch& batch) override {
-    return at::embedding(weight, batch.tokens);
+    return at::embedding(weight, batch.tokens).to(compute_dtype);
   }
   at::Tensor weight;
+  // Every later unit computes in the dtype of the activations it receives, so this one choice
+  // sets the model's compute precision.
+  at::ScalarType compute_dtype;
 };
 
 class TransformerBlock : public Unit {
@@ -136,14 +122,11 @@ class HeadUnit : public Unit {
     else
       output = register_module("output", std::make_shared<Projection>(a.dim, a.vocab_size, o));
   }
-  at::Tensor logits(const at::Tensor& x) const {
-    return at::linear(norm->forward(x), output ? output->weight : tied_->weight);
-  }
+  const at::Tensor& weight() const { return output ? output->weight : tied_->weight; }
+  at::Tensor logits(const at::Tensor& x) const { return at::linear(norm->forward(x), weight().to(x.scalar_type())); }
+  // The loss is taken in fp32 (or fp64) whatever the compute dtype.
   at::Tensor forward(const at::Tensor& x, const UnitBatch& batch) override {
-    auto l = logits(x);
-    // The loss is taken in fp32 (or fp64) whatever the compute dtype.
-    auto lf = l.scalar_type() == at::kDouble ? l : l.to(at::kFloat);
-    return at::cross_entropy_loss(lf.flatten(0, 1), batch.targets.flatten());
+    return kernels::linear_cross_entropy(norm->forward(x), weight(), batch.targets);
   }
 
   std::shared_ptr<RMSNorm> norm;
@@ -208,6 +191,10 @@ Llama3Model::Llama3Model(const ModelArgs& args, const at::TensorOptions& options
   register_module("norm", head->norm);
   if (head->output) register_module("output", head->output);
   units_.push_back(head);
+}
+
+void Llama3Model::set_compute_dtype(at::ScalarType dtype) {
+  dynamic_cast<EmbeddingUnit&>(*units_.front()).compute_dtype = dtype;
 }
 
 at::Tensor head_logits(Unit& head, const at::Tensor& hidden) {

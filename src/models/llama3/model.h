@@ -31,6 +31,9 @@ class Llama3Model : public torch::nn::Module {
   at::Tensor logits(const at::Tensor& tokens);
   at::Tensor loss(const UnitBatch& batch);
 
+  // Mixed precision: parameters keep their dtype (fp32 masters), activations use `dtype`.
+  void set_compute_dtype(at::ScalarType dtype);
+
   // torchtitan's initialisation; `seed` makes it reproducible.
   void init_weights(uint64_t seed);
 

@@ -1,0 +1,127 @@
+#include "checkpoint/trainer_checkpoint.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+#include <stdexcept>
+
+#include "checkpoint/checkpoint_folder.h"
+#include "checkpoint/rng_state.h"
+#include "checkpoint/shard_file.h"
+#include "models/llama3/model.h"
+#include "train/trainer.h"
+
+namespace troupe::checkpoint {
+
+namespace {
+
+// One rank holds whole tensors; a sharded layout will give each rank its boxes here.
+std::vector<LiveTensor> live_tensors(const train::Trainer& trainer, bool model_only) {
+  std::vector<LiveTensor> out;
+  for (const auto& [name, t] : trainer.checkpoint_state(model_only)) {
+    auto shape = t.sizes().vec();
+    out.push_back({name, t, shape, whole_box(shape)});
+  }
+  return out;
+}
+
+const std::vector<std::string> kParts = {"model", "optimizer", "lr_scheduler", "dataloader", "train_state", "rng"};
+
+struct Source {
+  std::string step_dir;
+  bool initial = false;  // from checkpoint.initial_load_path, not the job's own folder
+};
+
+std::optional<Source> choose_source(const config::JobConfig& cfg) {
+  const auto& c = cfg.checkpoint;
+  if (!c.enable || c.create_seed_checkpoint) return std::nullopt;
+  const auto folder = checkpoint_folder(cfg);
+  if (c.load_step >= 0) return Source{resolve_step_dir(folder, c.load_step)};
+  if (!committed_steps(folder).empty()) return Source{resolve_step_dir(folder)};
+  if (!c.initial_load_path.empty()) return Source{resolve_step_dir(c.initial_load_path), true};
+  return std::nullopt;
+}
+
+std::set<std::string> parts_to_load(const config::JobConfig& cfg, const CheckpointMetadata& meta, bool initial) {
+  if (initial && cfg.checkpoint.initial_load_model_only) return {"model"};
+  std::set<std::string> parts(kParts.begin(), kParts.end());
+  for (const auto& x : cfg.checkpoint.exclude_from_loading) parts.erase(x);
+  if (meta.model_only) std::erase_if(parts, [](const auto& p) { return p != "model" && p != "train_state"; });
+  return parts;
+}
+
+std::string describe(const std::string& step_dir, const std::set<std::string>& parts) {
+  std::string loaded, fresh;
+  for (const auto& p : kParts) {
+    auto& list = parts.contains(p) ? loaded : fresh;
+    list += (list.empty() ? "" : ", ") + p;
+  }
+  return "checkpoint: loaded " + step_dir + " (" + (loaded.empty() ? "nothing" : loaded) + ")" +
+         (fresh.empty() ? "" : "; starting fresh: " + fresh);
+}
+
+}  // namespace
+
+at::ScalarType export_dtype(const std::string& name) {
+  if (name == "float32") return at::kFloat;
+  if (name == "bfloat16") return at::kBFloat16;
+  if (name == "float16") return at::kHalf;
+  throw std::invalid_argument("unknown dtype '" + name + "' (float32, bfloat16, float16)");
+}
+
+std::shared_ptr<HostSnapshot> snapshot_trainer(train::Trainer& trainer, const config::JobConfig& cfg,
+                                               const SnapshotRequest& request, SnapshotBuffers& buffers) {
+  const auto start = std::chrono::steady_clock::now();
+  auto snap = std::make_shared<HostSnapshot>();
+  snap->tmp_dir = request.tmp_dir;
+  snap->tensors = buffers.copy_to_host(live_tensors(trainer, request.model_only),
+                                       request.model_only && !request.dtype.empty()
+                                           ? std::optional<at::ScalarType>(export_dtype(request.dtype))
+                                           : std::nullopt);
+  auto& meta = snap->meta;
+  meta.step = request.step;
+  meta.model_only = request.model_only;
+  meta.lr_schedule_step = request.step - trainer.lr_schedule_offset();
+  const auto& args = trainer.model().args();
+  meta.model = {cfg.model.name, cfg.model.flavor, args.vocab_size, args.max_seq_len};
+  meta.config = config::key_values(cfg);
+  RankEntry rank{request.rank, "", 0, std::nullopt, {}};
+  if (!request.model_only) {
+    rank.dataloader = request.consumed;
+    rank.rng = capture_rng();
+  }
+  meta.ranks.push_back(std::move(rank));
+  snap->blocked_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return snap;
+}
+
+Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, int rank) {
+  const auto source = choose_source(cfg);
+  if (!source) return {};
+  const auto meta = read_metadata(source->step_dir);
+  const auto parts = parts_to_load(cfg, meta, source->initial);
+  const auto meta_path = source->step_dir + "/metadata.json";
+
+  std::vector<WantedTensor> wanted;
+  for (const auto& t : live_tensors(trainer, !parts.contains("optimizer")))
+    if (parts.contains("model") || !t.name.starts_with("model.")) wanted.push_back({t.name, t.global_shape, t.box});
+  trainer.load_checkpoint_state(read_tensors(source->step_dir, meta, wanted));
+
+  Restored out;
+  const auto mine = std::find_if(meta.ranks.begin(), meta.ranks.end(), [&](const auto& r) { return r.rank == rank; });
+  const bool per_rank = parts.contains("dataloader") || parts.contains("rng");
+  if (per_rank && mine == meta.ranks.end())
+    throw std::runtime_error(meta_path + ": no state of rank " + std::to_string(rank) + " (saved with " +
+                             std::to_string(meta.ranks.size()) +
+                             " ranks); set checkpoint.exclude_from_loading = [\"dataloader\", \"rng\"] to load it");
+  if (parts.contains("rng")) restore_rng(mine->rng, meta_path);
+  if (parts.contains("dataloader")) out.dataloader = mine->dataloader;
+  out.step = parts.contains("train_state") ? meta.step : 0;
+  trainer.set_lr_schedule_offset(parts.contains("lr_scheduler") ? out.step - meta.lr_schedule_step : out.step);
+  out.message = describe(source->step_dir, parts);
+  return out;
+}
+
+}  // namespace troupe::checkpoint

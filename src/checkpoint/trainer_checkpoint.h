@@ -1,0 +1,43 @@
+// A Trainer's side of checkpoints: the host snapshot a stage takes at a step boundary, and the
+// restore at start-up (resume from the newest committed step, a chosen step, or an initial
+// checkpoint), honouring exclude_from_loading.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "checkpoint/host_snapshot.h"
+#include "config/job_config.h"
+#include "data/data_position.h"
+
+namespace troupe::train { class Trainer; }
+
+namespace troupe::checkpoint {
+
+struct SnapshotRequest {
+  int64_t step = 0;
+  std::string tmp_dir;
+  bool model_only = false;
+  std::string dtype;  // model-only saves: "float32" | "bfloat16" | "float16"; empty keeps the training dtype
+  int rank = 0;
+  data::DataPosition consumed;  // after the last batch the step consumed
+};
+
+// "float32" | "bfloat16" | "float16" (checkpoint.export_dtype, export --dtype).
+at::ScalarType export_dtype(const std::string& name);
+
+// Copies the trainer's state to host memory (the part of a save that holds up training).
+std::shared_ptr<HostSnapshot> snapshot_trainer(train::Trainer& trainer, const config::JobConfig& cfg,
+                                               const SnapshotRequest& request, SnapshotBuffers& buffers);
+
+struct Restored {
+  int64_t step = 0;  // the last step done: training continues at step + 1
+  std::optional<data::DataPosition> dataloader;  // where the loader continues; none: from the start
+  std::string message;  // one line for the log; empty when nothing was loaded
+};
+
+// Loads what the config asks for into `trainer` (and the generators); a fresh start when there
+// is nothing to load. Throws naming the file and tensor on any problem with the checkpoint.
+Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, int rank);
+
+}  // namespace troupe::checkpoint

@@ -1,0 +1,20 @@
+// Cross-entropy of one chunk of rows of logits, fused with its gradient so that the full
+// [tokens, vocab] logits never exist at once (the caller feeds chunks of rows).
+// logits: [rows, vocab] in `dtype`, overwritten in place by grad_scale · (softmax − onehot)
+// when grad_scale != 0; targets: [rows] int64 (a negative target ignores the row: loss 0,
+// gradient 0); losses: [rows] fp32, −log softmax[target].
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/element_types.h"
+
+namespace troupe::kernels {
+
+void cross_entropy_forward_backward(Dtype dtype, void* logits, float* losses, const int64_t* targets, int64_t rows,
+                                    int64_t vocab, float grad_scale, cudaStream_t stream);
+
+void cross_entropy_ref(float* logits, float* losses, const int64_t* targets, int64_t rows, int64_t vocab,
+                       float grad_scale);
+
+}  // namespace troupe::kernels

@@ -1,0 +1,232 @@
+// Kernels: the CPU references against ATen autograd ([kernels], everywhere), and the CUDA
+// kernels against the CPU references on fresh random inputs of several shapes ([gpu]).
+#include <catch2/catch.hpp>
+#include <torch/torch.h>
+
+#include "kernels/cross_entropy.h"
+#include "kernels/ops.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rotary.h"
+#include "kernels/swiglu.h"
+#include "data/batch_source.h"
+#include "data/tokenizer.h"
+#include "models/llama3/model.h"
+#include "train/trainer.h"
+#include "test_support.h"
+
+using namespace troupe;
+
+namespace {
+
+float* f32(at::Tensor& t) { return t.data_ptr<float>(); }
+
+// Reference results of each op (fp32 CPU tensors), computed by the *_ref functions.
+struct RmsNormRef {
+  at::Tensor out, dx, dweight;
+};
+RmsNormRef rmsnorm_ref(at::Tensor x, at::Tensor w, at::Tensor dout, float eps) {
+  x = x.to(torch::kFloat).contiguous(), w = w.to(torch::kFloat).contiguous(), dout = dout.to(torch::kFloat).contiguous();
+  const auto dim = x.size(-1), rows = x.numel() / dim;
+  RmsNormRef r{torch::empty_like(x), torch::empty_like(x), torch::zeros({dim})};
+  auto rstd = torch::empty({rows});
+  kernels::rmsnorm_forward_ref(f32(r.out), f32(rstd), f32(x), f32(w), rows, dim, eps);
+  kernels::rmsnorm_backward_ref(f32(r.dx), f32(r.dweight), f32(dout), f32(x), f32(w), f32(rstd), rows, dim);
+  return r;
+}
+
+struct PairRef {
+  at::Tensor out, dx;  // rotary: out, dx; swiglu uses SwigluRef
+};
+PairRef rotary_ref(at::Tensor x, at::Tensor cos, at::Tensor sin, at::Tensor dout) {
+  x = x.to(torch::kFloat).contiguous(), dout = dout.to(torch::kFloat).contiguous();
+  PairRef r{torch::empty_like(x), torch::empty_like(x)};
+  kernels::rotary_ref(f32(r.out), f32(x), f32(cos), f32(sin), x.size(0), x.size(1), x.size(2), x.size(3), false);
+  kernels::rotary_ref(f32(r.dx), f32(dout), f32(cos), f32(sin), x.size(0), x.size(1), x.size(2), x.size(3), true);
+  return r;
+}
+
+struct SwigluRef {
+  at::Tensor out, dgate, dup;
+};
+SwigluRef swiglu_ref(at::Tensor g, at::Tensor u, at::Tensor dout) {
+  g = g.to(torch::kFloat).contiguous(), u = u.to(torch::kFloat).contiguous(), dout = dout.to(torch::kFloat).contiguous();
+  SwigluRef r{torch::empty_like(g), torch::empty_like(g), torch::empty_like(g)};
+  kernels::swiglu_forward_ref(f32(r.out), f32(g), f32(u), g.numel());
+  kernels::swiglu_backward_ref(f32(r.dgate), f32(r.dup), f32(dout), f32(g), f32(u), g.numel());
+  return r;
+}
+
+struct CrossEntropyRef {
+  double loss;
+  at::Tensor dhidden, dweight;
+};
+// Mean loss of hidden·weightᵀ, gradients of the mean.
+CrossEntropyRef cross_entropy_ref(at::Tensor h, at::Tensor w, at::Tensor targets) {
+  h = h.to(torch::kFloat).contiguous(), w = w.to(torch::kFloat).contiguous();
+  auto t = targets.contiguous();
+  auto logits = torch::mm(h.to(torch::kDouble), w.to(torch::kDouble).t()).to(torch::kFloat).contiguous();
+  auto losses = torch::empty({h.size(0)});
+  const float scale = 1.f / static_cast<float>(h.size(0));
+  kernels::cross_entropy_ref(f32(logits), f32(losses), t.data_ptr<int64_t>(), h.size(0), w.size(0), scale);
+  return {losses.to(torch::kDouble).mean().item<double>(), torch::mm(logits, w), torch::mm(logits.t(), h)};
+}
+
+// Forward and backward of an op through its autograd binding; returns output and input grads.
+template <class Op>
+std::vector<at::Tensor> run_op(Op op, std::vector<at::Tensor> inputs, const at::Tensor& dout) {
+  for (auto& x : inputs) x = x.detach().requires_grad_(true);
+  auto out = op(inputs);
+  out.backward(dout.to(out.device()).to(out.scalar_type()));
+  std::vector<at::Tensor> result{out.detach()};
+  for (auto& x : inputs) result.push_back(x.grad());
+  return result;
+}
+
+double rel(const at::Tensor& a, const at::Tensor& b) { return testing::relative_error(a.cpu(), b.cpu()); }
+
+}  // namespace
+
+TEST_CASE("CPU references agree with ATen autograd in float64", "[kernels]") {
+  torch::manual_seed(11);
+  SECTION("rmsnorm") {
+    auto x = torch::randn({6, 40}, torch::kDouble), w = 1 + 0.1 * torch::randn({40}, torch::kDouble);
+    auto dout = torch::randn({6, 40}, torch::kDouble);
+    auto got = run_op([](auto& in) { return kernels::rms_norm(in[0], in[1], 1e-5); }, {x, w}, dout);
+    auto ref = rmsnorm_ref(x, w, dout, 1e-5f);
+    CHECK(rel(ref.out, got[0]) < 1e-6);
+    CHECK(rel(ref.dx, got[1]) < 1e-6);
+    CHECK(rel(ref.dweight, got[2]) < 1e-6);
+  }
+  SECTION("rotary") {
+    auto x = torch::randn({2, 5, 3, 8}, torch::kDouble), dout = torch::randn({2, 5, 3, 8}, torch::kDouble);
+    auto angles = torch::rand({5, 4}) * 6.0;
+    auto cos = angles.cos(), sin = angles.sin();
+    auto got = run_op([&](auto& in) { return kernels::rotary(in[0], cos.to(torch::kDouble), sin.to(torch::kDouble)); },
+                      {x}, dout);
+    auto ref = rotary_ref(x, cos, sin, dout);
+    CHECK(rel(ref.out, got[0]) < 1e-6);
+    CHECK(rel(ref.dx, got[1]) < 1e-6);
+  }
+  SECTION("swiglu") {
+    auto g = 3 * torch::randn({333}, torch::kDouble), u = torch::randn({333}, torch::kDouble);
+    auto dout = torch::randn({333}, torch::kDouble);
+    auto got = run_op([](auto& in) { return kernels::swiglu(in[0], in[1]); }, {g, u}, dout);
+    auto ref = swiglu_ref(g, u, dout);
+    CHECK(rel(ref.out, got[0]) < 1e-6);
+    CHECK(rel(ref.dgate, got[1]) < 1e-6);
+    CHECK(rel(ref.dup, got[2]) < 1e-6);
+  }
+  SECTION("linear cross-entropy") {
+    auto h = torch::randn({37, 16}, torch::kDouble), w = 0.3 * torch::randn({50, 16}, torch::kDouble);
+    auto targets = torch::randint(0, 50, {37}, torch::kLong);
+    auto got = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets); }, {h, w},
+                      torch::ones({}, torch::kDouble));
+    auto ref = cross_entropy_ref(h, w, targets);
+    CHECK(got[0].item<double>() == Approx(ref.loss).epsilon(1e-6));
+    CHECK(rel(ref.dhidden, got[1]) < 1e-5);
+    CHECK(rel(ref.dweight, got[2]) < 1e-5);
+  }
+}
+
+namespace {
+
+// bf16 kernels get bf16-rounded inputs, and the reference sees the same rounded values.
+at::Tensor on_gpu(const at::Tensor& t, at::ScalarType dtype) { return t.to(dtype).to(torch::kCUDA); }
+at::Tensor as_seen(const at::Tensor& t, at::ScalarType dtype) { return t.to(dtype).to(torch::kFloat); }
+double bound(at::ScalarType dtype) { return dtype == at::kBFloat16 ? 1e-2 : 1e-5; }
+
+}  // namespace
+
+TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  torch::manual_seed(5);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    INFO("dtype " << c10::toString(dtype));
+    for (auto [rows, dim] : std::vector<std::pair<int64_t, int64_t>>{{1, 64}, {37, 2048}, {1024, 4096}, {3, 16384}}) {
+      INFO("rmsnorm rows " << rows << " dim " << dim);
+      auto x = torch::randn({rows, dim}), w = 1 + 0.1 * torch::randn({dim}), dout = torch::randn({rows, dim});
+      auto got = run_op([](auto& in) { return kernels::rms_norm(in[0], in[1], 1e-5); },
+                        {on_gpu(x, dtype), on_gpu(w, at::kFloat)}, on_gpu(dout, dtype));
+      auto ref = rmsnorm_ref(as_seen(x, dtype), as_seen(w, dtype), as_seen(dout, dtype), 1e-5f);
+      CHECK(rel(got[0], ref.out) < bound(dtype));
+      CHECK(rel(got[1], ref.dx) < bound(dtype));
+      CHECK(rel(got[2], ref.dweight) < bound(dtype));
+    }
+    for (auto shape : std::vector<std::vector<int64_t>>{{1, 1, 1, 2}, {2, 17, 4, 64}, {4, 512, 32, 64}, {1, 64, 8, 128}}) {
+      INFO("rotary " << c10::IntArrayRef(shape));
+      auto x = torch::randn(shape), dout = torch::randn(shape);
+      auto angles = torch::rand({shape[1], shape[3] / 2}) * 100.0;
+      auto cos = angles.cos(), sin = angles.sin();
+      auto got = run_op([&](auto& in) { return kernels::rotary(in[0], cos.cuda(), sin.cuda()); }, {on_gpu(x, dtype)},
+                        on_gpu(dout, dtype));
+      auto ref = rotary_ref(as_seen(x, dtype), cos, sin, as_seen(dout, dtype));
+      CHECK(rel(got[0], ref.out) < bound(dtype));
+      CHECK(rel(got[1], ref.dx) < bound(dtype));
+    }
+    for (int64_t n : {1L, 1000L, 3L * 1024 * 1024 + 7}) {
+      INFO("swiglu n " << n);
+      auto g = 3 * torch::randn({n}), u = torch::randn({n}), dout = torch::randn({n});
+      auto got = run_op([](auto& in) { return kernels::swiglu(in[0], in[1]); }, {on_gpu(g, dtype), on_gpu(u, dtype)},
+                        on_gpu(dout, dtype));
+      auto ref = swiglu_ref(as_seen(g, dtype), as_seen(u, dtype), as_seen(dout, dtype));
+      CHECK(rel(got[0], ref.out) < bound(dtype));
+      CHECK(rel(got[1], ref.dgate) < bound(dtype));
+      CHECK(rel(got[2], ref.dup) < bound(dtype));
+    }
+    for (auto [rows, vocab, chunk] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 10, 4096}, {200, 1000, 64}, {515, 32000, 256}, {64, 128256, 48}}) {
+      INFO("linear cross-entropy rows " << rows << " vocab " << vocab << " chunk " << chunk);
+      const int64_t dim = 128;
+      auto h = torch::randn({rows, dim}), w = 0.2 * torch::randn({vocab, dim});
+      auto targets = torch::randint(0, vocab, {rows}, torch::kLong);
+      auto got = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets.cuda(), chunk); },
+                        {on_gpu(h, dtype), on_gpu(w, at::kFloat)}, torch::ones({}).cuda());
+      auto ref = cross_entropy_ref(as_seen(h, dtype), as_seen(w, dtype), targets);
+      CHECK(std::abs(got[0].item<double>() - ref.loss) / ref.loss < bound(dtype));
+      CHECK(rel(got[1], ref.dhidden) < bound(dtype));
+      CHECK(rel(got[2], ref.dweight) < bound(dtype));
+    }
+  }
+}
+
+TEST_CASE("the debug model on CUDA in fp32 computes the CPU model's loss and gradients", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  auto args = models::llama3::flavor("debugmodel");
+  args.max_seq_len = 128;
+  models::llama3::Llama3Model cpu(args, at::TensorOptions().dtype(at::kFloat));
+  models::llama3::Llama3Model gpu(args, at::TensorOptions().dtype(at::kFloat).device(torch::kCUDA));
+  cpu.init_weights(3);
+  gpu.init_weights(3);
+  auto tokens = torch::randint(0, args.vocab_size, {4, 128}, torch::kLong);
+  auto targets = torch::randint(0, args.vocab_size, {4, 128}, torch::kLong);
+  auto lc = cpu.loss({tokens, targets});
+  auto lg = gpu.loss({tokens.cuda(), targets.cuda()});
+  lc.backward();
+  lg.backward();
+  CHECK(lg.item<double>() == Approx(lc.item<double>()).epsilon(1e-5));
+  auto pc = cpu.named_parameters(), pg = gpu.named_parameters();
+  for (const auto& item : pc) {
+    INFO(item.key());
+    CHECK(rel(pg[item.key()].grad(), item.value().grad()) < 1e-4);
+  }
+}
+
+TEST_CASE("bf16 training of the debug model on CUDA lowers the loss", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  config::JobConfig c;
+  c.job.device = "cuda";
+  c.model.tokenizer_path = testing::source_dir() + "/data/kjv/tokenizer.json";
+  c.training.local_batch_size = 8;
+  c.training.seq_len = 256;
+  c.training.steps = 40;
+  c.lr_scheduler.warmup_steps = 4;
+  REQUIRE(c.training.mixed_precision_param == "bfloat16");
+  data::BatchSource src(c);
+  train::Trainer trainer(c, data::Tokenizer::load(c.model.tokenizer_path).vocab_size());
+  std::vector<double> losses;
+  for (int64_t s = 1; s <= c.training.steps; ++s)
+    losses.push_back(trainer.step(s, {std::make_shared<const data::Batch>(src.next())}).loss);
+  INFO("first " << losses.front() << " last " << losses.back());
+  CHECK(losses.front() > 7.0);
+  CHECK(losses.back() < losses.front() - 1.5);
+}

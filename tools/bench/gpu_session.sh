@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One GPU-machine session (see ../shared/device/README.md): build the CUDA variant, run the GPU
+# tests and the benchmark against the PyTorch peer. Logs go to $OUT (or ./gpu-logs).
+# Expects .device/ (gpu-env.sh, debs, ref_llama.py, llama3_1.tokenizer.json) in the repo root.
+set -uo pipefail
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+source .device/gpu-env.sh
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+{ time cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTROUPE_GPU_TESTS=ON \
+    && time cmake --build build-gpu -j16; } > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
+tail -3 "$out/build.log"
+(cd build-gpu && ctest -R "${TESTS:-gpu|kernels|oracle|model|gradients}" --output-on-failure) > "$out/ctest.log" 2>&1
+tail -15 "$out/ctest.log"
+# SHAPES: batch x seq pairs, e.g. "4x4096 2x8192".
+for shape in ${SHAPES:-4x4096}; do
+  batch=${shape%x*} seq=${shape#*x}
+  tools/bench/gpu_vs_pytorch.sh .device/ref_llama.py .device/llama3_1.tokenizer.json "$batch" "$seq" "${STEPS:-30}" \
+    ${TROUPE_ARGS:-} > "$out/bench_b${batch}_s${seq}.log" 2>&1
+  tail -8 "$out/bench_b${batch}_s${seq}.log"
+done
