@@ -31,6 +31,18 @@ std::vector<std::pair<std::string, at::Tensor>> named_parameters(torch::nn::Modu
   return out;
 }
 
+// Clips by the global L2 norm without a host sync mid-step (libtorch's clip_grad_norm_ reads the
+// norm back before returning): the norm stays on the device until the step has been queued.
+at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return torch::zeros({}, torch::kDouble);
+  const auto total = at::stack(at::_foreach_norm(grads, 2)).norm();
+  at::_foreach_mul_(grads, at::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0));
+  return total;
+}
+
 int64_t selective_every(const config::ActivationCheckpointSection& ac) {
   if (ac.mode != "selective") return 1;
   return std::stoll(ac.selective_ac_option);
@@ -129,9 +141,10 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     m.executor->backward(1.0 / static_cast<double>(m.accumulation));
     stats.tokens += b->tokens.numel();
   }
-  stats.grad_norm = torch::nn::utils::clip_grad_norm_(m.params, m.max_norm);
+  const auto grad_norm = clip_grad_norm(m.params, m.max_norm);
   m.optimizer->step(stats.lr);
   stats.loss = at::stack(losses).to(at::kDouble).mean().item<double>();
+  stats.grad_norm = grad_norm.item<double>();
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats.model_flops = m.flops_per_token * static_cast<double>(stats.tokens);
   stats.peak_flops_per_second = m.peak_flops;
