@@ -209,7 +209,7 @@ TEST_CASE("datasets: kjv with an optional file, text with a required one", "[con
   CHECK_THAT(override_error(dir, "training.dataset_text_field", ""), Contains("a non-empty string"));
 }
 
-TEST_CASE("validation: its dataset is checked like training's; enabling it is an error until the loop exists", "[config]") {
+TEST_CASE("validation: its dataset is checked like training's once enabled", "[config]") {
   TempDir dir;
   const auto tok = dir.tokenizer();
   const auto corpus = dir.write("valid.txt", "hello");
@@ -219,7 +219,15 @@ TEST_CASE("validation: its dataset is checked like training's; enabling it is an
   CHECK(off.validation.freq == 5);
   CHECK(off.validation.steps == 3);
   CHECK(off.validation.dataset_path == corpus);
-  CHECK_THAT(override_error(dir, "validation.enable", "true"), Contains("validation.enable: the validation loop is not implemented yet"));
+  auto on = load_job_config("", {{"model.tokenizer_path", tok}, {"validation.enable", "true"}, {"validation.dataset", "text"},
+                                 {"validation.dataset_path", corpus}});
+  CHECK(on.validation.enable);
+  // A path-less text dataset is fine while validation is off, an error once it is on.
+  CHECK_NOTHROW(load_job_config("", {{"model.tokenizer_path", tok}, {"validation.dataset", "text"}}));
+  CHECK_THAT(config_error([&] {
+               load_job_config("", {{"model.tokenizer_path", tok}, {"validation.enable", "true"}, {"validation.dataset", "text"}});
+             }),
+             Contains("validation.dataset 'text' needs validation.dataset_path"));
   CHECK_THAT(override_error(dir, "validation.dataset", "csv"), Contains("validation.dataset must be one of kjv | text | jsonl | tokens"));
   CHECK_THAT(override_error(dir, "validation.freq", "0"), Contains("validation.freq must be at least 1"));
   CHECK_THAT(override_error(dir, "validation.steps", "0"), Contains("validation.steps must be at least 1"));

@@ -36,13 +36,14 @@ struct coordinator_state {
   caf::actor stage, sink, supervisor;
   int64_t steps = 0;
   std::string stop_reason;  // non-empty once a stop was requested
-  bool running = false, finished = false;
+  bool started = false, running = false, finished = false;
   clock::time_point step_started;
   std::vector<train::StepStats> history;
   config::CheckpointSection checkpoint;
   std::string checkpoint_folder;
   caf::actor writer;  // rank 0's checkpoint writer; invalid when checkpoints are off
   int ranks = 1;      // shards to wait for before a commit
+  int64_t validation_freq = 0;  // 0: validation is off
   std::optional<running_save> saving;
   std::vector<std::function<void()>> after_save;  // what waits for the running save's commit
 };
@@ -134,6 +135,27 @@ bool save_due(const coordinator_state& st, int64_t step) {
 
 void run_step(self_ptr self, int64_t step);
 
+// Validation after `step` when due (every validation.freq steps and after the last), then
+// `then`; the next step waits for it, so the loss is the model's as of `step`.
+void validate(self_ptr self, int64_t step, std::function<void()> then) {
+  auto& st = self->state;
+  if (st.validation_freq == 0 || (step % st.validation_freq != 0 && step != st.steps)) return then();
+  st.running = true;  // a stop request now ends the run after this, like one during a step
+  st.status->set_state("validating");
+  self->request(st.stage, caf::infinite, validate_atom::value, step)
+      .then(
+          [=](double loss) {
+            self->state.running = false;
+            self->send(self->state.sink, validation_atom::value, step, loss);
+            then();
+          },
+          [=](caf::error& err) {
+            self->state.running = false;
+            finish(self, runtime::exit_code::failed,
+                   "validation after step " + std::to_string(step) + " failed: " + to_string(err));
+          });
+}
+
 // After step `step` (and its checkpoint, if any): the next step or the end.
 void continue_after(self_ptr self, int64_t step) {
   auto& s = self->state;
@@ -168,6 +190,9 @@ void begin(self_ptr self) {
 
 void run_step(self_ptr self, int64_t step) {
   auto& st = self->state;
+  // A stop that arrived while restoring, saving or validating takes effect here.
+  if (!st.stop_reason.empty())
+    return finish(self, runtime::exit_code::ok, "stopped by " + st.stop_reason + " before step " + std::to_string(step));
   st.running = true;
   st.step_started = clock::now();
   st.status->set_state("waiting-step");
@@ -183,8 +208,9 @@ void run_step(self_ptr self, int64_t step) {
             if (!std::isfinite(stats.loss))
               return finish(self, runtime::exit_code::diverged,
                             "loss is " + std::to_string(stats.loss) + " at step " + std::to_string(step));
-            if (save_due(s, step)) return save(self, step, [=] { continue_after(self, step); });
-            continue_after(self, step);
+            auto next = [=] { validate(self, step, [=] { continue_after(self, step); }); };
+            if (save_due(s, step)) return save(self, step, next);
+            next();
           },
           [=](caf::error& err) {
             self->state.running = false;
@@ -203,17 +229,21 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, caf::actor stage
   st.checkpoint = cfg.checkpoint;
   st.checkpoint_folder = checkpoint::checkpoint_folder(cfg);
   st.writer = std::move(writer);
+  st.validation_freq = cfg.validation.enable ? cfg.validation.freq : 0;
   st.status->set_state("idle");
   return {
       [=](start_atom) {
         self->state.status->on_message(self->mailbox().size());
+        self->state.started = true;
         if (!self->state.finished) begin(self);
       },
       [=](stop_atom, const std::string& reason) {
         auto& s = self->state;
         s.status->on_message(self->mailbox().size());
         if (s.stop_reason.empty()) s.stop_reason = reason;
-        if (!s.running) finish(self, runtime::exit_code::ok, "stopped by " + reason + " before the first step");
+        // Once started, the running step, save or validation finishes first and the flow stops
+        // at its next turn (continue_after / run_step).
+        if (!s.started) finish(self, runtime::exit_code::ok, "stopped by " + reason + " before the first step");
       },
       [=](written_atom, int64_t step, const std::string& record, const std::string& error) {
         auto& s = self->state;

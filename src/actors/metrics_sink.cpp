@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -114,6 +115,23 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
           s.tokens_since_log = 0;
           s.seconds_since_log = s.flops_since_log = 0;
         }
+      },
+      [=](validation_atom, int64_t step, double loss) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        const double perplexity = std::exp(loss);
+        if (s.jsonl.is_open()) {
+          try {
+            write_line(s, nlohmann::json{{"step", step}, {"validation_loss", loss}, {"validation_perplexity", perplexity}}
+                              .dump());
+          } catch (const std::exception& e) {
+            s.status->set_error(e.what());
+          }
+        }
+        char line[128];
+        std::snprintf(line, sizeof line, "validate: step %lld  loss %.4f  perplexity %.4f", static_cast<long long>(step),
+                      loss, perplexity);
+        std::cout << line << std::endl;
       },
       [=](log_atom, const std::string& line) {
         self->state.status->on_message(self->mailbox().size());

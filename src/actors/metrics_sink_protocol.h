@@ -10,6 +10,8 @@ namespace troupe::actors {
 
 using metrics_atom = caf::atom_constant<caf::atom("metrics")>;  // (metrics_atom, train::StepStats)
 using log_atom = caf::atom_constant<caf::atom("log")>;          // (log_atom, std::string line)
+// (validation_atom, int64_t step, double loss): a console line and a JSONL record with exp(loss)
+using validation_atom = caf::atom_constant<caf::atom("validation")>;
 using flush_atom = caf::atom_constant<caf::atom("flush")>;      // (flush_atom) -> bool
 
 }  // namespace troupe::actors

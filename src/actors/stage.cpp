@@ -9,6 +9,7 @@
 #include "actors/stage_protocol.h"
 #include "checkpoint/trainer_checkpoint.h"
 #include "data/batch.h"
+#include "data/batch_source.h"
 #include "runtime/status_board.h"
 #include "train/trainer.h"
 
@@ -34,6 +35,10 @@ struct stage_state {
   checkpoint::Restored restored;
   data::DataPosition consumed;  // after the last batch a step took (the loader is ahead)
   std::unique_ptr<checkpoint::SnapshotBuffers> snapshot_buffers;
+  // Validation (only when validation.enable): every pass rewinds to `validation_start`, so each
+  // one sees the same batches and losses are comparable across steps (and across runs).
+  std::unique_ptr<data::BatchSource> validation;
+  data::DataPosition validation_start;
 };
 
 void run_if_ready(caf::stateful_actor<stage_state>* self) {
@@ -75,6 +80,11 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
     st.status->set_state("building");
     st.trainer = std::make_unique<train::Trainer>(cfg, vocab_size);
     st.snapshot_buffers = std::make_unique<checkpoint::SnapshotBuffers>(cfg.checkpoint.async_mode == "async_with_pinned_mem");
+    if (cfg.validation.enable) {
+      st.status->set_state("tokenizing-validation");
+      st.validation = std::make_unique<data::BatchSource>(data::DatasetSpec::validation(cfg), data::DataShare{});
+      st.validation_start = st.validation->position();
+    }
     st.status->set_state("loading-checkpoint");
     st.restored = checkpoint::restore_trainer(*st.trainer, cfg, /*rank=*/0);
     // Sent before the first credit, so the loader's first batch is the one after the checkpoint.
@@ -106,6 +116,24 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
         s.pending = pending_step{step, clock::now(), promise};
         run_if_ready(self);
         return promise;
+      },
+      [=](validate_atom, int64_t step) -> caf::result<double> {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (!s.trainer) return caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error);
+        if (!s.validation) return caf::make_error(caf::sec::runtime_error, "validation is not enabled");
+        s.status->set_state("validating");
+        try {
+          s.validation->seek(s.validation_start);
+          double sum = 0;
+          for (int64_t i = 0; i < cfg.validation.steps; ++i) sum += s.trainer->evaluate(s.validation->next());
+          s.status->set_state("idle");
+          return sum / static_cast<double>(cfg.validation.steps);
+        } catch (const std::exception& e) {
+          s.status->set_error(e.what());
+          return caf::make_error(caf::sec::runtime_error,
+                                 "validation after step " + std::to_string(step) + ": " + e.what());
+        }
       },
       [=](restored_atom) -> caf::result<int64_t, std::string> {
         auto& s = self->state;

@@ -1,4 +1,4 @@
-// Coordinator -> stage: run one optimizer step; the reply carries its statistics.
+// Coordinator -> stage: run one optimizer step, or a validation pass; the replies carry their results.
 #pragma once
 #include <caf/all.hpp>
 
@@ -8,6 +8,9 @@
 namespace troupe::actors {
 
 using step_atom = caf::atom_constant<caf::atom("step")>;  // (step_atom, int64_t step) -> train::StepStats
+// Coordinator -> stage: the validation loss after `step` (mean over validation.steps batches,
+// the same batches every time). (validate_atom, int64_t step) -> double loss
+using validate_atom = caf::atom_constant<caf::atom("validate")>;
 
 }  // namespace troupe::actors
 

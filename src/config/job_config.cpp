@@ -206,14 +206,6 @@ Rule dataset_needs_path(std::string path_key) {
   };
 }
 
-// The validation dataset and its config exist; the stage's validation loop does not yet, and a
-// run must not look as if it validated when it did not.
-Rule validation_enable_rule() {
-  return [](std::string_view key, FieldRef field, const JobConfig&) -> std::string {
-    return *std::get<bool*>(field) ? std::string(key) + ": the validation loop is not implemented yet" : std::string();
-  };
-}
-
 Rule dataset_rule(Rule needs_path) { return both(one_of({"kjv", "text", "jsonl", "tokens"}), std::move(needs_path)); }
 
 // A file, a directory or a glob, resolved as the data loader will resolve it.
@@ -317,7 +309,7 @@ const std::vector<KeySpec>& key_specs() {
       // Gradients are reduced across ranks only once there are several; fp32 is the one choice now.
       {TROUPE_KEY(training, mixed_precision_reduce), one_of({"float32"})},
 
-      {TROUPE_KEY(validation, enable), validation_enable_rule()},
+      {TROUPE_KEY(validation, enable), {}},
       {TROUPE_KEY(validation, dataset), dataset_rule(dataset_needs_path<&JobConfig::validation>("validation.dataset_path"))},
       {TROUPE_KEY(validation, dataset_path), empty_or_existing_dataset_path()},
       {TROUPE_KEY(validation, freq), at_least(1)},

@@ -156,6 +156,12 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   return stats;
 }
 
+double Trainer::evaluate(const data::Batch& batch) {
+  torch::NoGradGuard no_grad;
+  const auto dev = torch::Device(impl_->device);
+  return impl_->model->loss({batch.tokens.to(dev), batch.targets.to(dev)}).to(at::kDouble).item<double>();
+}
+
 checkpoint::TensorMap Trainer::checkpoint_state(bool model_only) const {
   checkpoint::TensorMap out;
   for (const auto& [name, t] : checkpoint::parameters_of(*impl_->model)) out["model." + name] = t;

@@ -25,6 +25,9 @@ class Trainer {
   // Micro-batches per optimizer step (gradient accumulation).
   int64_t micro_batches_per_step() const;
   StepStats step(int64_t step, const std::vector<std::shared_ptr<const data::Batch>>& micro_batches);
+  // Validation: the mean loss of `batch` through the whole model, forward only (no gradients,
+  // no optimizer or schedule change).
+  double evaluate(const data::Batch& batch);
 
   models::llama3::Llama3Model& model();
   std::string device() const;
