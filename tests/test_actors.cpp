@@ -92,24 +92,51 @@ TEST_CASE("a data loader that cannot read its dataset fails the run with a clear
   CHECK_THAT(outcome.message, Catch::Contains("gone.txt"));
 }
 
-TEST_CASE("troupe train: SIGINT finishes the step, flushes and exits 0", "[cli]") {
-  testing::TempDir dir;
+namespace {
+
+testing::ChildProcess start_long_training(const testing::TempDir& dir) {
   const auto slice = testing::corpus_slice(dir);
-  testing::ChildProcess p({testing::troupe_binary(), "train", "--config", testing::source_dir() + "/configs/llama3_debug.toml",
-                           "--model.tokenizer_path", testing::source_dir() + "/data/kjv/tokenizer.json",
-                           "--training.dataset=text", "--training.dataset_path", slice, "--training.steps", "100000",
-                           "--training.seq_len", "32", "--training.local_batch_size", "2", "--metrics.log_freq", "1",
-                           "--job.dump_folder", dir.file("dump"), "--job.device", "cpu"});
+  return testing::ChildProcess({testing::troupe_binary(), "train", "--config",
+                                testing::source_dir() + "/configs/llama3_debug.toml", "--model.tokenizer_path",
+                                testing::source_dir() + "/data/kjv/tokenizer.json", "--training.dataset=text",
+                                "--training.dataset_path", slice, "--training.steps", "100000", "--training.seq_len",
+                                "32", "--training.local_batch_size", "2", "--metrics.log_freq", "1", "--job.dump_folder",
+                                dir.file("dump"), "--job.device", "cpu"});
+}
+
+}  // namespace
+
+TEST_CASE("troupe train: SIGINT or SIGTERM finishes the step, flushes and exits 0", "[cli]") {
+  for (auto [sig, name] : {std::pair{SIGINT, "SIGINT"}, std::pair{SIGTERM, "SIGTERM"}}) {
+    INFO(name);
+    testing::TempDir dir;
+    auto p = start_long_training(dir);
+    std::string out;
+    REQUIRE(p.wait_for_line("step:", out));
+    p.signal(sig);
+    const int code = p.wait(60, out);
+    INFO(out);
+    CHECK(code == 0);
+    CHECK_THAT(out, Catch::Contains(name) && Catch::Contains("stopped by signal"));
+    std::ifstream jsonl(dir.file("dump") + "/metrics.jsonl");
+    std::string line;
+    CHECK(std::getline(jsonl, line));
+  }
+}
+
+TEST_CASE("troupe train: a second signal abandons the step and exits 130", "[cli]") {
+  testing::TempDir dir;
+  auto p = start_long_training(dir);
   std::string out;
   REQUIRE(p.wait_for_line("step:", out));
   p.signal(SIGINT);
+  // Signals of one kind do not queue: send the second once the first has been handled.
+  REQUIRE(p.wait_for_line("again to abandon", out));
+  p.signal(SIGINT);
   const int code = p.wait(60, out);
   INFO(out);
-  CHECK(code == 0);
-  CHECK_THAT(out, Catch::Contains("SIGINT") && Catch::Contains("stopped by signal"));
-  std::ifstream jsonl(dir.file("dump") + "/metrics.jsonl");
-  std::string line;
-  CHECK(std::getline(jsonl, line));
+  CHECK(code == 130);
+  CHECK_THAT(out, Catch::Contains("second signal"));
 }
 
 TEST_CASE("troupe train: a bad config exits 2 with one line naming the problem", "[cli]") {

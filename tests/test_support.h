@@ -55,6 +55,8 @@ class ChildProcess {
  public:
   explicit ChildProcess(const std::vector<std::string>& argv);
   ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;  // owns the pid and the pipe
+  ChildProcess& operator=(const ChildProcess&) = delete;
   // Reads output until a line containing `needle` arrives (true) or the output ends (false).
   bool wait_for_line(const std::string& needle, std::string& all_output);
   void signal(int sig);

@@ -7,8 +7,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 
 #include "actors/metrics_sink_protocol.h"
+#include "metrics/tensorboard_writer.h"
 #include "runtime/process_memory.h"
 #include "runtime/status_board.h"
 
@@ -20,6 +22,7 @@ struct sink_state {
   std::shared_ptr<runtime::StatusEntry> status;
   std::ofstream jsonl;
   std::string jsonl_path;
+  std::unique_ptr<metrics::TensorBoardWriter> tensorboard;  // metrics.enable_tensorboard
   int64_t log_freq = 1, last_step = 0;
   // Throughput is averaged over the steps since the previous log line, as torchtitan does.
   int64_t tokens_since_log = 0;
@@ -65,6 +68,35 @@ nlohmann::json record(const train::StepStats& s, uint64_t rss) {
           {"rss_bytes", rss}};
 }
 
+// The TensorBoard scalars of one step: the values of its metrics.jsonl record, as float32.
+std::vector<std::pair<std::string, float>> tensorboard_scalars(const train::StepStats& s, uint64_t rss) {
+  std::vector<std::pair<std::string, float>> out{{"loss", static_cast<float>(s.loss)},
+                                                 {"lr", static_cast<float>(s.lr)},
+                                                 {"grad_norm", static_cast<float>(s.grad_norm)},
+                                                 {"tps", static_cast<float>(s.tokens / s.wall_seconds)}};
+  if (s.peak_flops_per_second > 0)
+    out.emplace_back("mfu", static_cast<float>(mfu(s.model_flops, s.wall_seconds, s.peak_flops_per_second)));
+  if (s.gpu_peak_reserved_bytes > 0) {
+    out.emplace_back("memory/gpu_peak_active_gib", static_cast<float>(static_cast<double>(s.gpu_peak_active_bytes) / kGiB));
+    out.emplace_back("memory/gpu_peak_reserved_gib",
+                     static_cast<float>(static_cast<double>(s.gpu_peak_reserved_bytes) / kGiB));
+  } else {
+    out.emplace_back("memory/rss_gib", static_cast<float>(static_cast<double>(rss) / kGiB));
+  }
+  return out;
+}
+
+// Writes to TensorBoard if enabled; a failed write is reported once and ends the TensorBoard output.
+void write_tensorboard(sink_state& st, int64_t step, const std::vector<std::pair<std::string, float>>& scalars) {
+  if (!st.tensorboard) return;
+  try {
+    st.tensorboard->add_scalars(step, scalars);
+  } catch (const std::exception& e) {
+    st.status->set_error(e.what());
+    st.tensorboard.reset();
+  }
+}
+
 std::string jsonl_path(const config::JobConfig& cfg, int rank) {
   const auto name = cfg.metrics.save_for_all_ranks ? "metrics_rank" + std::to_string(rank) + ".jsonl"
                                                    : std::string("metrics.jsonl");
@@ -90,6 +122,15 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
     if (ec) st.status->set_error("cannot create " + cfg.job.dump_folder + ": " + ec.message());
     st.jsonl.open(st.jsonl_path, std::ios::app);
     if (!st.jsonl) st.status->set_error("cannot open " + st.jsonl_path + " for writing");
+    if (cfg.metrics.enable_tensorboard) {
+      try {
+        st.tensorboard = std::make_unique<metrics::TensorBoardWriter>(
+            (std::filesystem::path(cfg.job.dump_folder) / "tb").string(),
+            cfg.metrics.save_for_all_ranks ? ".rank" + std::to_string(rank) : std::string());
+      } catch (const std::exception& e) {
+        st.status->set_error(e.what());
+      }
+    }
   }
   st.status->set_state("idle");
   return {
@@ -108,6 +149,7 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
             s.status->set_error(e.what());
           }
         }
+        write_tensorboard(s, stats.step, tensorboard_scalars(stats, rss));
         if (stats.step == 1 || stats.step % s.log_freq == 0 || stats.step == s.last_step) {
           std::cout << console_line(stats, s.tokens_since_log / s.seconds_since_log,
                                     mfu(s.flops_since_log, s.seconds_since_log, stats.peak_flops_per_second), rss)
@@ -128,6 +170,8 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
             s.status->set_error(e.what());
           }
         }
+        write_tensorboard(s, step, {{"validation_loss", static_cast<float>(loss)},
+                                    {"validation_perplexity", static_cast<float>(perplexity)}});
         char line[128];
         std::snprintf(line, sizeof line, "validate: step %lld  loss %.4f  perplexity %.4f", static_cast<long long>(step),
                       loss, perplexity);

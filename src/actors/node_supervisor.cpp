@@ -31,10 +31,12 @@ using self_ptr = caf::stateful_actor<supervisor_state>*;
 std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size) {
   auto args = models::llama3::flavor(cfg.model.flavor);
   args.vocab_size = vocab_size;
+  const auto device = train::resolve_device(cfg.job.device);
   std::ostringstream line;
   line << "troupe: " << (cfg.job.description.empty() ? "training" : cfg.job.description) << " | " << cfg.model.name
        << ' ' << cfg.model.flavor << ", " << args.num_params() << " parameters, vocab " << vocab_size << " | device "
-       << train::resolve_device(cfg.job.device) << " | batch " << cfg.training.local_batch_size << " x seq "
+       << device << ", compute "
+       << (device == "cuda" ? cfg.training.mixed_precision_param : std::string("float32 (CPU)")) << " | batch " << cfg.training.local_batch_size << " x seq "
        << cfg.training.seq_len << ", " << cfg.training.steps << " steps | metrics in " << cfg.job.dump_folder;
   return line.str();
 }

@@ -317,6 +317,7 @@ const std::vector<KeySpec>& key_specs() {
 
       {TROUPE_KEY(metrics, log_freq), at_least(1)},
       {TROUPE_KEY(metrics, save_for_all_ranks), {}},
+      {TROUPE_KEY(metrics, enable_tensorboard), {}},
 
       {TROUPE_KEY(checkpoint, enable), {}},
       {TROUPE_KEY(checkpoint, folder), not_empty()},

@@ -67,6 +67,7 @@ struct ValidationSection {
 struct MetricsSection {
   int64_t log_freq = 10;
   bool save_for_all_ranks = false;
+  bool enable_tensorboard = false;  // also scalars in <job.dump_folder>/tb/ (TensorBoard event files)
 };
 
 // torchtitan's keys and defaults; checkpoints live in <job.dump_folder>/<folder>/step-N.
