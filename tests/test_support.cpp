@@ -159,3 +159,15 @@ int ChildProcess::wait(double seconds, std::string& all_output) {
 }
 
 }  // namespace troupe::testing
+
+namespace troupe::testing {
+
+void enable_validation(config::JobConfig& c, int64_t freq, int64_t steps) {
+  c.validation.enable = true;
+  c.validation.dataset = "text";
+  c.validation.dataset_path = c.training.dataset_path;
+  c.validation.freq = freq;
+  c.validation.steps = steps;
+}
+
+}  // namespace troupe::testing

@@ -41,6 +41,8 @@ std::string corpus_slice(const TempDir& dir);
 // A job of seconds on the CPU: debug model, the corpus slice, batch 2 x seq 32, two micro-batches
 // per step (exercising the loader's credits), 6 steps, output in dir/dump.
 config::JobConfig small_job_config(const TempDir& dir);
+// Turns on validation on the training text every `freq` steps, `steps` batches each.
+void enable_validation(config::JobConfig& c, int64_t freq, int64_t steps);
 
 // Guards against a hang: a run that does not end within 120 s fails the test and ends the
 // process instead of blocking CI.

@@ -40,11 +40,7 @@ TEST_CASE("the tensorboard package reads back the scalars of a run", "[actors]")
   testing::TempDir dir;
   auto c = testing::small_job_config(dir);
   c.metrics.enable_tensorboard = true;
-  c.validation.enable = true;
-  c.validation.dataset = "text";
-  c.validation.dataset_path = c.training.dataset_path;
-  c.validation.freq = 3;
-  c.validation.steps = 1;
+  testing::enable_validation(c, 3, 1);
   const auto outcome = testing::run_with_timeout(c);
   REQUIRE(outcome.exit_code == 0);
   const auto tb = std::filesystem::path(c.job.dump_folder) / "tb";

@@ -42,11 +42,7 @@ TEST_CASE("validation runs every freq steps and after the last, on the model of 
   testing::TempDir dir;
   auto c = testing::small_job_config(dir);
   c.training.steps = 7;
-  c.validation.enable = true;
-  c.validation.dataset = "text";
-  c.validation.dataset_path = c.training.dataset_path;
-  c.validation.freq = 3;
-  c.validation.steps = 2;
+  testing::enable_validation(c, 3, 2);
   const auto outcome = testing::run_with_timeout(c);
   REQUIRE(outcome.exit_code == 0);
   REQUIRE(outcome.steps.size() == 7);
