@@ -649,20 +649,24 @@ Tokenizer Tokenizer::load(const std::string& path) {
   }
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
+namespace {
+
+// Shared by encode and encode_ordinary; a template so that it can take the private Impl.
+template <class Impl>
+std::vector<int32_t> encode_checked(const Impl& impl, std::string_view text, bool added_tokens) {
   require_utf8(text, "text to encode");
   std::vector<int32_t> out;
   out.reserve(text.size() / 3);
-  impl_->encode(text, true, out);
+  impl.encode(text, added_tokens, out);
   return out;
 }
 
+}  // namespace
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text) const { return encode_checked(*impl_, text, true); }
+
 std::vector<int32_t> Tokenizer::encode_ordinary(std::string_view text) const {
-  require_utf8(text, "text to encode");
-  std::vector<int32_t> out;
-  out.reserve(text.size() / 3);
-  impl_->encode(text, false, out);
-  return out;
+  return encode_checked(*impl_, text, false);
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
