@@ -25,3 +25,15 @@ endif()
 if(TROUPE_CUDA AND CCACHE)
   set(CMAKE_CUDA_COMPILER_LAUNCHER ${CCACHE})
 endif()
+
+# NCCL: the toolkit's copy here and in CI; the nvidia.nccl wheel's on the GPU machine
+# (NCCL_INCLUDE_DIR / NCCL_LIBRARY from ../shared/device/gpu-env.sh), the one libtorch loads.
+if(TROUPE_CUDA)
+  find_path(TROUPE_NCCL_INCLUDE nccl.h HINTS $ENV{NCCL_INCLUDE_DIR} ${CUDAToolkit_INCLUDE_DIRS} REQUIRED)
+  if(DEFINED ENV{NCCL_LIBRARY})
+    set(TROUPE_NCCL_LIBRARY $ENV{NCCL_LIBRARY})
+  else()
+    find_library(TROUPE_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} REQUIRED)
+  endif()
+  message(STATUS "Troupe: NCCL ${TROUPE_NCCL_INCLUDE} ${TROUPE_NCCL_LIBRARY}")
+endif()

@@ -47,6 +47,13 @@ add_library(troupe_xxhash INTERFACE)
 target_include_directories(troupe_xxhash INTERFACE ${XXHASH_INCLUDE_DIR})
 target_link_libraries(troupe_xxhash INTERFACE ${XXHASH_LIBRARY})
 
+# Gloo: the Gloo compiled into libtorch, reached through c10d's ProcessGroupGloo. The wheel has
+# no Gloo headers, so Debian's libgloo-dev provides them; its library is never linked (two
+# Gloos in one process would clash, DESIGN §5).
+find_path(GLOO_INCLUDE_DIR gloo/context.h HINTS $ENV{GLOO_INCLUDE_DIR} REQUIRED)
+add_library(troupe_gloo_headers INTERFACE)
+target_include_directories(troupe_gloo_headers INTERFACE ${GLOO_INCLUDE_DIR})
+
 find_package(tomlplusplus REQUIRED)
 find_package(nlohmann_json REQUIRED)
 find_package(CLI11 REQUIRED)

@@ -66,7 +66,7 @@ TEST_CASE("every actor answers a status request", "[actors]") {
   };
   const auto outcome = testing::run_with_timeout(c, hooks);
   CHECK(outcome.exit_code == 0);
-  CHECK(names == std::set<std::string>{"node_supervisor", "coordinator", "stage[0]", "data_loader", "metrics_sink"});
+  CHECK(names == std::set<std::string>{"node_supervisor", "coordinator", "stage[0]", "data_loader[0]", "metrics_sink"});
 }
 
 TEST_CASE("a stop request ends the run after the running step with exit 0", "[actors]") {

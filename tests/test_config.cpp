@@ -95,7 +95,7 @@ TEST_CASE("the shipped configs/llama3_debug.toml loads", "[config]") {
 
 TEST_CASE("known_keys lists every section.key once", "[config]") {
   const auto keys = known_keys();
-  CHECK(keys.size() == 55);
+  CHECK(keys.size() == 59);
   CHECK(std::find(keys.begin(), keys.end(), "training.steps") != keys.end());
   CHECK(std::find(keys.begin(), keys.end(), "validation.dataset_path") != keys.end());
   CHECK(std::find(keys.begin(), keys.end(), "activation_checkpoint.selective_ac_option") != keys.end());
@@ -331,12 +331,28 @@ TEST_CASE("unsupported features are rejected with a reason", "[config]") {
   TempDir dir;
   CHECK_THAT(override_error(dir, "activation_checkpoint.selective_ac_option", "op"),
              Contains("'op' is not implemented yet"));
-  for (const auto& key : {"parallelism.data_parallel_replicate_degree", "parallelism.data_parallel_shard_degree",
-                          "parallelism.tensor_parallel_degree", "parallelism.pipeline_parallel_degree",
+  for (const auto& key : {"parallelism.tensor_parallel_degree", "parallelism.pipeline_parallel_degree",
                           "parallelism.context_parallel_degree"}) {
     INFO(key);
-    CHECK_THAT(override_error(dir, key, "2"), Contains("only one rank is supported so far") && Contains("got 2"));
+    CHECK_THAT(override_error(dir, key, "2"), Contains("not implemented yet") && Contains("got 2"));
   }
+}
+
+TEST_CASE("parallelism keys: data-parallel degrees, reshard policy, local ranks, timeouts", "[config]") {
+  TempDir dir;
+  CHECK_THAT(override_error(dir, "parallelism.data_parallel_shard_degree", "0"), Contains("-1 or at least 1"));
+  CHECK_THAT(override_error(dir, "parallelism.data_parallel_replicate_degree", "-1"), Contains("at least 1"));
+  CHECK_THAT(override_error(dir, "parallelism.fsdp_reshard_after_forward", "sometimes"),
+             Contains("default | always | never"));
+  CHECK_THAT(override_error(dir, "job.local_ranks", "0"), Contains("-1 or at least 1"));
+  CHECK_THAT(override_error(dir, "comm.train_timeout_seconds", "0"), Contains("at least 1"));
+  const auto cfg = load_text(dir, "[parallelism]\ndata_parallel_replicate_degree = 2\nfsdp_reshard_after_forward = \"never\"\n"
+                                  "[job]\nlocal_ranks = 4\n[comm]\ninit_timeout_seconds = 7\n");
+  CHECK(cfg.parallelism.data_parallel_replicate_degree == 2);
+  CHECK(cfg.parallelism.fsdp_reshard_after_forward == "never");
+  CHECK(cfg.job.local_ranks == 4);
+  CHECK(cfg.comm.init_timeout_seconds == 7);
+  CHECK(cfg.comm.train_timeout_seconds == 100);
 }
 
 TEST_CASE("checkpoint keys: torchtitan's names, lists from TOML or comma-separated, checked values", "[config]") {

@@ -1,5 +1,6 @@
 #include "actors/coordinator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -33,7 +34,8 @@ struct running_save {
 
 struct coordinator_state {
   std::shared_ptr<runtime::StatusEntry> status;
-  caf::actor stage, sink, supervisor;
+  std::vector<caf::actor> stages;  // rank order
+  caf::actor sink, supervisor;
   int64_t steps = 0;
   std::string stop_reason;  // non-empty once a stop was requested
   bool started = false, running = false, finished = false;
@@ -41,8 +43,7 @@ struct coordinator_state {
   std::vector<train::StepStats> history;
   config::CheckpointSection checkpoint;
   std::string checkpoint_folder;
-  caf::actor writer;  // rank 0's checkpoint writer; invalid when checkpoints are off
-  int ranks = 1;      // shards to wait for before a commit
+  std::vector<caf::actor> writers;  // per rank; empty when checkpoints are off
   int64_t validation_freq = 0;  // 0: validation is off
   std::optional<running_save> saving;
   std::vector<std::function<void()>> after_save;  // what waits for the running save's commit
@@ -51,6 +52,44 @@ struct coordinator_state {
 using self_ptr = caf::stateful_actor<coordinator_state>*;
 
 void log(self_ptr self, const std::string& line) { self->send(self->state.sink, log_atom::value, line); }
+
+// Sends request(i) to every rank and calls done(replies in rank order) once all have answered,
+// or fail(error) at the first error.
+template <class T, class Request, class Done, class Fail>
+void ask_all(self_ptr self, Request request, Done done, Fail fail) {
+  const size_t n = self->state.stages.size();
+  auto replies = std::make_shared<std::vector<T>>(n);
+  auto left = std::make_shared<size_t>(n);
+  auto failed = std::make_shared<bool>(false);
+  for (size_t i = 0; i < n; ++i)
+    request(i).then(
+        [=](T reply) {
+          (*replies)[i] = std::move(reply);
+          if (--*left == 0 && !*failed) done(std::move(*replies));
+        },
+        [=](caf::error& err) {
+          if (*failed) return;
+          *failed = true;
+          fail(err);
+        });
+}
+
+// The job's view of a step: the loss, norm and rate are rank 0's (already averaged over the
+// data-parallel ranks); work is summed, times and memory are the slowest or largest rank's.
+train::StepStats combine(const std::vector<train::StepStats>& ranks) {
+  auto out = ranks.front();
+  for (size_t r = 1; r < ranks.size(); ++r) {
+    const auto& s = ranks[r];
+    out.tokens += s.tokens;
+    out.model_flops += s.model_flops;
+    out.peak_flops_per_second += s.peak_flops_per_second;
+    out.compute_seconds = std::max(out.compute_seconds, s.compute_seconds);
+    out.data_wait_seconds = std::max(out.data_wait_seconds, s.data_wait_seconds);
+    out.gpu_peak_active_bytes = std::max(out.gpu_peak_active_bytes, s.gpu_peak_active_bytes);
+    out.gpu_peak_reserved_bytes = std::max(out.gpu_peak_reserved_bytes, s.gpu_peak_reserved_bytes);
+  }
+  return out;
+}
 
 // Flushes the metrics first so that nothing logged is lost when the process exits; a save in
 // progress is committed first.
@@ -85,9 +124,9 @@ void save_failed(self_ptr self, int64_t step, const std::string& why) {
 
 void commit_when_complete(self_ptr self) {
   auto& st = self->state;
-  if (!st.saving->snapshot_taken || static_cast<int>(st.saving->shard_records.size()) < st.ranks) return;
+  if (!st.saving->snapshot_taken || st.saving->shard_records.size() < st.writers.size()) return;
   const auto save = *st.saving;
-  self->request(st.writer, caf::infinite, commit_atom::value, save.step, save.tmp_dir, save.shard_records)
+  self->request(st.writers.front(), caf::infinite, commit_atom::value, save.step, save.tmp_dir, save.shard_records)
       .then(
           [=](const std::string& summary) {
             char line[160];
@@ -113,9 +152,15 @@ void save(self_ptr self, int64_t step, std::function<void()> then) {
   const auto dtype = model_only && step > 0 ? st.checkpoint.export_dtype : std::string();
   st.saving = running_save{step, checkpoint::new_tmp_dir(st.checkpoint_folder, step), {}, 0, clock::now()};
   st.status->set_state("snapshot");
-  self->request(st.stage, caf::infinite, snapshot_atom::value, step, st.saving->tmp_dir, model_only, dtype, st.writer)
-      .then(
-          [=](double blocked) {
+  const auto tmp_dir = st.saving->tmp_dir;
+  ask_all<double>(
+      self,
+      [=](size_t r) {
+        return self->request(self->state.stages[r], caf::infinite, snapshot_atom::value, step, tmp_dir, model_only,
+                             dtype, self->state.writers[r]);
+      },
+          [=](std::vector<double> per_rank) {
+            const double blocked = *std::max_element(per_rank.begin(), per_rank.end());
             auto& s = self->state;
             char line[96];
             std::snprintf(line, sizeof line, " copied to host in %.1f ms; writing", 1e3 * blocked);
@@ -130,7 +175,7 @@ void save(self_ptr self, int64_t step, std::function<void()> then) {
 }
 
 bool save_due(const coordinator_state& st, int64_t step) {
-  return st.writer && (step % st.checkpoint.interval == 0 || step == st.steps);
+  return !st.writers.empty() && (step % st.checkpoint.interval == 0 || step == st.steps);
 }
 
 void run_step(self_ptr self, int64_t step);
@@ -142,9 +187,10 @@ void validate(self_ptr self, int64_t step, std::function<void()> then) {
   if (st.validation_freq == 0 || (step % st.validation_freq != 0 && step != st.steps)) return then();
   st.running = true;  // a stop request now ends the run after this, like one during a step
   st.status->set_state("validating");
-  self->request(st.stage, caf::infinite, validate_atom::value, step)
-      .then(
-          [=](double loss) {
+  ask_all<double>(
+      self, [=](size_t r) { return self->request(self->state.stages[r], caf::infinite, validate_atom::value, step); },
+          [=](std::vector<double> per_rank) {
+            const double loss = per_rank.front();  // every rank's is the data-parallel mean
             self->state.running = false;
             self->send(self->state.sink, validation_atom::value, step, loss);
             then();
@@ -168,9 +214,10 @@ void continue_after(self_ptr self, int64_t step) {
 // The first step follows the checkpoint the stage restored (if any).
 void begin(self_ptr self) {
   auto& st = self->state;
-  if (!st.writer) return run_step(self, 1);
+  if (st.writers.empty()) return run_step(self, 1);
   st.status->set_state("restoring");
-  self->request(st.stage, caf::infinite, restored_atom::value)
+  // Every rank restores the same step; rank 0 tells which (a rank that failed has told the supervisor).
+  self->request(st.stages.front(), caf::infinite, restored_atom::value)
       .then(
           [=](int64_t step, const std::string& message) {
             auto& s = self->state;
@@ -197,9 +244,10 @@ void run_step(self_ptr self, int64_t step) {
   st.step_started = clock::now();
   st.status->set_state("waiting-step");
   st.status->set_step(step);
-  self->request(st.stage, caf::infinite, step_atom::value, step)
-      .then(
-          [=](train::StepStats stats) {
+  ask_all<train::StepStats>(
+      self, [=](size_t r) { return self->request(self->state.stages[r], caf::infinite, step_atom::value, step); },
+          [=](std::vector<train::StepStats> per_rank) {
+            auto stats = combine(per_rank);
             auto& s = self->state;
             s.running = false;
             stats.wall_seconds = std::chrono::duration<double>(clock::now() - s.step_started).count();
@@ -218,17 +266,18 @@ void run_step(self_ptr self, int64_t step) {
           });
 }
 
-caf::behavior coordinator(self_ptr self, config::JobConfig cfg, caf::actor stage, caf::actor sink,
-                          caf::actor supervisor, caf::actor writer, std::shared_ptr<runtime::StatusBoard> board) {
+caf::behavior coordinator(self_ptr self, config::JobConfig cfg, std::vector<caf::actor> stages, caf::actor sink,
+                          caf::actor supervisor, std::vector<caf::actor> writers,
+                          std::shared_ptr<runtime::StatusBoard> board) {
   auto& st = self->state;
   st.status = board->enroll("coordinator");
-  st.stage = std::move(stage);
+  st.stages = std::move(stages);
   st.sink = std::move(sink);
   st.supervisor = std::move(supervisor);
   st.steps = cfg.training.steps;
   st.checkpoint = cfg.checkpoint;
   st.checkpoint_folder = checkpoint::checkpoint_folder(cfg);
-  st.writer = std::move(writer);
+  st.writers = std::move(writers);
   st.validation_freq = cfg.validation.enable ? cfg.validation.freq : 0;
   st.status->set_state("idle");
   return {
@@ -262,9 +311,10 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, caf::actor stage
 
 }  // namespace
 
-caf::actor spawn_coordinator(caf::actor_system& sys, const config::JobConfig& cfg, caf::actor stage, caf::actor sink,
-                             caf::actor supervisor, caf::actor writer, std::shared_ptr<runtime::StatusBoard> board) {
-  return sys.spawn(coordinator, cfg, std::move(stage), std::move(sink), std::move(supervisor), std::move(writer),
+caf::actor spawn_coordinator(caf::actor_system& sys, const config::JobConfig& cfg, std::vector<caf::actor> stages,
+                             caf::actor sink, caf::actor supervisor, std::vector<caf::actor> writers,
+                             std::shared_ptr<runtime::StatusBoard> board) {
+  return sys.spawn(coordinator, cfg, std::move(stages), std::move(sink), std::move(supervisor), std::move(writers),
                    std::move(board));
 }
 

@@ -13,13 +13,13 @@ struct loader_state {
   std::unique_ptr<data::BatchSource> source;
 };
 
-caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobConfig cfg, caf::actor supervisor,
-                          std::shared_ptr<runtime::StatusBoard> board) {
+caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobConfig cfg, int rank,
+                          data::DataShare share, caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
   auto& st = self->state;
-  st.status = board->enroll("data_loader");
+  st.status = board->enroll("data_loader[" + std::to_string(rank) + "]");
   try {
     st.status->set_state("tokenizing");
-    st.source = std::make_unique<data::BatchSource>(cfg);
+    st.source = std::make_unique<data::BatchSource>(cfg, share);
     st.status->set_state("idle");
   } catch (const std::exception& e) {
     st.status->set_error(e.what());
@@ -57,9 +57,9 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
 
 }  // namespace
 
-caf::actor spawn_data_loader(caf::actor_system& sys, const config::JobConfig& cfg, caf::actor supervisor,
-                             std::shared_ptr<runtime::StatusBoard> board) {
-  return sys.spawn<caf::detached>(data_loader, cfg, std::move(supervisor), std::move(board));
+caf::actor spawn_data_loader(caf::actor_system& sys, const config::JobConfig& cfg, int rank, data::DataShare share,
+                             caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
+  return sys.spawn<caf::detached>(data_loader, cfg, rank, share, std::move(supervisor), std::move(board));
 }
 
 }  // namespace troupe::actors

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "config/job_config.h"
+#include "data/data_position.h"
 
 namespace troupe::runtime { class StatusBoard; }
 
@@ -12,7 +13,8 @@ namespace troupe::actors {
 
 // Loads the tokenizer and corpus, then answers each credit from `consumer` with one batch
 // of [local_batch_size, seq_len]. Reports failures to `supervisor` as (failure_atom, text).
-caf::actor spawn_data_loader(caf::actor_system& sys, const config::JobConfig& cfg, caf::actor supervisor,
-                             std::shared_ptr<runtime::StatusBoard> board);
+// `rank` names it; `share` is its data-parallel rank's part of the dataset.
+caf::actor spawn_data_loader(caf::actor_system& sys, const config::JobConfig& cfg, int rank, data::DataShare share,
+                             caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board);
 
 }  // namespace troupe::actors

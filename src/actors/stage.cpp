@@ -72,21 +72,24 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
 }
 
 caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cfg, int64_t vocab_size,
-                    caf::actor loader, caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
+                    parallel::RankContext rank, data::DataShare share, caf::actor loader, caf::actor supervisor,
+                    std::shared_ptr<runtime::StatusBoard> board) {
   auto& st = self->state;
-  st.status = board->enroll("stage[0]");
+  const int rank_id = rank.rank;
+  st.status = board->enroll("stage[" + std::to_string(rank_id) + "]");
   st.loader = loader;
   try {
     st.status->set_state("building");
-    st.trainer = std::make_unique<train::Trainer>(cfg, vocab_size);
+    st.status->set_state(rank.world > 1 ? "connecting" : "building");
+    st.trainer = std::make_unique<train::Trainer>(cfg, vocab_size, std::move(rank));
     st.snapshot_buffers = std::make_unique<checkpoint::SnapshotBuffers>(cfg.checkpoint.async_mode == "async_with_pinned_mem");
     if (cfg.validation.enable) {
       st.status->set_state("tokenizing-validation");
-      st.validation = std::make_unique<data::BatchSource>(data::DatasetSpec::validation(cfg), data::DataShare{});
+      st.validation = std::make_unique<data::BatchSource>(data::DatasetSpec::validation(cfg), share);
       st.validation_start = st.validation->position();
     }
     st.status->set_state("loading-checkpoint");
-    st.restored = checkpoint::restore_trainer(*st.trainer, cfg, /*rank=*/0);
+    st.restored = checkpoint::restore_trainer(*st.trainer, cfg, rank_id);
     // Sent before the first credit, so the loader's first batch is the one after the checkpoint.
     if (st.restored.dataloader) self->send(loader, seek_atom::value, *st.restored.dataloader);
     st.status->set_state("idle");
@@ -148,7 +151,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
         if (!s.trainer) return caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error);
         s.status->set_state("snapshot");
         try {
-          auto snap = checkpoint::snapshot_trainer(*s.trainer, cfg, {step, tmp_dir, model_only, dtype, 0, s.consumed},
+          auto snap = checkpoint::snapshot_trainer(*s.trainer, cfg, {step, tmp_dir, model_only, dtype, rank_id, s.consumed},
                                                    *s.snapshot_buffers);
           s.snapshot_buffers->lend_to(snap);
           const double blocked = snap->blocked_seconds;
@@ -171,9 +174,11 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
 
 }  // namespace
 
-caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size, caf::actor loader,
-                       caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
-  return sys.spawn<caf::detached>(stage, cfg, vocab_size, std::move(loader), std::move(supervisor), std::move(board));
+caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size,
+                       parallel::RankContext rank, data::DataShare share, caf::actor loader, caf::actor supervisor,
+                       std::shared_ptr<runtime::StatusBoard> board) {
+  return sys.spawn<caf::detached>(stage, cfg, vocab_size, std::move(rank), share, std::move(loader),
+                                  std::move(supervisor), std::move(board));
 }
 
 }  // namespace troupe::actors

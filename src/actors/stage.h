@@ -7,13 +7,17 @@
 #include <memory>
 
 #include "config/job_config.h"
+#include "data/data_position.h"
+#include "parallel/rank_context.h"
 
 namespace troupe::runtime { class StatusBoard; }
 
 namespace troupe::actors {
 
 // `prefetch`: batches kept requested ahead of the running step (at least one step's worth).
-caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size, caf::actor loader,
-                       caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board);
+// `rank`: who this stage is in the job; `share`: its data-parallel part (validation data).
+caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size,
+                       parallel::RankContext rank, data::DataShare share, caf::actor loader, caf::actor supervisor,
+                       std::shared_ptr<runtime::StatusBoard> board);
 
 }  // namespace troupe::actors

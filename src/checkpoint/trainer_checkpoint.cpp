@@ -17,16 +17,6 @@ namespace troupe::checkpoint {
 
 namespace {
 
-// One rank holds whole tensors; a sharded layout will give each rank its boxes here.
-std::vector<LiveTensor> live_tensors(const train::Trainer& trainer, bool model_only) {
-  std::vector<LiveTensor> out;
-  for (const auto& [name, t] : trainer.checkpoint_state(model_only)) {
-    auto shape = t.sizes().vec();
-    out.push_back({name, t, shape, whole_box(shape)});
-  }
-  return out;
-}
-
 const std::vector<std::string> kParts = {"model", "optimizer", "lr_scheduler", "dataloader", "train_state", "rng"};
 
 struct Source {
@@ -76,7 +66,7 @@ std::shared_ptr<HostSnapshot> snapshot_trainer(train::Trainer& trainer, const co
   const auto start = std::chrono::steady_clock::now();
   auto snap = std::make_shared<HostSnapshot>();
   snap->tmp_dir = request.tmp_dir;
-  snap->tensors = buffers.copy_to_host(live_tensors(trainer, request.model_only),
+  snap->tensors = buffers.copy_to_host(trainer.checkpoint_state(request.model_only),
                                        request.model_only && !request.dtype.empty()
                                            ? std::optional<at::ScalarType>(export_dtype(request.dtype))
                                            : std::nullopt);
@@ -105,7 +95,7 @@ Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, 
   const auto meta_path = source->step_dir + "/metadata.json";
 
   std::vector<WantedTensor> wanted;
-  for (const auto& t : live_tensors(trainer, !parts.contains("optimizer")))
+  for (const auto& t : trainer.restorable_state(!parts.contains("optimizer")))
     if (parts.contains("model") || !t.name.starts_with("model.")) wanted.push_back({t.name, t.global_shape, t.box});
   trainer.load_checkpoint_state(read_tensors(source->step_dir, meta, wanted));
 

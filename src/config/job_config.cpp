@@ -168,10 +168,13 @@ Rule existing_file() {
   return [](std::string_view key, FieldRef field, const JobConfig&) { return missing_file(key, *std::get<std::string*>(field)); };
 }
 
-// Only the rank-local code paths exist so far.
-Rule single_rank(bool allow_fill) {
-  std::string what = allow_fill ? "-1 or 1 (only one rank is supported so far)" : "1 (only one rank is supported so far)";
-  return must_be<int64_t>(what, [allow_fill](int64_t v, auto&) { return v == 1 || (allow_fill && v == -1); });
+// Tensor, pipeline and context parallelism are not built yet.
+Rule not_built_yet() {
+  return must_be<int64_t>("1 (this parallelism is not implemented yet)", [](int64_t v, auto&) { return v == 1; });
+}
+
+Rule positive_or_fill() {
+  return must_be<int64_t>("-1 or at least 1", [](int64_t v, auto&) { return v == -1 || v >= 1; });
 }
 
 Rule decay_ratio_rule() {
@@ -279,6 +282,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(job, description), {}},
       {TROUPE_KEY(job, seed), {}},
       {TROUPE_KEY(job, device), one_of({"auto", "cpu", "cuda"})},
+      {TROUPE_KEY(job, local_ranks), positive_or_fill()},
 
       {TROUPE_KEY(model, name), one_of({"llama3"})},
       {TROUPE_KEY(model, flavor), one_of({"debugmodel", "1B", "1.5B", "3B", "8B", "70B", "405B"})},
@@ -333,11 +337,14 @@ const std::vector<KeySpec>& key_specs() {
        each_one_of({"model", "optimizer", "lr_scheduler", "dataloader", "train_state", "rng"})},
       {TROUPE_KEY(checkpoint, create_seed_checkpoint), needs_checkpoint_enabled()},
 
-      {TROUPE_KEY(parallelism, data_parallel_replicate_degree), single_rank(false)},
-      {TROUPE_KEY(parallelism, data_parallel_shard_degree), single_rank(true)},
-      {TROUPE_KEY(parallelism, tensor_parallel_degree), single_rank(false)},
-      {TROUPE_KEY(parallelism, pipeline_parallel_degree), single_rank(false)},
-      {TROUPE_KEY(parallelism, context_parallel_degree), single_rank(false)},
+      {TROUPE_KEY(parallelism, data_parallel_replicate_degree), at_least(1)},
+      {TROUPE_KEY(parallelism, data_parallel_shard_degree), positive_or_fill()},
+      {TROUPE_KEY(parallelism, tensor_parallel_degree), not_built_yet()},
+      {TROUPE_KEY(parallelism, pipeline_parallel_degree), not_built_yet()},
+      {TROUPE_KEY(parallelism, context_parallel_degree), not_built_yet()},
+      {TROUPE_KEY(parallelism, fsdp_reshard_after_forward), one_of({"default", "always", "never"})},
+      {TROUPE_KEY(comm, init_timeout_seconds), at_least(1)},
+      {TROUPE_KEY(comm, train_timeout_seconds), at_least(1)},
 
       {TROUPE_KEY(activation_checkpoint, mode), one_of({"none", "full", "selective"})},
       {TROUPE_KEY(activation_checkpoint, selective_ac_option), selective_ac_option_rule()},

@@ -14,6 +14,9 @@ struct JobSection {
   std::string description = "";
   int64_t seed = 0;
   std::string device = "auto";  // auto | cpu | cuda
+  // Ranks this process hosts: one per GPU on CUDA (-1: every visible GPU), any number on the
+  // CPU (-1: one).
+  int64_t local_ranks = -1;
 };
 
 struct ModelSection {
@@ -94,6 +97,13 @@ struct ParallelismSection {
   int64_t tensor_parallel_degree = 1;
   int64_t pipeline_parallel_degree = 1;
   int64_t context_parallel_degree = 1;
+  std::string fsdp_reshard_after_forward = "default";  // default | always | never
+};
+
+// torchtitan's [comm]: how long ranks wait for each other before the job fails.
+struct CommSection {
+  int64_t init_timeout_seconds = 300;  // rendezvous and connecting the communicators
+  int64_t train_timeout_seconds = 100;  // any one collective or transfer
 };
 
 struct ActivationCheckpointSection {
@@ -111,6 +121,7 @@ struct JobConfig {
   MetricsSection metrics;
   CheckpointSection checkpoint;
   ParallelismSection parallelism;
+  CommSection comm;
   ActivationCheckpointSection activation_checkpoint;
 };
 

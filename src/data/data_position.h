@@ -16,4 +16,10 @@ struct DataPosition {
   bool operator==(const DataPosition&) const = default;
 };
 
+// Which part of the data a data-parallel rank reads.
+struct DataShare {
+  int64_t rank = 0;    // this data-parallel rank
+  int64_t degree = 1;  // data-parallel ranks in all
+};
+
 }  // namespace troupe::data

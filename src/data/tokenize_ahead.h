@@ -7,6 +7,7 @@
 #include <optional>
 #include <vector>
 
+#include "data/data_position.h"
 #include "data/document_reader.h"
 #include "data/tokenizer.h"
 
@@ -15,11 +16,6 @@ namespace troupe::data {
 struct TokenizedDocument {
   std::vector<int32_t> tokens;  // BOS (if the tokenizer has one), the text, EOS (likewise)
   DocumentPlace place;
-};
-
-struct DataShare {
-  int64_t rank = 0;    // this data-parallel rank
-  int64_t degree = 1;  // data-parallel ranks in all
 };
 
 class TokenizeAhead {

@@ -10,6 +10,12 @@
 #include "models/llama3/model.h"
 #include <c10/cuda/CUDAFunctions.h>
 
+#include "comm/gloo_communicator.h"
+#include "comm/nccl_communicator.h"
+#include "parallel/device_mesh.h"
+#include "parallel/fsdp.h"
+#include "train/grad_norm.h"
+
 #include "runtime/device_info.h"
 #include "train/adamw.h"
 #include "train/lr_schedule.h"
@@ -31,16 +37,47 @@ std::vector<std::pair<std::string, at::Tensor>> named_parameters(torch::nn::Modu
   return out;
 }
 
-// Clips by the global L2 norm without a host sync mid-step (libtorch's clip_grad_norm_ reads the
-// norm back before returning): the norm stays on the device until the step has been queued.
 at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
   std::vector<at::Tensor> grads;
   for (const auto& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
   if (grads.empty()) return torch::zeros({}, torch::kDouble);
-  const auto total = at::stack(at::_foreach_norm(grads, 2)).norm();
-  at::_foreach_mul_(grads, at::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0));
+  const auto total = squared_l2_norm(grads).sqrt();
+  scale_to_norm(grads, total, max_norm);
   return total;
+}
+
+at::ScalarType precision(const std::string& key, const std::string& value) {
+  if (value == "bfloat16") return at::kBFloat16;
+  if (value == "float32") return at::kFloat;
+  throw std::invalid_argument("training." + key + ": unknown '" + value + "' (bfloat16, float32)");
+}
+
+// The data-parallel communicators of this rank (null where the degree is 1) and the sharding.
+std::unique_ptr<parallel::ShardedUnits> apply_data_parallel(const config::JobConfig& cfg,
+                                                            const parallel::RankContext& rank,
+                                                            const parallel::ParallelDims& dims,
+                                                            models::llama3::Llama3Model& model, bool cuda) {
+  if (model.args().tie_embeddings)
+    throw std::invalid_argument("model.flavor " + cfg.model.flavor +
+                                " ties the output to the embedding, which data parallelism does not support yet");
+  if (!rank.rendezvous) throw std::logic_error("a multi-rank Trainer needs a rendezvous");
+  const parallel::DeviceMesh mesh(dims, rank.rank);
+  auto connect = [&](parallel::MeshDim d) -> comm::CommunicatorPtr {
+    if (dims.of(d) == 1) return nullptr;
+    const std::vector<parallel::MeshDim> g{d};
+    const auto name = mesh.group_name(g);
+    const int r = mesh.rank_in(g), n = static_cast<int>(dims.of(d));
+    return cuda ? comm::make_nccl_communicator(*rank.rendezvous, name, r, n, rank.local_rank)
+                : comm::make_gloo_communicator(*rank.rendezvous, name, r, n);
+  };
+  parallel::DataParallelOptions o;
+  o.shard = connect(parallel::MeshDim::dp_shard);
+  o.replicate = connect(parallel::MeshDim::dp_replicate);
+  o.compute_dtype = cuda ? precision("mixed_precision_param", cfg.training.mixed_precision_param) : at::kFloat;
+  o.reduce_dtype = cuda ? precision("mixed_precision_reduce", cfg.training.mixed_precision_reduce) : at::kFloat;
+  o.reshard = parallel::parse_reshard(cfg.parallelism.fsdp_reshard_after_forward);
+  return std::make_unique<parallel::ShardedUnits>(model.units(), named_parameters(model), o);
 }
 
 int64_t selective_every(const config::ActivationCheckpointSection& ac) {
@@ -60,9 +97,22 @@ std::string resolve_device(const std::string& requested) {
   throw std::invalid_argument("job.device: unknown '" + requested + "' (auto, cpu, cuda)");
 }
 
+std::string rank_device(const std::string& requested, int local_rank) {
+  const auto device = resolve_device(requested);
+  if (device != "cuda") return device;
+  if (local_rank >= static_cast<int>(torch::cuda::device_count()))
+    throw std::runtime_error("local rank " + std::to_string(local_rank) + " needs cuda:" + std::to_string(local_rank) +
+                             ", but this node has " + std::to_string(torch::cuda::device_count()) + " GPUs");
+  // The stage's thread computes on its rank's GPU from here on.
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(local_rank));
+  return "cuda:" + std::to_string(local_rank);
+}
+
 struct Trainer::Impl {
-  Impl(const config::JobConfig& cfg, int64_t vocab_size)
-      : device(resolve_device(cfg.job.device)),
+  Impl(const config::JobConfig& cfg, int64_t vocab_size, parallel::RankContext rank_context)
+      : device(rank_device(cfg.job.device, rank_context.local_rank)),
+        rank(std::move(rank_context)),
+        dims(parallel::ParallelDims::resolve(cfg.parallelism, rank.world)),
         args(make_args(cfg, vocab_size)),
         // Built on its device (the rotary tables are plain tensors that .to() would not move).
         model(std::make_shared<models::llama3::Llama3Model>(
@@ -73,7 +123,7 @@ struct Trainer::Impl {
         max_norm(cfg.training.max_norm) {
     at::globalContext().setDeterministicAlgorithms(cfg.training.deterministic, /*warn_only=*/false);
     model->init_weights(static_cast<uint64_t>(cfg.job.seed));
-    if (device == "cuda") {
+    if (device.starts_with("cuda")) {
       gpu = c10::cuda::current_device();
       peak_flops = runtime::peak_bf16_flops(runtime::cuda_device_name(gpu));
       if (cfg.training.mixed_precision_param == "bfloat16") model->set_compute_dtype(at::kBFloat16);
@@ -84,12 +134,25 @@ struct Trainer::Impl {
     flops_per_token = 6.0 * static_cast<double>(args.num_non_embedding_params()) +
                       12.0 * static_cast<double>(args.n_layers * args.n_heads * args.head_dim() * cfg.training.seq_len);
     params = model->parameters();
-    optimizer = std::make_unique<AdamW>(named_parameters(*model), adam_options(cfg.optimizer));
+    auto trained = named_parameters(*model);
+    if (rank.world > 1) {
+      sharded = apply_data_parallel(cfg, rank, dims, *model, gpu >= 0);
+      trained.clear();
+      for (const auto& s : sharded->shards())
+        if (s.master.numel() > 0) trained.emplace_back(s.name, s.master);
+    }
+    optimizer = std::make_unique<AdamW>(std::move(trained), adam_options(cfg.optimizer));
     executor = std::make_unique<UnitExecutor>(
-        model->units(), recompute_plan(model->units().size(), cfg.activation_checkpoint.mode,
-                                       selective_every(cfg.activation_checkpoint)));
+        model->units(),
+        recompute_plan(model->units().size(), cfg.activation_checkpoint.mode, selective_every(cfg.activation_checkpoint)),
+        sharded.get());
     const auto global = cfg.training.global_batch_size;
-    accumulation = global < 0 ? 1 : global / cfg.training.local_batch_size;
+    const auto per_step = cfg.training.local_batch_size * dims.dp();
+    if (global > 0 && global % per_step != 0)
+      throw std::invalid_argument("training.global_batch_size " + std::to_string(global) +
+                                  " is not a multiple of local_batch_size x data-parallel degree = " +
+                                  std::to_string(per_step));
+    accumulation = global < 0 ? 1 : global / per_step;
   }
 
   static models::llama3::ModelArgs make_args(const config::JobConfig& cfg, int64_t vocab_size) {
@@ -101,12 +164,15 @@ struct Trainer::Impl {
   }
 
   std::string device;
+  parallel::RankContext rank;
+  parallel::ParallelDims dims;
   models::llama3::ModelArgs args;
   std::shared_ptr<models::llama3::Llama3Model> model;
   LrSchedule schedule;
   double max_norm;
   std::vector<at::Tensor> params;
   std::unique_ptr<AdamW> optimizer;
+  std::unique_ptr<parallel::ShardedUnits> sharded;  // null on one rank
   std::unique_ptr<UnitExecutor> executor;
   int64_t accumulation = 1;
   int64_t lr_offset = 0;
@@ -114,7 +180,8 @@ struct Trainer::Impl {
   double peak_flops = 0, flops_per_token = 0;
 };
 
-Trainer::Trainer(const config::JobConfig& cfg, int64_t vocab_size) : impl_(std::make_unique<Impl>(cfg, vocab_size)) {}
+Trainer::Trainer(const config::JobConfig& cfg, int64_t vocab_size, parallel::RankContext rank)
+    : impl_(std::make_unique<Impl>(cfg, vocab_size, std::move(rank))) {}
 Trainer::~Trainer() = default;
 
 int64_t Trainer::micro_batches_per_step() const { return impl_->accumulation; }
@@ -130,7 +197,8 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   StepStats stats;
   stats.step = step;
   stats.lr = m.schedule.lr(step - m.lr_offset);
-  m.optimizer->zero_grad();
+  if (m.sharded) m.sharded->zero_gradients();
+  else m.optimizer->zero_grad();
   const auto dev = torch::Device(m.device);
   if (m.gpu >= 0) runtime::reset_gpu_memory_peaks(m.gpu);
   // The losses stay on the device until the end so that the host never waits mid-step.
@@ -139,11 +207,14 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     models::UnitBatch ub{b->tokens.to(dev, /*non_blocking=*/true), b->targets.to(dev, /*non_blocking=*/true)};
     losses.push_back(m.executor->forward(ub));
     m.executor->backward(1.0 / static_cast<double>(m.accumulation));
+    if (m.sharded) m.sharded->finish_gradients();
     stats.tokens += b->tokens.numel();
   }
-  const auto grad_norm = clip_grad_norm(m.params, m.max_norm);
+  const auto grad_norm = m.sharded ? m.sharded->clip_grad_norm(m.max_norm) : clip_grad_norm(m.params, m.max_norm);
   m.optimizer->step(stats.lr);
-  stats.loss = at::stack(losses).to(at::kDouble).mean().item<double>();
+  auto loss = at::stack(losses).to(at::kDouble).mean();
+  if (m.sharded) m.sharded->average_over_data_parallel(loss);
+  stats.loss = loss.item<double>();
   stats.grad_norm = grad_norm.item<double>();
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats.model_flops = m.flops_per_token * static_cast<double>(stats.tokens);
@@ -158,15 +229,52 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
 
 double Trainer::evaluate(const data::Batch& batch) {
   torch::NoGradGuard no_grad;
-  const auto dev = torch::Device(impl_->device);
-  return impl_->model->loss({batch.tokens.to(dev), batch.targets.to(dev)}).to(at::kDouble).item<double>();
+  auto& m = *impl_;
+  const auto dev = torch::Device(m.device);
+  const models::UnitBatch ub{batch.tokens.to(dev), batch.targets.to(dev)};
+  if (!m.sharded) return m.model->loss(ub).to(at::kDouble).item<double>();
+  auto loss = m.executor->forward_only(ub).to(at::kDouble);
+  m.sharded->release_all();
+  m.sharded->average_over_data_parallel(loss);
+  return loss.item<double>();
 }
 
-checkpoint::TensorMap Trainer::checkpoint_state(bool model_only) const {
-  checkpoint::TensorMap out;
-  for (const auto& [name, t] : checkpoint::parameters_of(*impl_->model)) out["model." + name] = t;
-  if (!model_only)
-    for (const auto& [name, t] : impl_->optimizer->state()) out["optim." + name] = t;
+std::vector<checkpoint::LiveTensor> Trainer::restorable_state(bool model_only) const {
+  auto& m = *impl_;
+  std::vector<checkpoint::LiveTensor> out;
+  auto whole = [&](const std::string& name, const at::Tensor& t) {
+    out.push_back({name, t, t.sizes().vec(), checkpoint::whole_box(t.sizes().vec())});
+  };
+  if (!m.sharded) {
+    for (const auto& [name, t] : checkpoint::parameters_of(*m.model)) whole("model." + name, t);
+    if (!model_only)
+      for (const auto& [name, t] : m.optimizer->state()) whole("optim." + name, t);
+    return out;
+  }
+  // Sharded: the master chunks and the optimizer's state of them, boxed on dim 0.
+  const auto state = model_only ? std::map<std::string, at::Tensor>{} : m.optimizer->state();
+  for (const auto& s : m.sharded->shards()) {
+    if (s.master.numel() == 0) continue;  // a chunk past the end of a short parameter
+    const auto box = checkpoint::dim0_box(s.shape, s.index, s.parts);
+    out.push_back({"model." + s.name, s.master, s.shape, box});
+    for (const char* key : {"exp_avg.", "exp_avg_sq."})
+      if (!model_only) out.push_back({"optim." + std::string(key) + s.name, state.at(key + s.name), s.shape, box});
+  }
+  if (!model_only) whole("optim.step", state.at("step"));
+  return out;
+}
+
+std::vector<checkpoint::LiveTensor> Trainer::checkpoint_state(bool model_only) const {
+  auto out = restorable_state(model_only);
+  if (!impl_->sharded) return out;
+  // Each piece once: the first replica saves the chunks, and its shard rank 0 the whole tensors.
+  const parallel::DeviceMesh mesh(impl_->dims, impl_->rank.rank);
+  const bool first_replica = mesh.coord(parallel::MeshDim::dp_replicate) == 0;
+  const bool first_shard = mesh.coord(parallel::MeshDim::dp_shard) == 0;
+  std::erase_if(out, [&](const checkpoint::LiveTensor& t) {
+    const bool whole = t.box == checkpoint::whole_box(t.global_shape);
+    return !first_replica || (whole && !first_shard);
+  });
   return out;
 }
 
@@ -177,7 +285,22 @@ void Trainer::load_checkpoint_state(const checkpoint::TensorMap& tensors) {
     else if (name.starts_with("optim.")) optim[name.substr(6)] = t;
     else throw std::runtime_error("checkpoint tensor '" + name + "' belongs to neither the model nor the optimizer");
   }
-  if (!model.empty()) checkpoint::load_parameters(*impl_->model, model);
+  if (!model.empty()) {
+    if (!impl_->sharded) {
+      checkpoint::load_parameters(*impl_->model, model);
+    } else {
+      torch::NoGradGuard no_grad;
+      for (const auto& s : impl_->sharded->shards()) {
+        if (s.master.numel() == 0) continue;
+        const auto it = model.find(s.name);
+        if (it == model.end()) throw std::runtime_error("checkpoint has no tensor 'model." + s.name + "'");
+        if (it->second.sizes() != s.master.sizes())
+          throw std::runtime_error("checkpoint tensor 'model." + s.name + "' does not fit this rank's chunk");
+        s.master.copy_(it->second);
+      }
+      impl_->sharded->release_all();  // nothing gathered may outlive the new values
+    }
+  }
   if (!optim.empty()) impl_->optimizer->load_state(optim);
 }
 

@@ -5,8 +5,10 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/host_snapshot.h"
 #include "checkpoint/safetensors.h"
 #include "config/job_config.h"
+#include "parallel/rank_context.h"
 #include "train/step_stats.h"
 
 namespace troupe::data { struct Batch; }
@@ -16,14 +18,18 @@ namespace troupe::train {
 
 class Trainer {
  public:
-  // vocab_size comes from the tokenizer, as torchtitan sizes the model from it.
-  Trainer(const config::JobConfig& cfg, int64_t vocab_size);
+  // vocab_size comes from the tokenizer, as torchtitan sizes the model from it. With more than
+  // one rank, every rank of the job constructs its Trainer at the same time (the data-parallel
+  // communicators connect here) and the model is sharded per [parallelism].
+  Trainer(const config::JobConfig& cfg, int64_t vocab_size, parallel::RankContext rank = {});
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
   // Micro-batches per optimizer step (gradient accumulation).
   int64_t micro_batches_per_step() const;
+  // The returned loss and grad norm are the whole job's (averaged over data-parallel ranks);
+  // tokens and FLOPs are this rank's.
   StepStats step(int64_t step, const std::vector<std::shared_ptr<const data::Batch>>& micro_batches);
   // Validation: the mean loss of `batch` through the whole model, forward only (no gradients,
   // no optimizer or schedule change).
@@ -33,10 +39,15 @@ class Trainer {
   std::string device() const;
 
   // Checkpoints. The model's parameters as "model.<name>" and, unless model_only, the
-  // optimizer's state as "optim.<key>": live tensors on the training device, to be copied.
-  checkpoint::TensorMap checkpoint_state(bool model_only) const;
-  // Copies in tensors named as checkpoint_state() names them: all of the model's or none, all
-  // of the optimizer's or none; a missing, surplus or wrongly shaped one throws naming it.
+  // optimizer's state as "optim.<key>": live tensors on the training device, to be copied, each
+  // with its box in the whole tensor (this rank's FSDP chunk when sharded). Replicated state
+  // is listed by one rank only (the first replica), so each piece is saved once.
+  std::vector<checkpoint::LiveTensor> checkpoint_state(bool model_only) const;
+  // The pieces this rank restores: every state tensor it holds, whether or not it saves it.
+  std::vector<checkpoint::LiveTensor> restorable_state(bool model_only) const;
+  // Copies in tensors named as checkpoint_state() names them (each shaped as its box): all of
+  // the model's or none, all of the optimizer's or none; a missing, surplus or wrongly shaped
+  // one throws naming it.
   void load_checkpoint_state(const checkpoint::TensorMap& tensors);
   // Step s uses the schedule's step s - offset: a resumed run whose schedule starts over.
   void set_lr_schedule_offset(int64_t offset);

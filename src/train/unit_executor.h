@@ -8,15 +8,29 @@
 
 namespace troupe::train {
 
+// What a parallelism does around each unit (FSDP: gather its parameters before, free them and
+// reduce its gradients after). Called on the executor's thread in schedule order.
+class UnitHooks {
+ public:
+  virtual ~UnitHooks() = default;
+  virtual void before_forward(size_t unit) = 0;
+  virtual void after_forward(size_t unit) = 0;
+  virtual void before_backward(size_t unit) = 0;
+  virtual void after_backward(size_t unit) = 0;
+};
+
 class UnitExecutor {
  public:
   // recompute[i]: unit i keeps only its input and redoes its forward inside the backward.
-  UnitExecutor(std::vector<models::UnitPtr> units, std::vector<bool> recompute);
+  // `hooks` (may be null) must outlive the executor.
+  UnitExecutor(std::vector<models::UnitPtr> units, std::vector<bool> recompute, UnitHooks* hooks = nullptr);
 
   // Forward of every unit for one micro-batch; returns the loss (no graph attached).
   at::Tensor forward(const models::UnitBatch& batch);
   // Backward of every unit in reverse order; the loss gradient is `loss_scale`.
   void backward(double loss_scale);
+  // Forward of every unit without gradients or saved activations (evaluation).
+  at::Tensor forward_only(const models::UnitBatch& batch);
 
   // Single-unit steps (pipeline stages and tests drive these directly).
   at::Tensor forward_unit(size_t i, const at::Tensor& input, const models::UnitBatch& batch);
@@ -33,6 +47,7 @@ class UnitExecutor {
   std::vector<models::UnitPtr> units_;
   std::vector<bool> recompute_;
   std::vector<Saved> saved_;
+  UnitHooks* hooks_;
 };
 
 // Which units to checkpoint for activation_checkpoint.mode: none | full | selective (every

@@ -6,7 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build ccache git python3 python3-pip python3-venv \
-  libcaf-dev libtomlplusplus-dev catch2 nlohmann-json3-dev libcli11-dev \
+  libcaf-dev libgloo-dev libtomlplusplus-dev catch2 nlohmann-json3-dev libcli11-dev \
   libxxhash-dev libpcre2-dev libutf8proc-dev >/dev/null
 PIP="python3 -m pip"
 PIP_FLAGS="--quiet --disable-pip-version-check"

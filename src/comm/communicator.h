@@ -1,0 +1,53 @@
+// The data plane between ranks (DESIGN §5): collectives and point-to-point transfers over one
+// group of ranks. Two engines on real libraries: NCCL for CUDA tensors, Gloo (libtorch's c10d)
+// for CPU tensors. Every operation is issued in the caller's program order (DESIGN §4: one owner
+// per communicator) and returns a Work to wait on; waits are bounded by the communicator's
+// timeout, so a dead peer ends the job with an error instead of a hang.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace troupe::comm {
+
+enum class ReduceOp { sum, avg, max };
+
+// A peer died, timed out, or the library reported an error; the message names the group, the
+// operation and the ranks.
+class CommError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Gloo: blocks until done (bounded by the timeout). NCCL: makes the caller's current CUDA
+  // stream wait for the operation (the host does not block); a watchdog enforces the timeout.
+  virtual void wait() = 0;
+};
+using WorkPtr = std::unique_ptr<Work>;
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;  // within this group
+  virtual int size() const = 0;
+  virtual const std::string& name() const = 0;
+
+  // out (size × in.numel(), contiguous) = every rank's `in`, in rank order.
+  virtual WorkPtr all_gather(at::Tensor out, at::Tensor in) = 0;
+  // out (in.numel() / size) = this rank's chunk of the reduction of every rank's `in`.
+  virtual WorkPtr reduce_scatter(at::Tensor out, at::Tensor in, ReduceOp op) = 0;
+  virtual WorkPtr all_reduce(at::Tensor t, ReduceOp op) = 0;
+  virtual WorkPtr broadcast(at::Tensor t, int root) = 0;
+  virtual WorkPtr send(at::Tensor t, int peer) = 0;
+  virtual WorkPtr recv(at::Tensor t, int peer) = 0;
+  virtual void barrier() = 0;
+};
+using CommunicatorPtr = std::shared_ptr<Communicator>;
+
+}  // namespace troupe::comm

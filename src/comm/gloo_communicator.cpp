@@ -1,0 +1,140 @@
+#include "comm/gloo_communicator.h"
+
+#define USE_C10D_GLOO 1
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+
+#include "comm/rendezvous_store.h"
+
+namespace troupe::comm {
+
+namespace {
+
+class GlooWork : public Work {
+ public:
+  GlooWork(c10::intrusive_ptr<c10d::Work> work, std::string what, std::chrono::milliseconds timeout,
+           std::function<void()> after = {})
+      : work_(std::move(work)), what_(std::move(what)), timeout_(timeout), after_(std::move(after)) {}
+  void wait() override {
+    if (!work_) return;
+    try {
+      work_->wait(timeout_);
+    } catch (const std::exception& e) {
+      throw CommError(what_ + " failed: " + e.what());
+    }
+    work_.reset();
+    if (after_) after_();
+  }
+
+ private:
+  c10::intrusive_ptr<c10d::Work> work_;
+  std::string what_;
+  std::chrono::milliseconds timeout_;
+  std::function<void()> after_;
+};
+
+c10d::ReduceOp gloo_op(ReduceOp op) {
+  // Gloo has no average: sum, then divide once the sum is in.
+  return op == ReduceOp::max ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
+}
+
+class GlooCommunicator : public Communicator {
+ public:
+  GlooCommunicator(Rendezvous& rdzv, const std::string& group, int rank, int size)
+      : name_(group), rank_(rank), size_(size), timeout_(rdzv.operation_timeout()) {
+    // Connecting may take the rendezvous' (longer) timeout; each operation then gets its own.
+    auto opts = c10d::ProcessGroupGloo::Options::create_default(std::max(timeout_, rdzv.timeout()));
+    opts->devices = {rdzv.local_host().empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
+                                               : c10d::ProcessGroupGloo::createDeviceForHostname(rdzv.local_host())};
+    opts->threads = 2;
+    try {
+      auto prefixed = c10::make_intrusive<c10d::PrefixStore>("gloo/" + group, rdzv.store()->store);
+      pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, size, opts);
+    } catch (const std::exception& e) {
+      throw CommError(describe("connecting") + " failed: " + e.what());
+    }
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const std::string& name() const override { return name_; }
+
+  WorkPtr all_gather(at::Tensor out, at::Tensor in) override {
+    check(out.numel() == in.numel() * size_, "all_gather: output must hold size x input elements");
+    return issue("all_gather", [&] { return pg_->_allgather_base(out, in); });
+  }
+
+  WorkPtr reduce_scatter(at::Tensor out, at::Tensor in, ReduceOp op) override {
+    check(in.numel() == out.numel() * size_, "reduce_scatter: input must hold size x output elements");
+    c10d::ReduceScatterOptions o;
+    o.reduceOp = gloo_op(op);
+    return issue("reduce_scatter", [&] { return pg_->_reduce_scatter_base(out, in, o); }, averaged(out, op));
+  }
+
+  WorkPtr all_reduce(at::Tensor t, ReduceOp op) override {
+    std::vector<at::Tensor> ts{t};
+    c10d::AllreduceOptions o;
+    o.reduceOp = gloo_op(op);
+    return issue("all_reduce", [&] { return pg_->allreduce(ts, o); }, averaged(t, op));
+  }
+
+  WorkPtr broadcast(at::Tensor t, int root) override {
+    std::vector<at::Tensor> ts{t};
+    c10d::BroadcastOptions o;
+    o.rootRank = root;
+    return issue("broadcast", [&] { return pg_->broadcast(ts, o); });
+  }
+
+  WorkPtr send(at::Tensor t, int peer) override {
+    std::vector<at::Tensor> ts{t};
+    return issue("send to rank " + std::to_string(peer), [&] { return pg_->send(ts, peer, 0); });
+  }
+
+  WorkPtr recv(at::Tensor t, int peer) override {
+    std::vector<at::Tensor> ts{t};
+    return issue("recv from rank " + std::to_string(peer), [&] { return pg_->recv(ts, peer, 0); });
+  }
+
+  void barrier() override {
+    issue("barrier", [&] { return pg_->barrier(); })->wait();
+  }
+
+ private:
+  std::string describe(const std::string& op) const {
+    return "gloo group '" + name_ + "' (rank " + std::to_string(rank_) + " of " + std::to_string(size_) + "): " + op;
+  }
+
+  void check(bool ok, const std::string& what) const {
+    if (!ok) throw std::invalid_argument(describe(what));
+  }
+
+  std::function<void()> averaged(at::Tensor t, ReduceOp op) const {
+    if (op != ReduceOp::avg) return {};
+    const double n = size_;
+    return [t, n]() mutable { t.div_(n); };
+  }
+
+  template <class Issue>
+  WorkPtr issue(const std::string& op, Issue&& start, std::function<void()> after = {}) {
+    try {
+      return std::make_unique<GlooWork>(start(), describe(op), timeout_, std::move(after));
+    } catch (const CommError&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw CommError(describe(op) + " failed: " + e.what());
+    }
+  }
+
+  std::string name_;
+  int rank_, size_;
+  std::chrono::milliseconds timeout_;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+};
+
+}  // namespace
+
+CommunicatorPtr make_gloo_communicator(Rendezvous& rdzv, const std::string& group, int rank, int size) {
+  return std::make_shared<GlooCommunicator>(rdzv, group, rank, size);
+}
+
+}  // namespace troupe::comm

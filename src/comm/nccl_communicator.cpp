@@ -1,0 +1,252 @@
+#include "comm/nccl_communicator.h"
+
+#ifdef TROUPE_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <nccl.h>
+
+#include <atomic>
+#include <cstring>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "kernels/cuda_check.h"
+#endif
+
+namespace troupe::comm {
+
+#ifdef TROUPE_WITH_CUDA
+
+namespace {
+
+ncclDataType_t nccl_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return ncclFloat32;
+    case at::kBFloat16: return ncclBfloat16;
+    case at::kHalf: return ncclFloat16;
+    case at::kDouble: return ncclFloat64;
+    case at::kLong: return ncclInt64;
+    case at::kInt: return ncclInt32;
+    case at::kByte: return ncclUint8;
+    default: throw std::invalid_argument(std::string("NCCL: unsupported dtype ") + c10::toString(t));
+  }
+}
+
+ncclRedOp_t nccl_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum: return ncclSum;
+    case ReduceOp::avg: return ncclAvg;
+    case ReduceOp::max: return ncclMax;
+  }
+  return ncclSum;
+}
+
+class NcclWork : public Work {
+ public:
+  explicit NcclWork(std::shared_ptr<at::cuda::CUDAEvent> done) : done_(std::move(done)) {}
+  void wait() override {
+    if (done_) done_->block(c10::cuda::getCurrentCUDAStream());
+    done_.reset();
+  }
+
+ private:
+  std::shared_ptr<at::cuda::CUDAEvent> done_;
+};
+
+class NcclCommunicator : public Communicator {
+ public:
+  NcclCommunicator(Rendezvous& rdzv, const std::string& group, int rank, int size, int device)
+      : name_(group), rank_(rank), size_(size), device_(device), timeout_(rdzv.operation_timeout()) {
+    c10::cuda::CUDAGuard guard(device_);
+    ncclUniqueId id;
+    const auto key = "nccl/" + group + "/id";
+    if (rank == 0) {
+      check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+      rdzv.set(key, std::string(reinterpret_cast<const char*>(&id), sizeof id));
+    } else {
+      const auto bytes = rdzv.get(key);
+      if (bytes.size() != sizeof id) throw CommError(describe("the published NCCL id has the wrong size"));
+      std::memcpy(&id, bytes.data(), sizeof id);
+    }
+    check(ncclCommInitRank(&comm_, size, id, rank), "ncclCommInitRank");
+    stream_ = c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device_);
+    watchdog_ = std::thread([this] { watch(); });
+  }
+
+  ~NcclCommunicator() override {
+    {
+      std::lock_guard lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    watchdog_.join();
+    if (!aborted_) ncclCommDestroy(comm_);  // an aborted communicator is already gone
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  const std::string& name() const override { return name_; }
+
+  WorkPtr all_gather(at::Tensor out, at::Tensor in) override {
+    require(out.numel() == in.numel() * size_, "all_gather: output must hold size x input elements");
+    return issue("all_gather", {out, in}, [&](cudaStream_t s) {
+      return ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in.scalar_type()), comm_, s);
+    });
+  }
+
+  WorkPtr reduce_scatter(at::Tensor out, at::Tensor in, ReduceOp op) override {
+    require(in.numel() == out.numel() * size_, "reduce_scatter: input must hold size x output elements");
+    return issue("reduce_scatter", {out, in}, [&](cudaStream_t s) {
+      return ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(), nccl_type(in.scalar_type()), nccl_op(op),
+                               comm_, s);
+    });
+  }
+
+  WorkPtr all_reduce(at::Tensor t, ReduceOp op) override {
+    return issue("all_reduce", {t}, [&](cudaStream_t s) {
+      return ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.scalar_type()), nccl_op(op), comm_, s);
+    });
+  }
+
+  WorkPtr broadcast(at::Tensor t, int root) override {
+    return issue("broadcast", {t}, [&](cudaStream_t s) {
+      return ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.scalar_type()), root, comm_, s);
+    });
+  }
+
+  WorkPtr send(at::Tensor t, int peer) override {
+    return issue("send to rank " + std::to_string(peer), {t}, [&](cudaStream_t s) {
+      return ncclSend(t.data_ptr(), t.numel(), nccl_type(t.scalar_type()), peer, comm_, s);
+    });
+  }
+
+  WorkPtr recv(at::Tensor t, int peer) override {
+    return issue("recv from rank " + std::to_string(peer), {t}, [&](cudaStream_t s) {
+      return ncclRecv(t.data_ptr(), t.numel(), nccl_type(t.scalar_type()), peer, comm_, s);
+    });
+  }
+
+  void barrier() override {
+    c10::cuda::CUDAGuard guard(device_);
+    auto one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, device_));
+    all_reduce(one, ReduceOp::sum)->wait();
+    // The host waits too: a barrier orders the ranks' host code.
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    while (cudaStreamQuery(c10::cuda::getCurrentCUDAStream()) == cudaErrorNotReady) {
+      raise_if_failed();
+      if (std::chrono::steady_clock::now() > deadline) throw CommError(describe("barrier timed out"));
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+
+ private:
+  struct Pending {
+    std::shared_ptr<at::cuda::CUDAEvent> done;
+    std::chrono::steady_clock::time_point deadline;
+    std::string what;
+  };
+
+  std::string describe(const std::string& op) const {
+    return "nccl group '" + name_ + "' (rank " + std::to_string(rank_) + " of " + std::to_string(size_) + ", cuda:" +
+           std::to_string(device_) + "): " + op;
+  }
+
+  void require(bool ok, const std::string& what) const {
+    if (!ok) throw std::invalid_argument(describe(what));
+  }
+
+  void check(ncclResult_t r, const char* call) const {
+    if (r != ncclSuccess) throw CommError(describe(std::string(call) + " failed: " + ncclGetErrorString(r)));
+  }
+
+  void raise_if_failed() {
+    std::lock_guard lock(mu_);
+    if (!error_.empty()) throw CommError(error_);
+  }
+
+  template <class Launch>
+  WorkPtr issue(const std::string& op, std::initializer_list<at::Tensor> tensors, Launch&& launch) {
+    raise_if_failed();
+    for (const auto& t : tensors) {
+      require(t.is_cuda() && t.get_device() == device_, op + ": tensors must be on cuda:" + std::to_string(device_));
+      require(t.is_contiguous(), op + ": tensors must be contiguous");
+    }
+    c10::cuda::CUDAGuard guard(device_);
+    // The communication stream starts once the caller's stream has produced the inputs.
+    at::cuda::CUDAEvent ready;
+    ready.record(c10::cuda::getCurrentCUDAStream());
+    ready.block(stream_);
+    check(launch(stream_.stream()), op.c_str());
+    // The caching allocator must not hand these blocks out again before the stream is done.
+    for (const auto& t : tensors) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), stream_);
+    auto done = std::make_shared<at::cuda::CUDAEvent>();
+    done->record(stream_);
+    {
+      std::lock_guard lock(mu_);
+      pending_.push_back({done, std::chrono::steady_clock::now() + timeout_, op});
+    }
+    cv_.notify_all();
+    return std::make_unique<NcclWork>(done);
+  }
+
+  // A dead or stuck peer leaves an operation unfinished: after the timeout the communicator is
+  // aborted (which also unblocks the GPU) and every later call throws.
+  void watch() {
+    std::unique_lock lock(mu_);
+    while (!stopping_) {
+      cv_.wait_for(lock, std::chrono::milliseconds(100));
+      while (!pending_.empty() && pending_.front().done->query()) pending_.pop_front();
+      ncclResult_t async_err = ncclSuccess;
+      ncclCommGetAsyncError(comm_, &async_err);
+      std::string failure;
+      if (async_err != ncclSuccess && async_err != ncclInProgress)
+        failure = describe(std::string("asynchronous error: ") + ncclGetErrorString(async_err));
+      else if (!pending_.empty() && std::chrono::steady_clock::now() > pending_.front().deadline)
+        failure = describe(pending_.front().what + " did not finish within " + std::to_string(timeout_.count()) +
+                           " ms (a peer died or stopped)");
+      if (!failure.empty() && !aborted_) {
+        error_ = failure;
+        aborted_ = true;
+        ncclCommAbort(comm_);
+        pending_.clear();
+      }
+    }
+  }
+
+  std::string name_;
+  int rank_, size_, device_;
+  std::chrono::milliseconds timeout_;
+  ncclComm_t comm_ = nullptr;
+  c10::cuda::CUDAStream stream_ = c10::cuda::getDefaultCUDAStream();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> pending_;
+  std::string error_;
+  bool stopping_ = false;
+  std::atomic<bool> aborted_{false};
+  std::thread watchdog_;
+};
+
+}  // namespace
+
+bool nccl_available() { return true; }
+
+CommunicatorPtr make_nccl_communicator(Rendezvous& rdzv, const std::string& group, int rank, int size, int device) {
+  return std::make_shared<NcclCommunicator>(rdzv, group, rank, size, device);
+}
+
+#else
+
+bool nccl_available() { return false; }
+
+CommunicatorPtr make_nccl_communicator(Rendezvous&, const std::string& group, int, int, int) {
+  throw CommError("nccl group '" + group + "': this build has no CUDA (TROUPE_CUDA=OFF)");
+}
+
+#endif
+
+}  // namespace troupe::comm

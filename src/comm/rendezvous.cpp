@@ -1,0 +1,54 @@
+#include "comm/rendezvous.h"
+
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "comm/communicator.h"
+#include "comm/rendezvous_store.h"
+
+namespace troupe::comm {
+
+Rendezvous::Rendezvous(std::shared_ptr<Store> store, std::chrono::milliseconds timeout, std::string local_host)
+    : store_(std::move(store)), timeout_(timeout), operation_timeout_(timeout), local_host_(std::move(local_host)) {
+  store_->store->setTimeout(timeout);
+}
+
+Rendezvous::~Rendezvous() = default;
+
+std::shared_ptr<Rendezvous> Rendezvous::in_process(std::chrono::milliseconds timeout) {
+  auto store = std::make_shared<Store>(Store{c10::make_intrusive<c10d::HashStore>()});
+  return std::shared_ptr<Rendezvous>(new Rendezvous(std::move(store), timeout, "127.0.0.1"));
+}
+
+std::shared_ptr<Rendezvous> Rendezvous::tcp(const std::string& host, int port, bool is_server, int nodes,
+                                            std::chrono::milliseconds timeout) {
+  c10d::TCPStoreOptions opts;
+  opts.port = static_cast<uint16_t>(port);
+  opts.isServer = is_server;
+  opts.numWorkers = nodes;
+  opts.waitWorkers = false;
+  opts.timeout = timeout;
+  try {
+    auto store = std::make_shared<Store>(Store{c10::make_intrusive<c10d::TCPStore>(host, opts)});
+    return std::shared_ptr<Rendezvous>(new Rendezvous(std::move(store), timeout, std::string()));
+  } catch (const std::exception& e) {
+    throw CommError("rendezvous at " + host + ":" + std::to_string(port) + (is_server ? " (listening)" : "") +
+                    " failed: " + e.what());
+  }
+}
+
+void Rendezvous::set(const std::string& key, const std::string& value) {
+  store_->store->set(key, std::vector<uint8_t>(value.begin(), value.end()));
+}
+
+std::string Rendezvous::get(const std::string& key) {
+  try {
+    const auto bytes = store_->store->get(key);
+    return {bytes.begin(), bytes.end()};
+  } catch (const std::exception& e) {
+    throw CommError("rendezvous: no value for '" + key + "' within " + std::to_string(timeout_.count()) +
+                    " ms (a rank did not arrive): " + e.what());
+  }
+}
+
+}  // namespace troupe::comm

@@ -1,0 +1,50 @@
+// The ranks of a job as a grid over (pp, dp_replicate, dp_shard, cp, tp), torchtitan's order
+// and meaning, tp varying fastest. A rank's groups along one or more dimensions are the ranks
+// that share its coordinates in every other dimension.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "config/job_config.h"
+
+namespace troupe::parallel {
+
+enum class MeshDim { pp = 0, dp_replicate = 1, dp_shard = 2, cp = 3, tp = 4 };
+
+struct ParallelDims {
+  std::array<int64_t, 5> degree{1, 1, 1, 1, 1};  // indexed by MeshDim
+
+  int64_t of(MeshDim d) const { return degree[static_cast<size_t>(d)]; }
+  int64_t world() const;
+  int64_t dp() const { return of(MeshDim::dp_replicate) * of(MeshDim::dp_shard); }
+
+  // data_parallel_shard_degree = -1 takes what the others leave of the world; every other
+  // mismatch throws std::invalid_argument naming the keys and the world size.
+  static ParallelDims resolve(const config::ParallelismSection& p, int64_t world);
+};
+
+class DeviceMesh {
+ public:
+  DeviceMesh(ParallelDims dims, int rank);
+
+  const ParallelDims& dims() const { return dims_; }
+  int rank() const { return rank_; }
+  int64_t coord(MeshDim d) const { return coord_[static_cast<size_t>(d)]; }
+  // The global ranks of this rank's group over `dims` (ascending) and this rank's index in it.
+  std::vector<int> group(const std::vector<MeshDim>& dims) const;
+  int rank_in(const std::vector<MeshDim>& dims) const;
+  // Unique per group across the job, the same on every member: e.g. "dp_shard[pp0,dp_replicate1,cp0,tp0]".
+  std::string group_name(const std::vector<MeshDim>& dims) const;
+
+ private:
+  int index(const std::array<int64_t, 5>& coord) const;
+  ParallelDims dims_;
+  int rank_;
+  std::array<int64_t, 5> coord_{};
+};
+
+const char* dim_name(MeshDim d);
+
+}  // namespace troupe::parallel

@@ -1,0 +1,252 @@
+#include "parallel/fsdp.h"
+
+#include "train/grad_norm.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace troupe::parallel {
+
+namespace {
+
+// The gathered buffers are emptied and refilled in place: every parameter view keeps its
+// StorageImpl (and the autograd graph its saved tensors) while the bytes come and go.
+void free_storage(const at::Tensor& t) {
+  auto* s = t.storage().unsafeGetStorageImpl();
+  s->set_data_ptr_noswap(at::DataPtr(nullptr, t.device()));
+  s->set_nbytes(0);
+}
+
+void allocate_storage(const at::Tensor& t) {
+  auto* s = t.storage().unsafeGetStorageImpl();
+  const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+  if (s->nbytes() == bytes) return;
+  s->set_data_ptr_noswap(s->allocator()->allocate(bytes));
+  s->set_nbytes(bytes);
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+Reshard parse_reshard(const std::string& value) {
+  if (value == "default") return Reshard::default_policy;
+  if (value == "always") return Reshard::always;
+  if (value == "never") return Reshard::never;
+  throw std::invalid_argument("parallelism.fsdp_reshard_after_forward: unknown '" + value + "' (default, always, never)");
+}
+
+struct ShardedUnits::Unit {
+  struct Param {
+    at::Tensor module_param;  // a view of `full` while gathered
+    int64_t rows = 0, row_numel = 1, chunk_rows = 0;
+    int64_t shard_offset = 0;  // in the flat shard
+    int64_t full_offset = 0;   // in the flat gathered buffer
+  };
+  std::vector<Param> params;
+  int64_t shard_numel = 0, full_numel = 0;
+  at::Tensor master, master_grad;  // fp32 [shard_numel]
+  at::Tensor full;                 // compute dtype [full_numel]; its storage comes and goes
+  at::Tensor gathered, send;       // while a gather is in flight
+  comm::WorkPtr gather_work;
+  bool ready = false, in_flight = false;
+  at::Tensor grad_in, grad_out;    // while a reduction is in flight
+  comm::WorkPtr reduce_work;
+};
+
+ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
+                           const std::vector<std::pair<std::string, at::Tensor>>& names, DataParallelOptions options)
+    : options_(std::move(options)) {
+  if (options_.shard) {
+    shard_rank_ = options_.shard->rank();
+    shard_size_ = options_.shard->size();
+  }
+  std::unordered_map<const void*, std::string> name_of;
+  for (const auto& [name, t] : names) name_of[t.unsafeGetTensorImpl()] = name;
+  torch::NoGradGuard no_grad;
+  const int64_t S = shard_size_;
+  for (const auto& module : units) {
+    auto u = std::make_unique<Unit>();
+    auto params = module->parameters();
+    for (auto& p : params) {
+      Unit::Param q;
+      q.module_param = p;
+      q.rows = p.dim() == 0 ? 1 : p.size(0);
+      q.row_numel = q.rows == 0 ? 0 : p.numel() / q.rows;
+      q.chunk_rows = ceil_div(q.rows, S);
+      q.shard_offset = u->shard_numel;
+      q.full_offset = u->full_numel;
+      u->shard_numel += q.chunk_rows * q.row_numel;
+      u->full_numel += p.numel();
+      u->params.push_back(q);
+    }
+    const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
+    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
+    u->master = at::zeros({u->shard_numel}, f32);
+    u->master_grad = at::zeros({u->shard_numel}, f32);
+    u->full = at::empty({u->full_numel}, f32.dtype(options_.compute_dtype));
+    for (auto& q : u->params) {
+      const auto& p = q.module_param;
+      const auto it = name_of.find(p.unsafeGetTensorImpl());
+      if (it == name_of.end()) throw std::logic_error("FSDP: a unit parameter is not among the model's parameters");
+      const int64_t first = std::min(q.rows, shard_rank_ * q.chunk_rows);
+      const int64_t mine = std::min(q.rows, first + q.chunk_rows) - first;
+      auto chunk = u->master.narrow(0, q.shard_offset, q.chunk_rows * q.row_numel).view({q.chunk_rows, q.row_numel});
+      if (mine > 0) chunk.narrow(0, 0, mine).copy_(p.reshape({q.rows, q.row_numel}).narrow(0, first, mine));
+      std::vector<int64_t> chunk_shape = p.sizes().vec();
+      if (!chunk_shape.empty()) chunk_shape[0] = mine;
+      ParameterShard shard{it->second, p.sizes().vec(), shard_rank_, S,
+                           u->master.narrow(0, q.shard_offset, mine * q.row_numel).view(chunk_shape)};
+      shard.master.mutable_grad() = u->master_grad.narrow(0, q.shard_offset, mine * q.row_numel).view(chunk_shape);
+      shards_.push_back(std::move(shard));
+      // The module computes with a view of the gathered buffer from now on.
+      q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
+    }
+    free_storage(u->full);
+    units_.push_back(std::move(u));
+  }
+}
+
+ShardedUnits::~ShardedUnits() = default;
+
+void ShardedUnits::gather(size_t i) {
+  auto& u = *units_.at(i);
+  if (u.ready || u.in_flight) return;
+  allocate_storage(u.full);
+  u.send = u.master.to(options_.compute_dtype);
+  if (shard_size_ == 1) {
+    u.gathered = u.send;
+  } else {
+    u.gathered = at::empty({shard_size_ * u.shard_numel}, u.send.options());
+    u.gather_work = options_.shard->all_gather(u.gathered, u.send);
+  }
+  u.in_flight = true;
+}
+
+void ShardedUnits::wait_gathered(size_t i) {
+  auto& u = *units_.at(i);
+  if (u.ready) return;
+  if (!u.in_flight) gather(i);
+  if (u.gather_work) u.gather_work->wait();
+  u.gather_work.reset();
+  torch::NoGradGuard no_grad;
+  const int64_t S = shard_size_;
+  auto by_rank = u.gathered.view({S, u.shard_numel});
+  for (const auto& q : u.params) {
+    auto whole = u.full.narrow(0, q.full_offset, q.rows * q.row_numel).view({q.rows, q.row_numel});
+    auto pieces = by_rank.narrow(1, q.shard_offset, q.chunk_rows * q.row_numel);
+    if (q.rows == S * q.chunk_rows) {
+      whole.view({S, q.chunk_rows, q.row_numel}).copy_(pieces.view({S, q.chunk_rows, q.row_numel}));
+      continue;
+    }
+    for (int64_t r = 0; r < S; ++r) {
+      const int64_t first = std::min(q.rows, r * q.chunk_rows);
+      const int64_t n = std::min(q.rows, first + q.chunk_rows) - first;
+      if (n > 0) whole.narrow(0, first, n).copy_(pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}));
+    }
+  }
+  u.gathered = at::Tensor();
+  u.send = at::Tensor();
+  u.in_flight = false;
+  u.ready = true;
+}
+
+void ShardedUnits::free_gathered(size_t i) {
+  auto& u = *units_.at(i);
+  if (u.in_flight) wait_gathered(i);
+  if (!u.ready) return;
+  free_storage(u.full);
+  u.ready = false;
+}
+
+void ShardedUnits::before_forward(size_t i) {
+  wait_gathered(i);
+  if (i + 1 < units_.size()) gather(i + 1);  // prefetch: the next unit's gather overlaps this one's compute
+}
+
+void ShardedUnits::after_forward(size_t i) {
+  const bool keep = options_.reshard == Reshard::never ||
+                    (options_.reshard == Reshard::default_policy && i + 1 == units_.size());  // its backward is next
+  if (!keep) free_gathered(i);
+}
+
+void ShardedUnits::before_backward(size_t i) {
+  wait_gathered(i);
+  if (i > 0) gather(i - 1);
+}
+
+void ShardedUnits::after_backward(size_t i) {
+  auto& u = *units_.at(i);
+  torch::NoGradGuard no_grad;
+  const int64_t S = shard_size_;
+  const auto opts = u.master.options().dtype(options_.reduce_dtype);
+  bool even = true;
+  for (const auto& q : u.params) even = even && q.rows == S * q.chunk_rows;
+  u.grad_in = even ? at::empty({S * u.shard_numel}, opts) : at::zeros({S * u.shard_numel}, opts);
+  auto by_rank = u.grad_in.view({S, u.shard_numel});
+  for (auto& q : u.params) {
+    auto grad = q.module_param.grad();
+    auto pieces = by_rank.narrow(1, q.shard_offset, q.chunk_rows * q.row_numel);
+    if (grad.defined()) {
+      auto whole = grad.reshape({q.rows, q.row_numel});
+      if (q.rows == S * q.chunk_rows) {
+        pieces.view({S, q.chunk_rows, q.row_numel}).copy_(whole.view({S, q.chunk_rows, q.row_numel}));
+      } else {
+        for (int64_t r = 0; r < S; ++r) {
+          const int64_t first = std::min(q.rows, r * q.chunk_rows);
+          const int64_t n = std::min(q.rows, first + q.chunk_rows) - first;
+          if (n > 0) pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(whole.narrow(0, first, n));
+        }
+      }
+    } else if (even) {
+      pieces.zero_();
+    }
+    q.module_param.mutable_grad() = at::Tensor();
+  }
+  free_gathered(i);
+  if (S == 1) {
+    u.grad_out = u.grad_in;
+  } else {
+    u.grad_out = at::empty({u.shard_numel}, opts);
+    u.reduce_work = options_.shard->reduce_scatter(u.grad_out, u.grad_in, comm::ReduceOp::avg);
+  }
+}
+
+void ShardedUnits::zero_gradients() {
+  for (auto& u : units_) u->master_grad.zero_();
+}
+
+void ShardedUnits::finish_gradients() {
+  for (auto& u : units_) {
+    if (!u->grad_out.defined()) continue;
+    if (u->reduce_work) u->reduce_work->wait();
+    u->reduce_work.reset();
+    if (options_.replicate) options_.replicate->all_reduce(u->grad_out, comm::ReduceOp::avg)->wait();
+    u->master_grad.add_(u->grad_out);
+    u->grad_in = u->grad_out = at::Tensor();
+  }
+}
+
+void ShardedUnits::release_all() {
+  for (size_t i = 0; i < units_.size(); ++i) free_gathered(i);
+}
+
+at::Tensor ShardedUnits::clip_grad_norm(double max_norm) {
+  std::vector<at::Tensor> grads;
+  for (auto& u : units_) grads.push_back(u->master_grad);
+  auto squares = train::squared_l2_norm(grads);
+  if (options_.shard) options_.shard->all_reduce(squares, comm::ReduceOp::sum)->wait();
+  auto total = squares.sqrt();
+  train::scale_to_norm(grads, total, max_norm);
+  return total;
+}
+
+void ShardedUnits::average_over_data_parallel(at::Tensor& scalar) {
+  if (options_.shard) options_.shard->all_reduce(scalar, comm::ReduceOp::avg)->wait();
+  if (options_.replicate) options_.replicate->all_reduce(scalar, comm::ReduceOp::avg)->wait();
+}
+
+}  // namespace troupe::parallel

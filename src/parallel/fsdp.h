@@ -1,0 +1,84 @@
+// Data parallelism over a plain model, applied per unit (DESIGN §4): FSDP (ZeRO-3) across
+// dp_shard, replication (DDP) across dp_replicate, both (HSDP). Each parameter is split on dim 0
+// into dp_shard chunks (torch.chunk sizes) and a rank keeps its chunk as an fp32 master; a unit's
+// chunks live in one flat buffer, so a unit is one all-gather before its forward (the next
+// unit's is issued while this one computes) and one reduce-scatter after its backward. The
+// gathered compute copies are freed after the forward (per the reshard policy) and gathered
+// again before the backward: the module's parameters share the gathered buffer's storage, which
+// is emptied and refilled in place, so the autograd graph keeps pointing at them.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "models/unit.h"
+#include "train/unit_executor.h"
+
+namespace troupe::parallel {
+
+enum class Reshard { default_policy, always, never };
+Reshard parse_reshard(const std::string& value);  // default | always | never
+
+struct DataParallelOptions {
+  comm::CommunicatorPtr shard;      // dp_shard group; null when its degree is 1
+  comm::CommunicatorPtr replicate;  // dp_replicate group; null when its degree is 1
+  at::ScalarType compute_dtype = at::kFloat;  // the gathered copies (mixed_precision_param)
+  at::ScalarType reduce_dtype = at::kFloat;   // gradients on the wire (mixed_precision_reduce)
+  Reshard reshard = Reshard::default_policy;
+};
+
+// One rank's piece of a parameter: its dim-0 chunk (rows [first_row, first_row + rows) of
+// `shape`), a view of the fp32 master shard.
+struct ParameterShard {
+  std::string name;             // as in the plain model ("layers.0.attention.wq.weight")
+  std::vector<int64_t> shape;   // the whole parameter's
+  int64_t index = 0, parts = 1;  // chunk `index` of `parts`
+  at::Tensor master;            // [rows, ...] fp32, rows possibly 0; the optimizer's parameter
+};
+
+class ShardedUnits : public train::UnitHooks {
+ public:
+  // Takes over the units' parameters (every rank must pass identical initial values): each is
+  // replaced by a view of its unit's gathered buffer, and the master chunks are cut from them.
+  // `names`: the whole model's named parameters, for the shards' names.
+  ShardedUnits(const std::vector<models::UnitPtr>& units, const std::vector<std::pair<std::string, at::Tensor>>& names,
+               DataParallelOptions options);
+  ~ShardedUnits() override;
+
+  // The master chunks with their names, unit by unit; their grads are set by finish_gradients().
+  const std::vector<ParameterShard>& shards() const { return shards_; }
+
+  void before_forward(size_t unit) override;
+  void after_forward(size_t unit) override;
+  void before_backward(size_t unit) override;
+  void after_backward(size_t unit) override;
+
+  // Before a step's first micro-batch: the masters' gradients to zero.
+  void zero_gradients();
+  // After a micro-batch's backward: waits for every reduction and adds the averaged gradient
+  // chunks into the masters' grads.
+  void finish_gradients();
+  // Frees every gathered unit (after evaluation, before a checkpoint restore).
+  void release_all();
+  // The L2 norm of the whole model's gradient (masters' grads, over the shard group) as a
+  // device scalar; scales the grads so that norm <= max_norm. No host sync.
+  at::Tensor clip_grad_norm(double max_norm);
+  // Averages a scalar (the loss) over every data-parallel rank, in place.
+  void average_over_data_parallel(at::Tensor& scalar);
+
+ private:
+  struct Unit;
+  void gather(size_t unit);
+  void wait_gathered(size_t unit);
+  void free_gathered(size_t unit);
+  std::vector<std::unique_ptr<Unit>> units_;
+  std::vector<ParameterShard> shards_;
+  DataParallelOptions options_;
+  int64_t shard_rank_ = 0, shard_size_ = 1;
+};
+
+}  // namespace troupe::parallel

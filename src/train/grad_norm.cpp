@@ -1,0 +1,19 @@
+#include "train/grad_norm.h"
+
+#include <ATen/ATen.h>
+
+namespace troupe::train {
+
+at::Tensor squared_l2_norm(const std::vector<at::Tensor>& grads) {
+  if (grads.front().is_cuda()) return at::stack(at::_foreach_norm(grads, 2)).pow(2).sum();
+  std::vector<at::Tensor> norms;
+  norms.reserve(grads.size());
+  for (const auto& g : grads) norms.push_back(at::linalg_vector_norm(g, 2, std::nullopt, false, at::kDouble));
+  return at::stack(norms).pow(2).sum().to(at::kFloat);
+}
+
+void scale_to_norm(const std::vector<at::Tensor>& grads, const at::Tensor& total, double max_norm) {
+  at::_foreach_mul_(grads, at::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0));
+}
+
+}  // namespace troupe::train

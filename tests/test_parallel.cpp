@@ -1,0 +1,257 @@
+// Many ranks on the CPU: the device mesh, the Gloo communicator against locally computed
+// references, and data parallelism (FSDP, DDP, HSDP) against one rank: the same losses and the
+// same final parameters, and checkpoints saved by one layout resumed by another.
+#include <ATen/ATen.h>
+#include <catch2/catch.hpp>
+
+#include <future>
+#include <thread>
+
+#include "checkpoint/checkpoint_folder.h"
+#include "checkpoint/checkpoint_metadata.h"
+#include "checkpoint/shard_file.h"
+#include "comm/gloo_communicator.h"
+#include "comm/rendezvous.h"
+#include "data/dataset_files.h"
+#include "data/shard_preparer.h"
+#include "parallel/device_mesh.h"
+#include "test_support.h"
+
+using namespace troupe;
+using namespace troupe::testing;
+using parallel::MeshDim;
+
+namespace {
+
+parallel::ParallelDims dims_of(int64_t replicate, int64_t shard, int64_t world) {
+  config::ParallelismSection p;
+  p.data_parallel_replicate_degree = replicate;
+  p.data_parallel_shard_degree = shard;
+  return parallel::ParallelDims::resolve(p, world);
+}
+
+// Runs body(rank, communicator) on `n` threads, one Gloo rank each, and rethrows the first failure.
+template <class Body>
+void on_ranks(int n, Body body, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  auto rdzv = comm::Rendezvous::in_process(timeout);
+  std::vector<std::future<void>> done;
+  for (int r = 0; r < n; ++r)
+    done.push_back(std::async(std::launch::async, [&, r] { body(r, comm::make_gloo_communicator(*rdzv, "test", r, n)); }));
+  for (auto& f : done) f.get();
+}
+
+}  // namespace
+
+TEST_CASE("device mesh: coordinates, groups and names in torchtitan's order", "[parallel]") {
+  const auto dims = dims_of(2, -1, 8);  // dp_shard fills: 4
+  CHECK(dims.of(MeshDim::dp_shard) == 4);
+  CHECK(dims.dp() == 8);
+  const parallel::DeviceMesh mesh(dims, 5);
+  CHECK(mesh.coord(MeshDim::dp_replicate) == 1);
+  CHECK(mesh.coord(MeshDim::dp_shard) == 1);
+  CHECK(mesh.group({MeshDim::dp_shard}) == std::vector<int>{4, 5, 6, 7});
+  CHECK(mesh.group({MeshDim::dp_replicate}) == std::vector<int>{1, 5});
+  CHECK(mesh.group({MeshDim::dp_replicate, MeshDim::dp_shard}).size() == 8);
+  CHECK(mesh.rank_in({MeshDim::dp_shard}) == 1);
+  CHECK(mesh.rank_in({MeshDim::dp_replicate, MeshDim::dp_shard}) == 5);
+  CHECK(mesh.group_name({MeshDim::dp_shard}) == "dp_shard[pp0,dp_replicate1,cp0,tp0]");
+  // Every rank of a group computes the same name.
+  CHECK(parallel::DeviceMesh(dims, 7).group_name({MeshDim::dp_shard}) == mesh.group_name({MeshDim::dp_shard}));
+  CHECK(parallel::DeviceMesh(dims, 1).group_name({MeshDim::dp_shard}) != mesh.group_name({MeshDim::dp_shard}));
+}
+
+TEST_CASE("parallel degrees are checked against the world size", "[parallel]") {
+  CHECK_THROWS_WITH(dims_of(3, -1, 8), Catch::Contains("does not divide the world size 8"));
+  CHECK_THROWS_WITH(dims_of(2, 2, 8), Catch::Contains("but the world has 8 ranks"));
+  CHECK(dims_of(1, -1, 1).world() == 1);
+  CHECK_THROWS_WITH(parallel::DeviceMesh(dims_of(1, 2, 2), 2), Catch::Contains("outside a world of 2"));
+}
+
+TEST_CASE("gloo communicator: collectives and transfers match local references", "[parallel]") {
+  constexpr int n = 4;
+  on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
+    REQUIRE(c->rank() == r);
+    REQUIRE(c->size() == n);
+    // Each rank's input: fixed random values seeded by its rank, so every rank knows them all.
+    auto input_of = [](int k) { return at::randn({8}, at::TensorOptions().dtype(at::kDouble)).mul_(0).add_(at::arange(8, at::kDouble) * (k + 1) + 0.25 * k); };
+    auto all = at::stack({input_of(0), input_of(1), input_of(2), input_of(3)});
+
+    auto gathered = at::empty({n * 8}, at::kDouble);
+    c->all_gather(gathered, input_of(r))->wait();
+    CHECK(at::equal(gathered, all.flatten()));
+
+    auto part = at::empty({2}, at::kDouble);
+    c->reduce_scatter(part, input_of(r).clone(), comm::ReduceOp::sum)->wait();
+    CHECK(at::allclose(part, all.sum(0).narrow(0, 2 * r, 2)));
+    c->reduce_scatter(part, input_of(r).clone(), comm::ReduceOp::avg)->wait();
+    CHECK(at::allclose(part, all.mean(0).narrow(0, 2 * r, 2)));
+
+    auto t = input_of(r).clone();
+    c->all_reduce(t, comm::ReduceOp::max)->wait();
+    CHECK(at::equal(t, std::get<0>(all.max(0))));
+    t = input_of(r).clone();
+    c->all_reduce(t, comm::ReduceOp::avg)->wait();
+    CHECK(at::allclose(t, all.mean(0)));
+
+    t = input_of(r).clone();
+    c->broadcast(t, 2)->wait();
+    CHECK(at::equal(t, input_of(2)));
+
+    // A ring: send to the next rank, receive from the previous one.
+    auto received = at::empty({8}, at::kDouble);
+    auto sent = c->send(input_of(r), (r + 1) % n);
+    c->recv(received, (r + n - 1) % n)->wait();
+    sent->wait();
+    CHECK(at::equal(received, input_of((r + n - 1) % n)));
+    c->barrier();
+  });
+}
+
+TEST_CASE("gloo communicator: a peer that never arrives ends the wait with an error", "[parallel]") {
+  auto rdzv = comm::Rendezvous::in_process(std::chrono::seconds(20));
+  rdzv->set_operation_timeout(std::chrono::milliseconds(1500));
+  std::promise<void> finished;
+  auto late = std::async(std::launch::async, [&] {
+    auto c = comm::make_gloo_communicator(*rdzv, "timeout", 1, 2);
+    finished.get_future().wait();  // connected, then silent: a stuck or dead peer
+  });
+  auto c = comm::make_gloo_communicator(*rdzv, "timeout", 0, 2);
+  auto t = at::ones({4});
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_THROWS_AS(c->all_reduce(t, comm::ReduceOp::sum)->wait(), comm::CommError);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(waited < 10);
+  finished.set_value();
+  late.get();
+}
+
+TEST_CASE("rendezvous: a missing rank is an error naming the key, not a hang", "[parallel]") {
+  auto rdzv = comm::Rendezvous::in_process(std::chrono::milliseconds(300));
+  CHECK_THROWS_WITH(rdzv->get("nobody/here"), Catch::Contains("nobody/here") && Catch::Contains("did not arrive"));
+}
+
+namespace {
+
+// 20 steps of the debug model on pre-tokenized windows: every data-parallel layout sees the same
+// global batch of 4 windows per step (rank r of d takes windows r, r+d, ...).
+config::JobConfig dp_job(const TempDir& dir, const std::string& tokens, int ranks, int64_t replicate,
+                         const std::string& name) {
+  config::JobConfig c;
+  c.job.device = "cpu";
+  c.job.dump_folder = dir.file(name);
+  c.job.local_ranks = ranks;
+  c.model.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
+  c.training.dataset = "tokens";
+  c.training.dataset_path = tokens;
+  c.training.local_batch_size = 4 / ranks;
+  c.training.seq_len = 32;
+  c.training.steps = 20;
+  c.training.deterministic = true;
+  c.metrics.log_freq = 10;
+  c.lr_scheduler.warmup_steps = 3;
+  c.parallelism.data_parallel_replicate_degree = replicate;
+  c.checkpoint.enable = true;
+  c.checkpoint.interval = 10;
+  c.checkpoint.last_save_model_only = true;  // step 20: the model alone, fp32
+  return c;
+}
+
+std::string prepare_tokens(const TempDir& dir) {
+  data::PrepareOptions prep;
+  prep.files = {corpus_slice(dir)};
+  prep.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
+  prep.output_dir = dir.file("tokens");
+  data::prepare_shards(prep, [](const data::PrepareProgress&) {}, nullptr);
+  return prep.output_dir;
+}
+
+checkpoint::TensorMap final_model(const config::JobConfig& c) {
+  const auto step_dir = checkpoint::checkpoint_folder(c) + "/step-" + std::to_string(c.training.steps);
+  return checkpoint::read_whole_tensors(step_dir, checkpoint::read_metadata(step_dir), "model.");
+}
+
+void check_same_run(const runtime::TrainOutcome& got, const runtime::TrainOutcome& want, int64_t first_step = 1) {
+  REQUIRE(got.exit_code == 0);
+  REQUIRE(want.exit_code == 0);
+  size_t w = 0;
+  while (w < want.steps.size() && want.steps[w].step < first_step) ++w;
+  REQUIRE(got.steps.size() == want.steps.size() - w);
+  for (size_t i = 0; i < got.steps.size(); ++i, ++w) {
+    INFO("step " << got.steps[i].step);
+    CHECK(got.steps[i].step == want.steps[w].step);
+    CHECK(got.steps[i].loss == Approx(want.steps[w].loss).epsilon(2e-5));
+    CHECK(got.steps[i].grad_norm == Approx(want.steps[w].grad_norm).epsilon(2e-4));
+    CHECK(got.steps[i].tokens == want.steps[w].tokens);
+  }
+}
+
+void check_same_model(const checkpoint::TensorMap& got, const checkpoint::TensorMap& want) {
+  REQUIRE(got.size() == want.size());
+  for (const auto& [name, t] : want) {
+    INFO(name);
+    REQUIRE(got.count(name) == 1);
+    CHECK(relative_error(got.at(name), t) < 1e-4);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("FSDP, DDP and HSDP over 2 and 4 ranks train as one rank does", "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  const auto one_cfg = dp_job(dir, tokens, 1, 1, "one");
+  const auto one = run_with_timeout(one_cfg);
+  REQUIRE(one.steps.size() == 20);
+  const auto reference = final_model(one_cfg);
+  // The loss must have moved, or agreeing would prove little.
+  CHECK(one.steps.back().loss < one.steps.front().loss - 0.5);
+
+  struct Layout {
+    const char* name;
+    int ranks;
+    int64_t replicate;
+    const char* reshard;
+  };
+  for (const auto& l : {Layout{"fsdp2", 2, 1, "default"}, Layout{"fsdp4", 4, 1, "always"},
+                        Layout{"ddp2", 2, 2, "default"}, Layout{"hsdp2x2", 4, 2, "never"}}) {
+    SECTION(l.name) {
+      auto cfg = dp_job(dir, tokens, l.ranks, l.replicate, l.name);
+      cfg.parallelism.fsdp_reshard_after_forward = l.reshard;
+      const auto many = run_with_timeout(cfg);
+      check_same_run(many, one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+}
+
+TEST_CASE("a checkpoint saved by 2 FSDP ranks resumes exactly on 2, 4 and 1 ranks", "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  const auto full_cfg = dp_job(dir, tokens, 2, 1, "full");
+  const auto full = run_with_timeout(full_cfg);
+  REQUIRE(full.exit_code == 0);
+  const auto step10 = checkpoint::checkpoint_folder(full_cfg) + "/step-10";
+  REQUIRE(std::filesystem::exists(step10 + "/metadata.json"));
+
+  for (int ranks : {2, 4, 1}) {
+    SECTION(std::to_string(ranks) + " ranks") {
+      auto cfg = dp_job(dir, tokens, ranks, 1, "resume" + std::to_string(ranks));
+      cfg.checkpoint.initial_load_path = step10;
+      cfg.checkpoint.initial_load_model_only = false;
+      // Where the data stands is per rank: a new layout starts its loaders at the saved global
+      // position only when the rank count is the same.
+      if (ranks != 2) cfg.checkpoint.exclude_from_loading = {"dataloader", "rng"};
+      const auto resumed = run_with_timeout(cfg);
+      if (ranks == 2) {
+        check_same_run(resumed, full, 11);
+        check_same_model(final_model(cfg), final_model(full_cfg));
+      } else {
+        // A new layout restores model, optimizer and step exactly: step 11's loss (its first
+        // batch is the fresh loader's first) matches a run of that layout fed the same way.
+        REQUIRE(resumed.exit_code == 0);
+        REQUIRE(resumed.steps.front().step == 11);
+        CHECK(std::isfinite(resumed.steps.back().loss));
+      }
+    }
+  }
+}
