@@ -4,8 +4,13 @@
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
 
+#include <csignal>
+#include <fstream>
 #include <future>
+#include <map>
 #include <thread>
+
+#include <unistd.h>
 
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/checkpoint_metadata.h"
@@ -15,6 +20,7 @@
 #include "data/dataset_files.h"
 #include "data/shard_preparer.h"
 #include "parallel/device_mesh.h"
+#include "runtime/node_placement.h"
 #include "test_support.h"
 
 using namespace troupe;
@@ -252,6 +258,116 @@ TEST_CASE("a checkpoint saved by 2 FSDP ranks resumes exactly on 2, 4 and 1 rank
         REQUIRE(resumed.steps.front().step == 11);
         CHECK(std::isfinite(resumed.steps.back().loss));
       }
+    }
+  }
+}
+
+TEST_CASE("node placement: flags, SLURM's variables, and clear errors", "[parallel]") {
+  using runtime::resolve_placement;
+  std::map<std::string, std::string> vars;
+  auto env = [&](const char* name) -> const char* {
+    auto it = vars.find(name);
+    return it == vars.end() ? nullptr : it->second.c_str();
+  };
+  auto p = resolve_placement(std::nullopt, std::nullopt, "", env);
+  CHECK(p.nnodes == 1);
+  CHECK(p.node_rank == 0);
+  p = resolve_placement(2, 1, "10.0.0.5:4000", env);
+  CHECK(p.rdzv_host == "10.0.0.5");
+  CHECK(p.rdzv_port == 4000);
+  CHECK_THROWS_WITH(resolve_placement(2, 2, "h:1", env), Catch::Contains("--node-rank 2 is outside 0..1"));
+  CHECK_THROWS_WITH(resolve_placement(2, 0, "", env), Catch::Contains("needs --rdzv"));
+  CHECK_THROWS_WITH(resolve_placement(2, 0, "h:port", env), Catch::Contains("is not an integer"));
+  vars = {{"SLURM_JOB_ID", "77"}, {"SLURM_NNODES", "4"}, {"SLURM_NODEID", "3"},
+          {"SLURM_JOB_NODELIST", "gpu[007-010],cpu1"}};
+  p = resolve_placement(std::nullopt, std::nullopt, "", env);
+  CHECK(p.nnodes == 4);
+  CHECK(p.node_rank == 3);
+  CHECK(p.rdzv_host == "gpu007");
+  CHECK(p.rdzv_port == 29500);
+  vars["TROUPE_RDZV"] = "head:6000";
+  CHECK(resolve_placement(std::nullopt, std::nullopt, "", env).rdzv_host == "head");
+  CHECK(runtime::first_slurm_host("node1,node2") == "node1");
+  CHECK(runtime::first_slurm_host("a[3,5-6]") == "a3");
+}
+
+namespace {
+
+// The same job as dp_job, as TOML for the binary.
+std::string job_toml(const TempDir& dir, const std::string& tokens, int local_ranks, const std::string& dump, int steps,
+                     int timeout_seconds) {
+  return "[job]\ndevice = \"cpu\"\ndump_folder = \"" + dir.file(dump) + "\"\nlocal_ranks = " +
+         std::to_string(local_ranks) + "\n[model]\ntokenizer_path = \"" + source_dir() +
+         "/data/kjv/tokenizer.json\"\n[training]\ndataset = \"tokens\"\ndataset_path = \"" + tokens +
+         "\"\nlocal_batch_size = 1\nseq_len = 32\nsteps = " + std::to_string(steps) +
+         "\ndeterministic = true\n[lr_scheduler]\nwarmup_steps = 3\n[metrics]\nlog_freq = 1\n[comm]\n"
+         "train_timeout_seconds = " + std::to_string(timeout_seconds) + "\n";
+}
+
+std::vector<double> logged_losses(const std::string& dump) {
+  std::vector<double> out;
+  std::ifstream jsonl(dump + "/metrics.jsonl");
+  for (std::string line; std::getline(jsonl, line);) {
+    const auto at = line.find("\"loss\":");
+    if (at != std::string::npos && line.find("\"step\"") != std::string::npos) out.push_back(std::stod(line.substr(at + 7)));
+  }
+  return out;
+}
+
+int free_port() { return 20000 + static_cast<int>(getpid() % 20000); }
+
+}  // namespace
+
+TEST_CASE("two processes on loopback, 2 ranks each, train as one rank does", "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  auto one_cfg = dp_job(dir, tokens, 1, 1, "one");
+  one_cfg.checkpoint.enable = false;
+  one_cfg.training.steps = 8;
+  const auto one = run_with_timeout(one_cfg);
+  REQUIRE(one.exit_code == 0);
+
+  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "nodes", 8, 30));
+  const auto rdzv = "127.0.0.1:" + std::to_string(free_port());
+  ChildProcess node1({troupe_binary(), "train", "--config", config, "--nnodes", "2", "--node-rank", "1", "--rdzv", rdzv});
+  ChildProcess node0({troupe_binary(), "train", "--config", config, "--nnodes", "2", "--node-rank", "0", "--rdzv", rdzv});
+  std::string out0, out1;
+  CHECK(node0.wait(120, out0) == 0);
+  CHECK(node1.wait(30, out1) == 0);
+  INFO(out0 << "\n---\n" << out1);
+  CHECK_THAT(out0, Catch::Contains("2 nodes, 4 ranks"));
+  const auto losses = logged_losses(dir.file("nodes"));
+  REQUIRE(losses.size() == one.steps.size());
+  for (size_t i = 0; i < losses.size(); ++i) CHECK(losses[i] == Approx(one.steps[i].loss).epsilon(1e-4));
+}
+
+TEST_CASE("a node that dies ends the other node's job with an error within the timeout", "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "killed", 100000, 5));
+  for (int victim : {1, 0}) {
+    SECTION("node " + std::to_string(victim) + " killed") {
+      const auto rdzv = "127.0.0.1:" + std::to_string(free_port() + 1 + victim);
+      auto args = [&](int node) {
+        return std::vector<std::string>{troupe_binary(), "train", "--config", config, "--nnodes", "2",
+                                        "--node-rank", std::to_string(node), "--rdzv", rdzv};
+      };
+      ChildProcess dies(args(victim));
+      ChildProcess lives(args(1 - victim));
+      // Node 0 logs the steps: once training runs, kill the victim.
+      std::string seen;
+      REQUIRE((victim == 0 ? dies : lives).wait_for_line("step:     3", seen));
+      dies.signal(SIGKILL);
+      const auto killed = std::chrono::steady_clock::now();
+      std::string out;
+      const int code = lives.wait(60, out);
+      const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+      INFO(seen << out);
+      CHECK(code == 1);
+      CHECK_THAT(out, Catch::Contains(victim == 1 ? "a rank on another node is gone" : "lost node 0"));
+      CHECK(took < 5 + 20);  // the collective timeout plus shutdown
+      std::string ignored;
+      dies.wait(5, ignored);
     }
   }
 }

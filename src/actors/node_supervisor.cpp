@@ -10,12 +10,14 @@
 #include "runtime/exit_codes.h"
 #include "models/llama3/model_args.h"
 #include "runtime/status_board.h"
+#include "comm/caf_store.h"
 #include "comm/rendezvous.h"
 #include "parallel/device_mesh.h"
 #include "train/trainer.h"
 
 #include <torch/cuda.h>
 
+#include <functional>
 #include <sstream>
 
 namespace troupe::actors {
@@ -27,7 +29,13 @@ struct supervisor_state {
   std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome;
   std::vector<caf::actor> children;
   caf::actor coordinator;
-  bool ended = false;
+  NodeLinks links;
+  // Node 0: every node's ranks, in global rank order, and the other nodes' supervisors.
+  std::vector<std::vector<caf::actor>> stages_of, writers_of;
+  std::vector<caf::actor> remote_supervisors;
+  int joined = 1;  // nodes whose ranks are known (this one included)
+  bool started = false, ended = false;
+  std::function<void()> spawn_coordinator;
 };
 
 using self_ptr = caf::stateful_actor<supervisor_state>*;
@@ -38,7 +46,7 @@ int local_rank_count(const config::JobConfig& cfg) {
   return train::resolve_device(cfg.job.device) == "cuda" ? static_cast<int>(torch::cuda::device_count()) : 1;
 }
 
-std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size, int ranks) {
+std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size, int nodes, int ranks) {
   auto args = models::llama3::flavor(cfg.model.flavor);
   args.vocab_size = vocab_size;
   const auto device = train::resolve_device(cfg.job.device);
@@ -46,70 +54,170 @@ std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size, int ran
   line << "troupe: " << (cfg.job.description.empty() ? "training" : cfg.job.description) << " | " << cfg.model.name
        << ' ' << cfg.model.flavor << ", " << args.num_params() << " parameters, vocab " << vocab_size << " | device "
        << device << ", compute "
-       << (device == "cuda" ? cfg.training.mixed_precision_param : std::string("float32 (CPU)")) << " | " << ranks << (ranks == 1 ? " rank" : " ranks") << " | batch " << cfg.training.local_batch_size << " x seq "
+       << (device == "cuda" ? cfg.training.mixed_precision_param : std::string("float32 (CPU)")) << " | ";
+  if (nodes > 1) line << nodes << " nodes, ";
+  line << ranks << (ranks == 1 ? " rank" : " ranks") << " | batch " << cfg.training.local_batch_size << " x seq "
        << cfg.training.seq_len << ", " << cfg.training.steps << " steps | metrics in " << cfg.job.dump_folder;
   return line.str();
 }
 
-void end_job(self_ptr self, runtime::TrainOutcome outcome) {
+void deliver(self_ptr self, runtime::TrainOutcome outcome) {
   auto& st = self->state;
-  if (st.ended) return;
-  st.ended = true;
-  st.status->set_state("done");
   for (auto& child : st.children) self->send_exit(child, caf::exit_reason::user_shutdown);
   st.outcome->set_value(std::move(outcome));
   self->quit();
 }
 
-caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t vocab_size,
+// Node 0 tells the other nodes how the job ended and waits (briefly) for their word that they
+// heard it, so that its exit does not look to them like a lost node.
+void end_job(self_ptr self, runtime::TrainOutcome outcome) {
+  auto& st = self->state;
+  if (st.ended) return;
+  st.ended = true;
+  st.status->set_state("done");
+  if (st.remote_supervisors.empty()) return deliver(self, std::move(outcome));
+  auto left = std::make_shared<size_t>(st.remote_supervisors.size());
+  auto result = std::make_shared<runtime::TrainOutcome>(std::move(outcome));
+  for (auto& node : st.remote_supervisors) {
+    auto heard = [=] {
+      if (--*left == 0) deliver(self, std::move(*result));
+    };
+    self->request(node, std::chrono::seconds(10), finish_atom::value, result->exit_code, result->message)
+        .then([=](bool) { heard(); }, [=](caf::error&) { heard(); });
+  }
+}
+
+caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t vocab_size, NodeLinks links,
                               std::shared_ptr<runtime::StatusBoard> board,
                               std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome) {
   auto& st = self->state;
   st.status = board->enroll("node_supervisor");
   st.outcome = std::move(outcome);
+  st.links = links;
   auto& sys = self->system();
   auto me = caf::actor_cast<caf::actor>(self);
-  auto sink = spawn_metrics_sink(sys, cfg, /*rank=*/0, board);
-  // One node for now: this process hosts every rank. Ranks find each other through an
-  // in-process store; each stage connects its communicators while it starts.
-  const int world = local_rank_count(cfg);
+  const auto& place = links.placement;
+  const bool node0 = place.node_rank == 0;
+  // Ranks are numbered node by node; each stage connects its communicators while it starts,
+  // rendezvousing in this process or, across nodes, at node 0's key-value store.
+  const int local = local_rank_count(cfg);
+  const int world = local * place.nnodes;
   const auto dims = parallel::ParallelDims::resolve(cfg.parallelism, world);
   std::shared_ptr<comm::Rendezvous> rendezvous;
-  if (world > 1) {
-    rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(cfg.comm.init_timeout_seconds));
-    rendezvous->set_operation_timeout(std::chrono::seconds(cfg.comm.train_timeout_seconds));
+  const auto init_timeout = std::chrono::milliseconds(std::chrono::seconds(cfg.comm.init_timeout_seconds));
+  if (place.nnodes > 1) {
+    const bool loopback = place.rdzv_host == "127.0.0.1" || place.rdzv_host == "localhost";
+    rendezvous = comm::make_caf_rendezvous(sys, links.key_value_store, init_timeout, loopback ? "127.0.0.1" : "");
+  } else if (world > 1) {
+    rendezvous = comm::Rendezvous::in_process(init_timeout);
   }
+  if (rendezvous) rendezvous->set_operation_timeout(std::chrono::seconds(cfg.comm.train_timeout_seconds));
   std::vector<caf::actor> stages, writers;
-  for (int r = 0; r < world; ++r) {
+  for (int l = 0; l < local; ++l) {
+    const int r = place.node_rank * local + l;
     const parallel::DeviceMesh mesh(dims, r);
     const data::DataShare share{mesh.rank_in({parallel::MeshDim::dp_replicate, parallel::MeshDim::dp_shard}), dims.dp()};
     auto loader = spawn_data_loader(sys, cfg, r, share, me, board);
-    stages.push_back(spawn_stage(sys, cfg, vocab_size, {r, r, world, rendezvous}, share, loader, me, board));
+    stages.push_back(spawn_stage(sys, cfg, vocab_size, {r, l, world, rendezvous}, share, loader, me, board));
     st.children.push_back(loader);
     if (cfg.checkpoint.enable) writers.push_back(spawn_checkpoint_writer(sys, cfg, r, me, board));
   }
-  st.coordinator = spawn_coordinator(sys, cfg, stages, sink, me, writers, board);
-  st.children.push_back(st.coordinator);
-  st.children.push_back(sink);
   st.children.insert(st.children.end(), stages.begin(), stages.end());
   st.children.insert(st.children.end(), writers.begin(), writers.end());
   for (auto& child : st.children) self->monitor(child);
-  // A child that dies before the job has ended is a failure, whatever its reason.
+  if (node0) {
+    auto sink = spawn_metrics_sink(sys, cfg, /*rank=*/0, board);
+    st.children.push_back(sink);
+    self->monitor(sink);
+    st.stages_of.resize(place.nnodes);
+    st.writers_of.resize(place.nnodes);
+    st.stages_of[0] = stages;
+    st.writers_of[0] = writers;
+    st.spawn_coordinator = [=] {
+      auto& s = self->state;
+      std::vector<caf::actor> all_stages, all_writers;
+      for (int n = 0; n < place.nnodes; ++n) {
+        all_stages.insert(all_stages.end(), s.stages_of[n].begin(), s.stages_of[n].end());
+        all_writers.insert(all_writers.end(), s.writers_of[n].begin(), s.writers_of[n].end());
+      }
+      s.coordinator = spawn_coordinator(self->system(), cfg, all_stages, sink, me, all_writers, board);
+      s.children.push_back(s.coordinator);
+      self->monitor(s.coordinator);
+      if (s.started) self->send(s.coordinator, start_atom::value);
+    };
+    self->send(sink, log_atom::value, job_banner(cfg, vocab_size, place.nnodes, world));
+    if (place.nnodes == 1) st.spawn_coordinator();
+  } else {
+    self->monitor(links.node0);
+    self->send(links.node0, join_atom::value, place.node_rank, stages, writers);
+  }
+  // Any actor of the job that dies before the job has ended is a failure, whatever its reason:
+  // a remote one means its node is gone.
   self->set_down_handler([=](caf::down_msg& msg) {
-    if (!self->state.ended)
-      end_job(self, {runtime::exit_code::failed, "an actor stopped unexpectedly: " + to_string(msg.reason), {}});
+    auto& s = self->state;
+    if (s.ended) return;
+    if (msg.source == s.links.node0)
+      return end_job(self, {runtime::exit_code::failed,
+                            "lost node 0 (" + s.links.placement.rdzv_host + ":" +
+                                std::to_string(s.links.placement.rdzv_port) + "): " + to_string(msg.reason),
+                            {}});
+    const bool remote = msg.source.node() != self->node();
+    end_job(self, {runtime::exit_code::failed,
+                   std::string(remote ? "a rank on another node is gone (its node stopped or the network failed): "
+                                      : "an actor stopped unexpectedly: ") +
+                       to_string(msg.reason),
+                   {}});
   });
-  self->send(sink, log_atom::value, job_banner(cfg, vocab_size, world));
-  st.status->set_state("running");
+  st.status->set_state(node0 && place.nnodes > 1 ? "waiting-nodes" : "running");
   return {
       [=](start_atom) {
-        self->state.status->on_message(self->mailbox().size());
-        self->send(self->state.coordinator, start_atom::value);
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        s.started = true;
+        if (s.coordinator) self->send(s.coordinator, start_atom::value);
       },
       [=](stop_atom, std::string reason) {
-        self->state.status->on_message(self->mailbox().size());
-        self->state.status->set_state("stopping");
-        self->send(self->state.coordinator, stop_atom::value, std::move(reason));
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        s.status->set_state("stopping");
+        // The step clock is node 0's: a stop on another node is passed there.
+        if (s.coordinator) self->send(s.coordinator, stop_atom::value, std::move(reason));
+        else if (s.links.node0) self->send(s.links.node0, stop_atom::value, std::move(reason));
+        else end_job(self, {runtime::exit_code::ok, "stopped by " + reason + " before every node joined", {}});
+      },
+      [=](rdzv_atom) { return self->state.links.key_value_store; },
+      [=](join_atom, int node, std::vector<caf::actor> node_stages, std::vector<caf::actor> node_writers) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (node < 1 || node >= static_cast<int>(s.stages_of.size()) || !s.stages_of[node].empty()) {
+          if (!s.ended)
+            end_job(self, {runtime::exit_code::failed,
+                           "node " + std::to_string(node) + " joined twice or is outside the job's " +
+                               std::to_string(s.stages_of.size()) + " nodes",
+                           {}});
+          return;
+        }
+        auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        s.remote_supervisors.push_back(sender);
+        self->monitor(sender);
+        for (auto& a : node_stages) self->monitor(a);
+        for (auto& a : node_writers) self->monitor(a);
+        s.stages_of[node] = std::move(node_stages);
+        s.writers_of[node] = std::move(node_writers);
+        if (++s.joined == static_cast<int>(s.stages_of.size())) {
+          s.status->set_state("running");
+          s.spawn_coordinator();
+        }
+      },
+      [=](finish_atom, int exit_code, std::string message) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (!s.ended) {
+          s.ended = true;
+          s.status->set_state("done");
+          deliver(self, {exit_code, std::move(message), {}});
+        }
+        return true;
       },
       [=](done_atom, int exit_code, std::string message, std::vector<train::StepStats> steps) {
         self->state.status->on_message(self->mailbox().size());
@@ -117,6 +225,8 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
       },
       [=](failure_atom, std::string what) {
         self->state.status->on_message(self->mailbox().size());
+        // A rank of another node failed: that node ends, node 0 ends the job.
+        if (self->state.links.node0) self->send(self->state.links.node0, failure_atom::value, what);
         end_job(self, {runtime::exit_code::failed, std::move(what), {}});
       },
       [=](children_atom) {
@@ -133,9 +243,9 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
 }  // namespace
 
 caf::actor spawn_node_supervisor(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size,
-                                 std::shared_ptr<runtime::StatusBoard> board,
+                                 NodeLinks links, std::shared_ptr<runtime::StatusBoard> board,
                                  std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome) {
-  return sys.spawn(node_supervisor, cfg, vocab_size, std::move(board), std::move(outcome));
+  return sys.spawn(node_supervisor, cfg, vocab_size, std::move(links), std::move(board), std::move(outcome));
 }
 
 }  // namespace troupe::actors

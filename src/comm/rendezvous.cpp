@@ -1,7 +1,6 @@
 #include "comm/rendezvous.h"
 
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "comm/communicator.h"
 #include "comm/rendezvous_store.h"
@@ -15,26 +14,14 @@ Rendezvous::Rendezvous(std::shared_ptr<Store> store, std::chrono::milliseconds t
 
 Rendezvous::~Rendezvous() = default;
 
+std::shared_ptr<Rendezvous> Rendezvous::from_store(std::shared_ptr<Store> store, std::chrono::milliseconds timeout,
+                                                   std::string local_host) {
+  return std::shared_ptr<Rendezvous>(new Rendezvous(std::move(store), timeout, std::move(local_host)));
+}
+
 std::shared_ptr<Rendezvous> Rendezvous::in_process(std::chrono::milliseconds timeout) {
   auto store = std::make_shared<Store>(Store{c10::make_intrusive<c10d::HashStore>()});
   return std::shared_ptr<Rendezvous>(new Rendezvous(std::move(store), timeout, "127.0.0.1"));
-}
-
-std::shared_ptr<Rendezvous> Rendezvous::tcp(const std::string& host, int port, bool is_server, int nodes,
-                                            std::chrono::milliseconds timeout) {
-  c10d::TCPStoreOptions opts;
-  opts.port = static_cast<uint16_t>(port);
-  opts.isServer = is_server;
-  opts.numWorkers = nodes;
-  opts.waitWorkers = false;
-  opts.timeout = timeout;
-  try {
-    auto store = std::make_shared<Store>(Store{c10::make_intrusive<c10d::TCPStore>(host, opts)});
-    return std::shared_ptr<Rendezvous>(new Rendezvous(std::move(store), timeout, std::string()));
-  } catch (const std::exception& e) {
-    throw CommError("rendezvous at " + host + ":" + std::to_string(port) + (is_server ? " (listening)" : "") +
-                    " failed: " + e.what());
-  }
 }
 
 void Rendezvous::set(const std::string& key, const std::string& value) {

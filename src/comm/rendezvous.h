@@ -1,6 +1,6 @@
 // How the ranks of a job find each other before any communicator exists: a key-value store
 // every rank can reach. Ranks in one process share an in-memory store; ranks on several nodes
-// use node 0's TCP store (rdzv host:port). Communicators publish their connection details
+// use node 0's key-value store actor over CAF (comm/caf_store.h). Communicators publish their connection details
 // (Gloo addresses, the NCCL unique id) in it under their group's name.
 #pragma once
 #include <chrono>
@@ -13,9 +13,10 @@ class Rendezvous {
  public:
   // Every local rank of this process shares the returned object.
   static std::shared_ptr<Rendezvous> in_process(std::chrono::milliseconds timeout);
-  // Node 0 listens on host:port; the others connect, retrying until `timeout`.
-  static std::shared_ptr<Rendezvous> tcp(const std::string& host, int port, bool is_server, int nodes,
-                                         std::chrono::milliseconds timeout);
+
+  struct Store;  // c10d's store, kept out of this header
+  static std::shared_ptr<Rendezvous> from_store(std::shared_ptr<Store> store, std::chrono::milliseconds timeout,
+                                                std::string local_host);
 
   ~Rendezvous();
   void set(const std::string& key, const std::string& value);
@@ -28,7 +29,6 @@ class Rendezvous {
   // The address this node's ranks listen on for Gloo's connections; empty: the host name's.
   const std::string& local_host() const { return local_host_; }
 
-  struct Store;  // c10d's store, kept out of this header
   std::shared_ptr<Store> store() const { return store_; }
 
  private:

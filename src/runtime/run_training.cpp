@@ -1,19 +1,52 @@
 #include "runtime/run_training.h"
 
 #include <caf/all.hpp>
+#include <caf/io/all.hpp>
 
 #include <chrono>
 #include <future>
+#include <thread>
 
+#include "actors/key_value_store.h"
 #include "actors/node_supervisor.h"
 #include "actors/node_supervisor_protocol.h"
 #include "data/tokenizer.h"
 #include "runtime/status_board.h"
+#include "actors/stage_protocol.h"
 #include "train/trainer.h"
 
 namespace troupe::runtime {
 
-TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks) {
+namespace {
+
+// Node R: node 0's supervisor, connecting until the init timeout (node 0 may start later).
+caf::actor connect_to_node0(caf::actor_system& sys, const NodePlacement& place, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string last_error;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto node0 = sys.middleman().remote_actor(place.rdzv_host, static_cast<uint16_t>(place.rdzv_port));
+    if (node0) return *node0;
+    last_error = sys.render(node0.error());
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  throw std::runtime_error("node " + std::to_string(place.node_rank) + ": cannot reach node 0 at " + place.rdzv_host +
+                           ":" + std::to_string(place.rdzv_port) + " within comm.init_timeout_seconds (" +
+                           std::to_string(timeout.count()) + " s): " + last_error);
+}
+
+caf::actor ask_key_value_store(caf::actor_system& sys, const caf::actor& node0, std::chrono::seconds timeout) {
+  caf::scoped_actor self{sys};
+  caf::actor kv;
+  std::string error;
+  self->request(node0, timeout, actors::rdzv_atom::value)
+      .receive([&](caf::actor a) { kv = std::move(a); }, [&](caf::error& err) { error = sys.render(err); });
+  if (!kv) throw std::runtime_error("node 0 did not hand out its rendezvous store: " + error);
+  return kv;
+}
+
+}  // namespace
+
+TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, const NodePlacement& placement) {
   // Fail here, not inside an actor, on what can be checked up front.
   train::resolve_device(cfg.job.device);
   // The model is sized by the tokenizer, as in torchtitan.
@@ -24,11 +57,38 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks) {
   // the compute threads need.
   sys_cfg.set("scheduler.policy", caf::atom("sharing"));
   sys_cfg.set("scheduler.max-threads", 1);
+  const bool several_nodes = placement.nnodes > 1;
+  if (several_nodes) {
+    // The control plane between nodes: CAF's network layer. Tensors never travel here.
+    sys_cfg.load<caf::io::middleman>();
+    sys_cfg.add_message_type<train::StepStats>("step_stats");
+    sys_cfg.add_message_type<std::vector<caf::actor>>("std::vector<actor>");
+  }
   caf::actor_system sys{sys_cfg};
+  const auto init_timeout = std::chrono::seconds(cfg.comm.init_timeout_seconds);
+  actors::NodeLinks links{placement, {}, {}};
+  if (several_nodes && placement.node_rank == 0) {
+    links.key_value_store = actors::spawn_key_value_store(sys);
+  } else if (several_nodes) {
+    links.node0 = connect_to_node0(sys, placement, init_timeout);
+    links.key_value_store = ask_key_value_store(sys, links.node0, init_timeout);
+  }
   auto board = std::make_shared<StatusBoard>();
   auto promise = std::make_shared<std::promise<TrainOutcome>>();
   auto result = promise->get_future();
-  auto supervisor = actors::spawn_node_supervisor(sys, cfg, vocab_size, board, promise);
+  auto supervisor = actors::spawn_node_supervisor(sys, cfg, vocab_size, links, board, promise);
+  if (several_nodes && placement.node_rank == 0) {
+    const bool loopback = placement.rdzv_host == "127.0.0.1" || placement.rdzv_host == "localhost";
+    auto port = sys.middleman().publish(supervisor, static_cast<uint16_t>(placement.rdzv_port),
+                                        loopback ? placement.rdzv_host.c_str() : nullptr, /*reuse=*/true);
+    if (!port) {
+      // The ranks already wait at the store: closing it fails their rendezvous at once.
+      caf::anon_send_exit(links.key_value_store, caf::exit_reason::user_shutdown);
+      caf::anon_send(supervisor, actors::failure_atom::value,
+                     "node 0 cannot listen on " + placement.rdzv_host + ":" + std::to_string(placement.rdzv_port) +
+                         ": " + sys.render(port.error()));
+    }
+  }
   if (hooks.on_started) hooks.on_started(sys, supervisor);
   caf::anon_send(supervisor, actors::start_atom::value);
   int stops_sent = 0;
@@ -38,6 +98,8 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks) {
       caf::anon_send(supervisor, actors::stop_atom::value, std::string("signal"));
     }
   }
+  if (links.key_value_store && placement.node_rank == 0)
+    caf::anon_send_exit(links.key_value_store, caf::exit_reason::user_shutdown);
   return result.get();
   // ~actor_system waits for every actor: the supervisor has already told them all to exit.
 }

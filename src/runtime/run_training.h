@@ -4,6 +4,7 @@
 #include <functional>
 
 #include "config/job_config.h"
+#include "runtime/node_placement.h"
 #include "runtime/train_outcome.h"
 
 namespace caf { class actor_system; class actor; }
@@ -17,6 +18,8 @@ struct RunHooks {
   std::function<void(caf::actor_system&, const caf::actor& supervisor)> on_started;
 };
 
-TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks = {});
+// With several nodes, node 0 listens at placement's rendezvous address and waits for the
+// others (up to comm.init_timeout_seconds); the others connect to it, retrying that long.
+TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks = {}, const NodePlacement& placement = {});
 
 }  // namespace troupe::runtime
