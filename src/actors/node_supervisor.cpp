@@ -18,6 +18,7 @@
 #include <torch/cuda.h>
 
 #include <functional>
+#include <set>
 #include <sstream>
 
 namespace troupe::actors {
@@ -34,6 +35,9 @@ struct supervisor_state {
   std::vector<std::vector<caf::actor>> stages_of, writers_of;
   std::vector<caf::actor> remote_supervisors;
   int joined = 1;  // nodes whose ranks are known (this one included)
+  std::set<caf::node_id> gone_nodes;   // nodes whose actors went down
+  std::vector<caf::actor> awaiting;    // nodes told the outcome, not yet acknowledged
+  runtime::TrainOutcome result;        // delivered once they have
   bool started = false, ended = false;
   std::function<void()> spawn_coordinator;
 };
@@ -61,6 +65,15 @@ std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size, int nod
   return line.str();
 }
 
+void deliver(self_ptr self, runtime::TrainOutcome outcome);
+
+void heard_from(self_ptr self, const caf::node_id& node) {
+  auto& st = self->state;
+  const auto before = st.awaiting.size();
+  std::erase_if(st.awaiting, [&](const caf::actor& a) { return a.node() == node; });
+  if (before > 0 && st.awaiting.empty()) deliver(self, std::move(st.result));
+}
+
 void deliver(self_ptr self, runtime::TrainOutcome outcome) {
   auto& st = self->state;
   for (auto& child : st.children) self->send_exit(child, caf::exit_reason::user_shutdown);
@@ -69,22 +82,21 @@ void deliver(self_ptr self, runtime::TrainOutcome outcome) {
 }
 
 // Node 0 tells the other nodes how the job ended and waits (briefly) for their word that they
-// heard it, so that its exit does not look to them like a lost node.
+// heard it, so that its exit does not look to them like a lost node. A node already gone
+// (its actors' down messages) is not waited for.
 void end_job(self_ptr self, runtime::TrainOutcome outcome) {
   auto& st = self->state;
   if (st.ended) return;
   st.ended = true;
   st.status->set_state("done");
-  if (st.remote_supervisors.empty()) return deliver(self, std::move(outcome));
-  auto left = std::make_shared<size_t>(st.remote_supervisors.size());
-  auto result = std::make_shared<runtime::TrainOutcome>(std::move(outcome));
+  st.result = std::move(outcome);
   for (auto& node : st.remote_supervisors) {
-    auto heard = [=] {
-      if (--*left == 0) deliver(self, std::move(*result));
-    };
-    self->request(node, std::chrono::seconds(10), finish_atom::value, result->exit_code, result->message)
-        .then([=](bool) { heard(); }, [=](caf::error&) { heard(); });
+    if (st.gone_nodes.count(node.node())) continue;
+    st.awaiting.push_back(node);
+    self->request(node, std::chrono::seconds(5), finish_atom::value, st.result.exit_code, st.result.message)
+        .then([=](bool) { heard_from(self, node.node()); }, [=](caf::error&) { heard_from(self, node.node()); });
   }
+  if (st.awaiting.empty()) deliver(self, std::move(st.result));
 }
 
 caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t vocab_size, NodeLinks links,
@@ -155,7 +167,8 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
   // a remote one means its node is gone.
   self->set_down_handler([=](caf::down_msg& msg) {
     auto& s = self->state;
-    if (s.ended) return;
+    if (msg.source.node() != self->node()) s.gone_nodes.insert(msg.source.node());
+    if (s.ended) return heard_from(self, msg.source.node());
     if (msg.source == s.links.node0)
       return end_job(self, {runtime::exit_code::failed,
                             "lost node 0 (" + s.links.placement.rdzv_host + ":" +

@@ -80,7 +80,8 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
   st.loader = loader;
   try {
     st.status->set_state("building");
-    st.status->set_state(rank.world > 1 ? "connecting" : "building");
+    const int world = rank.world;
+    st.status->set_state(world > 1 ? "connecting" : "building");
     st.trainer = std::make_unique<train::Trainer>(cfg, vocab_size, std::move(rank));
     st.snapshot_buffers = std::make_unique<checkpoint::SnapshotBuffers>(cfg.checkpoint.async_mode == "async_with_pinned_mem");
     if (cfg.validation.enable) {
@@ -89,7 +90,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
       st.validation_start = st.validation->position();
     }
     st.status->set_state("loading-checkpoint");
-    st.restored = checkpoint::restore_trainer(*st.trainer, cfg, rank_id);
+    st.restored = checkpoint::restore_trainer(*st.trainer, cfg, rank_id, world);
     // Sent before the first credit, so the loader's first batch is the one after the checkpoint.
     if (st.restored.dataloader) self->send(loader, seek_atom::value, *st.restored.dataloader);
     st.status->set_state("idle");

@@ -87,7 +87,21 @@ std::shared_ptr<HostSnapshot> snapshot_trainer(train::Trainer& trainer, const co
   return snap;
 }
 
-Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, int rank) {
+data::DataPosition reshard_token_position(const data::DataPosition& saved, int from, int to, int64_t windows_per_batch) {
+  if (saved.epoch != 0)
+    throw std::runtime_error("the data position is in epoch " + std::to_string(saved.epoch) +
+                             ", which cannot move to another number of ranks (epochs split the shards per rank)");
+  const int64_t consumed = saved.index * from;
+  if (consumed % to != 0)
+    throw std::runtime_error("the " + std::to_string(consumed) + " windows consumed by " + std::to_string(from) +
+                             " ranks do not split evenly over " + std::to_string(to));
+  data::DataPosition out;
+  out.index = consumed / to;
+  out.produced = out.index / windows_per_batch;
+  return out;
+}
+
+Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, int rank, int world) {
   const auto source = choose_source(cfg);
   if (!source) return {};
   const auto meta = read_metadata(source->step_dir);
@@ -100,14 +114,35 @@ Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, 
   trainer.load_checkpoint_state(read_tensors(source->step_dir, meta, wanted));
 
   Restored out;
-  const auto mine = std::find_if(meta.ranks.begin(), meta.ranks.end(), [&](const auto& r) { return r.rank == rank; });
+  const int saved_world = static_cast<int>(meta.ranks.size());
+  const int source_rank = saved_world == world ? rank : rank % std::max(saved_world, 1);
+  const auto mine =
+      std::find_if(meta.ranks.begin(), meta.ranks.end(), [&](const auto& r) { return r.rank == source_rank; });
   const bool per_rank = parts.contains("dataloader") || parts.contains("rng");
   if (per_rank && mine == meta.ranks.end())
-    throw std::runtime_error(meta_path + ": no state of rank " + std::to_string(rank) + " (saved with " +
-                             std::to_string(meta.ranks.size()) +
+    throw std::runtime_error(meta_path + ": no state of rank " + std::to_string(source_rank) + " (saved with " +
+                             std::to_string(saved_world) +
                              " ranks); set checkpoint.exclude_from_loading = [\"dataloader\", \"rng\"] to load it");
   if (parts.contains("rng")) restore_rng(mine->rng, meta_path);
-  if (parts.contains("dataloader")) out.dataloader = mine->dataloader;
+  if (parts.contains("dataloader") && mine->dataloader) {
+    if (saved_world == world) {
+      out.dataloader = mine->dataloader;
+    } else if (cfg.training.dataset == "tokens") {
+      const auto per_batch = cfg.training.local_batch_size;
+      try {
+        out.dataloader = reshard_token_position(*mine->dataloader, saved_world, world, per_batch);
+      } catch (const std::exception& e) {
+        throw std::runtime_error(meta_path + ": " + e.what() +
+                                 "; set checkpoint.exclude_from_loading = [\"dataloader\"] to start the data over");
+      }
+    } else {
+      throw std::runtime_error(meta_path + ": the data position of " + std::to_string(saved_world) +
+                               " ranks cannot move to " + std::to_string(world) + " for dataset '" +
+                               cfg.training.dataset +
+                               "' (documents are dealt to ranks); use token shards (training.dataset = \"tokens\") or "
+                               "set checkpoint.exclude_from_loading = [\"dataloader\"]");
+    }
+  }
   out.step = parts.contains("train_state") ? meta.step : 0;
   trainer.set_lr_schedule_offset(parts.contains("lr_scheduler") ? out.step - meta.lr_schedule_step : out.step);
   out.message = describe(source->step_dir, parts);

@@ -38,6 +38,14 @@ struct Restored {
 
 // Loads what the config asks for into `trainer` (and the generators); a fresh start when there
 // is nothing to load. Throws naming the file and tensor on any problem with the checkpoint.
-Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, int rank);
+// `world`: the ranks of this job. A checkpoint of another number of (data-parallel) ranks
+// reshards the model and optimizer; its data position carries over exactly for token shards
+// (the windows consumed so far are the same for every rank), and its generators come from
+// rank (rank mod saved ranks). Text datasets cannot move their position to another layout.
+Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, int rank, int world);
+
+// A token-shard position saved by a rank of `from` data-parallel ranks, for a rank of `to`:
+// every rank consumed the same number of windows, so the global count is index x from.
+data::DataPosition reshard_token_position(const data::DataPosition& saved, int from, int to, int64_t windows_per_batch);
 
 }  // namespace troupe::checkpoint
