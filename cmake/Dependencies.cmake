@@ -54,6 +54,24 @@ find_path(GLOO_INCLUDE_DIR gloo/context.h HINTS $ENV{GLOO_INCLUDE_DIR} REQUIRED)
 add_library(troupe_gloo_headers INTERFACE)
 target_include_directories(troupe_gloo_headers INTERFACE ${GLOO_INCLUDE_DIR})
 
+# cpp-httplib (the inspection endpoint and `troupe inspect`): Debian builds it as a library
+# with TLS and compression, so its header needs the same definitions (its pkg-config Cflags).
+find_path(HTTPLIB_INCLUDE_DIR httplib.h REQUIRED)
+find_library(HTTPLIB_LIBRARY cpp-httplib REQUIRED)
+find_package(OpenSSL REQUIRED)
+find_package(ZLIB REQUIRED)
+add_library(troupe_httplib INTERFACE)
+target_include_directories(troupe_httplib INTERFACE ${HTTPLIB_INCLUDE_DIR})
+target_compile_definitions(troupe_httplib INTERFACE CPPHTTPLIB_OPENSSL_SUPPORT CPPHTTPLIB_ZLIB_SUPPORT
+                           CPPHTTPLIB_BROTLI_SUPPORT)
+target_link_libraries(troupe_httplib INTERFACE ${HTTPLIB_LIBRARY} OpenSSL::SSL OpenSSL::Crypto ZLIB::ZLIB)
+
+# ncurses: the `troupe inspect` console.
+find_package(Curses REQUIRED)
+add_library(troupe_curses INTERFACE)
+target_include_directories(troupe_curses INTERFACE ${CURSES_INCLUDE_DIRS})
+target_link_libraries(troupe_curses INTERFACE ${CURSES_LIBRARIES})
+
 find_package(tomlplusplus REQUIRED)
 find_package(nlohmann_json REQUIRED)
 find_package(CLI11 REQUIRED)

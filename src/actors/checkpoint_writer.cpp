@@ -76,6 +76,9 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
         auto& s = self->state;
         s.status->on_message(self->mailbox().size());
         s.status->set_state("writing");
+        uint64_t held = 0;
+        for (const auto& t : snap->tensors) held += t.host.nbytes();
+        s.status->set_bytes_in_flight(held);
         const int64_t step = snap->meta.step;
         const auto tmp_dir = snap->tmp_dir;
         s.status->set_step(step);
@@ -88,6 +91,7 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
           discard(tmp_dir);
         }
         snap.reset();  // the host buffers may be reused once this message is gone
+        s.status->set_bytes_in_flight(0);
         s.status->set_state("idle");
         self->send(coordinator, written_atom::value, step, std::move(record), std::move(error));
       },

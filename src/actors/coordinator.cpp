@@ -47,6 +47,10 @@ struct coordinator_state {
   int64_t validation_freq = 0;  // 0: validation is off
   std::optional<running_save> saving;
   std::vector<std::function<void()>> after_save;  // what waits for the running save's commit
+  std::shared_ptr<runtime::StatusBoard> board;
+  bool paused = false, checkpoint_requested = false;
+  int64_t last_step = 0;           // the last step that finished
+  std::function<void()> held;      // the next step, while paused
 };
 
 using self_ptr = caf::stateful_actor<coordinator_state>*;
@@ -102,10 +106,12 @@ void finish(self_ptr self, int exit_code, std::string message) {
   }
   st.finished = true;
   st.status->set_state("stopping");
+  st.board->update_job([](runtime::JobStatus& j) { j.state = "stopping"; });
   auto report = [=](bool) {
     auto& s = self->state;
     self->send(s.supervisor, done_atom::value, exit_code, message, s.history);
     s.status->set_state("done");
+    s.board->update_job([](runtime::JobStatus& j) { j.state = "done"; });
   };
   self->request(st.sink, caf::infinite, flush_atom::value).then(report, [=](caf::error&) { report(false); });
 }
@@ -133,6 +139,8 @@ void commit_when_complete(self_ptr self) {
             std::snprintf(line, sizeof line, "; training blocked %.1f ms, done in %.2f s", 1e3 * save.blocked_seconds,
                           std::chrono::duration<double>(clock::now() - save.started).count());
             log(self, "checkpoint: step " + std::to_string(save.step) + " committed to " + summary + line);
+            self->state.board->update_job(
+                [&](runtime::JobStatus& j) { j.last_checkpoint = "step-" + std::to_string(save.step); });
             self->state.saving.reset();
             run_after_save(self);
           },
@@ -175,7 +183,7 @@ void save(self_ptr self, int64_t step, std::function<void()> then) {
 }
 
 bool save_due(const coordinator_state& st, int64_t step) {
-  return !st.writers.empty() && (step % st.checkpoint.interval == 0 || step == st.steps);
+  return !st.writers.empty() && (st.checkpoint_requested || step % st.checkpoint.interval == 0 || step == st.steps);
 }
 
 void run_step(self_ptr self, int64_t step);
@@ -202,9 +210,16 @@ void validate(self_ptr self, int64_t step, std::function<void()> then) {
           });
 }
 
-// After step `step` (and its checkpoint, if any): the next step or the end.
+// After step `step` (and its checkpoint, if any): the next step or the end; held while paused.
 void continue_after(self_ptr self, int64_t step) {
   auto& s = self->state;
+  if (s.paused && s.stop_reason.empty() && step != s.steps) {
+    s.held = [=] { continue_after(self, step); };
+    s.status->set_state("paused");
+    s.board->update_job([](runtime::JobStatus& j) { j.state = "paused"; });
+    log(self, "paused after step " + std::to_string(step));
+    return;
+  }
   if (!s.stop_reason.empty())
     return finish(self, runtime::exit_code::ok, "stopped by " + s.stop_reason + " after step " + std::to_string(step));
   if (step == s.steps) return finish(self, runtime::exit_code::ok, "");
@@ -244,6 +259,7 @@ void run_step(self_ptr self, int64_t step) {
   st.step_started = clock::now();
   st.status->set_state("waiting-step");
   st.status->set_step(step);
+  st.board->update_job([](runtime::JobStatus& j) { j.state = "running"; });
   ask_all<train::StepStats>(
       self, [=](size_t r) { return self->request(self->state.stages[r], caf::infinite, step_atom::value, step); },
           [=](std::vector<train::StepStats> per_rank) {
@@ -256,8 +272,12 @@ void run_step(self_ptr self, int64_t step) {
             if (!std::isfinite(stats.loss))
               return finish(self, runtime::exit_code::diverged,
                             "loss is " + std::to_string(stats.loss) + " at step " + std::to_string(step));
+            s.last_step = step;
             auto next = [=] { validate(self, step, [=] { continue_after(self, step); }); };
-            if (save_due(s, step)) return save(self, step, next);
+            if (save_due(s, step)) {
+              s.checkpoint_requested = false;
+              return save(self, step, next);
+            }
             next();
           },
           [=](caf::error& err) {
@@ -271,6 +291,7 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, std::vector<caf:
                           std::shared_ptr<runtime::StatusBoard> board) {
   auto& st = self->state;
   st.status = board->enroll("coordinator");
+  st.board = board;
   st.stages = std::move(stages);
   st.sink = std::move(sink);
   st.supervisor = std::move(supervisor);
@@ -293,6 +314,39 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, std::vector<caf:
         // Once started, the running step, save or validation finishes first and the flow stops
         // at its next turn (continue_after / run_step).
         if (!s.started) finish(self, runtime::exit_code::ok, "stopped by " + reason + " before the first step");
+        if (auto next = std::move(s.held)) {  // paused: the held turn sees the stop and ends
+          s.held = nullptr;
+          next();
+        }
+      },
+      [=](pause_atom) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (s.paused || s.finished) return;
+        s.paused = true;
+        log(self, "pause requested: holding after the running step");
+      },
+      [=](resume_atom) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (!s.paused) return;
+        s.paused = false;
+        log(self, "resumed");
+        if (auto next = std::move(s.held)) {
+          s.held = nullptr;
+          next();
+        }
+      },
+      [=](ckpt_now_atom) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (s.writers.empty()) return log(self, "checkpoint requested, but checkpoint.enable is false");
+        if (s.finished) return;
+        // Between steps (paused) the last finished step is saved now; otherwise the running one
+        // is, once it ends.
+        if (s.held && s.last_step > 0) return save(self, s.last_step, [] {});
+        s.checkpoint_requested = true;
+        log(self, "checkpoint requested: saving after the running step");
       },
       [=](written_atom, int64_t step, const std::string& record, const std::string& error) {
         auto& s = self->state;

@@ -13,5 +13,9 @@ namespace troupe::actors {
 using start_atom = caf::atom_constant<caf::atom("start")>;  // (start_atom)
 using stop_atom = caf::atom_constant<caf::atom("stop")>;    // (stop_atom, std::string why)
 using done_atom = caf::atom_constant<caf::atom("done")>;    // (done_atom, int exit_code, std::string message, std::vector<train::StepStats>)
+// Controls (the inspection endpoint, through the supervisor), all taking effect at a step boundary:
+using pause_atom = caf::atom_constant<caf::atom("pause")>;        // (pause_atom): hold before the next step
+using resume_atom = caf::atom_constant<caf::atom("resume")>;      // (resume_atom)
+using ckpt_now_atom = caf::atom_constant<caf::atom("ckpt_now")>;  // (ckpt_now_atom): save after the running step
 
 }  // namespace troupe::actors

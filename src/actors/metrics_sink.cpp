@@ -20,6 +20,7 @@ namespace {
 
 struct sink_state {
   std::shared_ptr<runtime::StatusEntry> status;
+  std::shared_ptr<runtime::StatusBoard> board;
   std::ofstream jsonl;
   std::string jsonl_path;
   std::unique_ptr<metrics::TensorBoardWriter> tensorboard;  // metrics.enable_tensorboard
@@ -108,11 +109,32 @@ void write_line(sink_state& st, const std::string& line) {
   if (!st.jsonl) throw std::runtime_error("cannot write " + st.jsonl_path);
 }
 
+// The job line of the inspection endpoint: this step's rate, an ETA from the recent steps.
+void publish_job(sink_state& s, const train::StepStats& stats) {
+  const double tps = stats.wall_seconds > 0 ? static_cast<double>(stats.tokens) / stats.wall_seconds : 0;
+  s.board->update_job([&](runtime::JobStatus& j) {
+    j.step = stats.step;
+    j.loss = stats.loss;
+    j.tokens_per_second = tps;
+    j.mfu = mfu(stats.model_flops, stats.wall_seconds, stats.peak_flops_per_second);
+    j.gpu_peak_active_bytes = stats.gpu_peak_active_bytes;
+    j.history.push_back({static_cast<double>(stats.step), stats.loss, tps});
+    constexpr size_t kKept = 2000;
+    if (j.history.size() > kKept) j.history.erase(j.history.begin(), j.history.end() - kKept);
+    j.eta_seconds = static_cast<double>(j.steps - stats.step) * stats.wall_seconds;
+  });
+}
+
 caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobConfig cfg, int rank,
                            std::shared_ptr<runtime::StatusBoard> board) {
   auto& st = self->state;
   st.status = board->enroll("metrics_sink");
+  st.board = board;
   st.log_freq = cfg.metrics.log_freq;
+  board->update_job([&](runtime::JobStatus& j) {
+    j.steps = cfg.training.steps;
+    j.log_freq = cfg.metrics.log_freq;
+  });
   st.last_step = cfg.training.steps;
   // Only one rank writes unless every rank is asked to.
   if (rank == 0 || cfg.metrics.save_for_all_ranks) {
@@ -150,6 +172,7 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
           }
         }
         write_tensorboard(s, stats.step, tensorboard_scalars(stats, rss));
+        publish_job(s, stats);
         if (stats.step == 1 || stats.step % s.log_freq == 0 || stats.step == s.last_step) {
           std::cout << console_line(stats, s.tokens_since_log / s.seconds_since_log,
                                     mfu(s.flops_since_log, s.seconds_since_log, stats.peak_flops_per_second), rss)
@@ -176,6 +199,14 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
         std::snprintf(line, sizeof line, "validate: step %lld  loss %.4f  perplexity %.4f", static_cast<long long>(step),
                       loss, perplexity);
         std::cout << line << std::endl;
+      },
+      [=](log_freq_atom, int64_t n) {
+        auto& s = self->state;
+        s.status->on_message(self->mailbox().size());
+        if (n < 1) return;
+        s.log_freq = n;
+        s.board->update_job([&](runtime::JobStatus& j) { j.log_freq = n; });
+        std::cout << "metrics: log_freq is now " << n << std::endl;
       },
       [=](log_atom, const std::string& line) {
         self->state.status->on_message(self->mailbox().size());

@@ -13,5 +13,7 @@ using log_atom = caf::atom_constant<caf::atom("log")>;          // (log_atom, st
 // (validation_atom, int64_t step, double loss): a console line and a JSONL record with exp(loss)
 using validation_atom = caf::atom_constant<caf::atom("validation")>;
 using flush_atom = caf::atom_constant<caf::atom("flush")>;      // (flush_atom) -> bool
+// (log_freq_atom, int64_t n): print every n-th step from now on (the inspection console's key)
+using log_freq_atom = caf::atom_constant<caf::atom("log_freq")>;
 
 }  // namespace troupe::actors

@@ -29,7 +29,8 @@ struct supervisor_state {
   std::shared_ptr<runtime::StatusEntry> status;
   std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome;
   std::vector<caf::actor> children;
-  caf::actor coordinator;
+  caf::actor coordinator, sink;
+  std::shared_ptr<runtime::StatusBoard> board;
   NodeLinks links;
   // Node 0: every node's ranks, in global rank order, and the other nodes' supervisors.
   std::vector<std::vector<caf::actor>> stages_of, writers_of;
@@ -99,11 +100,19 @@ void end_job(self_ptr self, runtime::TrainOutcome outcome) {
   if (st.awaiting.empty()) deliver(self, std::move(st.result));
 }
 
+void forward_control(self_ptr self, caf::message control) {
+  auto& s = self->state;
+  s.status->on_message(self->mailbox().size());
+  if (s.coordinator) self->send(s.coordinator, std::move(control));
+  else if (s.links.node0) self->send(s.links.node0, std::move(control));
+}
+
 caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t vocab_size, NodeLinks links,
                               std::shared_ptr<runtime::StatusBoard> board,
                               std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome) {
   auto& st = self->state;
   st.status = board->enroll("node_supervisor");
+  st.board = board;
   st.outcome = std::move(outcome);
   st.links = links;
   auto& sys = self->system();
@@ -139,7 +148,12 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
   for (auto& child : st.children) self->monitor(child);
   if (node0) {
     auto sink = spawn_metrics_sink(sys, cfg, /*rank=*/0, board);
+    st.sink = sink;
     st.children.push_back(sink);
+    board->update_job([&](runtime::JobStatus& j) {
+      j.nodes = place.nnodes;
+      j.ranks = world;
+    });
     self->monitor(sink);
     st.stages_of.resize(place.nnodes);
     st.writers_of.resize(place.nnodes);
@@ -162,6 +176,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
   } else {
     self->monitor(links.node0);
     self->send(links.node0, join_atom::value, place.node_rank, stages, writers);
+    self->send(self, tick_atom::value);
   }
   // Any actor of the job that dies before the job has ended is a failure, whatever its reason:
   // a remote one means its node is gone.
@@ -199,6 +214,25 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
         else end_job(self, {runtime::exit_code::ok, "stopped by " + reason + " before every node joined", {}});
       },
       [=](rdzv_atom) { return self->state.links.key_value_store; },
+      // Controls from the inspection endpoint: node 0 applies them, other nodes pass them on.
+      [=](pause_atom) { forward_control(self, caf::make_message(pause_atom::value)); },
+      [=](resume_atom) { forward_control(self, caf::make_message(resume_atom::value)); },
+      [=](ckpt_now_atom) { forward_control(self, caf::make_message(ckpt_now_atom::value)); },
+      [=](log_freq_atom, int64_t n) {
+        auto& s = self->state;
+        if (s.sink) self->send(s.sink, log_freq_atom::value, n);
+        else if (s.links.node0) self->send(s.links.node0, log_freq_atom::value, n);
+      },
+      [=](tick_atom) {
+        auto& s = self->state;
+        if (s.ended || !s.links.node0) return;
+        self->send(s.links.node0, board_atom::value, static_cast<int64_t>(s.links.placement.node_rank),
+                   s.board->local_snapshot());
+        self->delayed_send(self, std::chrono::seconds(1), tick_atom::value);
+      },
+      [=](board_atom, int64_t node, std::vector<actor_status> actors) {
+        self->state.board->set_remote(node, std::move(actors));
+      },
       [=](join_atom, int node, std::vector<caf::actor> node_stages, std::vector<caf::actor> node_writers) {
         auto& s = self->state;
         s.status->on_message(self->mailbox().size());

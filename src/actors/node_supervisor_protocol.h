@@ -21,5 +21,9 @@ using rdzv_atom = caf::atom_constant<caf::atom("rdzv")>;
 using join_atom = caf::atom_constant<caf::atom("join")>;
 // node 0 -> node R when the job ends: (finish_atom, int exit_code, std::string message) -> bool
 using finish_atom = caf::atom_constant<caf::atom("finish")>;
+// node R -> node 0, every second: (board_atom, int64_t node, std::vector<actor_status>) for the
+// inspection endpoint, which shows the whole job from node 0
+using board_atom = caf::atom_constant<caf::atom("board")>;
+using tick_atom = caf::atom_constant<caf::atom("tick")>;  // (tick_atom): a node's own timer
 
 }  // namespace troupe::actors

@@ -41,6 +41,13 @@ struct stage_state {
   data::DataPosition validation_start;
 };
 
+// Batches received and not yet consumed, for the inspection console.
+void publish_held_bytes(stage_state& st) {
+  uint64_t bytes = 0;
+  for (const auto& b : st.ready) bytes += b->tokens.nbytes() + b->targets.nbytes();
+  st.status->set_bytes_in_flight(bytes);
+}
+
 void run_if_ready(caf::stateful_actor<stage_state>* self) {
   auto& st = self->state;
   if (!st.pending) return;
@@ -51,6 +58,7 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
   }
   std::vector<batch_handle> micro(st.ready.begin(), st.ready.begin() + static_cast<long>(needed));
   st.ready.erase(st.ready.begin(), st.ready.begin() + static_cast<long>(needed));
+  publish_held_bytes(st);
   st.consumed = micro.back()->next;
   // Re-grant the credits now so the loader prepares the next step while this one computes.
   self->send(st.loader, credit_atom::value, static_cast<int64_t>(needed), caf::actor_cast<caf::actor>(self));
@@ -107,6 +115,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
       [=](batch_atom, batch_handle batch) {
         self->state.status->on_message(self->mailbox().size());
         self->state.ready.push_back(std::move(batch));
+        publish_held_bytes(self->state);
         run_if_ready(self);
       },
       [=](step_atom, int64_t step) -> caf::typed_response_promise<train::StepStats> {

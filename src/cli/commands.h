@@ -14,5 +14,6 @@ Action add_train_command(CLI::App& app);
 Action add_tokenizer_command(CLI::App& app);
 Action add_checkpoint_command(CLI::App& app);
 Action add_data_command(CLI::App& app);
+Action add_inspect_command(CLI::App& app);
 
 }  // namespace troupe::cli

@@ -177,6 +177,14 @@ Rule positive_or_fill() {
   return must_be<int64_t>("-1 or at least 1", [](int64_t v, auto&) { return v == -1 || v >= 1; });
 }
 
+// Anyone who can reach the port can pause the job: beyond loopback a token is required.
+Rule inspect_host_rule() {
+  return must_be<std::string>("127.0.0.1 or localhost unless inspect.token is set", [](const std::string& v,
+                                                                                      const JobConfig& cfg) {
+    return v == "127.0.0.1" || v == "localhost" || v == "::1" || !cfg.inspect.token.empty();
+  });
+}
+
 Rule decay_ratio_rule() {
   return must_be<double>("negative (decay over all steps after warmup) or in [0, 1]",
                          [](double v, auto&) { return v < 0 || (v >= 0 && v <= 1); });
@@ -343,6 +351,11 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(parallelism, pipeline_parallel_degree), not_built_yet()},
       {TROUPE_KEY(parallelism, context_parallel_degree), not_built_yet()},
       {TROUPE_KEY(parallelism, fsdp_reshard_after_forward), one_of({"default", "always", "never"})},
+      {TROUPE_KEY(inspect, enable), {}},
+      {TROUPE_KEY(inspect, host), inspect_host_rule()},
+      {TROUPE_KEY(inspect, port), must_be<int64_t>("a port in 0..65535 (0: any free port)",
+                                                   [](int64_t v, auto&) { return v >= 0 && v <= 65535; })},
+      {TROUPE_KEY(inspect, token), {}},
       {TROUPE_KEY(comm, init_timeout_seconds), at_least(1)},
       {TROUPE_KEY(comm, train_timeout_seconds), at_least(1)},
 

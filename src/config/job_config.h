@@ -106,6 +106,14 @@ struct CommSection {
   int64_t train_timeout_seconds = 100;  // any one collective or transfer
 };
 
+// The inspection endpoint every process serves (`troupe inspect`, the web page, /metrics).
+struct InspectSection {
+  bool enable = true;
+  std::string host = "127.0.0.1";  // beyond loopback needs a token
+  int64_t port = 8470;             // busy: another free port, named in the log
+  std::string token = "";          // when set, every request must carry it
+};
+
 struct ActivationCheckpointSection {
   std::string mode = "none";  // none | full | selective
   std::string selective_ac_option = "2";  // selective: recompute every Nth transformer block
@@ -122,6 +130,7 @@ struct JobConfig {
   CheckpointSection checkpoint;
   ParallelismSection parallelism;
   CommSection comm;
+  InspectSection inspect;
   ActivationCheckpointSection activation_checkpoint;
 };
 

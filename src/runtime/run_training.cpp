@@ -5,12 +5,15 @@
 
 #include <chrono>
 #include <future>
+#include <iostream>
 #include <thread>
 
 #include "actors/key_value_store.h"
 #include "actors/node_supervisor.h"
 #include "actors/node_supervisor_protocol.h"
 #include "data/tokenizer.h"
+#include "actors/metrics_sink_protocol.h"
+#include "runtime/inspect_server.h"
 #include "runtime/status_board.h"
 #include "actors/stage_protocol.h"
 #include "train/trainer.h"
@@ -63,6 +66,8 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
     sys_cfg.load<caf::io::middleman>();
     sys_cfg.add_message_type<train::StepStats>("step_stats");
     sys_cfg.add_message_type<std::vector<caf::actor>>("std::vector<actor>");
+    sys_cfg.add_message_type<actors::actor_status>("actor_status");
+    sys_cfg.add_message_type<std::vector<actors::actor_status>>("std::vector<actor_status>");
   }
   caf::actor_system sys{sys_cfg};
   const auto init_timeout = std::chrono::seconds(cfg.comm.init_timeout_seconds);
@@ -73,7 +78,7 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
     links.node0 = connect_to_node0(sys, placement, init_timeout);
     links.key_value_store = ask_key_value_store(sys, links.node0, init_timeout);
   }
-  auto board = std::make_shared<StatusBoard>();
+  auto board = std::make_shared<StatusBoard>(placement.node_rank);
   auto promise = std::make_shared<std::promise<TrainOutcome>>();
   auto result = promise->get_future();
   auto supervisor = actors::spawn_node_supervisor(sys, cfg, vocab_size, links, board, promise);
@@ -87,6 +92,21 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
       caf::anon_send(supervisor, actors::failure_atom::value,
                      "node 0 cannot listen on " + placement.rdzv_host + ":" + std::to_string(placement.rdzv_port) +
                          ": " + sys.render(port.error()));
+    }
+  }
+  // The inspection endpoint; training goes on without it if it cannot listen.
+  std::unique_ptr<InspectServer> inspect;
+  if (cfg.inspect.enable) {
+    try {
+      inspect = std::make_unique<InspectServer>(cfg, board, [supervisor](const std::string& action, int64_t value) {
+        if (action == "pause") caf::anon_send(supervisor, actors::pause_atom::value);
+        else if (action == "resume") caf::anon_send(supervisor, actors::resume_atom::value);
+        else if (action == "checkpoint") caf::anon_send(supervisor, actors::ckpt_now_atom::value);
+        else if (action == "log_freq") caf::anon_send(supervisor, actors::log_freq_atom::value, value);
+      });
+      std::cout << inspect->note() << std::endl;
+    } catch (const std::exception& e) {
+      std::cerr << "troupe: " << e.what() << "; continuing without the inspection endpoint" << std::endl;
     }
   }
   if (hooks.on_started) hooks.on_started(sys, supervisor);

@@ -1,38 +1,102 @@
 #include "runtime/status_board.h"
 
+#include <cstring>
+
 namespace troupe::runtime {
+
+namespace {
+
+bool waiting(const char* state) {
+  // "running" is the supervisor's: the job runs, the supervisor waits.
+  return std::strcmp(state, "idle") == 0 || std::strcmp(state, "running") == 0 || std::strncmp(state, "waiting", 7) == 0 ||
+         std::strcmp(state, "paused") == 0 || std::strcmp(state, "starting") == 0 || std::strcmp(state, "done") == 0;
+}
+
+}  // namespace
+
+int64_t StatusEntry::now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+StatusEntry::StatusEntry(std::string name, int64_t node) : name_(std::move(name)), node_(node), rank_(-1) {
+  // "stage[3]": kind "stage", rank 3.
+  const auto bracket = name_.find('[');
+  kind_ = name_.substr(0, bracket);
+  if (bracket != std::string::npos) rank_ = std::stoll(name_.substr(bracket + 1));
+  born_ns_ = now_ns();
+}
+
+void StatusEntry::set_state(const char* state) {
+  const auto t = now_ns();
+  const auto since = busy_since_ns_.load(std::memory_order_relaxed);
+  if (since != 0) busy_total_ns_.fetch_add(t - since, std::memory_order_relaxed);
+  busy_since_ns_.store(waiting(state) ? 0 : t, std::memory_order_relaxed);
+  state_.store(state, std::memory_order_relaxed);
+}
 
 void StatusEntry::set_error(std::string error) {
   std::lock_guard<std::mutex> lock(error_mutex_);
   last_error_ = std::move(error);
-  state_.store("failed", std::memory_order_relaxed);
+  set_state("failed");
 }
 
 actors::actor_status StatusEntry::snapshot() const {
   actors::actor_status s;
+  const auto t = now_ns();
   s.name = name_;
+  s.kind = kind_;
+  s.node = node_;
+  s.rank = rank_;
   s.state = state_.load(std::memory_order_relaxed);
   s.step = step_.load(std::memory_order_relaxed);
+  s.micro_batch = micro_batch_.load(std::memory_order_relaxed);
   s.mailbox = mailbox_.load(std::memory_order_relaxed);
   s.handled = handled_.load(std::memory_order_relaxed);
+  s.bytes_in_flight = bytes_.load(std::memory_order_relaxed);
+  const auto since = busy_since_ns_.load(std::memory_order_relaxed);
+  s.busy_seconds = 1e-9 * static_cast<double>(busy_total_ns_.load(std::memory_order_relaxed) + (since ? t - since : 0));
+  s.age_seconds = 1e-9 * static_cast<double>(t - born_ns_);
   std::lock_guard<std::mutex> lock(error_mutex_);
   s.last_error = last_error_;
   return s;
 }
 
 std::shared_ptr<StatusEntry> StatusBoard::enroll(const std::string& name) {
-  auto entry = std::make_shared<StatusEntry>(name);
+  auto entry = std::make_shared<StatusEntry>(name, node_);
   std::lock_guard<std::mutex> lock(mutex_);
   entries_.push_back(entry);
   return entry;
 }
 
-std::vector<actors::actor_status> StatusBoard::snapshot() const {
+std::vector<actors::actor_status> StatusBoard::local_snapshot() const {
   std::lock_guard<std::mutex> lock(mutex_);
   std::vector<actors::actor_status> out;
   for (const auto& weak : entries_)
     if (auto e = weak.lock()) out.push_back(e->snapshot());
   return out;
+}
+
+std::vector<actors::actor_status> StatusBoard::snapshot() const {
+  auto out = local_snapshot();
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& [node, actors] : remote_) out.insert(out.end(), actors.begin(), actors.end());
+  return out;
+}
+
+void StatusBoard::set_remote(int64_t node, std::vector<actors::actor_status> actors) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  remote_[node] = std::move(actors);
+}
+
+void StatusBoard::update_job(const std::function<void(JobStatus&)>& change) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  change(job_);
+}
+
+JobStatus StatusBoard::job() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return job_;
 }
 
 }  // namespace troupe::runtime

@@ -1,8 +1,14 @@
 // A process-wide board where every actor publishes its status with atomic stores. An actor in
-// the middle of a long computation cannot answer a message; the board can still be read.
+// the middle of a long computation cannot answer a message; the board can still be read (the
+// inspection endpoint reads only this). Node 0's board also holds the job line and the other
+// nodes' actors as they last reported them.
 #pragma once
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -14,34 +20,66 @@ namespace troupe::runtime {
 
 class StatusEntry {
  public:
-  explicit StatusEntry(std::string name) : name_(std::move(name)) {}
+  StatusEntry(std::string name, int64_t node);
   // Called at the top of every handler: counts the message, records the queue depth.
   void on_message(uint64_t mailbox_depth) {
     handled_.fetch_add(1, std::memory_order_relaxed);
     mailbox_.store(mailbox_depth, std::memory_order_relaxed);
   }
-  void set_state(const char* state) { state_.store(state, std::memory_order_relaxed); }  // static strings only
+  // Static strings only. Busy time accrues in every state but the waiting ones (idle,
+  // waiting-*, paused, starting, done).
+  void set_state(const char* state);
   void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
+  void set_micro_batch(int64_t m) { micro_batch_.store(m, std::memory_order_relaxed); }
+  void set_bytes_in_flight(uint64_t bytes) { bytes_.store(bytes, std::memory_order_relaxed); }
   void set_error(std::string error);
   actors::actor_status snapshot() const;
 
  private:
-  std::string name_;
+  static int64_t now_ns();
+  std::string name_, kind_;
+  int64_t node_, rank_;
+  int64_t born_ns_;
   std::atomic<const char*> state_{"starting"};
-  std::atomic<int64_t> step_{0};
-  std::atomic<uint64_t> mailbox_{0}, handled_{0};
+  std::atomic<int64_t> step_{0}, micro_batch_{0};
+  std::atomic<uint64_t> mailbox_{0}, handled_{0}, bytes_{0};
+  std::atomic<int64_t> busy_total_ns_{0}, busy_since_ns_{0};  // busy_since 0: not busy now
   mutable std::mutex error_mutex_;  // errors are rare; the hot path never takes it
   std::string last_error_;
 };
 
+// The job as node 0 sees it, for the console's first line.
+struct JobStatus {
+  std::string state = "starting";  // starting | running | paused | stopping | done
+  int64_t step = 0, steps = 0;
+  double loss = 0, tokens_per_second = 0, mfu = 0, eta_seconds = -1;
+  int64_t gpu_peak_active_bytes = 0;
+  int64_t log_freq = 0;
+  std::string last_checkpoint;  // "step-N" once committed
+  int64_t nodes = 1, ranks = 1;
+  // The last few hundred steps, for plots: (step, loss, tokens/s).
+  std::vector<std::array<double, 3>> history;
+};
+
 class StatusBoard {
  public:
+  explicit StatusBoard(int64_t node = 0) : node_(node) {}
   std::shared_ptr<StatusEntry> enroll(const std::string& name);
+  // This process's actors, then the other nodes' as last reported.
   std::vector<actors::actor_status> snapshot() const;
+  std::vector<actors::actor_status> local_snapshot() const;
+  void set_remote(int64_t node, std::vector<actors::actor_status> actors);
+
+  void update_job(const std::function<void(JobStatus&)>& change);
+  JobStatus job() const;
+  int64_t node() const { return node_; }
 
  private:
+  int64_t node_;
   mutable std::mutex mutex_;
   std::vector<std::weak_ptr<StatusEntry>> entries_;
+  std::map<int64_t, std::vector<actors::actor_status>> remote_;
+  JobStatus job_;
 };
 
 }  // namespace troupe::runtime

@@ -1,0 +1,151 @@
+#include "cli/inspect_view.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+
+namespace troupe::cli {
+
+namespace {
+
+const std::vector<std::string> kColumns = {"name", "node", "rank", "state", "step", "mailbox", "msgs/s", "busy%", "bytes"};
+
+std::string clock_time(double unix_seconds) {
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char out[16];
+  std::strftime(out, sizeof out, "%H:%M:%S", &tm);
+  return out;
+}
+
+std::string eta(double seconds) {
+  if (seconds < 0) return "-";
+  char out[32];
+  std::snprintf(out, sizeof out, "%dh%02dm%02ds", static_cast<int>(seconds / 3600),
+                static_cast<int>(seconds / 60) % 60, static_cast<int>(seconds) % 60);
+  return out;
+}
+
+std::string bytes(double b) {
+  char out[32];
+  if (b >= 1 << 30) std::snprintf(out, sizeof out, "%.1fG", b / (1 << 30));
+  else if (b >= 1 << 20) std::snprintf(out, sizeof out, "%.1fM", b / (1 << 20));
+  else if (b >= 1 << 10) std::snprintf(out, sizeof out, "%.1fK", b / (1 << 10));
+  else std::snprintf(out, sizeof out, "%.0f", b);
+  return out;
+}
+
+}  // namespace
+
+void InspectView::update(const nlohmann::json& status) {
+  job_ = status.at("job");
+  const double now = status.value("time", 0.0);
+  rows_.clear();
+  std::map<std::string, nlohmann::json> seen;
+  for (const auto& a : status.at("actors")) {
+    Row r{a};
+    const auto name = a.at("name").get<std::string>();
+    if (auto p = previous_.find(name); p != previous_.end()) {
+      const double dt = a.at("age_seconds").get<double>() - p->second.at("age_seconds").get<double>();
+      if (dt > 0) {
+        r.rate = (a.at("handled").get<double>() - p->second.at("handled").get<double>()) / dt;
+        r.busy = 100 * (a.at("busy_seconds").get<double>() - p->second.at("busy_seconds").get<double>()) / dt;
+      }
+    } else if (a.at("age_seconds").get<double>() > 0) {
+      r.busy = 100 * a.at("busy_seconds").get<double>() / a.at("age_seconds").get<double>();
+    }
+    auto& line = timeline_[name];
+    const auto entry = clock_time(now) + "  " + a.at("state").get<std::string>() + "  step " +
+                       std::to_string(a.at("step").get<int64_t>()) + "  mailbox " +
+                       std::to_string(a.at("mailbox").get<uint64_t>());
+    if (line.empty() || line.back().substr(10) != entry.substr(10)) line.push_back(entry);  // changes only
+    if (line.size() > 200) line.pop_front();
+    seen[name] = a;
+    rows_.push_back(std::move(r));
+  }
+  previous_ = std::move(seen);
+}
+
+std::string InspectView::job_line() const {
+  if (job_.is_null()) return "waiting for the job...";
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "%s | step %lld/%lld | loss %.4f | %.0f tok/s | MFU %.1f%% | ETA %s | last checkpoint %s | %lld node(s), "
+                "%lld rank(s) | log_freq %lld",
+                job_.value("state", "?").c_str(), static_cast<long long>(job_.value("step", 0)),
+                static_cast<long long>(job_.value("steps", 0)), job_.value("loss", 0.0),
+                job_.value("tokens_per_second", 0.0), 100 * job_.value("mfu", 0.0),
+                eta(job_.value("eta_seconds", -1.0)).c_str(),
+                job_.value("last_checkpoint", "").empty() ? "-" : job_.value("last_checkpoint", "").c_str(),
+                static_cast<long long>(job_.value("nodes", 1)), static_cast<long long>(job_.value("ranks", 1)),
+                static_cast<long long>(job_.value("log_freq", 0)));
+  return line;
+}
+
+std::string InspectView::header() const {
+  char line[256];
+  std::snprintf(line, sizeof line, "%-22s %4s %4s %-20s %8s %7s %8s %6s %8s  %s", "ACTOR", "NODE", "RANK", "STATE",
+                "STEP", "MAILBOX", "MSGS/S", "BUSY%", "BYTES", "ERROR");
+  return line;
+}
+
+std::vector<std::string> InspectView::rows(std::vector<std::string>* names) const {
+  std::vector<const Row*> order;
+  for (const auto& r : rows_) {
+    const auto name = r.actor.at("name").get<std::string>();
+    const auto state = r.actor.at("state").get<std::string>();
+    if (!filter_.empty() && name.find(filter_) == std::string::npos && state.find(filter_) == std::string::npos)
+      continue;
+    order.push_back(&r);
+  }
+  const auto& col = kColumns[sort_];
+  auto key = [&](const Row* r) -> nlohmann::json {
+    if (col == "msgs/s") return r->rate;
+    if (col == "busy%") return r->busy;
+    if (col == "bytes") return r->actor.at("bytes_in_flight");
+    return r->actor.at(col);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](const Row* a, const Row* b) {
+    // Numbers largest first (the busiest actors on top); names and states alphabetically.
+    const auto ka = key(a), kb = key(b);
+    return ka.is_string() ? ka < kb : kb < ka;
+  });
+  std::vector<std::string> out;
+  for (const auto* r : order) {
+    const auto& a = r->actor;
+    const auto rank = a.at("rank").get<int64_t>();
+    char line[512];
+    std::snprintf(line, sizeof line, "%-22s %4lld %4s %-20s %8lld %7llu %8.1f %6.0f %8s  %s",
+                  a.at("name").get<std::string>().c_str(), static_cast<long long>(a.at("node").get<int64_t>()),
+                  rank < 0 ? "-" : std::to_string(rank).c_str(), a.at("state").get<std::string>().c_str(),
+                  static_cast<long long>(a.at("step").get<int64_t>()),
+                  static_cast<unsigned long long>(a.at("mailbox").get<uint64_t>()), r->rate, r->busy,
+                  bytes(a.at("bytes_in_flight").get<double>()).c_str(), a.at("last_error").get<std::string>().c_str());
+    out.emplace_back(line);
+    if (names) names->push_back(a.at("name").get<std::string>());
+  }
+  return out;
+}
+
+std::vector<std::string> InspectView::detail(const std::string& name) const {
+  std::vector<std::string> out;
+  for (const auto& r : rows_) {
+    if (r.actor.at("name") != name) continue;
+    for (const auto& [k, v] : r.actor.items()) out.push_back("  " + k + ": " + (v.is_string() ? v.get<std::string>() : v.dump()));
+    char line[96];
+    std::snprintf(line, sizeof line, "  messages/s: %.1f   busy: %.0f%%", r.rate, r.busy);
+    out.emplace_back(line);
+  }
+  out.emplace_back("");
+  out.emplace_back("  timeline (state changes seen by this console, newest last):");
+  if (auto it = timeline_.find(name); it != timeline_.end())
+    for (const auto& e : it->second) out.push_back("  " + e);
+  return out;
+}
+
+void InspectView::next_sort() { sort_ = (sort_ + 1) % kColumns.size(); }
+const std::string& InspectView::sort_column() const { return kColumns[sort_]; }
+bool InspectView::paused() const { return job_.is_object() && job_.value("state", "") == "paused"; }
+
+}  // namespace troupe::cli

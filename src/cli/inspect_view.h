@@ -1,0 +1,47 @@
+// What `troupe inspect` shows, as text lines: the job line and one row per actor with rates
+// computed between two snapshots (messages/s, busy %), sorted and filtered; and one actor's
+// timeline as the console sampled it. Plain strings, so the ncurses console, `--once` and the
+// tests share it.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <deque>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace troupe::cli {
+
+class InspectView {
+ public:
+  // Feeds one /api/status document.
+  void update(const nlohmann::json& status);
+
+  std::string job_line() const;
+  std::string header() const;
+  // Rows in the current order and filter; `names` gets each row's actor name.
+  std::vector<std::string> rows(std::vector<std::string>* names = nullptr) const;
+  // The selected actor: its fields, and its sampled timeline (newest last).
+  std::vector<std::string> detail(const std::string& name) const;
+
+  // Sort columns: name, node, rank, state, step, mailbox, msgs/s, busy%, bytes.
+  void next_sort();
+  const std::string& sort_column() const;
+  void set_filter(std::string text) { filter_ = std::move(text); }
+  const std::string& filter() const { return filter_; }
+  bool paused() const;
+
+ private:
+  struct Row {
+    nlohmann::json actor;
+    double rate = 0, busy = 0;
+  };
+  nlohmann::json job_;
+  std::vector<Row> rows_;
+  std::map<std::string, nlohmann::json> previous_;
+  std::map<std::string, std::deque<std::string>> timeline_;  // per actor: "hh:mm:ss state step"
+  size_t sort_ = 0;
+  std::string filter_;
+};
+
+}  // namespace troupe::cli

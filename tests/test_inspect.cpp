@@ -1,0 +1,196 @@
+// The inspection endpoint of a running CPU job with 2 ranks: the actor list, pause / resume /
+// checkpoint-now / log_freq, bad and unauthenticated requests, Prometheus text; and the
+// `troupe inspect` console under tmux.
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <future>
+#include <set>
+#include <thread>
+
+#include "checkpoint/checkpoint_folder.h"
+#include "test_support.h"
+
+using namespace troupe;
+using namespace troupe::testing;
+using json = nlohmann::json;
+
+namespace {
+
+int test_port(int offset) { return 30000 + static_cast<int>(getpid() % 10000) + offset; }
+
+config::JobConfig long_job(const TempDir& dir, int port) {
+  auto c = small_job_config(dir);
+  c.job.local_ranks = 2;
+  c.training.global_batch_size = -1;
+  c.training.steps = 100000;  // ended by a stop request
+  c.metrics.log_freq = 1000;
+  c.checkpoint.enable = true;
+  c.checkpoint.interval = 100000;
+  c.inspect.port = port;
+  return c;
+}
+
+// A job running on a thread; the destructor stops it.
+class RunningJob {
+ public:
+  explicit RunningJob(config::JobConfig c) : cfg_(std::move(c)) {
+    hooks_.stop_requests = &stop_;
+    future_ = std::async(std::launch::async, [this] { return runtime::run_training(cfg_, hooks_); });
+  }
+  ~RunningJob() { stop(); }
+  runtime::TrainOutcome stop() {
+    stop_ = 1;
+    if (future_.valid()) {
+      REQUIRE(future_.wait_for(std::chrono::seconds(120)) == std::future_status::ready);
+      outcome_ = future_.get();
+    }
+    return outcome_;
+  }
+
+ private:
+  config::JobConfig cfg_;
+  std::atomic<int> stop_{0};
+  runtime::RunHooks hooks_;
+  std::future<runtime::TrainOutcome> future_;
+  runtime::TrainOutcome outcome_;
+};
+
+json get_status(httplib::Client& c) {
+  auto res = c.Get("/api/status");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  return json::parse(res->body);
+}
+
+// Polls until pred(status) holds (30 s at most).
+template <class Pred>
+json wait_until(httplib::Client& c, Pred pred, const char* what) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto res = c.Get("/api/status");  // the endpoint may not listen yet
+    if (res && res->status == 200) {
+      auto s = json::parse(res->body);
+      if (pred(s)) return s;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  FAIL("timed out waiting for " << what);
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("inspection endpoint: every rank's actors, pause, resume, checkpoint now, log_freq, bad requests",
+          "[inspect]") {
+  TempDir dir;
+  const int port = test_port(0);
+  auto cfg = long_job(dir, port);
+  RunningJob job(cfg);
+  httplib::Client c("127.0.0.1", port);
+  auto s = wait_until(c, [](const json& s) { return s["job"]["step"].get<int>() >= 2; }, "step 2");
+
+  std::set<std::string> names;
+  for (const auto& a : s["actors"]) names.insert(a["name"].get<std::string>());
+  CHECK(names == std::set<std::string>{"node_supervisor", "coordinator", "metrics_sink", "stage[0]", "stage[1]",
+                                       "data_loader[0]", "data_loader[1]", "checkpoint_writer[0]",
+                                       "checkpoint_writer[1]"});
+  CHECK(s["job"]["ranks"] == 2);
+  for (const auto& a : s["actors"])
+    if (a["kind"] == "stage") CHECK(a["rank"].get<int>() == (a["name"] == "stage[0]" ? 0 : 1));
+
+  // Pause: the step counter holds.
+  auto res = c.Post("/api/pause", "", "text/plain");
+  REQUIRE(res);
+  CHECK(res->status == 202);
+  s = wait_until(c, [](const json& s) { return s["job"]["state"] == "paused"; }, "paused");
+  const int held = s["job"]["step"];
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  CHECK(get_status(c)["job"]["step"].get<int>() == held);
+
+  // Checkpoint now (while paused: the last finished step), committed.
+  res = c.Post("/api/checkpoint", "", "text/plain");
+  REQUIRE(res);
+  CHECK(res->status == 202);
+  const auto want = "step-" + std::to_string(held);
+  wait_until(c, [&](const json& s) { return s["job"]["last_checkpoint"] == want; }, "the checkpoint");
+  CHECK(std::filesystem::exists(checkpoint::checkpoint_folder(cfg) + "/" + want + "/metadata.json"));
+
+  // Malformed requests: 4xx, and training goes on after resume.
+  CHECK(c.Get("/api/nothing")->status == 404);
+  CHECK(c.Post("/api/log_freq?value=abc", "", "text/plain")->status == 400);
+  CHECK(c.Post("/api/log_freq?value=0", "", "text/plain")->status == 400);
+  res = c.Post("/api/log_freq?value=7", "", "text/plain");
+  CHECK(res->status == 202);
+  wait_until(c, [](const json& s) { return s["job"]["log_freq"] == 7; }, "log_freq 7");
+  CHECK(c.Post("/api/resume", "", "text/plain")->status == 202);
+  wait_until(c, [&](const json& s) { return s["job"]["step"].get<int>() >= held + 2; }, "steps after resume");
+
+  // Prometheus text.
+  res = c.Get("/metrics");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK_THAT(res->body, Catch::Contains("# TYPE troupe_step gauge") && Catch::Contains("troupe_loss ") &&
+                            Catch::Contains("troupe_actor_mailbox{name=\"stage[1]\",kind=\"stage\",node=\"0\",rank=\"1\"}"));
+  // The web page is served from the binary.
+  res = c.Get("/");
+  REQUIRE(res);
+  CHECK_THAT(res->body, Catch::Contains("/api/status"));
+
+  const auto outcome = job.stop();
+  CHECK(outcome.exit_code == 0);
+}
+
+TEST_CASE("inspection endpoint: a token is required when set", "[inspect]") {
+  TempDir dir;
+  const int port = test_port(1);
+  auto cfg = long_job(dir, port);
+  cfg.inspect.token = "s3cret";
+  RunningJob job(cfg);
+  httplib::Client anonymous("127.0.0.1", port), wrong("127.0.0.1", port), owner("127.0.0.1", port);
+  wrong.set_bearer_token_auth("guess");
+  owner.set_bearer_token_auth("s3cret");
+  wait_until(owner, [](const json& s) { return s["job"]["step"].get<int>() >= 1; }, "step 1");
+  CHECK(anonymous.Get("/api/status")->status == 401);
+  CHECK(wrong.Get("/api/status")->status == 401);
+  CHECK(wrong.Post("/api/pause", "", "text/plain")->status == 401);
+  CHECK(anonymous.Get("/api/status?token=s3cret")->status == 200);
+  // The refused pause did nothing: training goes on.
+  const int step = get_status(owner)["job"]["step"];
+  wait_until(owner, [&](const json& s) { return s["job"]["step"].get<int>() >= step + 2; }, "steps");
+  CHECK(get_status(owner)["job"]["state"] == "running");
+}
+
+TEST_CASE("troupe inspect: the console under tmux shows the actor table; --once --json for scripts", "[inspect]") {
+  TempDir dir;
+  const int port = test_port(2);
+  RunningJob job(long_job(dir, port));
+  httplib::Client c("127.0.0.1", port);
+  wait_until(c, [](const json& s) { return s["job"]["step"].get<int>() >= 1; }, "step 1");
+  const auto address = "127.0.0.1:" + std::to_string(port);
+
+  const auto out = dir.file("once.json");
+  REQUIRE(run_command(troupe_binary() + " inspect " + address + " --once --json > " + out) == 0);
+  std::ifstream in(out);
+  const auto snapshot = json::parse(in);
+  CHECK(snapshot["actors"].size() == 9);
+
+  const auto session = "troupe-test-" + std::to_string(getpid());
+  REQUIRE(run_command("tmux new-session -d -s " + session + " -x 160 -y 30 '" + troupe_binary() + " inspect " +
+                      address + "'") == 0);
+  std::string screen;
+  for (int i = 0; i < 50 && screen.find("stage[1]") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const auto capture = dir.file("pane.txt");
+    run_command("tmux capture-pane -p -t " + session + " > " + capture);
+    std::ifstream pane(capture);
+    screen.assign(std::istreambuf_iterator<char>(pane), {});
+  }
+  run_command("tmux send-keys -t " + session + " q; sleep 0.3; tmux kill-session -t " + session + " 2>/dev/null");
+  INFO(screen);
+  CHECK_THAT(screen, Catch::Contains("ACTOR") && Catch::Contains("STATE") && Catch::Contains("stage[0]") &&
+                         Catch::Contains("stage[1]") && Catch::Contains("data_loader[1]") &&
+                         Catch::Contains("2 rank(s)"));
+}
