@@ -2,12 +2,15 @@
 // references, and data parallelism (FSDP, DDP, HSDP) against one rank: the same losses and the
 // same final parameters, and checkpoints saved by one layout resumed by another.
 #include <ATen/ATen.h>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
 #include <catch2/catch.hpp>
 
 #include <csignal>
 #include <fstream>
 #include <future>
 #include <map>
+#include <set>
 #include <thread>
 
 #include <unistd.h>
@@ -321,13 +324,14 @@ namespace {
 
 // The same job as dp_job, as TOML for the binary.
 std::string job_toml(const TempDir& dir, const std::string& tokens, int local_ranks, const std::string& dump, int steps,
-                     int timeout_seconds) {
+                     int timeout_seconds, int inspect_port = 0) {
   return "[job]\ndevice = \"cpu\"\ndump_folder = \"" + dir.file(dump) + "\"\nlocal_ranks = " +
          std::to_string(local_ranks) + "\n[model]\ntokenizer_path = \"" + source_dir() +
          "/data/kjv/tokenizer.json\"\n[training]\ndataset = \"tokens\"\ndataset_path = \"" + tokens +
          "\"\nlocal_batch_size = 1\nseq_len = 32\nsteps = " + std::to_string(steps) +
          "\ndeterministic = true\n[lr_scheduler]\nwarmup_steps = 3\n[metrics]\nlog_freq = 1\n[comm]\n"
-         "train_timeout_seconds = " + std::to_string(timeout_seconds) + "\n";
+         "train_timeout_seconds = " + std::to_string(timeout_seconds) + "\n[inspect]\nport = " +
+         std::to_string(inspect_port) + "\n";
 }
 
 std::vector<double> logged_losses(const std::string& dump) {
@@ -370,7 +374,8 @@ TEST_CASE("two processes on loopback, 2 ranks each, train as one rank does", "[p
 TEST_CASE("a node that dies ends the other node's job with an error within the timeout", "[parallel]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir);
-  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "killed", 100000, 5));
+  const int inspect_port = free_port() + 100;
+  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "killed", 100000, 5, inspect_port));
   for (int victim : {1, 0}) {
     SECTION("node " + std::to_string(victim) + " killed") {
       const auto rdzv = "127.0.0.1:" + std::to_string(free_port() + 1 + victim);
@@ -383,6 +388,24 @@ TEST_CASE("a node that dies ends the other node's job with an error within the t
       // Node 0 logs the steps: once training runs, kill the victim.
       std::string seen;
       REQUIRE((victim == 0 ? dies : lives).wait_for_line("step:     3", seen));
+      // Node 0's endpoint shows the whole job: node 1's ranks arrive over CAF every second.
+      httplib::Client node0_endpoint("127.0.0.1", inspect_port);
+      std::set<std::string> remote;
+      std::string last_answer;
+      for (int i = 0; i < 50 && remote.size() < 2; ++i) {
+        auto res = node0_endpoint.Get("/api/status");
+        last_answer = res ? std::to_string(res->status) : httplib::to_string(res.error());
+        if (res && res->status == 200) {
+          const auto status = nlohmann::json::parse(res->body);
+          for (const auto& a : status["actors"]) {
+            last_answer += " " + a["name"].get<std::string>() + "@" + a["node"].dump();
+            if (a["node"] == 1 && a["kind"] == "stage") remote.insert(a["name"].get<std::string>());
+          }
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      INFO("node 0's endpoint at " << inspect_port << " answered: " << last_answer);
+      CHECK(remote == std::set<std::string>{"stage[2]", "stage[3]"});
       dies.signal(SIGKILL);
       const auto killed = std::chrono::steady_clock::now();
       std::string out;

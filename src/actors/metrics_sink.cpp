@@ -104,8 +104,9 @@ std::string jsonl_path(const config::JobConfig& cfg, int rank) {
   return (std::filesystem::path(cfg.job.dump_folder) / name).string();
 }
 
+// Flushed per line: a process that must leave at once (a lost node) keeps every logged step.
 void write_line(sink_state& st, const std::string& line) {
-  st.jsonl << line << '\n';
+  st.jsonl << line << '\n' << std::flush;
   if (!st.jsonl) throw std::runtime_error("cannot write " + st.jsonl_path);
 }
 

@@ -110,7 +110,7 @@ struct CommSection {
 struct InspectSection {
   bool enable = true;
   std::string host = "127.0.0.1";  // beyond loopback needs a token
-  int64_t port = 8470;             // busy: another free port, named in the log
+  int64_t port = 8470;             // node R: port + R; busy: another free port, named in the log
   std::string token = "";          // when set, every request must carry it
 };
 

@@ -4,6 +4,7 @@
 #include <caf/io/all.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <future>
 #include <iostream>
 #include <thread>
@@ -13,6 +14,7 @@
 #include "actors/node_supervisor_protocol.h"
 #include "data/tokenizer.h"
 #include "actors/metrics_sink_protocol.h"
+#include "runtime/exit_codes.h"
 #include "runtime/inspect_server.h"
 #include "runtime/status_board.h"
 #include "actors/stage_protocol.h"
@@ -98,7 +100,10 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
   std::unique_ptr<InspectServer> inspect;
   if (cfg.inspect.enable) {
     try {
-      inspect = std::make_unique<InspectServer>(cfg, board, [supervisor](const std::string& action, int64_t value) {
+      // Node R serves inspect.port + R, so several nodes on one host do not collide.
+      auto node_cfg = cfg;
+      if (node_cfg.inspect.port > 0) node_cfg.inspect.port += placement.node_rank;
+      inspect = std::make_unique<InspectServer>(node_cfg, board, [supervisor](const std::string& action, int64_t value) {
         if (action == "pause") caf::anon_send(supervisor, actors::pause_atom::value);
         else if (action == "resume") caf::anon_send(supervisor, actors::resume_atom::value);
         else if (action == "checkpoint") caf::anon_send(supervisor, actors::ckpt_now_atom::value);
@@ -120,7 +125,16 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
   }
   if (links.key_value_store && placement.node_rank == 0)
     caf::anon_send_exit(links.key_value_store, caf::exit_reason::user_shutdown);
-  return result.get();
+  auto outcome = result.get();
+  if (several_nodes && outcome.exit_code != exit_code::ok) {
+    // A failed job of several nodes (typically a lost node) may leave this node's ranks inside a
+    // collective whose Gloo threads wait out their own timeout before they can be joined; the
+    // metrics and checkpoints are on disk already, so leave now instead of hanging in shutdown.
+    std::cout.flush();
+    std::cerr << "troupe: " << outcome.message << std::endl;
+    std::_Exit(outcome.exit_code);
+  }
+  return outcome;
   // ~actor_system waits for every actor: the supervisor has already told them all to exit.
 }
 
