@@ -99,7 +99,11 @@ TEST_CASE("inspection endpoint: every rank's actors, pause, resume, checkpoint n
                                        "checkpoint_writer[1]"});
   CHECK(s["job"]["ranks"] == 2);
   for (const auto& a : s["actors"])
-    if (a["kind"] == "stage") CHECK(a["rank"].get<int>() == (a["name"] == "stage[0]" ? 0 : 1));
+    if (a["kind"] == "stage") {
+      CHECK(a["rank"].get<int>() == (a["name"] == "stage[0]" ? 0 : 1));
+      CHECK(a["micro_batch"].get<int>() == 1);  // one micro-batch per step in this job
+      CHECK(a["step"].get<int>() >= 2);
+    }
 
   // Pause: the step counter holds.
   auto res = c.Post("/api/pause", "", "text/plain");

@@ -152,6 +152,33 @@ TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
       CHECK(rel(got[1], ref.dx) < bound(dtype));
       CHECK(rel(got[2], ref.dweight) < bound(dtype));
     }
+    for (auto [rows, dim] : std::vector<std::pair<int64_t, int64_t>>{{37, 2048}, {5, 100}}) {
+      INFO("rmsnorm with the residual stream threaded through, rows " << rows << " dim " << dim);
+      auto x = torch::randn({rows, dim}), a = torch::randn({rows, dim}), w = 1 + 0.1 * torch::randn({dim});
+      auto dn = torch::randn({rows, dim}), dh = torch::randn({rows, dim});
+      auto xg = on_gpu(x, dtype).requires_grad_(), ag = on_gpu(a, dtype).requires_grad_();
+      auto wg = on_gpu(w, at::kFloat).requires_grad_();
+      auto [h, n] = kernels::add_rms_norm(xg, ag, wg, 1e-5);
+      torch::autograd::backward({h, n}, {on_gpu(dh, dtype), on_gpu(dn, dtype)});
+      // The kernel rounds h to the storage dtype before normalising it, as a separate add would.
+      auto h_seen = as_seen(as_seen(x, dtype) + as_seen(a, dtype), dtype);
+      auto ref = rmsnorm_ref(h_seen, as_seen(w, dtype), as_seen(dn, dtype), 1e-5f);
+      auto dx_ref = ref.dx + as_seen(dh, dtype);
+      CHECK(rel(h, h_seen) < bound(dtype));
+      CHECK(rel(n, ref.out) < bound(dtype));
+      CHECK(rel(xg.grad(), dx_ref) < bound(dtype));
+      CHECK(rel(ag.grad(), dx_ref) < bound(dtype));
+      CHECK(rel(wg.grad(), ref.dweight) < bound(dtype));
+
+      auto xr = on_gpu(x, dtype).requires_grad_(), wr = on_gpu(w, at::kFloat).requires_grad_();
+      auto [through, n1] = kernels::rms_norm_residual(xr, wr, 1e-5);
+      torch::autograd::backward({through, n1}, {on_gpu(dh, dtype), on_gpu(dn, dtype)});
+      auto ref1 = rmsnorm_ref(as_seen(x, dtype), as_seen(w, dtype), as_seen(dn, dtype), 1e-5f);
+      CHECK(rel(through, as_seen(x, dtype)) == 0);
+      CHECK(rel(n1, ref1.out) < bound(dtype));
+      CHECK(rel(xr.grad(), ref1.dx + as_seen(dh, dtype)) < bound(dtype));
+      CHECK(rel(wr.grad(), ref1.dweight) < bound(dtype));
+    }
     for (auto shape : std::vector<std::vector<int64_t>>{{1, 1, 1, 2}, {2, 17, 4, 64}, {4, 512, 32, 64}, {1, 64, 8, 128}}) {
       INFO("rotary " << c10::IntArrayRef(shape));
       auto x = torch::randn(shape), dout = torch::randn(shape);
@@ -185,6 +212,60 @@ TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
       CHECK(std::abs(got[0].item<double>() - ref.loss) / ref.loss < bound(dtype));
       CHECK(rel(got[1], ref.dhidden) < bound(dtype));
       CHECK(rel(got[2], ref.dweight) < bound(dtype));
+    }
+    {
+      INFO("swiglu on views 2 bytes past a 16-byte boundary (element-wise path)");
+      const int64_t n = 4099;
+      auto g = 3 * torch::randn({n + 1}), u = torch::randn({n + 1}), dout = torch::randn({n});
+      auto got = run_op([](auto& in) { return kernels::swiglu(in[0], in[1]); },
+                        {on_gpu(g, dtype).narrow(0, 1, n), on_gpu(u, dtype).narrow(0, 1, n)}, on_gpu(dout, dtype));
+      auto ref = swiglu_ref(as_seen(g.narrow(0, 1, n), dtype), as_seen(u.narrow(0, 1, n), dtype), as_seen(dout, dtype));
+      CHECK(rel(got[0], ref.out) < bound(dtype));
+      CHECK(rel(got[1], ref.dgate) < bound(dtype));
+      CHECK(rel(got[2], ref.dup) < bound(dtype));
+    }
+    {
+      INFO("linear cross-entropy with ignored targets (the mean's divisor counted on the device)");
+      const int64_t rows = 300, vocab = 5000, dim = 64;
+      auto h = torch::randn({rows, dim}), w = 0.2 * torch::randn({vocab, dim});
+      auto targets = torch::randint(0, vocab, {rows}, torch::kLong);
+      targets.narrow(0, 0, 77).fill_(-100);
+      auto got = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets.cuda(), 128); },
+                        {on_gpu(h, dtype), on_gpu(w, at::kFloat)}, torch::ones({}).cuda());
+      // The ATen composition on the CPU in fp64 (mean over the counted rows).
+      auto want = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets); },
+                         {as_seen(h, dtype).to(torch::kDouble), as_seen(w, dtype).to(torch::kDouble)},
+                         torch::ones({}, torch::kDouble));
+      CHECK(std::abs(got[0].item<double>() - want[0].item<double>()) / want[0].item<double>() < bound(dtype));
+      CHECK(rel(got[1], want[1]) < bound(dtype));
+      CHECK(rel(got[2], want[2]) < bound(dtype));
+    }
+  }
+  {
+    INFO("mixed-precision linear: bf16 activations, fp32 master weight, fp32 weight gradient");
+    auto x = torch::randn({3, 50, 96}), w = 0.1 * torch::randn({80, 96}), dout = torch::randn({3, 50, 80});
+    auto got = run_op([](auto& in) { return kernels::linear(in[0], in[1]); },
+                      {on_gpu(x, at::kBFloat16), w.cuda()}, on_gpu(dout, at::kBFloat16));
+    CHECK(got[2].scalar_type() == at::kFloat);
+    auto want = run_op([](auto& in) { return at::linear(in[0], in[1]); },
+                       {as_seen(x, at::kBFloat16).to(torch::kDouble), as_seen(w, at::kBFloat16).to(torch::kDouble)},
+                       as_seen(dout, at::kBFloat16).to(torch::kDouble));
+    CHECK(rel(got[0], want[0]) < 1e-2);
+    CHECK(rel(got[1], want[1]) < 1e-2);
+    CHECK(rel(got[2], want[2]) < 1e-2);
+  }
+  {
+    INFO("linear group: x's gradient accumulated over three projections by the GEMMs");
+    auto x = torch::randn({2, 40, 64}), dout = torch::randn({2, 40, 48 + 16 + 16});
+    std::vector<at::Tensor> ws{0.1 * torch::randn({48, 64}), 0.1 * torch::randn({16, 64}), 0.1 * torch::randn({16, 64})};
+    auto group = [](auto& in) { return at::cat(kernels::linear_group(in[0], {in[1], in[2], in[3]}), -1); };
+    auto got = run_op(group, {on_gpu(x, at::kBFloat16), ws[0].cuda(), ws[1].cuda(), ws[2].cuda()},
+                      on_gpu(dout, at::kBFloat16));
+    auto seen = [](const at::Tensor& t) { return as_seen(t, at::kBFloat16).to(torch::kDouble); };
+    auto want = run_op(group, {seen(x), seen(ws[0]), seen(ws[1]), seen(ws[2])}, seen(dout));
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO("result " << i);
+      CHECK(rel(got[i], want[i]) < 1e-2);
     }
   }
 }

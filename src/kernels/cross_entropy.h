@@ -2,7 +2,9 @@
 // [tokens, vocab] logits never exist at once (the caller feeds chunks of rows).
 // logits: [rows, vocab] in `dtype`, overwritten in place by grad_scale · (softmax − onehot)
 // when grad_scale != 0; targets: [rows] int64 (a negative target ignores the row: loss 0,
-// gradient 0); losses: [rows] fp32, −log softmax[target].
+// gradient 0); losses: [rows] fp32, −log softmax[target]. `device_scale`, when not null, points
+// to one fp32 on the device that multiplies grad_scale (a scale known only on the device, such
+// as 1 / the number of counted targets, without a host sync).
 #pragma once
 
 #include <cstdint>
@@ -12,7 +14,8 @@
 namespace troupe::kernels {
 
 void cross_entropy_forward_backward(Dtype dtype, void* logits, float* losses, const int64_t* targets, int64_t rows,
-                                    int64_t vocab, float grad_scale, cudaStream_t stream);
+                                    int64_t vocab, float grad_scale, cudaStream_t stream,
+                                    const float* device_scale = nullptr);
 
 void cross_entropy_ref(float* logits, float* losses, const int64_t* targets, int64_t rows, int64_t vocab,
                        float grad_scale);

@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+#include <initializer_list>
 #include <stdexcept>
 
 #include "kernels/element_types.h"
@@ -49,6 +51,56 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   __syncthreads();
   v = lane < warps ? scratch[lane] : -INFINITY;
   return warp_max(v);
+}
+
+// 16 bytes of T, moved by one 128-bit load or store. The elementwise kernels are bound by memory
+// bandwidth, and a 2-byte bf16 access per thread keeps too few bytes in flight to saturate HBM.
+template <class T>
+struct alignas(16) Pack {
+  static constexpr int size = 16 / sizeof(T);
+  T v[size];
+};
+
+template <class T>
+__device__ __forceinline__ Pack<T> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T>*>(p);
+}
+template <class T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T>& x) {
+  *reinterpret_cast<Pack<T>*>(p) = x;
+}
+
+// P consecutive elements as floats: one 16-byte access when P is a pack's size (p aligned),
+// element by element otherwise.
+template <int P, class T>
+__device__ __forceinline__ void load_floats(const T* p, float (&f)[P]) {
+  if constexpr (P == Pack<T>::size) {
+    const auto k = load_pack(p);
+#pragma unroll
+    for (int j = 0; j < P; ++j) f[j] = to_float(k.v[j]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < P; ++j) f[j] = to_float(p[j]);
+  }
+}
+template <int P, class T>
+__device__ __forceinline__ void store_floats(T* p, const float (&f)[P]) {
+  if constexpr (P == Pack<T>::size) {
+    Pack<T> k;
+#pragma unroll
+    for (int j = 0; j < P; ++j) k.v[j] = from_float<T>(f[j]);
+    store_pack(p, k);
+  } else {
+#pragma unroll
+    for (int j = 0; j < P; ++j) p[j] = from_float<T>(f[j]);
+  }
+}
+
+// Host side: whether every pointer may be accessed by whole packs (null ones are not accessed).
+inline bool pack_aligned(std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs)
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
+  return true;
 }
 
 // Calls f(T{}) with T the storage type of `dtype`.

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+
 #ifdef TROUPE_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 
@@ -57,30 +59,97 @@ bool use_kernels(const at::Tensor& x) {
 
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
+// RMSNorm on the kernels. With `residual`, normalises h = x + residual and writes h to `sum`.
+at::Tensor norm_forward(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& rstd,
+                        const at::Tensor& residual = {}, const at::Tensor& sum = {}) {
+  const auto dim = x.size(-1), rows = x.numel() / dim;
+  auto out = at::empty_like(x);
+  rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+  rmsnorm_forward(kernel_dtype(x), out.data_ptr(), rstd.data_ptr<float>(), x.data_ptr(), w.data_ptr(), rows, dim,
+                  static_cast<float>(eps), stream(), residual.defined() ? residual.data_ptr() : nullptr,
+                  sum.defined() ? sum.data_ptr() : nullptr);
+  return out;
+}
+
+// dx of RMSNorm (plus `dresidual` when defined); the weight's gradient in `weight_dtype`.
+std::pair<at::Tensor, at::Tensor> norm_backward(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& w,
+                                                const at::Tensor& rstd, at::ScalarType weight_dtype,
+                                                const at::Tensor& dresidual = {}) {
+  const auto dim = x.size(-1), rows = x.numel() / dim;
+  auto d = dout.contiguous();
+  auto dres = dresidual.defined() ? dresidual.contiguous() : at::Tensor();
+  auto dx = at::empty_like(x);
+  auto dweight = at::zeros({dim}, x.options().dtype(at::kFloat));
+  rmsnorm_backward(kernel_dtype(x), dx.data_ptr(), dweight.data_ptr<float>(), d.data_ptr(), x.data_ptr(), w.data_ptr(),
+                   rstd.data_ptr<float>(), rows, dim, stream(), dres.defined() ? dres.data_ptr() : nullptr);
+  return {dx, dweight.to(weight_dtype)};
+}
+
+// The three norm functions save (input or h, the weight in the compute dtype, rstd) and the
+// master weight's dtype, and differentiate through norm_backward.
+void save_norm(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& w, const at::Tensor& rstd,
+               const at::Tensor& weight) {
+  ctx->save_for_backward({input, w, rstd});
+  ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> saved_norm_backward(AutogradContext* ctx, const at::Tensor& dout,
+                                                      const at::Tensor& dresidual = {}) {
+  auto saved = ctx->get_saved_variables();
+  const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+  return norm_backward(dout, saved[0], saved[1], saved[2], weight_dtype, dresidual);
+}
+
 struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps) {
     auto xc = x.contiguous();
     auto w = weight.to(x.scalar_type()).contiguous();
-    const auto dim = x.size(-1), rows = x.numel() / dim;
-    auto out = at::empty_like(xc);
-    auto rstd = at::empty({rows}, x.options().dtype(at::kFloat));
-    rmsnorm_forward(kernel_dtype(xc), out.data_ptr(), rstd.data_ptr<float>(), xc.data_ptr(), w.data_ptr(), rows, dim,
-                    static_cast<float>(eps), stream());
-    ctx->save_for_backward({xc, w, rstd});
-    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    at::Tensor rstd;
+    auto out = norm_forward(xc, w, eps, rstd);
+    save_norm(ctx, xc, w, rstd, weight);
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const auto &x = saved[0], &w = saved[1], &rstd = saved[2];
-    auto dout = grads[0].contiguous();
-    const auto dim = x.size(-1), rows = x.numel() / dim;
-    auto dx = at::empty_like(x);
-    auto dweight = at::zeros({dim}, x.options().dtype(at::kFloat));
-    rmsnorm_backward(kernel_dtype(x), dx.data_ptr(), dweight.data_ptr<float>(), dout.data_ptr(), x.data_ptr(),
-                     w.data_ptr(), rstd.data_ptr<float>(), rows, dim, stream());
-    const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-    return {dx, dweight.to(weight_dtype), at::Tensor()};
+    auto [dx, dweight] = saved_norm_backward(ctx, grads[0]);
+    return {dx, dweight, at::Tensor()};
+  }
+};
+
+// The two norms of a pre-norm block with the residual stream passed through them, so that the
+// stream's gradient joins the norm's dx inside the backward kernel instead of in separate adds.
+//   RmsNormResidualFn(x, w)    -> (x, rmsnorm(x))           x passes through unchanged
+//   AddRmsNormFn(x, a, w)      -> (h, rmsnorm(h)), h = x + a, the add fused into the norm
+struct RmsNormResidualFn : torch::autograd::Function<RmsNormResidualFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps) {
+    auto xc = x.contiguous();
+    auto w = weight.to(x.scalar_type()).contiguous();
+    at::Tensor rstd;
+    auto out = norm_forward(xc, w, eps, rstd);
+    save_norm(ctx, xc, w, rstd, weight);
+    return {x, out};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[1].defined()) return {grads[0], at::Tensor(), at::Tensor()};
+    auto [dx, dweight] = saved_norm_backward(ctx, grads[1], grads[0]);
+    return {dx, dweight, at::Tensor()};
+  }
+};
+
+struct AddRmsNormFn : torch::autograd::Function<AddRmsNormFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
+                               double eps) {
+    auto xc = x.contiguous(), ac = a.contiguous();
+    auto w = weight.to(x.scalar_type()).contiguous();
+    auto h = at::empty_like(xc);
+    at::Tensor rstd;
+    auto out = norm_forward(xc, w, eps, rstd, ac, h);
+    save_norm(ctx, h, w, rstd, weight);
+    return {h, out};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[1].defined()) return {grads[0], grads[0], at::Tensor(), at::Tensor()};
+    auto [dh, dweight] = saved_norm_backward(ctx, grads[1], grads[0]);
+    return {dh, dh, dweight, at::Tensor()};
   }
 };
 
@@ -121,9 +190,49 @@ struct SwigluFn : torch::autograd::Function<SwigluFn> {
   }
 };
 
+// Mixed-precision projections of one input: the fp32 master weights are cast to the
+// activations' dtype for the GEMMs, and each weight gradient comes out of its GEMM in fp32 (fp32
+// accumulation written as fp32) instead of being rounded to bf16 and cast back, which saves a
+// pass over every weight gradient per step. The input's gradient from all the projections is
+// accumulated by the GEMMs themselves (beta = 1), not by separate adds.
+struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights) {
+    variable_list to_save{x}, outs;
+    for (const auto& weight : weights) {
+      auto w = weight.to(x.scalar_type());
+      outs.push_back(at::linear(x, w));
+      to_save.push_back(std::move(w));
+    }
+    ctx->save_for_backward(to_save);
+    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weights.front().scalar_type());
+    return outs;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+    const auto x2 = x.reshape({-1, x.size(-1)});
+    variable_list out(grads.size() + 1);
+    at::Tensor dx;  // [rows, in]
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (!grads[i].defined()) continue;
+      const auto& w = saved[i + 1];
+      const auto dy = grads[i].reshape({-1, grads[i].size(-1)});
+      if (ctx->needs_input_grad(0)) {
+        if (dx.defined()) dx.addmm_(dy, w);
+        else dx = at::mm(dy, w);
+      }
+      if (ctx->needs_input_grad(i + 1)) out[i + 1] = at::mm(dy.t(), x2, weight_dtype);
+    }
+    if (dx.defined()) out[0] = dx.view(x.sizes());
+    return out;
+  }
+};
+
 // The loss is the graph's last op, so its gradient is known up to the incoming scalar: the
 // forward computes d(mean loss)/d(hidden) and /d(weight) chunk by chunk while each chunk of
-// logits exists, and the backward only scales them.
+// logits exists, and the backward only scales them. The mean's divisor (the number of
+// counted targets) stays on the device: the kernel reads it there, so the host never waits.
 struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const at::Tensor& targets, int64_t chunk_rows) {
@@ -134,20 +243,26 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
     auto w = weight.to(h.scalar_type()).contiguous();
     auto losses = at::empty({rows}, h.options().dtype(at::kFloat));
     auto dh = at::empty_like(h);
-    auto dw = at::zeros({vocab, dim}, weight.options().dtype(at::kFloat));
-    const float grad_scale = 1.f / static_cast<float>(std::max<int64_t>(1, (t >= 0).sum().item<int64_t>()));
+    auto dw = at::empty({vocab, dim}, weight.options().dtype(at::kFloat));
+    const auto inv_count = (t >= 0).sum().clamp_min(1).to(at::kFloat).reciprocal();
     for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
       const auto n = std::min(chunk_rows, rows - r0);
       auto hc = h.narrow(0, r0, n);
       auto logits = at::mm(hc, w.t());  // [n, vocab] in the compute dtype; becomes its own gradient
       cross_entropy_forward_backward(kernel_dtype(logits), logits.data_ptr(), losses.narrow(0, r0, n).data_ptr<float>(),
-                                     t.narrow(0, r0, n).data_ptr<int64_t>(), n, vocab, grad_scale, stream());
-      dh.narrow(0, r0, n).copy_(at::mm(logits, w));
-      at::addmm_out(dw, dw, logits.t(), hc, at::kFloat);  // fp32 accumulation across chunks
+                                     t.narrow(0, r0, n).data_ptr<int64_t>(), n, vocab, 1.f, stream(),
+                                     inv_count.data_ptr<float>());
+      auto dh_chunk = dh.narrow(0, r0, n);
+      at::mm_out(dh_chunk, logits, w);
+      // fp32 accumulation across chunks; the first chunk writes dw without reading it.
+      if (r0 == 0)
+        at::mm_out(dw, logits.t(), hc, at::kFloat);
+      else
+        at::addmm_out(dw, dw, logits.t(), hc, at::kFloat);
     }
     ctx->save_for_backward({dh.view(hidden.sizes()), dw});
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
-    return losses.sum() * grad_scale;
+    return losses.sum() * inv_count;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
@@ -168,6 +283,28 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return rms_norm_reference(x, weight, eps);
 }
 
+std::pair<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& weight, double eps) {
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(x)) {
+    auto out = RmsNormResidualFn::apply(x, weight, eps);
+    return {out[0], out[1]};
+  }
+#endif
+  return {x, rms_norm_reference(x, weight, eps)};
+}
+
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
+                                               double eps) {
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(x) && a.scalar_type() == x.scalar_type() && a.sizes() == x.sizes()) {
+    auto out = AddRmsNormFn::apply(x, a, weight, eps);
+    return {out[0], out[1]};
+  }
+#endif
+  auto h = x + a;
+  return {h, rms_norm_reference(h, weight, eps)};
+}
+
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
 #ifdef TROUPE_WITH_CUDA
   TORCH_CHECK(cos.device() == x.device() && sin.device() == x.device(), "rotary: tables on ", cos.device(),
@@ -186,6 +323,21 @@ at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) {
 #endif
   return at::silu(gate) * up;
 }
+
+std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights) {
+#ifdef TROUPE_WITH_CUDA
+  // Weights in fp32 (masters) or already in x's dtype (gathered FSDP shards), all alike.
+  const auto wdtype = weights.empty() ? at::kFloat : weights.front().scalar_type();
+  const bool alike = std::all_of(weights.begin(), weights.end(), [&](const auto& w) { return w.scalar_type() == wdtype; });
+  if (use_kernels(x) && !weights.empty() && alike && (wdtype == at::kFloat || wdtype == x.scalar_type()))
+    return LinearGroupFn::apply(x, weights);
+#endif
+  std::vector<at::Tensor> out;
+  for (const auto& w : weights) out.push_back(at::linear(x, w.to(x.scalar_type())));
+  return out;
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight) { return linear_group(x, {weight}).front(); }
 
 at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
                                 int64_t chunk_rows) {

@@ -4,15 +4,33 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <utility>
+#include <vector>
+
 namespace troupe::kernels {
 
 // Normalises in fp32, returns x's dtype; weight is cast to x's dtype first.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// A pre-norm block's norms with the residual stream threaded through, so that on CUDA the
+// stream's gradient is added inside the norm's backward kernel (no separate adds):
+//   rms_norm_residual(x, w)  -> {x, rms_norm(x, w)}
+//   add_rms_norm(x, a, w)    -> {h, rms_norm(h, w)} with h = x + a (the add fused in the forward)
+std::pair<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& weight, double eps);
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
+                                               double eps);
+
 // x: [batch, seq, heads, head_dim]; cos/sin: [>= seq, head_dim/2] fp32 (or fp64 for fp64 x).
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up);
+
+// x · weightᵀ with weight cast to x's dtype. On CUDA, each weight gradient is produced in the
+// weight's dtype by its GEMM (fp32 masters: no bf16 rounding and cast back).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight);
+// The projections of one input (q/k/v, gate/up): one output per weight; on CUDA, x's gradient
+// is accumulated by the backward GEMMs rather than by adds.
+std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights);
 
 // Mean cross-entropy of (hidden · weightᵀ) against targets. On CUDA the logits are formed
 // `chunk_rows` rows at a time and their gradient is computed with the loss, so the full

@@ -6,30 +6,45 @@ namespace troupe::kernels {
 
 namespace {
 
-// One thread per rotated pair; `direction` is +1 for the forward rotation and −1 for its inverse.
-template <class T>
-__global__ void rotary_kernel(T* out, const T* x, const float* cos, const float* sin, int64_t pairs, int64_t seq,
+// One thread per P elements (P/2 rotated pairs of one head): a 16-byte pack where head_dim
+// allows, else one pair. `direction` is +1 for the forward rotation and −1 for its inverse.
+template <class T, int P>
+__global__ void rotary_kernel(T* out, const T* x, const float* cos, const float* sin, int64_t n, int64_t seq,
                               int64_t heads, int64_t half, float direction) {
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= pairs) return;
-  const int64_t i = p % half;
-  const int64_t s = (p / (half * heads)) % seq;
-  const float c = cos[s * half + i], sn = direction * sin[s * half + i];
-  const float x0 = to_float(x[2 * p]), x1 = to_float(x[2 * p + 1]);
-  out[2 * p] = from_float<T>(x0 * c - x1 * sn);
-  out[2 * p + 1] = from_float<T>(x0 * sn + x1 * c);
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * P;
+  if (first >= n) return;
+  const int64_t p0 = first / 2;
+  const int64_t i0 = p0 % half;
+  const int64_t s = (p0 / (half * heads)) % seq;
+  float v[P];
+  load_floats<P>(x + first, v);
+#pragma unroll
+  for (int j = 0; j < P / 2; ++j) {
+    const float c = cos[s * half + i0 + j], sn = direction * sin[s * half + i0 + j];
+    const float x0 = v[2 * j], x1 = v[2 * j + 1];
+    v[2 * j] = x0 * c - x1 * sn;
+    v[2 * j + 1] = x0 * sn + x1 * c;
+  }
+  store_floats<P>(out + first, v);
 }
 
 void launch(Dtype dtype, void* out, const void* x, const float* cos, const float* sin, int64_t batch, int64_t seq,
             int64_t heads, int64_t head_dim, float direction, cudaStream_t stream) {
-  const int64_t half = head_dim / 2, pairs = batch * seq * heads * half;
-  if (pairs == 0) return;
+  const int64_t half = head_dim / 2, n = batch * seq * heads * head_dim;
+  if (n == 0) return;
   constexpr int threads = 256;
-  const auto blocks = static_cast<unsigned>((pairs + threads - 1) / threads);
   dispatch_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    rotary_kernel<T><<<blocks, threads, 0, stream>>>(static_cast<T*>(out), static_cast<const T*>(x), cos, sin, pairs,
-                                                     seq, heads, half, direction);
+    auto o = static_cast<T*>(out);
+    auto xp = static_cast<const T*>(x);
+    constexpr int P = Pack<T>::size;
+    if (head_dim % P == 0 && pack_aligned({out, x})) {
+      const auto blocks = static_cast<unsigned>((n / P + threads - 1) / threads);
+      rotary_kernel<T, P><<<blocks, threads, 0, stream>>>(o, xp, cos, sin, n, seq, heads, half, direction);
+    } else {
+      const auto blocks = static_cast<unsigned>((n / 2 + threads - 1) / threads);
+      rotary_kernel<T, 2><<<blocks, threads, 0, stream>>>(o, xp, cos, sin, n, seq, heads, half, direction);
+    }
   });
   TROUPE_CUDA_CHECK_LAUNCH();
 }

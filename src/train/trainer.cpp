@@ -173,6 +173,7 @@ struct Trainer::Impl {
   std::vector<at::Tensor> params;
   std::unique_ptr<AdamW> optimizer;
   std::unique_ptr<parallel::ShardedUnits> sharded;  // null on one rank
+  std::function<void(int64_t)> progress;
   std::unique_ptr<UnitExecutor> executor;
   int64_t accumulation = 1;
   int64_t lr_offset = 0;
@@ -185,6 +186,7 @@ Trainer::Trainer(const config::JobConfig& cfg, int64_t vocab_size, parallel::Ran
 Trainer::~Trainer() = default;
 
 int64_t Trainer::micro_batches_per_step() const { return impl_->accumulation; }
+void Trainer::on_micro_batch(std::function<void(int64_t)> progress) { impl_->progress = std::move(progress); }
 models::llama3::Llama3Model& Trainer::model() { return *impl_->model; }
 std::string Trainer::device() const { return impl_->device; }
 
@@ -203,7 +205,9 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   if (m.gpu >= 0) runtime::reset_gpu_memory_peaks(m.gpu);
   // The losses stay on the device until the end so that the host never waits mid-step.
   std::vector<at::Tensor> losses;
+  int64_t micro = 0;
   for (const auto& b : micro_batches) {
+    if (m.progress) m.progress(++micro);
     models::UnitBatch ub{b->tokens.to(dev, /*non_blocking=*/true), b->targets.to(dev, /*non_blocking=*/true)};
     losses.push_back(m.executor->forward(ub));
     m.executor->backward(1.0 / static_cast<double>(m.accumulation));

@@ -1,6 +1,7 @@
 // The training core of one rank: the model as units, the optimizer, the LR schedule, gradient
 // accumulation and clipping. The stage actor owns one; the benchmark drives one without actors.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,8 @@ class Trainer {
 
   // Micro-batches per optimizer step (gradient accumulation).
   int64_t micro_batches_per_step() const;
+  // Called with 1, 2, ... as each micro-batch of a step begins (the inspection console shows it).
+  void on_micro_batch(std::function<void(int64_t)> progress);
   // The returned loss and grad norm are the whole job's (averaged over data-parallel ranks);
   // tokens and FLOPs are this rank's.
   StepStats step(int64_t step, const std::vector<std::shared_ptr<const data::Batch>>& micro_batches);

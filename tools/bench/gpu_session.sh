@@ -7,7 +7,8 @@ out=${OUT:-gpu-logs}
 mkdir -p "$out"
 source .device/gpu-env.sh
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-{ time cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTROUPE_GPU_TESTS=ON \
+# CMAKE_ARGS: extra configure arguments, e.g. -DCMAKE_CXX_FLAGS=... for a dependency the machine lacks.
+{ time cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTROUPE_GPU_TESTS=ON ${CMAKE_ARGS:-} \
     && time cmake --build build-gpu -j16; } > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 tail -3 "$out/build.log"
 (cd build-gpu && ctest -R "${TESTS:-gpu|kernels|oracle|model|gradients}" --output-on-failure) > "$out/ctest.log" 2>&1

@@ -42,6 +42,21 @@ int main(int argc, char** argv) {
   speed->add_option("--warmup", warmup, "steps left out of the figures")->capture_default_str();
   benchmarks.push_back({speed, [&](const config::JobConfig& cfg) { return bench::throughput(cfg, warmup); }});
 
+  int64_t profile_vocab = 128256, profile_warmup = 4, profile_steps = 3;
+  std::string trace_path;
+  auto* profile = add_benchmark(app, "step-profile", "plain-loop step time and the GPU kernels of a few steps",
+                                config_path);
+  profile->add_option("--vocab", profile_vocab, "vocabulary of the random tokens")->capture_default_str();
+  profile->add_option("--warmup", profile_warmup, "steps before the timed ones")->capture_default_str();
+  profile->add_option("--steps", profile_steps, "timed steps, then as many profiled")->capture_default_str();
+  profile->add_option("--trace", trace_path, "write the Chrome trace here");
+  bool cudnn_attention = false;
+  profile->add_flag("--cudnn-attention", cudnn_attention, "SDPA's cuDNN backend on (the trainer turns it off)");
+  benchmarks.push_back({profile, [&](const config::JobConfig& cfg) {
+                          return bench::step_profile(cfg, profile_vocab, profile_warmup, profile_steps, trace_path,
+                                                     cudnn_attention);
+                        }});
+
   int saves = 5;
   auto* blocking = add_benchmark(app, "checkpoint-blocking",
                                  "training time blocked per checkpoint: async snapshots vs a synchronous save", config_path);

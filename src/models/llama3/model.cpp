@@ -15,9 +15,9 @@ class Projection : public torch::nn::Module {
  public:
   Projection(int64_t in, int64_t out, const at::TensorOptions& o)
       : weight(register_parameter("weight", torch::empty({out, in}, o))) {}
-  // Mixed precision: the fp32 master weight is cast to the activations' dtype; autograd casts
-  // its gradient back to fp32.
-  at::Tensor forward(const at::Tensor& x) const { return at::linear(x, weight.to(x.scalar_type())); }
+  // Mixed precision: the fp32 master weight is cast to the activations' dtype; its gradient
+  // arrives in fp32 (kernels::linear).
+  at::Tensor forward(const at::Tensor& x) const { return kernels::linear(x, weight); }
   at::Tensor weight;
 };
 
@@ -26,6 +26,7 @@ class RMSNorm : public torch::nn::Module {
   RMSNorm(int64_t dim, double eps, const at::TensorOptions& o)
       : weight(register_parameter("weight", torch::ones({dim}, o))), eps_(eps) {}
   at::Tensor forward(const at::Tensor& x) const { return kernels::rms_norm(x, weight, eps_); }
+  double eps() const { return eps_; }
   at::Tensor weight;
 
  private:
@@ -44,9 +45,10 @@ class Attention : public torch::nn::Module {
 
   at::Tensor forward(const at::Tensor& x, const RotaryTables& rope) const {
     const auto B = x.size(0), S = x.size(1);
-    auto q = kernels::rotary(wq->forward(x).view({B, S, n_heads_, head_dim_}), rope.cos, rope.sin);
-    auto k = kernels::rotary(wk->forward(x).view({B, S, n_kv_heads_, head_dim_}), rope.cos, rope.sin);
-    auto v = wv->forward(x).view({B, S, n_kv_heads_, head_dim_});
+    auto qkv = kernels::linear_group(x, {wq->weight, wk->weight, wv->weight});
+    auto q = kernels::rotary(qkv[0].view({B, S, n_heads_, head_dim_}), rope.cos, rope.sin);
+    auto k = kernels::rotary(qkv[1].view({B, S, n_kv_heads_, head_dim_}), rope.cos, rope.sin);
+    auto v = qkv[2].view({B, S, n_kv_heads_, head_dim_});
     // Grouped-query attention inside SDPA (each kv head serves n_heads/n_kv_heads consecutive
     // q heads) instead of materialising the repeated k and v.
     auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -70,7 +72,8 @@ class FeedForward : public torch::nn::Module {
     w3 = register_module("w3", std::make_shared<Projection>(a.dim, hidden, o));
   }
   at::Tensor forward(const at::Tensor& x) const {
-    return w2->forward(kernels::swiglu(w1->forward(x), w3->forward(x)));
+    auto gate_up = kernels::linear_group(x, {w1->weight, w3->weight});
+    return w2->forward(kernels::swiglu(gate_up[0], gate_up[1]));
   }
   std::shared_ptr<Projection> w1, w2, w3;
 };
@@ -100,8 +103,12 @@ class TransformerBlock : public Unit {
     ffn_norm = register_module("ffn_norm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o));
   }
   at::Tensor forward(const at::Tensor& x, const UnitBatch&) override {
-    auto h = x + attention->forward(attention_norm->forward(x), *rope_);
-    return h + feed_forward->forward(ffn_norm->forward(h));
+    // h = x + attention(norm(x)); out = h + feed_forward(norm(h)), with the residual stream
+    // threaded through the norms (their backward adds its gradient; see kernels/ops.h).
+    auto [x_through, attn_in] = kernels::rms_norm_residual(x, attention_norm->weight, attention_norm->eps());
+    auto [h, ffn_in] = kernels::add_rms_norm(x_through, attention->forward(attn_in, *rope_), ffn_norm->weight,
+                                            ffn_norm->eps());
+    return h + feed_forward->forward(ffn_in);
   }
 
   int64_t layer_id;
