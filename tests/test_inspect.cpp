@@ -103,6 +103,10 @@ TEST_CASE("inspection endpoint: every rank's actors, pause, resume, checkpoint n
       CHECK(a["rank"].get<int>() == (a["name"] == "stage[0]" ? 0 : 1));
       CHECK(a["micro_batch"].get<int>() == 1);  // one micro-batch per step in this job
       CHECK(a["step"].get<int>() >= 2);
+      // Its recent messages include the coordinator's step requests.
+      bool saw_step = false;
+      for (const auto& m : a["recent_messages"]) saw_step = saw_step || m.get<std::string>().find("step") != std::string::npos;
+      CHECK(saw_step);
     }
 
   // Pause: the step counter holds.

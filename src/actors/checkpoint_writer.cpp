@@ -74,7 +74,7 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
   return {
       [=](write_atom, snapshot_handle snap, caf::actor coordinator) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         s.status->set_state("writing");
         uint64_t held = 0;
         for (const auto& t : snap->tensors) held += t.host.nbytes();
@@ -98,7 +98,7 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
       [=](commit_atom, int64_t step, const std::string& tmp_dir,
           const std::vector<std::string>& records) -> caf::result<std::string> {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         s.status->set_state("committing");
         try {
           auto summary = commit(self, step, tmp_dir, records);
@@ -111,7 +111,7 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
         }
       },
       [=](status_atom) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         return self->state.status->snapshot();
       },
   };

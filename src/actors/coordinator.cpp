@@ -303,13 +303,13 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, std::vector<caf:
   st.status->set_state("idle");
   return {
       [=](start_atom) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         self->state.started = true;
         if (!self->state.finished) begin(self);
       },
       [=](stop_atom, const std::string& reason) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (s.stop_reason.empty()) s.stop_reason = reason;
         // Once started, the running step, save or validation finishes first and the flow stops
         // at its next turn (continue_after / run_step).
@@ -321,14 +321,14 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, std::vector<caf:
       },
       [=](pause_atom) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (s.paused || s.finished) return;
         s.paused = true;
         log(self, "pause requested: holding after the running step");
       },
       [=](resume_atom) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (!s.paused) return;
         s.paused = false;
         log(self, "resumed");
@@ -339,7 +339,7 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, std::vector<caf:
       },
       [=](ckpt_now_atom) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (s.writers.empty()) return log(self, "checkpoint requested, but checkpoint.enable is false");
         if (s.finished) return;
         // Between steps (paused) the last finished step is saved now; otherwise the running one
@@ -350,14 +350,14 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, std::vector<caf:
       },
       [=](written_atom, int64_t step, const std::string& record, const std::string& error) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (!s.saving || s.saving->step != step) return;  // from a save that already failed
         if (!error.empty()) return save_failed(self, step, error);
         s.saving->shard_records.push_back(record);
         commit_when_complete(self);
       },
       [=](status_atom) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         return self->state.status->snapshot();
       },
   };

@@ -28,7 +28,7 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
   return {
       [=](credit_atom, int64_t n, caf::actor consumer) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (!s.source) return;  // failed at start; the supervisor is already told
         s.status->set_state("producing");
         for (int64_t i = 0; i < n; ++i)
@@ -38,7 +38,7 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
       },
       [=](seek_atom, const data::DataPosition& pos) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (!s.source) return;
         try {
           s.source->seek(pos);
@@ -49,7 +49,7 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
         }
       },
       [=](status_atom) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         return self->state.status->snapshot();
       },
   };

@@ -159,7 +159,7 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
   return {
       [=](metrics_atom, train::StepStats stats) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         s.status->set_step(stats.step);
         const auto rss = runtime::resident_bytes();
         s.tokens_since_log += stats.tokens;
@@ -184,7 +184,7 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
       },
       [=](validation_atom, int64_t step, double loss) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         const double perplexity = std::exp(loss);
         if (s.jsonl.is_open()) {
           try {
@@ -203,25 +203,25 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
       },
       [=](log_freq_atom, int64_t n) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (n < 1) return;
         s.log_freq = n;
         s.board->update_job([&](runtime::JobStatus& j) { j.log_freq = n; });
         std::cout << "metrics: log_freq is now " << n << std::endl;
       },
       [=](log_atom, const std::string& line) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         std::cout << line << std::endl;
       },
       [=](flush_atom) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (s.jsonl.is_open()) s.jsonl.flush();
         std::cout.flush();
         return !s.jsonl.is_open() || static_cast<bool>(s.jsonl);
       },
       [=](status_atom) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         return self->state.status->snapshot();
       },
   };

@@ -102,7 +102,7 @@ void end_job(self_ptr self, runtime::TrainOutcome outcome) {
 
 void forward_control(self_ptr self, caf::message control) {
   auto& s = self->state;
-  s.status->on_message(self->mailbox().size());
+  s.status->on_message(self);
   if (s.coordinator) self->send(s.coordinator, std::move(control));
   else if (s.links.node0) self->send(s.links.node0, std::move(control));
 }
@@ -200,13 +200,13 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
   return {
       [=](start_atom) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         s.started = true;
         if (s.coordinator) self->send(s.coordinator, start_atom::value);
       },
       [=](stop_atom, std::string reason) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         s.status->set_state("stopping");
         // The step clock is node 0's: a stop on another node is passed there.
         if (s.coordinator) self->send(s.coordinator, stop_atom::value, std::move(reason));
@@ -235,7 +235,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
       },
       [=](join_atom, int node, std::vector<caf::actor> node_stages, std::vector<caf::actor> node_writers) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (node < 1 || node >= static_cast<int>(s.stages_of.size()) || !s.stages_of[node].empty()) {
           if (!s.ended)
             end_job(self, {runtime::exit_code::failed,
@@ -258,7 +258,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
       },
       [=](finish_atom, int exit_code, std::string message) {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (!s.ended) {
           s.ended = true;
           s.status->set_state("done");
@@ -267,21 +267,21 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
         return true;
       },
       [=](done_atom, int exit_code, std::string message, std::vector<train::StepStats> steps) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         end_job(self, {exit_code, std::move(message), std::move(steps)});
       },
       [=](failure_atom, std::string what) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         // A rank of another node failed: that node ends, node 0 ends the job.
         if (self->state.links.node0) self->send(self->state.links.node0, failure_atom::value, what);
         end_job(self, {runtime::exit_code::failed, std::move(what), {}});
       },
       [=](children_atom) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         return self->state.children;
       },
       [=](status_atom) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         return self->state.status->snapshot();
       },
   };

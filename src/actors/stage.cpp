@@ -114,14 +114,14 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
   }
   return {
       [=](batch_atom, batch_handle batch) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         self->state.ready.push_back(std::move(batch));
         publish_held_bytes(self->state);
         run_if_ready(self);
       },
       [=](step_atom, int64_t step) -> caf::typed_response_promise<train::StepStats> {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         auto promise = self->make_response_promise<train::StepStats>();
         if (!s.trainer) {
           promise.deliver(caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error));
@@ -133,7 +133,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
       },
       [=](validate_atom, int64_t step) -> caf::result<double> {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (!s.trainer) return caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error);
         if (!s.validation) return caf::make_error(caf::sec::runtime_error, "validation is not enabled");
         s.status->set_state("validating");
@@ -151,14 +151,14 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
       },
       [=](restored_atom) -> caf::result<int64_t, std::string> {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (!s.trainer) return caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error);
         return {s.restored.step, s.restored.message};
       },
       [=](snapshot_atom, int64_t step, const std::string& tmp_dir, bool model_only, const std::string& dtype,
           caf::actor writer) -> caf::result<double> {
         auto& s = self->state;
-        s.status->on_message(self->mailbox().size());
+        s.status->on_message(self);
         if (!s.trainer) return caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error);
         s.status->set_state("snapshot");
         try {
@@ -177,7 +177,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
         }
       },
       [=](status_atom) {
-        self->state.status->on_message(self->mailbox().size());
+        self->state.status->on_message(self);
         return self->state.status->snapshot();
       },
   };

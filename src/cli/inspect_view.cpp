@@ -132,7 +132,13 @@ std::vector<std::string> InspectView::detail(const std::string& name) const {
   std::vector<std::string> out;
   for (const auto& r : rows_) {
     if (r.actor.at("name") != name) continue;
-    for (const auto& [k, v] : r.actor.items()) out.push_back("  " + k + ": " + (v.is_string() ? v.get<std::string>() : v.dump()));
+    for (const auto& [k, v] : r.actor.items()) {
+      if (k == "recent_messages") continue;
+      out.push_back("  " + k + ": " + (v.is_string() ? v.get<std::string>() : v.dump()));
+    }
+    out.emplace_back("");
+    out.emplace_back("  recent messages (oldest first):");
+    for (const auto& m : r.actor.value("recent_messages", nlohmann::json::array())) out.push_back("    " + m.get<std::string>());
     char line[96];
     std::snprintf(line, sizeof line, "  messages/s: %.1f   busy: %.0f%%", r.rate, r.busy);
     out.emplace_back(line);

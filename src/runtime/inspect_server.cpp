@@ -42,7 +42,8 @@ nlohmann::json actor_json(const actors::actor_status& a) {
           {"busy_seconds", a.busy_seconds},
           {"age_seconds", a.age_seconds},
           {"bytes_in_flight", a.bytes_in_flight},
-          {"last_error", a.last_error}};
+          {"last_error", a.last_error},
+          {"recent_messages", a.recent_messages}};
 }
 
 std::string labels(const actors::actor_status& a) {

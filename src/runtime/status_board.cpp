@@ -1,5 +1,6 @@
 #include "runtime/status_board.h"
 
+#include <cstdio>
 #include <cstring>
 
 namespace troupe::runtime {
@@ -35,6 +36,26 @@ void StatusEntry::set_state(const char* state) {
   state_.store(state, std::memory_order_relaxed);
 }
 
+namespace {
+constexpr size_t kRecent = 8;
+constexpr size_t kLongest = 96;  // characters of a message kept
+}  // namespace
+
+void StatusEntry::remember(const caf::type_erased_tuple& message) {
+  // The atom and the small values; a large one (a step history) is cut.
+  std::string text = "(";
+  for (size_t i = 0; i < message.size() && text.size() < kLongest; ++i) {
+    auto part = message.stringify(i);
+    if (part.size() > 40) part = part.substr(0, 37) + "...";
+    text += (i ? ", " : "") + part;
+  }
+  text += message.size() > 0 ? ")" : "()";
+  std::lock_guard<std::mutex> lock(error_mutex_);
+  if (recent_.size() < kRecent) recent_.push_back({now_ns(), std::move(text)});
+  else recent_[next_recent_] = {now_ns(), std::move(text)};
+  next_recent_ = (next_recent_ + 1) % kRecent;
+}
+
 void StatusEntry::set_error(std::string error) {
   std::lock_guard<std::mutex> lock(error_mutex_);
   last_error_ = std::move(error);
@@ -59,6 +80,13 @@ actors::actor_status StatusEntry::snapshot() const {
   s.age_seconds = 1e-9 * static_cast<double>(t - born_ns_);
   std::lock_guard<std::mutex> lock(error_mutex_);
   s.last_error = last_error_;
+  // Oldest first.
+  for (size_t i = 0; i < recent_.size(); ++i) {
+    const auto& h = recent_[(next_recent_ + i) % recent_.size()];
+    char ago[32];
+    std::snprintf(ago, sizeof ago, "%.1fs ago: ", 1e-9 * static_cast<double>(t - h.at_ns));
+    s.recent_messages.push_back(ago + h.text);
+  }
   return s;
 }
 

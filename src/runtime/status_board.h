@@ -26,6 +26,12 @@ class StatusEntry {
     handled_.fetch_add(1, std::memory_order_relaxed);
     mailbox_.store(mailbox_depth, std::memory_order_relaxed);
   }
+  // The same, and the message itself joins the actor's recent ones (the console's detail view).
+  template <class Actor>
+  void on_message(Actor* self) {
+    on_message(self->mailbox().size());
+    if (auto* element = self->current_mailbox_element()) remember(element->content());
+  }
   // Static strings only. Busy time accrues in every state but the waiting ones (idle,
   // waiting-*, paused, starting, done).
   void set_state(const char* state);
@@ -46,6 +52,13 @@ class StatusEntry {
   std::atomic<int64_t> busy_total_ns_{0}, busy_since_ns_{0};  // busy_since 0: not busy now
   mutable std::mutex error_mutex_;  // errors are rare; the hot path never takes it
   std::string last_error_;
+  struct Heard {
+    int64_t at_ns;
+    std::string text;
+  };
+  std::vector<Heard> recent_;  // a ring of kRecent, under error_mutex_
+  size_t next_recent_ = 0;
+  void remember(const caf::type_erased_tuple& message);
 };
 
 // The job as node 0 sees it, for the console's first line.
