@@ -198,7 +198,8 @@ TEST_CASE("troupe inspect: the console under tmux shows the actor table; --once 
   }
   run_command("tmux send-keys -t " + session + " q; sleep 0.3; tmux kill-session -t " + session + " 2>/dev/null");
   INFO(screen);
-  CHECK_THAT(screen, Catch::Contains("ACTOR") && Catch::Contains("STATE") && Catch::Contains("stage[0]") &&
+  CHECK_THAT(screen, Catch::Contains("ACTOR") && Catch::Contains("KIND") && Catch::Contains("STEP:MB") &&
+                         Catch::Contains("checkpoint_writer") && Catch::Contains("stage[0]") &&
                          Catch::Contains("stage[1]") && Catch::Contains("data_loader[1]") &&
                          Catch::Contains("2 rank(s)"));
 }

@@ -8,7 +8,7 @@ namespace troupe::cli {
 
 namespace {
 
-const std::vector<std::string> kColumns = {"name", "node", "rank", "state", "step", "mailbox", "msgs/s", "busy%", "bytes"};
+const std::vector<std::string> kColumns = {"name", "kind", "node", "rank", "state", "step", "mailbox", "msgs/s", "busy%", "bytes"};
 
 std::string clock_time(double unix_seconds) {
   const std::time_t t = static_cast<std::time_t>(unix_seconds);
@@ -85,8 +85,8 @@ std::string InspectView::job_line() const {
 
 std::string InspectView::header() const {
   char line[256];
-  std::snprintf(line, sizeof line, "%-22s %4s %4s %-20s %8s %7s %8s %6s %8s  %s", "ACTOR", "NODE", "RANK", "STATE",
-                "STEP", "MAILBOX", "MSGS/S", "BUSY%", "BYTES", "ERROR");
+  std::snprintf(line, sizeof line, "%-22s %-17s %4s %4s %-20s %9s %7s %8s %6s %8s  %s", "ACTOR", "KIND", "NODE", "RANK",
+                "STATE", "STEP:MB", "MAILBOX", "MSGS/S", "BUSY%", "BYTES", "ERROR");
   return line;
 }
 
@@ -115,11 +115,14 @@ std::vector<std::string> InspectView::rows(std::vector<std::string>* names) cons
   for (const auto* r : order) {
     const auto& a = r->actor;
     const auto rank = a.at("rank").get<int64_t>();
+    // The step, and the micro-batch within it where the actor reports one.
+    const auto micro = a.value("micro_batch", int64_t{0});
+    const auto step = std::to_string(a.at("step").get<int64_t>()) + (micro > 0 ? ":" + std::to_string(micro) : "");
     char line[512];
-    std::snprintf(line, sizeof line, "%-22s %4lld %4s %-20s %8lld %7llu %8.1f %6.0f %8s  %s",
-                  a.at("name").get<std::string>().c_str(), static_cast<long long>(a.at("node").get<int64_t>()),
-                  rank < 0 ? "-" : std::to_string(rank).c_str(), a.at("state").get<std::string>().c_str(),
-                  static_cast<long long>(a.at("step").get<int64_t>()),
+    std::snprintf(line, sizeof line, "%-22s %-17s %4lld %4s %-20s %9s %7llu %8.1f %6.0f %8s  %s",
+                  a.at("name").get<std::string>().c_str(), a.at("kind").get<std::string>().c_str(),
+                  static_cast<long long>(a.at("node").get<int64_t>()), rank < 0 ? "-" : std::to_string(rank).c_str(),
+                  a.at("state").get<std::string>().c_str(), step.c_str(),
                   static_cast<unsigned long long>(a.at("mailbox").get<uint64_t>()), r->rate, r->busy,
                   bytes(a.at("bytes_in_flight").get<double>()).c_str(), a.at("last_error").get<std::string>().c_str());
     out.emplace_back(line);

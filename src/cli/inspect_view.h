@@ -24,7 +24,7 @@ class InspectView {
   // The selected actor: its fields, and its sampled timeline (newest last).
   std::vector<std::string> detail(const std::string& name) const;
 
-  // Sort columns: name, node, rank, state, step, mailbox, msgs/s, busy%, bytes.
+  // Sort columns: name, kind, node, rank, state, step, mailbox, msgs/s, busy%, bytes.
   void next_sort();
   const std::string& sort_column() const;
   void set_filter(std::string text) { filter_ = std::move(text); }
