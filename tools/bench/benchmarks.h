@@ -12,8 +12,9 @@ int tokenizer_speed(const config::JobConfig& cfg, const std::string& text_path, 
 int loader_throughput(const config::JobConfig& cfg, int64_t batches, double consumed_tps);
 int checkpoint_blocking(const config::JobConfig& cfg, int rounds);
 int throughput(const config::JobConfig& cfg, int64_t warmup);
-// Tokens/s with an inspection client polling as the console does vs none, alternating rounds.
-int inspect_overhead(const config::JobConfig& cfg, int rounds);
+// Tokens/s with an inspection client polling as the console does vs none, in alternate windows
+// of `window` seconds of one run.
+int inspect_overhead(const config::JobConfig& cfg, double window);
 // Plain-loop step time and the GPU kernels of `steps` profiled steps (random tokens of `vocab`),
 // optionally with SDPA's cuDNN backend switched back on.
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,

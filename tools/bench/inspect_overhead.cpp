@@ -1,69 +1,64 @@
-// Tokens/s with the inspection console attached (a client polling /api/status every second, as
-// `troupe inspect` does, and /api/history every two, as the web page does) vs no client, in
-// alternating rounds of one invocation.
+// Tokens/s with the inspection console attached vs not, in one run: a client polls /api/status
+// every second (as `troupe inspect` does) and /api/history every two (as the web page does)
+// during alternate windows of `window` seconds; each step counts for the window it ran in (its
+// time reconstructed from the step durations back from the end of the run), steps near a window
+// edge and the warm-up are left out.
 #include <httplib.h>
 
-#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <thread>
-#include <vector>
 
 #include "bench/benchmarks.h"
 #include "runtime/run_training.h"
 
 namespace troupe::bench {
 
-namespace {
-
-double tokens_per_second(const runtime::TrainOutcome& out, int64_t warmup) {
-  double seconds = 0, tokens = 0;
-  for (const auto& s : out.steps)
-    if (s.step > warmup) {
-      seconds += s.wall_seconds;
-      tokens += static_cast<double>(s.tokens);
-    }
-  return seconds > 0 ? tokens / seconds : 0;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-}  // namespace
-
-int inspect_overhead(const config::JobConfig& base, int rounds) {
+int inspect_overhead(const config::JobConfig& base, double window) {
   auto cfg = base;
   cfg.inspect.enable = true;
-  const int64_t warmup = std::min<int64_t>(3, cfg.training.steps - 1);
-  std::vector<double> off, on;
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  auto since_start = [&](clock::time_point t) { return std::chrono::duration<double>(t - start).count(); };
+  auto attached_at = [&](double t) { return static_cast<int64_t>(std::floor(t / window)) % 2 == 1; };
+  std::atomic<bool> done{false};
   int64_t polls = 0;
-  for (int r = 0; r < rounds; ++r) {
-    // Alternate which goes first, so that drift over the run does not favour either.
-    for (bool attached : r % 2 == 0 ? std::vector<bool>{false, true} : std::vector<bool>{true, false}) {
-      std::atomic<bool> done{false};
-      std::thread console;
-      if (attached)
-        console = std::thread([&] {
-          httplib::Client c("127.0.0.1", static_cast<int>(cfg.inspect.port));
-          for (int tick = 0; !done; ++tick) {
-            if (c.Get("/api/status")) ++polls;
-            if (tick % 2 == 0) c.Get("/api/history");
-            for (int i = 0; i < 10 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-          }
-        });
-      const auto outcome = runtime::run_training(cfg);
-      done = true;
-      if (console.joinable()) console.join();
-      if (outcome.exit_code != 0) throw std::runtime_error("training failed: " + outcome.message);
-      (attached ? on : off).push_back(tokens_per_second(outcome, warmup));
+  std::thread console([&] {
+    httplib::Client c("127.0.0.1", static_cast<int>(cfg.inspect.port));
+    for (int tick = 0; !done; ++tick) {
+      if (attached_at(since_start(clock::now()))) {
+        if (c.Get("/api/status")) ++polls;
+        if (tick % 2 == 0) c.Get("/api/history");
+      }
+      std::this_thread::sleep_for(std::chrono::seconds(1));
     }
+  });
+  const auto outcome = runtime::run_training(cfg);
+  const double end = since_start(clock::now());
+  done = true;
+  console.join();
+  if (outcome.exit_code != 0) throw std::runtime_error("training failed: " + outcome.message);
+  double t = end, seconds[2] = {0, 0}, tokens[2] = {0, 0};
+  int64_t steps[2] = {0, 0};
+  for (auto it = outcome.steps.rbegin(); it != outcome.steps.rend(); ++it) {
+    const double finished = t, began = t - it->wall_seconds;
+    t = began;
+    if (it->step <= 3) continue;  // warm-up
+    const double edge = 0.3 * window;
+    if (std::floor((began - edge) / window) != std::floor((finished + edge) / window)) continue;
+    const int on = attached_at(0.5 * (began + finished)) ? 1 : 0;
+    seconds[on] += it->wall_seconds;
+    tokens[on] += static_cast<double>(it->tokens);
+    ++steps[on];
   }
-  const double a = median(off), b = median(on);
-  std::printf("| console | tokens/s (median of %d) | ratio |\n|---|---|---|\n", rounds);
-  std::printf("| not attached | %.0f | 1.000 |\n| attached (%lld status polls) | %.0f | %.3f |\n", a,
-              static_cast<long long>(polls), b, b / a);
+  if (steps[0] == 0 || steps[1] == 0) throw std::runtime_error("too few steps in each window: train longer");
+  const double off_tps = tokens[0] / seconds[0], on_tps = tokens[1] / seconds[1];
+  std::printf("| console | steps | tokens/s | ratio |\n|---|---|---|---|\n");
+  std::printf("| not attached | %lld | %.0f | 1.000 |\n", static_cast<long long>(steps[0]), off_tps);
+  std::printf("| attached (%lld status polls) | %lld | %.0f | %.4f |\n", static_cast<long long>(polls),
+              static_cast<long long>(steps[1]), on_tps, on_tps / off_tps);
   return 0;
 }
 

@@ -38,12 +38,13 @@ int main(int argc, char** argv) {
   overhead->add_option("--rounds", rounds, "alternating rounds of each path")->capture_default_str();
   benchmarks.push_back({overhead, [&](const config::JobConfig& cfg) { return bench::actor_overhead(cfg, rounds); }});
 
-  int inspect_rounds = 3;
-  auto* inspect = add_benchmark(app, "inspect-overhead", "tokens/s with the inspection console attached vs not",
-                                config_path);
-  inspect->add_option("--rounds", inspect_rounds, "alternating rounds of each")->capture_default_str();
+  double inspect_window = 5;
+  auto* inspect = add_benchmark(app, "inspect-overhead",
+                                "tokens/s with the inspection console attached vs not, in one run", config_path);
+  inspect->add_option("--window", inspect_window, "seconds attached, then as many detached, and so on")
+      ->capture_default_str();
   benchmarks.push_back(
-      {inspect, [&](const config::JobConfig& cfg) { return bench::inspect_overhead(cfg, inspect_rounds); }});
+      {inspect, [&](const config::JobConfig& cfg) { return bench::inspect_overhead(cfg, inspect_window); }});
 
   auto* speed = add_benchmark(app, "throughput", "tokens/s, MFU and peak memory of training (JSON + table)", config_path);
   speed->add_option("--warmup", warmup, "steps left out of the figures")->capture_default_str();
