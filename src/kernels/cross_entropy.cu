@@ -69,13 +69,6 @@ __global__ void cross_entropy_kernel(T* logits, float* losses, const int64_t* ta
   }
 }
 
-int device_sm_count() {
-  int device = 0, sms = 0;
-  TROUPE_CUDA_CHECK(cudaGetDevice(&device));
-  TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
 }  // namespace
 
 // ----------------------------------------------------------------------------------------------

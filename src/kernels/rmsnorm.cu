@@ -176,13 +176,6 @@ void launch_backward(const BackwardArgs<T>& a, unsigned blocks, size_t shared, c
                                                a.dresidual);
 }
 
-int device_sm_count() {
-  int device = 0, sms = 0;
-  TROUPE_CUDA_CHECK(cudaGetDevice(&device));
-  TROUPE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
 }  // namespace
 
 // ----------------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ struct ShardedUnits::Unit {
     int64_t rows = 0, row_numel = 1, chunk_rows = 0;
     int64_t shard_offset = 0;  // in the flat shard
     int64_t full_offset = 0;   // in the flat gathered buffer
+    // Rank r's rows: [first, first + count), count < chunk_rows (or 0) past the end.
+    std::pair<int64_t, int64_t> rows_of(int64_t r) const {
+      const int64_t first = std::min(rows, r * chunk_rows);
+      return {first, std::min(rows, first + chunk_rows) - first};
+    }
   };
   std::vector<Param> params;
   int64_t shard_numel = 0, full_numel = 0;
@@ -92,8 +97,7 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
       const auto& p = q.module_param;
       const auto it = name_of.find(p.unsafeGetTensorImpl());
       if (it == name_of.end()) throw std::logic_error("FSDP: a unit parameter is not among the model's parameters");
-      const int64_t first = std::min(q.rows, shard_rank_ * q.chunk_rows);
-      const int64_t mine = std::min(q.rows, first + q.chunk_rows) - first;
+      const auto [first, mine] = q.rows_of(shard_rank_);
       auto chunk = u->master.narrow(0, q.shard_offset, q.chunk_rows * q.row_numel).view({q.chunk_rows, q.row_numel});
       if (mine > 0) chunk.narrow(0, 0, mine).copy_(p.reshape({q.rows, q.row_numel}).narrow(0, first, mine));
       std::vector<int64_t> chunk_shape = p.sizes().vec();
@@ -143,8 +147,7 @@ void ShardedUnits::wait_gathered(size_t i) {
       continue;
     }
     for (int64_t r = 0; r < S; ++r) {
-      const int64_t first = std::min(q.rows, r * q.chunk_rows);
-      const int64_t n = std::min(q.rows, first + q.chunk_rows) - first;
+      const auto [first, n] = q.rows_of(r);
       if (n > 0) whole.narrow(0, first, n).copy_(pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}));
     }
   }
@@ -196,8 +199,7 @@ void ShardedUnits::after_backward(size_t i) {
         pieces.view({S, q.chunk_rows, q.row_numel}).copy_(whole.view({S, q.chunk_rows, q.row_numel}));
       } else {
         for (int64_t r = 0; r < S; ++r) {
-          const int64_t first = std::min(q.rows, r * q.chunk_rows);
-          const int64_t n = std::min(q.rows, first + q.chunk_rows) - first;
+          const auto [first, n] = q.rows_of(r);
           if (n > 0) pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(whole.narrow(0, first, n));
         }
       }

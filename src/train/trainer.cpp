@@ -126,7 +126,7 @@ struct Trainer::Impl {
     if (device.starts_with("cuda")) {
       gpu = c10::cuda::current_device();
       peak_flops = runtime::peak_bf16_flops(runtime::cuda_device_name(gpu));
-      if (cfg.training.mixed_precision_param == "bfloat16") model->set_compute_dtype(at::kBFloat16);
+      model->set_compute_dtype(precision("mixed_precision_param", cfg.training.mixed_precision_param));
       // Flash attention for SDPA: the cuDNN backend fails to create its handle from libtorch's
       // C++ API on the GPU machine (CUDNN_STATUS_INTERNAL_ERROR), and flash is what the peer uses.
       at::globalContext().setSDPUseCuDNN(false);
