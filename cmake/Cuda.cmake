@@ -26,14 +26,30 @@ if(TROUPE_CUDA AND CCACHE)
   set(CMAKE_CUDA_COMPILER_LAUNCHER ${CCACHE})
 endif()
 
-# NCCL: the toolkit's copy here and in CI; the nvidia.nccl wheel's on the GPU machine
-# (NCCL_INCLUDE_DIR / NCCL_LIBRARY from ../shared/device/gpu-env.sh), the one libtorch loads.
+# NCCL: the nvidia-nccl wheel that torch pulls in (the copy libtorch itself loads, so one process
+# never holds two NCCLs), else the toolkit's. NCCL_INCLUDE_DIR / NCCL_LIBRARY override both
+# (../shared/device/gpu-env.sh sets them on the GPU machine).
 if(TROUPE_CUDA)
-  find_path(TROUPE_NCCL_INCLUDE nccl.h HINTS $ENV{NCCL_INCLUDE_DIR} ${CUDAToolkit_INCLUDE_DIRS} REQUIRED)
+  execute_process(COMMAND python3 -c "import nvidia.nccl as n; print(list(n.__path__)[0])"
+                  OUTPUT_VARIABLE TROUPE_NCCL_WHEEL OUTPUT_STRIP_TRAILING_WHITESPACE
+                  RESULT_VARIABLE TROUPE_NCCL_WHEEL_RESULT ERROR_QUIET)
+  if(NOT TROUPE_NCCL_WHEEL_RESULT EQUAL 0)
+    set(TROUPE_NCCL_WHEEL "")
+  endif()
+  find_path(TROUPE_NCCL_INCLUDE nccl.h
+            HINTS $ENV{NCCL_INCLUDE_DIR} ${TROUPE_NCCL_WHEEL}/include ${CUDAToolkit_INCLUDE_DIRS}
+                  /usr/local/cuda/include)
   if(DEFINED ENV{NCCL_LIBRARY})
     set(TROUPE_NCCL_LIBRARY $ENV{NCCL_LIBRARY})
   else()
-    find_library(TROUPE_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} REQUIRED)
+    find_library(TROUPE_NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+                 HINTS ${TROUPE_NCCL_WHEEL}/lib ${CUDAToolkit_LIBRARY_DIR} /usr/local/cuda/lib64
+                       /usr/local/cuda/lib)
+  endif()
+  if(NOT TROUPE_NCCL_INCLUDE OR NOT TROUPE_NCCL_LIBRARY)
+    message(FATAL_ERROR "NCCL not found (header: ${TROUPE_NCCL_INCLUDE}, library: "
+            "${TROUPE_NCCL_LIBRARY}). pip install torch==2.11.0 brings it (nvidia-nccl), or set "
+            "NCCL_INCLUDE_DIR and NCCL_LIBRARY, or configure with -DTROUPE_CUDA=OFF.")
   endif()
   message(STATUS "Troupe: NCCL ${TROUPE_NCCL_INCLUDE} ${TROUPE_NCCL_LIBRARY}")
 endif()
