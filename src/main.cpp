@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
       troupe::cli::add_checkpoint_command(app),
       troupe::cli::add_data_command(app),
       troupe::cli::add_inspect_command(app),
+      troupe::cli::add_schedule_command(app),
   };
   try {
     app.parse(argc, argv);

@@ -331,8 +331,7 @@ TEST_CASE("unsupported features are rejected with a reason", "[config]") {
   TempDir dir;
   CHECK_THAT(override_error(dir, "activation_checkpoint.selective_ac_option", "op"),
              Contains("'op' is not implemented yet"));
-  for (const auto& key : {"parallelism.tensor_parallel_degree", "parallelism.pipeline_parallel_degree",
-                          "parallelism.context_parallel_degree"}) {
+  for (const auto& key : {"parallelism.tensor_parallel_degree", "parallelism.context_parallel_degree"}) {
     INFO(key);
     CHECK_THAT(override_error(dir, key, "2"), Contains("not implemented yet") && Contains("got 2"));
   }
@@ -340,6 +339,12 @@ TEST_CASE("unsupported features are rejected with a reason", "[config]") {
 
 TEST_CASE("parallelism keys: data-parallel degrees, reshard policy, local ranks, timeouts", "[config]") {
   TempDir dir;
+  CHECK_THAT(override_error(dir, "parallelism.pipeline_parallel_schedule", "2F2B"), Contains("one of GPipe | 1F1B"));
+  CHECK_THAT(override_error(dir, "parallelism.pipeline_parallel_microbatch_size", "0"), Contains("at least 1"));
+  CHECK_THAT(override_error(dir, "parallelism.pipeline_parallel_split_points", "layers.4,layers.2"),
+             Contains("increasing N"));
+  CHECK_THAT(override_error(dir, "parallelism.pipeline_parallel_split_points", "blocks.4"),
+             Contains("layers.N"));
   CHECK_THAT(override_error(dir, "parallelism.data_parallel_shard_degree", "0"), Contains("-1 or at least 1"));
   CHECK_THAT(override_error(dir, "parallelism.data_parallel_replicate_degree", "-1"), Contains("at least 1"));
   CHECK_THAT(override_error(dir, "parallelism.fsdp_reshard_after_forward", "sometimes"),

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <set>
 #include <stdexcept>
 
 namespace troupe::checkpoint {
@@ -13,18 +14,25 @@ TensorMap parameters_of(torch::nn::Module& module) {
 }
 
 void load_parameters(torch::nn::Module& module, const TensorMap& tensors) {
-  auto params = module.named_parameters();
-  for (const auto& item : params) {
-    auto it = tensors.find(item.key());
-    if (it == tensors.end()) throw std::runtime_error("tensor '" + item.key() + "' is missing");
-    if (it->second.sizes() != item.value().sizes())
-      throw std::runtime_error("tensor '" + item.key() + "' has shape " + c10::str(it->second.sizes()) +
-                               ", the model needs " + c10::str(item.value().sizes()));
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  for (const auto& item : module.named_parameters()) params.emplace_back(item.key(), item.value());
+  load_parameters(params, tensors);
+}
+
+void load_parameters(const std::vector<std::pair<std::string, at::Tensor>>& params, const TensorMap& tensors) {
+  std::set<std::string> names;
+  for (const auto& [name, p] : params) {
+    names.insert(name);
+    auto it = tensors.find(name);
+    if (it == tensors.end()) throw std::runtime_error("tensor '" + name + "' is missing");
+    if (it->second.sizes() != p.sizes())
+      throw std::runtime_error("tensor '" + name + "' has shape " + c10::str(it->second.sizes()) +
+                               ", the model needs " + c10::str(p.sizes()));
   }
   for (const auto& [name, t] : tensors)
-    if (!params.contains(name)) throw std::runtime_error("tensor '" + name + "' is not a parameter of the model");
+    if (!names.contains(name)) throw std::runtime_error("tensor '" + name + "' is not a parameter of the model");
   torch::NoGradGuard no_grad;
-  for (auto& item : params) item.value().copy_(tensors.at(item.key()));
+  for (const auto& [name, p] : params) p.detach().copy_(tensors.at(name));
 }
 
 }  // namespace troupe::checkpoint

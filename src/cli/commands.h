@@ -15,5 +15,6 @@ Action add_tokenizer_command(CLI::App& app);
 Action add_checkpoint_command(CLI::App& app);
 Action add_data_command(CLI::App& app);
 Action add_inspect_command(CLI::App& app);
+Action add_schedule_command(CLI::App& app);
 
 }  // namespace troupe::cli

@@ -348,9 +348,30 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(parallelism, data_parallel_replicate_degree), at_least(1)},
       {TROUPE_KEY(parallelism, data_parallel_shard_degree), positive_or_fill()},
       {TROUPE_KEY(parallelism, tensor_parallel_degree), not_built_yet()},
-      {TROUPE_KEY(parallelism, pipeline_parallel_degree), not_built_yet()},
+      {TROUPE_KEY(parallelism, pipeline_parallel_degree), at_least(1)},
       {TROUPE_KEY(parallelism, context_parallel_degree), not_built_yet()},
       {TROUPE_KEY(parallelism, fsdp_reshard_after_forward), one_of({"default", "always", "never"})},
+      {TROUPE_KEY(parallelism, pipeline_parallel_schedule),
+       one_of({"GPipe", "1F1B", "Interleaved1F1B", "ZBVZeroBubble", "InterleavedZeroBubble"})},
+      {TROUPE_KEY(parallelism, pipeline_parallel_microbatch_size), at_least(1)},
+      {TROUPE_KEY(parallelism, pipeline_parallel_layers_per_stage),
+       must_be<int64_t>("-1 (unset) or at least 1", [](int64_t v, auto&) { return v == -1 || v >= 1; })},
+      {TROUPE_KEY(parallelism, pipeline_parallel_split_points),
+       must_be<std::vector<std::string>>("a list of \"layers.N\" in increasing N", [](const std::vector<std::string>& v,
+                                                                                    auto&) {
+         int64_t last = 0;
+         for (const auto& x : v) {
+           if (!x.starts_with("layers.") || x.size() == 7 ||
+               x.find_first_not_of("0123456789", 7) != std::string::npos)
+             return false;
+           const auto n = std::stoll(x.substr(7));
+           if (n <= last) return false;
+           last = n;
+         }
+         return true;
+       })},
+      {TROUPE_KEY(profiling, enable_profiling), {}},
+      {TROUPE_KEY(profiling, save_traces_folder), not_empty()},
       {TROUPE_KEY(inspect, enable), {}},
       {TROUPE_KEY(inspect, host), inspect_host_rule()},
       {TROUPE_KEY(inspect, port), must_be<int64_t>("a port in 0..65535 (0: any free port)",

@@ -90,7 +90,8 @@ struct CheckpointSection {
   bool create_seed_checkpoint = false;  // write step-0 with the initialised model, then exit
 };
 
-// One rank so far: every degree must be 1 (data_parallel_shard_degree may be -1: fill the rest).
+// torchtitan's [parallelism]. The degrees multiply to the world size
+// (data_parallel_shard_degree = -1 fills the rest); tensor and context parallelism must be 1.
 struct ParallelismSection {
   int64_t data_parallel_replicate_degree = 1;
   int64_t data_parallel_shard_degree = -1;
@@ -98,6 +99,20 @@ struct ParallelismSection {
   int64_t pipeline_parallel_degree = 1;
   int64_t context_parallel_degree = 1;
   std::string fsdp_reshard_after_forward = "default";  // default | always | never
+  // GPipe | 1F1B | Interleaved1F1B | ZBVZeroBubble | InterleavedZeroBubble
+  std::string pipeline_parallel_schedule = "1F1B";
+  int64_t pipeline_parallel_microbatch_size = 1;  // rows of the local batch per micro-batch
+  // Stages: transformer blocks per stage (-1: pipeline degree x stages per rank, even split), or
+  // where stages begin ("layers.4": stage boundary before block 4); not both.
+  int64_t pipeline_parallel_layers_per_stage = -1;
+  std::vector<std::string> pipeline_parallel_split_points;
+};
+
+// torchtitan's [profiling]: traces of what each rank did (pipeline actions, start and end), as
+// Chrome trace files in <job.dump_folder>/<save_traces_folder>/.
+struct ProfilingSection {
+  bool enable_profiling = false;
+  std::string save_traces_folder = "profile_traces";
 };
 
 // torchtitan's [comm]: how long ranks wait for each other before the job fails.
@@ -132,6 +147,7 @@ struct JobConfig {
   CommSection comm;
   InspectSection inspect;
   ActivationCheckpointSection activation_checkpoint;
+  ProfilingSection profiling;
 };
 
 // One line that says what is wrong and where (file:line:column where there is one).

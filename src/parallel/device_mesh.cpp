@@ -49,9 +49,9 @@ ParallelDims ParallelDims::resolve(const config::ParallelismSection& p, int64_t 
                                 " ranks");
   }
   for (auto d : kAll)
-    if (dims.of(d) > 1 && (d == MeshDim::tp || d == MeshDim::pp || d == MeshDim::cp))
+    if (dims.of(d) > 1 && (d == MeshDim::tp || d == MeshDim::cp))
       throw std::invalid_argument(std::string("parallelism: ") + dim_name(d) +
-                                  " degree > 1 is not implemented yet (data parallelism only: dp_replicate, dp_shard)");
+                                  " degree > 1 is not implemented yet (pp, dp_replicate and dp_shard are)");
   return dims;
 }
 

@@ -183,6 +183,7 @@ void ShardedUnits::before_backward(size_t i) {
 
 void ShardedUnits::after_backward(size_t i) {
   auto& u = *units_.at(i);
+  finish_unit(u);  // a pipeline runs a unit's backward for several micro-batches before the step ends
   torch::NoGradGuard no_grad;
   const int64_t S = shard_size_;
   const auto opts = u.master.options().dtype(options_.reduce_dtype);
@@ -221,26 +222,29 @@ void ShardedUnits::zero_gradients() {
   for (auto& u : units_) u->master_grad.zero_();
 }
 
+void ShardedUnits::finish_unit(Unit& u) {
+  if (!u.grad_out.defined()) return;
+  if (u.reduce_work) u.reduce_work->wait();
+  u.reduce_work.reset();
+  if (options_.replicate) options_.replicate->all_reduce(u.grad_out, comm::ReduceOp::avg)->wait();
+  u.master_grad.add_(u.grad_out);
+  u.grad_in = u.grad_out = at::Tensor();
+}
+
 void ShardedUnits::finish_gradients() {
-  for (auto& u : units_) {
-    if (!u->grad_out.defined()) continue;
-    if (u->reduce_work) u->reduce_work->wait();
-    u->reduce_work.reset();
-    if (options_.replicate) options_.replicate->all_reduce(u->grad_out, comm::ReduceOp::avg)->wait();
-    u->master_grad.add_(u->grad_out);
-    u->grad_in = u->grad_out = at::Tensor();
-  }
+  for (auto& u : units_) finish_unit(*u);
 }
 
 void ShardedUnits::release_all() {
   for (size_t i = 0; i < units_.size(); ++i) free_gathered(i);
 }
 
-at::Tensor ShardedUnits::clip_grad_norm(double max_norm) {
+at::Tensor ShardedUnits::clip_grad_norm(double max_norm, comm::Communicator* stages) {
   std::vector<at::Tensor> grads;
   for (auto& u : units_) grads.push_back(u->master_grad);
   auto squares = train::squared_l2_norm(grads);
   if (options_.shard) options_.shard->all_reduce(squares, comm::ReduceOp::sum)->wait();
+  if (stages) stages->all_reduce(squares, comm::ReduceOp::sum)->wait();
   auto total = squares.sqrt();
   train::scale_to_norm(grads, total, max_norm);
   return total;

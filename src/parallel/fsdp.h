@@ -64,9 +64,10 @@ class ShardedUnits : public train::UnitHooks {
   void finish_gradients();
   // Frees every gathered unit (after evaluation, before a checkpoint restore).
   void release_all();
-  // The L2 norm of the whole model's gradient (masters' grads, over the shard group) as a
-  // device scalar; scales the grads so that norm <= max_norm. No host sync.
-  at::Tensor clip_grad_norm(double max_norm);
+  // The L2 norm of the whole model's gradient (masters' grads, over the shard group and, with a
+  // pipeline, over its `stages` group) as a device scalar; scales the grads so that
+  // norm <= max_norm. No host sync.
+  at::Tensor clip_grad_norm(double max_norm, comm::Communicator* stages = nullptr);
   // Averages a scalar (the loss) over every data-parallel rank, in place.
   void average_over_data_parallel(at::Tensor& scalar);
 
@@ -75,6 +76,7 @@ class ShardedUnits : public train::UnitHooks {
   void gather(size_t unit);
   void wait_gathered(size_t unit);
   void free_gathered(size_t unit);
+  void finish_unit(Unit& u);
   std::vector<std::unique_ptr<Unit>> units_;
   std::vector<ParameterShard> shards_;
   DataParallelOptions options_;

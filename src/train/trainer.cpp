@@ -3,6 +3,10 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <optional>
+#include <set>
+#include <filesystem>
+#include <fstream>
 #include <stdexcept>
 
 #include "checkpoint/module_state.h"
@@ -14,6 +18,8 @@
 #include "comm/nccl_communicator.h"
 #include "parallel/device_mesh.h"
 #include "parallel/fsdp.h"
+#include "parallel/pipeline_executor.h"
+#include "parallel/pipeline_render.h"
 #include "train/grad_norm.h"
 
 #include "runtime/device_info.h"
@@ -37,12 +43,14 @@ std::vector<std::pair<std::string, at::Tensor>> named_parameters(torch::nn::Modu
   return out;
 }
 
-at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+// Over every pipeline stage when `stages` is given (the norm of the whole model's gradient).
+at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm, comm::Communicator* stages) {
   std::vector<at::Tensor> grads;
   for (const auto& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
-  if (grads.empty()) return torch::zeros({}, torch::kDouble);
-  const auto total = squared_l2_norm(grads).sqrt();
+  auto squares = grads.empty() ? torch::zeros({}, torch::kDouble) : squared_l2_norm(grads);
+  if (stages) stages->all_reduce(squares, comm::ReduceOp::sum)->wait();
+  const auto total = squares.sqrt();
   scale_to_norm(grads, total, max_norm);
   return total;
 }
@@ -53,31 +61,70 @@ at::ScalarType precision(const std::string& key, const std::string& value) {
   throw std::invalid_argument("training." + key + ": unknown '" + value + "' (bfloat16, float32)");
 }
 
-// The data-parallel communicators of this rank (null where the degree is 1) and the sharding.
+// This rank's communicator over mesh dimension `d` (null where its degree is 1): NCCL on GPUs,
+// Gloo on CPUs.
+comm::CommunicatorPtr connect(const parallel::RankContext& rank, const parallel::DeviceMesh& mesh,
+                              parallel::MeshDim d, bool cuda) {
+  if (mesh.dims().of(d) == 1) return nullptr;
+  if (!rank.rendezvous) throw std::logic_error("a multi-rank Trainer needs a rendezvous");
+  const std::vector<parallel::MeshDim> g{d};
+  const auto name = mesh.group_name(g);
+  const int r = mesh.rank_in(g), n = static_cast<int>(mesh.dims().of(d));
+  return cuda ? comm::make_nccl_communicator(*rank.rendezvous, name, r, n, rank.local_rank)
+              : comm::make_gloo_communicator(*rank.rendezvous, name, r, n);
+}
+
+// Shards this rank's units (all of the model's, or its pipeline stages') over the data-parallel groups.
 std::unique_ptr<parallel::ShardedUnits> apply_data_parallel(const config::JobConfig& cfg,
                                                             const parallel::RankContext& rank,
-                                                            const parallel::ParallelDims& dims,
-                                                            models::llama3::Llama3Model& model, bool cuda) {
+                                                            const parallel::DeviceMesh& mesh,
+                                                            const models::llama3::Llama3Model& model,
+                                                            const std::vector<models::UnitPtr>& units,
+                                                            const std::vector<std::pair<std::string, at::Tensor>>& names,
+                                                            bool cuda) {
   if (model.args().tie_embeddings)
     throw std::invalid_argument("model.flavor " + cfg.model.flavor +
                                 " ties the output to the embedding, which data parallelism does not support yet");
-  if (!rank.rendezvous) throw std::logic_error("a multi-rank Trainer needs a rendezvous");
-  const parallel::DeviceMesh mesh(dims, rank.rank);
-  auto connect = [&](parallel::MeshDim d) -> comm::CommunicatorPtr {
-    if (dims.of(d) == 1) return nullptr;
-    const std::vector<parallel::MeshDim> g{d};
-    const auto name = mesh.group_name(g);
-    const int r = mesh.rank_in(g), n = static_cast<int>(dims.of(d));
-    return cuda ? comm::make_nccl_communicator(*rank.rendezvous, name, r, n, rank.local_rank)
-                : comm::make_gloo_communicator(*rank.rendezvous, name, r, n);
-  };
   parallel::DataParallelOptions o;
-  o.shard = connect(parallel::MeshDim::dp_shard);
-  o.replicate = connect(parallel::MeshDim::dp_replicate);
+  o.shard = connect(rank, mesh, parallel::MeshDim::dp_shard, cuda);
+  o.replicate = connect(rank, mesh, parallel::MeshDim::dp_replicate, cuda);
   o.compute_dtype = cuda ? precision("mixed_precision_param", cfg.training.mixed_precision_param) : at::kFloat;
   o.reduce_dtype = cuda ? precision("mixed_precision_reduce", cfg.training.mixed_precision_reduce) : at::kFloat;
   o.reshard = parallel::parse_reshard(cfg.parallelism.fsdp_reshard_after_forward);
-  return std::make_unique<parallel::ShardedUnits>(model.units(), named_parameters(model), o);
+  return std::make_unique<parallel::ShardedUnits>(units, names, o);
+}
+
+// The pipeline stages of the model and which of them this rank runs; the schedule is checked
+// here, before any rank computes.
+struct PipelinePlan {
+  parallel::pp::StageSplit split;
+  parallel::pp::Schedule schedule;
+  std::vector<int64_t> units;  // this rank's, in stage order
+};
+
+PipelinePlan plan_pipeline(const config::JobConfig& cfg, const parallel::DeviceMesh& mesh, int64_t n_blocks,
+                           int64_t microbatches) {
+  const auto& p = cfg.parallelism;
+  const int64_t degree = mesh.dims().of(parallel::MeshDim::pp);
+  const bool interleaved = parallel::pp::is_interleaved(p.pipeline_parallel_schedule);
+  PipelinePlan plan;
+  plan.split = parallel::pp::split_stages(n_blocks, degree, degree * (interleaved ? 2 : 1),
+                                          p.pipeline_parallel_layers_per_stage, p.pipeline_parallel_split_points);
+  const auto per_rank = plan.split.stages() / degree;
+  try {
+    plan.schedule = parallel::pp::make_schedule(p.pipeline_parallel_schedule, static_cast<int>(degree),
+                                                static_cast<int>(microbatches), static_cast<int>(per_rank));
+    parallel::pp::check(plan.schedule);
+  } catch (const parallel::pp::ScheduleError& e) {
+    throw std::invalid_argument("parallelism.pipeline_parallel_schedule " + p.pipeline_parallel_schedule + " with " +
+                                std::to_string(plan.split.stages()) + " stages over " + std::to_string(degree) +
+                                " ranks and " + std::to_string(microbatches) + " micro-batches: " + e.what());
+  }
+  for (int s : plan.schedule.stages_of(static_cast<int>(mesh.coord(parallel::MeshDim::pp)))) {
+    const auto [b, e] = plan.split.units_of(s);
+    for (auto u = b; u < e; ++u) plan.units.push_back(u);
+  }
+  return plan;
 }
 
 int64_t selective_every(const config::ActivationCheckpointSection& ac) {
@@ -133,19 +180,7 @@ struct Trainer::Impl {
     }
     flops_per_token = 6.0 * static_cast<double>(args.num_non_embedding_params()) +
                       12.0 * static_cast<double>(args.n_layers * args.n_heads * args.head_dim() * cfg.training.seq_len);
-    params = model->parameters();
-    auto trained = named_parameters(*model);
-    if (rank.world > 1) {
-      sharded = apply_data_parallel(cfg, rank, dims, *model, gpu >= 0);
-      trained.clear();
-      for (const auto& s : sharded->shards())
-        if (s.master.numel() > 0) trained.emplace_back(s.name, s.master);
-    }
-    optimizer = std::make_unique<AdamW>(std::move(trained), adam_options(cfg.optimizer));
-    executor = std::make_unique<UnitExecutor>(
-        model->units(),
-        recompute_plan(model->units().size(), cfg.activation_checkpoint.mode, selective_every(cfg.activation_checkpoint)),
-        sharded.get());
+    const parallel::DeviceMesh mesh(dims, rank.rank);
     const auto global = cfg.training.global_batch_size;
     const auto per_step = cfg.training.local_batch_size * dims.dp();
     if (global > 0 && global % per_step != 0)
@@ -153,6 +188,85 @@ struct Trainer::Impl {
                                   " is not a multiple of local_batch_size x data-parallel degree = " +
                                   std::to_string(per_step));
     accumulation = global < 0 ? 1 : global / per_step;
+    // The units this rank runs: every one, or its pipeline stages'.
+    std::vector<int64_t> mine(model->units().size());
+    for (size_t u = 0; u < mine.size(); ++u) mine[u] = static_cast<int64_t>(u);
+    std::optional<PipelinePlan> plan;
+    if (dims.of(parallel::MeshDim::pp) > 1) {
+      const auto rows = cfg.parallelism.pipeline_parallel_microbatch_size;
+      if (cfg.training.local_batch_size % rows != 0)
+        throw std::invalid_argument("training.local_batch_size " + std::to_string(cfg.training.local_batch_size) +
+                                    " is not a multiple of parallelism.pipeline_parallel_microbatch_size " +
+                                    std::to_string(rows));
+      if (args.tie_embeddings)
+        throw std::invalid_argument("model.flavor " + cfg.model.flavor +
+                                    " ties the output to the embedding, which pipeline parallelism does not support yet");
+      plan = plan_pipeline(cfg, mesh, args.n_layers, cfg.training.local_batch_size / rows);
+      mine = plan->units;
+      counts_tokens = mesh.coord(parallel::MeshDim::pp) == 0;
+    }
+    std::vector<models::UnitPtr> units;
+    std::set<const void*> kept;
+    for (auto u : mine) {
+      units.push_back(model->units()[u]);
+      for (const auto& t : units.back()->parameters()) kept.insert(t.unsafeGetTensorImpl());
+    }
+    for (const auto& [name, t] : named_parameters(*model)) {
+      if (kept.contains(t.unsafeGetTensorImpl())) owned.emplace_back(name, t);
+      else t.set_data(at::empty({0}, t.options()));  // another stage's: its rank holds it
+    }
+    for (const auto& [name, t] : owned) params.push_back(t);
+    auto trained = owned;
+    if (dims.dp() > 1) {
+      sharded = apply_data_parallel(cfg, rank, mesh, *model, units, owned, gpu >= 0);
+      trained.clear();
+      for (const auto& s : sharded->shards())
+        if (s.master.numel() > 0) trained.emplace_back(s.name, s.master);
+    }
+    optimizer = std::make_unique<AdamW>(std::move(trained), adam_options(cfg.optimizer));
+    const auto whole_plan = recompute_plan(model->units().size(), cfg.activation_checkpoint.mode,
+                                           selective_every(cfg.activation_checkpoint));
+    std::vector<bool> recompute;
+    for (auto u : mine) recompute.push_back(whole_plan[u]);
+    executor = std::make_unique<UnitExecutor>(units, recompute, sharded.get());
+    if (plan) {
+      stages_comm = connect(rank, mesh, parallel::MeshDim::pp, gpu >= 0);
+      const auto dtype = gpu >= 0 ? precision("mixed_precision_param", cfg.training.mixed_precision_param) : at::kFloat;
+      pipeline = std::make_unique<parallel::pp::PipelineExecutor>(
+          plan->schedule, stages_comm->rank(), plan->split, *executor, stages_comm,
+          std::vector<int64_t>{cfg.training.local_batch_size / plan->schedule.microbatches, cfg.training.seq_len, args.dim},
+          at::TensorOptions().dtype(dtype).device(torch::Device(device)));
+      if (cfg.profiling.enable_profiling) {
+        pipeline->record(true);
+        trace_path = (std::filesystem::path(cfg.job.dump_folder) / cfg.profiling.save_traces_folder /
+                      ("pipeline_rank" + std::to_string(rank.rank) + ".json")).string();
+      }
+    }
+  }
+
+  // The recorded actions of the first traced steps, rewritten after each step so that a
+  // crashed run keeps its trace.
+  void save_trace() {
+    constexpr int64_t kTracedSteps = 20;
+    if (traced_steps >= kTracedSteps) {
+      pipeline->record(false);
+      return;
+    }
+    auto recorded = pipeline->take_recorded();
+    trace.insert(trace.end(), recorded.begin(), recorded.end());
+    ++traced_steps;
+    parallel::pp::Timeline t;
+    t.per_rank.push_back(trace);
+    const auto path = std::filesystem::path(trace_path);
+    std::error_code ec;
+    std::filesystem::create_directories(path.parent_path(), ec);
+    const auto tmp = path.string() + ".tmp";
+    std::ofstream f(tmp);
+    f << parallel::pp::chrome_trace(t, 1.0, "troupe pipeline", rank.rank);
+    f.close();
+    if (!f || ec) throw std::runtime_error("profiling: cannot write " + tmp + (ec ? ": " + ec.message() : ""));
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) throw std::runtime_error("profiling: cannot rename " + tmp + " to " + path.string() + ": " + ec.message());
   }
 
   static models::llama3::ModelArgs make_args(const config::JobConfig& cfg, int64_t vocab_size) {
@@ -172,9 +286,16 @@ struct Trainer::Impl {
   double max_norm;
   std::vector<at::Tensor> params;
   std::unique_ptr<AdamW> optimizer;
-  std::unique_ptr<parallel::ShardedUnits> sharded;  // null on one rank
+  std::vector<std::pair<std::string, at::Tensor>> owned;  // this rank's parameters (its stages')
+  std::unique_ptr<parallel::ShardedUnits> sharded;  // null without data parallelism
   std::function<void(int64_t)> progress;
   std::unique_ptr<UnitExecutor> executor;
+  comm::CommunicatorPtr stages_comm;  // the pipeline group; null without a pipeline
+  std::unique_ptr<parallel::pp::PipelineExecutor> pipeline;
+  bool counts_tokens = true;  // a pipeline's first stage reports the tokens, the others 0
+  std::string trace_path;     // profiling.enable_profiling: this rank's pipeline actions
+  std::vector<parallel::pp::TimedAction> trace;
+  int64_t traced_steps = 0;
   int64_t accumulation = 1;
   int64_t lr_offset = 0;
   int gpu = -1;  // CUDA device index, -1 on the CPU
@@ -209,15 +330,29 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   for (const auto& b : micro_batches) {
     if (m.progress) m.progress(++micro);
     models::UnitBatch ub{b->tokens.to(dev, /*non_blocking=*/true), b->targets.to(dev, /*non_blocking=*/true)};
-    losses.push_back(m.executor->forward(ub));
-    m.executor->backward(1.0 / static_cast<double>(m.accumulation));
+    if (m.pipeline) {
+      const auto n = m.pipeline->schedule().microbatches;
+      const auto rows = ub.tokens.size(0) / n;
+      std::vector<models::UnitBatch> parts;
+      for (int64_t i = 0; i < n; ++i)
+        parts.push_back({ub.tokens.narrow(0, i * rows, rows), ub.targets.narrow(0, i * rows, rows)});
+      for (auto& l : m.pipeline->run(parts, 1.0 / static_cast<double>(n * m.accumulation))) losses.push_back(l);
+    } else {
+      losses.push_back(m.executor->forward(ub));
+      m.executor->backward(1.0 / static_cast<double>(m.accumulation));
+    }
     if (m.sharded) m.sharded->finish_gradients();
-    stats.tokens += b->tokens.numel();
+    if (m.counts_tokens) stats.tokens += b->tokens.numel();
   }
-  const auto grad_norm = m.sharded ? m.sharded->clip_grad_norm(m.max_norm) : clip_grad_norm(m.params, m.max_norm);
+  const auto grad_norm = m.sharded ? m.sharded->clip_grad_norm(m.max_norm, m.stages_comm.get())
+                                   : clip_grad_norm(m.params, m.max_norm, m.stages_comm.get());
   m.optimizer->step(stats.lr);
-  auto loss = at::stack(losses).to(at::kDouble).mean();
+  // A pipeline's losses are on its last stage: every stage reports their mean.
+  auto loss = losses.empty() ? torch::zeros({}, torch::TensorOptions().dtype(at::kDouble).device(dev))
+                             : at::stack(losses).to(at::kDouble).mean();
+  if (m.stages_comm) m.stages_comm->all_reduce(loss, comm::ReduceOp::sum)->wait();
   if (m.sharded) m.sharded->average_over_data_parallel(loss);
+  if (m.pipeline && !m.trace_path.empty()) m.save_trace();
   stats.loss = loss.item<double>();
   stats.grad_norm = grad_norm.item<double>();
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -236,10 +371,19 @@ double Trainer::evaluate(const data::Batch& batch) {
   auto& m = *impl_;
   const auto dev = torch::Device(m.device);
   const models::UnitBatch ub{batch.tokens.to(dev), batch.targets.to(dev)};
-  if (!m.sharded) return m.model->loss(ub).to(at::kDouble).item<double>();
-  auto loss = m.executor->forward_only(ub).to(at::kDouble);
-  m.sharded->release_all();
-  m.sharded->average_over_data_parallel(loss);
+  if (!m.sharded && !m.pipeline) return m.model->loss(ub).to(at::kDouble).item<double>();
+  at::Tensor loss;
+  if (m.pipeline) {
+    loss = m.pipeline->evaluate(ub);
+    loss = loss.defined() ? loss.to(at::kDouble) : torch::zeros({}, torch::TensorOptions().dtype(at::kDouble).device(dev));
+    m.stages_comm->all_reduce(loss, comm::ReduceOp::sum)->wait();
+  } else {
+    loss = m.executor->forward_only(ub).to(at::kDouble);
+  }
+  if (m.sharded) {
+    m.sharded->release_all();
+    m.sharded->average_over_data_parallel(loss);
+  }
   return loss.item<double>();
 }
 
@@ -250,7 +394,7 @@ std::vector<checkpoint::LiveTensor> Trainer::restorable_state(bool model_only) c
     out.push_back({name, t, t.sizes().vec(), checkpoint::whole_box(t.sizes().vec())});
   };
   if (!m.sharded) {
-    for (const auto& [name, t] : checkpoint::parameters_of(*m.model)) whole("model." + name, t);
+    for (const auto& [name, t] : m.owned) whole("model." + name, t);
     if (!model_only)
       for (const auto& [name, t] : m.optimizer->state()) whole("optim." + name, t);
     return out;
@@ -270,14 +414,16 @@ std::vector<checkpoint::LiveTensor> Trainer::restorable_state(bool model_only) c
 
 std::vector<checkpoint::LiveTensor> Trainer::checkpoint_state(bool model_only) const {
   auto out = restorable_state(model_only);
-  if (!impl_->sharded) return out;
-  // Each piece once: the first replica saves the chunks, and its shard rank 0 the whole tensors.
+  // Each piece once: the first replica saves the chunks, its shard rank 0 the whole tensors,
+  // and of what every pipeline stage holds alike (the optimizer's step) the first stage's copy.
   const parallel::DeviceMesh mesh(impl_->dims, impl_->rank.rank);
   const bool first_replica = mesh.coord(parallel::MeshDim::dp_replicate) == 0;
   const bool first_shard = mesh.coord(parallel::MeshDim::dp_shard) == 0;
+  const bool first_stage = mesh.coord(parallel::MeshDim::pp) == 0;
   std::erase_if(out, [&](const checkpoint::LiveTensor& t) {
     const bool whole = t.box == checkpoint::whole_box(t.global_shape);
-    return !first_replica || (whole && !first_shard);
+    const bool every_stage = t.name == "optim.step";
+    return !first_replica || (whole && impl_->sharded && !first_shard) || (every_stage && !first_stage);
   });
   return out;
 }
@@ -291,7 +437,7 @@ void Trainer::load_checkpoint_state(const checkpoint::TensorMap& tensors) {
   }
   if (!model.empty()) {
     if (!impl_->sharded) {
-      checkpoint::load_parameters(*impl_->model, model);
+      checkpoint::load_parameters(impl_->owned, model);
     } else {
       torch::NoGradGuard no_grad;
       for (const auto& s : impl_->sharded->shards()) {

@@ -7,12 +7,18 @@
 namespace troupe::train {
 
 UnitExecutor::UnitExecutor(std::vector<models::UnitPtr> units, std::vector<bool> recompute, UnitHooks* hooks)
-    : units_(std::move(units)), recompute_(std::move(recompute)), saved_(units_.size()), hooks_(hooks) {
+    : units_(std::move(units)), recompute_(std::move(recompute)), hooks_(hooks) {
   if (recompute_.size() != units_.size()) throw std::invalid_argument("recompute plan size != number of units");
 }
 
-at::Tensor UnitExecutor::forward_unit(size_t i, const at::Tensor& input, const models::UnitBatch& batch) {
-  Saved& s = saved_.at(i);
+UnitExecutor::Saved& UnitExecutor::saved(size_t slot, size_t i) {
+  if (i >= units_.size()) throw std::out_of_range("unit " + std::to_string(i) + " of " + std::to_string(units_.size()));
+  if (slot >= saved_.size()) saved_.resize(slot + 1, std::vector<Saved>(units_.size()));
+  return saved_[slot][i];
+}
+
+at::Tensor UnitExecutor::forward_unit(size_t i, const at::Tensor& input, const models::UnitBatch& batch, size_t slot) {
+  Saved& s = saved(slot, i);
   s.batch = batch;
   s.input = input.defined() ? input.detach().requires_grad_(true) : at::Tensor();
   if (hooks_) hooks_->before_forward(i);
@@ -29,11 +35,18 @@ at::Tensor UnitExecutor::forward_unit(size_t i, const at::Tensor& input, const m
   return out;
 }
 
-at::Tensor UnitExecutor::backward_unit(size_t i, const at::Tensor& grad_output) {
-  Saved& s = saved_.at(i);
-  if (hooks_) hooks_->before_backward(i);
-  at::Tensor out = recompute_[i] ? units_[i]->forward(s.input, s.batch) : s.output;
+at::Tensor UnitExecutor::output_for_backward(size_t i, Saved& s) {
+  at::Tensor out = s.output.defined() ? s.output : (recompute_[i] && s.batch.tokens.defined())
+                                                       ? units_[i]->forward(s.input, s.batch)
+                                                       : at::Tensor();
   if (!out.defined()) throw std::logic_error("backward of a unit whose forward did not run");
+  return out;
+}
+
+at::Tensor UnitExecutor::backward_unit(size_t i, const at::Tensor& grad_output, size_t slot) {
+  Saved& s = saved(slot, i);
+  if (hooks_) hooks_->before_backward(i);
+  const at::Tensor out = output_for_backward(i, s);
   torch::autograd::backward({out}, {grad_output});
   at::Tensor grad_input = s.input.defined() ? s.input.grad() : at::Tensor();
   s = Saved{};  // activations of this unit are no longer needed
@@ -48,9 +61,12 @@ at::Tensor UnitExecutor::forward(const models::UnitBatch& batch) {
 }
 
 at::Tensor UnitExecutor::forward_only(const models::UnitBatch& batch) {
+  return forward_only(0, units_.size(), at::Tensor(), batch);
+}
+
+at::Tensor UnitExecutor::forward_only(size_t first, size_t last, at::Tensor h, const models::UnitBatch& batch) {
   torch::NoGradGuard no_grad;
-  at::Tensor h;
-  for (size_t i = 0; i < units_.size(); ++i) {
+  for (size_t i = first; i < last; ++i) {
     if (hooks_) hooks_->before_forward(i);
     h = units_[i]->forward(h, batch);
     if (hooks_) hooks_->after_forward(i);
@@ -58,8 +74,33 @@ at::Tensor UnitExecutor::forward_only(const models::UnitBatch& batch) {
   return h;
 }
 
+at::Tensor UnitExecutor::backward_input_unit(size_t i, const at::Tensor& grad_output, size_t slot) {
+  Saved& s = saved(slot, i);
+  if (hooks_) hooks_->before_backward(i);
+  s.output = output_for_backward(i, s);
+  s.grad_output = grad_output;
+  if (!s.input.defined()) return at::Tensor();
+  torch::autograd::backward({s.output}, {grad_output}, /*retain_graph=*/true, /*create_graph=*/false, {s.input});
+  return s.input.grad();
+}
+
+void UnitExecutor::backward_weight_unit(size_t i, size_t slot) {
+  Saved& s = saved(slot, i);
+  if (!s.grad_output.defined()) throw std::logic_error("weight gradient of a unit before its input gradient");
+  // FSDP may have freed the unit's gathered weights since the input half; before_backward
+  // brings them back, and the graph reads them again.
+  if (hooks_) hooks_->before_backward(i);
+  std::vector<at::Tensor> params;
+  for (const auto& p : units_[i]->parameters())
+    if (p.requires_grad()) params.push_back(p);
+  torch::autograd::backward({s.output}, {s.grad_output}, /*retain_graph=*/false, /*create_graph=*/false, params);
+  s = Saved{};
+  if (hooks_) hooks_->after_backward(i);
+}
+
 void UnitExecutor::backward(double loss_scale) {
-  const auto& loss = saved_.back().output.defined() ? saved_.back().output : saved_.back().input;
+  const auto& last = saved(0, units_.size() - 1);
+  const auto& loss = last.output.defined() ? last.output : last.input;
   at::Tensor grad = torch::full({}, loss_scale, loss.options().requires_grad(false));
   for (size_t i = units_.size(); i-- > 0;) grad = backward_unit(i, grad);
 }

@@ -31,10 +31,18 @@ class UnitExecutor {
   void backward(double loss_scale);
   // Forward of every unit without gradients or saved activations (evaluation).
   at::Tensor forward_only(const models::UnitBatch& batch);
+  // The same over units [first, last) from `input` (a pipeline stage's share).
+  at::Tensor forward_only(size_t first, size_t last, at::Tensor input, const models::UnitBatch& batch);
 
-  // Single-unit steps (pipeline stages and tests drive these directly).
-  at::Tensor forward_unit(size_t i, const at::Tensor& input, const models::UnitBatch& batch);
-  at::Tensor backward_unit(size_t i, const at::Tensor& grad_output);  // returns the input's gradient
+  // Single-unit steps (pipeline stages and tests drive these directly). `slot` keeps the saved
+  // activations of several micro-batches apart (a pipeline holds many at once).
+  at::Tensor forward_unit(size_t i, const at::Tensor& input, const models::UnitBatch& batch, size_t slot = 0);
+  // Returns the input's gradient; the parameters' gradients accumulate in their .grad.
+  at::Tensor backward_unit(size_t i, const at::Tensor& grad_output, size_t slot = 0);
+  // The same backward in two halves (zero-bubble schedules): the input's gradient first, keeping
+  // the graph; the parameters' gradients later. The second half walks the graph again.
+  at::Tensor backward_input_unit(size_t i, const at::Tensor& grad_output, size_t slot);
+  void backward_weight_unit(size_t i, size_t slot);
 
   size_t size() const { return units_.size(); }
 
@@ -42,11 +50,14 @@ class UnitExecutor {
   struct Saved {
     at::Tensor input;   // detached, requires grad (undefined for the first unit)
     at::Tensor output;  // undefined while the unit is checkpointed
+    at::Tensor grad_output;  // between the two halves of a split backward
     models::UnitBatch batch;
   };
+  Saved& saved(size_t slot, size_t i);
+  at::Tensor output_for_backward(size_t i, Saved& s);
   std::vector<models::UnitPtr> units_;
   std::vector<bool> recompute_;
-  std::vector<Saved> saved_;
+  std::vector<std::vector<Saved>> saved_;  // [slot][unit]
   UnitHooks* hooks_;
 };
 
