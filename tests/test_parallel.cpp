@@ -24,6 +24,7 @@
 #include "data/dataset_files.h"
 #include "data/shard_preparer.h"
 #include "parallel/device_mesh.h"
+#include "parallel/pipeline_schedule.h"
 #include "runtime/node_placement.h"
 #include "test_support.h"
 
@@ -230,6 +231,101 @@ TEST_CASE("FSDP, DDP and HSDP over 2 and 4 ranks train as one rank does", "[para
       const auto many = run_with_timeout(cfg);
       check_same_run(many, one);
       check_same_model(final_model(cfg), reference);
+    }
+  }
+}
+
+namespace {
+
+// dp_job with a pipeline: `pp` stages over `ranks` ranks, the same 4 windows per step, each
+// data-parallel rank's local batch cut into micro-batches of one row.
+config::JobConfig pp_job(const TempDir& dir, const std::string& tokens, int ranks, int pp, const std::string& schedule,
+                         const std::string& name) {
+  auto c = dp_job(dir, tokens, ranks / pp, 1, name);
+  c.job.local_ranks = ranks;
+  c.model.flavor = "debugmodel_8layers";
+  c.training.steps = 10;
+  c.parallelism.pipeline_parallel_degree = pp;
+  c.parallelism.pipeline_parallel_schedule = schedule;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("pipelines of 2 and 4 stages train as one rank does, with every schedule", "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  auto one_cfg = pp_job(dir, tokens, 1, 1, "1F1B", "one");
+  const auto one = run_with_timeout(one_cfg);
+  REQUIRE(one.steps.size() == 10);
+  CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
+  const auto reference = final_model(one_cfg);
+  for (int pp : {2, 4})
+    for (const auto& schedule : parallel::pp::schedule_names()) {
+      SECTION("pp " + std::to_string(pp) + " " + schedule) {
+        auto cfg = pp_job(dir, tokens, pp, pp, schedule, "pp" + std::to_string(pp) + schedule);
+        const auto run = run_with_timeout(cfg);
+        INFO(run.message);
+        check_same_run(run, one);
+        check_same_model(final_model(cfg), reference);
+      }
+    }
+  SECTION("uneven split points, activation checkpointing, 3 virtual stages per rank") {
+    auto cfg = pp_job(dir, tokens, 2, 2, "1F1B", "uneven");
+    cfg.parallelism.pipeline_parallel_split_points = {"layers.1"};  // 1 block, then 7
+    cfg.activation_checkpoint.mode = "full";
+    check_same_run(run_with_timeout(cfg), one);
+    auto deep = pp_job(dir, tokens, 2, 2, "Interleaved1F1B", "v3");
+    deep.parallelism.pipeline_parallel_split_points = {"layers.1", "layers.2", "layers.4", "layers.5", "layers.7"};
+    check_same_run(run_with_timeout(deep), one);
+  }
+  SECTION("pp 2 x FSDP 2, with 1F1B and with the zero-bubble V") {
+    for (const char* schedule : {"1F1B", "ZBVZeroBubble"}) {
+      INFO(schedule);
+      auto cfg = pp_job(dir, tokens, 4, 2, schedule, std::string("ppfsdp") + schedule);
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      check_same_run(run, one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+}
+
+TEST_CASE("a pipeline records its actions as a Chrome trace and resumes from its checkpoint", "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  auto cfg = pp_job(dir, tokens, 2, 2, "1F1B", "traced");
+  cfg.profiling.enable_profiling = true;
+  cfg.checkpoint.interval = 5;
+  const auto full = run_with_timeout(cfg);
+  REQUIRE(full.exit_code == 0);
+  const auto schedule = parallel::pp::make_schedule("1F1B", 2, 4);
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r);
+    std::ifstream f(cfg.job.dump_folder + "/profile_traces/pipeline_rank" + std::to_string(r) + ".json");
+    REQUIRE(f.good());
+    const auto trace = nlohmann::json::parse(f);
+    size_t events = 0;
+    double last_end = 0;
+    for (const auto& e : trace["traceEvents"]) {
+      if (e["ph"] == "M") continue;
+      ++events;
+      CHECK(e["tid"] == r);
+      if (e["ph"] == "X") {
+        CHECK(e["ts"].get<double>() >= last_end);  // one action at a time, in order
+        last_end = e["ts"].get<double>() + e["dur"].get<double>();
+      }
+    }
+    CHECK(events == 10 * schedule.actions[r].size());  // every action of every step
+  }
+  // Resumed from step 5 by the same layout and by one rank (the stages' tensors merge).
+  for (int ranks : {2, 1}) {
+    SECTION(std::to_string(ranks) + " ranks") {
+      auto resumed = pp_job(dir, tokens, ranks, ranks, "1F1B", "resumed" + std::to_string(ranks));
+      resumed.checkpoint.initial_load_path = checkpoint::checkpoint_folder(cfg) + "/step-5";
+      resumed.checkpoint.initial_load_model_only = false;
+      check_same_run(run_with_timeout(resumed), full, 6);
+      check_same_model(final_model(resumed), final_model(cfg));
     }
   }
 }

@@ -101,6 +101,13 @@ data::DataPosition reshard_token_position(const data::DataPosition& saved, int f
   return out;
 }
 
+// The pipeline degree of the job that wrote a checkpoint (1 for checkpoints from before it was recorded).
+static int pipeline_degree(const CheckpointMetadata& meta) {
+  for (const auto& [key, value] : meta.config)
+    if (key == "parallelism.pipeline_parallel_degree") return std::max(1, std::stoi(value));
+  return 1;
+}
+
 Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, int rank, int world) {
   const auto source = choose_source(cfg);
   if (!source) return {};
@@ -114,8 +121,12 @@ Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, 
   trainer.load_checkpoint_state(read_tensors(source->step_dir, meta, wanted));
 
   Restored out;
+  // Data positions belong to data-parallel ranks: the stages of one pipeline read the same
+  // batches. The pipeline is the mesh's outermost dimension, so rank r reads share r mod dp.
   const int saved_world = static_cast<int>(meta.ranks.size());
-  const int source_rank = saved_world == world ? rank : rank % std::max(saved_world, 1);
+  const int saved_dp = std::max(saved_world / pipeline_degree(meta), 1);
+  const int dp = world / static_cast<int>(cfg.parallelism.pipeline_parallel_degree);
+  const int source_rank = saved_world == world ? rank : (rank % dp) % saved_dp;
   const auto mine =
       std::find_if(meta.ranks.begin(), meta.ranks.end(), [&](const auto& r) { return r.rank == source_rank; });
   const bool per_rank = parts.contains("dataloader") || parts.contains("rng");
@@ -125,19 +136,19 @@ Restored restore_trainer(train::Trainer& trainer, const config::JobConfig& cfg, 
                              " ranks); set checkpoint.exclude_from_loading = [\"dataloader\", \"rng\"] to load it");
   if (parts.contains("rng")) restore_rng(mine->rng, meta_path);
   if (parts.contains("dataloader") && mine->dataloader) {
-    if (saved_world == world) {
+    if (saved_world == world || saved_dp == dp) {
       out.dataloader = mine->dataloader;
     } else if (cfg.training.dataset == "tokens") {
       const auto per_batch = cfg.training.local_batch_size;
       try {
-        out.dataloader = reshard_token_position(*mine->dataloader, saved_world, world, per_batch);
+        out.dataloader = reshard_token_position(*mine->dataloader, saved_dp, dp, per_batch);
       } catch (const std::exception& e) {
         throw std::runtime_error(meta_path + ": " + e.what() +
                                  "; set checkpoint.exclude_from_loading = [\"dataloader\"] to start the data over");
       }
     } else {
-      throw std::runtime_error(meta_path + ": the data position of " + std::to_string(saved_world) +
-                               " ranks cannot move to " + std::to_string(world) + " for dataset '" +
+      throw std::runtime_error(meta_path + ": the data position of " + std::to_string(saved_dp) +
+                               " data-parallel ranks cannot move to " + std::to_string(dp) + " for dataset '" +
                                cfg.training.dataset +
                                "' (documents are dealt to ranks); use token shards (training.dataset = \"tokens\") or "
                                "set checkpoint.exclude_from_loading = [\"dataloader\"]");
