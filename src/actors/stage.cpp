@@ -92,6 +92,10 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
     st.status->set_state(world > 1 ? "connecting" : "building");
     st.trainer = std::make_unique<train::Trainer>(cfg, vocab_size, std::move(rank));
     st.trainer->on_micro_batch([status = st.status](int64_t m) { status->set_micro_batch(m); });
+    st.trainer->on_pipeline_action([status = st.status](const char* what, int64_t micro_batch) {
+      status->set_state(what);
+      status->set_micro_batch(micro_batch);
+    });
     st.snapshot_buffers = std::make_unique<checkpoint::SnapshotBuffers>(cfg.checkpoint.async_mode == "async_with_pinned_mem");
     if (cfg.validation.enable) {
       st.status->set_state("tokenizing-validation");

@@ -69,9 +69,16 @@ void PipelineExecutor::compute(const Action& a, const std::vector<models::UnitBa
   const auto [begin, end] = split_.units_of(a.stage);
   const int64_t first = first_local_unit_.at(a.stage), count = end - begin;
   const auto slot = static_cast<size_t>(a.microbatch);
+  // A compute's recorded start is when its input is there: waiting for it is bubble, not work.
+  auto inputs_ready = [&] {
+    if (!record_) return;
+    if (activation_.device().is_cuda()) c10::cuda::device_synchronize();
+    compute_start_ = now_us();
+  };
   switch (a.op) {
     case Op::forward: {
       at::Tensor h = take_input(a);
+      inputs_ready();
       for (int64_t i = first; i < first + count; ++i) h = executor_.forward_unit(i, h, mbs.at(slot), slot);
       if (a.stage == schedule_.stages() - 1) losses.push_back(h);
       else outputs_[{a.stage, a.microbatch}] = h;
@@ -80,12 +87,14 @@ void PipelineExecutor::compute(const Action& a, const std::vector<models::UnitBa
     case Op::backward:
     case Op::backward_input: {
       at::Tensor g = take_grad(a, loss_scale);
+      inputs_ready();
       for (int64_t i = first + count; i-- > first;)
         g = a.op == Op::backward ? executor_.backward_unit(i, g, slot) : executor_.backward_input_unit(i, g, slot);
       if (a.stage > 0) input_grads_[{a.stage - 1, a.microbatch}] = g;
       break;
     }
     case Op::backward_weight:
+      inputs_ready();
       for (int64_t i = first + count; i-- > first;) executor_.backward_weight_unit(i, slot);
       break;
     default: throw std::logic_error("pipeline: not a compute");
@@ -98,6 +107,7 @@ std::vector<at::Tensor> PipelineExecutor::run(const std::vector<models::UnitBatc
                                 " micro-batches, got " + std::to_string(microbatches.size()));
   std::vector<at::Tensor> losses;
   for (const auto& a : schedule_.actions.at(rank_)) {
+    if (on_action_) on_action_(a);
     const double start = record_ ? now_us() : 0;
     switch (a.op) {
       case Op::recv_forward:
@@ -121,7 +131,7 @@ std::vector<at::Tensor> PipelineExecutor::run(const std::vector<models::UnitBatc
         compute(a, microbatches, loss_scale, losses);
         if (record_ && activation_.device().is_cuda()) c10::cuda::device_synchronize();
     }
-    if (record_) recorded_.push_back({a, start, now_us()});
+    if (record_) recorded_.push_back({a, is_compute(a.op) ? compute_start_ : start, now_us()});
   }
   for (auto& s : sends_) s.work->wait();
   sends_.clear();

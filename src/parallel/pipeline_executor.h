@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <vector>
 
@@ -40,6 +41,9 @@ class PipelineExecutor {
   // What the runs recorded since the last call, as rank 0 of a one-rank timeline.
   std::vector<TimedAction> take_recorded();
 
+  // Called as each action begins (the inspection console shows it).
+  void on_action(std::function<void(const Action&)> f) { on_action_ = std::move(f); }
+
   const Schedule& schedule() const { return schedule_; }
   bool last_stage_here() const;
 
@@ -65,7 +69,9 @@ class PipelineExecutor {
   std::map<Key, Posted> received_forward_, received_backward_;
   std::map<Key, at::Tensor> outputs_, input_grads_;  // (stage, mb): its output; the gradient into it
   std::vector<Posted> sends_;
+  std::function<void(const Action&)> on_action_;
   bool record_ = false;
+  double compute_start_ = 0;
   std::vector<TimedAction> recorded_;
 };
 

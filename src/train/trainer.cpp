@@ -308,6 +308,19 @@ Trainer::~Trainer() = default;
 
 int64_t Trainer::micro_batches_per_step() const { return impl_->accumulation; }
 void Trainer::on_micro_batch(std::function<void(int64_t)> progress) { impl_->progress = std::move(progress); }
+void Trainer::on_pipeline_action(std::function<void(const char*, int64_t)> progress) {
+  if (!impl_->pipeline) return;
+  impl_->pipeline->on_action([progress = std::move(progress)](const parallel::pp::Action& a) {
+    using parallel::pp::Op;
+    const char* what = a.op == Op::forward ? "pipeline-F"
+                       : a.op == Op::backward ? "pipeline-B"
+                       : a.op == Op::backward_input ? "pipeline-I"
+                       : a.op == Op::backward_weight ? "pipeline-W"
+                       : parallel::pp::is_send(a.op) ? "pipeline-send"
+                                                     : "pipeline-recv";
+    progress(what, a.microbatch + 1);
+  });
+}
 models::llama3::Llama3Model& Trainer::model() { return *impl_->model; }
 std::string Trainer::device() const { return impl_->device; }
 

@@ -31,6 +31,9 @@ class Trainer {
   int64_t micro_batches_per_step() const;
   // Called with 1, 2, ... as each micro-batch of a step begins (the inspection console shows it).
   void on_micro_batch(std::function<void(int64_t)> progress);
+  // With a pipeline: called as each action of the rank's schedule begins, with what it is
+  // ("pipeline-F", -B, -I, -W, -send, -recv: static strings) and its micro-batch.
+  void on_pipeline_action(std::function<void(const char*, int64_t)> progress);
   // The returned loss and grad norm are the whole job's (averaged over data-parallel ranks);
   // tokens and FLOPs are this rank's.
   StepStats step(int64_t step, const std::vector<std::shared_ptr<const data::Batch>>& micro_batches);
