@@ -247,7 +247,31 @@ config::JobConfig pp_job(const TempDir& dir, const std::string& tokens, int rank
   c.training.steps = 10;
   c.parallelism.pipeline_parallel_degree = pp;
   c.parallelism.pipeline_parallel_schedule = schedule;
+  c.validation.enable = true;
+  c.validation.dataset = "tokens";
+  c.validation.dataset_path = tokens;
+  c.validation.freq = 5;
+  c.validation.steps = 2;
   return c;
+}
+
+// step -> validation loss, from the run's metrics.jsonl.
+std::map<int64_t, double> validation_losses(const config::JobConfig& c) {
+  std::map<int64_t, double> out;
+  std::ifstream in(c.job.dump_folder + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("validation_loss")) out[j.at("step").get<int64_t>()] = j.at("validation_loss").get<double>();
+  }
+  return out;
+}
+
+void check_same_validation(const config::JobConfig& got, const config::JobConfig& want) {
+  const auto g = validation_losses(got), w = validation_losses(want);
+  REQUIRE(w.size() == 2);  // after steps 5 and 10
+  REQUIRE(g.size() == w.size());
+  for (const auto& [step, loss] : w) CHECK(g.at(step) == Approx(loss).epsilon(2e-5));
 }
 
 }  // namespace
@@ -268,6 +292,7 @@ TEST_CASE("pipelines of 2 and 4 stages train as one rank does, with every schedu
         INFO(run.message);
         check_same_run(run, one);
         check_same_model(final_model(cfg), reference);
+        check_same_validation(cfg, one_cfg);
       }
     }
   SECTION("uneven split points, activation checkpointing, 3 virtual stages per rank") {
@@ -287,6 +312,7 @@ TEST_CASE("pipelines of 2 and 4 stages train as one rank does, with every schedu
       INFO(run.message);
       check_same_run(run, one);
       check_same_model(final_model(cfg), reference);
+      check_same_validation(cfg, one_cfg);
     }
   }
 }
