@@ -96,7 +96,8 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
       status->set_state(what);
       status->set_micro_batch(micro_batch);
     });
-    st.snapshot_buffers = std::make_unique<checkpoint::SnapshotBuffers>(cfg.checkpoint.async_mode == "async_with_pinned_mem");
+    st.snapshot_buffers = std::make_unique<checkpoint::SnapshotBuffers>(
+        cfg.checkpoint.async_mode != "disabled", cfg.checkpoint.async_mode == "async_with_pinned_mem");
     if (cfg.validation.enable) {
       st.status->set_state("tokenizing-validation");
       st.validation = std::make_unique<data::BatchSource>(data::DatasetSpec::validation(cfg), share);

@@ -13,7 +13,7 @@ at::Tensor SnapshotBuffers::buffer_for(const std::string& name, const at::Tensor
     if (it != buffers_.end() && it->second.sizes() == src.sizes() && it->second.scalar_type() == dtype)
       return it->second;
   }
-  auto buffer = torch::empty(src.sizes(), torch::TensorOptions().dtype(dtype).pinned_memory(reuse_ && src.is_cuda()));
+  auto buffer = torch::empty(src.sizes(), torch::TensorOptions().dtype(dtype).pinned_memory(reuse_ && pin_ && src.is_cuda()));
   if (reusable) buffers_[name] = buffer;
   return buffer;
 }

@@ -37,12 +37,14 @@ struct HostSnapshot {
   double blocked_seconds = 0;  // how long taking it held up training
 };
 
-// Host buffers for snapshots. Reused ones (async_with_pinned_mem) are allocated once, pinned
-// when the source is on a GPU (so the copy is a DMA at full bus speed); fresh ones (disabled,
-// async) are pageable and allocated per snapshot, as torchtitan's modes do.
+// Host buffers for snapshots. Reused ones (async, async_with_pinned_mem) are allocated once and
+// kept between saves, so a save's blocking part is a copy, not a copy plus the page faults of
+// new memory; with `pin` (async_with_pinned_mem) they are pinned when the source is on a GPU (the
+// copy is a DMA at full bus speed). Fresh ones (disabled: the save blocks anyway) are pageable
+// and allocated per snapshot.
 class SnapshotBuffers {
  public:
-  explicit SnapshotBuffers(bool reuse) : reuse_(reuse) {}
+  explicit SnapshotBuffers(bool reuse, bool pin = false) : reuse_(reuse), pin_(pin) {}
   // Copies `live` to host (converted to `dtype` if given) and waits for the copies to land.
   std::vector<SnapshotTensor> copy_to_host(const std::vector<LiveTensor>& live, std::optional<at::ScalarType> dtype);
   // Buffers of a snapshot still being written are never reused: remember which one holds them.
@@ -50,7 +52,7 @@ class SnapshotBuffers {
 
  private:
   at::Tensor buffer_for(const std::string& name, const at::Tensor& src, at::ScalarType dtype);
-  bool reuse_;
+  bool reuse_, pin_;
   std::map<std::string, at::Tensor> buffers_;
   std::weak_ptr<const HostSnapshot> in_flight_;
 };
