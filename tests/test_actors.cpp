@@ -7,7 +7,10 @@
 #include <future>
 #include <set>
 
+#include "actors/data_loader.h"
+#include "actors/data_loader_protocol.h"
 #include "actors/node_supervisor_protocol.h"
+#include "runtime/status_board.h"
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
 #include "runtime/run_training.h"
@@ -90,6 +93,32 @@ TEST_CASE("a data loader that cannot read its dataset fails the run with a clear
   const auto outcome = testing::run_with_timeout(c);
   CHECK(outcome.exit_code == 1);
   CHECK_THAT(outcome.message, Catch::Contains("gone.txt"));
+}
+
+TEST_CASE("the data loader's status counts the documents it skipped, by reason", "[actors]") {
+  testing::TempDir dir;
+  auto c = testing::small_job_config(dir);
+  c.training.dataset = "jsonl";
+  std::string lines;
+  for (int i = 0; i < 40; ++i) lines += "{\"text\": \"In the beginning God created the heaven and the earth " + std::to_string(i) + "\"}\n";
+  lines += "not json\n{\"body\": \"no text field\"}\n{\"text\": \"\"}\n";
+  c.training.dataset_path = dir.write("bad.jsonl", lines);
+  caf::actor_system_config sys_cfg;
+  caf::actor_system sys{sys_cfg};
+  caf::scoped_actor self{sys};
+  auto board = std::make_shared<runtime::StatusBoard>(0);
+  auto loader = actors::spawn_data_loader(sys, c, 0, {}, self, board);
+  // Enough batches to pass every document once.
+  self->send(loader, actors::credit_atom::value, int64_t{40}, caf::actor_cast<caf::actor>(self));
+  for (int i = 0; i < 40; ++i)
+    self->receive([](actors::batch_atom, const actors::batch_handle&) {},
+                  [](actors::failure_atom, const std::string& m) { FAIL(m); });
+  self->request(loader, std::chrono::seconds(30), actors::status_atom::value)
+      .receive([&](actors::actor_status& s) {
+                 CHECK(s.detail == "skipped documents: 3 (empty 1, without the text field 1, not JSON 1, invalid UTF-8 0)");
+               },
+               [&](caf::error& e) { FAIL_CHECK("status: " << to_string(e)); });
+  self->send_exit(loader, caf::exit_reason::user_shutdown);
 }
 
 namespace {

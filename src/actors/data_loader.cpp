@@ -11,7 +11,18 @@ namespace {
 struct loader_state {
   std::shared_ptr<runtime::StatusEntry> status;
   std::unique_ptr<data::BatchSource> source;
+  int64_t skips_published = 0;
 };
+
+// Documents skipped so far, by reason, for the inspection console (the log names each one).
+void publish_skips(loader_state& s) {
+  const auto k = s.source->skips();
+  if (k.total() == s.skips_published) return;
+  s.skips_published = k.total();
+  s.status->set_detail("skipped documents: " + std::to_string(k.total()) + " (empty " + std::to_string(k.empty) +
+                       ", without the text field " + std::to_string(k.missing_field) + ", not JSON " +
+                       std::to_string(k.malformed_json) + ", invalid UTF-8 " + std::to_string(k.invalid_utf8) + ")");
+}
 
 caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobConfig cfg, int rank,
                           data::DataShare share, caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
@@ -34,6 +45,7 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
         for (int64_t i = 0; i < n; ++i)
           self->send(consumer, batch_atom::value, batch_handle(std::make_shared<const data::Batch>(s.source->next())));
         s.status->set_step(s.source->produced());
+        publish_skips(s);
         s.status->set_state("idle");
       },
       [=](seek_atom, const data::DataPosition& pos) {

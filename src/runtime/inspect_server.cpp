@@ -43,6 +43,7 @@ nlohmann::json actor_json(const actors::actor_status& a) {
           {"age_seconds", a.age_seconds},
           {"bytes_in_flight", a.bytes_in_flight},
           {"last_error", a.last_error},
+          {"detail", a.detail},
           {"recent_messages", a.recent_messages}};
 }
 

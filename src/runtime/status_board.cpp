@@ -62,6 +62,11 @@ void StatusEntry::set_error(std::string error) {
   set_state("failed");
 }
 
+void StatusEntry::set_detail(std::string detail) {
+  std::lock_guard<std::mutex> lock(error_mutex_);
+  detail_ = std::move(detail);
+}
+
 actors::actor_status StatusEntry::snapshot() const {
   actors::actor_status s;
   const auto t = now_ns();
@@ -80,6 +85,7 @@ actors::actor_status StatusEntry::snapshot() const {
   s.age_seconds = 1e-9 * static_cast<double>(t - born_ns_);
   std::lock_guard<std::mutex> lock(error_mutex_);
   s.last_error = last_error_;
+  s.detail = detail_;
   // Oldest first.
   for (size_t i = 0; i < recent_.size(); ++i) {
     const auto& h = recent_[(next_recent_ + i) % recent_.size()];

@@ -39,6 +39,7 @@ class StatusEntry {
   void set_micro_batch(int64_t m) { micro_batch_.store(m, std::memory_order_relaxed); }
   void set_bytes_in_flight(uint64_t bytes) { bytes_.store(bytes, std::memory_order_relaxed); }
   void set_error(std::string error);
+  void set_detail(std::string detail);
   actors::actor_status snapshot() const;
 
  private:
@@ -51,7 +52,7 @@ class StatusEntry {
   std::atomic<uint64_t> mailbox_{0}, handled_{0}, bytes_{0};
   std::atomic<int64_t> busy_total_ns_{0}, busy_since_ns_{0};  // busy_since 0: not busy now
   mutable std::mutex error_mutex_;  // errors are rare; the hot path never takes it
-  std::string last_error_;
+  std::string last_error_, detail_;
   struct Heard {
     int64_t at_ns;
     std::string text;

@@ -18,6 +18,7 @@ unassigned, so \p{L} and \p{N} would disagree on them.
 Usage: tokenizer_oracle.py --troupe PATH_TO_TROUPE [--repo REPO_ROOT] [--shared DIR]
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -156,6 +157,51 @@ def check_invalid_utf8(troupe, tokenizer, workdir):
     print(f"ok  {tokenizer}: invalid UTF-8 refused at its byte offset")
 
 
+def gpt2_byte_decoder():
+    """The byte-level BPE alphabet: printable bytes stand for themselves, the rest are shifted."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + \
+        list(range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def check_tiktoken(troupe, llama_json, text, workdir):
+    """Llama 3's tokenizer.model (a tiktoken rank file) made from its tokenizer.json: troupe reading
+    the rank file must give the ids of the `tiktoken` package itself (and of HF)."""
+    import base64
+    import tiktoken
+    with open(llama_json, encoding="utf-8") as f:
+        spec = json.load(f)
+    decode = gpt2_byte_decoder()
+    ranks = {bytes(decode[c] for c in tok): rank for tok, rank in spec["model"]["vocab"].items()}
+    specials = {t["content"]: t["id"] for t in spec["added_tokens"] if t["special"]}
+    pattern = next(p["pattern"]["Regex"] for p in spec["pre_tokenizer"]["pretokenizers"] if p["type"] == "Split")
+    model = os.path.join(workdir, "tokenizer.model")
+    with open(model, "w") as f:
+        for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(f"{base64.b64encode(tok).decode()} {rank}\n")
+    enc = tiktoken.Encoding("llama3_1", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials)
+    want = enc.encode(text, allowed_special="all")
+    path = os.path.join(workdir, "tiktoken_text.txt")
+    with open(path, "wb") as f:
+        f.write(text.encode("utf-8"))
+    ours = troupe_encode(troupe, model, path)
+    if ours != want:
+        i = next((k for k, (a, b) in enumerate(zip(want, ours)) if a != b), min(len(want), len(ours)))
+        raise Failure(f"tiktoken rank file: troupe differs from tiktoken at token {i}: "
+                      f"tiktoken {want[max(0, i - 3):i + 4]} troupe {ours[max(0, i - 3):i + 4]}")
+    if troupe_decode(troupe, model, ours) != text.encode("utf-8"):
+        raise Failure("tiktoken rank file: decode(encode(text)) != text")
+    print(f"ok  Llama 3.1 tokenizer.model (tiktoken rank file, {len(ranks)} ranks): {len(ours)} tokens, "
+          f"identical to the tiktoken package, round trip exact")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--troupe", required=True, help="path to the troupe binary")
@@ -180,6 +226,8 @@ def main():
                 check_tokenizer(args.troupe, tok, text, workdir)
                 check_invalid_utf8(args.troupe, tok, workdir)
             check_training(args.troupe, text, workdir)
+            if not args.bundled_only:
+                check_tiktoken(args.troupe, tokenizers[1], text, workdir)
     except Failure as e:
         print(f"FAIL {e}", file=sys.stderr)
         return 1

@@ -16,4 +16,4 @@ PIP_FLAGS="--quiet --disable-pip-version-check"
 if python3 -c 'import sys; sys.exit(0 if sys.prefix == sys.base_prefix and sys.prefix.startswith("/usr") else 1)'; then
   PIP_FLAGS="$PIP_FLAGS --break-system-packages"
 fi
-$PIP install $PIP_FLAGS torch==2.11.0 "transformers>=4.45" safetensors tokenizers tensorboard selenium
+$PIP install $PIP_FLAGS torch==2.11.0 "transformers>=4.45" safetensors tokenizers tensorboard selenium tiktoken
