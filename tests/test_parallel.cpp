@@ -356,6 +356,31 @@ TEST_CASE("a pipeline records its actions as a Chrome trace and resumes from its
   }
 }
 
+TEST_CASE("an output tied to the embedding trains under FSDP and DDP as on one rank", "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  auto tied = [&](int ranks, int64_t replicate, const std::string& name) {
+    auto c = dp_job(dir, tokens, ranks, replicate, name);
+    c.model.flavor = "debugmodel_tied";
+    c.training.steps = 10;
+    return c;
+  };
+  const auto one_cfg = tied(1, 1, "one");
+  const auto one = run_with_timeout(one_cfg);
+  REQUIRE(one.steps.size() == 10);
+  CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
+  const auto reference = final_model(one_cfg);
+  CHECK(reference.count("output.weight") == 0);  // one tensor, saved as the embedding
+  for (const auto& [ranks, replicate, reshard] :
+       {std::tuple{2, 1, "default"}, std::tuple{4, 1, "always"}, std::tuple{2, 2, "never"}}) {
+    auto cfg = tied(ranks, replicate, "tied" + std::to_string(ranks) + "x" + std::to_string(replicate) + reshard);
+    cfg.parallelism.fsdp_reshard_after_forward = reshard;
+    INFO(cfg.job.dump_folder);
+    check_same_run(run_with_timeout(cfg), one);
+    check_same_model(final_model(cfg), reference);
+  }
+}
+
 TEST_CASE("a checkpoint saved by 2 FSDP ranks resumes exactly on 2, 4 and 1 ranks", "[parallel]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir);

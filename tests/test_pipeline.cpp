@@ -5,9 +5,12 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 
 #include "parallel/pipeline_render.h"
 #include "parallel/pipeline_split.h"
+#include "test_support.h"
 
 using namespace troupe::parallel::pp;
 
@@ -161,4 +164,23 @@ TEST_CASE("stage splits: even, by layers per stage, by split points, and impossi
   CHECK_THROWS_WITH(split_stages(6, 4, 8, -1, {}), Catch::Contains("8 pipeline stages need as many blocks"));
   CHECK_THROWS_WITH(split_stages(6, 2, 2, 2, {}), Catch::Contains("3 pipeline stages do not spread evenly over pipeline_parallel_degree 2"));
   CHECK_THROWS_WITH(split_stages(6, 2, 2, 2, {"layers.3"}), Catch::Contains("not both"));
+}
+
+TEST_CASE("troupe schedule prints the timeline and writes the trace; a bad schedule exits 2", "[cli]") {
+  troupe::testing::TempDir dir;
+  const auto out = dir.file("out.txt"), err = dir.file("err.txt"), trace = dir.file("s.json");
+  const auto bin = troupe::testing::troupe_binary();
+  REQUIRE(troupe::testing::run_command(bin + " schedule --pp 4 --microbatches 8 --schedule Interleaved1F1B "
+                                             "--virtual-stages 2 --actions --trace " + trace + " > " + out) == 0);
+  std::stringstream text;
+  text << std::ifstream(out).rdbuf();
+  CHECK_THAT(text.str(), Catch::Contains("Interleaved1F1B: 4 ranks, 8 stages, 8 micro-batches") &&
+                             Catch::Contains("rank 3 |") && Catch::Contains("bubble 15.8%") &&
+                             Catch::Contains("rank 0: F0.0 sendF1.0>1 F0.1"));
+  std::ifstream t(trace);
+  CHECK(nlohmann::json::parse(t)["traceEvents"].size() > 100);
+  CHECK(troupe::testing::run_command(bin + " schedule --pp 4 --microbatches 6 --schedule Interleaved1F1B 2> " + err) == 2);
+  std::stringstream e;
+  e << std::ifstream(err).rdbuf();
+  CHECK_THAT(e.str(), Catch::Contains("multiple of the pipeline degree"));
 }

@@ -293,7 +293,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(job, local_ranks), positive_or_fill()},
 
       {TROUPE_KEY(model, name), one_of({"llama3"})},
-      {TROUPE_KEY(model, flavor), one_of({"debugmodel", "debugmodel_8layers", "1B", "1.5B", "3B", "8B", "70B", "405B"})},
+      {TROUPE_KEY(model, flavor), one_of({"debugmodel", "debugmodel_8layers", "debugmodel_tied", "1B", "1.5B", "3B", "8B", "70B", "405B"})},
       {TROUPE_KEY(model, tokenizer_path), existing_file()},
 
       {TROUPE_KEY(optimizer, name), one_of({"AdamW", "Adam"})},

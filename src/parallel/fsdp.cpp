@@ -165,7 +165,13 @@ void ShardedUnits::free_gathered(size_t i) {
   u.ready = false;
 }
 
+void ShardedUnits::gather_borrowed(size_t i) {
+  for (const auto& [user, owner] : options_.borrows)
+    if (user == i) wait_gathered(owner);
+}
+
 void ShardedUnits::before_forward(size_t i) {
+  gather_borrowed(i);
   wait_gathered(i);
   if (i + 1 < units_.size()) gather(i + 1);  // prefetch: the next unit's gather overlaps this one's compute
 }
@@ -177,6 +183,7 @@ void ShardedUnits::after_forward(size_t i) {
 }
 
 void ShardedUnits::before_backward(size_t i) {
+  gather_borrowed(i);
   wait_gathered(i);
   if (i > 0) gather(i - 1);
 }

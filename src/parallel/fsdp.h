@@ -29,6 +29,9 @@ struct DataParallelOptions {
   at::ScalarType compute_dtype = at::kFloat;  // the gathered copies (mixed_precision_param)
   at::ScalarType reduce_dtype = at::kFloat;   // gradients on the wire (mixed_precision_reduce)
   Reshard reshard = Reshard::default_policy;
+  // (i, j): unit i's forward also reads unit j's parameters (an output head tied to the
+  // embedding), so unit j is gathered whenever unit i runs.
+  std::vector<std::pair<size_t, size_t>> borrows;
 };
 
 // One rank's piece of a parameter: its dim-0 chunk (rows [first_row, first_row + rows) of
@@ -76,6 +79,7 @@ class ShardedUnits : public train::UnitHooks {
   void gather(size_t unit);
   void wait_gathered(size_t unit);
   void free_gathered(size_t unit);
+  void gather_borrowed(size_t unit);
   void finish_unit(Unit& u);
   std::vector<std::unique_ptr<Unit>> units_;
   std::vector<ParameterShard> shards_;

@@ -126,12 +126,17 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
   if (links.key_value_store && placement.node_rank == 0)
     caf::anon_send_exit(links.key_value_store, caf::exit_reason::user_shutdown);
   auto outcome = result.get();
-  if (several_nodes && outcome.exit_code != exit_code::ok) {
-    // A failed job of several nodes (typically a lost node) may leave this node's ranks inside a
-    // collective whose Gloo threads wait out their own timeout before they can be joined; the
-    // metrics and checkpoints are on disk already, so leave now instead of hanging in shutdown.
+  if (several_nodes) {
+    // A job of several nodes leaves without destroying the actor system: CAF's middleman keeps
+    // the actors it handed to other nodes alive until those nodes let go, which a node that has
+    // already exited never does, so ~actor_system would wait for their threads forever (seen:
+    // node 1 hanging after node 0 finished). A failed job may also leave ranks inside a
+    // collective whose Gloo threads wait out their own timeout. The metrics and checkpoints are
+    // on disk already.
+    if (!outcome.message.empty())
+      (outcome.exit_code == exit_code::ok ? std::cout : std::cerr) << "troupe: " << outcome.message << std::endl;
     std::cout.flush();
-    std::cerr << "troupe: " << outcome.message << std::endl;
+    std::cerr.flush();
     std::_Exit(outcome.exit_code);
   }
   return outcome;

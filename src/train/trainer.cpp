@@ -82,10 +82,10 @@ std::unique_ptr<parallel::ShardedUnits> apply_data_parallel(const config::JobCon
                                                             const std::vector<models::UnitPtr>& units,
                                                             const std::vector<std::pair<std::string, at::Tensor>>& names,
                                                             bool cuda) {
-  if (model.args().tie_embeddings)
-    throw std::invalid_argument("model.flavor " + cfg.model.flavor +
-                                " ties the output to the embedding, which data parallelism does not support yet");
   parallel::DataParallelOptions o;
+  // A tied head computes with the embedding's weight: the embedding's unit is gathered with it,
+  // and the weight's gradient collects both uses before the embedding's reduce-scatter.
+  if (model.args().tie_embeddings) o.borrows.push_back({units.size() - 1, 0});
   o.shard = connect(rank, mesh, parallel::MeshDim::dp_shard, cuda);
   o.replicate = connect(rank, mesh, parallel::MeshDim::dp_replicate, cuda);
   o.compute_dtype = cuda ? precision("mixed_precision_param", cfg.training.mixed_precision_param) : at::kFloat;

@@ -60,6 +60,8 @@ const std::map<std::string, ModelArgs>& registry() {
       {"debugmodel", make(256, 6, 16, 0, std::nullopt, 256, std::nullopt, false, 2048)},
       // Deep enough for 8 pipeline stages (4 ranks x 2 virtual stages).
       {"debugmodel_8layers", make(256, 8, 16, 0, std::nullopt, 256, std::nullopt, false, 2048)},
+      // The output projection tied to the embedding, as Llama 3.2 1B and 3B.
+      {"debugmodel_tied", make(256, 6, 16, 0, std::nullopt, 256, std::nullopt, true, 2048)},
       {"1B", make(2048, 16, 32, 8, 1.5, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, true)},
       // The 1B shapes untied: the model of the shared PyTorch peer benchmark (1.50B parameters).
       {"1.5B", make(2048, 16, 32, 8, 1.5, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, false)},
@@ -84,7 +86,7 @@ ModelArgs flavor(const std::string& name) {
 }
 
 std::vector<std::string> flavor_names() {
-  return {"debugmodel", "debugmodel_8layers", "1B", "1.5B", "3B", "8B", "70B", "405B"};
+  return {"debugmodel", "debugmodel_8layers", "debugmodel_tied", "1B", "1.5B", "3B", "8B", "70B", "405B"};
 }
 
 }  // namespace troupe::models::llama3
