@@ -223,3 +223,29 @@ TEST_CASE("safetensors round trip and damaged files are named", "[model]") {
   REQUIRE_THROWS_WITH(checkpoint::read_safetensors(dir.file("x.safetensors")), Catch::Contains("x.safetensors"));
   REQUIRE_THROWS_WITH(checkpoint::read_safetensors(dir.file("missing.safetensors")), Catch::Contains("missing.safetensors"));
 }
+
+TEST_CASE("a pipeline stage's model: other units on the meta device, its own initialised as in the whole model",
+          "[model]") {
+  const auto args = [] {
+    auto a = models::llama3::flavor("debugmodel");
+    a.vocab_size = 512;
+    a.max_seq_len = 64;
+    return a;
+  }();
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  Llama3Model whole(args, f32);
+  whole.init_weights(7);
+  Llama3Model stage(args, f32, [](size_t unit) { return unit == 2 || unit == 3; });  // blocks 1 and 2
+  stage.init_weights(7);
+  const auto want = checkpoint::parameters_of(whole);
+  size_t materialised = 0;
+  for (const auto& [name, t] : checkpoint::parameters_of(stage)) {
+    INFO(name);
+    const bool mine = name.starts_with("layers.1.") || name.starts_with("layers.2.");
+    CHECK(t.is_meta() == !mine);
+    if (!mine) continue;
+    ++materialised;
+    CHECK(at::equal(t, want.at(name)));
+  }
+  CHECK(materialised == 18);  // 9 tensors per block
+}

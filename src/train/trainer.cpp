@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 #include <set>
@@ -127,6 +128,20 @@ PipelinePlan plan_pipeline(const config::JobConfig& cfg, const parallel::DeviceM
   return plan;
 }
 
+std::optional<PipelinePlan> pipeline_plan(const config::JobConfig& cfg, const parallel::ParallelDims& dims, int rank,
+                                          const models::llama3::ModelArgs& args) {
+  if (dims.of(parallel::MeshDim::pp) == 1) return std::nullopt;
+  const auto rows = cfg.parallelism.pipeline_parallel_microbatch_size;
+  if (cfg.training.local_batch_size % rows != 0)
+    throw std::invalid_argument("training.local_batch_size " + std::to_string(cfg.training.local_batch_size) +
+                                " is not a multiple of parallelism.pipeline_parallel_microbatch_size " +
+                                std::to_string(rows));
+  if (args.tie_embeddings)
+    throw std::invalid_argument("model.flavor " + cfg.model.flavor +
+                                " ties the output to the embedding, which pipeline parallelism does not support yet");
+  return plan_pipeline(cfg, parallel::DeviceMesh(dims, rank), args.n_layers, cfg.training.local_batch_size / rows);
+}
+
 int64_t selective_every(const config::ActivationCheckpointSection& ac) {
   if (ac.mode != "selective") return 1;
   return std::stoll(ac.selective_ac_option);
@@ -162,8 +177,14 @@ struct Trainer::Impl {
         dims(parallel::ParallelDims::resolve(cfg.parallelism, rank.world)),
         args(make_args(cfg, vocab_size)),
         // Built on its device (the rotary tables are plain tensors that .to() would not move).
+        plan(pipeline_plan(cfg, dims, rank.rank, args)),
+        // Another stage's units are built on the meta device: shapes without memory.
         model(std::make_shared<models::llama3::Llama3Model>(
-            args, at::TensorOptions().dtype(at::kFloat).device(torch::Device(device)))),
+            args, at::TensorOptions().dtype(at::kFloat).device(torch::Device(device)),
+            plan ? std::function<bool(size_t)>([this](size_t u) {
+              return std::find(plan->units.begin(), plan->units.end(), static_cast<int64_t>(u)) != plan->units.end();
+            })
+                 : nullptr)),
         schedule(cfg.optimizer.lr, cfg.training.steps, cfg.lr_scheduler.warmup_steps,
                  cfg.lr_scheduler.decay_ratio < 0 ? std::nullopt : std::optional<double>(cfg.lr_scheduler.decay_ratio),
                  cfg.lr_scheduler.decay_type, cfg.lr_scheduler.min_lr_factor),
@@ -191,17 +212,7 @@ struct Trainer::Impl {
     // The units this rank runs: every one, or its pipeline stages'.
     std::vector<int64_t> mine(model->units().size());
     for (size_t u = 0; u < mine.size(); ++u) mine[u] = static_cast<int64_t>(u);
-    std::optional<PipelinePlan> plan;
-    if (dims.of(parallel::MeshDim::pp) > 1) {
-      const auto rows = cfg.parallelism.pipeline_parallel_microbatch_size;
-      if (cfg.training.local_batch_size % rows != 0)
-        throw std::invalid_argument("training.local_batch_size " + std::to_string(cfg.training.local_batch_size) +
-                                    " is not a multiple of parallelism.pipeline_parallel_microbatch_size " +
-                                    std::to_string(rows));
-      if (args.tie_embeddings)
-        throw std::invalid_argument("model.flavor " + cfg.model.flavor +
-                                    " ties the output to the embedding, which pipeline parallelism does not support yet");
-      plan = plan_pipeline(cfg, mesh, args.n_layers, cfg.training.local_batch_size / rows);
+    if (plan) {
       mine = plan->units;
       counts_tokens = mesh.coord(parallel::MeshDim::pp) == 0;
     }
@@ -213,7 +224,6 @@ struct Trainer::Impl {
     }
     for (const auto& [name, t] : named_parameters(*model)) {
       if (kept.contains(t.unsafeGetTensorImpl())) owned.emplace_back(name, t);
-      else t.set_data(at::empty({0}, t.options()));  // another stage's: its rank holds it
     }
     for (const auto& [name, t] : owned) params.push_back(t);
     auto trained = owned;
@@ -281,6 +291,7 @@ struct Trainer::Impl {
   parallel::RankContext rank;
   parallel::ParallelDims dims;
   models::llama3::ModelArgs args;
+  std::optional<PipelinePlan> plan;  // with pipeline parallelism
   std::shared_ptr<models::llama3::Llama3Model> model;
   LrSchedule schedule;
   double max_norm;

@@ -182,19 +182,24 @@ RotaryTables make_rotary_tables(const ModelArgs& a, const at::TensorOptions& opt
   return {angles.cos().to(device), angles.sin().to(device)};
 }
 
-Llama3Model::Llama3Model(const ModelArgs& args, const at::TensorOptions& options) : args_(args) {
+Llama3Model::Llama3Model(const ModelArgs& args, const at::TensorOptions& options,
+                         const std::function<bool(size_t)>& materialize)
+    : args_(args) {
   args_.validate();
+  auto options_of = [&](size_t unit) {
+    return !materialize || materialize(unit) ? options : options.device(at::kMeta);
+  };
   auto rope = std::make_shared<const RotaryTables>(make_rotary_tables(args_, options));
-  auto embedding = register_module("tok_embeddings", std::make_shared<EmbeddingUnit>(args_, options));
+  auto embedding = register_module("tok_embeddings", std::make_shared<EmbeddingUnit>(args_, options_of(0)));
   units_.push_back(embedding);
   torch::nn::ModuleList layers;
   for (int64_t i = 0; i < args_.n_layers; ++i) {
-    auto block = std::make_shared<TransformerBlock>(args_, i, rope, options);
+    auto block = std::make_shared<TransformerBlock>(args_, i, rope, options_of(static_cast<size_t>(i) + 1));
     layers->push_back(block);
     units_.push_back(block);
   }
   register_module("layers", layers);
-  auto head = std::make_shared<HeadUnit>(args_, options, args_.tie_embeddings ? embedding : nullptr);
+  auto head = std::make_shared<HeadUnit>(args_, options_of(units_.size()), args_.tie_embeddings ? embedding : nullptr);
   register_module("norm", head->norm);
   if (head->output) register_module("output", head->output);
   units_.push_back(head);
@@ -223,7 +228,10 @@ at::Tensor Llama3Model::loss(const UnitBatch& batch) {
 
 void Llama3Model::init_weights(uint64_t seed) {
   torch::NoGradGuard no_grad;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  at::Generator gen;
+  auto unit_generator = [&](size_t unit) {
+    gen = at::make_generator<at::CPUGeneratorImpl>(seed * 1000003ULL + unit);
+  };
   auto init = [&](at::Tensor& w, double std, double cutoff) {
     if (w.is_meta()) return;
     auto host = torch::empty(w.sizes(), w.options().device(at::kCPU));
@@ -231,12 +239,14 @@ void Llama3Model::init_weights(uint64_t seed) {
     w.copy_(host);
   };
   auto& emb = dynamic_cast<EmbeddingUnit&>(*units_.front()).weight;
+  unit_generator(0);
   if (!emb.is_meta()) {
     auto host = torch::empty(emb.sizes(), emb.options().device(at::kCPU)).normal_(0.0, 1.0, gen);
     emb.copy_(host);
   }
   for (size_t i = 1; i + 1 < units_.size(); ++i) {
     auto& b = dynamic_cast<TransformerBlock&>(*units_[i]);
+    unit_generator(i);
     // Depth-scaled init of the projections that write into the residual stream.
     const double depth_std = 0.02 / std::sqrt(2.0 * static_cast<double>(b.layer_id + 1));
     init(b.attention->wq->weight, 0.02, 2.0);
@@ -250,6 +260,7 @@ void Llama3Model::init_weights(uint64_t seed) {
     b.ffn_norm->weight.fill_(1.0);
   }
   auto& head = dynamic_cast<HeadUnit&>(*units_.back());
+  unit_generator(units_.size() - 1);
   head.norm->weight.fill_(1.0);
   if (head.output) {
     const double std = 1.0 / std::sqrt(static_cast<double>(args_.dim));

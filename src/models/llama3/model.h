@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/nn/module.h>
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -21,8 +22,10 @@ RotaryTables make_rotary_tables(const ModelArgs& args, const at::TensorOptions& 
 
 class Llama3Model : public torch::nn::Module {
  public:
-  // `options` picks dtype and device; the meta device builds shapes without memory.
-  Llama3Model(const ModelArgs& args, const at::TensorOptions& options);
+  // `options` picks dtype and device; the meta device builds shapes without memory. With
+  // `materialize`, the units it rejects (another pipeline stage's) are built on the meta device.
+  Llama3Model(const ModelArgs& args, const at::TensorOptions& options,
+              const std::function<bool(size_t unit)>& materialize = nullptr);
 
   const ModelArgs& args() const { return args_; }
   const std::vector<UnitPtr>& units() const { return units_; }
@@ -34,7 +37,8 @@ class Llama3Model : public torch::nn::Module {
   // Mixed precision: parameters keep their dtype (fp32 masters), activations use `dtype`.
   void set_compute_dtype(at::ScalarType dtype);
 
-  // torchtitan's initialisation; `seed` makes it reproducible.
+  // torchtitan's initialisation; `seed` makes it reproducible. Each unit draws from its own
+  // generator (seed, unit), so a unit's values do not depend on which others are materialised.
   void init_weights(uint64_t seed);
 
  private:
