@@ -19,9 +19,7 @@ void publish_skips(loader_state& s) {
   const auto k = s.source->skips();
   if (k.total() == s.skips_published) return;
   s.skips_published = k.total();
-  s.status->set_detail("skipped documents: " + std::to_string(k.total()) + " (empty " + std::to_string(k.empty) +
-                       ", without the text field " + std::to_string(k.missing_field) + ", not JSON " +
-                       std::to_string(k.malformed_json) + ", invalid UTF-8 " + std::to_string(k.invalid_utf8) + ")");
+  s.status->set_detail("skipped documents: " + std::to_string(k.total()) + " (" + k.breakdown("the text field") + ")");
 }
 
 caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobConfig cfg, int rank,

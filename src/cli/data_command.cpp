@@ -56,13 +56,10 @@ int run_prepare(const PrepareArgs& a) {
   const auto result = data::prepare_shards(
       o, [&](const data::PrepareProgress& p) { bar.show(p, p.bytes_done == p.bytes_total); },
       [](const std::string& m) { std::cerr << "\ntroupe data: " << m << '\n'; });
-  std::printf("wrote %zu shard(s), %lld tokens of %lld documents from %zu file(s) to %s; skipped %lld document(s) "
-              "(empty %lld, without \"%s\" %lld, not JSON %lld, invalid UTF-8 %lld)\n",
+  std::printf("wrote %zu shard(s), %lld tokens of %lld documents from %zu file(s) to %s; skipped %lld document(s) (%s)\n",
               result.shards.size(), static_cast<long long>(result.tokens), static_cast<long long>(result.documents),
               o.files.size(), o.output_dir.c_str(), static_cast<long long>(result.skips.total()),
-              static_cast<long long>(result.skips.empty), o.text_field.c_str(),
-              static_cast<long long>(result.skips.missing_field), static_cast<long long>(result.skips.malformed_json),
-              static_cast<long long>(result.skips.invalid_utf8));
+              result.skips.breakdown("\"" + o.text_field + "\"").c_str());
   return 0;
 }
 

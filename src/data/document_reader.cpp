@@ -5,6 +5,11 @@
 
 namespace troupe::data {
 
+std::string SkipCounts::breakdown(const std::string& field) const {
+  return "empty " + std::to_string(empty) + ", without " + field + " " + std::to_string(missing_field) + ", not JSON " +
+         std::to_string(malformed_json) + ", invalid UTF-8 " + std::to_string(invalid_utf8);
+}
+
 namespace {
 constexpr int64_t kLoggedPerKind = 5;  // then only counted: a bad file must not flood the log
 }

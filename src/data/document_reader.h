@@ -35,6 +35,8 @@ struct SkipCounts {
   int64_t malformed_json = 0;
   int64_t invalid_utf8 = 0;   // counted by the tokenizing side, which checks UTF-8
   int64_t total() const { return empty + missing_field + malformed_json + invalid_utf8; }
+  // "empty E, without FIELD M, not JSON J, invalid UTF-8 U"; `field` names the JSON Lines text field.
+  std::string breakdown(const std::string& field) const;
 };
 
 using SkipLog = std::function<void(const std::string&)>;

@@ -249,12 +249,7 @@ void ShardedUnits::release_all() {
 at::Tensor ShardedUnits::clip_grad_norm(double max_norm, comm::Communicator* stages) {
   std::vector<at::Tensor> grads;
   for (auto& u : units_) grads.push_back(u->master_grad);
-  auto squares = train::squared_l2_norm(grads);
-  if (options_.shard) options_.shard->all_reduce(squares, comm::ReduceOp::sum)->wait();
-  if (stages) stages->all_reduce(squares, comm::ReduceOp::sum)->wait();
-  auto total = squares.sqrt();
-  train::scale_to_norm(grads, total, max_norm);
-  return total;
+  return train::clip_to_global_norm(grads, max_norm, {options_.shard.get(), stages});
 }
 
 void ShardedUnits::average_over_data_parallel(at::Tensor& scalar) {

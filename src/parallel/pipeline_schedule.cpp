@@ -52,6 +52,21 @@ double Costs::of(Op op) const {
   }
 }
 
+std::vector<Action> inputs_of(const Action& a, int stages) {
+  const int mb = a.microbatch;
+  switch (a.op) {
+    case Op::forward:
+      if (a.stage == 0) return {};
+      return {{Op::forward, a.stage - 1, mb, -1}};
+    case Op::backward:
+    case Op::backward_input:
+      if (a.stage == stages - 1) return {{Op::forward, a.stage, mb, -1}};
+      return {{Op::forward, a.stage, mb, -1}, {Op::backward_input, a.stage + 1, mb, -1}};
+    case Op::backward_weight: return {{Op::backward_input, a.stage, mb, -1}};
+    default: return {};
+  }
+}
+
 const std::vector<std::string>& schedule_names() {
   static const std::vector<std::string> names{"GPipe", "1F1B", "Interleaved1F1B", "ZBVZeroBubble",
                                               "InterleavedZeroBubble"};
@@ -176,10 +191,9 @@ Schedule zero_bubble(const std::string& name, int p, int m, std::vector<int> pla
   double now = 0;
   auto ready = [&](Op op, int st, int mb) {
     if (done[op][st][mb] != never) return false;
-    if (op == Op::forward) return st == 0 || done[Op::forward][st - 1][mb] <= now;
-    if (op == Op::backward_input)
-      return done[Op::forward][st][mb] <= now && (st == S - 1 || done[Op::backward_input][st + 1][mb] <= now);
-    return done[Op::backward_input][st][mb] <= now;
+    for (const auto& in : inputs_of({op, st, mb, -1}, S))
+      if (done[in.op][in.stage][mb] > now) return false;
+    return true;
   };
   while (left > 0) {
     bool started = false;

@@ -54,6 +54,11 @@ class ScheduleError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// The computes whose results compute `a` needs, in a pipeline of `stages` stages: F the previous
+// stage's F; B or I its own F and the next stage's input gradient (listed as I, which a B also
+// makes); W its own I.
+std::vector<Action> inputs_of(const Action& a, int stages);
+
 // GPipe, 1F1B, Interleaved1F1B, ZBVZeroBubble, InterleavedZeroBubble (torchtitan's names).
 const std::vector<std::string>& schedule_names();
 bool is_interleaved(const std::string& name);  // more than one stage per rank

@@ -64,29 +64,19 @@ Timeline simulate(const Schedule& s, const Costs& costs, bool implicit_transfers
   Done done;
   double now = 0;
 
-  // What a compute on rank r waits for, or "" when it can start now.
+  // What a compute on rank r waits for, or "" when it can start now: an input made on this rank
+  // (or anywhere, with implicit transfers) must be done, one made elsewhere received.
   auto waits_for = [&](int r, const Action& a) -> std::string {
-    auto input = [&](Op made, int stage, Op recv_op, int recv_stage) -> std::string {
-      if (implicit_transfers || s.stage_rank[stage] == r)
-        return done.of(made, stage, a.microbatch) <= now ? "" : to_string({made, stage, a.microbatch, -1});
-      const auto it = received[r].find({recv_op, recv_stage, a.microbatch});
-      return it != received[r].end() && it->second <= now ? ""
-                                                           : to_string({recv_op, recv_stage, a.microbatch, s.stage_rank[stage]});
-    };
-    switch (a.op) {
-      case Op::forward:
-        return a.stage == 0 ? "" : input(Op::forward, a.stage - 1, Op::recv_forward, a.stage);
-      case Op::backward:
-      case Op::backward_input: {
-        if (done.of(Op::forward, a.stage, a.microbatch) > now) return to_string({Op::forward, a.stage, a.microbatch, -1});
-        return a.stage == S - 1 ? "" : input(Op::backward_input, a.stage + 1, Op::recv_backward, a.stage);
+    for (const auto& in : inputs_of(a, S)) {
+      if (implicit_transfers || s.stage_rank[in.stage] == r) {
+        if (done.of(in.op, in.stage, a.microbatch) > now) return to_string(in);
+        continue;
       }
-      case Op::backward_weight:
-        return done.of(Op::backward_input, a.stage, a.microbatch) <= now
-                   ? ""
-                   : to_string({Op::backward_input, a.stage, a.microbatch, -1});
-      default: return "";
+      const Op recv = in.op == Op::forward ? Op::recv_forward : Op::recv_backward;
+      const auto it = received[r].find({recv, a.stage, a.microbatch});
+      if (it == received[r].end() || it->second > now) return to_string({recv, a.stage, a.microbatch, s.stage_rank[in.stage]});
     }
+    return "";
   };
 
   for (;;) {

@@ -5,6 +5,8 @@
 
 #include <vector>
 
+#include "comm/communicator.h"
+
 namespace troupe::train {
 
 // The sum of squares of every element, as an fp32 device scalar. On the CPU each tensor's norm
@@ -14,5 +16,12 @@ at::Tensor squared_l2_norm(const std::vector<at::Tensor>& grads);
 
 // Scales the grads in place by min(1, max_norm / (total + 1e-6)).
 void scale_to_norm(const std::vector<at::Tensor>& grads, const at::Tensor& total, double max_norm);
+
+// Gradient clipping over a gradient split between ranks: the squares of this rank's `grads` are
+// summed over each of `groups` in turn (null entries skipped: the dp_shard group, then the
+// pipeline group), the grads scaled so that the whole norm is <= max_norm, and that norm returned
+// as a device scalar (a double zero when this rank holds no gradient).
+at::Tensor clip_to_global_norm(const std::vector<at::Tensor>& grads, double max_norm,
+                               const std::vector<comm::Communicator*>& groups);
 
 }  // namespace troupe::train

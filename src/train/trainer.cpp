@@ -49,11 +49,7 @@ at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm
   std::vector<at::Tensor> grads;
   for (const auto& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
-  auto squares = grads.empty() ? torch::zeros({}, torch::kDouble) : squared_l2_norm(grads);
-  if (stages) stages->all_reduce(squares, comm::ReduceOp::sum)->wait();
-  const auto total = squares.sqrt();
-  scale_to_norm(grads, total, max_norm);
-  return total;
+  return clip_to_global_norm(grads, max_norm, {stages});
 }
 
 at::ScalarType precision(const std::string& key, const std::string& value) {
@@ -254,6 +250,15 @@ struct Trainer::Impl {
     }
   }
 
+  // A loss as fp64, known to every pipeline stage: a pipeline's losses are on its last stage
+  // (`loss` undefined elsewhere), and the others receive it.
+  at::Tensor on_every_stage(const at::Tensor& loss) const {
+    auto out = loss.defined() ? loss.to(at::kDouble)
+                              : torch::zeros({}, torch::TensorOptions().dtype(at::kDouble).device(torch::Device(device)));
+    if (stages_comm) stages_comm->all_reduce(out, comm::ReduceOp::sum)->wait();
+    return out;
+  }
+
   // The recorded actions of the first traced steps, rewritten after each step so that a
   // crashed run keeps its trace.
   void save_trace() {
@@ -371,10 +376,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   const auto grad_norm = m.sharded ? m.sharded->clip_grad_norm(m.max_norm, m.stages_comm.get())
                                    : clip_grad_norm(m.params, m.max_norm, m.stages_comm.get());
   m.optimizer->step(stats.lr);
-  // A pipeline's losses are on its last stage: every stage reports their mean.
-  auto loss = losses.empty() ? torch::zeros({}, torch::TensorOptions().dtype(at::kDouble).device(dev))
-                             : at::stack(losses).to(at::kDouble).mean();
-  if (m.stages_comm) m.stages_comm->all_reduce(loss, comm::ReduceOp::sum)->wait();
+  auto loss = m.on_every_stage(losses.empty() ? at::Tensor() : at::stack(losses).to(at::kDouble).mean());
   if (m.sharded) m.sharded->average_over_data_parallel(loss);
   if (m.pipeline && !m.trace_path.empty()) m.save_trace();
   stats.loss = loss.item<double>();
@@ -398,9 +400,7 @@ double Trainer::evaluate(const data::Batch& batch) {
   if (!m.sharded && !m.pipeline) return m.model->loss(ub).to(at::kDouble).item<double>();
   at::Tensor loss;
   if (m.pipeline) {
-    loss = m.pipeline->evaluate(ub);
-    loss = loss.defined() ? loss.to(at::kDouble) : torch::zeros({}, torch::TensorOptions().dtype(at::kDouble).device(dev));
-    m.stages_comm->all_reduce(loss, comm::ReduceOp::sum)->wait();
+    loss = m.on_every_stage(m.pipeline->evaluate(ub));
   } else {
     loss = m.executor->forward_only(ub).to(at::kDouble);
   }
