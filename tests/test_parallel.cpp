@@ -26,6 +26,7 @@
 #include "parallel/device_mesh.h"
 #include "parallel/pipeline_schedule.h"
 #include "runtime/node_placement.h"
+#include "parallel_jobs.h"
 #include "test_support.h"
 
 using namespace troupe;
@@ -141,72 +142,6 @@ TEST_CASE("rendezvous: a missing rank is an error naming the key, not a hang", "
   CHECK_THROWS_WITH(rdzv->get("nobody/here"), Catch::Contains("nobody/here") && Catch::Contains("did not arrive"));
 }
 
-namespace {
-
-// 20 steps of the debug model on pre-tokenized windows: every data-parallel layout sees the same
-// global batch of 4 windows per step (rank r of d takes windows r, r+d, ...).
-config::JobConfig dp_job(const TempDir& dir, const std::string& tokens, int ranks, int64_t replicate,
-                         const std::string& name) {
-  config::JobConfig c;
-  c.job.device = "cpu";
-  c.job.dump_folder = dir.file(name);
-  c.job.local_ranks = ranks;
-  c.model.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
-  c.training.dataset = "tokens";
-  c.training.dataset_path = tokens;
-  c.training.local_batch_size = 4 / ranks;
-  c.training.seq_len = 32;
-  c.training.steps = 20;
-  c.training.deterministic = true;
-  c.metrics.log_freq = 10;
-  c.lr_scheduler.warmup_steps = 3;
-  c.parallelism.data_parallel_replicate_degree = replicate;
-  c.checkpoint.enable = true;
-  c.checkpoint.interval = 10;
-  c.checkpoint.last_save_model_only = true;  // step 20: the model alone, fp32
-  return c;
-}
-
-std::string prepare_tokens(const TempDir& dir) {
-  data::PrepareOptions prep;
-  prep.files = {corpus_slice(dir)};
-  prep.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
-  prep.output_dir = dir.file("tokens");
-  data::prepare_shards(prep, [](const data::PrepareProgress&) {}, nullptr);
-  return prep.output_dir;
-}
-
-checkpoint::TensorMap final_model(const config::JobConfig& c) {
-  const auto step_dir = checkpoint::checkpoint_folder(c) + "/step-" + std::to_string(c.training.steps);
-  return checkpoint::read_whole_tensors(step_dir, checkpoint::read_metadata(step_dir), "model.");
-}
-
-void check_same_run(const runtime::TrainOutcome& got, const runtime::TrainOutcome& want, int64_t first_step = 1) {
-  REQUIRE(got.exit_code == 0);
-  REQUIRE(want.exit_code == 0);
-  size_t w = 0;
-  while (w < want.steps.size() && want.steps[w].step < first_step) ++w;
-  REQUIRE(got.steps.size() == want.steps.size() - w);
-  for (size_t i = 0; i < got.steps.size(); ++i, ++w) {
-    INFO("step " << got.steps[i].step);
-    CHECK(got.steps[i].step == want.steps[w].step);
-    CHECK(got.steps[i].loss == Approx(want.steps[w].loss).epsilon(2e-5));
-    CHECK(got.steps[i].grad_norm == Approx(want.steps[w].grad_norm).epsilon(2e-4));
-    CHECK(got.steps[i].tokens == want.steps[w].tokens);
-  }
-}
-
-void check_same_model(const checkpoint::TensorMap& got, const checkpoint::TensorMap& want) {
-  REQUIRE(got.size() == want.size());
-  for (const auto& [name, t] : want) {
-    INFO(name);
-    REQUIRE(got.count(name) == 1);
-    CHECK(relative_error(got.at(name), t) < 1e-4);
-  }
-}
-
-}  // namespace
-
 TEST_CASE("FSDP, DDP and HSDP over 2 and 4 ranks train as one rank does", "[parallel]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir);
@@ -234,47 +169,6 @@ TEST_CASE("FSDP, DDP and HSDP over 2 and 4 ranks train as one rank does", "[para
     }
   }
 }
-
-namespace {
-
-// dp_job with a pipeline: `pp` stages over `ranks` ranks, the same 4 windows per step, each
-// data-parallel rank's local batch cut into micro-batches of one row.
-config::JobConfig pp_job(const TempDir& dir, const std::string& tokens, int ranks, int pp, const std::string& schedule,
-                         const std::string& name) {
-  auto c = dp_job(dir, tokens, ranks / pp, 1, name);
-  c.job.local_ranks = ranks;
-  c.model.flavor = "debugmodel_8layers";
-  c.training.steps = 10;
-  c.parallelism.pipeline_parallel_degree = pp;
-  c.parallelism.pipeline_parallel_schedule = schedule;
-  c.validation.enable = true;
-  c.validation.dataset = "tokens";
-  c.validation.dataset_path = tokens;
-  c.validation.freq = 5;
-  c.validation.steps = 2;
-  return c;
-}
-
-// step -> validation loss, from the run's metrics.jsonl.
-std::map<int64_t, double> validation_losses(const config::JobConfig& c) {
-  std::map<int64_t, double> out;
-  std::ifstream in(c.job.dump_folder + "/metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("validation_loss")) out[j.at("step").get<int64_t>()] = j.at("validation_loss").get<double>();
-  }
-  return out;
-}
-
-void check_same_validation(const config::JobConfig& got, const config::JobConfig& want) {
-  const auto g = validation_losses(got), w = validation_losses(want);
-  REQUIRE(w.size() == 2);  // after steps 5 and 10
-  REQUIRE(g.size() == w.size());
-  for (const auto& [step, loss] : w) CHECK(g.at(step) == Approx(loss).epsilon(2e-5));
-}
-
-}  // namespace
 
 TEST_CASE("pipelines of 2 and 4 stages train as one rank does, with every schedule", "[parallel]") {
   TempDir dir;

@@ -1,7 +1,7 @@
 #include "parallel/pipeline_executor.h"
 
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <stdexcept>
 
@@ -72,7 +72,9 @@ void PipelineExecutor::compute(const Action& a, const std::vector<models::UnitBa
   // A compute's recorded start is when its input is there: waiting for it is bubble, not work.
   auto inputs_ready = [&] {
     if (!record_) return;
-    if (activation_.device().is_cuda()) c10::cuda::device_synchronize();
+    // The compute stream alone: the communication stream may hold a receive posted ahead whose
+    // sender is still waiting for this rank, and waiting for the whole device would deadlock.
+    if (activation_.device().is_cuda()) c10::cuda::getCurrentCUDAStream().synchronize();
     compute_start_ = now_us();
   };
   switch (a.op) {
@@ -129,7 +131,7 @@ std::vector<at::Tensor> PipelineExecutor::run(const std::vector<models::UnitBatc
       }
       default:
         compute(a, microbatches, loss_scale, losses);
-        if (record_ && activation_.device().is_cuda()) c10::cuda::device_synchronize();
+        if (record_ && activation_.device().is_cuda()) c10::cuda::getCurrentCUDAStream().synchronize();
     }
     if (record_) recorded_.push_back({a, is_compute(a.op) ? compute_start_ : start, now_us()});
   }

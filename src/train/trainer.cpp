@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <optional>
 #include <set>
 #include <filesystem>
@@ -185,6 +186,9 @@ struct Trainer::Impl {
                  cfg.lr_scheduler.decay_ratio < 0 ? std::nullopt : std::optional<double>(cfg.lr_scheduler.decay_ratio),
                  cfg.lr_scheduler.decay_type, cfg.lr_scheduler.min_lr_factor),
         max_norm(cfg.training.max_norm) {
+    // cuBLAS is deterministic only with a fixed workspace, set before its first handle; torch
+    // refuses deterministic mode on CUDA without it.
+    if (cfg.training.deterministic) setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8", /*overwrite=*/0);
     at::globalContext().setDeterministicAlgorithms(cfg.training.deterministic, /*warn_only=*/false);
     model->init_weights(static_cast<uint64_t>(cfg.job.seed));
     if (device.starts_with("cuda")) {
@@ -193,7 +197,11 @@ struct Trainer::Impl {
       model->set_compute_dtype(precision("mixed_precision_param", cfg.training.mixed_precision_param));
       // Flash attention for SDPA: the cuDNN backend fails to create its handle from libtorch's
       // C++ API on the GPU machine (CUDNN_STATUS_INTERNAL_ERROR), and flash is what the peer uses.
-      at::globalContext().setSDPUseCuDNN(false);
+      // TROUPE_SDPA_CUDNN=1 (experiment, needs the cuDNN wheel's libraries on LD_LIBRARY_PATH):
+      // cuDNN's attention instead.
+      const bool cudnn_attention = std::getenv("TROUPE_SDPA_CUDNN") != nullptr;
+      at::globalContext().setSDPUseCuDNN(cudnn_attention);
+      if (cudnn_attention) at::globalContext().setSDPUseFlash(false);
     }
     flops_per_token = 6.0 * static_cast<double>(args.num_non_embedding_params()) +
                       12.0 * static_cast<double>(args.n_layers * args.n_heads * args.head_dim() * cfg.training.seq_len);

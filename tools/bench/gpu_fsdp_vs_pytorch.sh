@@ -18,7 +18,8 @@ case $flavor in
   *) echo "flavor: 1.5b or 8b" >&2; exit 2 ;;
 esac
 echo "# $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $gpus, $flavor, batch $batch per GPU, seq $seq, steps $steps (first $warmup excluded)"
-for ranks in 1 "$gpus"; do
+# RANKS: the Troupe runs, "1 N" by default (8B: only N, as one GPU cannot hold its optimizer state).
+for ranks in ${RANKS:-1 $gpus}; do
   "$bench" throughput "${troupe_model[@]}" --warmup "$warmup" --model.tokenizer_path "$tokenizer" \
     --job.local_ranks "$ranks" --training.local_batch_size "$batch" --training.seq_len "$seq" \
     --training.steps "$steps" --metrics.log_freq 5 --job.dump_folder /tmp/troupe_fsdp_bench "$@" \

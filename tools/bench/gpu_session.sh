@@ -11,10 +11,10 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 { time cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTROUPE_GPU_TESTS=ON ${CMAKE_ARGS:-} \
     && time cmake --build build-gpu -j16; } > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 tail -3 "$out/build.log"
-(cd build-gpu && ctest -R "${TESTS:-gpu|kernels|oracle|model|gradients}" --output-on-failure) > "$out/ctest.log" 2>&1
+(cd build-gpu && ctest -R "${TESTS:-gpu|kernels|oracle|model|gradients}" --output-on-failure ${CTEST_ARGS:-}) > "$out/ctest.log" 2>&1
 tail -15 "$out/ctest.log"
 # SHAPES: batch x seq pairs, e.g. "4x4096 2x8192".
-for shape in ${SHAPES:-4x4096}; do
+for shape in ${SHAPES-4x4096}; do  # SHAPES="" runs no benchmark
   batch=${shape%x*} seq=${shape#*x}
   tools/bench/gpu_vs_pytorch.sh .device/ref_llama.py .device/llama3_1.tokenizer.json "$batch" "$seq" "${STEPS:-30}" \
     ${TROUPE_ARGS:-} > "$out/bench_b${batch}_s${seq}.log" 2>&1
