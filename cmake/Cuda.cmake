@@ -18,6 +18,18 @@ if(TROUPE_CUDA)
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   find_package(CUDAToolkit REQUIRED)
+  # The CUDA runtime of torch's wheels (nvidia-cuda-runtime), the copy libtorch and cuDNN were
+  # built against, so the process holds that one: with the toolkit's (older) runtime loaded
+  # first, cuDNN's attention failed to start (CUDNN_STATUS_INTERNAL_ERROR). Else the toolkit's.
+  execute_process(COMMAND python3 -c
+                  "import glob, nvidia; print(([f for p in nvidia.__path__ for f in sorted(glob.glob(p + '/*/lib/libcudart.so.*'))] + [''])[0])"
+                  OUTPUT_VARIABLE TROUPE_CUDART_WHEEL OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+  if(TROUPE_CUDART_WHEEL)
+    set(TROUPE_CUDART ${TROUPE_CUDART_WHEEL})
+  else()
+    set(TROUPE_CUDART CUDA::cudart)
+  endif()
+  message(STATUS "Troupe: CUDA runtime ${TROUPE_CUDART}")
   message(STATUS "Troupe: CUDA kernels ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, sm ${CMAKE_CUDA_ARCHITECTURES})")
 else()
   message(STATUS "Troupe: CUDA kernels OFF")

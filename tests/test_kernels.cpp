@@ -270,6 +270,32 @@ TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
   }
 }
 
+TEST_CASE("attention on CUDA runs cuDNN's kernel for grouped-query heads and matches fp64", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  const auto failure = kernels::prefer_cudnn_attention(torch::kCUDA);
+  INFO(failure);
+  REQUIRE(failure.empty());
+  torch::manual_seed(8);
+  // [batch, heads, seq, head_dim]: 8 query heads over 2 kv heads, as the models group them.
+  auto q = torch::randn({2, 8, 256, 64}), k = torch::randn({2, 2, 256, 64}), v = torch::randn({2, 2, 256, 64});
+  auto dout = torch::randn({2, 8, 256, 64});
+  auto attention = [](auto& in) {
+    return at::scaled_dot_product_attention(in[0], in[1], in[2], std::nullopt, 0.0, /*is_causal=*/true, std::nullopt,
+                                            /*enable_gqa=*/true);
+  };
+  const auto bf16 = at::kBFloat16;
+  const auto chosen = at::_fused_sdp_choice(on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16), std::nullopt, 0.0, true,
+                                            std::nullopt, true);
+  CHECK(chosen == static_cast<int64_t>(at::SDPBackend::cudnn_attention));
+  auto got = run_op(attention, {on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)}, on_gpu(dout, bf16));
+  auto seen = [&](const at::Tensor& t) { return as_seen(t, bf16).to(torch::kDouble); };
+  auto want = run_op(attention, {seen(q), seen(k), seen(v)}, seen(dout));
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("result " << i << " (out, dq, dk, dv)");
+    CHECK(rel(got[i], want[i]) < 1e-2);
+  }
+}
+
 TEST_CASE("the debug model on CUDA in fp32 computes the CPU model's loss and gradients", "[gpu]") {
   REQUIRE(torch::cuda::is_available());
   auto args = models::llama3::flavor("debugmodel");

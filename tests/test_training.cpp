@@ -93,29 +93,44 @@ TEST_CASE("gradient accumulation equals one step on the concatenated batch", "[t
   for (size_t i = 0; i < p1.size(); ++i) CHECK(testing::relative_error(p2[i], p1[i]) < 1e-5);
 }
 
-TEST_CASE("AdamW applies decoupled weight decay; clipping bounds the global norm", "[train]") {
+TEST_CASE("AdamW applies decoupled weight decay to the gradient clipped to max_norm", "[train]") {
   auto c = small_config();
   c.optimizer.weight_decay = 0.1;
+  c.optimizer.eps = 1e-5;  // near the clipped gradients' size, so the update depends on their scale
   c.training.max_norm = 1e-2;
+  // The same first step unclipped gives the raw gradient g (its divisor is 1).
+  auto unclipped_cfg = c;
+  unclipped_cfg.training.max_norm = 1e30;
+  train::Trainer unclipped(unclipped_cfg, vocab_of(c));
   train::Trainer trainer(c, vocab_of(c));
-  data::BatchSource src(c);
-  auto batches = next_micro_batches(src, 1);
-  std::vector<at::Tensor> before;
+  data::BatchSource src(c), same(c);
+  unclipped.step(1, next_micro_batches(same, 1));
+  std::vector<at::Tensor> before, g;
   for (auto& p : trainer.model().parameters()) before.push_back(p.detach().clone().to(torch::kDouble));
-  const auto stats = trainer.step(1, batches);
-  const double lr = stats.lr;
-  double clipped_sq = 0;
-  auto params = trainer.model().parameters();
-  for (auto& p : params) clipped_sq += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
-  CHECK(stats.grad_norm > c.training.max_norm);
-  // libtorch sums the squares in fp32 (≈1e-4 relative off an fp64 sum on the 2048-wide head).
-  CHECK(std::sqrt(clipped_sq) == Approx(c.training.max_norm).epsilon(1e-3));
-  // First Adam step: m̂ = g, v̂ = g², so p1 = p0·(1 − lr·wd) − lr·g/(|g| + eps).
-  for (size_t i = 0; i < params.size(); ++i) {
-    auto g = params[i].grad().to(torch::kDouble);
-    auto expected = before[i] * (1 - lr * c.optimizer.weight_decay) - lr * g / (g.abs() + c.optimizer.eps);
-    CHECK(testing::relative_error(params[i], expected) < 1e-5);
+  double norm_sq = 0;
+  for (auto& p : unclipped.model().parameters()) {
+    g.push_back(p.grad().to(torch::kDouble));
+    norm_sq += g.back().pow(2).sum().item<double>();
   }
+  const auto stats = trainer.step(1, next_micro_batches(src, 1));
+  const double lr = stats.lr, norm = std::sqrt(norm_sq);
+  // The reported norm is the gradient's before clipping.
+  CHECK(stats.grad_norm == Approx(norm).epsilon(1e-5));
+  REQUIRE(norm > 10 * c.training.max_norm);
+  // First Adam step: m̂ = ĝ, v̂ = ĝ², so p1 = p0·(1 − lr·wd) − lr·ĝ/(|ĝ| + eps), ĝ = g·max_norm/norm.
+  auto params = trainer.model().parameters();
+  double worst = 0, worst_unclipped = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto step_with = [&](const at::Tensor& grad) {
+      return before[i] * (1 - lr * c.optimizer.weight_decay) - lr * grad / (grad.abs() + c.optimizer.eps);
+    };
+    const auto clipped = g[i] * (c.training.max_norm / (norm + 1e-6));
+    worst = std::max(worst, testing::relative_error(params[i], step_with(clipped)));
+    worst_unclipped = std::max(worst_unclipped, testing::relative_error(params[i], step_with(g[i])));
+  }
+  INFO("worst relative error " << worst << "; against the unclipped update " << worst_unclipped);
+  CHECK(worst < 1e-5);
+  CHECK(worst_unclipped > 100 * worst);  // the clipping mattered
 }
 
 TEST_CASE("batches: targets are the tokens shifted by one, in the same order for the same seed", "[data]") {

@@ -6,6 +6,7 @@
 
 #ifdef TROUPE_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 
 #include "kernels/cross_entropy.h"
 #include "kernels/rmsnorm.h"
@@ -345,6 +346,37 @@ at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weig
   if (use_kernels(hidden)) return LinearCrossEntropyFn::apply(hidden, weight, targets, chunk_rows);
 #endif
   return linear_cross_entropy_reference(hidden, weight, targets);
+}
+
+std::string prefer_cudnn_attention(at::Device device) {
+  using B = at::SDPBackend;
+  auto& context = at::globalContext();
+  auto order = [](std::initializer_list<B> backends) {
+    std::vector<int64_t> out;
+    for (auto b : backends) out.push_back(static_cast<int64_t>(b));
+    return out;
+  };
+  context.setSDPPriorityOrder(order({B::cudnn_attention, B::flash_attention, B::efficient_attention, B::math,
+                                     B::overrideable}));
+  context.setSDPUseCuDNN(true);
+  try {
+    // Deterministic inputs: the check must not draw from the device's random generator.
+    const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(device);
+    auto q = at::linspace(-1, 1, 2 * 128 * 64, opts).view({1, 2, 128, 64}).requires_grad_(true);
+    auto kv = at::linspace(1, -1, 128 * 64, opts).view({1, 1, 128, 64}).requires_grad_(true);
+    auto out = at::scaled_dot_product_attention(q, kv, kv, std::nullopt, 0.0, /*is_causal=*/true, std::nullopt,
+                                                /*enable_gqa=*/true);
+    out.sum().backward();
+#ifdef TROUPE_WITH_CUDA
+    c10::cuda::device_synchronize();  // an asynchronous failure surfaces here, not mid-training
+#endif
+    return "";
+  } catch (const std::exception& e) {
+    context.setSDPPriorityOrder(order({B::flash_attention, B::efficient_attention, B::math, B::cudnn_attention,
+                                       B::overrideable}));
+    context.setSDPUseCuDNN(false);
+    return e.what();
+  }
 }
 
 }  // namespace troupe::kernels

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -37,5 +38,14 @@ std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights
 // [tokens, vocab] fp32 logits never exist; `weight` may be the fp32 master (cast per chunk).
 at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
                                 int64_t chunk_rows = 4096);
+
+// Makes scaled_dot_product_attention on CUDA try cuDNN's fused attention first, then flash,
+// memory-efficient and math (libtorch tries flash first and cuDNN last). On Hopper cuDNN's
+// kernels are faster: 11.1 + 37.0 ms against flash's 16.8 + 54.6 ms per step of the 1.50B model
+// (docs/perf/2026-11-25-gpu-1.5B-vs-pytorch-run3.md). Shapes cuDNN declines fall through to flash.
+// Process-wide, as libtorch's choice is. A small attention forward and backward on `device`
+// checks that cuDNN starts (it does not with a CUDA runtime older than its own loaded first);
+// if it fails, libtorch's order is restored and the error returned (empty: cuDNN first).
+std::string prefer_cudnn_attention(at::Device device);
 
 }  // namespace troupe::kernels

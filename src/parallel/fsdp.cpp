@@ -60,6 +60,7 @@ struct ShardedUnits::Unit {
   bool ready = false, in_flight = false;
   at::Tensor grad_in, grad_out;    // while a reduction is in flight
   comm::WorkPtr reduce_work;
+  bool fresh = false;              // master_grad holds none of this step's gradient yet
 };
 
 ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
@@ -220,13 +221,20 @@ void ShardedUnits::after_backward(size_t i) {
   if (S == 1) {
     u.grad_out = u.grad_in;
   } else {
-    u.grad_out = at::empty({u.shard_numel}, opts);
+    // The step's first gradient of a unit is reduced straight into the master's gradient: no
+    // zeroing beforehand and no add afterwards (two passes over every shard).
+    const bool direct = u.fresh && opts.dtype() == u.master_grad.dtype();
+    u.grad_out = direct ? u.master_grad : at::empty({u.shard_numel}, opts);
     u.reduce_work = options_.shard->reduce_scatter(u.grad_out, u.grad_in, comm::ReduceOp::avg);
   }
 }
 
 void ShardedUnits::zero_gradients() {
-  for (auto& u : units_) u->master_grad.zero_();
+  for (auto& u : units_) u->fresh = true;
+}
+
+void ShardedUnits::gather_first() {
+  if (!units_.empty()) gather(0);
 }
 
 void ShardedUnits::finish_unit(Unit& u) {
@@ -234,22 +242,30 @@ void ShardedUnits::finish_unit(Unit& u) {
   if (u.reduce_work) u.reduce_work->wait();
   u.reduce_work.reset();
   if (options_.replicate) options_.replicate->all_reduce(u.grad_out, comm::ReduceOp::avg)->wait();
-  u.master_grad.add_(u.grad_out);
+  if (!u.grad_out.is_same(u.master_grad)) {
+    if (u.fresh) u.master_grad.copy_(u.grad_out);
+    else u.master_grad.add_(u.grad_out);
+  }
+  u.fresh = false;
   u.grad_in = u.grad_out = at::Tensor();
 }
 
 void ShardedUnits::finish_gradients() {
-  for (auto& u : units_) finish_unit(*u);
+  for (auto& u : units_) {
+    finish_unit(*u);
+    if (u->fresh) u->master_grad.zero_();  // no backward reached it
+    u->fresh = false;
+  }
 }
 
 void ShardedUnits::release_all() {
   for (size_t i = 0; i < units_.size(); ++i) free_gathered(i);
 }
 
-at::Tensor ShardedUnits::clip_grad_norm(double max_norm, comm::Communicator* stages) {
+at::Tensor ShardedUnits::grad_norm(comm::Communicator* stages) {
   std::vector<at::Tensor> grads;
   for (auto& u : units_) grads.push_back(u->master_grad);
-  return train::clip_to_global_norm(grads, max_norm, {options_.shard.get(), stages});
+  return train::global_norm(grads, {options_.shard.get(), stages});
 }
 
 void ShardedUnits::average_over_data_parallel(at::Tensor& scalar) {

@@ -60,17 +60,19 @@ class ShardedUnits : public train::UnitHooks {
   void before_backward(size_t unit) override;
   void after_backward(size_t unit) override;
 
-  // Before a step's first micro-batch: the masters' gradients to zero.
+  // Before a step's first micro-batch: the masters' gradients start again from zero.
   void zero_gradients();
+  // After the optimizer step: the first unit's gather for the next forward, so that it overlaps
+  // whatever the host does between steps instead of opening the next one.
+  void gather_first();
   // After a micro-batch's backward: waits for every reduction and adds the averaged gradient
   // chunks into the masters' grads.
   void finish_gradients();
   // Frees every gathered unit (after evaluation, before a checkpoint restore).
   void release_all();
   // The L2 norm of the whole model's gradient (masters' grads, over the shard group and, with a
-  // pipeline, over its `stages` group) as a device scalar; scales the grads so that
-  // norm <= max_norm. No host sync.
-  at::Tensor clip_grad_norm(double max_norm, comm::Communicator* stages = nullptr);
+  // pipeline, over its `stages` group) as a device scalar. No host sync.
+  at::Tensor grad_norm(comm::Communicator* stages = nullptr);
   // Averages a scalar (the loss) over every data-parallel rank, in place.
   void average_over_data_parallel(at::Tensor& scalar);
 

@@ -1,5 +1,7 @@
 #include "train/adamw.h"
 
+#include <optional>
+
 #include <torch/torch.h>
 
 #include <stdexcept>
@@ -16,7 +18,7 @@ AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamO
   }
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, const at::Tensor& grad_divisor) {
   torch::NoGradGuard no_grad;
   std::vector<at::Tensor> params, grads, avgs, avg_sqs, steps;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -32,12 +34,13 @@ void AdamW::step(double lr) {
   if (params.empty()) return;
   at::_foreach_add_(steps, 1.0);
   const auto& o = options_;
+  const auto scale = grad_divisor.defined() ? std::optional<at::Tensor>(grad_divisor) : std::nullopt;
   if (o.decoupled)
     at::_fused_adamw_(params, grads, avgs, avg_sqs, {}, steps, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
-                      /*amsgrad=*/false, /*maximize=*/false);
+                      /*amsgrad=*/false, /*maximize=*/false, scale);
   else
     at::_fused_adam_(params, grads, avgs, avg_sqs, {}, steps, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
-                     /*amsgrad=*/false, /*maximize=*/false);
+                     /*amsgrad=*/false, /*maximize=*/false, scale);
 }
 
 void AdamW::zero_grad() {

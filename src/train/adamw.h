@@ -23,8 +23,10 @@ class AdamW {
  public:
   AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamOptions options);
 
-  // One update of every parameter that has a gradient, with learning rate `lr`.
-  void step(double lr);
+  // One update of every parameter that has a gradient, with learning rate `lr`; the gradients
+  // are read divided by `grad_divisor` (an fp32 scalar on the parameters' device) when given:
+  // gradient clipping inside the fused kernel.
+  void step(double lr, const at::Tensor& grad_divisor = {});
   void zero_grad();
   int64_t steps_taken() const { return steps_; }
 

@@ -12,18 +12,15 @@ at::Tensor squared_l2_norm(const std::vector<at::Tensor>& grads) {
   return at::stack(norms).pow(2).sum().to(at::kFloat);
 }
 
-void scale_to_norm(const std::vector<at::Tensor>& grads, const at::Tensor& total, double max_norm) {
-  at::_foreach_mul_(grads, at::clamp(max_norm / (total + 1e-6), std::nullopt, 1.0));
-}
-
-at::Tensor clip_to_global_norm(const std::vector<at::Tensor>& grads, double max_norm,
-                               const std::vector<comm::Communicator*>& groups) {
+at::Tensor global_norm(const std::vector<at::Tensor>& grads, const std::vector<comm::Communicator*>& groups) {
   auto squares = grads.empty() ? at::zeros({}, at::kDouble) : squared_l2_norm(grads);
   for (auto* group : groups)
     if (group) group->all_reduce(squares, comm::ReduceOp::sum)->wait();
-  const auto total = squares.sqrt();
-  if (!grads.empty()) scale_to_norm(grads, total, max_norm);
-  return total;
+  return squares.sqrt();
+}
+
+at::Tensor clip_divisor(const at::Tensor& norm, double max_norm, at::Device device) {
+  return at::clamp_min((norm.to(device, at::kFloat) + 1e-6) / max_norm, 1.0);
 }
 
 }  // namespace troupe::train

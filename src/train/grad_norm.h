@@ -1,5 +1,7 @@
 // Gradient-norm clipping without a host sync mid-step (libtorch's clip_grad_norm_ reads the norm
-// back before returning): the norm stays on the device until the step has been queued.
+// back before returning): the norm stays on the device until the step has been queued, and the
+// clipping itself happens inside the fused AdamW kernel (its grad_scale divisor) instead of a
+// separate pass over every gradient.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -14,14 +16,13 @@ namespace troupe::train {
 // gradient, more than the difference a sharded layout should make.
 at::Tensor squared_l2_norm(const std::vector<at::Tensor>& grads);
 
-// Scales the grads in place by min(1, max_norm / (total + 1e-6)).
-void scale_to_norm(const std::vector<at::Tensor>& grads, const at::Tensor& total, double max_norm);
+// The L2 norm of a gradient split between ranks: the squares of this rank's `grads` are summed
+// over each of `groups` in turn (null entries skipped: the dp_shard group, then the pipeline
+// group). A device scalar (a double zero when this rank holds no gradient).
+at::Tensor global_norm(const std::vector<at::Tensor>& grads, const std::vector<comm::Communicator*>& groups);
 
-// Gradient clipping over a gradient split between ranks: the squares of this rank's `grads` are
-// summed over each of `groups` in turn (null entries skipped: the dp_shard group, then the
-// pipeline group), the grads scaled so that the whole norm is <= max_norm, and that norm returned
-// as a device scalar (a double zero when this rank holds no gradient).
-at::Tensor clip_to_global_norm(const std::vector<at::Tensor>& grads, double max_norm,
-                               const std::vector<comm::Communicator*>& groups);
+// What the optimizer divides the gradients by so that their norm is at most max_norm:
+// max(1, (norm + 1e-6) / max_norm), an fp32 scalar on `device`.
+at::Tensor clip_divisor(const at::Tensor& norm, double max_norm, at::Device device);
 
 }  // namespace troupe::train

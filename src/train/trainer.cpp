@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <iostream>
 #include <optional>
 #include <set>
 #include <filesystem>
@@ -13,6 +14,7 @@
 
 #include "checkpoint/module_state.h"
 #include "data/batch.h"
+#include "kernels/ops.h"
 #include "models/llama3/model.h"
 #include <c10/cuda/CUDAFunctions.h>
 
@@ -46,11 +48,11 @@ std::vector<std::pair<std::string, at::Tensor>> named_parameters(torch::nn::Modu
 }
 
 // Over every pipeline stage when `stages` is given (the norm of the whole model's gradient).
-at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm, comm::Communicator* stages) {
+at::Tensor grad_norm(const std::vector<at::Tensor>& params, comm::Communicator* stages) {
   std::vector<at::Tensor> grads;
   for (const auto& p : params)
     if (p.grad().defined()) grads.push_back(p.grad());
-  return clip_to_global_norm(grads, max_norm, {stages});
+  return global_norm(grads, {stages});
 }
 
 at::ScalarType precision(const std::string& key, const std::string& value) {
@@ -195,13 +197,8 @@ struct Trainer::Impl {
       gpu = c10::cuda::current_device();
       peak_flops = runtime::peak_bf16_flops(runtime::cuda_device_name(gpu));
       model->set_compute_dtype(precision("mixed_precision_param", cfg.training.mixed_precision_param));
-      // Flash attention for SDPA: the cuDNN backend fails to create its handle from libtorch's
-      // C++ API on the GPU machine (CUDNN_STATUS_INTERNAL_ERROR), and flash is what the peer uses.
-      // TROUPE_SDPA_CUDNN=1 (experiment, needs the cuDNN wheel's libraries on LD_LIBRARY_PATH):
-      // cuDNN's attention instead.
-      const bool cudnn_attention = std::getenv("TROUPE_SDPA_CUDNN") != nullptr;
-      at::globalContext().setSDPUseCuDNN(cudnn_attention);
-      if (cudnn_attention) at::globalContext().setSDPUseFlash(false);
+      if (const auto why = kernels::prefer_cudnn_attention(torch::Device(device)); !why.empty())
+        std::cerr << "troupe: cuDNN attention did not start, using flash attention: " << why.substr(0, 300) << std::endl;
     }
     flops_per_token = 6.0 * static_cast<double>(args.num_non_embedding_params()) +
                       12.0 * static_cast<double>(args.n_layers * args.n_heads * args.head_dim() * cfg.training.seq_len);
@@ -381,14 +378,14 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     if (m.sharded) m.sharded->finish_gradients();
     if (m.counts_tokens) stats.tokens += b->tokens.numel();
   }
-  const auto grad_norm = m.sharded ? m.sharded->clip_grad_norm(m.max_norm, m.stages_comm.get())
-                                   : clip_grad_norm(m.params, m.max_norm, m.stages_comm.get());
-  m.optimizer->step(stats.lr);
+  const auto norm = m.sharded ? m.sharded->grad_norm(m.stages_comm.get()) : grad_norm(m.params, m.stages_comm.get());
+  m.optimizer->step(stats.lr, clip_divisor(norm, m.max_norm, torch::Device(m.device)));
+  if (m.sharded) m.sharded->gather_first();
   auto loss = m.on_every_stage(losses.empty() ? at::Tensor() : at::stack(losses).to(at::kDouble).mean());
   if (m.sharded) m.sharded->average_over_data_parallel(loss);
   if (m.pipeline && !m.trace_path.empty()) m.save_trace();
   stats.loss = loss.item<double>();
-  stats.grad_norm = grad_norm.item<double>();
+  stats.grad_norm = norm.item<double>();
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats.model_flops = m.flops_per_token * static_cast<double>(stats.tokens);
   stats.peak_flops_per_second = m.peak_flops;
