@@ -45,12 +45,6 @@ struct supervisor_state {
 
 using self_ptr = caf::stateful_actor<supervisor_state>*;
 
-// -1: every visible GPU on CUDA, one rank on the CPU.
-int local_rank_count(const config::JobConfig& cfg) {
-  if (cfg.job.local_ranks > 0) return static_cast<int>(cfg.job.local_ranks);
-  return train::resolve_device(cfg.job.device) == "cuda" ? static_cast<int>(torch::cuda::device_count()) : 1;
-}
-
 std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size, int nodes, int ranks) {
   auto args = models::llama3::flavor(cfg.model.flavor);
   args.vocab_size = vocab_size;
@@ -121,7 +115,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
   const bool node0 = place.node_rank == 0;
   // Ranks are numbered node by node; each stage connects its communicators while it starts,
   // rendezvousing in this process or, across nodes, at node 0's key-value store.
-  const int local = local_rank_count(cfg);
+  const int local = train::local_rank_count(cfg);
   const int world = local * place.nnodes;
   const auto dims = parallel::ParallelDims::resolve(cfg.parallelism, world);
   std::shared_ptr<comm::Rendezvous> rendezvous;

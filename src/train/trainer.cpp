@@ -158,6 +158,11 @@ std::string resolve_device(const std::string& requested) {
   throw std::invalid_argument("job.device: unknown '" + requested + "' (auto, cpu, cuda)");
 }
 
+int local_rank_count(const config::JobConfig& cfg) {
+  if (cfg.job.local_ranks > 0) return static_cast<int>(cfg.job.local_ranks);
+  return resolve_device(cfg.job.device) == "cuda" ? static_cast<int>(torch::cuda::device_count()) : 1;
+}
+
 std::string rank_device(const std::string& requested, int local_rank) {
   const auto device = resolve_device(requested);
   if (device != "cuda") return device;

@@ -66,5 +66,8 @@ class Trainer {
 
 // "auto" picks CUDA when a GPU is present.
 std::string resolve_device(const std::string& requested);
+// How many ranks this process hosts: job.local_ranks, or (-1) every visible GPU on CUDA and
+// one rank on the CPU.
+int local_rank_count(const config::JobConfig& cfg);
 
 }  // namespace troupe::train

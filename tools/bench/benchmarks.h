@@ -16,8 +16,8 @@ int throughput(const config::JobConfig& cfg, int64_t warmup);
 // of `window` seconds of one run.
 int inspect_overhead(const config::JobConfig& cfg, double window);
 // Plain-loop step time and the GPU kernels of `steps` profiled steps (random tokens of `vocab`),
-// optionally with SDPA's cuDNN backend switched back on.
+// on every local rank (job.local_ranks), per GPU.
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, bool cudnn_attention);
+                 const std::string& trace_path);
 
 }  // namespace troupe::bench

@@ -58,11 +58,8 @@ int main(int argc, char** argv) {
   profile->add_option("--warmup", profile_warmup, "steps before the timed ones")->capture_default_str();
   profile->add_option("--steps", profile_steps, "timed steps, then as many profiled")->capture_default_str();
   profile->add_option("--trace", trace_path, "write the Chrome trace here");
-  bool cudnn_attention = false;
-  profile->add_flag("--cudnn-attention", cudnn_attention, "SDPA's cuDNN backend on (the trainer turns it off)");
   benchmarks.push_back({profile, [&](const config::JobConfig& cfg) {
-                          return bench::step_profile(cfg, profile_vocab, profile_warmup, profile_steps, trace_path,
-                                                     cudnn_attention);
+                          return bench::step_profile(cfg, profile_vocab, profile_warmup, profile_steps, trace_path);
                         }});
 
   int saves = 5;

@@ -1,75 +1,130 @@
-// Where a training step's GPU time goes: drives a Trainer directly (no actors) on random
-// tokens, times the steps, then records a few with libtorch's Kineto profiler and prints the
-// GPU kernels by total time per step. Optionally writes the Chrome trace.
+// Where a training step's GPU time goes: drives Trainers directly (no actors) on random tokens,
+// one thread per local rank (job.local_ranks; FSDP over NCCL when there are several), times the
+// steps, then records a few with libtorch's Kineto profiler and prints, per GPU, the kernels by
+// time per step and how much of the step the compute stream kept busy (communication kernels
+// run beside it and are counted apart). Optionally writes the Chrome trace.
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <barrier>
 #include <chrono>
 #include <cstdio>
+#include <future>
 #include <map>
 
 #include "bench/benchmarks.h"
+#include "comm/rendezvous.h"
 #include "data/batch.h"
 #include "train/trainer.h"
 
 namespace troupe::bench {
 
-int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, bool cudnn_attention) {
-  train::Trainer trainer(cfg, vocab);
-  // The trainer switches SDPA's cuDNN backend off; this measures what it would give.
-  if (cudnn_attention) at::globalContext().setSDPUseCuDNN(true);
-  const auto B = cfg.training.local_batch_size, S = cfg.training.seq_len;
-  auto batch = [&] {
-    auto tokens = torch::randint(0, vocab, {B, S + 1}, torch::kLong);
-    auto b = std::make_shared<data::Batch>();
-    b->tokens = tokens.narrow(1, 0, S).contiguous();
-    b->targets = tokens.narrow(1, 1, S).contiguous();
-    return std::shared_ptr<const data::Batch>(std::move(b));
-  };
-  const auto b = batch();
-  int64_t step = 0;
-  double seconds = 0;
-  for (int64_t i = 0; i < warmup + steps; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    trainer.step(++step, {b});  // ends by reading the loss back: the step is finished
-    if (i >= warmup) seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  std::printf("plain loop: %.2f ms/step, %.0f tokens/s over %lld steps\n", 1e3 * seconds / steps,
-              static_cast<double>(B * S * steps) / seconds, static_cast<long long>(steps));
+namespace {
 
+struct Total {
+  double ns = 0;
+  int64_t calls = 0;
+};
+
+bool is_communication(const std::string& kernel) { return kernel.rfind("nccl", 0) == 0; }
+
+// The length of the union of [start, end) intervals.
+double covered(std::vector<std::pair<int64_t, int64_t>> spans) {
+  std::sort(spans.begin(), spans.end());
+  double total = 0;
+  int64_t reach = std::numeric_limits<int64_t>::min();
+  for (const auto& [a, b] : spans) {
+    if (b <= reach) continue;
+    total += static_cast<double>(b - std::max(a, reach));
+    reach = b;
+  }
+  return total;
+}
+
+void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, int device, int64_t steps,
+            double wall_ms_per_step) {
+  std::map<std::string, Total> kernels;
+  std::vector<std::pair<int64_t, int64_t>> compute, all;
+  double communication = 0;
+  for (const auto& e : events) {
+    if (e.deviceType() != c10::DeviceType::CUDA || e.deviceIndex() != device) continue;
+    const auto name = e.name();
+    const auto begin = static_cast<int64_t>(e.startNs()), end = begin + static_cast<int64_t>(e.durationNs());
+    auto& t = kernels[name.substr(0, 110)];
+    t.ns += static_cast<double>(e.durationNs());
+    ++t.calls;
+    all.emplace_back(begin, end);
+    if (is_communication(name)) communication += static_cast<double>(e.durationNs());
+    else compute.emplace_back(begin, end);
+  }
+  const auto per_step = [&](double ns) { return ns / 1e6 / static_cast<double>(steps); };
+  std::printf("\ncuda:%d, %lld profiled steps: wall %.2f ms/step; compute busy %.2f ms/step (idle %.2f); "
+              "communication kernels %.2f ms/step; any kernel %.2f ms/step\n",
+              device, static_cast<long long>(steps), wall_ms_per_step, per_step(covered(compute)),
+              wall_ms_per_step - per_step(covered(compute)), per_step(communication), per_step(covered(all)));
+  std::vector<std::pair<std::string, Total>> sorted(kernels.begin(), kernels.end());
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
+  std::printf("| ms/step | calls/step | GPU activity |\n|---|---|---|\n");
+  for (const auto& [name, t] : sorted)
+    if (per_step(t.ns) >= 0.05)
+      std::printf("| %.3f | %.1f | %s |\n", per_step(t.ns), static_cast<double>(t.calls) / steps, name.c_str());
+}
+
+}  // namespace
+
+int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
+                 const std::string& trace_path) {
+  const int ranks = train::local_rank_count(cfg);
+  auto rendezvous = ranks > 1 ? comm::Rendezvous::in_process(std::chrono::minutes(5)) : nullptr;
+  const auto B = cfg.training.local_batch_size, S = cfg.training.seq_len;
+  std::barrier phase(ranks);
+  double loop_seconds = 0, profiled_seconds = 0;
+  std::unique_ptr<torch::autograd::profiler::ProfilerResult> result;
   namespace prof = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
   const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
   const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
-  prof::prepareProfiler(config, activities);
-  prof::enableProfiler(config, activities);
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < steps; ++i) trainer.step(++step, {b});
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  auto result = prof::disableProfiler();
-  struct Total {
-    double ns = 0;
-    int64_t calls = 0;
+
+  auto run_rank = [&](int r) {
+    train::Trainer trainer(cfg, vocab, parallel::RankContext{r, r, ranks, rendezvous});
+    auto tokens = torch::randint(0, vocab, {B, S + 1}, torch::kLong);
+    auto batch = std::make_shared<data::Batch>();
+    batch->tokens = tokens.narrow(1, 0, S).contiguous();
+    batch->targets = tokens.narrow(1, 1, S).contiguous();
+    const std::shared_ptr<const data::Batch> b = std::move(batch);
+    int64_t step = 0;
+    double seconds = 0;
+    for (int64_t i = 0; i < warmup + steps; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      trainer.step(++step, {b});  // ends by reading the loss back: the step is finished
+      if (i >= warmup) seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    if (r == 0) loop_seconds = seconds;
+    phase.arrive_and_wait();
+    // CUDA activity is recorded process-wide, so rank 0's profiler sees every GPU.
+    if (r == 0) {
+      prof::prepareProfiler(config, activities);
+      prof::enableProfiler(config, activities);
+    }
+    phase.arrive_and_wait();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < steps; ++i) trainer.step(++step, {b});
+    phase.arrive_and_wait();
+    if (r == 0) {
+      profiled_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      result = prof::disableProfiler();
+    }
   };
-  std::map<std::string, Total> kernels;
-  double busy = 0;
-  for (const auto& e : result->events()) {
-    if (e.deviceType() != c10::DeviceType::CUDA) continue;
-    auto& t = kernels[e.name().substr(0, 110)];
-    t.ns += static_cast<double>(e.durationNs());
-    ++t.calls;
-    busy += static_cast<double>(e.durationNs());
-  }
-  std::vector<std::pair<std::string, Total>> sorted(kernels.begin(), kernels.end());
-  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
-  std::printf("profiled %lld steps: wall %.2f ms/step, GPU busy %.2f ms/step\n", static_cast<long long>(steps),
-              1e3 * wall / steps, busy / 1e6 / steps);
-  std::printf("| ms/step | calls/step | GPU activity |\n|---|---|---|\n");
-  for (const auto& [name, t] : sorted)
-    if (t.ns / 1e6 / steps >= 0.05)
-      std::printf("| %.3f | %.1f | %s |\n", t.ns / 1e6 / steps, static_cast<double>(t.calls) / steps, name.c_str());
+  std::vector<std::future<void>> threads;
+  for (int r = 0; r < ranks; ++r) threads.push_back(std::async(std::launch::async, run_rank, r));
+  for (auto& t : threads) t.get();
+
+  std::printf("%d rank(s), plain loop: %.2f ms/step, %.0f tokens/s per rank over %lld steps\n", ranks,
+              1e3 * loop_seconds / steps, static_cast<double>(B * S * steps) / loop_seconds,
+              static_cast<long long>(steps));
+  if (train::resolve_device(cfg.job.device) == "cuda")
+    for (int d = 0; d < ranks; ++d) report(result->events(), d, steps, 1e3 * profiled_seconds / steps);
   if (!trace_path.empty()) result->save(trace_path);
   return 0;
 }
