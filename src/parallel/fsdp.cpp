@@ -121,20 +121,22 @@ void ShardedUnits::gather(size_t i) {
   auto& u = *units_.at(i);
   if (u.ready || u.in_flight) return;
   allocate_storage(u.full);
-  u.send = u.master.to(options_.compute_dtype);
-  if (shard_size_ == 1) {
-    u.gathered = u.send;
-  } else {
-    u.gathered = at::empty({shard_size_ * u.shard_numel}, u.send.options());
-    u.gather_work = options_.shard->all_gather(u.gathered, u.send);
+  if (shard_size_ == 1) {  // unsharded (replicas only): the master's layout is the parameters'
+    torch::NoGradGuard no_grad;
+    u.full.copy_(u.master);
+    u.ready = true;
+    return;
   }
+  u.send = u.master.to(options_.compute_dtype);
+  u.gathered = at::empty({shard_size_ * u.shard_numel}, u.send.options());
+  u.gather_work = options_.shard->all_gather(u.gathered, u.send);
   u.in_flight = true;
 }
 
 void ShardedUnits::wait_gathered(size_t i) {
   auto& u = *units_.at(i);
+  if (!u.ready && !u.in_flight) gather(i);
   if (u.ready) return;
-  if (!u.in_flight) gather(i);
   if (u.gather_work) u.gather_work->wait();
   u.gather_work.reset();
   torch::NoGradGuard no_grad;
@@ -143,10 +145,6 @@ void ShardedUnits::wait_gathered(size_t i) {
   for (const auto& q : u.params) {
     auto whole = u.full.narrow(0, q.full_offset, q.rows * q.row_numel).view({q.rows, q.row_numel});
     auto pieces = by_rank.narrow(1, q.shard_offset, q.chunk_rows * q.row_numel);
-    if (q.rows == S * q.chunk_rows) {
-      whole.view({S, q.chunk_rows, q.row_numel}).copy_(pieces.view({S, q.chunk_rows, q.row_numel}));
-      continue;
-    }
     for (int64_t r = 0; r < S; ++r) {
       const auto [first, n] = q.rows_of(r);
       if (n > 0) whole.narrow(0, first, n).copy_(pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}));
@@ -204,13 +202,9 @@ void ShardedUnits::after_backward(size_t i) {
     auto pieces = by_rank.narrow(1, q.shard_offset, q.chunk_rows * q.row_numel);
     if (grad.defined()) {
       auto whole = grad.reshape({q.rows, q.row_numel});
-      if (q.rows == S * q.chunk_rows) {
-        pieces.view({S, q.chunk_rows, q.row_numel}).copy_(whole.view({S, q.chunk_rows, q.row_numel}));
-      } else {
-        for (int64_t r = 0; r < S; ++r) {
-          const auto [first, n] = q.rows_of(r);
-          if (n > 0) pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(whole.narrow(0, first, n));
-        }
+      for (int64_t r = 0; r < S; ++r) {
+        const auto [first, n] = q.rows_of(r);
+        if (n > 0) pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(whole.narrow(0, first, n));
       }
     } else if (even) {
       pieces.zero_();
