@@ -2,7 +2,9 @@
 // group of ranks. Two engines on real libraries: NCCL for CUDA tensors, Gloo (libtorch's c10d)
 // for CPU tensors. Every operation is issued in the caller's program order (DESIGN §4: one owner
 // per communicator) and returns a Work to wait on; waits are bounded by the communicator's
-// timeout, so a dead peer ends the job with an error instead of a hang.
+// timeout, so a dead peer ends the job with an error instead of a hang. The caller may drop its
+// references to an operation's tensors once it is issued: Gloo's work holds them, and NCCL
+// records them on its stream so that the caching allocator does not reuse them early.
 #pragma once
 #include <ATen/core/Tensor.h>
 

@@ -58,7 +58,7 @@ struct ShardedUnits::Unit {
   at::Tensor gathered, send;       // while a gather is in flight
   comm::WorkPtr gather_work;
   bool ready = false, in_flight = false;
-  at::Tensor grad_in, grad_out;    // while a reduction is in flight
+  at::Tensor grad_out;             // while a reduction is in flight
   comm::WorkPtr reduce_work;
   bool fresh = false;              // master_grad holds none of this step's gradient yet
 };
@@ -195,8 +195,8 @@ void ShardedUnits::after_backward(size_t i) {
   const auto opts = u.master.options().dtype(options_.reduce_dtype);
   bool even = true;
   for (const auto& q : u.params) even = even && q.rows == S * q.chunk_rows;
-  u.grad_in = even ? at::empty({S * u.shard_numel}, opts) : at::zeros({S * u.shard_numel}, opts);
-  auto by_rank = u.grad_in.view({S, u.shard_numel});
+  auto grad_in = even ? at::empty({S * u.shard_numel}, opts) : at::zeros({S * u.shard_numel}, opts);
+  auto by_rank = grad_in.view({S, u.shard_numel});
   for (auto& q : u.params) {
     auto grad = q.module_param.grad();
     auto pieces = by_rank.narrow(1, q.shard_offset, q.chunk_rows * q.row_numel);
@@ -213,13 +213,16 @@ void ShardedUnits::after_backward(size_t i) {
   }
   free_gathered(i);
   if (S == 1) {
-    u.grad_out = u.grad_in;
+    u.grad_out = grad_in;
   } else {
     // The step's first gradient of a unit is reduced straight into the master's gradient: no
     // zeroing beforehand and no add afterwards (two passes over every shard).
     const bool direct = u.fresh && opts.dtype() == u.master_grad.dtype();
     u.grad_out = direct ? u.master_grad : at::empty({u.shard_numel}, opts);
-    u.reduce_work = options_.shard->reduce_scatter(u.grad_out, u.grad_in, comm::ReduceOp::avg);
+    // The unit's whole gradient (grad_in) is not kept until the step ends (for the 8B model that
+    // was the model's size in fp32): the communicator keeps it alive while the reduction needs it
+    // (NCCL: recorded on its stream for the caching allocator; Gloo: held by the work).
+    u.reduce_work = options_.shard->reduce_scatter(u.grad_out, grad_in, comm::ReduceOp::avg);
   }
 }
 
@@ -241,7 +244,7 @@ void ShardedUnits::finish_unit(Unit& u) {
     else u.master_grad.add_(u.grad_out);
   }
   u.fresh = false;
-  u.grad_in = u.grad_out = at::Tensor();
+  u.grad_out = at::Tensor();
 }
 
 void ShardedUnits::finish_gradients() {
