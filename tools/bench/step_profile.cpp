@@ -42,10 +42,40 @@ double covered(std::vector<std::pair<int64_t, int64_t>> spans) {
   return total;
 }
 
+struct Span {
+  int64_t begin, end;
+  std::string name;
+};
+
+// The longest stretches in which no compute kernel ran, with the kernels on either side: where
+// the GPU waited for the host or for communication.
+void print_gaps(std::vector<Span> spans, int64_t steps) {
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  struct Gap {
+    double ms;
+    std::string before, after;
+  };
+  std::vector<Gap> gaps;
+  int64_t reach = spans.empty() ? 0 : spans.front().end;
+  std::string last = spans.empty() ? "" : spans.front().name;
+  for (const auto& s : spans) {
+    if (s.begin > reach) gaps.push_back({static_cast<double>(s.begin - reach) / 1e6, last, s.name});
+    if (s.end > reach) {
+      reach = s.end;
+      last = s.name;
+    }
+  }
+  std::sort(gaps.begin(), gaps.end(), [](const Gap& a, const Gap& b) { return a.ms > b.ms; });
+  std::printf("longest compute gaps over the %lld steps (ms: after -> before):\n", static_cast<long long>(steps));
+  for (size_t i = 0; i < std::min<size_t>(gaps.size(), 10); ++i)
+    std::printf("  %.3f: %s -> %s\n", gaps[i].ms, gaps[i].before.substr(0, 60).c_str(), gaps[i].after.substr(0, 60).c_str());
+}
+
 void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, int device, int64_t steps,
             double wall_ms_per_step) {
   std::map<std::string, Total> kernels;
   std::vector<std::pair<int64_t, int64_t>> compute, all;
+  std::vector<Span> compute_kernels;
   double communication = 0;
   for (const auto& e : events) {
     if (e.deviceType() != c10::DeviceType::CUDA || e.deviceIndex() != device) continue;
@@ -56,13 +86,17 @@ void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, i
     ++t.calls;
     all.emplace_back(begin, end);
     if (is_communication(name)) communication += static_cast<double>(e.durationNs());
-    else compute.emplace_back(begin, end);
+    else {
+      compute.emplace_back(begin, end);
+      compute_kernels.push_back({begin, end, name});
+    }
   }
   const auto per_step = [&](double ns) { return ns / 1e6 / static_cast<double>(steps); };
   std::printf("\ncuda:%d, %lld profiled steps: wall %.2f ms/step; compute busy %.2f ms/step (idle %.2f); "
               "communication kernels %.2f ms/step; any kernel %.2f ms/step\n",
               device, static_cast<long long>(steps), wall_ms_per_step, per_step(covered(compute)),
               wall_ms_per_step - per_step(covered(compute)), per_step(communication), per_step(covered(all)));
+  print_gaps(compute_kernels, steps);
   std::vector<std::pair<std::string, Total>> sorted(kernels.begin(), kernels.end());
   std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
   std::printf("| ms/step | calls/step | GPU activity |\n|---|---|---|\n");
