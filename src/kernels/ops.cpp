@@ -351,13 +351,13 @@ at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weig
 std::string prefer_cudnn_attention(at::Device device) {
   using B = at::SDPBackend;
   auto& context = at::globalContext();
-  auto order = [](std::initializer_list<B> backends) {
-    std::vector<int64_t> out;
-    for (auto b : backends) out.push_back(static_cast<int64_t>(b));
-    return out;
-  };
-  context.setSDPPriorityOrder(order({B::cudnn_attention, B::flash_attention, B::efficient_attention, B::math,
-                                     B::overrideable}));
+  // libtorch's order as it stands, with cuDNN moved to the front; restored if cuDNN fails.
+  std::vector<int64_t> previous, order{static_cast<int64_t>(B::cudnn_attention)};
+  for (auto b : context.sDPPriorityOrder()) {
+    previous.push_back(static_cast<int64_t>(b));
+    if (b != B::cudnn_attention) order.push_back(static_cast<int64_t>(b));
+  }
+  context.setSDPPriorityOrder(order);
   context.setSDPUseCuDNN(true);
   try {
     // Deterministic inputs: the check must not draw from the device's random generator.
@@ -372,9 +372,8 @@ std::string prefer_cudnn_attention(at::Device device) {
 #endif
     return "";
   } catch (const std::exception& e) {
-    context.setSDPPriorityOrder(order({B::flash_attention, B::efficient_attention, B::math, B::cudnn_attention,
-                                       B::overrideable}));
-    context.setSDPUseCuDNN(false);
+    context.setSDPPriorityOrder(previous);
+    context.setSDPUseCuDNN(false);  // it does not start here
     return e.what();
   }
 }

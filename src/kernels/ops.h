@@ -45,7 +45,8 @@ at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weig
 // (docs/perf/2026-11-25-gpu-1.5B-vs-pytorch-run3.md). Shapes cuDNN declines fall through to flash.
 // Process-wide, as libtorch's choice is. A small attention forward and backward on `device`
 // checks that cuDNN starts (it does not with a CUDA runtime older than its own loaded first);
-// if it fails, libtorch's order is restored and the error returned (empty: cuDNN first).
+// if it fails, the previous order is restored, cuDNN switched off and the error returned
+// (empty: cuDNN first).
 std::string prefer_cudnn_attention(at::Device device);
 
 }  // namespace troupe::kernels

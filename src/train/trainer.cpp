@@ -384,7 +384,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     if (m.counts_tokens) stats.tokens += b->tokens.numel();
   }
   const auto norm = m.sharded ? m.sharded->grad_norm(m.stages_comm.get()) : grad_norm(m.params, m.stages_comm.get());
-  m.optimizer->step(stats.lr, clip_divisor(norm, m.max_norm, torch::Device(m.device)));
+  m.optimizer->step(stats.lr, clip_divisor(norm, m.max_norm, dev));
   if (m.sharded) m.sharded->gather_first();
   auto loss = m.on_every_stage(losses.empty() ? at::Tensor() : at::stack(losses).to(at::kDouble).mean());
   if (m.sharded) m.sharded->average_over_data_parallel(loss);

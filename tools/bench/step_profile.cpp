@@ -29,42 +29,42 @@ struct Total {
 
 bool is_communication(const std::string& kernel) { return kernel.rfind("nccl", 0) == 0; }
 
-// The length of the union of [start, end) intervals.
-double covered(std::vector<std::pair<int64_t, int64_t>> spans) {
-  std::sort(spans.begin(), spans.end());
-  double total = 0;
-  int64_t reach = std::numeric_limits<int64_t>::min();
-  for (const auto& [a, b] : spans) {
-    if (b <= reach) continue;
-    total += static_cast<double>(b - std::max(a, reach));
-    reach = b;
-  }
-  return total;
-}
-
 struct Span {
   int64_t begin, end;
   std::string name;
 };
 
-// The longest stretches in which no compute kernel ran, with the kernels on either side: where
-// the GPU waited for the host or for communication.
-void print_gaps(std::vector<Span> spans, int64_t steps) {
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
-  struct Gap {
-    double ms;
-    std::string before, after;
-  };
+struct Gap {
+  double ms;
+  std::string before, after;
+};
+
+// One sweep over kernel spans in time order: how long at least one ran (ns), and the stretches
+// in which none did, with the kernels on either side.
+struct Coverage {
+  double busy_ns = 0;
   std::vector<Gap> gaps;
-  int64_t reach = spans.empty() ? 0 : spans.front().end;
-  std::string last = spans.empty() ? "" : spans.front().name;
+};
+
+Coverage cover(std::vector<Span> spans) {
+  Coverage c;
+  if (spans.empty()) return c;
+  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  int64_t reach = spans.front().begin;
+  const std::string* last = &spans.front().name;
   for (const auto& s : spans) {
-    if (s.begin > reach) gaps.push_back({static_cast<double>(s.begin - reach) / 1e6, last, s.name});
-    if (s.end > reach) {
-      reach = s.end;
-      last = s.name;
-    }
+    if (s.begin > reach) c.gaps.push_back({static_cast<double>(s.begin - reach) / 1e6, *last, s.name});
+    if (s.end <= reach) continue;
+    c.busy_ns += static_cast<double>(s.end - std::max(s.begin, reach));
+    reach = s.end;
+    last = &s.name;
   }
+  return c;
+}
+
+// The longest stretches in which no compute kernel ran: where the GPU waited for the host or for
+// communication.
+void print_gaps(std::vector<Gap> gaps, int64_t steps) {
   std::sort(gaps.begin(), gaps.end(), [](const Gap& a, const Gap& b) { return a.ms > b.ms; });
   std::printf("longest compute gaps over the %lld steps (ms: after -> before):\n", static_cast<long long>(steps));
   for (size_t i = 0; i < std::min<size_t>(gaps.size(), 10); ++i)
@@ -74,8 +74,7 @@ void print_gaps(std::vector<Span> spans, int64_t steps) {
 void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, int device, int64_t steps,
             double wall_ms_per_step) {
   std::map<std::string, Total> kernels;
-  std::vector<std::pair<int64_t, int64_t>> compute, all;
-  std::vector<Span> compute_kernels;
+  std::vector<Span> compute, all;
   double communication = 0;
   for (const auto& e : events) {
     if (e.deviceType() != c10::DeviceType::CUDA || e.deviceIndex() != device) continue;
@@ -84,19 +83,17 @@ void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, i
     auto& t = kernels[name.substr(0, 110)];
     t.ns += static_cast<double>(e.durationNs());
     ++t.calls;
-    all.emplace_back(begin, end);
+    all.push_back({begin, end, name});
     if (is_communication(name)) communication += static_cast<double>(e.durationNs());
-    else {
-      compute.emplace_back(begin, end);
-      compute_kernels.push_back({begin, end, name});
-    }
+    else compute.push_back(all.back());
   }
   const auto per_step = [&](double ns) { return ns / 1e6 / static_cast<double>(steps); };
+  const auto computing = cover(compute);
   std::printf("\ncuda:%d, %lld profiled steps: wall %.2f ms/step; compute busy %.2f ms/step (idle %.2f); "
               "communication kernels %.2f ms/step; any kernel %.2f ms/step\n",
-              device, static_cast<long long>(steps), wall_ms_per_step, per_step(covered(compute)),
-              wall_ms_per_step - per_step(covered(compute)), per_step(communication), per_step(covered(all)));
-  print_gaps(compute_kernels, steps);
+              device, static_cast<long long>(steps), wall_ms_per_step, per_step(computing.busy_ns),
+              wall_ms_per_step - per_step(computing.busy_ns), per_step(communication), per_step(cover(all).busy_ns));
+  print_gaps(computing.gaps, steps);
   std::vector<std::pair<std::string, Total>> sorted(kernels.begin(), kernels.end());
   std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
   std::printf("| ms/step | calls/step | GPU activity |\n|---|---|---|\n");
