@@ -40,6 +40,7 @@ struct ParameterShard {
   std::string name;             // as in the plain model ("layers.0.attention.wq.weight")
   std::vector<int64_t> shape;   // the whole parameter's
   int64_t index = 0, parts = 1;  // chunk `index` of `parts`
+  size_t unit = 0;              // which of the units passed to ShardedUnits holds it
   at::Tensor master;            // [rows, ...] fp32, rows possibly 0; the optimizer's parameter
 };
 
@@ -62,9 +63,9 @@ class ShardedUnits : public train::UnitHooks {
 
   // Before a step's first micro-batch: the masters' gradients start again from zero.
   void zero_gradients();
-  // After the optimizer step: the first unit's gather for the next forward, so that it overlaps
-  // whatever the host does between steps instead of opening the next one.
-  void gather_first();
+  // Starts gathering unit i for the next forward (the optimizer calls it as soon as unit i's
+  // shards are updated, so that the first units' gathers overlap the update of the rest).
+  void prefetch(size_t unit) { gather(unit); }
   // After a micro-batch's backward: waits for every reduction and adds the averaged gradient
   // chunks into the masters' grads.
   void finish_gradients();
@@ -83,6 +84,10 @@ class ShardedUnits : public train::UnitHooks {
   void free_gathered(size_t unit);
   void gather_borrowed(size_t unit);
   void finish_unit(Unit& u);
+  // Before a unit's backward: its rank-major gradient buffer, registered as the projections'
+  // gradient sinks so that their weight gradients land there directly.
+  void prepare_gradients(Unit& u);
+  void drop_gradient_sinks(Unit& u);
   std::vector<std::unique_ptr<Unit>> units_;
   std::vector<ParameterShard> shards_;
   DataParallelOptions options_;

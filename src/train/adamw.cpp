@@ -18,29 +18,37 @@ AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> named_params, AdamO
   }
 }
 
-void AdamW::step(double lr, const at::Tensor& grad_divisor) {
+void AdamW::step(double lr, const at::Tensor& grad_divisor, const std::vector<size_t>& piece_ends,
+                 const std::function<void(size_t)>& after_piece) {
   torch::NoGradGuard no_grad;
-  std::vector<at::Tensor> params, grads, avgs, avg_sqs, steps;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const auto& p = params_[i].second;
-    if (!p.grad().defined()) continue;
-    params.push_back(p);
-    grads.push_back(p.grad());
-    avgs.push_back(exp_avg_[i]);
-    avg_sqs.push_back(exp_avg_sq_[i]);
-    steps.push_back(step_tensors_[i]);
-  }
   ++steps_;
-  if (params.empty()) return;
-  at::_foreach_add_(steps, 1.0);
   const auto& o = options_;
   const auto scale = grad_divisor.defined() ? std::optional<at::Tensor>(grad_divisor) : std::nullopt;
-  if (o.decoupled)
-    at::_fused_adamw_(params, grads, avgs, avg_sqs, {}, steps, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
-                      /*amsgrad=*/false, /*maximize=*/false, scale);
-  else
-    at::_fused_adam_(params, grads, avgs, avg_sqs, {}, steps, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
-                     /*amsgrad=*/false, /*maximize=*/false, scale);
+  size_t first = 0;
+  for (size_t k = 0; k <= piece_ends.size(); ++k) {
+    const size_t last = k < piece_ends.size() ? std::min(piece_ends[k], params_.size()) : params_.size();
+    std::vector<at::Tensor> params, grads, avgs, avg_sqs, steps;
+    for (size_t i = first; i < last; ++i) {
+      const auto& p = params_[i].second;
+      if (!p.grad().defined()) continue;
+      params.push_back(p);
+      grads.push_back(p.grad());
+      avgs.push_back(exp_avg_[i]);
+      avg_sqs.push_back(exp_avg_sq_[i]);
+      steps.push_back(step_tensors_[i]);
+    }
+    first = std::max(first, last);
+    if (!params.empty()) {
+      at::_foreach_add_(steps, 1.0);
+      if (o.decoupled)
+        at::_fused_adamw_(params, grads, avgs, avg_sqs, {}, steps, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
+                          /*amsgrad=*/false, /*maximize=*/false, scale);
+      else
+        at::_fused_adam_(params, grads, avgs, avg_sqs, {}, steps, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
+                         /*amsgrad=*/false, /*maximize=*/false, scale);
+    }
+    if (k < piece_ends.size() && after_piece) after_piece(k);
+  }
 }
 
 void AdamW::zero_grad() {

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -25,8 +26,11 @@ class AdamW {
 
   // One update of every parameter that has a gradient, with learning rate `lr`; the gradients
   // are read divided by `grad_divisor` (an fp32 scalar on the parameters' device) when given:
-  // gradient clipping inside the fused kernel.
-  void step(double lr, const at::Tensor& grad_divisor = {});
+  // gradient clipping inside the fused kernel. `piece_ends` (ascending parameter indices) splits
+  // the update into several launches and `after_piece(k)` runs once piece k is issued: FSDP starts
+  // gathering the first units for the next forward while the rest of the model is updated.
+  void step(double lr, const at::Tensor& grad_divisor = {}, const std::vector<size_t>& piece_ends = {},
+            const std::function<void(size_t)>& after_piece = {});
   void zero_grad();
   int64_t steps_taken() const { return steps_; }
 

@@ -236,8 +236,14 @@ struct Trainer::Impl {
     if (dims.dp() > 1) {
       sharded = apply_data_parallel(cfg, rank, mesh, *model, units, owned, gpu >= 0);
       trained.clear();
-      for (const auto& s : sharded->shards())
-        if (s.master.numel() > 0) trained.emplace_back(s.name, s.master);
+      // The first two units' updates are pieces of their own, gathered for the next forward as
+      // soon as they are done (the forward's own prefetch takes over from there).
+      prefetched_pieces.assign(std::min<size_t>(2, units.size()), 0);
+      for (const auto& s : sharded->shards()) {
+        if (s.master.numel() == 0) continue;
+        trained.emplace_back(s.name, s.master);
+        for (size_t k = s.unit; k < prefetched_pieces.size(); ++k) prefetched_pieces[k] = trained.size();
+      }
     }
     optimizer = std::make_unique<AdamW>(std::move(trained), adam_options(cfg.optimizer));
     const auto whole_plan = recompute_plan(model->units().size(), cfg.activation_checkpoint.mode,
@@ -314,6 +320,7 @@ struct Trainer::Impl {
   std::unique_ptr<AdamW> optimizer;
   std::vector<std::pair<std::string, at::Tensor>> owned;  // this rank's parameters (its stages')
   std::unique_ptr<parallel::ShardedUnits> sharded;  // null without data parallelism
+  std::vector<size_t> prefetched_pieces;  // the optimizer's pieces ending units 0 and 1 (FSDP)
   std::function<void(int64_t)> progress;
   std::unique_ptr<UnitExecutor> executor;
   comm::CommunicatorPtr stages_comm;  // the pipeline group; null without a pipeline
@@ -383,11 +390,14 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     if (m.sharded) m.sharded->finish_gradients();
     if (m.counts_tokens) stats.tokens += b->tokens.numel();
   }
-  const auto norm = m.sharded ? m.sharded->grad_norm(m.stages_comm.get()) : grad_norm(m.params, m.stages_comm.get());
-  m.optimizer->step(stats.lr, clip_divisor(norm, m.max_norm, dev));
-  if (m.sharded) m.sharded->gather_first();
+  // The loss is averaged before the optimizer so that its reduction does not queue behind the
+  // next step's first gathers.
   auto loss = m.on_every_stage(losses.empty() ? at::Tensor() : at::stack(losses).to(at::kDouble).mean());
   if (m.sharded) m.sharded->average_over_data_parallel(loss);
+  const auto norm = m.sharded ? m.sharded->grad_norm(m.stages_comm.get()) : grad_norm(m.params, m.stages_comm.get());
+  m.optimizer->step(stats.lr, clip_divisor(norm, m.max_norm, dev), m.prefetched_pieces, [&](size_t k) {
+    m.sharded->prefetch(k);
+  });
   if (m.pipeline && !m.trace_path.empty()) m.save_trace();
   stats.loss = loss.item<double>();
   stats.grad_norm = norm.item<double>();
