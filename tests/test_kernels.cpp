@@ -94,12 +94,12 @@ void check_gradient_sink(at::Device device, at::ScalarType dtype, double bound) 
   auto x = torch::randn({2, 7, 4}).to(dtype).to(torch::kDouble);
   auto w = (0.5 * torch::randn({5, 4})).to(dtype).to(torch::kDouble);
   auto other = (0.5 * torch::randn({3, 4})).to(dtype).to(torch::kDouble);
-  auto targets = torch::randint(0, 5, {2, 7}, torch::kLong).to(device);
+  auto targets = torch::randint(0, 5, {2, 7}, torch::kLong);
   auto loss_of = [&](const at::Tensor& xs, const at::Tensor& ws, const at::Tensor& os) {
     auto group = kernels::linear_group(xs, {ws, os});
     auto single = kernels::linear(xs, ws);
     auto hidden = (group[0] * single).narrow(-1, 0, 4) + group[1].sum(-1, true);
-    return kernels::linear_cross_entropy(hidden, ws, targets);
+    return kernels::linear_cross_entropy(hidden, ws, targets.to(xs.device()));
   };
   auto want_w = w.clone().requires_grad_(true);
   loss_of(x, want_w, other.clone().requires_grad_(true)).backward();

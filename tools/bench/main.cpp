@@ -1,6 +1,7 @@
 // troupe_bench: benchmarks that print tables (docs/perf/ records their results). Each
 // subcommand takes a job config and `--section.key value` overrides, like `troupe train`.
 #include <CLI/CLI.hpp>
+#include <cstdio>
 
 #include <functional>
 #include <iostream>
@@ -26,6 +27,7 @@ CLI::App* add_benchmark(CLI::App& app, const std::string& name, const std::strin
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a log even if the run is killed
   using namespace troupe;
   CLI::App app{"troupe_bench: Troupe benchmarks"};
   app.require_subcommand(1);
