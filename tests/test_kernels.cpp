@@ -4,7 +4,6 @@
 #include <torch/torch.h>
 
 #include "kernels/cross_entropy.h"
-#include "kernels/gradient_sink.h"
 #include "kernels/ops.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rotary.h"
@@ -84,49 +83,6 @@ std::vector<at::Tensor> run_op(Op op, std::vector<at::Tensor> inputs, const at::
 }
 
 double rel(const at::Tensor& a, const at::Tensor& b) { return testing::relative_error(a.cpu(), b.cpu()); }
-
-// A weight used by a projection group, a single projection and the loss head, with a gradient
-// sink that splits its 5 rows as two ranks would (3 + 2) into a rank-major fp32 buffer: what
-// the sink holds plus whatever autograd still put in .grad (the CPU head is plain ATen) must be
-// the gradient autograd gives without a sink, in fp64 from the same rounded inputs.
-void check_gradient_sink(at::Device device, at::ScalarType dtype, double bound) {
-  torch::manual_seed(21);
-  auto x = torch::randn({2, 7, 4}).to(dtype).to(torch::kDouble);
-  auto w = (0.5 * torch::randn({5, 4})).to(dtype).to(torch::kDouble);
-  auto other = (0.5 * torch::randn({3, 4})).to(dtype).to(torch::kDouble);
-  auto targets = torch::randint(0, 5, {2, 7}, torch::kLong);
-  auto loss_of = [&](const at::Tensor& xs, const at::Tensor& ws, const at::Tensor& os) {
-    auto group = kernels::linear_group(xs, {ws, os});
-    auto single = kernels::linear(xs, ws);
-    auto hidden = (group[0] * single).narrow(-1, 0, 4) + group[1].sum(-1, true);
-    return kernels::linear_cross_entropy(hidden, ws, targets.to(xs.device()));
-  };
-  auto want_w = w.clone().requires_grad_(true);
-  loss_of(x, want_w, other.clone().requires_grad_(true)).backward();
-
-  auto wd = w.to(device, dtype).requires_grad_(true);
-  auto buffer = torch::full({2, 3 * 4}, 7.0, torch::TensorOptions().dtype(torch::kFloat).device(device));
-  auto sink = std::make_shared<kernels::GradientSink>();
-  sink->pieces.push_back({0, 3, buffer[0].view({3, 4})});
-  sink->pieces.push_back({3, 2, buffer[1].narrow(0, 0, 8).view({2, 4})});
-  kernels::set_gradient_sink(wd, sink);
-  loss_of(x.to(device, dtype), wd, other.to(device, dtype).requires_grad_(true)).backward();
-  kernels::remove_gradient_sink(wd);
-  CHECK(sink->written);
-  if (device.is_cuda()) CHECK_FALSE(wd.grad().defined());  // the head writes to the sink too
-  auto got = torch::cat({buffer[0], buffer[1].narrow(0, 0, 8)}).view({5, 4}).cpu().to(torch::kDouble);
-  if (wd.grad().defined()) got += wd.grad().cpu().to(torch::kDouble);
-  CHECK(rel(got, want_w.grad()) < bound);
-  CHECK(buffer[1].narrow(0, 8, 4).eq(7.0).all().item<bool>());  // padding past a piece is untouched
-}
-
-}  // namespace
-
-TEST_CASE("a gradient sink receives a weight's gradient in place of .grad", "[kernels]") {
-  check_gradient_sink(torch::kCPU, torch::kDouble, 1e-6);  // the buffer is fp32
-}
-
-namespace {
 
 }  // namespace
 
@@ -312,12 +268,6 @@ TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
       CHECK(rel(got[i], want[i]) < 1e-2);
     }
   }
-}
-
-TEST_CASE("gradient sinks on CUDA: fp32 weight gradients written by the GEMMs from bf16 inputs", "[gpu]") {
-  REQUIRE(torch::cuda::is_available());
-  check_gradient_sink(torch::kCUDA, torch::kFloat, 1e-5);
-  check_gradient_sink(torch::kCUDA, torch::kBFloat16, 3e-2);  // bf16 activations along the way
 }
 
 TEST_CASE("attention on CUDA runs cuDNN's kernel for grouped-query heads and matches fp64", "[gpu]") {

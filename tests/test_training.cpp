@@ -7,6 +7,7 @@
 #include "data/tokenizer.h"
 #include "models/llama3/model.h"
 #include "test_support.h"
+#include "train/adamw.h"
 #include "train/lr_schedule.h"
 #include "train/trainer.h"
 
@@ -131,6 +132,41 @@ TEST_CASE("AdamW applies decoupled weight decay to the gradient clipped to max_n
   INFO("worst relative error " << worst << "; against the unclipped update " << worst_unclipped);
   CHECK(worst < 1e-5);
   CHECK(worst_unclipped > 100 * worst);  // the clipping mattered
+}
+
+TEST_CASE("AdamW in pieces updates like one launch and reports each piece once it is done", "[train]") {
+  torch::manual_seed(4);
+  auto make = [] {
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (int i = 0; i < 5; ++i) {
+      auto p = torch::randn({3 + i}, torch::kDouble);
+      p.mutable_grad() = torch::randn({3 + i}, torch::kDouble);
+      named.emplace_back("p" + std::to_string(i), p);
+    }
+    return named;
+  };
+  auto whole = make();
+  std::vector<std::pair<std::string, at::Tensor>> pieces;
+  for (auto& [name, p] : whole) {
+    auto q = p.clone();
+    q.mutable_grad() = p.grad().clone();
+    pieces.emplace_back(name, q);
+  }
+  train::AdamW one(whole, {}), split(pieces, {});
+  for (int step = 0; step < 2; ++step) {
+    one.step(1e-2);
+    std::vector<std::string> seen;
+    split.step(1e-2, {}, {1, 3}, [&](size_t k) {
+      // Piece k's parameters are updated when it is reported; the later ones not yet.
+      const size_t end = k == 0 ? 1 : 3;
+      for (size_t i = 0; i < pieces.size(); ++i)
+        CHECK(torch::equal(pieces[i].second, whole[i].second) == (i < end));
+      seen.push_back(std::to_string(k));
+    });
+    CHECK(seen == std::vector<std::string>{"0", "1"});
+    for (size_t i = 0; i < pieces.size(); ++i) CHECK(torch::equal(pieces[i].second, whole[i].second));
+  }
+  CHECK(split.steps_taken() == 2);
 }
 
 TEST_CASE("batches: targets are the tokens shifted by one, in the same order for the same seed", "[data]") {

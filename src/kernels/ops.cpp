@@ -1,7 +1,5 @@
 #include "kernels/ops.h"
 
-#include "kernels/gradient_sink.h"
-
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -44,62 +42,10 @@ at::Tensor linear_cross_entropy_reference(const at::Tensor& hidden, const at::Te
   return at::cross_entropy_loss(lf.flatten(0, -2), targets.flatten());
 }
 
+#ifdef TROUPE_WITH_CUDA
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// The parameters' identities, for their gradient sinks at backward time.
-std::vector<int64_t> weight_keys(at::TensorList weights) {
-  std::vector<int64_t> keys;
-  for (const auto& w : weights) keys.push_back(reinterpret_cast<int64_t>(w.unsafeGetTensorImpl()));
-  return keys;
-}
-
-// Mixed-precision projections of one input: the fp32 master weights are cast to the
-// activations' dtype for the GEMMs, and each weight gradient comes out of its GEMM in fp32 (fp32
-// accumulation written as fp32) instead of being rounded to bf16 and cast back, which saves a
-// pass over every weight gradient per step. The input's gradient from all the projections is
-// accumulated by the GEMMs themselves (beta = 1), not by separate adds. A weight with a
-// gradient sink (FSDP) has its gradient written there instead of returned.
-struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights) {
-    variable_list to_save{x}, outs;
-    for (const auto& weight : weights) {
-      auto w = weight.to(x.scalar_type());
-      outs.push_back(at::linear(x, w));
-      to_save.push_back(std::move(w));
-    }
-    ctx->save_for_backward(to_save);
-    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weights.front().scalar_type());
-    ctx->saved_data["weight_keys"] = weight_keys(weights);
-    return outs;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const auto& x = saved[0];
-    const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-    const auto x2 = x.reshape({-1, x.size(-1)});
-    const auto keys = ctx->saved_data["weight_keys"].toIntVector();
-    variable_list out(grads.size() + 1);
-    at::Tensor dx;  // [rows, in]
-    for (size_t i = 0; i < grads.size(); ++i) {
-      if (!grads[i].defined()) continue;
-      const auto& w = saved[i + 1];
-      const auto dy = grads[i].reshape({-1, grads[i].size(-1)});
-      if (ctx->needs_input_grad(0)) {
-        if (dx.defined()) dx.addmm_(dy, w);
-        else dx = at::mm(dy, w);
-      }
-      if (!ctx->needs_input_grad(i + 1)) continue;
-      if (auto sink = gradient_sink(reinterpret_cast<const void*>(keys[i]))) write_product(*sink, dy.t(), x2);
-      else if (weight_dtype == dy.scalar_type()) out[i + 1] = at::mm(dy.t(), x2);
-      else out[i + 1] = at::mm(dy.t(), x2, weight_dtype);
-    }
-    if (dx.defined()) out[0] = dx.view(x.sizes());
-    return out;
-  }
-};
-
-#ifdef TROUPE_WITH_CUDA
 
 Dtype kernel_dtype(const at::Tensor& t) {
   if (t.scalar_type() == at::kFloat) return Dtype::f32;
@@ -245,6 +191,45 @@ struct SwigluFn : torch::autograd::Function<SwigluFn> {
   }
 };
 
+// Mixed-precision projections of one input: the fp32 master weights are cast to the
+// activations' dtype for the GEMMs, and each weight gradient comes out of its GEMM in fp32 (fp32
+// accumulation written as fp32) instead of being rounded to bf16 and cast back, which saves a
+// pass over every weight gradient per step. The input's gradient from all the projections is
+// accumulated by the GEMMs themselves (beta = 1), not by separate adds.
+struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights) {
+    variable_list to_save{x}, outs;
+    for (const auto& weight : weights) {
+      auto w = weight.to(x.scalar_type());
+      outs.push_back(at::linear(x, w));
+      to_save.push_back(std::move(w));
+    }
+    ctx->save_for_backward(to_save);
+    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weights.front().scalar_type());
+    return outs;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+    const auto x2 = x.reshape({-1, x.size(-1)});
+    variable_list out(grads.size() + 1);
+    at::Tensor dx;  // [rows, in]
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (!grads[i].defined()) continue;
+      const auto& w = saved[i + 1];
+      const auto dy = grads[i].reshape({-1, grads[i].size(-1)});
+      if (ctx->needs_input_grad(0)) {
+        if (dx.defined()) dx.addmm_(dy, w);
+        else dx = at::mm(dy, w);
+      }
+      if (ctx->needs_input_grad(i + 1)) out[i + 1] = at::mm(dy.t(), x2, weight_dtype);
+    }
+    if (dx.defined()) out[0] = dx.view(x.sizes());
+    return out;
+  }
+};
+
 // The loss is the graph's last op, so its gradient is known up to the incoming scalar: the
 // forward computes d(mean loss)/d(hidden) and /d(weight) chunk by chunk while each chunk of
 // logits exists, and the backward only scales them. The mean's divisor (the number of
@@ -278,20 +263,13 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
     }
     ctx->save_for_backward({dh.view(hidden.sizes()), dw});
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
-    ctx->saved_data["weight_keys"] = weight_keys({weight});
     return losses.sum() * inv_count;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const auto& g = grads[0];
     const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-    const auto dh = saved[0] * g.to(saved[0].scalar_type());
-    const auto key = ctx->saved_data["weight_keys"].toIntVector().front();
-    if (auto sink = gradient_sink(reinterpret_cast<const void*>(key))) {
-      write_scaled(*sink, saved[1], g);
-      return {dh, at::Tensor(), at::Tensor(), at::Tensor()};
-    }
-    return {dh, (saved[1] * g).to(weight_dtype), at::Tensor(), at::Tensor()};
+    return {saved[0] * g.to(saved[0].scalar_type()), (saved[1] * g).to(weight_dtype), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -348,12 +326,13 @@ at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights) {
-  // Weights in fp32 (masters) or already in x's dtype (gathered FSDP shards), all alike. On the
-  // CPU too, so that the CPU tests cover the gradient sinks.
+#ifdef TROUPE_WITH_CUDA
+  // Weights in fp32 (masters) or already in x's dtype (gathered FSDP shards), all alike.
   const auto wdtype = weights.empty() ? at::kFloat : weights.front().scalar_type();
   const bool alike = std::all_of(weights.begin(), weights.end(), [&](const auto& w) { return w.scalar_type() == wdtype; });
-  if (!weights.empty() && alike && (wdtype == at::kFloat || wdtype == x.scalar_type()))
+  if (use_kernels(x) && !weights.empty() && alike && (wdtype == at::kFloat || wdtype == x.scalar_type()))
     return LinearGroupFn::apply(x, weights);
+#endif
   std::vector<at::Tensor> out;
   for (const auto& w : weights) out.push_back(at::linear(x, w.to(x.scalar_type())));
   return out;

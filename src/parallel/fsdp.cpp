@@ -1,6 +1,5 @@
 #include "parallel/fsdp.h"
 
-#include "kernels/gradient_sink.h"
 #include "train/grad_norm.h"
 
 #include <torch/torch.h>
@@ -46,7 +45,6 @@ struct ShardedUnits::Unit {
     int64_t rows = 0, row_numel = 1, chunk_rows = 0;
     int64_t shard_offset = 0;  // in the flat shard
     int64_t full_offset = 0;   // in the flat gathered buffer
-    std::shared_ptr<kernels::GradientSink> sink;  // while the unit's backward runs (matrices only)
     // Rank r's rows: [first, first + count), count < chunk_rows (or 0) past the end.
     std::pair<int64_t, int64_t> rows_of(int64_t r) const {
       const int64_t first = std::min(rows, r * chunk_rows);
@@ -55,13 +53,11 @@ struct ShardedUnits::Unit {
   };
   std::vector<Param> params;
   int64_t shard_numel = 0, full_numel = 0;
-  bool even = true;  // every parameter's rows split evenly: no padding in the rank-major buffers
   at::Tensor master, master_grad;  // fp32 [shard_numel]
   at::Tensor full;                 // compute dtype [full_numel]; its storage comes and goes
   at::Tensor gathered, send;       // while a gather is in flight
   comm::WorkPtr gather_work;
   bool ready = false, in_flight = false;
-  at::Tensor grad_in;              // rank-major, reduce dtype: the backward writes it, then it is reduced
   at::Tensor grad_out;             // while a reduction is in flight
   comm::WorkPtr reduce_work;
   bool fresh = false;              // master_grad holds none of this step's gradient yet
@@ -91,7 +87,6 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
       q.full_offset = u->full_numel;
       u->shard_numel += q.chunk_rows * q.row_numel;
       u->full_numel += p.numel();
-      u->even = u->even && q.rows == S * q.chunk_rows;
       u->params.push_back(q);
     }
     const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
@@ -120,36 +115,7 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
   }
 }
 
-ShardedUnits::~ShardedUnits() {
-  for (auto& u : units_) drop_gradient_sinks(*u);
-}
-
-void ShardedUnits::drop_gradient_sinks(Unit& u) {
-  for (auto& q : u.params) {
-    if (!q.sink) continue;
-    kernels::remove_gradient_sink(q.module_param);
-    q.sink.reset();
-  }
-}
-
-void ShardedUnits::prepare_gradients(Unit& u) {
-  if (u.grad_in.defined()) return;  // the weight half of a split backward: already prepared
-  const int64_t S = shard_size_;
-  const auto opts = u.master.options().dtype(options_.reduce_dtype);
-  u.grad_in = u.even ? at::empty({S * u.shard_numel}, opts) : at::zeros({S * u.shard_numel}, opts);
-  auto by_rank = u.grad_in.view({S, u.shard_numel});
-  for (auto& q : u.params) {
-    if (q.module_param.dim() != 2) continue;  // only the projections write to sinks
-    auto sink = std::make_shared<kernels::GradientSink>();
-    auto pieces = by_rank.narrow(1, q.shard_offset, q.chunk_rows * q.row_numel);
-    for (int64_t r = 0; r < S; ++r) {
-      const auto [first, n] = q.rows_of(r);
-      if (n > 0) sink->pieces.push_back({first, n, pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel})});
-    }
-    kernels::set_gradient_sink(q.module_param, sink);
-    q.sink = std::move(sink);
-  }
-}
+ShardedUnits::~ShardedUnits() = default;
 
 void ShardedUnits::gather(size_t i) {
   auto& u = *units_.at(i);
@@ -218,46 +184,41 @@ void ShardedUnits::after_forward(size_t i) {
 void ShardedUnits::before_backward(size_t i) {
   gather_borrowed(i);
   wait_gathered(i);
-  prepare_gradients(*units_.at(i));
   if (i > 0) gather(i - 1);
 }
 
 void ShardedUnits::after_backward(size_t i) {
   auto& u = *units_.at(i);
   finish_unit(u);  // a pipeline runs a unit's backward for several micro-batches before the step ends
-  prepare_gradients(u);
   torch::NoGradGuard no_grad;
   const int64_t S = shard_size_;
-  auto grad_in = std::move(u.grad_in);
-  u.grad_in = at::Tensor();
+  const auto opts = u.master.options().dtype(options_.reduce_dtype);
+  bool even = true;
+  for (const auto& q : u.params) even = even && q.rows == S * q.chunk_rows;
+  auto grad_in = even ? at::empty({S * u.shard_numel}, opts) : at::zeros({S * u.shard_numel}, opts);
   auto by_rank = grad_in.view({S, u.shard_numel});
   for (auto& q : u.params) {
-    const bool sunk = q.sink && q.sink->written;  // the projections wrote it in place
     auto grad = q.module_param.grad();
     auto pieces = by_rank.narrow(1, q.shard_offset, q.chunk_rows * q.row_numel);
-    if (grad.defined()) {  // from autograd (norms, the embedding; a tied weight's other use)
+    if (grad.defined()) {
       auto whole = grad.reshape({q.rows, q.row_numel});
       for (int64_t r = 0; r < S; ++r) {
         const auto [first, n] = q.rows_of(r);
-        if (n == 0) continue;
-        auto dest = pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel});
-        if (sunk) dest.add_(whole.narrow(0, first, n));
-        else dest.copy_(whole.narrow(0, first, n));
+        if (n > 0) pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(whole.narrow(0, first, n));
       }
-    } else if (!sunk && u.even) {
+    } else if (even) {
       pieces.zero_();
     }
     q.module_param.mutable_grad() = at::Tensor();
   }
-  drop_gradient_sinks(u);
   free_gathered(i);
   if (S == 1) {
     u.grad_out = grad_in;
   } else {
     // The step's first gradient of a unit is reduced straight into the master's gradient: no
     // zeroing beforehand and no add afterwards (two passes over every shard).
-    const bool direct = u.fresh && grad_in.scalar_type() == u.master_grad.scalar_type();
-    u.grad_out = direct ? u.master_grad : at::empty({u.shard_numel}, grad_in.options());
+    const bool direct = u.fresh && opts.dtype() == u.master_grad.dtype();
+    u.grad_out = direct ? u.master_grad : at::empty({u.shard_numel}, opts);
     // The unit's whole gradient (grad_in) is not kept until the step ends (for the 8B model that
     // was the model's size in fp32): the communicator keeps it alive while the reduction needs it
     // (NCCL: recorded on its stream for the caching allocator; Gloo: held by the work).
@@ -266,12 +227,7 @@ void ShardedUnits::after_backward(size_t i) {
 }
 
 void ShardedUnits::zero_gradients() {
-  for (auto& u : units_) {
-    u->fresh = true;
-    // Left over only by a backward that threw: its partial gradients must not leak into this step.
-    drop_gradient_sinks(*u);
-    u->grad_in = at::Tensor();
-  }
+  for (auto& u : units_) u->fresh = true;
 }
 
 void ShardedUnits::finish_unit(Unit& u) {

@@ -84,10 +84,6 @@ class ShardedUnits : public train::UnitHooks {
   void free_gathered(size_t unit);
   void gather_borrowed(size_t unit);
   void finish_unit(Unit& u);
-  // Before a unit's backward: its rank-major gradient buffer, registered as the projections'
-  // gradient sinks so that their weight gradients land there directly.
-  void prepare_gradients(Unit& u);
-  void drop_gradient_sinks(Unit& u);
   std::vector<std::unique_ptr<Unit>> units_;
   std::vector<ParameterShard> shards_;
   DataParallelOptions options_;
