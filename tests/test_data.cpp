@@ -232,6 +232,17 @@ TEST_CASE("bad datasets are clear errors naming the problem", "[data]") {
   CHECK_THROWS_WITH(BatchSource(spec("tokens", dir.file("big.tokens")), {}), Contains("5000") && Contains("2048"));
   std::filesystem::resize_file(dir.file("big.tokens"), 100);
   CHECK_THROWS_WITH(BatchSource(spec("tokens", dir.file("big.tokens")), {}), Contains("truncated"));
+  // A token past the shard's own vocabulary (a damaged file): the batch that reads it fails
+  // naming the file and the position, not the embedding mid-step.
+  data::TokenShardWriter damaged(dir.file("damaged.tokens"), 2048);
+  std::vector<int32_t> tokens(200, 7);
+  tokens[150] = 65535;
+  damaged.append(tokens.data(), tokens.size());
+  damaged.finish();
+  BatchSource reads(spec("tokens", dir.file("damaged.tokens"), 1, 30), {});
+  for (int b = 0; b < 4; ++b) reads.next();  // tokens 0..123
+  CHECK_THROWS_WITH(reads.next(), Contains("damaged.tokens") && Contains("65535") && Contains("position 150") &&
+                                      Contains("outside its vocabulary of 2048"));
   BatchSource ok(spec("text", dir.write("ok.txt", as_text(documents(3)))), {});
   auto pos = ok.position();
   pos.offset += 3;

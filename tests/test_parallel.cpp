@@ -23,6 +23,7 @@
 #include "comm/rendezvous.h"
 #include "data/dataset_files.h"
 #include "data/shard_preparer.h"
+#include "data/token_shards.h"
 #include "parallel/device_mesh.h"
 #include "parallel/pipeline_schedule.h"
 #include "runtime/node_placement.h"
@@ -410,6 +411,31 @@ TEST_CASE("two processes on loopback, 2 ranks each, train as one rank does", "[p
   const auto losses = logged_losses(dir.file("nodes"));
   REQUIRE(losses.size() == one.steps.size());
   for (size_t i = 0; i < losses.size(); ++i) CHECK(losses[i] == Approx(one.steps[i].loss).epsilon(1e-4));
+}
+
+TEST_CASE("a damaged token in one rank's data ends a 2-rank job with an error naming it", "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  // Window 1 (tokens 33..65 at seq_len 32) is rank 1's first: only that rank reads the damage.
+  const auto shard = tokens + "/shard-00000.tokens";
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(data::kShardHeaderBytes + 2 * 40);
+    const unsigned char past_vocab[2] = {0xff, 0xff};
+    f.write(reinterpret_cast<const char*>(past_vocab), 2);
+    REQUIRE(f.good());
+  }
+  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "damaged", 5, 5));
+  ChildProcess job({troupe_binary(), "train", "--config", config});
+  std::string out;
+  const auto start = std::chrono::steady_clock::now();
+  const int code = job.wait(60, out);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(out);
+  CHECK(code == 1);
+  CHECK_THAT(out, Catch::Contains("shard-00000.tokens") && Catch::Contains("token 65535 at position 40") &&
+                      Catch::Contains("outside its vocabulary"));
+  CHECK(took < 5 + 20);  // the other rank's collective timeout at most, plus start and shutdown
 }
 
 TEST_CASE("a node that dies ends the other node's job with an error within the timeout", "[parallel]") {

@@ -6,6 +6,7 @@
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
 #include "models/llama3/model.h"
+#include "runtime/error_text.h"
 #include "test_support.h"
 #include "train/adamw.h"
 #include "train/lr_schedule.h"
@@ -167,6 +168,20 @@ TEST_CASE("AdamW in pieces updates like one launch and reports each piece once i
     for (size_t i = 0; i < pieces.size(); ++i) CHECK(torch::equal(pieces[i].second, whole[i].second));
   }
   CHECK(split.steps_taken() == 2);
+}
+
+TEST_CASE("libtorch's errors reach the user without their C++ backtrace", "[train]") {
+  try {
+    (void)torch::ones({2, 3}).view({4});
+    FAIL("a view of 6 elements as 4 must throw");
+  } catch (const std::exception& e) {
+    const auto text = runtime::error_text(e);
+    CHECK_THAT(std::string(e.what()), Catch::Contains("Exception raised from"));
+    CHECK_THAT(text, Catch::Contains("shape '[4]' is invalid for input of size 6"));
+    CHECK_THAT(text, !Catch::Contains("Exception raised from"));
+  }
+  const std::runtime_error plain("a plain error");
+  CHECK(runtime::error_text(plain) == "a plain error");
 }
 
 TEST_CASE("batches: targets are the tokens shifted by one, in the same order for the same seed", "[data]") {

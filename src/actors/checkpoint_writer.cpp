@@ -9,6 +9,7 @@
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/host_snapshot.h"
 #include "checkpoint/shard_file.h"
+#include "runtime/error_text.h"
 #include "runtime/remove_tree.h"
 #include "runtime/status_board.h"
 
@@ -68,8 +69,8 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
     if (rank == 0) checkpoint::remove_uncommitted(st.folder);
     st.status->set_state("idle");
   } catch (const std::exception& e) {
-    st.status->set_error(e.what());
-    self->send(supervisor, failure_atom::value, std::string("checkpoint writer: ") + e.what());
+    st.status->set_error(runtime::error_text(e));
+    self->send(supervisor, failure_atom::value, std::string("checkpoint writer: ") + runtime::error_text(e));
   }
   return {
       [=](write_atom, snapshot_handle snap, caf::actor coordinator) {
@@ -86,7 +87,7 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
         try {
           record = write_shard_record(*snap);
         } catch (const std::exception& e) {
-          error = e.what();
+          error = runtime::error_text(e);
           s.status->set_error(error);
           discard(tmp_dir);
         }
@@ -105,9 +106,9 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
           s.status->set_state("idle");
           return summary;
         } catch (const std::exception& e) {
-          s.status->set_error(e.what());
+          s.status->set_error(runtime::error_text(e));
           discard(tmp_dir);
-          return caf::make_error(caf::sec::runtime_error, std::string(e.what()));
+          return caf::make_error(caf::sec::runtime_error, std::string(runtime::error_text(e)));
         }
       },
       [=](status_atom) {

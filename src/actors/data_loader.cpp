@@ -40,8 +40,15 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
         s.status->on_message(self);
         if (!s.source) return;  // failed at start; the supervisor is already told
         s.status->set_state("producing");
-        for (int64_t i = 0; i < n; ++i)
-          self->send(consumer, batch_atom::value, batch_handle(std::make_shared<const data::Batch>(s.source->next())));
+        try {
+          for (int64_t i = 0; i < n; ++i)
+            self->send(consumer, batch_atom::value, batch_handle(std::make_shared<const data::Batch>(s.source->next())));
+        } catch (const std::exception& e) {  // a damaged shard, a file gone mid-run
+          s.status->set_error(e.what());
+          s.source.reset();  // no batch after a bad one; the supervisor ends the job
+          self->send(supervisor, failure_atom::value, std::string("data loader: ") + e.what());
+          return;
+        }
         s.status->set_step(s.source->produced());
         publish_skips(s);
         s.status->set_state("idle");

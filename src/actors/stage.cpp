@@ -10,6 +10,7 @@
 #include "checkpoint/trainer_checkpoint.h"
 #include "data/batch.h"
 #include "data/batch_source.h"
+#include "runtime/error_text.h"
 #include "runtime/status_board.h"
 #include "train/trainer.h"
 
@@ -73,9 +74,9 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
     st.status->set_state("idle");
     job.promise.deliver(stats);
   } catch (const std::exception& e) {
-    st.status->set_error(e.what());
+    st.status->set_error(runtime::error_text(e));
     job.promise.deliver(caf::make_error(caf::sec::runtime_error, std::string("step ") + std::to_string(job.step) +
-                                                                     ": " + e.what()));
+                                                                     ": " + runtime::error_text(e)));
   }
 }
 
@@ -113,9 +114,9 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
                caf::actor_cast<caf::actor>(self));
   } catch (const std::exception& e) {
     st.trainer.reset();  // a failed restore leaves nothing half-loaded to train on
-    st.init_error = e.what();
-    st.status->set_error(e.what());
-    self->send(supervisor, failure_atom::value, std::string("stage: ") + e.what());
+    st.init_error = runtime::error_text(e);
+    st.status->set_error(runtime::error_text(e));
+    self->send(supervisor, failure_atom::value, std::string("stage: ") + runtime::error_text(e));
   }
   return {
       [=](batch_atom, batch_handle batch) {
@@ -149,9 +150,9 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
           s.status->set_state("idle");
           return sum / static_cast<double>(cfg.validation.steps);
         } catch (const std::exception& e) {
-          s.status->set_error(e.what());
+          s.status->set_error(runtime::error_text(e));
           return caf::make_error(caf::sec::runtime_error,
-                                 "validation after step " + std::to_string(step) + ": " + e.what());
+                                 "validation after step " + std::to_string(step) + ": " + runtime::error_text(e));
         }
       },
       [=](restored_atom) -> caf::result<int64_t, std::string> {
@@ -176,9 +177,9 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
           s.status->set_state("idle");
           return blocked;
         } catch (const std::exception& e) {
-          s.status->set_error(e.what());
+          s.status->set_error(runtime::error_text(e));
           return caf::make_error(caf::sec::runtime_error, std::string("snapshot at step ") + std::to_string(step) +
-                                                              ": " + e.what());
+                                                              ": " + runtime::error_text(e));
         }
       },
       [=](status_atom) {

@@ -1,5 +1,7 @@
 #include "data/token_shards.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -28,12 +30,16 @@ void write_le(std::ofstream& out, T v) {
 
 }  // namespace
 
-TokenShard::TokenShard(const std::string& path) {
+TokenShard::TokenShard(const std::string& path) : path_(path) {
   auto fail = [&](const std::string& why) { return std::runtime_error("token shard '" + path + "': " + why); };
   const int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) throw fail(std::string("cannot be opened: ") + std::strerror(errno));
   struct stat st {};
-  ::fstat(fd, &st);
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw fail(std::string("cannot be read: ") + std::strerror(err));
+  }
   map_bytes_ = static_cast<size_t>(st.st_size);
   if (map_bytes_ < static_cast<size_t>(kShardHeaderBytes)) {
     ::close(fd);
@@ -68,10 +74,16 @@ TokenShard::~TokenShard() {
 
 void TokenShard::copy(int64_t begin, int64_t n, int64_t* out) const {
   const unsigned char* p = map_ + kShardHeaderBytes + begin * width_;
+  int64_t largest = 0;
   if (width_ == 2)
-    for (int64_t i = 0; i < n; ++i) out[i] = read_le<uint16_t>(p + 2 * i);
+    for (int64_t i = 0; i < n; ++i) largest = std::max(largest, out[i] = read_le<uint16_t>(p + 2 * i));
   else
-    for (int64_t i = 0; i < n; ++i) out[i] = read_le<uint32_t>(p + 4 * i);
+    for (int64_t i = 0; i < n; ++i) largest = std::max(largest, out[i] = read_le<uint32_t>(p + 4 * i));
+  if (largest < vocab_size_) return;
+  const auto at = std::find_if(out, out + n, [&](int64_t t) { return t >= vocab_size_; }) - out;
+  throw std::runtime_error("token shard '" + path_ + "': token " + std::to_string(out[at]) + " at position " +
+                           std::to_string(begin + at) + " is outside its vocabulary of " + std::to_string(vocab_size_) +
+                           " (the file is damaged)");
 }
 
 TokenShardWriter::TokenShardWriter(const std::string& path, int64_t vocab_size)

@@ -22,10 +22,13 @@ class TokenShard {
 
   int64_t size() const { return count_; }
   int64_t vocab_size() const { return vocab_size_; }
-  // Copies tokens [begin, begin + n) widened to int64 into out.
+  // Copies tokens [begin, begin + n) widened to int64 into out; std::runtime_error naming the
+  // file and the position if one is outside the vocabulary the header gives (a damaged file):
+  // caught here it is a clear error, in the embedding a failure of one rank mid-step.
   void copy(int64_t begin, int64_t n, int64_t* out) const;
 
  private:
+  std::string path_;
   const unsigned char* map_ = nullptr;
   size_t map_bytes_ = 0;
   int64_t width_ = 0, vocab_size_ = 0, count_ = 0;

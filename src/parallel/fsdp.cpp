@@ -115,7 +115,18 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
   }
 }
 
-ShardedUnits::~ShardedUnits() = default;
+ShardedUnits::~ShardedUnits() {
+  // Nothing may be in flight when the buffers and the communicator go (the optimizer issues the
+  // next step's first gathers, so after the last step two are). A failed peer makes a wait throw:
+  // the job is ending with that error already, so teardown stops waiting and goes on.
+  try {
+    for (auto& u : units_) {
+      if (u->gather_work) u->gather_work->wait();
+      if (u->reduce_work) u->reduce_work->wait();
+    }
+  } catch (const std::exception&) {
+  }
+}
 
 void ShardedUnits::gather(size_t i) {
   auto& u = *units_.at(i);

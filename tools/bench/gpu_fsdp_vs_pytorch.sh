@@ -11,6 +11,7 @@ gpus=$(nvidia-smi -L | wc -l)
 bench=${TROUPE_BENCH:-build-gpu/troupe_bench}
 warmup=5
 results=$(mktemp)
+log=${LOG:-$(mktemp)}  # each run's whole output: $log.troupe-N (LOG=path to keep them); RUN_TIMEOUT (s) ends a hung run
 case $flavor in
   1.5b) troupe_model=(--config configs/llama3_1.5b.toml); peer_model=() ;;
   8b) troupe_model=(--config configs/llama3_1.5b.toml --model.flavor 8B --activation_checkpoint.mode full)
@@ -20,10 +21,12 @@ esac
 echo "# $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $gpus, $flavor, batch $batch per GPU, seq $seq, steps $steps (first $warmup excluded)"
 # RANKS: the Troupe runs, "1 N" by default (8B: only N, as one GPU cannot hold its optimizer state).
 for ranks in ${RANKS:-1 $gpus}; do
-  "$bench" throughput "${troupe_model[@]}" --warmup "$warmup" --model.tokenizer_path "$tokenizer" \
+  timeout "${RUN_TIMEOUT:-900}" "$bench" throughput "${troupe_model[@]}" --warmup "$warmup" --model.tokenizer_path "$tokenizer" \
     --job.local_ranks "$ranks" --training.local_batch_size "$batch" --training.seq_len "$seq" \
     --training.steps "$steps" --metrics.log_freq 5 --job.dump_folder /tmp/troupe_fsdp_bench "$@" \
-    | tee /dev/stderr | grep '^{"runner"' | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d['runner']='troupe-$ranks-gpu'; print(json.dumps(d))" >> "$results"
+    > "$log.troupe-$ranks" 2>&1 || { tail -20 "$log.troupe-$ranks" >&2; exit 1; }
+  tail -3 "$log.troupe-$ranks" >&2
+  grep '^{"runner"' "$log.troupe-$ranks" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d['runner']='troupe-$ranks-gpu'; print(json.dumps(d))" >> "$results"
 done
 out=$(torchrun --standalone --nproc_per_node "$gpus" "$peer" "${peer_model[@]}" --batch "$batch" --seq "$seq" \
       --steps $((steps - warmup)) --warmup "$warmup" --compile 2>&1 | tail -1) || true

@@ -16,6 +16,7 @@
 #include "bench/benchmarks.h"
 #include "comm/rendezvous.h"
 #include "data/batch.h"
+#include "runtime/error_text.h"
 #include "train/trainer.h"
 
 namespace troupe::bench {
@@ -117,7 +118,7 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
   const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
   const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
 
-  auto run_rank = [&](int r) {
+  auto run_rank_steps = [&](int r) {
     train::Trainer trainer(cfg, vocab, parallel::RankContext{r, r, ranks, rendezvous});
     auto tokens = torch::randint(0, vocab, {B, S + 1}, torch::kLong);
     auto batch = std::make_shared<data::Batch>();
@@ -145,6 +146,17 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
     if (r == 0) {
       profiled_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       result = prof::disableProfiler();
+    }
+  };
+  auto run_rank = [&](int r) {
+    try {
+      run_rank_steps(r);
+    } catch (const std::exception& e) {
+      // Said at once: the other ranks may wait out their collective timeout before this one's
+      // future is read, and they must not wait for it at the barriers.
+      std::fprintf(stderr, "rank %d failed: %s\n", r, runtime::error_text(e).c_str());
+      phase.arrive_and_drop();
+      throw;
     }
   };
   std::vector<std::future<void>> threads;

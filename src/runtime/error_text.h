@@ -1,0 +1,11 @@
+// What an error says to the user. libtorch's errors (c10::Error) carry a C++ backtrace in what(),
+// dozens of frames that bury the one line that names the problem; this keeps that line.
+#pragma once
+#include <exception>
+#include <string>
+
+namespace troupe::runtime {
+
+std::string error_text(const std::exception& e);
+
+}  // namespace troupe::runtime
