@@ -4,6 +4,7 @@
 #include "config/job_config.h"
 
 #include "data/dataset_files.h"
+#include "models/llama3/model_args.h"
 
 // Debian ships toml++ as a shared library (its CMake target and pkg-config file define this);
 // the fallback keeps a plain `g++ ... -ltomlplusplus` build from compiling toml++ inline.
@@ -146,13 +147,16 @@ Rule in_unit_interval_open_above() {
   return must_be<double>("in [0, 1)", [](double v, auto&) { return v >= 0 && v < 1; });
 }
 
-Rule one_of(std::initializer_list<std::string_view> choices) {
-  std::vector<std::string> allowed(choices.begin(), choices.end());
+Rule one_of(std::vector<std::string> allowed) {
   std::string what = "one of";
   for (const auto& c : allowed) what += (c == allowed.front() ? " " : " | ") + c;
   return must_be<std::string>(what, [allowed](const std::string& v, auto&) {
     return std::find(allowed.begin(), allowed.end(), v) != allowed.end();
   });
+}
+
+Rule one_of(std::initializer_list<std::string_view> choices) {
+  return one_of(std::vector<std::string>(choices.begin(), choices.end()));
 }
 
 Rule not_empty() {
@@ -293,7 +297,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(job, local_ranks), positive_or_fill()},
 
       {TROUPE_KEY(model, name), one_of({"llama3"})},
-      {TROUPE_KEY(model, flavor), one_of({"debugmodel", "debugmodel_8layers", "debugmodel_tied", "1B", "1.5B", "3B", "8B", "70B", "405B"})},
+      {TROUPE_KEY(model, flavor), one_of(models::llama3::flavor_names())},
       {TROUPE_KEY(model, tokenizer_path), existing_file()},
 
       {TROUPE_KEY(optimizer, name), one_of({"AdamW", "Adam"})},

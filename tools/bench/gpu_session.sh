@@ -11,6 +11,8 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 { time cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTROUPE_GPU_TESTS=ON ${CMAKE_ARGS:-} \
     && time cmake --build build-gpu -j16; } > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 tail -3 "$out/build.log"
+# The large-shape [gpu2] test reads Llama 3's tokenizer (carried in .device/).
+export TROUPE_TEST_LLAMA3_TOKENIZER=${TROUPE_TEST_LLAMA3_TOKENIZER:-$PWD/.device/llama3_1.tokenizer.json}
 (cd build-gpu && ctest -R "${TESTS:-gpu|kernels|oracle|model|gradients}" --output-on-failure ${CTEST_ARGS:-}) > "$out/ctest.log" 2>&1
 tail -15 "$out/ctest.log"
 # SHAPES: batch x seq pairs, e.g. "4x4096 2x8192".

@@ -65,6 +65,8 @@ const std::map<std::string, ModelArgs>& registry() {
       {"1B", make(2048, 16, 32, 8, 1.5, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, true)},
       // The 1B shapes untied: the model of the shared PyTorch peer benchmark (1.50B parameters).
       {"1.5B", make(2048, 16, 32, 8, 1.5, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, false)},
+      // Those shapes with 2 blocks: the GPU tests' large model (big GEMMs, the 128k head).
+      {"1.5B_2layers", make(2048, 2, 32, 8, 1.5, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, false)},
       {"3B", make(3072, 28, 24, 8, 1.0, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, true)},
       {"8B", make(4096, 32, 32, 8, 1.3, 1024, RopeScaling{}, false)},
       {"70B", make(8192, 80, 64, 8, 1.3, 4096, RopeScaling{}, false)},
@@ -86,7 +88,7 @@ ModelArgs flavor(const std::string& name) {
 }
 
 std::vector<std::string> flavor_names() {
-  return {"debugmodel", "debugmodel_8layers", "debugmodel_tied", "1B", "1.5B", "3B", "8B", "70B", "405B"};
+  return {"debugmodel", "debugmodel_8layers", "debugmodel_tied", "1B", "1.5B", "1.5B_2layers", "3B", "8B", "70B", "405B"};
 }
 
 }  // namespace troupe::models::llama3
