@@ -69,8 +69,9 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
     if (rank == 0) checkpoint::remove_uncommitted(st.folder);
     st.status->set_state("idle");
   } catch (const std::exception& e) {
-    st.status->set_error(runtime::error_text(e));
-    self->send(supervisor, failure_atom::value, std::string("checkpoint writer: ") + runtime::error_text(e));
+    const auto text = runtime::error_text(e);
+    st.status->set_error(text);
+    self->send(supervisor, failure_atom::value, "checkpoint writer: " + text);
   }
   return {
       [=](write_atom, snapshot_handle snap, caf::actor coordinator) {
@@ -106,9 +107,10 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
           s.status->set_state("idle");
           return summary;
         } catch (const std::exception& e) {
-          s.status->set_error(runtime::error_text(e));
+          const auto text = runtime::error_text(e);
+          s.status->set_error(text);
           discard(tmp_dir);
-          return caf::make_error(caf::sec::runtime_error, std::string(runtime::error_text(e)));
+          return caf::make_error(caf::sec::runtime_error, text);
         }
       },
       [=](status_atom) {

@@ -26,13 +26,19 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
                           data::DataShare share, caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
   auto& st = self->state;
   st.status = board->enroll("data_loader[" + std::to_string(rank) + "]");
+  // No batch after a failure: the source is dropped and the supervisor ends the job.
+  auto fail = [=](const std::string& what) {
+    auto& s = self->state;
+    s.status->set_error(what);
+    s.source.reset();
+    self->send(supervisor, failure_atom::value, "data loader: " + what);
+  };
   try {
     st.status->set_state("tokenizing");
     st.source = std::make_unique<data::BatchSource>(cfg, share);
     st.status->set_state("idle");
   } catch (const std::exception& e) {
-    st.status->set_error(e.what());
-    self->send(supervisor, failure_atom::value, std::string("data loader: ") + e.what());
+    fail(e.what());
   }
   return {
       [=](credit_atom, int64_t n, caf::actor consumer) {
@@ -44,10 +50,7 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
           for (int64_t i = 0; i < n; ++i)
             self->send(consumer, batch_atom::value, batch_handle(std::make_shared<const data::Batch>(s.source->next())));
         } catch (const std::exception& e) {  // a damaged shard, a file gone mid-run
-          s.status->set_error(e.what());
-          s.source.reset();  // no batch after a bad one; the supervisor ends the job
-          self->send(supervisor, failure_atom::value, std::string("data loader: ") + e.what());
-          return;
+          return fail(e.what());
         }
         s.status->set_step(s.source->produced());
         publish_skips(s);
@@ -60,9 +63,7 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
         try {
           s.source->seek(pos);
         } catch (const std::exception& e) {
-          s.status->set_error(e.what());
-          s.source.reset();  // no batch from a wrong position; the supervisor ends the job
-          self->send(supervisor, failure_atom::value, std::string("data loader: resuming: ") + e.what());
+          fail(std::string("resuming: ") + e.what());
         }
       },
       [=](status_atom) {

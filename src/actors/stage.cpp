@@ -49,6 +49,13 @@ void publish_held_bytes(stage_state& st) {
   st.status->set_bytes_in_flight(bytes);
 }
 
+// A failed request: the status shows the error, the reply names what failed and why.
+caf::error failed(runtime::StatusEntry& status, const std::string& what, const std::exception& e) {
+  const auto text = runtime::error_text(e);
+  status.set_error(text);
+  return caf::make_error(caf::sec::runtime_error, what + ": " + text);
+}
+
 void run_if_ready(caf::stateful_actor<stage_state>* self) {
   auto& st = self->state;
   if (!st.pending) return;
@@ -74,9 +81,7 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
     st.status->set_state("idle");
     job.promise.deliver(stats);
   } catch (const std::exception& e) {
-    st.status->set_error(runtime::error_text(e));
-    job.promise.deliver(caf::make_error(caf::sec::runtime_error, std::string("step ") + std::to_string(job.step) +
-                                                                     ": " + runtime::error_text(e)));
+    job.promise.deliver(failed(*st.status, "step " + std::to_string(job.step), e));
   }
 }
 
@@ -115,8 +120,8 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
   } catch (const std::exception& e) {
     st.trainer.reset();  // a failed restore leaves nothing half-loaded to train on
     st.init_error = runtime::error_text(e);
-    st.status->set_error(runtime::error_text(e));
-    self->send(supervisor, failure_atom::value, std::string("stage: ") + runtime::error_text(e));
+    st.status->set_error(st.init_error);
+    self->send(supervisor, failure_atom::value, "stage: " + st.init_error);
   }
   return {
       [=](batch_atom, batch_handle batch) {
@@ -150,9 +155,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
           s.status->set_state("idle");
           return sum / static_cast<double>(cfg.validation.steps);
         } catch (const std::exception& e) {
-          s.status->set_error(runtime::error_text(e));
-          return caf::make_error(caf::sec::runtime_error,
-                                 "validation after step " + std::to_string(step) + ": " + runtime::error_text(e));
+          return failed(*s.status, "validation after step " + std::to_string(step), e);
         }
       },
       [=](restored_atom) -> caf::result<int64_t, std::string> {
@@ -177,9 +180,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
           s.status->set_state("idle");
           return blocked;
         } catch (const std::exception& e) {
-          s.status->set_error(runtime::error_text(e));
-          return caf::make_error(caf::sec::runtime_error, std::string("snapshot at step ") + std::to_string(step) +
-                                                              ": " + runtime::error_text(e));
+          return failed(*s.status, "snapshot at step " + std::to_string(step), e);
         }
       },
       [=](status_atom) {
