@@ -4,8 +4,10 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "runtime/crash_report.h"
 
 int main(int argc, char** argv) {
+  troupe::runtime::install_crash_report();
   CLI::App app{"troupe: LLM pretraining built of actors"};
   app.require_subcommand(1);
   std::vector<troupe::cli::Action> actions{

@@ -19,8 +19,6 @@ using json = nlohmann::json;
 
 namespace {
 
-int test_port(int offset) { return 30000 + static_cast<int>(getpid() % 10000) + offset; }
-
 config::JobConfig long_job(const TempDir& dir, int port) {
   auto c = small_job_config(dir);
   c.job.local_ranks = 2;
@@ -86,7 +84,7 @@ json wait_until(httplib::Client& c, Pred pred, const char* what) {
 TEST_CASE("inspection endpoint: every rank's actors, pause, resume, checkpoint now, log_freq, bad requests",
           "[inspect]") {
   TempDir dir;
-  const int port = test_port(0);
+  const int port = listen_port(0);
   auto cfg = long_job(dir, port);
   RunningJob job(cfg);
   httplib::Client c("127.0.0.1", port);
@@ -153,7 +151,7 @@ TEST_CASE("inspection endpoint: every rank's actors, pause, resume, checkpoint n
 
 TEST_CASE("inspection endpoint: a token is required when set", "[inspect]") {
   TempDir dir;
-  const int port = test_port(1);
+  const int port = listen_port(1);
   auto cfg = long_job(dir, port);
   cfg.inspect.token = "s3cret";
   RunningJob job(cfg);
@@ -173,7 +171,7 @@ TEST_CASE("inspection endpoint: a token is required when set", "[inspect]") {
 
 TEST_CASE("troupe inspect: the console under tmux shows the actor table; --once --json for scripts", "[inspect]") {
   TempDir dir;
-  const int port = test_port(2);
+  const int port = listen_port(2);
   RunningJob job(long_job(dir, port));
   httplib::Client c("127.0.0.1", port);
   wait_until(c, [](const json& s) { return s["job"]["step"].get<int>() >= 1; }, "step 1");

@@ -386,8 +386,6 @@ std::vector<double> logged_losses(const std::string& dump) {
   return out;
 }
 
-int free_port() { return 20000 + static_cast<int>(getpid() % 20000); }
-
 }  // namespace
 
 TEST_CASE("two processes on loopback, 2 ranks each, train as one rank does", "[parallel]") {
@@ -400,7 +398,7 @@ TEST_CASE("two processes on loopback, 2 ranks each, train as one rank does", "[p
   REQUIRE(one.exit_code == 0);
 
   const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "nodes", 8, 30));
-  const auto rdzv = "127.0.0.1:" + std::to_string(free_port());
+  const auto rdzv = "127.0.0.1:" + std::to_string(listen_port(0));
   ChildProcess node1({troupe_binary(), "train", "--config", config, "--nnodes", "2", "--node-rank", "1", "--rdzv", rdzv});
   ChildProcess node0({troupe_binary(), "train", "--config", config, "--nnodes", "2", "--node-rank", "0", "--rdzv", rdzv});
   std::string out0, out1;
@@ -441,11 +439,11 @@ TEST_CASE("a damaged token in one rank's data ends a 2-rank job with an error na
 TEST_CASE("a node that dies ends the other node's job with an error within the timeout", "[parallel]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir);
-  const int inspect_port = free_port() + 100;
+  const int inspect_port = listen_port(3);  // node 1 serves listen_port(4)
   const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "killed", 100000, 5, inspect_port));
   for (int victim : {1, 0}) {
     SECTION("node " + std::to_string(victim) + " killed") {
-      const auto rdzv = "127.0.0.1:" + std::to_string(free_port() + 1 + victim);
+      const auto rdzv = "127.0.0.1:" + std::to_string(listen_port(1 + victim));
       auto args = [&](int node) {
         return std::vector<std::string>{troupe_binary(), "train", "--config", config, "--nnodes", "2",
                                         "--node-rank", std::to_string(node), "--rdzv", rdzv};

@@ -2,13 +2,20 @@
 
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <fstream>
 #include <future>
 #include <random>
+#include <stdexcept>
+#include <thread>
 
 #include "runtime/remove_tree.h"
 
@@ -39,6 +46,11 @@ std::string TempDir::write(const std::string& name, const std::string& text) con
 double relative_error(const at::Tensor& a, const at::Tensor& b) {
   auto a64 = a.detach().to(torch::kDouble), b64 = b.detach().to(torch::kDouble);
   return (a64 - b64).norm().item<double>() / b64.norm().item<double>();
+}
+
+int listen_port(int offset) {
+  if (offset < 0 || offset >= 12) throw std::invalid_argument("listen_port: offset must be in [0, 12)");
+  return 20000 + static_cast<int>(getpid() % 1000) * 12 + offset;
 }
 
 int run_command(const std::string& command) {
@@ -85,18 +97,6 @@ std::string corpus_slice(const TempDir& dir) {
   return path;
 }
 
-}  // namespace troupe::testing
-
-#include <csignal>
-#include <fcntl.h>
-#include <poll.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <stdexcept>
-#include <thread>
-
-namespace troupe::testing {
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv) {
   int fds[2];

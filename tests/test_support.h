@@ -28,6 +28,10 @@ class TempDir {
 // ||a - b|| / ||b|| in float64.
 double relative_error(const at::Tensor& a, const at::Tensor& b);
 
+// A TCP port for a test to listen on, offset in [0, 12): below Linux's ephemeral range (32768
+// up), which outgoing connections (Gloo's pairs, HTTP clients) draw from, and apart per process.
+int listen_port(int offset);
+
 // Runs a shell command; returns its exit status (or -1 if it could not run).
 int run_command(const std::string& command);
 

@@ -1,11 +1,14 @@
 // Optimizer step, schedule, accumulation, clipping, determinism and the data order.
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
 #include "models/llama3/model.h"
+#include "runtime/crash_report.h"
 #include "runtime/error_text.h"
 #include "test_support.h"
 #include "train/adamw.h"
@@ -182,6 +185,35 @@ TEST_CASE("libtorch's errors reach the user without their C++ backtrace", "[trai
   }
   const std::runtime_error plain("a plain error");
   CHECK(runtime::error_text(plain) == "a plain error");
+}
+
+// Not static and not inlined: the report must name it (the binary exports its symbols).
+__attribute__((noinline)) void troupe_test_crashes_here(volatile int* where) { *where = 1; }
+
+TEST_CASE("a crash prints the signal, the thread and a stack naming the function, then dies of the signal",
+          "[training]") {
+  int pipe_fds[2];
+  REQUIRE(pipe(pipe_fds) == 0);
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    dup2(pipe_fds[1], STDERR_FILENO);
+    runtime::install_crash_report();  // replaces the handlers Catch installed in this process
+    troupe_test_crashes_here(nullptr);
+    _exit(0);
+  }
+  close(pipe_fds[1]);
+  std::string report;
+  char buf[4096];
+  for (ssize_t n; (n = read(pipe_fds[0], buf, sizeof buf)) > 0;) report.append(buf, static_cast<size_t>(n));
+  close(pipe_fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  INFO(report);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGSEGV);
+  CHECK_THAT(report, Catch::Contains("troupe: fatal signal SIGSEGV at address 0x0 in thread") &&
+                         Catch::Contains("troupe_test_crashes_here"));
 }
 
 TEST_CASE("batches: targets are the tokens shifted by one, in the same order for the same seed", "[data]") {

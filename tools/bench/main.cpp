@@ -7,6 +7,7 @@
 #include <iostream>
 #include <memory>
 
+#include "runtime/crash_report.h"
 #include "bench/benchmarks.h"
 
 namespace {
@@ -28,6 +29,7 @@ CLI::App* add_benchmark(CLI::App& app, const std::string& name, const std::strin
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a log even if the run is killed
+  troupe::runtime::install_crash_report();
   using namespace troupe;
   CLI::App app{"troupe_bench: Troupe benchmarks"};
   app.require_subcommand(1);
