@@ -53,6 +53,26 @@ int listen_port(int offset) {
   return 20000 + static_cast<int>(getpid() % 1000) * 12 + offset;
 }
 
+ChildResult run_in_child(const std::function<void()>& body) {
+  int fds[2];
+  if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  const pid_t child = fork();
+  if (child < 0) throw std::runtime_error("fork failed");
+  if (child == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    body();
+    _exit(0);
+  }
+  close(fds[1]);
+  ChildResult out;
+  char buf[4096];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) out.stderr_text.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  if (waitpid(child, &out.wait_status, 0) != child) throw std::runtime_error("waitpid failed");
+  return out;
+}
+
 int run_command(const std::string& command) {
   const int status = std::system(command.c_str());
   if (status == -1 || !WIFEXITED(status)) return -1;

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,13 @@ double relative_error(const at::Tensor& a, const at::Tensor& b);
 // A TCP port for a test to listen on, offset in [0, 12): below Linux's ephemeral range (32768
 // up), which outgoing connections (Gloo's pairs, HTTP clients) draw from, and apart per process.
 int listen_port(int offset);
+
+// Runs `body` in a forked child, its stderr captured; the child exits 0 if `body` returns.
+struct ChildResult {
+  int wait_status = 0;  // as waitpid gives it
+  std::string stderr_text;
+};
+ChildResult run_in_child(const std::function<void()>& body);
 
 // Runs a shell command; returns its exit status (or -1 if it could not run).
 int run_command(const std::string& command);

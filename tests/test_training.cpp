@@ -2,7 +2,8 @@
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 #include <sys/wait.h>
-#include <unistd.h>
+
+#include <thread>
 
 
 #include "data/batch_source.h"
@@ -10,6 +11,7 @@
 #include "models/llama3/model.h"
 #include "runtime/crash_report.h"
 #include "runtime/error_text.h"
+#include "runtime/teardown_deadline.h"
 #include "test_support.h"
 #include "train/adamw.h"
 #include "train/lr_schedule.h"
@@ -192,28 +194,40 @@ __attribute__((noinline)) void troupe_test_crashes_here(volatile int* where) { *
 
 TEST_CASE("a crash prints the signal, the thread and a stack naming the function, then dies of the signal",
           "[training]") {
-  int pipe_fds[2];
-  REQUIRE(pipe(pipe_fds) == 0);
-  const pid_t child = fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
-    dup2(pipe_fds[1], STDERR_FILENO);
+  const auto child = testing::run_in_child([] {
     runtime::install_crash_report();  // replaces the handlers Catch installed in this process
     troupe_test_crashes_here(nullptr);
-    _exit(0);
-  }
-  close(pipe_fds[1]);
-  std::string report;
-  char buf[4096];
-  for (ssize_t n; (n = read(pipe_fds[0], buf, sizeof buf)) > 0;) report.append(buf, static_cast<size_t>(n));
-  close(pipe_fds[0]);
-  int status = 0;
-  REQUIRE(waitpid(child, &status, 0) == child);
-  INFO(report);
-  REQUIRE(WIFSIGNALED(status));
-  CHECK(WTERMSIG(status) == SIGSEGV);
-  CHECK_THAT(report, Catch::Contains("troupe: fatal signal SIGSEGV at address 0x0 in thread") &&
-                         Catch::Contains("troupe_test_crashes_here"));
+  });
+  INFO(child.stderr_text);
+  REQUIRE(WIFSIGNALED(child.wait_status));
+  CHECK(WTERMSIG(child.wait_status) == SIGSEGV);
+  CHECK_THAT(child.stderr_text, Catch::Contains("troupe: fatal signal SIGSEGV at address 0x0 in thread") &&
+                                    Catch::Contains("troupe_test_crashes_here"));
+}
+
+TEST_CASE("a teardown past its deadline leaves the process with the job's exit code; one in time does not",
+          "[training]") {
+  const auto start = std::chrono::steady_clock::now();
+  const auto stuck = testing::run_in_child([] {
+    runtime::TeardownDeadline teardown;
+    teardown.arm(std::chrono::milliseconds(200), 3, "stuck in teardown");
+    std::this_thread::sleep_for(std::chrono::seconds(20));  // an actor that never stops
+  });
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(stuck.stderr_text);
+  REQUIRE(WIFEXITED(stuck.wait_status));
+  CHECK(WEXITSTATUS(stuck.wait_status) == 3);
+  CHECK(took < 10);
+  CHECK_THAT(stuck.stderr_text, Catch::Contains("troupe: stuck in teardown"));
+
+  const auto in_time = testing::run_in_child([] {
+    runtime::TeardownDeadline teardown;
+    teardown.arm(std::chrono::seconds(5), 3, "stuck in teardown");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  });
+  REQUIRE(WIFEXITED(in_time.wait_status));
+  CHECK(WEXITSTATUS(in_time.wait_status) == 0);
+  CHECK(in_time.stderr_text.empty());
 }
 
 TEST_CASE("batches: targets are the tokens shifted by one, in the same order for the same seed", "[data]") {

@@ -66,10 +66,7 @@ int run_train(const TrainOptions& opts, const std::vector<std::string>& extras) 
   runtime::RunHooks hooks;
   hooks.stop_requests = &stop_requests;
   try {
-    auto outcome = runtime::run_training(cfg, hooks, placement);
-    if (!outcome.message.empty())
-      (outcome.exit_code == 0 ? std::cout : std::cerr) << "troupe: " << outcome.message << std::endl;
-    return outcome.exit_code;
+    return runtime::run_training(cfg, hooks, placement).exit_code;  // it printed the outcome
   } catch (const std::exception& e) {
     std::cerr << "troupe: " << e.what() << '\n';
     return runtime::exit_code::failed;

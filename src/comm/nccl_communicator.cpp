@@ -78,9 +78,20 @@ class NcclCommunicator : public Communicator {
   }
 
   ~NcclCommunicator() override {
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
+    // ncclCommDestroy waits for this rank's unfinished operations without a limit; when a peer
+    // has failed they never finish (seen: a process of 2 GPUs that outlived its failed rank by
+    // minutes). So wait here for them, as long as the watchdog lets them run: it aborts the
+    // communicator once the oldest one is past its deadline.
+    for (;;) {
+      {
+        std::lock_guard lock(mu_);
+        while (!pending_.empty() && pending_.front().done->query()) pending_.pop_front();
+        if (pending_.empty() || aborted_) {
+          stopping_ = true;
+          break;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     cv_.notify_all();
     watchdog_.join();

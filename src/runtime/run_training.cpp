@@ -17,6 +17,7 @@
 #include "runtime/exit_codes.h"
 #include "runtime/inspect_server.h"
 #include "runtime/status_board.h"
+#include "runtime/teardown_deadline.h"
 #include "actors/stage_protocol.h"
 #include "train/trainer.h"
 
@@ -71,6 +72,8 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
     sys_cfg.add_message_type<actors::actor_status>("actor_status");
     sys_cfg.add_message_type<std::vector<actors::actor_status>>("std::vector<actor_status>");
   }
+  // Declared before the actor system so that it outlives ~actor_system, the wait it bounds.
+  TeardownDeadline teardown;
   caf::actor_system sys{sys_cfg};
   const auto init_timeout = std::chrono::seconds(cfg.comm.init_timeout_seconds);
   actors::NodeLinks links{placement, {}, {}};
@@ -126,6 +129,9 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
   if (links.key_value_store && placement.node_rank == 0)
     caf::anon_send_exit(links.key_value_store, caf::exit_reason::user_shutdown);
   auto outcome = result.get();
+  // The job's last word comes before the teardown, which may take a while or never end.
+  if (!outcome.message.empty())
+    (outcome.exit_code == exit_code::ok ? std::cout : std::cerr) << "troupe: " << outcome.message << std::endl;
   if (several_nodes) {
     // A job of several nodes leaves without destroying the actor system: CAF's middleman keeps
     // the actors it handed to other nodes alive until those nodes let go, which a node that has
@@ -133,12 +139,16 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
     // node 1 hanging after node 0 finished). A failed job may also leave ranks inside a
     // collective whose Gloo threads wait out their own timeout. The metrics and checkpoints are
     // on disk already.
-    if (!outcome.message.empty())
-      (outcome.exit_code == exit_code::ok ? std::cout : std::cerr) << "troupe: " << outcome.message << std::endl;
     std::cout.flush();
     std::cerr.flush();
     std::_Exit(outcome.exit_code);
   }
+  // Every collective of ours gives up within the train timeout; a rank stuck past that is stuck
+  // for good (seen on GPUs: a rank's communicator waiting for a peer that failed).
+  const auto limit = std::chrono::seconds(cfg.comm.train_timeout_seconds + 30);
+  teardown.arm(limit, outcome.exit_code,
+               "the job ended, but its actors did not stop within comm.train_timeout_seconds + 30 s (" +
+                   std::to_string(limit.count()) + " s); leaving without them");
   return outcome;
   // ~actor_system waits for every actor: the supervisor has already told them all to exit.
 }
