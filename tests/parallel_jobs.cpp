@@ -4,12 +4,14 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <fstream>
 
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/checkpoint_metadata.h"
 #include "checkpoint/shard_file.h"
 #include "data/shard_preparer.h"
+#include "data/token_shards.h"
 
 namespace troupe::testing {
 
@@ -35,6 +37,45 @@ config::JobConfig dp_job(const TempDir& dir, const std::string& tokens, int rank
   c.checkpoint.interval = 10;
   c.checkpoint.last_save_model_only = true;  // step 20: the model alone, fp32
   return c;
+}
+
+std::string job_toml(const TempDir& dir, const std::string& tokens, int local_ranks, const std::string& dump, int steps,
+                     int timeout_seconds, int inspect_port, const std::string& device) {
+  return "[job]\ndevice = \"" + device + "\"\ndump_folder = \"" + dir.file(dump) + "\"\nlocal_ranks = " +
+         std::to_string(local_ranks) + "\n[model]\ntokenizer_path = \"" + source_dir() +
+         "/data/kjv/tokenizer.json\"\n[training]\ndataset = \"tokens\"\ndataset_path = \"" + tokens +
+         "\"\nlocal_batch_size = 1\nseq_len = 32\nsteps = " + std::to_string(steps) +
+         "\ndeterministic = true\n[lr_scheduler]\nwarmup_steps = 3\n[metrics]\nlog_freq = 1\n[comm]\n"
+         "train_timeout_seconds = " + std::to_string(timeout_seconds) + "\n[inspect]\nport = " +
+         std::to_string(inspect_port) + "\n";
+}
+
+void check_damaged_token_ends_job(const std::string& device) {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  // Windows are 33 tokens (seq_len 32) and rank r of 2 takes windows r, r + 2, ...: window 5 is
+  // rank 1's at step 3, read while the ranks are inside step 1 or 2's collectives.
+  const int64_t position = 5 * 33 + 7;
+  {
+    std::fstream f(tokens + "/shard-00000.tokens", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(data::kShardHeaderBytes + 2 * position);
+    const unsigned char past_vocab[2] = {0xff, 0xff};
+    f.write(reinterpret_cast<const char*>(past_vocab), 2);
+    REQUIRE(f.good());
+  }
+  const int timeout = 5;
+  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "damaged", 8, timeout, 0, device));
+  ChildProcess job({troupe_binary(), "train", "--config", config});
+  std::string out;
+  const auto start = std::chrono::steady_clock::now();
+  const int code = job.wait(90, out);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  INFO(out);
+  CHECK(code == 1);
+  CHECK_THAT(out, Catch::Contains("shard-00000.tokens") &&
+                      Catch::Contains("token 65535 at position " + std::to_string(position)) &&
+                      Catch::Contains("outside its vocabulary"));
+  CHECK(took < timeout + 25);  // the other rank's collective timeout at most, plus start and shutdown
 }
 
 std::string prepare_tokens(const TempDir& dir) {

@@ -21,6 +21,14 @@ config::JobConfig dp_job(const TempDir& dir, const std::string& tokens, int rank
 config::JobConfig pp_job(const TempDir& dir, const std::string& tokens, int ranks, int pp, const std::string& schedule,
                          const std::string& name);
 
+// The same job as dp_job, as TOML for the binary, with `local_ranks` ranks on `device`.
+std::string job_toml(const TempDir& dir, const std::string& tokens, int local_ranks, const std::string& dump, int steps,
+                     int timeout_seconds, int inspect_port = 0, const std::string& device = "cpu");
+
+// A token past the vocabulary in rank 1's data, a few steps in: `troupe train` of 2 ranks on
+// `device` must exit 1 within the collective timeout, naming the file and the position.
+void check_damaged_token_ends_job(const std::string& device);
+
 // The corpus slice tokenized into dir/tokens (its path).
 std::string prepare_tokens(const TempDir& dir);
 // The model tensors of the run's last checkpoint, whole.

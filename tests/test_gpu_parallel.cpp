@@ -116,6 +116,11 @@ TEST_CASE("FSDP of the 1.50B shapes (2 blocks, 128k vocabulary) over 2 GPUs trac
   }
 }
 
+TEST_CASE("a damaged token in one GPU rank's data ends the job with its error within the timeout", "[gpu2]") {
+  require_two_gpus();
+  check_damaged_token_ends_job("cuda");  // NCCL: the other rank's communicator must not hold the process
+}
+
 TEST_CASE("pipelines over 2 GPUs with NCCL train as one GPU does, with every schedule", "[gpu2]") {
   require_two_gpus();
   TempDir dir;

@@ -364,18 +364,6 @@ TEST_CASE("node placement: flags, SLURM's variables, and clear errors", "[parall
 
 namespace {
 
-// The same job as dp_job, as TOML for the binary.
-std::string job_toml(const TempDir& dir, const std::string& tokens, int local_ranks, const std::string& dump, int steps,
-                     int timeout_seconds, int inspect_port = 0) {
-  return "[job]\ndevice = \"cpu\"\ndump_folder = \"" + dir.file(dump) + "\"\nlocal_ranks = " +
-         std::to_string(local_ranks) + "\n[model]\ntokenizer_path = \"" + source_dir() +
-         "/data/kjv/tokenizer.json\"\n[training]\ndataset = \"tokens\"\ndataset_path = \"" + tokens +
-         "\"\nlocal_batch_size = 1\nseq_len = 32\nsteps = " + std::to_string(steps) +
-         "\ndeterministic = true\n[lr_scheduler]\nwarmup_steps = 3\n[metrics]\nlog_freq = 1\n[comm]\n"
-         "train_timeout_seconds = " + std::to_string(timeout_seconds) + "\n[inspect]\nport = " +
-         std::to_string(inspect_port) + "\n";
-}
-
 std::vector<double> logged_losses(const std::string& dump) {
   std::vector<double> out;
   std::ifstream jsonl(dump + "/metrics.jsonl");
@@ -412,28 +400,7 @@ TEST_CASE("two processes on loopback, 2 ranks each, train as one rank does", "[p
 }
 
 TEST_CASE("a damaged token in one rank's data ends a 2-rank job with an error naming it", "[parallel]") {
-  TempDir dir;
-  const auto tokens = prepare_tokens(dir);
-  // Window 1 (tokens 33..65 at seq_len 32) is rank 1's first: only that rank reads the damage.
-  const auto shard = tokens + "/shard-00000.tokens";
-  {
-    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(data::kShardHeaderBytes + 2 * 40);
-    const unsigned char past_vocab[2] = {0xff, 0xff};
-    f.write(reinterpret_cast<const char*>(past_vocab), 2);
-    REQUIRE(f.good());
-  }
-  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "damaged", 5, 5));
-  ChildProcess job({troupe_binary(), "train", "--config", config});
-  std::string out;
-  const auto start = std::chrono::steady_clock::now();
-  const int code = job.wait(60, out);
-  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  INFO(out);
-  CHECK(code == 1);
-  CHECK_THAT(out, Catch::Contains("shard-00000.tokens") && Catch::Contains("token 65535 at position 40") &&
-                      Catch::Contains("outside its vocabulary"));
-  CHECK(took < 5 + 20);  // the other rank's collective timeout at most, plus start and shutdown
+  check_damaged_token_ends_job("cpu");
 }
 
 TEST_CASE("a node that dies ends the other node's job with an error within the timeout", "[parallel]") {
