@@ -2,6 +2,7 @@
 // references, and data parallelism (FSDP, DDP, HSDP) against one rank: the same losses and the
 // same final parameters, and checkpoints saved by one layout resumed by another.
 #include <ATen/ATen.h>
+#include <torch/torch.h>
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 #include <catch2/catch.hpp>
@@ -25,6 +26,7 @@
 #include "data/shard_preparer.h"
 #include "data/token_shards.h"
 #include "parallel/device_mesh.h"
+#include "parallel/fsdp.h"
 #include "parallel/pipeline_schedule.h"
 #include "runtime/node_placement.h"
 #include "parallel_jobs.h"
@@ -136,6 +138,68 @@ TEST_CASE("gloo communicator: a peer that never arrives ends the wait with an er
   CHECK(waited < 10);
   finished.set_value();
   late.get();
+}
+
+namespace {
+
+// Parameters whose rows do not split evenly over 3 ranks: 5 rows (2, 2, 1), 7 rows (3, 3, 1) and
+// 2 rows (1, 1, none).
+struct UnevenUnit : models::Unit {
+  UnevenUnit() {
+    register_parameter("w", at::arange(15, at::kFloat).view({5, 3}) * 0.1);
+    register_parameter("norm", at::arange(7, at::kFloat) + 1);
+    register_parameter("small", at::arange(4, at::kFloat).view({2, 2}) - 1);
+  }
+  at::Tensor forward(const at::Tensor& x, const models::UnitBatch&) override { return x; }
+};
+
+}  // namespace
+
+TEST_CASE("FSDP over 3 ranks with uneven chunks: masters, gathered parameters, averaged gradients, norm",
+          "[parallel]") {
+  constexpr int n = 3;
+  const auto reference = std::make_shared<UnevenUnit>();
+  std::map<std::string, at::Tensor> whole;  // name -> the parameter as every rank starts with it
+  for (const auto& p : reference->named_parameters()) whole[p.key()] = p.value().detach().clone();
+  struct Seen {
+    std::map<std::string, at::Tensor> masters, master_grads, gathered;
+    double grad_norm = 0;
+  };
+  std::vector<Seen> seen(n);  // Catch's assertions stay on this thread
+  on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
+    auto unit = std::make_shared<UnevenUnit>();
+    std::vector<std::pair<std::string, at::Tensor>> names;
+    for (const auto& p : unit->named_parameters()) names.emplace_back(p.key(), p.value());
+    parallel::DataParallelOptions options;
+    options.shard = c;
+    parallel::ShardedUnits fsdp({unit}, names, options);
+    fsdp.zero_gradients();
+    fsdp.before_forward(0);
+    for (const auto& p : unit->named_parameters()) seen[r].gathered[p.key()] = p.value().detach().clone();
+    // Rank r's gradient: (r + 1) (p + 1); their average over 3 ranks is 2 (p + 1).
+    for (auto& p : unit->named_parameters()) p.value().mutable_grad() = (whole[p.key()] + 1) * (r + 1);
+    fsdp.after_backward(0);
+    fsdp.finish_gradients();
+    for (const auto& s : fsdp.shards()) {
+      seen[r].masters[s.name] = s.master.detach().clone();
+      seen[r].master_grads[s.name] = s.master.grad().clone();
+    }
+    seen[r].grad_norm = fsdp.grad_norm().item<double>();
+  });
+  double norm2 = 0;
+  for (const auto& [name, p] : whole) norm2 += (p + 1).mul(2).pow(2).sum().item<double>();
+  for (int r = 0; r < n; ++r) {
+    INFO("rank " << r);
+    for (const auto& [name, p] : whole) {
+      INFO(name);
+      const auto chunks = p.chunk(n, 0);
+      const auto mine = r < static_cast<int>(chunks.size()) ? chunks[r] : p.narrow(0, 0, 0);
+      CHECK(at::equal(seen[r].gathered.at(name), p));
+      CHECK(at::equal(seen[r].masters.at(name), mine));
+      CHECK(at::allclose(seen[r].master_grads.at(name), (mine + 1) * 2));
+    }
+    CHECK(seen[r].grad_norm == Approx(std::sqrt(norm2)).epsilon(1e-6));  // padding adds nothing
+  }
 }
 
 TEST_CASE("rendezvous: a missing rank is an error naming the key, not a hang", "[parallel]") {
