@@ -44,7 +44,10 @@ struct ShardedUnits::Unit {
     at::Tensor module_param;  // a view of `full` while gathered
     int64_t rows = 0, row_numel = 1, chunk_rows = 0;
     int64_t shard_offset = 0;  // in the flat shard
-    int64_t full_offset = 0;   // in the flat gathered buffer
+    // In the flat gathered buffer, where the parameter has S chunks' room (its last rows padded
+    // when they do not split evenly): the gather's copy-out is then one split of [S, shard_numel].
+    int64_t full_offset = 0;
+    int64_t chunk_numel() const { return chunk_rows * row_numel; }
     // Rank r's rows: [first, first + count), count < chunk_rows (or 0) past the end.
     std::pair<int64_t, int64_t> rows_of(int64_t r) const {
       const int64_t first = std::min(rows, r * chunk_rows);
@@ -85,8 +88,8 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
       q.chunk_rows = ceil_div(q.rows, S);
       q.shard_offset = u->shard_numel;
       q.full_offset = u->full_numel;
-      u->shard_numel += q.chunk_rows * q.row_numel;
-      u->full_numel += p.numel();
+      u->shard_numel += q.chunk_numel();
+      u->full_numel += S * q.chunk_numel();
       u->params.push_back(q);
     }
     const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
@@ -151,16 +154,16 @@ void ShardedUnits::wait_gathered(size_t i) {
   if (u.gather_work) u.gather_work->wait();
   u.gather_work.reset();
   torch::NoGradGuard no_grad;
+  // Rank-major [S, shard_numel] to parameter-major: one split, one kernel on the GPU (a copy per
+  // parameter and rank was hundreds of launches a step).
   const int64_t S = shard_size_;
-  auto by_rank = u.gathered.view({S, u.shard_numel});
+  std::vector<int64_t> sizes;
+  std::vector<at::Tensor> params;
   for (const auto& q : u.params) {
-    auto whole = u.full.narrow(0, q.full_offset, q.rows * q.row_numel).view({q.rows, q.row_numel});
-    auto pieces = by_rank.narrow(1, q.shard_offset, q.chunk_rows * q.row_numel);
-    for (int64_t r = 0; r < S; ++r) {
-      const auto [first, n] = q.rows_of(r);
-      if (n > 0) whole.narrow(0, first, n).copy_(pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}));
-    }
+    sizes.push_back(q.chunk_numel());
+    params.push_back(u.full.narrow(0, q.full_offset, S * q.chunk_numel()).view({S, q.chunk_numel()}));
   }
+  at::split_with_sizes_copy_out(params, u.gathered.view({S, u.shard_numel}), sizes, /*dim=*/1);
   u.gathered = at::Tensor();
   u.send = at::Tensor();
   u.in_flight = false;
@@ -204,24 +207,20 @@ void ShardedUnits::after_backward(size_t i) {
   torch::NoGradGuard no_grad;
   const int64_t S = shard_size_;
   const auto opts = u.master.options().dtype(options_.reduce_dtype);
-  bool even = true;
-  for (const auto& q : u.params) even = even && q.rows == S * q.chunk_rows;
-  auto grad_in = even ? at::empty({S * u.shard_numel}, opts) : at::zeros({S * u.shard_numel}, opts);
-  auto by_rank = grad_in.view({S, u.shard_numel});
+  // Parameter-major to rank-major [S, shard_numel], cast to the reduce dtype and zero-padded
+  // where rows do not split evenly: one chunk-and-concatenate, one kernel on the GPU.
+  std::vector<at::Tensor> grads;
   for (auto& q : u.params) {
     auto grad = q.module_param.grad();
-    auto pieces = by_rank.narrow(1, q.shard_offset, q.chunk_rows * q.row_numel);
-    if (grad.defined()) {
-      auto whole = grad.reshape({q.rows, q.row_numel});
-      for (int64_t r = 0; r < S; ++r) {
-        const auto [first, n] = q.rows_of(r);
-        if (n > 0) pieces[r].narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(whole.narrow(0, first, n));
-      }
-    } else if (even) {
-      pieces.zero_();
-    }
+    const auto dtype = grads.empty() ? (grad.defined() ? grad.scalar_type() : options_.compute_dtype)
+                                     : grads.front().scalar_type();
+    if (!grad.defined()) grad = at::zeros({q.rows, q.row_numel}, opts.dtype(dtype));  // no use reached it
+    grads.push_back(grad.to(dtype).reshape({q.rows, q.row_numel}));
     q.module_param.mutable_grad() = at::Tensor();
   }
+  auto grad_in = at::empty({S, u.shard_numel}, opts);
+  at::_chunk_cat_out(grad_in, grads, /*dim=*/0, /*num_chunks=*/S);
+  grad_in = grad_in.view({S * u.shard_numel});
   free_gathered(i);
   if (S == 1) {
     u.grad_out = grad_in;
