@@ -153,7 +153,45 @@ struct UnevenUnit : models::Unit {
   at::Tensor forward(const at::Tensor& x, const models::UnitBatch&) override { return x; }
 };
 
+// An embedding of 7 rows (3, 3, 1 over 3 ranks).
+struct LookupUnit : models::Unit {
+  LookupUnit() { weight = register_parameter("table", at::arange(14, at::kFloat).view({7, 2})); }
+  at::Tensor forward(const at::Tensor&, const models::UnitBatch& batch) override { return at::embedding(weight, batch.tokens); }
+  at::Tensor lookup_table() const override { return weight; }
+  at::Tensor weight;
+};
+
 }  // namespace
+
+TEST_CASE("FSDP over 3 ranks: a lookup table's gradient sent as rows is the averaged dense gradient", "[parallel]") {
+  constexpr int n = 3;
+  // Rank r's 2 tokens and their output gradients; 3 x 2 gathered rows fit in the 7-row table.
+  auto tokens_of = [](int r) { return at::tensor({int64_t{(2 * r) % 7}, int64_t{6 - r}}, at::kLong).view({1, 2}); };
+  auto dh_of = [](int r) { return (at::arange(4, at::kFloat).view({1, 2, 2}) + 1) * (r + 1); };
+  auto dense = at::zeros({7, 2}, at::kFloat);
+  for (int r = 0; r < n; ++r) dense.index_add_(0, tokens_of(r).view({-1}), dh_of(r).view({-1, 2}));
+  dense.div_(n);
+  std::vector<at::Tensor> grads(n);
+  std::vector<int> taken(n, 0);
+  on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
+    auto unit = std::make_shared<LookupUnit>();
+    parallel::DataParallelOptions options;
+    options.shard = c;
+    parallel::ShardedUnits fsdp({unit}, {{"table", unit->weight}}, options);
+    fsdp.zero_gradients();
+    taken[r] = fsdp.backward_rows(0, tokens_of(r), dh_of(r));
+    fsdp.finish_gradients();
+    grads[r] = fsdp.shards().front().master.grad().clone();
+    // Once the gathered rows outnumber the table's, the gradient goes the dense way.
+    taken[r] += 2 * !fsdp.backward_rows(0, at::zeros({1, 3}, at::kLong), at::zeros({1, 3, 2}));
+  });
+  const auto chunks = dense.chunk(n, 0);
+  for (int r = 0; r < n; ++r) {
+    INFO("rank " << r);
+    CHECK(taken[r] == 3);
+    CHECK(at::allclose(grads[r], chunks[r]));
+  }
+}
 
 TEST_CASE("FSDP over 3 ranks with uneven chunks: masters, gathered parameters, averaged gradients, norm",
           "[parallel]") {

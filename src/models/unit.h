@@ -20,6 +20,10 @@ class Unit : public torch::nn::Module {
   // `x` is the previous unit's output (undefined for the first unit). The last unit returns
   // the scalar loss.
   virtual at::Tensor forward(const at::Tensor& x, const UnitBatch& batch) = 0;
+  // The table whose rows this unit's output is (output = table[batch.tokens], in the compute
+  // dtype), or undefined. The table's gradient is then those rows' gradients added up by token,
+  // which data parallelism may send as rows rather than as the whole table.
+  virtual at::Tensor lookup_table() const { return {}; }
 };
 
 using UnitPtr = std::shared_ptr<Unit>;

@@ -63,6 +63,9 @@ struct ShardedUnits::Unit {
   bool ready = false, in_flight = false;
   at::Tensor grad_out;             // while a reduction is in flight
   comm::WorkPtr reduce_work;
+  bool lookup = false;             // a lookup table, not borrowed: its gradient may travel as rows
+  at::Tensor row_ids, row_grads;   // every rank's tokens and their gradients, while gathered
+  comm::WorkPtr row_ids_work;      // (reduce_work gathers row_grads)
   bool fresh = false;              // master_grad holds none of this step's gradient yet
 };
 
@@ -114,8 +117,10 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
       q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
     }
     free_storage(u->full);
+    u->lookup = S > 1 && params.size() == 1 && module->lookup_table().defined();
     units_.push_back(std::move(u));
   }
+  for (const auto& [user, owner] : options_.borrows) units_.at(owner)->lookup = false;  // tied: dense
 }
 
 ShardedUnits::~ShardedUnits() {
@@ -126,6 +131,7 @@ ShardedUnits::~ShardedUnits() {
     for (auto& u : units_) {
       if (u->gather_work) u->gather_work->wait();
       if (u->reduce_work) u->reduce_work->wait();
+      if (u->row_ids_work) u->row_ids_work->wait();
     }
   } catch (const std::exception&) {
   }
@@ -198,7 +204,39 @@ void ShardedUnits::after_forward(size_t i) {
 void ShardedUnits::before_backward(size_t i) {
   gather_borrowed(i);
   wait_gathered(i);
-  if (i > 0) gather(i - 1);
+  if (i > 0 && !units_[i - 1]->lookup) gather(i - 1);  // a lookup table's backward needs no weights
+}
+
+bool ShardedUnits::backward_rows(size_t i, const at::Tensor& tokens, const at::Tensor& grad_output) {
+  auto& u = *units_.at(i);
+  const auto& q = u.params.front();
+  const int64_t S = shard_size_;
+  if (!u.lookup || S * tokens.numel() > q.rows) return false;
+  finish_unit(u);
+  torch::NoGradGuard no_grad;
+  const auto ids = tokens.reshape({-1}).to(at::kLong).contiguous();
+  const auto rows = grad_output.reshape({-1, q.row_numel}).contiguous();
+  u.row_ids = at::empty({S * ids.numel()}, ids.options());
+  u.row_grads = at::empty({S * ids.numel(), q.row_numel}, rows.options());
+  u.row_ids_work = options_.shard->all_gather(u.row_ids, ids);
+  u.reduce_work = options_.shard->all_gather(u.row_grads, rows);
+  free_gathered(i);
+  return true;
+}
+
+at::Tensor ShardedUnits::table_gradient(Unit& u) {
+  // This rank's rows [first, first + n) of the table; every other token goes to row n, which
+  // embedding_dense_backward drops as padding. fp32 sums, then the average over the ranks.
+  const auto& q = u.params.front();
+  const auto [first, n] = q.rows_of(shard_rank_);
+  auto local = u.row_ids - first;
+  local.masked_fill_((local < 0).logical_or_(local >= n), n);
+  const auto sums = at::embedding_dense_backward(u.row_grads.to(at::kFloat), local, n + 1, /*padding_idx=*/n,
+                                                 /*scale_grad_by_freq=*/false);
+  if (n == q.chunk_rows) return sums.narrow(0, 0, n).view({-1}).div_(shard_size_);  // no padding rows
+  auto grad = at::zeros({u.shard_numel}, u.master_grad.options());
+  grad.narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(sums.narrow(0, 0, n)).div_(shard_size_);
+  return grad;
 }
 
 void ShardedUnits::after_backward(size_t i) {
@@ -241,6 +279,15 @@ void ShardedUnits::zero_gradients() {
 }
 
 void ShardedUnits::finish_unit(Unit& u) {
+  if (u.row_grads.defined()) {
+    u.row_ids_work->wait();
+    u.reduce_work->wait();
+    u.row_ids_work.reset();
+    u.reduce_work.reset();
+    u.grad_out = table_gradient(u);
+    u.row_ids = at::Tensor();
+    u.row_grads = at::Tensor();
+  }
   if (!u.grad_out.defined()) return;
   if (u.reduce_work) u.reduce_work->wait();
   u.reduce_work.reset();

@@ -60,6 +60,11 @@ class ShardedUnits : public train::UnitHooks {
   void after_forward(size_t unit) override;
   void before_backward(size_t unit) override;
   void after_backward(size_t unit) override;
+  // A lookup table's gradient (the embedding's, not tied to the output) as rows: every rank's
+  // tokens and their output gradients are gathered, and each rank adds up those of its own rows.
+  // Taken when the gathered rows are no more than the table's (the dense gradient's reduction
+  // moves the whole table, in the reduce dtype); the table is then not gathered for the backward.
+  bool backward_rows(size_t unit, const at::Tensor& tokens, const at::Tensor& grad_output) override;
 
   // Before a step's first micro-batch: the masters' gradients start again from zero.
   void zero_gradients();
@@ -84,6 +89,7 @@ class ShardedUnits : public train::UnitHooks {
   void free_gathered(size_t unit);
   void gather_borrowed(size_t unit);
   void finish_unit(Unit& u);
+  at::Tensor table_gradient(Unit& u);
   std::vector<std::unique_ptr<Unit>> units_;
   std::vector<ParameterShard> shards_;
   DataParallelOptions options_;

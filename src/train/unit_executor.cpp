@@ -43,8 +43,16 @@ at::Tensor UnitExecutor::output_for_backward(size_t i, Saved& s) {
   return out;
 }
 
+bool UnitExecutor::backward_as_rows(size_t i, Saved& s, const at::Tensor& grad_output) {
+  if (!hooks_ || s.input.defined() || !s.batch.tokens.defined() || !units_[i]->lookup_table().defined()) return false;
+  if (!hooks_->backward_rows(i, s.batch.tokens, grad_output)) return false;
+  s = Saved{};
+  return true;
+}
+
 at::Tensor UnitExecutor::backward_unit(size_t i, const at::Tensor& grad_output, size_t slot) {
   Saved& s = saved(slot, i);
+  if (backward_as_rows(i, s, grad_output)) return at::Tensor();  // a first unit: no input gradient
   if (hooks_) hooks_->before_backward(i);
   const at::Tensor out = output_for_backward(i, s);
   torch::autograd::backward({out}, {grad_output});
@@ -76,10 +84,10 @@ at::Tensor UnitExecutor::forward_only(size_t first, size_t last, at::Tensor h, c
 
 at::Tensor UnitExecutor::backward_input_unit(size_t i, const at::Tensor& grad_output, size_t slot) {
   Saved& s = saved(slot, i);
+  s.grad_output = grad_output;
+  if (!s.input.defined()) return at::Tensor();  // a first unit: only its weight half has work
   if (hooks_) hooks_->before_backward(i);
   s.output = output_for_backward(i, s);
-  s.grad_output = grad_output;
-  if (!s.input.defined()) return at::Tensor();
   torch::autograd::backward({s.output}, {grad_output}, /*retain_graph=*/true, /*create_graph=*/false, {s.input});
   return s.input.grad();
 }
@@ -87,9 +95,11 @@ at::Tensor UnitExecutor::backward_input_unit(size_t i, const at::Tensor& grad_ou
 void UnitExecutor::backward_weight_unit(size_t i, size_t slot) {
   Saved& s = saved(slot, i);
   if (!s.grad_output.defined()) throw std::logic_error("weight gradient of a unit before its input gradient");
+  if (backward_as_rows(i, s, s.grad_output)) return;
   // FSDP may have freed the unit's gathered weights since the input half; before_backward
   // brings them back, and the graph reads them again.
   if (hooks_) hooks_->before_backward(i);
+  s.output = output_for_backward(i, s);
   std::vector<at::Tensor> params;
   for (const auto& p : units_[i]->parameters())
     if (p.requires_grad()) params.push_back(p);

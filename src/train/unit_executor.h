@@ -17,6 +17,10 @@ class UnitHooks {
   virtual void after_forward(size_t unit) = 0;
   virtual void before_backward(size_t unit) = 0;
   virtual void after_backward(size_t unit) = 0;
+  // In place of before_backward, the autograd call and after_backward for a first unit with a
+  // lookup table: its gradient from the rows `grad_output` of `tokens`. False: not taken, the
+  // backward runs as usual.
+  virtual bool backward_rows(size_t unit, const at::Tensor& tokens, const at::Tensor& grad_output) { return false; }
 };
 
 class UnitExecutor {
@@ -54,6 +58,7 @@ class UnitExecutor {
     models::UnitBatch batch;
   };
   Saved& saved(size_t slot, size_t i);
+  bool backward_as_rows(size_t i, Saved& s, const at::Tensor& grad_output);
   at::Tensor output_for_backward(size_t i, Saved& s);
   std::vector<models::UnitPtr> units_;
   std::vector<bool> recompute_;

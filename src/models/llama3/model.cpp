@@ -86,6 +86,7 @@ class EmbeddingUnit : public Unit {
   at::Tensor forward(const at::Tensor&, const UnitBatch& batch) override {
     return at::embedding(weight, batch.tokens).to(compute_dtype);
   }
+  at::Tensor lookup_table() const override { return weight; }
   at::Tensor weight;
   // Every later unit computes in the dtype of the activations it receives, so this one choice
   // sets the model's compute precision.
