@@ -6,11 +6,15 @@
 #include <fstream>
 #include <future>
 #include <set>
+#include <thread>
+
+#include <unistd.h>
 
 #include "actors/data_loader.h"
 #include "actors/data_loader_protocol.h"
 #include "actors/node_supervisor_protocol.h"
 #include "runtime/status_board.h"
+#include "runtime/thread_exit.h"
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
 #include "runtime/run_training.h"
@@ -70,6 +74,39 @@ TEST_CASE("every actor answers a status request", "[actors]") {
   const auto outcome = testing::run_with_timeout(c, hooks);
   CHECK(outcome.exit_code == 0);
   CHECK(names == std::set<std::string>{"node_supervisor", "coordinator", "stage[0]", "data_loader[0]", "metrics_sink"});
+}
+
+TEST_CASE("the board remembers each enrolling thread; a job returns once its actors' threads are gone",
+          "[actors]") {
+  runtime::StatusBoard board;
+  std::promise<int> tid;
+  std::promise<void> may_exit;
+  auto exit_allowed = may_exit.get_future().share();
+  std::thread([&, exit_allowed] {
+    board.enroll("worker");
+    tid.set_value(static_cast<int>(gettid()));
+    exit_allowed.wait();
+  }).detach();
+  const int worker = tid.get_future().get();
+  REQUIRE(board.enrolled_threads() == std::vector<int>{worker});
+  CHECK_FALSE(runtime::await_threads_gone({worker}, std::chrono::milliseconds(100)));  // still there
+  may_exit.set_value();
+  CHECK(runtime::await_threads_gone({worker}, std::chrono::seconds(10)));
+
+  // A whole job: after run_training, no thread of its actors is left.
+  testing::TempDir dir;
+  auto c = testing::small_job_config(dir);
+  c.training.steps = 2;
+  c.job.local_ranks = 2;
+  c.training.global_batch_size = -1;
+  REQUIRE(testing::run_with_timeout(c).exit_code == 0);
+  int left = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) {
+    char name[64] = {};
+    std::ifstream(entry.path() / "comm").getline(name, sizeof name);
+    left += std::string(name) == "caf.actor";
+  }
+  CHECK(left == 0);
 }
 
 TEST_CASE("a stop request ends the run after the running step with exit 0", "[actors]") {

@@ -18,6 +18,7 @@
 #include "runtime/inspect_server.h"
 #include "runtime/status_board.h"
 #include "runtime/teardown_deadline.h"
+#include "runtime/thread_exit.h"
 #include "actors/stage_protocol.h"
 #include "train/trainer.h"
 
@@ -50,30 +51,11 @@ caf::actor ask_key_value_store(caf::actor_system& sys, const caf::actor& node0, 
   return kv;
 }
 
-}  // namespace
-
-TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, const NodePlacement& placement) {
-  // Fail here, not inside an actor, on what can be checked up front.
-  train::resolve_device(cfg.job.device);
-  // The model is sized by the tokenizer, as in torchtitan.
-  const auto vocab_size = data::Tokenizer::load(cfg.model.tokenizer_path).vocab_size();
-  caf::actor_system_config sys_cfg;
-  // Compute runs on detached threads; the event-based actors need one thread, and a sharing
-  // scheduler sleeps on a condition variable where work stealing would spin on the cores that
-  // the compute threads need.
-  sys_cfg.set("scheduler.policy", caf::atom("sharing"));
-  sys_cfg.set("scheduler.max-threads", 1);
+// The job's actors, from the actor system's start to its end (~actor_system joins them).
+TrainOutcome run_actors(caf::actor_system_config& sys_cfg, const config::JobConfig& cfg, const RunHooks& hooks,
+                        const NodePlacement& placement, int64_t vocab_size, const std::shared_ptr<StatusBoard>& board,
+                        TeardownDeadline& teardown) {
   const bool several_nodes = placement.nnodes > 1;
-  if (several_nodes) {
-    // The control plane between nodes: CAF's network layer. Tensors never travel here.
-    sys_cfg.load<caf::io::middleman>();
-    sys_cfg.add_message_type<train::StepStats>("step_stats");
-    sys_cfg.add_message_type<std::vector<caf::actor>>("std::vector<actor>");
-    sys_cfg.add_message_type<actors::actor_status>("actor_status");
-    sys_cfg.add_message_type<std::vector<actors::actor_status>>("std::vector<actor_status>");
-  }
-  // Declared before the actor system so that it outlives ~actor_system, the wait it bounds.
-  TeardownDeadline teardown;
   caf::actor_system sys{sys_cfg};
   const auto init_timeout = std::chrono::seconds(cfg.comm.init_timeout_seconds);
   actors::NodeLinks links{placement, {}, {}};
@@ -83,7 +65,6 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
     links.node0 = connect_to_node0(sys, placement, init_timeout);
     links.key_value_store = ask_key_value_store(sys, links.node0, init_timeout);
   }
-  auto board = std::make_shared<StatusBoard>(placement.node_rank);
   auto promise = std::make_shared<std::promise<TrainOutcome>>();
   auto result = promise->get_future();
   auto supervisor = actors::spawn_node_supervisor(sys, cfg, vocab_size, links, board, promise);
@@ -149,8 +130,39 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
   teardown.arm(limit, outcome.exit_code,
                "the job ended, but its actors did not stop within comm.train_timeout_seconds + 30 s (" +
                    std::to_string(limit.count()) + " s); leaving without them");
+  return outcome;  // ~actor_system waits for every actor: the supervisor has told them all to exit
+}
+
+}  // namespace
+
+TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, const NodePlacement& placement) {
+  // Fail here, not inside an actor, on what can be checked up front.
+  train::resolve_device(cfg.job.device);
+  // The model is sized by the tokenizer, as in torchtitan.
+  const auto vocab_size = data::Tokenizer::load(cfg.model.tokenizer_path).vocab_size();
+  caf::actor_system_config sys_cfg;
+  // Compute runs on detached threads; the event-based actors need one thread, and a sharing
+  // scheduler sleeps on a condition variable where work stealing would spin on the cores that
+  // the compute threads need.
+  sys_cfg.set("scheduler.policy", caf::atom("sharing"));
+  sys_cfg.set("scheduler.max-threads", 1);
+  const bool several_nodes = placement.nnodes > 1;
+  if (several_nodes) {
+    // The control plane between nodes: CAF's network layer. Tensors never travel here.
+    sys_cfg.load<caf::io::middleman>();
+    sys_cfg.add_message_type<train::StepStats>("step_stats");
+    sys_cfg.add_message_type<std::vector<caf::actor>>("std::vector<actor>");
+    sys_cfg.add_message_type<actors::actor_status>("actor_status");
+    sys_cfg.add_message_type<std::vector<actors::actor_status>>("std::vector<actor_status>");
+  }
+  TeardownDeadline teardown;  // armed once the job has ended; bounds what follows
+  auto board = std::make_shared<StatusBoard>(placement.node_rank);
+  auto outcome = run_actors(sys_cfg, cfg, hooks, placement, vocab_size, board, teardown);
+  // CAF releases ~actor_system before a detached actor's thread has finished exiting (its
+  // thread-local destructors run later); the next job in this process (tests, benchmarks) must
+  // not start while they do.
+  await_threads_gone(board->enrolled_threads(), std::chrono::seconds(10));
   return outcome;
-  // ~actor_system waits for every actor: the supervisor has already told them all to exit.
 }
 
 }  // namespace troupe::runtime

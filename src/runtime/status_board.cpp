@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include <unistd.h>
+
 namespace troupe::runtime {
 
 namespace {
@@ -100,7 +102,13 @@ std::shared_ptr<StatusEntry> StatusBoard::enroll(const std::string& name) {
   auto entry = std::make_shared<StatusEntry>(name, node_);
   std::lock_guard<std::mutex> lock(mutex_);
   entries_.push_back(entry);
+  threads_.push_back(static_cast<int>(gettid()));
   return entry;
+}
+
+std::vector<int> StatusBoard::enrolled_threads() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return threads_;
 }
 
 std::vector<actors::actor_status> StatusBoard::local_snapshot() const {

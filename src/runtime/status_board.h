@@ -78,7 +78,10 @@ struct JobStatus {
 class StatusBoard {
  public:
   explicit StatusBoard(int64_t node = 0) : node_(node) {}
+  // Called on the actor's own thread, which the board remembers (enrolled_threads()).
   std::shared_ptr<StatusEntry> enroll(const std::string& name);
+  // The kernel thread ids of every enrollment so far.
+  std::vector<int> enrolled_threads() const;
   // This process's actors, then the other nodes' as last reported.
   std::vector<actors::actor_status> snapshot() const;
   std::vector<actors::actor_status> local_snapshot() const;
@@ -92,6 +95,7 @@ class StatusBoard {
   int64_t node_;
   mutable std::mutex mutex_;
   std::vector<std::weak_ptr<StatusEntry>> entries_;
+  std::vector<int> threads_;
   std::map<int64_t, std::vector<actors::actor_status>> remote_;
   JobStatus job_;
 };
