@@ -64,6 +64,7 @@ struct ShardedUnits::Unit {
   at::Tensor grad_out;             // while a reduction is in flight
   comm::WorkPtr reduce_work;
   bool lookup = false;             // a lookup table, not borrowed: its gradient may travel as rows
+  bool by_rows = true;             // ... and the last backward sent it so (the batch shape is fixed)
   at::Tensor row_ids, row_grads;   // every rank's tokens and their gradients, while gathered
   comm::WorkPtr row_ids_work;      // (reduce_work gathers row_grads)
   bool fresh = false;              // master_grad holds none of this step's gradient yet
@@ -204,14 +205,16 @@ void ShardedUnits::after_forward(size_t i) {
 void ShardedUnits::before_backward(size_t i) {
   gather_borrowed(i);
   wait_gathered(i);
-  if (i > 0 && !units_[i - 1]->lookup) gather(i - 1);  // a lookup table's backward needs no weights
+  // The previous unit's gather, ahead of its backward; a table whose gradient goes as rows needs none.
+  if (i > 0 && !(units_[i - 1]->lookup && units_[i - 1]->by_rows)) gather(i - 1);
 }
 
 bool ShardedUnits::backward_rows(size_t i, const at::Tensor& tokens, const at::Tensor& grad_output) {
   auto& u = *units_.at(i);
   const auto& q = u.params.front();
   const int64_t S = shard_size_;
-  if (!u.lookup || S * tokens.numel() > q.rows) return false;
+  u.by_rows = u.lookup && S * tokens.numel() <= q.rows;
+  if (!u.by_rows) return false;
   finish_unit(u);
   torch::NoGradGuard no_grad;
   const auto ids = tokens.reshape({-1}).to(at::kLong).contiguous();
