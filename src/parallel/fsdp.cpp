@@ -213,7 +213,10 @@ bool ShardedUnits::backward_rows(size_t i, const at::Tensor& tokens, const at::T
   auto& u = *units_.at(i);
   const auto& q = u.params.front();
   const int64_t S = shard_size_;
-  u.by_rows = u.lookup && S * tokens.numel() <= q.rows;
+  // Rows, when the gathered rows are no more bytes than the table's gradient on the wire.
+  const auto row_bytes = S * tokens.numel() * q.row_numel * grad_output.element_size();
+  const auto table_bytes = q.rows * q.row_numel * static_cast<int64_t>(c10::elementSize(options_.reduce_dtype));
+  u.by_rows = u.lookup && row_bytes <= table_bytes;
   if (!u.by_rows) return false;
   finish_unit(u);
   torch::NoGradGuard no_grad;
@@ -229,16 +232,19 @@ bool ShardedUnits::backward_rows(size_t i, const at::Tensor& tokens, const at::T
 
 at::Tensor ShardedUnits::table_gradient(Unit& u) {
   // This rank's rows [first, first + n) of the table; every other token goes to row n, which
-  // embedding_dense_backward drops as padding. fp32 sums, then the average over the ranks.
+  // embedding_dense_backward drops as padding: all ranks' rows summed in one pass, as the dense
+  // backward sums one rank's, and rounded once; then the average over the ranks.
   const auto& q = u.params.front();
   const auto [first, n] = q.rows_of(shard_rank_);
   auto local = u.row_ids - first;
   local.masked_fill_((local < 0).logical_or_(local >= n), n);
-  const auto sums = at::embedding_dense_backward(u.row_grads.to(at::kFloat), local, n + 1, /*padding_idx=*/n,
-                                                 /*scale_grad_by_freq=*/false);
-  if (n == q.chunk_rows) return sums.narrow(0, 0, n).view({-1}).div_(shard_size_);  // no padding rows
+  const auto sums = at::embedding_dense_backward(u.row_grads, local, n + 1, /*padding_idx=*/n,
+                                                 /*scale_grad_by_freq=*/false)
+                        .narrow(0, 0, n)
+                        .to(u.master_grad.scalar_type());
+  if (n == q.chunk_rows) return sums.reshape({-1}).div_(shard_size_);  // no padding rows
   auto grad = at::zeros({u.shard_numel}, u.master_grad.options());
-  grad.narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(sums.narrow(0, 0, n)).div_(shard_size_);
+  grad.narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(sums).div_(shard_size_);
   return grad;
 }
 

@@ -62,8 +62,8 @@ class ShardedUnits : public train::UnitHooks {
   void after_backward(size_t unit) override;
   // A lookup table's gradient (the embedding's, not tied to the output) as rows: every rank's
   // tokens and their output gradients are gathered, and each rank adds up those of its own rows.
-  // Taken when the gathered rows are no more than the table's (the dense gradient's reduction
-  // moves the whole table, in the reduce dtype); the table is then not gathered for the backward.
+  // Taken when the gathered rows are no more bytes than the table's gradient in the reduce dtype
+  // (what the dense gradient's reduction moves); the table is then not gathered for the backward.
   bool backward_rows(size_t unit, const at::Tensor& tokens, const at::Tensor& grad_output) override;
 
   // Before a step's first micro-batch: the masters' gradients start again from zero.
