@@ -83,6 +83,9 @@ TEST_CASE("parallel degrees are checked against the world size", "[parallel]") {
 }
 
 TEST_CASE("gloo communicator: collectives and transfers match local references", "[parallel]") {
+  // libtorch's flight recorder races on its map when in-process ranks issue at once: off by default.
+  REQUIRE(std::getenv("TORCH_FR_BUFFER_SIZE") != nullptr);
+  CHECK(std::string(std::getenv("TORCH_FR_BUFFER_SIZE")) == "0");
   constexpr int n = 4;
   on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
     REQUIRE(c->rank() == r);

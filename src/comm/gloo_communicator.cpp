@@ -6,9 +6,30 @@
 
 #include "comm/rendezvous_store.h"
 
+#include <cstdlib>
+#include <mutex>
+
 namespace troupe::comm {
 
 namespace {
+
+// libtorch's flight recorder (a process-wide log of every c10d collective, on by default) adds a
+// process group to a std::map outside its own lock when the group issues a collective (torch
+// 2.11, FlightRecorderDetail.hpp, recordWithResetEnabled). Ranks sharing a process that issue at
+// the same moment corrupted it: SIGSEGV in std::_Rb_tree_insert_and_rebalance under
+// ProcessGroupGloo::enqueue, seen in CI and caught in a core dump here. Troupe reads nothing from
+// it, so it is off unless asked for, and every collective is issued under one process-wide lock
+// (issuing only enqueues: the lock is held for microseconds, never across a wait).
+[[maybe_unused]] const bool flight_recorder_off = [] {
+  if (!std::getenv("TORCH_FR_BUFFER_SIZE") && !std::getenv("TORCH_NCCL_TRACE_BUFFER_SIZE"))
+    setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);  // before main: no other thread yet
+  return true;
+}();
+
+std::mutex& issue_lock() {
+  static std::mutex m;
+  return m;
+}
 
 class GlooWork : public Work {
  public:
@@ -117,7 +138,12 @@ class GlooCommunicator : public Communicator {
   template <class Issue>
   WorkPtr issue(const std::string& op, Issue&& start, std::function<void()> after = {}) {
     try {
-      return std::make_unique<GlooWork>(start(), describe(op), timeout_, std::move(after));
+      c10::intrusive_ptr<c10d::Work> work;
+      {
+        std::lock_guard<std::mutex> lock(issue_lock());
+        work = start();
+      }
+      return std::make_unique<GlooWork>(std::move(work), describe(op), timeout_, std::move(after));
     } catch (const CommError&) {
       throw;
     } catch (const std::exception& e) {
