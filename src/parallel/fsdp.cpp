@@ -256,13 +256,12 @@ void ShardedUnits::after_backward(size_t i) {
   const auto opts = u.master.options().dtype(options_.reduce_dtype);
   // Parameter-major to rank-major [S, shard_numel], cast to the reduce dtype and zero-padded
   // where rows do not split evenly: one chunk-and-concatenate, one kernel on the GPU.
+  // Autograd gives each parameter a gradient of its own dtype, the compute dtype, as the op needs.
   std::vector<at::Tensor> grads;
   for (auto& q : u.params) {
     auto grad = q.module_param.grad();
-    const auto dtype = grads.empty() ? (grad.defined() ? grad.scalar_type() : options_.compute_dtype)
-                                     : grads.front().scalar_type();
-    if (!grad.defined()) grad = at::zeros({q.rows, q.row_numel}, opts.dtype(dtype));  // no use reached it
-    grads.push_back(grad.to(dtype).reshape({q.rows, q.row_numel}));
+    if (!grad.defined()) grad = at::zeros({q.rows, q.row_numel}, q.module_param.options());  // no use reached it
+    grads.push_back(grad.reshape({q.rows, q.row_numel}));
     q.module_param.mutable_grad() = at::Tensor();
   }
   auto grad_in = at::empty({S, u.shard_numel}, opts);
