@@ -1,8 +1,12 @@
 // Kernels: the CPU references against ATen autograd ([kernels], everywhere), and the CUDA
 // kernels against the CPU references on fresh random inputs of several shapes ([gpu]).
+#include <ATen/cuda/CUDAContext.h>
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 
+#include <optional>
+
+#include "kernels/adamw.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/ops.h"
 #include "kernels/rmsnorm.h"
@@ -11,6 +15,7 @@
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
 #include "models/llama3/model.h"
+#include "train/adamw.h"
 #include "train/trainer.h"
 #include "test_support.h"
 
@@ -126,6 +131,27 @@ TEST_CASE("CPU references agree with ATen autograd in float64", "[kernels]") {
     CHECK(rel(ref.dhidden, got[1]) < 1e-5);
     CHECK(rel(ref.dweight, got[2]) < 1e-5);
   }
+  SECTION("adamw") {
+    for (bool decoupled : {true, false}) {
+      INFO((decoupled ? "AdamW" : "Adam"));
+      const kernels::AdamHyper hyper{3e-3, 0.9, 0.95, 1e-8, 0.1, decoupled};
+      auto p = torch::randn({301}), g = torch::randn({301}), m = 0.1 * torch::randn({301}), v = torch::rand({301});
+      auto p0 = p.clone(), p_ref = p.clone(), m_ref = m.clone(), v_ref = v.clone(), g_ref = g.clone();
+      auto steps = torch::full({}, 6.0);  // ATen's kernel counts from its step tensor: step 7
+      std::optional<at::Tensor> divisor = torch::full({}, 1.7f);
+      if (decoupled)
+        at::_fused_adamw_({p}, {g}, {m}, {v}, {}, {steps + 1}, hyper.lr, hyper.beta1, hyper.beta2,
+                          hyper.weight_decay, hyper.eps, false, false, divisor);
+      else
+        at::_fused_adam_({p}, {g}, {m}, {v}, {}, {steps + 1}, hyper.lr, hyper.beta1, hyper.beta2, hyper.weight_decay,
+                         hyper.eps, false, false, divisor);
+      kernels::adamw_update_ref({f32(p_ref), f32(g_ref), f32(m_ref), f32(v_ref), 301}, hyper, 7, 1.7f);
+      CHECK(rel(p, p_ref) < 1e-6);
+      CHECK(rel(m, m_ref) < 1e-6);
+      CHECK(rel(v, v_ref) < 1e-6);
+      CHECK(rel(p, p0) > 1e-4);
+    }
+  }
 }
 
 namespace {
@@ -142,15 +168,21 @@ TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
   torch::manual_seed(5);
   for (auto dtype : {at::kFloat, at::kBFloat16}) {
     INFO("dtype " << c10::toString(dtype));
-    for (auto [rows, dim] : std::vector<std::pair<int64_t, int64_t>>{{1, 64}, {37, 2048}, {1024, 4096}, {3, 16384}}) {
+    // 5000 x 2048 gives each block of the backward's grid several rows; 3 x 6000 a width that
+    // neither packs nor a power of two divides.
+    for (auto [rows, dim] : std::vector<std::pair<int64_t, int64_t>>{
+             {1, 64}, {37, 2048}, {1024, 4096}, {5000, 2048}, {3, 16384}, {3, 6002}}) {
       INFO("rmsnorm rows " << rows << " dim " << dim);
       auto x = torch::randn({rows, dim}), w = 1 + 0.1 * torch::randn({dim}), dout = torch::randn({rows, dim});
-      auto got = run_op([](auto& in) { return kernels::rms_norm(in[0], in[1], 1e-5); },
-                        {on_gpu(x, dtype), on_gpu(w, at::kFloat)}, on_gpu(dout, dtype));
+      auto norm = [](auto& in) { return kernels::rms_norm(in[0], in[1], 1e-5); };
+      auto got = run_op(norm, {on_gpu(x, dtype), on_gpu(w, at::kFloat)}, on_gpu(dout, dtype));
       auto ref = rmsnorm_ref(as_seen(x, dtype), as_seen(w, dtype), as_seen(dout, dtype), 1e-5f);
       CHECK(rel(got[0], ref.out) < bound(dtype));
       CHECK(rel(got[1], ref.dx) < bound(dtype));
       CHECK(rel(got[2], ref.dweight) < bound(dtype));
+      // The weight's gradient is summed in a fixed order: a second run gives the same bits.
+      auto again = run_op(norm, {on_gpu(x, dtype), on_gpu(w, at::kFloat)}, on_gpu(dout, dtype));
+      CHECK(torch::equal(again[2], got[2]));
     }
     for (auto [rows, dim] : std::vector<std::pair<int64_t, int64_t>>{{37, 2048}, {5, 100}}) {
       INFO("rmsnorm with the residual stream threaded through, rows " << rows << " dim " << dim);
@@ -225,17 +257,18 @@ TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
       CHECK(rel(got[2], ref.dup) < bound(dtype));
     }
     {
-      INFO("linear cross-entropy with ignored targets (the mean's divisor counted on the device)");
+      INFO("linear cross-entropy with ignored targets (the mean's divisor counted on the device), its loss's "
+           "incoming gradient 0.37 instead of 1");
       const int64_t rows = 300, vocab = 5000, dim = 64;
       auto h = torch::randn({rows, dim}), w = 0.2 * torch::randn({vocab, dim});
       auto targets = torch::randint(0, vocab, {rows}, torch::kLong);
       targets.narrow(0, 0, 77).fill_(-100);
       auto got = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets.cuda(), 128); },
-                        {on_gpu(h, dtype), on_gpu(w, at::kFloat)}, torch::ones({}).cuda());
+                        {on_gpu(h, dtype), on_gpu(w, at::kFloat)}, torch::full({}, 0.37).cuda());
       // The ATen composition on the CPU in fp64 (mean over the counted rows).
       auto want = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets); },
                          {as_seen(h, dtype).to(torch::kDouble), as_seen(w, dtype).to(torch::kDouble)},
-                         torch::ones({}, torch::kDouble));
+                         torch::full({}, 0.37, torch::kDouble));
       CHECK(std::abs(got[0].item<double>() - want[0].item<double>()) / want[0].item<double>() < bound(dtype));
       CHECK(rel(got[1], want[1]) < bound(dtype));
       CHECK(rel(got[2], want[2]) < bound(dtype));
@@ -267,6 +300,81 @@ TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
       INFO("result " << i);
       CHECK(rel(got[i], want[i]) < 1e-2);
     }
+  }
+}
+
+TEST_CASE("AdamW on CUDA: Troupe's kernel matches the fp64 reference and ATen's fused AdamW", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  torch::manual_seed(8);
+  // 50 tensors (two launches of the kernel's table): several tiles with a ragged end, single
+  // elements, and views one float off 16-byte alignment, which take the element-by-element path.
+  auto backing = torch::randn({4 * 40000 + 4}).cuda();
+  std::vector<at::Tensor> params;
+  for (int i = 0; i < 50; ++i) {
+    const int64_t n = i % 5 == 0 ? 3 * 4096 + 3 : i % 5 == 1 ? 1 : 1000 + 37 * i;
+    params.push_back(i % 7 == 3 ? backing.narrow(0, 1 + 4000 * (i / 7), n) : torch::randn({n}).cuda());
+  }
+  std::vector<at::Tensor> grads, avgs, avg_sqs;
+  for (const auto& p : params) {
+    grads.push_back(torch::randn_like(p));
+    avgs.push_back(0.1 * torch::randn_like(p));
+    avg_sqs.push_back(torch::rand_like(p));
+  }
+  for (bool decoupled : {true, false}) {
+    INFO((decoupled ? "AdamW" : "Adam"));
+    const kernels::AdamHyper hyper{2e-3, 0.9, 0.95, 1e-8, 0.1, decoupled};
+    std::vector<at::Tensor> p_ref, m_ref, v_ref;
+    for (size_t i = 0; i < params.size(); ++i) {
+      p_ref.push_back(params[i].cpu()), m_ref.push_back(avgs[i].cpu()), v_ref.push_back(avg_sqs[i].cpu());
+    }
+    for (int64_t step = 1; step <= 3; ++step) {
+      const float divisor = step == 2 ? 1.0f : 1.3f;
+      auto divisor_gpu = torch::full({}, divisor, torch::dtype(torch::kFloat).device(torch::kCUDA));
+      std::vector<kernels::AdamTensor> tensors;
+      for (size_t i = 0; i < params.size(); ++i)
+        tensors.push_back({params[i].data_ptr<float>(), grads[i].data_ptr<float>(), avgs[i].data_ptr<float>(),
+                           avg_sqs[i].data_ptr<float>(), params[i].numel()});
+      kernels::adamw_update(tensors.data(), tensors.size(), hyper, step,
+                            step == 2 ? nullptr : divisor_gpu.data_ptr<float>(),
+                            at::cuda::getCurrentCUDAStream().stream());
+      for (size_t i = 0; i < params.size(); ++i) {
+        auto g = grads[i].cpu();
+        kernels::adamw_update_ref({f32(p_ref[i]), f32(g), f32(m_ref[i]), f32(v_ref[i]), g.numel()}, hyper, step, divisor);
+      }
+      for (size_t i = 0; i < params.size(); ++i) {
+        INFO("step " << step << " tensor " << i << " of " << params[i].numel());
+        CHECK(rel(params[i], p_ref[i]) < 1e-5);
+        CHECK(rel(avgs[i], m_ref[i]) < 1e-5);
+        CHECK(rel(avg_sqs[i], v_ref[i]) < 1e-5);
+      }
+    }
+  }
+  // Through train::AdamW (its kernel on CUDA, with the clipping divisor) against ATen's fused
+  // AdamW on the CPU, three steps.
+  std::vector<std::pair<std::string, at::Tensor>> on_cuda, on_cpu;
+  for (int i = 0; i < 4; ++i) {
+    auto p = torch::randn({i == 0 ? 1 : 5000 + 3 * i});
+    on_cpu.emplace_back("p" + std::to_string(i), p.clone());
+    on_cuda.emplace_back("p" + std::to_string(i), p.cuda());
+  }
+  train::AdamW gpu_opt(on_cuda, {}), cpu_opt(on_cpu, {});
+  for (int step = 0; step < 3; ++step) {
+    for (size_t i = 0; i < on_cpu.size(); ++i) {
+      auto g = torch::randn_like(on_cpu[i].second);
+      on_cpu[i].second.mutable_grad() = g;
+      on_cuda[i].second.mutable_grad() = g.cuda();
+    }
+    gpu_opt.step(1e-3, torch::full({}, 2.5f).cuda());
+    cpu_opt.step(1e-3, torch::full({}, 2.5f));
+  }
+  for (size_t i = 0; i < on_cpu.size(); ++i) {
+    INFO(on_cpu[i].first);
+    CHECK(rel(on_cuda[i].second, on_cpu[i].second) < 1e-5);
+  }
+  const auto gpu_state = gpu_opt.state(), cpu_state = cpu_opt.state();
+  for (const auto& [name, t] : cpu_state) {
+    INFO(name);
+    CHECK(rel(gpu_state.at(name).to(t.scalar_type()), t) < 1e-5);
   }
 }
 

@@ -69,10 +69,29 @@ __global__ void cross_entropy_kernel(T* logits, float* losses, const int64_t* ta
   }
 }
 
+template <class T>
+__global__ void scale_unless_one_kernel(T* x, int64_t n, const float* scale) {
+  const float s = *scale;
+  if (s == 1.f) return;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] = from_float<T>(to_float(x[i]) * s);
+}
+
 }  // namespace
 
 // ----------------------------------------------------------------------------------------------
 // launchers
+
+void scale_unless_one(Dtype dtype, void* x, int64_t n, const float* scale, cudaStream_t stream) {
+  if (n == 0) return;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 8 * int64_t{device_sm_count()}));
+  dispatch_dtype(dtype, [&](auto t) {
+    using T = decltype(t);
+    scale_unless_one_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<T*>(x), n, scale);
+  });
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
 
 void cross_entropy_forward_backward(Dtype dtype, void* logits, float* losses, const int64_t* targets, int64_t rows,
                                     int64_t vocab, float grad_scale, cudaStream_t stream, const float* device_scale) {

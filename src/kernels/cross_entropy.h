@@ -17,6 +17,11 @@ void cross_entropy_forward_backward(Dtype dtype, void* logits, float* losses, co
                                     int64_t vocab, float grad_scale, cudaStream_t stream,
                                     const float* device_scale = nullptr);
 
+// x[0, n) *= *scale in place, `scale` one fp32 on the device. The backward of a fused loss gets
+// the loss's incoming gradient there; it is exactly 1 for a plain loss.backward(), and then the
+// kernel returns without touching x (no pass over a vocabulary-sized gradient).
+void scale_unless_one(Dtype dtype, void* x, int64_t n, const float* scale, cudaStream_t stream);
+
 void cross_entropy_ref(float* logits, float* losses, const int64_t* targets, int64_t rows, int64_t vocab,
                        float grad_scale);
 

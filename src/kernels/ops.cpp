@@ -80,9 +80,11 @@ std::pair<at::Tensor, at::Tensor> norm_backward(const at::Tensor& dout, const at
   auto d = dout.contiguous();
   auto dres = dresidual.defined() ? dresidual.contiguous() : at::Tensor();
   auto dx = at::empty_like(x);
-  auto dweight = at::zeros({dim}, x.options().dtype(at::kFloat));
+  auto dweight = at::empty({dim}, x.options().dtype(at::kFloat));
+  auto workspace = at::empty({rmsnorm_backward_workspace(rows, dim)}, x.options().dtype(at::kFloat));
   rmsnorm_backward(kernel_dtype(x), dx.data_ptr(), dweight.data_ptr<float>(), d.data_ptr(), x.data_ptr(), w.data_ptr(),
-                   rstd.data_ptr<float>(), rows, dim, stream(), dres.defined() ? dres.data_ptr() : nullptr);
+                   rstd.data_ptr<float>(), rows, dim, workspace.data_ptr<float>(), stream(),
+                   dres.defined() ? dres.data_ptr() : nullptr);
   return {dx, dweight.to(weight_dtype)};
 }
 
@@ -266,10 +268,15 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
     return losses.sum() * inv_count;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // The gradients were computed in the forward for an incoming gradient of 1, and are scaled in
+    // place (nothing else holds them) only when it is not 1.
     auto saved = ctx->get_saved_variables();
-    const auto& g = grads[0];
+    auto dh = saved[0], dw = saved[1];
+    const auto scale = grads[0].to(at::kFloat).contiguous();
+    scale_unless_one(kernel_dtype(dh), dh.data_ptr(), dh.numel(), scale.data_ptr<float>(), stream());
+    scale_unless_one(Dtype::f32, dw.data_ptr(), dw.numel(), scale.data_ptr<float>(), stream());
     const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-    return {saved[0] * g.to(saved[0].scalar_type()), (saved[1] * g).to(weight_dtype), at::Tensor(), at::Tensor()};
+    return {dh, dw.to(weight_dtype), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 
 namespace troupe::kernels {
 
@@ -51,95 +52,77 @@ __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* x, const T*
   if (lane == 0) rstd[row] = r;
 }
 
-// d(out)/dx for P elements of a row: dx = r·(w·g − x̂·mean(w·g·x̂)) + dresidual, x̂ = r·x; adds
-// g·x̂ (the weight's gradient) to dw.
-template <int P, class T>
-__device__ __forceinline__ void norm_dx(T* dx, const T* x, const T* g, const T* w, const T* dres, float r,
-                                        float mean_dot, float (&dw)[P]) {
-  float xv[P], gv[P], wv[P], out[P], rv[P] = {};
-  load_floats<P>(x, xv);
-  load_floats<P>(g, gv);
-  load_floats<P>(w, wv);
-  if (dres) load_floats<P>(dres, rv);
-#pragma unroll
-  for (int j = 0; j < P; ++j) {
-    const float xhat = xv[j] * r;
-    out[j] = r * (wv[j] * gv[j] - xhat * mean_dot) + rv[j];
-    dw[j] += gv[j] * xhat;
-  }
-  store_floats<P>(dx, out);
-}
-
-template <int P, class T>
-__device__ __forceinline__ float norm_dot(const T* x, const T* g, const T* w, float r) {
-  float xv[P], gv[P], wv[P], dot = 0.f;
-  load_floats<P>(x, xv);
-  load_floats<P>(g, gv);
-  load_floats<P>(w, wv);
-#pragma unroll
-  for (int j = 0; j < P; ++j) dot += wv[j] * gv[j] * xv[j] * r;
-  return dot;
-}
-
-// One warp per row at a time; a fixed grid walks the rows. A lane visits the same columns in
-// every row (column (k·32 + lane)·P, k < K), so with K > 0 its share of dweight accumulates in
-// registers across all its rows and meets the other warps' once per block in shared memory:
-// per-element shared-memory atomics, whose same-address conflicts between warps cost more than
-// the row's memory traffic, are left to rows too wide for registers (K = 0). Each block adds its
-// sum to global memory once. `dresidual` (may be null): the gradient that reaches x by the
-// residual path, added to dx.
+// One block per row at a time; a fixed grid of blocks walks the rows. Thread t owns the columns
+// (k·threads + t)·P, k < K, in every row, so the row's x and dout stay in its registers between
+// the row's dot product and its dx, and its share of the weight's gradient accumulates in
+// registers over all the block's rows. Each block writes that share to its own row of
+// `partials` ([gridDim.x, dim] fp32), and column_sum_kernel adds the rows up in a fixed order:
+// no atomics, so the weight's gradient is the same bits on every run. `dresidual` (may be null):
+// the gradient that reaches x by the residual path, added to dx.
 template <class T, int P, int K>
-__global__ void rmsnorm_backward_kernel(T* dx, float* dweight, const T* dout, const T* x, const T* weight,
+__global__ void rmsnorm_backward_kernel(T* dx, float* partials, const T* dout, const T* x, const T* weight,
                                         const float* rstd, int64_t rows, int64_t dim, const T* dresidual) {
-  extern __shared__ float dweight_block[];
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) dweight_block[i] = 0.f;
-  __syncthreads();
-  const int warps_per_block = blockDim.x / 32, lane = threadIdx.x % 32;
-  float acc[K > 0 ? K : 1][P] = {};
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / 32; row < rows;
-       row += static_cast<int64_t>(gridDim.x) * warps_per_block) {
-    const T* xr = x + row * dim;
-    const T* gr = dout + row * dim;
-    const T* dres = dresidual ? dresidual + row * dim : nullptr;
-    T* dxr = dx + row * dim;
-    const float r = rstd[row];
-    float dot = 0.f;
-    if constexpr (K > 0) {
+  __shared__ float scratch[32];
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * P;
+  const int64_t first = static_cast<int64_t>(threadIdx.x) * P;
+  float w[K][P], acc[K][P] = {};
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const int64_t i = (static_cast<int64_t>(k) * 32 + lane) * P;
-        if (i < dim) dot += norm_dot<P>(xr + i, gr + i, weight + i, r);
-      }
-    } else {
-      for (int64_t i = lane * P; i < dim; i += 32 * P) dot += norm_dot<P>(xr + i, gr + i, weight + i, r);
-    }
-    const float mean_dot = warp_sum(dot) / static_cast<float>(dim);
-    if constexpr (K > 0) {
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const int64_t i = (static_cast<int64_t>(k) * 32 + lane) * P;
-        if (i < dim) norm_dx<P>(dxr + i, xr + i, gr + i, weight + i, dres ? dres + i : nullptr, r, mean_dot, acc[k]);
-      }
-    } else {
-      for (int64_t i = lane * P; i < dim; i += 32 * P) {
-        float part[P] = {};
-        norm_dx<P>(dxr + i, xr + i, gr + i, weight + i, dres ? dres + i : nullptr, r, mean_dot, part);
-#pragma unroll
-        for (int j = 0; j < P; ++j) atomicAdd(&dweight_block[i + j], part[j]);
-      }
-    }
+  for (int k = 0; k < K; ++k) {
+    const int64_t i = first + k * stride;
+    if (i < dim) load_floats<P>(weight + i, w[k]);
   }
-  if constexpr (K > 0) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * dim;
+    const float r = rstd[row];
+    float xv[K][P], gv[K][P], rv[K][P] = {}, dot = 0.f;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      const int64_t i = (static_cast<int64_t>(k) * 32 + lane) * P;
-      if (i < dim)
+      const int64_t i = first + k * stride;
+      if (i >= dim) continue;
+      load_floats<P>(x + base + i, xv[k]);
+      load_floats<P>(dout + base + i, gv[k]);
+      if (dresidual) load_floats<P>(dresidual + base + i, rv[k]);
 #pragma unroll
-        for (int j = 0; j < P; ++j) atomicAdd(&dweight_block[i + j], acc[k][j]);
+      for (int j = 0; j < P; ++j) dot += w[k][j] * gv[k][j] * xv[k][j];
+    }
+    const float mean_dot = block_sum(dot * r, scratch) / static_cast<float>(dim);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = first + k * stride;
+      if (i >= dim) continue;
+      float out[P];
+#pragma unroll
+      for (int j = 0; j < P; ++j) {
+        const float xhat = xv[k][j] * r;
+        out[j] = r * (w[k][j] * gv[k][j] - xhat * mean_dot) + rv[k][j];
+        acc[k][j] += gv[k][j] * xhat;
+      }
+      store_floats<P>(dx + base + i, out);
     }
   }
+  float* mine = partials + static_cast<int64_t>(blockIdx.x) * dim;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t i = first + k * stride;
+    if (i < dim)
+#pragma unroll
+      for (int j = 0; j < P; ++j) mine[i + j] = acc[k][j];
+  }
+}
+
+// out[c] = Σ_b partials[b, c], summed in the same order on every run. A block of 32 × 8 threads
+// takes 32 columns: 8 threads per column walk the rows, then one adds their 8 sums.
+__global__ void column_sum_kernel(float* out, const float* partials, int64_t parts, int64_t dim) {
+  __shared__ float sums[8][33];
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  float sum = 0.f;
+  if (c < dim)
+    for (int64_t b = threadIdx.y; b < parts; b += 8) sum += partials[b * dim + c];
+  sums[threadIdx.y][threadIdx.x] = sum;
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) atomicAdd(&dweight[i], dweight_block[i]);
+  if (threadIdx.y != 0 || c >= dim) return;
+  for (int y = 1; y < 8; ++y) sum += sums[y][threadIdx.x];
+  out[c] = sum;
 }
 
 constexpr int kThreads = 256;
@@ -150,30 +133,47 @@ bool packs_fit(int64_t dim, std::initializer_list<const void*> ptrs) {
   return dim % Pack<T>::size == 0 && pack_aligned(ptrs);
 }
 
+// Threads per block of the backward: at most 16 columns a thread where 256 to 1024 threads allow
+// it, so that a thread's columns of x, dout, the residual's gradient, the weight and its
+// gradient all stay in registers.
+int backward_threads(int64_t dim) {
+  int threads = kThreads;
+  while (threads < 1024 && threads * int64_t{16} < dim) threads *= 2;
+  return threads;
+}
+
+// Blocks of the backward's grid: no more than can be resident at once (a second wave would
+// find the first's blocks holding their registers), no more than rows.
+int64_t backward_blocks(int64_t rows, int64_t dim) {
+  return std::min<int64_t>(rows, static_cast<int64_t>(device_sm_count()) * (2048 / backward_threads(dim)));
+}
+
 template <class T>
 struct BackwardArgs {
   T* dx;
-  float* dweight;
+  float* partials;
   const T *dout, *x, *weight;
   const float* rstd;
   int64_t rows, dim;
   const T* dresidual;
 };
 
-// The smallest K (columns per lane, in packs) that covers dim while the accumulators fit in
-// registers (K·P ≤ 64 floats per thread); wider rows take the shared-memory atomics (K = 0).
+// The smallest K (packs of P columns per thread, a power of two) that covers dim with `threads`
+// threads; K·P is at most 64 floats per accumulator.
 template <class T, int P, int K = 1>
-void launch_backward(const BackwardArgs<T>& a, unsigned blocks, size_t shared, cudaStream_t stream) {
-  if constexpr (K * P <= 64) {
-    if (a.dim > int64_t{K} * 32 * P) return launch_backward<T, P, 2 * K>(a, blocks, shared, stream);
+int64_t launch_backward(const BackwardArgs<T>& a, int threads, cudaStream_t stream) {
+  if constexpr (K * P < 64) {
+    if (a.dim > int64_t{K} * threads * P) return launch_backward<T, P, 2 * K>(a, threads, stream);
   }
-  constexpr int kernel_k = K * P <= 64 ? K : 0;
-  auto kernel = rmsnorm_backward_kernel<T, P, kernel_k>;
-  // Above 48 KiB of shared memory (dim > 12288: the 405B flavor) a kernel must opt in.
-  if (shared > 48 * 1024)
-    TROUPE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
-  kernel<<<blocks, kThreads, shared, stream>>>(a.dx, a.dweight, a.dout, a.x, a.weight, a.rstd, a.rows, a.dim,
-                                               a.dresidual);
+  if (a.dim > int64_t{K} * threads * P) throw std::invalid_argument("rmsnorm_backward: dim " + std::to_string(a.dim) + " is too wide");
+  auto kernel = rmsnorm_backward_kernel<T, P, K>;
+  int resident = 0;
+  TROUPE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, 0));
+  const int64_t blocks =
+      std::min(backward_blocks(a.rows, a.dim), static_cast<int64_t>(device_sm_count()) * std::max(resident, 1));
+  kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(a.dx, a.partials, a.dout, a.x, a.weight, a.rstd,
+                                                                a.rows, a.dim, a.dresidual);
+  return blocks;
 }
 
 }  // namespace
@@ -200,21 +200,28 @@ void rmsnorm_forward(Dtype dtype, void* out, float* rstd, const void* x, const v
   TROUPE_CUDA_CHECK_LAUNCH();
 }
 
+int64_t rmsnorm_backward_workspace(int64_t rows, int64_t dim) { return rows == 0 ? 0 : backward_blocks(rows, dim) * dim; }
+
 void rmsnorm_backward(Dtype dtype, void* dx, float* dweight, const void* dout, const void* x, const void* weight,
-                      const float* rstd, int64_t rows, int64_t dim, cudaStream_t stream, const void* dresidual) {
-  if (rows == 0) return;
-  const size_t shared = static_cast<size_t>(dim) * sizeof(float);
-  const int64_t needed = (rows + kThreads / 32 - 1) / (kThreads / 32);
-  const auto blocks = static_cast<unsigned>(std::min<int64_t>(needed, 4 * static_cast<int64_t>(device_sm_count())));
+                      const float* rstd, int64_t rows, int64_t dim, float* workspace, cudaStream_t stream,
+                      const void* dresidual) {
+  if (rows == 0) {
+    TROUPE_CUDA_CHECK(cudaMemsetAsync(dweight, 0, static_cast<size_t>(dim) * sizeof(float), stream));
+    return;
+  }
+  const int threads = backward_threads(dim);
+  int64_t parts = 0;
   dispatch_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    const BackwardArgs<T> a{static_cast<T*>(dx), dweight, static_cast<const T*>(dout), static_cast<const T*>(x),
+    const BackwardArgs<T> a{static_cast<T*>(dx), workspace, static_cast<const T*>(dout), static_cast<const T*>(x),
                             static_cast<const T*>(weight), rstd, rows, dim, static_cast<const T*>(dresidual)};
     if (packs_fit<T>(dim, {dx, dout, x, weight, dresidual}))
-      launch_backward<T, Pack<T>::size>(a, blocks, shared, stream);
+      parts = launch_backward<T, Pack<T>::size>(a, threads, stream);
     else
-      launch_backward<T, 1>(a, blocks, shared, stream);
+      parts = launch_backward<T, 1>(a, threads, stream);
   });
+  TROUPE_CUDA_CHECK_LAUNCH();
+  column_sum_kernel<<<static_cast<unsigned>((dim + 31) / 32), dim3(32, 8), 0, stream>>>(dweight, workspace, parts, dim);
   TROUPE_CUDA_CHECK_LAUNCH();
 }
 

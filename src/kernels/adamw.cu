@@ -1,0 +1,128 @@
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/adamw.h"
+#include "kernels/cuda_check.h"
+#include "kernels/device_math.cuh"
+
+namespace troupe::kernels {
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = 4;                          // float4 groups per thread and tile
+constexpr int64_t kTile = kThreads * 4 * kUnroll;  // elements a block takes at a time
+// Tensors per launch: the table travels as a kernel parameter (at most 4 KiB).
+constexpr int kMaxTensors = 48;
+
+struct TensorTable {
+  float* param[kMaxTensors];
+  const float* grad[kMaxTensors];
+  float* exp_avg[kMaxTensors];
+  float* exp_avg_sq[kMaxTensors];
+  int64_t numel[kMaxTensors];
+  int tile_end[kMaxTensors];  // tiles of tensors 0..k
+  bool aligned[kMaxTensors];  // all four 16-byte aligned: whole float4 accesses
+  int count;
+};
+
+struct Scalars {
+  float lr, beta1, beta2, eps, weight_decay, step_size, bias2_sqrt;
+  bool decoupled;
+};
+
+__device__ __forceinline__ void adam_element(float& p, float g, float& m, float& v, const Scalars& s, float divisor) {
+  g = __fdiv_rn(g, divisor);
+  if (s.decoupled)
+    p -= s.lr * s.weight_decay * p;
+  else
+    g += s.weight_decay * p;
+  m = s.beta1 * m + (1.f - s.beta1) * g;
+  v = s.beta2 * v + (1.f - s.beta2) * g * g;
+  p -= __fdiv_rn(s.step_size * m, __fdiv_rn(__fsqrt_rn(v), s.bias2_sqrt) + s.eps);
+}
+
+// A fixed grid walks the tiles of all tables' tensors. Each thread loads its kUnroll groups of
+// four before it computes any, so that enough bytes are in flight to keep HBM busy.
+__global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor) {
+  const float divisor = grad_divisor ? *grad_divisor : 1.f;
+  const int tiles = t.tile_end[t.count - 1];
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int k = 0;
+    while (t.tile_end[k] <= tile) ++k;
+    const int64_t start = static_cast<int64_t>(tile - (k ? t.tile_end[k - 1] : 0)) * kTile;
+    const int64_t end = min(start + kTile, t.numel[k]);
+    float* P = t.param[k];
+    const float* G = t.grad[k];
+    float* M = t.exp_avg[k];
+    float* V = t.exp_avg_sq[k];
+    if (t.aligned[k] && start + kTile <= end) {
+      float4 p[kUnroll], g[kUnroll], m[kUnroll], v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = start + (static_cast<int64_t>(u) * kThreads + threadIdx.x) * 4;
+        p[u] = *reinterpret_cast<const float4*>(P + i);
+        g[u] = *reinterpret_cast<const float4*>(G + i);
+        m[u] = *reinterpret_cast<const float4*>(M + i);
+        v[u] = *reinterpret_cast<const float4*>(V + i);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = start + (static_cast<int64_t>(u) * kThreads + threadIdx.x) * 4;
+        adam_element(p[u].x, g[u].x, m[u].x, v[u].x, s, divisor);
+        adam_element(p[u].y, g[u].y, m[u].y, v[u].y, s, divisor);
+        adam_element(p[u].z, g[u].z, m[u].z, v[u].z, s, divisor);
+        adam_element(p[u].w, g[u].w, m[u].w, v[u].w, s, divisor);
+        *reinterpret_cast<float4*>(P + i) = p[u];
+        *reinterpret_cast<float4*>(M + i) = m[u];
+        *reinterpret_cast<float4*>(V + i) = v[u];
+      }
+      continue;
+    }
+    // A tensor's last, partial tile, or a tensor not aligned for float4: element by element.
+    for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
+      float p = P[i], m = M[i], v = V[i];
+      adam_element(p, G[i], m, v, s, divisor);
+      P[i] = p;
+      M[i] = m;
+      V[i] = v;
+    }
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+void adamw_update(const AdamTensor* tensors, size_t count, const AdamHyper& h, int64_t step, const float* grad_divisor,
+                  cudaStream_t stream) {
+  if (step < 1) throw std::invalid_argument("adamw_update: step counts from 1");
+  const double bias1 = 1 - std::pow(h.beta1, static_cast<double>(step));
+  const double bias2 = 1 - std::pow(h.beta2, static_cast<double>(step));
+  const Scalars s{static_cast<float>(h.lr),           static_cast<float>(h.beta1), static_cast<float>(h.beta2),
+                  static_cast<float>(h.eps),          static_cast<float>(h.weight_decay),
+                  static_cast<float>(h.lr / bias1),   static_cast<float>(std::sqrt(bias2)),
+                  h.decoupled};
+  const int64_t grid_limit = static_cast<int64_t>(device_sm_count()) * 4;
+  for (size_t first = 0; first < count;) {
+    TensorTable t{};
+    int64_t tiles = 0;
+    for (; first < count && t.count < kMaxTensors; ++first) {
+      const auto& a = tensors[first];
+      if (a.numel == 0) continue;
+      const int64_t total = tiles + (a.numel + kTile - 1) / kTile;
+      if (total > INT32_MAX) break;  // the next launch takes it
+      const int k = t.count++;
+      t.param[k] = a.param, t.grad[k] = a.grad, t.exp_avg[k] = a.exp_avg, t.exp_avg_sq[k] = a.exp_avg_sq;
+      t.numel[k] = a.numel;
+      t.tile_end[k] = static_cast<int>(tiles = total);
+      t.aligned[k] = aligned16(a.param) && aligned16(a.grad) && aligned16(a.exp_avg) && aligned16(a.exp_avg_sq);
+    }
+    if (t.count == 0) continue;
+    const auto blocks = static_cast<unsigned>(std::min(tiles, grid_limit));
+    adamw_kernel<<<blocks, kThreads, 0, stream>>>(t, s, grad_divisor);
+    TROUPE_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace troupe::kernels
