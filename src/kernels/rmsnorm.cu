@@ -133,19 +133,11 @@ bool packs_fit(int64_t dim, std::initializer_list<const void*> ptrs) {
   return dim % Pack<T>::size == 0 && pack_aligned(ptrs);
 }
 
-// Threads per block of the backward: at most 16 columns a thread where 256 to 1024 threads allow
-// it, so that a thread's columns of x, dout, the residual's gradient, the weight and its
-// gradient all stay in registers.
-int backward_threads(int64_t dim) {
-  int threads = kThreads;
-  while (threads < 1024 && threads * int64_t{16} < dim) threads *= 2;
-  return threads;
-}
-
 // Blocks of the backward's grid: no more than can be resident at once (a second wave would
-// find the first's blocks holding their registers), no more than rows.
-int64_t backward_blocks(int64_t rows, int64_t dim) {
-  return std::min<int64_t>(rows, static_cast<int64_t>(device_sm_count()) * (2048 / backward_threads(dim)));
+// wait for the first's registers) and no more than rows. A block has at least 256 threads, so
+// no more than 8 fit on a multiprocessor.
+int64_t most_backward_blocks(int64_t rows) {
+  return std::min<int64_t>(rows, static_cast<int64_t>(device_sm_count()) * 8);
 }
 
 template <class T>
@@ -158,19 +150,33 @@ struct BackwardArgs {
   const T* dresidual;
 };
 
-// The smallest K (packs of P columns per thread, a power of two) that covers dim with `threads`
-// threads; K·P is at most 64 floats per accumulator.
+// The most threads a block of `kernel` may have, given the registers it takes.
+template <class Kernel>
+int most_block_threads(Kernel kernel) {
+  cudaFuncAttributes attributes{};
+  TROUPE_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  return std::min(1024, attributes.maxThreadsPerBlock / 32 * 32);
+}
+
+// The smallest K (packs of P columns per thread, a power of two) whose kernel can have enough
+// threads for a row; each thread then holds K·P columns of x, dout, the residual's gradient, the
+// weight and the weight's gradient in registers. Returns the blocks launched.
 template <class T, int P, int K = 1>
-int64_t launch_backward(const BackwardArgs<T>& a, int threads, cudaStream_t stream) {
-  if constexpr (K * P < 64) {
-    if (a.dim > int64_t{K} * threads * P) return launch_backward<T, P, 2 * K>(a, threads, stream);
-  }
-  if (a.dim > int64_t{K} * threads * P) throw std::invalid_argument("rmsnorm_backward: dim " + std::to_string(a.dim) + " is too wide");
+int64_t launch_backward(const BackwardArgs<T>& a, cudaStream_t stream) {
   auto kernel = rmsnorm_backward_kernel<T, P, K>;
+  static const int most = most_block_threads(kernel);
+  const int64_t needed = (a.dim + K * P - 1) / (K * P);
+  if (needed > most) {
+    if constexpr (K * P < 64)
+      return launch_backward<T, P, 2 * K>(a, stream);
+    else
+      throw std::invalid_argument("rmsnorm_backward: rows of " + std::to_string(a.dim) + " elements are too wide");
+  }
+  const int threads = static_cast<int>(std::max<int64_t>((needed + 31) / 32 * 32, std::min(kThreads, most)));
   int resident = 0;
   TROUPE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, 0));
   const int64_t blocks =
-      std::min(backward_blocks(a.rows, a.dim), static_cast<int64_t>(device_sm_count()) * std::max(resident, 1));
+      std::min(most_backward_blocks(a.rows), static_cast<int64_t>(device_sm_count()) * std::max(resident, 1));
   kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(a.dx, a.partials, a.dout, a.x, a.weight, a.rstd,
                                                                 a.rows, a.dim, a.dresidual);
   return blocks;
@@ -200,7 +206,7 @@ void rmsnorm_forward(Dtype dtype, void* out, float* rstd, const void* x, const v
   TROUPE_CUDA_CHECK_LAUNCH();
 }
 
-int64_t rmsnorm_backward_workspace(int64_t rows, int64_t dim) { return rows == 0 ? 0 : backward_blocks(rows, dim) * dim; }
+int64_t rmsnorm_backward_workspace(int64_t rows, int64_t dim) { return rows == 0 ? 0 : most_backward_blocks(rows) * dim; }
 
 void rmsnorm_backward(Dtype dtype, void* dx, float* dweight, const void* dout, const void* x, const void* weight,
                       const float* rstd, int64_t rows, int64_t dim, float* workspace, cudaStream_t stream,
@@ -209,16 +215,15 @@ void rmsnorm_backward(Dtype dtype, void* dx, float* dweight, const void* dout, c
     TROUPE_CUDA_CHECK(cudaMemsetAsync(dweight, 0, static_cast<size_t>(dim) * sizeof(float), stream));
     return;
   }
-  const int threads = backward_threads(dim);
   int64_t parts = 0;
   dispatch_dtype(dtype, [&](auto t) {
     using T = decltype(t);
     const BackwardArgs<T> a{static_cast<T*>(dx), workspace, static_cast<const T*>(dout), static_cast<const T*>(x),
                             static_cast<const T*>(weight), rstd, rows, dim, static_cast<const T*>(dresidual)};
     if (packs_fit<T>(dim, {dx, dout, x, weight, dresidual}))
-      parts = launch_backward<T, Pack<T>::size>(a, threads, stream);
+      parts = launch_backward<T, Pack<T>::size>(a, stream);
     else
-      parts = launch_backward<T, 1>(a, threads, stream);
+      parts = launch_backward<T, 1>(a, stream);
   });
   TROUPE_CUDA_CHECK_LAUNCH();
   column_sum_kernel<<<static_cast<unsigned>((dim + 31) / 32), dim3(32, 8), 0, stream>>>(dweight, workspace, parts, dim);
