@@ -27,25 +27,28 @@ struct TensorTable {
 };
 
 struct Scalars {
-  float lr, beta1, beta2, eps, weight_decay, step_size, bias2_sqrt;
+  float lr, beta1, beta2, eps, weight_decay, step_size, inv_bias2_sqrt;
   bool decoupled;
 };
 
-__device__ __forceinline__ void adam_element(float& p, float g, float& m, float& v, const Scalars& s, float divisor) {
-  g = __fdiv_rn(g, divisor);
+// One IEEE division and square root per element; the gradient's divisor and the second bias
+// correction are applied as reciprocals (ATen divides by them: results differ by an ulp at most).
+__device__ __forceinline__ void adam_element(float& p, float g, float& m, float& v, const Scalars& s,
+                                             float inv_divisor) {
+  g *= inv_divisor;
   if (s.decoupled)
     p -= s.lr * s.weight_decay * p;
   else
     g += s.weight_decay * p;
   m = s.beta1 * m + (1.f - s.beta1) * g;
   v = s.beta2 * v + (1.f - s.beta2) * g * g;
-  p -= __fdiv_rn(s.step_size * m, __fdiv_rn(__fsqrt_rn(v), s.bias2_sqrt) + s.eps);
+  p -= __fdiv_rn(s.step_size * m, __fsqrt_rn(v) * s.inv_bias2_sqrt + s.eps);
 }
 
 // A fixed grid walks the tiles of all tables' tensors. Each thread loads its kUnroll groups of
 // four before it computes any, so that enough bytes are in flight to keep HBM busy.
 __global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor) {
-  const float divisor = grad_divisor ? *grad_divisor : 1.f;
+  const float inv_divisor = grad_divisor ? __frcp_rn(*grad_divisor) : 1.f;
   const int tiles = t.tile_end[t.count - 1];
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     int k = 0;
@@ -69,10 +72,10 @@ __global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int64_t i = start + (static_cast<int64_t>(u) * kThreads + threadIdx.x) * 4;
-        adam_element(p[u].x, g[u].x, m[u].x, v[u].x, s, divisor);
-        adam_element(p[u].y, g[u].y, m[u].y, v[u].y, s, divisor);
-        adam_element(p[u].z, g[u].z, m[u].z, v[u].z, s, divisor);
-        adam_element(p[u].w, g[u].w, m[u].w, v[u].w, s, divisor);
+        adam_element(p[u].x, g[u].x, m[u].x, v[u].x, s, inv_divisor);
+        adam_element(p[u].y, g[u].y, m[u].y, v[u].y, s, inv_divisor);
+        adam_element(p[u].z, g[u].z, m[u].z, v[u].z, s, inv_divisor);
+        adam_element(p[u].w, g[u].w, m[u].w, v[u].w, s, inv_divisor);
         *reinterpret_cast<float4*>(P + i) = p[u];
         *reinterpret_cast<float4*>(M + i) = m[u];
         *reinterpret_cast<float4*>(V + i) = v[u];
@@ -82,7 +85,7 @@ __global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor
     // A tensor's last, partial tile, or a tensor not aligned for float4: element by element.
     for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
       float p = P[i], m = M[i], v = V[i];
-      adam_element(p, G[i], m, v, s, divisor);
+      adam_element(p, G[i], m, v, s, inv_divisor);
       P[i] = p;
       M[i] = m;
       V[i] = v;
@@ -101,7 +104,7 @@ void adamw_update(const AdamTensor* tensors, size_t count, const AdamHyper& h, i
   const double bias2 = 1 - std::pow(h.beta2, static_cast<double>(step));
   const Scalars s{static_cast<float>(h.lr),           static_cast<float>(h.beta1), static_cast<float>(h.beta2),
                   static_cast<float>(h.eps),          static_cast<float>(h.weight_decay),
-                  static_cast<float>(h.lr / bias1),   static_cast<float>(std::sqrt(bias2)),
+                  static_cast<float>(h.lr / bias1),   static_cast<float>(1 / std::sqrt(bias2)),
                   h.decoupled};
   const int64_t grid_limit = static_cast<int64_t>(device_sm_count()) * 4;
   for (size_t first = 0; first < count;) {

@@ -1,7 +1,7 @@
 // Adam / AdamW over many fp32 tensors in one pass each: every element of a parameter, its
 // gradient and its two moments is read once and written once, by 16-byte accesses wherever the
 // four tensors are 16-byte aligned. The arithmetic is ATen's fused AdamW's (decay, moments, bias
-// corrections, a gradient divisor read on the device), with IEEE division and square root.
+// corrections, a gradient divisor read on the device) to within an ulp.
 #pragma once
 
 #include <cstddef>

@@ -5,51 +5,59 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace troupe::kernels {
 
 namespace {
 
-// One warp per row: a row of even 16k elements fits a warp's loop, and rows are independent,
-// so no block-wide synchronisation is needed in the forward. P elements per access (a 16-byte
-// pack where dim allows, else 1); the second read of the row hits the L1 cache. With a
-// residual, the row normalised is h = x + residual, rounded to T as a separate add would
-// round it, and h is written to sum_out on the way.
-template <class T, int P>
+// One block per row at a time; a fixed grid of blocks walks the rows. Thread t owns the columns
+// (k·threads + t)·P, k < K (P: a 16-byte pack where dim allows, else 1), so the row is read once
+// and stays in registers between its sum of squares and its output, and the weight is read once
+// per block. With a residual, the row normalised is h = x + residual, rounded to T as a separate
+// add would round it, and h is written to sum_out on the way.
+template <class T, int P, int K>
 __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* x, const T* weight, int64_t rows, int64_t dim,
                                        float eps, const T* residual, T* sum_out) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const T* xr = x + row * dim;
-  const T* ar = residual ? residual + row * dim : nullptr;
-  auto load_row = [&](int64_t i, float (&v)[P]) {
-    load_floats<P>(xr + i, v);
-    if (!ar) return;
-    float a[P];
-    load_floats<P>(ar + i, a);
+  __shared__ float scratch[32];
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * P;
+  const int64_t first = static_cast<int64_t>(threadIdx.x) * P;
+  float w[K][P];
 #pragma unroll
-    for (int j = 0; j < P; ++j) v[j] = to_float(from_float<T>(v[j] + a[j]));
-  };
-  float sum_sq = 0.f;
-  for (int64_t i = lane * P; i < dim; i += 32 * P) {
-    float v[P];
-    load_row(i, v);
-    if (ar) store_floats<P>(sum_out + row * dim + i, v);
-#pragma unroll
-    for (int j = 0; j < P; ++j) sum_sq += v[j] * v[j];
+  for (int k = 0; k < K; ++k) {
+    const int64_t i = first + k * stride;
+    if (i < dim) load_floats<P>(weight + i, w[k]);
   }
-  const float r = rsqrtf(warp_sum(sum_sq) / static_cast<float>(dim) + eps);
-  T* outr = out + row * dim;
-  for (int64_t i = lane * P; i < dim; i += 32 * P) {
-    float v[P], w[P];
-    load_row(i, v);
-    load_floats<P>(weight + i, w);
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t base = row * dim;
+    float v[K][P], sum_sq = 0.f;
 #pragma unroll
-    for (int j = 0; j < P; ++j) v[j] = v[j] * r * w[j];
-    store_floats<P>(outr + i, v);
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = first + k * stride;
+      if (i >= dim) continue;
+      load_floats<P>(x + base + i, v[k]);
+      if (residual) {
+        float a[P];
+        load_floats<P>(residual + base + i, a);
+#pragma unroll
+        for (int j = 0; j < P; ++j) v[k][j] = to_float(from_float<T>(v[k][j] + a[j]));
+        store_floats<P>(sum_out + base + i, v[k]);
+      }
+#pragma unroll
+      for (int j = 0; j < P; ++j) sum_sq += v[k][j] * v[k][j];
+    }
+    const float r = rsqrtf(block_sum(sum_sq, scratch) / static_cast<float>(dim) + eps);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = first + k * stride;
+      if (i >= dim) continue;
+      float o[P];
+#pragma unroll
+      for (int j = 0; j < P; ++j) o[j] = v[k][j] * r * w[k][j];
+      store_floats<P>(out + base + i, o);
+    }
+    if (threadIdx.x == 0) rstd[row] = r;
   }
-  if (lane == 0) rstd[row] = r;
 }
 
 // One block per row at a time; a fixed grid of blocks walks the rows. Thread t owns the columns
@@ -133,22 +141,10 @@ bool packs_fit(int64_t dim, std::initializer_list<const void*> ptrs) {
   return dim % Pack<T>::size == 0 && pack_aligned(ptrs);
 }
 
-// Blocks of the backward's grid: no more than can be resident at once (a second wave would
-// wait for the first's registers) and no more than rows. A block has at least 256 threads, so
-// no more than 8 fit on a multiprocessor.
-int64_t most_backward_blocks(int64_t rows) {
-  return std::min<int64_t>(rows, static_cast<int64_t>(device_sm_count()) * 8);
-}
-
-template <class T>
-struct BackwardArgs {
-  T* dx;
-  float* partials;
-  const T *dout, *x, *weight;
-  const float* rstd;
-  int64_t rows, dim;
-  const T* dresidual;
-};
+// Blocks of a row kernel's grid: no more than can be resident at once (a second wave would wait
+// for the first's registers) and no more than rows. A block has at least 256 threads, so no
+// more than 8 fit on a multiprocessor.
+int64_t most_row_blocks(int64_t rows) { return std::min<int64_t>(rows, static_cast<int64_t>(device_sm_count()) * 8); }
 
 // The most threads a block of `kernel` may have, given the registers it takes.
 template <class Kernel>
@@ -158,27 +154,26 @@ int most_block_threads(Kernel kernel) {
   return std::min(1024, attributes.maxThreadsPerBlock / 32 * 32);
 }
 
-// The smallest K (packs of P columns per thread, a power of two) whose kernel can have enough
-// threads for a row; each thread then holds K·P columns of x, dout, the residual's gradient, the
-// weight and the weight's gradient in registers. Returns the blocks launched.
-template <class T, int P, int K = 1>
-int64_t launch_backward(const BackwardArgs<T>& a, cudaStream_t stream) {
-  auto kernel = rmsnorm_backward_kernel<T, P, K>;
+// Launches a row kernel (a block per row at a time, each thread holding K packs of P columns in
+// registers) with the smallest K, a power of two, whose kernel can have enough threads for a
+// row. kernel_for(std::integral_constant<int, K>{}) names the kernel; launch(kernel, blocks,
+// threads) launches it. Returns the blocks launched.
+template <int P, int K = 1, class KernelFor, class Launch>
+int64_t launch_rows(int64_t rows, int64_t dim, const KernelFor& kernel_for, const Launch& launch) {
+  auto kernel = kernel_for(std::integral_constant<int, K>{});
   static const int most = most_block_threads(kernel);
-  const int64_t needed = (a.dim + K * P - 1) / (K * P);
+  const int64_t needed = (dim + K * P - 1) / (K * P);
   if (needed > most) {
     if constexpr (K * P < 64)
-      return launch_backward<T, P, 2 * K>(a, stream);
+      return launch_rows<P, 2 * K>(rows, dim, kernel_for, launch);
     else
-      throw std::invalid_argument("rmsnorm_backward: rows of " + std::to_string(a.dim) + " elements are too wide");
+      throw std::invalid_argument("rmsnorm: rows of " + std::to_string(dim) + " elements are too wide");
   }
   const int threads = static_cast<int>(std::max<int64_t>((needed + 31) / 32 * 32, std::min(kThreads, most)));
   int resident = 0;
   TROUPE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, 0));
-  const int64_t blocks =
-      std::min(most_backward_blocks(a.rows), static_cast<int64_t>(device_sm_count()) * std::max(resident, 1));
-  kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(a.dx, a.partials, a.dout, a.x, a.weight, a.rstd,
-                                                                a.rows, a.dim, a.dresidual);
+  const int64_t blocks = std::min(most_row_blocks(rows), static_cast<int64_t>(device_sm_count()) * std::max(resident, 1));
+  launch(kernel, static_cast<unsigned>(blocks), threads);
   return blocks;
 }
 
@@ -192,21 +187,24 @@ void rmsnorm_forward(Dtype dtype, void* out, float* rstd, const void* x, const v
   if ((residual == nullptr) != (sum_out == nullptr))
     throw std::invalid_argument("rmsnorm_forward: residual and sum_out go together");
   if (rows == 0) return;
-  const auto blocks = static_cast<unsigned>((rows + kThreads / 32 - 1) / (kThreads / 32));
   dispatch_dtype(dtype, [&](auto t) {
     using T = decltype(t);
     auto o = static_cast<T*>(out);
     auto xp = static_cast<const T*>(x), w = static_cast<const T*>(weight), a = static_cast<const T*>(residual);
     auto sum = static_cast<T*>(sum_out);
+    auto launch = [&](auto kernel, unsigned blocks, int threads) {
+      kernel<<<blocks, threads, 0, stream>>>(o, rstd, xp, w, rows, dim, eps, a, sum);
+    };
     if (packs_fit<T>(dim, {out, x, weight, residual, sum_out}))
-      rmsnorm_forward_kernel<T, Pack<T>::size><<<blocks, kThreads, 0, stream>>>(o, rstd, xp, w, rows, dim, eps, a, sum);
+      launch_rows<Pack<T>::size>(
+          rows, dim, [](auto k) { return rmsnorm_forward_kernel<T, Pack<T>::size, decltype(k)::value>; }, launch);
     else
-      rmsnorm_forward_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(o, rstd, xp, w, rows, dim, eps, a, sum);
+      launch_rows<1>(rows, dim, [](auto k) { return rmsnorm_forward_kernel<T, 1, decltype(k)::value>; }, launch);
   });
   TROUPE_CUDA_CHECK_LAUNCH();
 }
 
-int64_t rmsnorm_backward_workspace(int64_t rows, int64_t dim) { return rows == 0 ? 0 : most_backward_blocks(rows) * dim; }
+int64_t rmsnorm_backward_workspace(int64_t rows, int64_t dim) { return rows == 0 ? 0 : most_row_blocks(rows) * dim; }
 
 void rmsnorm_backward(Dtype dtype, void* dx, float* dweight, const void* dout, const void* x, const void* weight,
                       const float* rstd, int64_t rows, int64_t dim, float* workspace, cudaStream_t stream,
@@ -218,12 +216,18 @@ void rmsnorm_backward(Dtype dtype, void* dx, float* dweight, const void* dout, c
   int64_t parts = 0;
   dispatch_dtype(dtype, [&](auto t) {
     using T = decltype(t);
-    const BackwardArgs<T> a{static_cast<T*>(dx), workspace, static_cast<const T*>(dout), static_cast<const T*>(x),
-                            static_cast<const T*>(weight), rstd, rows, dim, static_cast<const T*>(dresidual)};
+    auto dxp = static_cast<T*>(dx);
+    auto g = static_cast<const T*>(dout), xp = static_cast<const T*>(x), w = static_cast<const T*>(weight);
+    auto dres = static_cast<const T*>(dresidual);
+    auto launch = [&](auto kernel, unsigned blocks, int threads) {
+      kernel<<<blocks, threads, 0, stream>>>(dxp, workspace, g, xp, w, rstd, rows, dim, dres);
+    };
     if (packs_fit<T>(dim, {dx, dout, x, weight, dresidual}))
-      parts = launch_backward<T, Pack<T>::size>(a, stream);
+      parts = launch_rows<Pack<T>::size>(
+          rows, dim, [](auto k) { return rmsnorm_backward_kernel<T, Pack<T>::size, decltype(k)::value>; }, launch);
     else
-      parts = launch_backward<T, 1>(a, stream);
+      parts = launch_rows<1>(rows, dim, [](auto k) { return rmsnorm_backward_kernel<T, 1, decltype(k)::value>; },
+                             launch);
   });
   TROUPE_CUDA_CHECK_LAUNCH();
   column_sum_kernel<<<static_cast<unsigned>((dim + 31) / 32), dim3(32, 8), 0, stream>>>(dweight, workspace, parts, dim);
