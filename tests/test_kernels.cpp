@@ -12,6 +12,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rotary.h"
 #include "kernels/swiglu.h"
+#include "kernels/weight_copies.h"
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
 #include "models/llama3/model.h"
@@ -152,6 +153,35 @@ TEST_CASE("CPU references agree with ATen autograd in float64", "[kernels]") {
       CHECK(rel(p, p0) > 1e-4);
     }
   }
+}
+
+TEST_CASE("a weight's bf16 copy is kept while the weight's version stands", "[kernels]") {
+  kernels::WeightCopies copies;
+  auto w = torch::randn({5, 7});
+  kernels::compute_weight(w, at::kBFloat16);
+  CHECK(copies.size() == 0);  // outside a scope: plain casts
+  {
+    const kernels::WeightCopies::Scope scope(&copies);
+    CHECK(kernels::WeightCopies::active() == &copies);
+    auto first = kernels::compute_weight(w, at::kBFloat16);
+    CHECK(torch::equal(first, w.to(at::kBFloat16)));
+    CHECK(kernels::compute_weight(w, at::kBFloat16).is_same(first));
+    CHECK(copies.current(w).is_same(first));
+    w.add_(1.0);  // an in-place write moves the version: the copy is stale
+    CHECK(!copies.current(w).defined());
+    auto second = kernels::compute_weight(w, at::kBFloat16);
+    CHECK(!second.is_same(first));
+    CHECK(torch::equal(second, w.to(at::kBFloat16)));
+    const auto version = w._version();
+    copies.rewritten(w, /*copy_too=*/true);  // the optimizer kernel rewrote both
+    CHECK(w._version() > version);
+    CHECK(copies.current(w).is_same(second));
+    copies.rewritten(w, /*copy_too=*/false);  // it rewrote the weight alone
+    CHECK(!copies.current(w).defined());
+    CHECK(kernels::compute_weight(w, at::kFloat).is_same(w));  // no cast, nothing kept
+    CHECK(copies.size() == 1);
+  }
+  CHECK(kernels::WeightCopies::active() == nullptr);
 }
 
 namespace {
@@ -376,6 +406,28 @@ TEST_CASE("AdamW on CUDA: Troupe's kernel matches the fp64 reference and ATen's 
     INFO(name);
     CHECK(rel(gpu_state.at(name).to(t.scalar_type()), t) < 1e-5);
   }
+  // With kept bf16 copies the kernel rewrites each current copy in the same pass; a parameter
+  // without one only has its version moved.
+  kernels::WeightCopies copies;
+  std::vector<std::pair<std::string, at::Tensor>> kept{{"a", torch::randn({4099}).cuda()},
+                                                       {"b", torch::randn({64, 33}).cuda()},
+                                                       {"c", torch::randn({300}).cuda()}};
+  train::AdamW kept_opt(kept, {});
+  kept_opt.keep_copies(&copies);
+  std::vector<at::Tensor> before;
+  for (size_t i = 0; i < 2; ++i) before.push_back(copies.cast(kept[i].second, at::kBFloat16).clone());
+  const auto c_version = kept[2].second._version();
+  for (auto& [name, p] : kept) p.mutable_grad() = torch::randn_like(p);
+  kept_opt.step(1e-2, torch::full({}, 1.5f).cuda());
+  for (size_t i = 0; i < 2; ++i) {
+    INFO(kept[i].first);
+    const auto copy = copies.current(kept[i].second);
+    REQUIRE(copy.defined());
+    CHECK(torch::equal(copy, kept[i].second.to(at::kBFloat16)));
+    CHECK(!torch::equal(copy, before[i]));
+  }
+  CHECK(kept[2].second._version() > c_version);
+  CHECK(!copies.current(kept[2].second).defined());
 }
 
 TEST_CASE("attention on CUDA runs cuDNN's kernel for grouped-query heads and matches fp64", "[gpu]") {

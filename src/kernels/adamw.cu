@@ -20,9 +20,10 @@ struct TensorTable {
   const float* grad[kMaxTensors];
   float* exp_avg[kMaxTensors];
   float* exp_avg_sq[kMaxTensors];
+  __nv_bfloat16* copy[kMaxTensors];  // may be null
   int64_t numel[kMaxTensors];
   int tile_end[kMaxTensors];  // tiles of tensors 0..k
-  bool aligned[kMaxTensors];  // all four 16-byte aligned: whole float4 accesses
+  bool aligned[kMaxTensors];  // all 16-byte aligned: whole float4 accesses
   int count;
 };
 
@@ -59,6 +60,7 @@ __global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor
     const float* G = t.grad[k];
     float* M = t.exp_avg[k];
     float* V = t.exp_avg_sq[k];
+    __nv_bfloat16* C = t.copy[k];
     if (t.aligned[k] && start + kTile <= end) {
       float4 p[kUnroll], g[kUnroll], m[kUnroll], v[kUnroll];
 #pragma unroll
@@ -79,6 +81,10 @@ __global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor
         *reinterpret_cast<float4*>(P + i) = p[u];
         *reinterpret_cast<float4*>(M + i) = m[u];
         *reinterpret_cast<float4*>(V + i) = v[u];
+        if (C) {
+          const __nv_bfloat162 c[2] = {__floats2bfloat162_rn(p[u].x, p[u].y), __floats2bfloat162_rn(p[u].z, p[u].w)};
+          *reinterpret_cast<uint2*>(C + i) = *reinterpret_cast<const uint2*>(c);
+        }
       }
       continue;
     }
@@ -89,6 +95,7 @@ __global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor
       P[i] = p;
       M[i] = m;
       V[i] = v;
+      if (C) C[i] = __float2bfloat16_rn(p);
     }
   }
 }
@@ -119,7 +126,9 @@ void adamw_update(const AdamTensor* tensors, size_t count, const AdamHyper& h, i
       t.param[k] = a.param, t.grad[k] = a.grad, t.exp_avg[k] = a.exp_avg, t.exp_avg_sq[k] = a.exp_avg_sq;
       t.numel[k] = a.numel;
       t.tile_end[k] = static_cast<int>(tiles = total);
-      t.aligned[k] = aligned16(a.param) && aligned16(a.grad) && aligned16(a.exp_avg) && aligned16(a.exp_avg_sq);
+      t.copy[k] = static_cast<__nv_bfloat16*>(a.bf16_copy);
+      t.aligned[k] = aligned16(a.param) && aligned16(a.grad) && aligned16(a.exp_avg) && aligned16(a.exp_avg_sq) &&
+                     aligned16(a.bf16_copy);
     }
     if (t.count == 0) continue;
     const auto blocks = static_cast<unsigned>(std::min(tiles, grid_limit));

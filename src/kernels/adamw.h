@@ -17,6 +17,7 @@ struct AdamTensor {
   float* exp_avg;
   float* exp_avg_sq;
   int64_t numel;
+  void* bf16_copy = nullptr;  // when set, receives the updated parameter rounded to bf16
 };
 
 struct AdamHyper {

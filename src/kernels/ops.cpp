@@ -12,6 +12,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rotary.h"
 #include "kernels/swiglu.h"
+#include "kernels/weight_copies.h"
 #endif
 
 namespace troupe::kernels {
@@ -106,7 +107,7 @@ std::pair<at::Tensor, at::Tensor> saved_norm_backward(AutogradContext* ctx, cons
 struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps) {
     auto xc = x.contiguous();
-    auto w = weight.to(x.scalar_type()).contiguous();
+    auto w = compute_weight(weight, x.scalar_type());
     at::Tensor rstd;
     auto out = norm_forward(xc, w, eps, rstd);
     save_norm(ctx, xc, w, rstd, weight);
@@ -125,7 +126,7 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
 struct RmsNormResidualFn : torch::autograd::Function<RmsNormResidualFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps) {
     auto xc = x.contiguous();
-    auto w = weight.to(x.scalar_type()).contiguous();
+    auto w = compute_weight(weight, x.scalar_type());
     at::Tensor rstd;
     auto out = norm_forward(xc, w, eps, rstd);
     save_norm(ctx, xc, w, rstd, weight);
@@ -142,7 +143,7 @@ struct AddRmsNormFn : torch::autograd::Function<AddRmsNormFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
                                double eps) {
     auto xc = x.contiguous(), ac = a.contiguous();
-    auto w = weight.to(x.scalar_type()).contiguous();
+    auto w = compute_weight(weight, x.scalar_type());
     auto h = at::empty_like(xc);
     at::Tensor rstd;
     auto out = norm_forward(xc, w, eps, rstd, ac, h);
@@ -202,7 +203,7 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights) {
     variable_list to_save{x}, outs;
     for (const auto& weight : weights) {
-      auto w = weight.to(x.scalar_type());
+      auto w = compute_weight(weight, x.scalar_type());
       outs.push_back(at::linear(x, w));
       to_save.push_back(std::move(w));
     }
@@ -243,7 +244,7 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
     auto h = hidden.reshape({-1, dim}).contiguous();
     auto t = targets.reshape({-1}).contiguous();
     const auto rows = h.size(0), vocab = weight.size(0);
-    auto w = weight.to(h.scalar_type()).contiguous();
+    auto w = compute_weight(weight, h.scalar_type());
     auto losses = at::empty({rows}, h.options().dtype(at::kFloat));
     auto dh = at::empty_like(h);
     auto dw = at::empty({vocab, dim}, weight.options().dtype(at::kFloat));

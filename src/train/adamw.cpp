@@ -10,6 +10,7 @@
 #include <ATen/cuda/CUDAContext.h>
 
 #include "kernels/adamw.h"
+#include "kernels/weight_copies.h"
 #endif
 
 namespace troupe::train {
@@ -71,13 +72,22 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const std::vector<si
     if (own_kernel_fits(params, grads, grad_divisor)) {
 #ifdef TROUPE_WITH_CUDA
       std::vector<kernels::AdamTensor> tensors;
-      for (size_t i = 0; i < params.size(); ++i)
+      std::vector<bool> with_copy;
+      for (size_t i = 0; i < params.size(); ++i) {
+        const auto copy = copies_ ? copies_->current(params[i]) : at::Tensor();
+        with_copy.push_back(copy.defined());
         tensors.push_back({params[i].data_ptr<float>(), grads[i].data_ptr<float>(), avgs[i].data_ptr<float>(),
-                           avg_sqs[i].data_ptr<float>(), params[i].numel()});
+                           avg_sqs[i].data_ptr<float>(), params[i].numel(), copy.defined() ? copy.data_ptr() : nullptr});
+      }
       kernels::adamw_update(tensors.data(), tensors.size(),
                             {lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.decoupled}, steps_,
                             grad_divisor.defined() ? grad_divisor.data_ptr<float>() : nullptr,
                             at::cuda::getCurrentCUDAStream(params[0].get_device()).stream());
+      // The kernel wrote through raw pointers: ATen's version counts learn of it here.
+      for (size_t i = 0; i < params.size(); ++i) {
+        if (copies_) copies_->rewritten(params[i], with_copy[i]);
+        else params[i].unsafeGetTensorImpl()->bump_version();
+      }
       at::_foreach_add_(steps, 1.0);  // ATen's kernel, should a later step fall back to it, counts the same
 #endif
     } else if (!params.empty()) {

@@ -10,6 +10,10 @@
 #include <utility>
 #include <vector>
 
+namespace troupe::kernels {
+class WeightCopies;
+}
+
 namespace troupe::train {
 
 struct AdamOptions {
@@ -32,6 +36,9 @@ class AdamW {
   void step(double lr, const at::Tensor& grad_divisor = {}, const std::vector<size_t>& piece_ends = {},
             const std::function<void(size_t)>& after_piece = {});
   void zero_grad();
+  // The bf16 copies of the parameters the forwards use: where the update runs on Troupe's kernel,
+  // it rewrites a parameter's current copy in the same pass (see kernels/weight_copies.h).
+  void keep_copies(kernels::WeightCopies* copies) { copies_ = copies; }
   int64_t steps_taken() const { return steps_; }
 
   // "exp_avg.<param>", "exp_avg_sq.<param>" and "step" (a one-element tensor).
@@ -44,6 +51,7 @@ class AdamW {
   std::vector<at::Tensor> exp_avg_, exp_avg_sq_, step_tensors_;
   AdamOptions options_;
   int64_t steps_ = 0;
+  kernels::WeightCopies* copies_ = nullptr;
 };
 
 }  // namespace troupe::train

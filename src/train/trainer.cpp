@@ -15,6 +15,7 @@
 #include "checkpoint/module_state.h"
 #include "data/batch.h"
 #include "kernels/ops.h"
+#include "kernels/weight_copies.h"
 #include "models/llama3/model.h"
 #include <c10/cuda/CUDAFunctions.h>
 
@@ -246,6 +247,10 @@ struct Trainer::Impl {
       }
     }
     optimizer = std::make_unique<AdamW>(std::move(trained), adam_options(cfg.optimizer));
+    // Unsharded masters are cast for the forwards, and their copies kept (steps and evaluations
+    // take them only then). Sharded ones arrive in the compute dtype, written by collectives
+    // that ATen's version counts do not see.
+    if (!sharded) optimizer->keep_copies(&weight_copies);
     const auto whole_plan = recompute_plan(model->units().size(), cfg.activation_checkpoint.mode,
                                            selective_every(cfg.activation_checkpoint));
     std::vector<bool> recompute;
@@ -317,6 +322,8 @@ struct Trainer::Impl {
   LrSchedule schedule;
   double max_norm;
   std::vector<at::Tensor> params;
+  // Before the optimizer, which keeps a pointer to it.
+  kernels::WeightCopies weight_copies;
   std::unique_ptr<AdamW> optimizer;
   std::vector<std::pair<std::string, at::Tensor>> owned;  // this rank's parameters (its stages')
   std::unique_ptr<parallel::ShardedUnits> sharded;  // null without data parallelism
@@ -363,6 +370,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     throw std::invalid_argument("step needs " + std::to_string(m.accumulation) + " micro-batches, got " +
                                 std::to_string(micro_batches.size()));
   const auto start = std::chrono::steady_clock::now();
+  const kernels::WeightCopies::Scope copies(m.sharded ? nullptr : &m.weight_copies);
   StepStats stats;
   stats.step = step;
   stats.lr = m.schedule.lr(step - m.lr_offset);
@@ -415,6 +423,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
 double Trainer::evaluate(const data::Batch& batch) {
   torch::NoGradGuard no_grad;
   auto& m = *impl_;
+  const kernels::WeightCopies::Scope copies(m.sharded ? nullptr : &m.weight_copies);
   const auto dev = torch::Device(m.device);
   const models::UnitBatch ub{batch.tokens.to(dev), batch.targets.to(dev)};
   if (!m.sharded && !m.pipeline) return m.model->loss(ub).to(at::kDouble).item<double>();

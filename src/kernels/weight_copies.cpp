@@ -1,0 +1,48 @@
+#include "kernels/weight_copies.h"
+
+#include <ATen/ATen.h>
+
+namespace troupe::kernels {
+
+namespace {
+thread_local WeightCopies* active_copies = nullptr;
+
+bool keepable(const at::Tensor& weight, at::ScalarType dtype) {
+  return weight.scalar_type() == at::kFloat && dtype == at::kBFloat16 && weight.is_contiguous();
+}
+}  // namespace
+
+at::Tensor WeightCopies::cast(const at::Tensor& weight, at::ScalarType dtype) {
+  if (weight.scalar_type() == dtype) return weight.contiguous();
+  if (!keepable(weight, dtype)) return weight.to(dtype).contiguous();
+  auto& kept = kept_[weight.unsafeGetTensorImpl()];
+  if (!kept.copy.defined() || kept.version != weight._version()) {
+    kept.copy = weight.to(dtype).contiguous();
+    kept.version = weight._version();
+  }
+  return kept.copy;
+}
+
+at::Tensor WeightCopies::current(const at::Tensor& weight) const {
+  const auto it = kept_.find(weight.unsafeGetTensorImpl());
+  if (it == kept_.end() || it->second.version != weight._version()) return {};
+  return it->second.copy;
+}
+
+void WeightCopies::rewritten(const at::Tensor& weight, bool copy_too) {
+  weight.unsafeGetTensorImpl()->bump_version();
+  const auto it = kept_.find(weight.unsafeGetTensorImpl());
+  if (copy_too && it != kept_.end()) it->second.version = weight._version();
+}
+
+WeightCopies* WeightCopies::active() { return active_copies; }
+
+WeightCopies::Scope::Scope(WeightCopies* copies) : previous_(active_copies) { active_copies = copies; }
+WeightCopies::Scope::~Scope() { active_copies = previous_; }
+
+at::Tensor compute_weight(const at::Tensor& weight, at::ScalarType dtype) {
+  if (auto* copies = WeightCopies::active()) return copies->cast(weight, dtype);
+  return weight.to(dtype).contiguous();
+}
+
+}  // namespace troupe::kernels

@@ -1,0 +1,52 @@
+// Compute-dtype copies of fp32 master weights, kept from one forward to the next. Without them a
+// projection casts its master in every forward (and again in every recompute); with them the
+// cast happens once per optimizer step, and Troupe's AdamW kernel writes the new bf16 copy in
+// the same pass that updates the master. A copy is used only while its weight's version (ATen's
+// count of in-place writes) is the one it was made at, so a weight written any other way, such
+// as a checkpoint load, is cast afresh.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <unordered_map>
+
+namespace troupe::kernels {
+
+class WeightCopies {
+ public:
+  // `weight` in `dtype`: the kept copy when it is current, else a fresh cast, kept when the
+  // weight is a contiguous fp32 tensor cast to bf16.
+  at::Tensor cast(const at::Tensor& weight, at::ScalarType dtype);
+  // The kept bf16 copy of `weight` when it is current, else undefined.
+  at::Tensor current(const at::Tensor& weight) const;
+  // `weight` was rewritten outside ATen, and its copy with it when `copy_too`: bumps the
+  // weight's version, and marks the copy current at the new version (or stale).
+  void rewritten(const at::Tensor& weight, bool copy_too);
+  size_t size() const { return kept_.size(); }
+
+  // The copies the ops on this thread use: null (plain casts) outside a Scope.
+  static WeightCopies* active();
+  class Scope {
+   public:
+    explicit Scope(WeightCopies* copies);
+    ~Scope();
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+
+   private:
+    WeightCopies* previous_;
+  };
+
+ private:
+  struct Kept {
+    at::Tensor copy;
+    int64_t version;
+  };
+  std::unordered_map<const void*, Kept> kept_;
+};
+
+// weight.to(dtype), contiguous, through this thread's active copies when there are any. Only for
+// the forwards of the custom autograd functions, which differentiate the cast themselves.
+at::Tensor compute_weight(const at::Tensor& weight, at::ScalarType dtype);
+
+}  // namespace troupe::kernels
