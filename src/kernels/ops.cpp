@@ -195,9 +195,10 @@ struct SwigluFn : torch::autograd::Function<SwigluFn> {
 };
 
 // Mixed-precision projections of one input: the fp32 master weights are cast to the
-// activations' dtype for the GEMMs, and each weight gradient comes out of its GEMM in fp32 (fp32
-// accumulation written as fp32) instead of being rounded to bf16 and cast back, which saves a
-// pass over every weight gradient per step. The input's gradient from all the projections is
+// activations' dtype for the GEMMs (or their kept copies taken, see kernels/weight_copies.h),
+// and each weight gradient comes out of its GEMM in fp32 (fp32 accumulation written as fp32)
+// instead of being rounded to bf16 and cast back, which saves a pass over every weight gradient
+// per step. The input's gradient from all the projections is
 // accumulated by the GEMMs themselves (beta = 1), not by separate adds.
 struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights) {
