@@ -1,9 +1,12 @@
 // Kernels: the CPU references against ATen autograd ([kernels], everywhere), and the CUDA
 // kernels against the CPU references on fresh random inputs of several shapes ([gpu]).
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 
+#include <map>
 #include <optional>
 
 #include "kernels/adamw.h"
@@ -152,6 +155,48 @@ TEST_CASE("CPU references agree with ATen autograd in float64", "[kernels]") {
       CHECK(rel(v, v_ref) < 1e-6);
       CHECK(rel(p, p0) > 1e-4);
     }
+  }
+}
+
+TEST_CASE("a projection with an input recipe keeps no reference to its input and recomputes it", "[kernels]") {
+  torch::manual_seed(3);
+  auto h = torch::randn({2, 5, 16}, torch::kDouble).requires_grad_();
+  auto norm_w = (1 + 0.1 * torch::randn({16}, torch::kDouble)).requires_grad_();
+  auto w1 = torch::randn({24, 16}, torch::kDouble).requires_grad_(), w3 = torch::randn({24, 16}, torch::kDouble).requires_grad_();
+  auto w2 = torch::randn({16, 24}, torch::kDouble).requires_grad_();
+  auto dout = torch::randn({2, 5, 16}, torch::kDouble);
+  // norm -> gate/up -> SwiGLU -> down, with and without recipes: the same gradients, and with
+  // them neither the norm's output nor SwiGLU's is referenced by the graph.
+  std::map<std::string, at::Tensor> grads[2];
+  for (int with_recipe : {0, 1}) {
+    INFO("recipe " << with_recipe);
+    for (auto* t : {&h, &norm_w, &w1, &w3, &w2}) t->mutable_grad() = at::Tensor();
+    at::Tensor out;
+    {
+      auto x = kernels::rms_norm(h, norm_w, 1e-5);
+      const auto norm_recipe = with_recipe ? kernels::InputRecipe::rms_norm(h, norm_w, 1e-5) : kernels::InputRecipe{};
+      auto gate_up = kernels::linear_group(x, {w1, w3}, norm_recipe);
+      auto act = kernels::swiglu(gate_up[0], gate_up[1]);
+      out = kernels::linear(act, w2, with_recipe ? kernels::InputRecipe::swiglu(gate_up[0], gate_up[1])
+                                                 : kernels::InputRecipe{});
+      // Holders of x's and act's memory besides the locals: the projections' saved inputs,
+      // unless a recipe replaces them (the ops that made x and act keep their own inputs).
+      if (with_recipe) {
+        CHECK(x.storage().use_count() == 1);
+        CHECK(act.storage().use_count() == 1);
+      } else {
+        CHECK(x.storage().use_count() > 1);
+        CHECK(act.storage().use_count() > 1);
+      }
+    }
+    out.backward(dout);
+    for (const auto& [name, t] : std::map<std::string, at::Tensor>{
+             {"h", h}, {"norm_w", norm_w}, {"w1", w1}, {"w2", w2}, {"w3", w3}})
+      grads[with_recipe][name] = t.grad().clone();
+  }
+  for (const auto& [name, g] : grads[0]) {
+    INFO(name);
+    CHECK(rel(grads[1].at(name), g) < 1e-12);
   }
 }
 
@@ -475,6 +520,44 @@ TEST_CASE("the debug model on CUDA in fp32 computes the CPU model's loss and gra
   for (const auto& item : pc) {
     INFO(item.key());
     CHECK(rel(pg[item.key()].grad(), item.value().grad()) < 1e-4);
+  }
+}
+
+TEST_CASE("the op policy on CUDA frees the norms' and SwiGLU's outputs after the forward, gradients unchanged",
+          "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  auto args = models::llama3::flavor("debugmodel");
+  args.max_seq_len = 256;
+  const int64_t batch = 4, seq = 256;
+  auto tokens = torch::randint(0, args.vocab_size, {batch, seq}, torch::kLong).cuda();
+  auto targets = torch::randint(0, args.vocab_size, {batch, seq}, torch::kLong).cuda();
+  auto allocated = [] {
+    c10::cuda::device_synchronize();
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].current;
+  };
+  std::map<std::string, at::Tensor> grads[2];
+  int64_t held[2] = {};
+  for (int op : {0, 1}) {
+    models::llama3::Llama3Model model(args, at::TensorOptions().dtype(at::kFloat).device(torch::kCUDA));
+    model.init_weights(3);
+    model.set_compute_dtype(at::kBFloat16);
+    model.recompute_elementwise(op == 1);
+    const auto before = allocated();
+    auto loss = model.loss({tokens, targets});
+    held[op] = allocated() - before;  // what the graph keeps for the backward, and the loss
+    loss.backward();
+    for (const auto& item : model.named_parameters()) grads[op][item.key()] = item.value().grad().clone();
+  }
+  // Each block stops keeping its two norms' outputs [tokens, dim] and SwiGLU's [tokens, ffn],
+  // in bf16.
+  const int64_t saved = batch * seq * (2 * args.dim + args.ffn_hidden_dim()) * 2 * args.n_layers;
+  INFO("held without the policy " << held[0] << ", with it " << held[1] << "; expected difference " << saved);
+  CHECK(held[0] - held[1] >= saved * 9 / 10);
+  CHECK(held[0] - held[1] <= saved * 11 / 10);
+  for (const auto& [name, g] : grads[0]) {
+    INFO(name);
+    CHECK(rel(grads[1].at(name), g) < 1e-2);
   }
 }
 

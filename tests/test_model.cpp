@@ -197,10 +197,15 @@ TEST_CASE("unit-by-unit gradients equal one autograd pass over the whole model",
   whole_loss.backward();
   std::map<std::string, at::Tensor> reference;
   for (auto& item : model->named_parameters()) reference[item.key()] = item.value().grad().clone();
-  for (const char* mode : {"none", "full", "selective"}) {
+  // "op": the blocks recompute their norms' and SwiGLU's outputs in the backward, alone and
+  // inside units that are recomputed whole.
+  for (const char* mode : {"none", "full", "selective", "op", "op+full"}) {
     INFO(mode);
+    const std::string m = mode;
     model->zero_grad();
-    train::UnitExecutor exec(model->units(), train::recompute_plan(model->units().size(), mode, 2));
+    model->recompute_elementwise(m.starts_with("op"));
+    const auto unit_mode = m == "op" ? "none" : m == "op+full" ? "full" : mode;
+    train::UnitExecutor exec(model->units(), train::recompute_plan(model->units().size(), unit_mode, 2));
     auto loss = exec.forward(batch);
     CHECK(loss.item<double>() == Approx(whole_loss.item<double>()).epsilon(1e-12));
     exec.backward(1.0);
@@ -209,6 +214,7 @@ TEST_CASE("unit-by-unit gradients equal one autograd pass over the whole model",
       CHECK(testing::relative_error(item.value().grad(), reference.at(item.key())) < 1e-12);
     }
   }
+  model->recompute_elementwise(false);
 }
 
 TEST_CASE("safetensors round trip and damaged files are named", "[model]") {

@@ -78,6 +78,20 @@ TEST_CASE("same config and seed give the same losses bit for bit; another seed d
   CHECK(train_losses(c, 3) != a);
 }
 
+TEST_CASE("every activation checkpointing policy trains the same losses as none", "[train]") {
+  auto c = small_config();
+  const auto none = train_losses(c, 4);
+  for (const auto& [mode, option] : std::vector<std::pair<std::string, std::string>>{
+           {"full", "2"}, {"selective", "2"}, {"selective", "op"}}) {
+    INFO(mode << " " << option);
+    c.activation_checkpoint.mode = mode;
+    c.activation_checkpoint.selective_ac_option = option;
+    const auto losses = train_losses(c, 4);
+    REQUIRE(losses.size() == none.size());
+    for (size_t i = 0; i < none.size(); ++i) CHECK(losses[i] == Approx(none[i]).epsilon(1e-6));
+  }
+}
+
 TEST_CASE("gradient accumulation equals one step on the concatenated batch", "[train]") {
   auto whole = small_config();
   whole.training.local_batch_size = 4;

@@ -273,17 +273,16 @@ Rule empty_or_existing_directory() {
   };
 }
 
-// selective_ac_option is a string because torchtitan also allows "op" (a per-op policy).
+// selective_ac_option is a string because torchtitan also allows "op" (a per-op policy: keep the
+// matmul and attention outputs, recompute the element-wise ops).
 Rule selective_ac_option_rule() {
   return [](std::string_view key, FieldRef field, const JobConfig&) -> std::string {
     const std::string& v = *std::get<std::string*>(field);
-    if (v == "op")
-      return std::string(key) + ": the per-op policy 'op' is not implemented yet; give a positive integer N "
-             "(recompute every Nth transformer block)";
+    if (v == "op") return {};
     int64_t n = 0;
     auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
     if (ec == std::errc() && end == v.data() + v.size() && n >= 1) return {};
-    return std::string(key) + " must be a positive integer (as a string, e.g. \"2\"), got " + quote(v);
+    return std::string(key) + " must be \"op\" or a positive integer (as a string, e.g. \"2\"), got " + quote(v);
   };
 }
 

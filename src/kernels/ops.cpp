@@ -12,8 +12,8 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rotary.h"
 #include "kernels/swiglu.h"
-#include "kernels/weight_copies.h"
 #endif
+#include "kernels/weight_copies.h"
 
 namespace troupe::kernels {
 
@@ -43,10 +43,10 @@ at::Tensor linear_cross_entropy_reference(const at::Tensor& hidden, const at::Te
   return at::cross_entropy_loss(lf.flatten(0, -2), targets.flatten());
 }
 
-#ifdef TROUPE_WITH_CUDA
-
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+#ifdef TROUPE_WITH_CUDA
 
 Dtype kernel_dtype(const at::Tensor& t) {
   if (t.scalar_type() == at::kFloat) return Dtype::f32;
@@ -194,46 +194,6 @@ struct SwigluFn : torch::autograd::Function<SwigluFn> {
   }
 };
 
-// Mixed-precision projections of one input: the fp32 master weights are cast to the
-// activations' dtype for the GEMMs (or their kept copies taken, see kernels/weight_copies.h),
-// and each weight gradient comes out of its GEMM in fp32 (fp32 accumulation written as fp32)
-// instead of being rounded to bf16 and cast back, which saves a pass over every weight gradient
-// per step. The input's gradient from all the projections is
-// accumulated by the GEMMs themselves (beta = 1), not by separate adds.
-struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights) {
-    variable_list to_save{x}, outs;
-    for (const auto& weight : weights) {
-      auto w = compute_weight(weight, x.scalar_type());
-      outs.push_back(at::linear(x, w));
-      to_save.push_back(std::move(w));
-    }
-    ctx->save_for_backward(to_save);
-    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weights.front().scalar_type());
-    return outs;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    const auto& x = saved[0];
-    const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-    const auto x2 = x.reshape({-1, x.size(-1)});
-    variable_list out(grads.size() + 1);
-    at::Tensor dx;  // [rows, in]
-    for (size_t i = 0; i < grads.size(); ++i) {
-      if (!grads[i].defined()) continue;
-      const auto& w = saved[i + 1];
-      const auto dy = grads[i].reshape({-1, grads[i].size(-1)});
-      if (ctx->needs_input_grad(0)) {
-        if (dx.defined()) dx.addmm_(dy, w);
-        else dx = at::mm(dy, w);
-      }
-      if (ctx->needs_input_grad(i + 1)) out[i + 1] = at::mm(dy.t(), x2, weight_dtype);
-    }
-    if (dx.defined()) out[0] = dx.view(x.sizes());
-    return out;
-  }
-};
-
 // The loss is the graph's last op, so its gradient is known up to the incoming scalar: the
 // forward computes d(mean loss)/d(hidden) and /d(weight) chunk by chunk while each chunk of
 // logits exists, and the backward only scales them. The mean's divisor (the number of
@@ -283,6 +243,95 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
 };
 
 #endif  // TROUPE_WITH_CUDA
+
+// A projection's input from its recipe, computed as the forward computed it (the same kernel on
+// CUDA, the same composition elsewhere), so the backward sees the forward's values.
+at::Tensor recompute_input(const InputRecipe& r) {
+  if (r.op == InputRecipe::Op::rms_norm) {
+#ifdef TROUPE_WITH_CUDA
+    if (use_kernels(r.a)) {
+      at::Tensor rstd;
+      return norm_forward(r.a.contiguous(), r.b, r.eps, rstd);
+    }
+#endif
+    return rms_norm_reference(r.a, r.b, r.eps);
+  }
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(r.a)) {
+    auto g = r.a.contiguous(), u = r.b.contiguous();
+    auto out = at::empty_like(g);
+    swiglu_forward(kernel_dtype(g), out.data_ptr(), g.data_ptr(), u.data_ptr(), g.numel(), stream());
+    return out;
+  }
+#endif
+  return at::silu(r.a) * r.b;
+}
+
+// Mixed-precision projections of one input: the fp32 master weights are cast to the
+// activations' dtype for the GEMMs (or their kept copies taken, see kernels/weight_copies.h),
+// and each weight gradient comes out of its GEMM in fp32 (fp32 accumulation written as fp32)
+// instead of being rounded to bf16 and cast back, which saves a pass over every weight gradient
+// per step. The input's gradient from all the projections is accumulated by the GEMMs
+// themselves (beta = 1), not by separate adds. With a recipe the input is not kept but
+// recomputed in the backward; that path also runs on the CPU.
+struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights,
+                               const InputRecipe& recipe) {
+    variable_list to_save, outs;
+    if (recipe.op == InputRecipe::Op::none) to_save.push_back(x);
+    for (const auto& weight : weights) {
+      auto w = compute_weight(weight, x.scalar_type());
+      outs.push_back(at::linear(x, w));
+      to_save.push_back(std::move(w));
+    }
+    ctx->save_for_backward(to_save);
+    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weights.front().scalar_type());
+    if (recipe.op != InputRecipe::Op::none) {
+      // Detached: the recipe's tensors are kept by the ops that made them; holding their
+      // autograd history here would only lengthen its life.
+      ctx->saved_data["recipe_op"] = static_cast<int64_t>(recipe.op);
+      ctx->saved_data["recipe_a"] = recipe.a.detach();
+      ctx->saved_data["recipe_b"] = recipe.op == InputRecipe::Op::rms_norm
+                                        ? compute_weight(recipe.b, x.scalar_type()).detach()
+                                        : recipe.b.detach();
+      ctx->saved_data["recipe_eps"] = recipe.eps;
+    }
+    return outs;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const bool recomputed = ctx->saved_data.find("recipe_op") != ctx->saved_data.end();
+    at::Tensor x;
+    if (recomputed) {
+      InputRecipe r;
+      r.op = static_cast<InputRecipe::Op>(ctx->saved_data["recipe_op"].toInt());
+      r.a = ctx->saved_data["recipe_a"].toTensor();
+      r.b = ctx->saved_data["recipe_b"].toTensor();
+      r.eps = ctx->saved_data["recipe_eps"].toDouble();
+      x = recompute_input(r);
+    } else {
+      x = saved[0];
+    }
+    const size_t first_weight = recomputed ? 0 : 1;
+    const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+    const auto x2 = x.reshape({-1, x.size(-1)});
+    variable_list out(grads.size() + 2);  // x, the weights, and nothing for the recipe
+    at::Tensor dx;  // [rows, in]
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (!grads[i].defined()) continue;
+      const auto& w = saved[i + first_weight];
+      const auto dy = grads[i].reshape({-1, grads[i].size(-1)});
+      if (ctx->needs_input_grad(0)) {
+        if (dx.defined()) dx.addmm_(dy, w);
+        else dx = at::mm(dy, w);
+      }
+      if (ctx->needs_input_grad(i + 1))
+        out[i + 1] = x2.is_cuda() ? at::mm(dy.t(), x2, weight_dtype) : at::mm(dy.t(), x2).to(weight_dtype);
+    }
+    if (dx.defined()) out[0] = dx.view(x.sizes());
+    return out;
+  }
+};
 
 }  // namespace
 
@@ -334,20 +383,28 @@ at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) {
   return at::silu(gate) * up;
 }
 
-std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights) {
+InputRecipe InputRecipe::rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps) {
+  return {Op::rms_norm, input, weight, eps};
+}
+InputRecipe InputRecipe::swiglu(const at::Tensor& gate, const at::Tensor& up) { return {Op::swiglu, gate, up, 0}; }
+
+std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights, const InputRecipe& recipe) {
+  if (recipe.op != InputRecipe::Op::none && !weights.empty()) return LinearGroupFn::apply(x, weights, recipe);
 #ifdef TROUPE_WITH_CUDA
   // Weights in fp32 (masters) or already in x's dtype (gathered FSDP shards), all alike.
   const auto wdtype = weights.empty() ? at::kFloat : weights.front().scalar_type();
   const bool alike = std::all_of(weights.begin(), weights.end(), [&](const auto& w) { return w.scalar_type() == wdtype; });
   if (use_kernels(x) && !weights.empty() && alike && (wdtype == at::kFloat || wdtype == x.scalar_type()))
-    return LinearGroupFn::apply(x, weights);
+    return LinearGroupFn::apply(x, weights, InputRecipe{});
 #endif
   std::vector<at::Tensor> out;
   for (const auto& w : weights) out.push_back(at::linear(x, w.to(x.scalar_type())));
   return out;
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight) { return linear_group(x, {weight}).front(); }
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const InputRecipe& recipe) {
+  return linear_group(x, {weight}, recipe).front();
+}
 
 at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
                                 int64_t chunk_rows) {

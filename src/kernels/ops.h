@@ -26,12 +26,30 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 
 at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up);
 
+// What a projection keeps for its backward under activation checkpointing's "op" policy (keep
+// the matmul and attention outputs, recompute the element-wise ops): instead of its input x,
+// the tensors that x is recomputed from in the backward. Other ops keep those anyway (a norm its
+// input, SwiGLU its gate and up), so x is freed after the forward.
+struct InputRecipe {
+  enum class Op { none, rms_norm, swiglu };
+  Op op = Op::none;
+  at::Tensor a, b;  // rms_norm: the norm's input and weight; swiglu: gate and up
+  double eps = 0;
+
+  // x = rms_norm(input, weight, eps), exactly as rms_norm, rms_norm_residual or add_rms_norm
+  // (given h) computed it.
+  static InputRecipe rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps);
+  // x = swiglu(gate, up).
+  static InputRecipe swiglu(const at::Tensor& gate, const at::Tensor& up);
+};
+
 // x · weightᵀ with weight cast to x's dtype. On CUDA, each weight gradient is produced in the
 // weight's dtype by its GEMM (fp32 masters: no bf16 rounding and cast back).
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight);
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const InputRecipe& recipe = {});
 // The projections of one input (q/k/v, gate/up): one output per weight; on CUDA, x's gradient
-// is accumulated by the backward GEMMs rather than by adds.
-std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights);
+// is accumulated by the backward GEMMs rather than by adds. With a recipe, x is recomputed for
+// the backward instead of kept (on every device).
+std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights, const InputRecipe& recipe = {});
 
 // Mean cross-entropy of (hidden · weightᵀ) against targets. On CUDA the logits are formed
 // `chunk_rows` rows at a time and their gradient is computed with the loss, so the full

@@ -142,8 +142,14 @@ std::optional<PipelinePlan> pipeline_plan(const config::JobConfig& cfg, const pa
   return plan_pipeline(cfg, parallel::DeviceMesh(dims, rank), args.n_layers, cfg.training.local_batch_size / rows);
 }
 
+// torchtitan's "op" policy: no unit is recomputed whole; the blocks recompute their element-wise
+// ops instead (Llama3Model::recompute_elementwise).
+bool op_policy(const config::ActivationCheckpointSection& ac) {
+  return ac.mode == "selective" && ac.selective_ac_option == "op";
+}
+
 int64_t selective_every(const config::ActivationCheckpointSection& ac) {
-  if (ac.mode != "selective") return 1;
+  if (ac.mode != "selective" || op_policy(ac)) return 1;
   return std::stoll(ac.selective_ac_option);
 }
 
@@ -251,8 +257,10 @@ struct Trainer::Impl {
     // take them only then). Sharded ones arrive in the compute dtype, written by collectives
     // that ATen's version counts do not see.
     if (!sharded) optimizer->keep_copies(&weight_copies);
-    const auto whole_plan = recompute_plan(model->units().size(), cfg.activation_checkpoint.mode,
-                                           selective_every(cfg.activation_checkpoint));
+    const auto& ac = cfg.activation_checkpoint;
+    const auto whole_plan =
+        recompute_plan(model->units().size(), op_policy(ac) ? "none" : ac.mode, selective_every(ac));
+    model->recompute_elementwise(op_policy(ac));
     std::vector<bool> recompute;
     for (auto u : mine) recompute.push_back(whole_plan[u]);
     executor = std::make_unique<UnitExecutor>(units, recompute, sharded.get());

@@ -17,7 +17,9 @@ class Projection : public torch::nn::Module {
       : weight(register_parameter("weight", torch::empty({out, in}, o))) {}
   // Mixed precision: the fp32 master weight is cast to the activations' dtype; its gradient
   // arrives in fp32 (kernels::linear).
-  at::Tensor forward(const at::Tensor& x) const { return kernels::linear(x, weight); }
+  at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
+    return kernels::linear(x, weight, recipe);
+  }
   at::Tensor weight;
 };
 
@@ -43,9 +45,10 @@ class Attention : public torch::nn::Module {
     wo = register_module("wo", std::make_shared<Projection>(n_heads_ * head_dim_, a.dim, o));
   }
 
-  at::Tensor forward(const at::Tensor& x, const RotaryTables& rope) const {
+  // `recipe`: how x is recomputed, when the projections are not to keep it.
+  at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const kernels::InputRecipe& recipe = {}) const {
     const auto B = x.size(0), S = x.size(1);
-    auto qkv = kernels::linear_group(x, {wq->weight, wk->weight, wv->weight});
+    auto qkv = kernels::linear_group(x, {wq->weight, wk->weight, wv->weight}, recipe);
     auto q = kernels::rotary(qkv[0].view({B, S, n_heads_, head_dim_}), rope.cos, rope.sin);
     auto k = kernels::rotary(qkv[1].view({B, S, n_kv_heads_, head_dim_}), rope.cos, rope.sin);
     auto v = qkv[2].view({B, S, n_kv_heads_, head_dim_});
@@ -71,9 +74,12 @@ class FeedForward : public torch::nn::Module {
     w2 = register_module("w2", std::make_shared<Projection>(hidden, a.dim, o));
     w3 = register_module("w3", std::make_shared<Projection>(a.dim, hidden, o));
   }
-  at::Tensor forward(const at::Tensor& x) const {
-    auto gate_up = kernels::linear_group(x, {w1->weight, w3->weight});
-    return w2->forward(kernels::swiglu(gate_up[0], gate_up[1]));
+  // `recipe` given: the projections keep neither x nor SwiGLU's output but recompute them.
+  at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
+    auto gate_up = kernels::linear_group(x, {w1->weight, w3->weight}, recipe);
+    auto act = kernels::swiglu(gate_up[0], gate_up[1]);
+    if (recipe.op == kernels::InputRecipe::Op::none) return w2->forward(act);
+    return w2->forward(act, kernels::InputRecipe::swiglu(gate_up[0], gate_up[1]));
   }
   std::shared_ptr<Projection> w1, w2, w3;
 };
@@ -106,13 +112,22 @@ class TransformerBlock : public Unit {
   at::Tensor forward(const at::Tensor& x, const UnitBatch&) override {
     // h = x + attention(norm(x)); out = h + feed_forward(norm(h)), with the residual stream
     // threaded through the norms (their backward adds its gradient; see kernels/ops.h).
+    using kernels::InputRecipe;
     auto [x_through, attn_in] = kernels::rms_norm_residual(x, attention_norm->weight, attention_norm->eps());
-    auto [h, ffn_in] = kernels::add_rms_norm(x_through, attention->forward(attn_in, *rope_), ffn_norm->weight,
-                                            ffn_norm->eps());
-    return h + feed_forward->forward(ffn_in);
+    const auto attn_recipe = recompute_elementwise
+                                 ? InputRecipe::rms_norm(x_through, attention_norm->weight, attention_norm->eps())
+                                 : InputRecipe{};
+    auto [h, ffn_in] = kernels::add_rms_norm(x_through, attention->forward(attn_in, *rope_, attn_recipe),
+                                            ffn_norm->weight, ffn_norm->eps());
+    const auto ffn_recipe =
+        recompute_elementwise ? InputRecipe::rms_norm(h, ffn_norm->weight, ffn_norm->eps()) : InputRecipe{};
+    return h + feed_forward->forward(ffn_in, ffn_recipe);
   }
 
   int64_t layer_id;
+  // activation_checkpoint's "op" policy: the block keeps its matmul and attention outputs and
+  // recomputes the norms' outputs and SwiGLU's in the backward.
+  bool recompute_elementwise = false;
   std::shared_ptr<Attention> attention;
   std::shared_ptr<FeedForward> feed_forward;
   std::shared_ptr<RMSNorm> attention_norm, ffn_norm;
@@ -208,6 +223,11 @@ Llama3Model::Llama3Model(const ModelArgs& args, const at::TensorOptions& options
 
 void Llama3Model::set_compute_dtype(at::ScalarType dtype) {
   dynamic_cast<EmbeddingUnit&>(*units_.front()).compute_dtype = dtype;
+}
+
+void Llama3Model::recompute_elementwise(bool on) {
+  for (auto& unit : units_)
+    if (auto* block = dynamic_cast<TransformerBlock*>(unit.get())) block->recompute_elementwise = on;
 }
 
 at::Tensor head_logits(Unit& head, const at::Tensor& hidden) {

@@ -37,6 +37,10 @@ class Llama3Model : public torch::nn::Module {
   // Mixed precision: parameters keep their dtype (fp32 masters), activations use `dtype`.
   void set_compute_dtype(at::ScalarType dtype);
 
+  // activation_checkpoint's "op" policy on every transformer block: the projections keep the
+  // tensors the norms' and SwiGLU's outputs are recomputed from, not those outputs.
+  void recompute_elementwise(bool on);
+
   // torchtitan's initialisation; `seed` makes it reproducible. Each unit draws from its own
   // generator (seed, unit), so a unit's values do not depend on which others are materialised.
   void init_weights(uint64_t seed);
