@@ -167,7 +167,8 @@ testing::ChildProcess start_long_training(const testing::TempDir& dir) {
                                 testing::source_dir() + "/data/kjv/tokenizer.json", "--training.dataset=text",
                                 "--training.dataset_path", slice, "--training.steps", "100000", "--training.seq_len",
                                 "32", "--training.local_batch_size", "2", "--metrics.log_freq", "1", "--job.dump_folder",
-                                dir.file("dump"), "--job.device", "cpu"});
+                                dir.file("dump"), "--job.device", "cpu", "--activation_checkpoint.mode", "selective",
+                                "--activation_checkpoint.selective_ac_option", "op"});
 }
 
 }  // namespace
@@ -184,6 +185,7 @@ TEST_CASE("troupe train: SIGINT or SIGTERM finishes the step, flushes and exits 
     INFO(out);
     CHECK(code == 0);
     CHECK_THAT(out, Catch::Contains(name) && Catch::Contains("stopped by signal"));
+    CHECK_THAT(out, Catch::Contains("| recompute: element-wise ops |"));  // the banner names the policy
     std::ifstream jsonl(dir.file("dump") + "/metrics.jsonl");
     std::string line;
     CHECK(std::getline(jsonl, line));

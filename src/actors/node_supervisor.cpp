@@ -56,7 +56,15 @@ std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size, int nod
        << (device == "cuda" ? cfg.training.mixed_precision_param : std::string("float32 (CPU)")) << " | ";
   if (nodes > 1) line << nodes << " nodes, ";
   line << ranks << (ranks == 1 ? " rank" : " ranks") << " | batch " << cfg.training.local_batch_size << " x seq "
-       << cfg.training.seq_len << ", " << cfg.training.steps << " steps | metrics in " << cfg.job.dump_folder;
+       << cfg.training.seq_len << ", " << cfg.training.steps << " steps";
+  // Activation checkpointing decides the memory a user sees; say which policy is on.
+  const auto& ac = cfg.activation_checkpoint;
+  if (ac.mode == "full") line << " | recompute: every block";
+  if (ac.mode == "selective")
+    line << " | recompute: "
+         << (ac.selective_ac_option == "op" ? std::string("element-wise ops")
+                                            : "1 block in " + ac.selective_ac_option);
+  line << " | metrics in " << cfg.job.dump_folder;
   return line.str();
 }
 
