@@ -389,12 +389,15 @@ InputRecipe InputRecipe::rms_norm(const at::Tensor& input, const at::Tensor& wei
 InputRecipe InputRecipe::swiglu(const at::Tensor& gate, const at::Tensor& up) { return {Op::swiglu, gate, up, 0}; }
 
 std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights, const InputRecipe& recipe) {
-  if (recipe.op != InputRecipe::Op::none && !weights.empty()) return LinearGroupFn::apply(x, weights, recipe);
-#ifdef TROUPE_WITH_CUDA
-  // Weights in fp32 (masters) or already in x's dtype (gathered FSDP shards), all alike.
+  // Weights in fp32 (masters) or already in x's dtype (gathered FSDP shards), all alike: the
+  // backward gives every weight gradient the first weight's dtype.
   const auto wdtype = weights.empty() ? at::kFloat : weights.front().scalar_type();
-  const bool alike = std::all_of(weights.begin(), weights.end(), [&](const auto& w) { return w.scalar_type() == wdtype; });
-  if (use_kernels(x) && !weights.empty() && alike && (wdtype == at::kFloat || wdtype == x.scalar_type()))
+  const bool alike = !weights.empty() && std::all_of(weights.begin(), weights.end(), [&](const auto& w) {
+    return w.scalar_type() == wdtype;
+  });
+  if (recipe.op != InputRecipe::Op::none && alike) return LinearGroupFn::apply(x, weights, recipe);
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(x) && alike && (wdtype == at::kFloat || wdtype == x.scalar_type()))
     return LinearGroupFn::apply(x, weights, InputRecipe{});
 #endif
   std::vector<at::Tensor> out;
