@@ -11,6 +11,17 @@ namespace troupe::kernels {
 
 namespace {
 
+// The columns a row kernel's thread owns, (k·blockDim.x + threadIdx.x)·P for k < K, read from
+// `row` as floats; those at or past dim are left as they are.
+template <int P, int K, class T>
+__device__ __forceinline__ void load_columns(const T* row, int64_t dim, float (&v)[K][P]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t i = (static_cast<int64_t>(k) * blockDim.x + threadIdx.x) * P;
+    if (i < dim) load_floats<P>(row + i, v[k]);
+  }
+}
+
 // One block per row at a time; a fixed grid of blocks walks the rows. Thread t owns the columns
 // (k·threads + t)·P, k < K (P: a 16-byte pack where dim allows, else 1), so the row is read once
 // and stays in registers between its sum of squares and its output, and the weight is read once
@@ -23,11 +34,7 @@ __global__ void rmsnorm_forward_kernel(T* out, float* rstd, const T* x, const T*
   const int64_t stride = static_cast<int64_t>(blockDim.x) * P;
   const int64_t first = static_cast<int64_t>(threadIdx.x) * P;
   float w[K][P];
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int64_t i = first + k * stride;
-    if (i < dim) load_floats<P>(weight + i, w[k]);
-  }
+  load_columns<P, K>(weight, dim, w);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * dim;
     float v[K][P], sum_sq = 0.f;
@@ -74,11 +81,7 @@ __global__ void rmsnorm_backward_kernel(T* dx, float* partials, const T* dout, c
   const int64_t stride = static_cast<int64_t>(blockDim.x) * P;
   const int64_t first = static_cast<int64_t>(threadIdx.x) * P;
   float w[K][P], acc[K][P] = {};
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int64_t i = first + k * stride;
-    if (i < dim) load_floats<P>(weight + i, w[k]);
-  }
+  load_columns<P, K>(weight, dim, w);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const int64_t base = row * dim;
     const float r = rstd[row];
