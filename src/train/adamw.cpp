@@ -69,6 +69,9 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const std::vector<si
       steps.push_back(step_tensors_[i]);
     }
     first = std::max(first, last);
+    // ATen's kernel counts from these tensors, Troupe's from steps_: both count every step, so a
+    // later step may take either.
+    if (!params.empty()) at::_foreach_add_(steps, 1.0);
     if (own_kernel_fits(params, grads, grad_divisor)) {
 #ifdef TROUPE_WITH_CUDA
       std::vector<kernels::AdamTensor> tensors;
@@ -88,10 +91,8 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const std::vector<si
         if (copies_) copies_->rewritten(params[i], with_copy[i]);
         else params[i].unsafeGetTensorImpl()->bump_version();
       }
-      at::_foreach_add_(steps, 1.0);  // ATen's kernel, should a later step fall back to it, counts the same
 #endif
     } else if (!params.empty()) {
-      at::_foreach_add_(steps, 1.0);
       if (o.decoupled)
         at::_fused_adamw_(params, grads, avgs, avg_sqs, {}, steps, lr, o.beta1, o.beta2, o.weight_decay, o.eps,
                           /*amsgrad=*/false, /*maximize=*/false, scale);
