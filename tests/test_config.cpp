@@ -316,7 +316,7 @@ TEST_CASE("out of range on the command line names the --key", "[config]") {
       {"job.device", "tpu", "job.device must be one of auto | cpu | cuda, got 'tpu'"},
       {"job.dump_folder", "", "job.dump_folder must be a non-empty string"},
       {"model.name", "gpt2", "model.name must be one of llama3, got 'gpt2'"},
-      {"model.flavor", "2B", "model.flavor must be one of debugmodel | debugmodel_8layers | debugmodel_tied | 1B | 1.5B | 1.5B_2layers | 3B | 8B | 70B | 405B, got '2B'"},
+      {"model.flavor", "2B", "model.flavor must be one of debugmodel | debugmodel_8layers | debugmodel_tied | 1B | 1.5B | 1.5B_2layers | 3B | 8B | 8B_16layers | 70B | 405B, got '2B'"},
       {"activation_checkpoint.mode", "partial", "activation_checkpoint.mode must be one of none | full | selective"},
       {"activation_checkpoint.selective_ac_option", "0", "selective_ac_option must be \"op\" or a positive integer"},
       {"activation_checkpoint.selective_ac_option", "2x", "selective_ac_option must be \"op\" or a positive integer"},

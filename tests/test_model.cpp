@@ -33,7 +33,9 @@ TEST_CASE("published parameter counts per flavor", "[model]") {
       {"debugmodel", 6'163'712},       {"1B", 1'235'814'400},       {"1.5B", 1'498'482'688},
       {"1.5B_2layers", 646'981'632},  // the 1.5B less 14 blocks of 60,821,504
       {"3B", 3'212'749'824},
-      {"8B", 8'030'261'248},           {"70B", 70'553'706'496},     {"405B", 405'853'388'800}};
+      {"8B", 8'030'261'248},
+      {"8B_16layers", 4'540'469'248},  // the 8B less 16 blocks of 218,112,000
+      {"70B", 70'553'706'496},     {"405B", 405'853'388'800}};
   for (const auto& [name, count] : expected) {
     INFO(name);
     auto args = models::llama3::flavor(name);

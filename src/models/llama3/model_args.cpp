@@ -69,6 +69,9 @@ const std::map<std::string, ModelArgs>& registry() {
       {"1.5B_2layers", make(2048, 2, 32, 8, 1.5, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, false)},
       {"3B", make(3072, 28, 24, 8, 1.0, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, true)},
       {"8B", make(4096, 32, 32, 8, 1.3, 1024, RopeScaling{}, false)},
+      // The 8B blocks, half as many: issue 5's 8B shapes measured on one GPU, which cannot hold
+      // the whole model's optimizer state.
+      {"8B_16layers", make(4096, 16, 32, 8, 1.3, 1024, RopeScaling{}, false)},
       {"70B", make(8192, 80, 64, 8, 1.3, 4096, RopeScaling{}, false)},
       {"405B", make(16384, 126, 128, 8, 1.2, 4096, RopeScaling{}, false)},
   };
@@ -88,7 +91,7 @@ ModelArgs flavor(const std::string& name) {
 }
 
 std::vector<std::string> flavor_names() {
-  return {"debugmodel", "debugmodel_8layers", "debugmodel_tied", "1B", "1.5B", "1.5B_2layers", "3B", "8B", "70B", "405B"};
+  return {"debugmodel", "debugmodel_8layers", "debugmodel_tied", "1B", "1.5B", "1.5B_2layers", "3B", "8B", "8B_16layers", "70B", "405B"};
 }
 
 }  // namespace troupe::models::llama3
