@@ -23,7 +23,7 @@ struct TensorTable {
   __nv_bfloat16* copy[kMaxTensors];  // may be null
   int64_t numel[kMaxTensors];
   int tile_end[kMaxTensors];  // tiles of tensors 0..k
-  bool aligned[kMaxTensors];  // all 16-byte aligned: whole float4 accesses
+  bool aligned[kMaxTensors];  // fp32 tensors 16-byte aligned, the copy 8: whole float4 accesses
   int count;
 };
 
@@ -101,6 +101,7 @@ __global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+bool aligned8(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 8 == 0; }  // the copy's 4 bf16 stores
 
 }  // namespace
 
@@ -128,7 +129,7 @@ void adamw_update(const AdamTensor* tensors, size_t count, const AdamHyper& h, i
       t.tile_end[k] = static_cast<int>(tiles = total);
       t.copy[k] = static_cast<__nv_bfloat16*>(a.bf16_copy);
       t.aligned[k] = aligned16(a.param) && aligned16(a.grad) && aligned16(a.exp_avg) && aligned16(a.exp_avg_sq) &&
-                     aligned16(a.bf16_copy);
+                     aligned8(a.bf16_copy);
     }
     if (t.count == 0) continue;
     const auto blocks = static_cast<unsigned>(std::min(tiles, grid_limit));

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <stdexcept>
+
 namespace troupe::kernels {
 
 namespace {
@@ -29,10 +31,20 @@ at::Tensor WeightCopies::current(const at::Tensor& weight) const {
   return it->second.copy;
 }
 
-void WeightCopies::rewritten(const at::Tensor& weight, bool copy_too) {
-  weight.unsafeGetTensorImpl()->bump_version();
+at::Tensor WeightCopies::copy_of(const at::Tensor& weight) const {
   const auto it = kept_.find(weight.unsafeGetTensorImpl());
-  if (copy_too && it != kept_.end()) it->second.version = weight._version();
+  return it == kept_.end() ? at::Tensor() : it->second.copy;
+}
+
+void WeightCopies::place(const at::Tensor& weight, at::Tensor copy) {
+  if (copy.scalar_type() != at::kBFloat16 || copy.sizes() != weight.sizes() || !copy.is_contiguous())
+    throw std::invalid_argument("WeightCopies::place: a copy must be a contiguous bf16 tensor of the weight's shape");
+  kept_[weight.unsafeGetTensorImpl()] = {std::move(copy), -1};
+}
+
+void WeightCopies::mark_current(const at::Tensor& weight) {
+  const auto it = kept_.find(weight.unsafeGetTensorImpl());
+  if (it != kept_.end()) it->second.version = weight._version();
 }
 
 WeightCopies* WeightCopies::active() { return active_copies; }

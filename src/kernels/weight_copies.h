@@ -19,9 +19,15 @@ class WeightCopies {
   at::Tensor cast(const at::Tensor& weight, at::ScalarType dtype);
   // The kept bf16 copy of `weight` when it is current, else undefined.
   at::Tensor current(const at::Tensor& weight) const;
-  // `weight` was rewritten outside ATen, and its copy with it when `copy_too`: bumps the
-  // weight's version, and marks the copy current at the new version (or stale).
-  void rewritten(const at::Tensor& weight, bool copy_too);
+  // The kept copy of `weight`, current or not, else undefined: where a writer of the whole
+  // weight (the optimizer's kernel) writes the new copy too, and then calls mark_current.
+  at::Tensor copy_of(const at::Tensor& weight) const;
+  // `copy` (bf16, the weight's shape, storage the caller owns, such as a piece of FSDP's flat
+  // send buffer) is the weight's copy from now on; stale until marked current.
+  void place(const at::Tensor& weight, at::Tensor copy);
+  // The copy holds the weight's values at the weight's present version. Views of one base share
+  // its version counter: a writer of several such views moves every version first, then marks.
+  void mark_current(const at::Tensor& weight);
   size_t size() const { return kept_.size(); }
 
   // The copies the ops on this thread use: null (plain casts) outside a Scope.

@@ -1,5 +1,6 @@
 #include "parallel/fsdp.h"
 
+#include "kernels/weight_copies.h"
 #include "train/grad_norm.h"
 
 #include <torch/torch.h>
@@ -58,7 +59,9 @@ struct ShardedUnits::Unit {
   int64_t shard_numel = 0, full_numel = 0;
   at::Tensor master, master_grad;  // fp32 [shard_numel]
   at::Tensor full;                 // compute dtype [full_numel]; its storage comes and goes
-  at::Tensor gathered, send;       // while a gather is in flight
+  at::Tensor gathered;             // while a gather is in flight
+  at::Tensor send;                 // compute dtype [shard_numel], with keep_send_copies
+  std::vector<at::Tensor> placed;  // the master's views whose copies live in `send`
   comm::WorkPtr gather_work;
   bool ready = false, in_flight = false;
   at::Tensor grad_out;             // while a reduction is in flight
@@ -138,19 +141,46 @@ ShardedUnits::~ShardedUnits() {
   }
 }
 
+void ShardedUnits::keep_send_copies(kernels::WeightCopies& copies) {
+  if (options_.compute_dtype != at::kBFloat16) return;  // fp32 gathers send the master itself
+  copies_ = &copies;
+  for (const auto& s : shards_) {
+    auto& u = *units_.at(s.unit);
+    if (!u.send.defined()) u.send = at::empty({u.shard_numel}, u.master.options().dtype(options_.compute_dtype));
+    if (s.master.numel() == 0) continue;
+    const auto offset = s.master.storage_offset() - u.master.storage_offset();
+    copies.place(s.master, u.send.narrow(0, offset, s.master.numel()).view(s.master.sizes()));
+    u.placed.push_back(s.master);
+  }
+}
+
+at::Tensor ShardedUnits::send_buffer(Unit& u) {
+  if (u.master.scalar_type() == options_.compute_dtype) return u.master;
+  if (!copies_) return u.master.to(options_.compute_dtype);
+  bool current = true;
+  for (const auto& m : u.placed) current = current && copies_->current(m).defined();
+  if (!current) {
+    torch::NoGradGuard no_grad;
+    u.send.copy_(u.master);
+    for (const auto& m : u.placed) copies_->mark_current(m);
+  }
+  // The optimizer rewrites it on the compute stream only after this gather has been waited for.
+  return u.send;
+}
+
 void ShardedUnits::gather(size_t i) {
   auto& u = *units_.at(i);
   if (u.ready || u.in_flight) return;
   allocate_storage(u.full);
-  if (shard_size_ == 1) {  // unsharded (replicas only): the master's layout is the parameters'
+  if (!options_.shard) {  // unsharded (replicas only): the master's layout is the parameters'
     torch::NoGradGuard no_grad;
     u.full.copy_(u.master);
     u.ready = true;
     return;
   }
-  u.send = u.master.to(options_.compute_dtype);
-  u.gathered = at::empty({shard_size_ * u.shard_numel}, u.send.options());
-  u.gather_work = options_.shard->all_gather(u.gathered, u.send);
+  const auto send = send_buffer(u);
+  u.gathered = at::empty({shard_size_ * u.shard_numel}, send.options());
+  u.gather_work = options_.shard->all_gather(u.gathered, send);
   u.in_flight = true;
 }
 
@@ -172,7 +202,6 @@ void ShardedUnits::wait_gathered(size_t i) {
   }
   at::split_with_sizes_copy_out(params, u.gathered.view({S, u.shard_numel}), sizes, /*dim=*/1);
   u.gathered = at::Tensor();
-  u.send = at::Tensor();
   u.in_flight = false;
   u.ready = true;
 }
@@ -268,7 +297,7 @@ void ShardedUnits::after_backward(size_t i) {
   at::_chunk_cat_out(grad_in, grads, /*dim=*/0, /*num_chunks=*/S);
   grad_in = grad_in.view({S * u.shard_numel});
   free_gathered(i);
-  if (S == 1) {
+  if (!options_.shard) {
     u.grad_out = grad_in;
   } else {
     // The step's first gradient of a unit is reduced straight into the master's gradient: no

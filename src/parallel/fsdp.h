@@ -18,6 +18,10 @@
 #include "models/unit.h"
 #include "train/unit_executor.h"
 
+namespace troupe::kernels {
+class WeightCopies;
+}
+
 namespace troupe::parallel {
 
 enum class Reshard { default_policy, always, never };
@@ -66,6 +70,12 @@ class ShardedUnits : public train::UnitHooks {
   // (what the dense gradient's reduction moves); the table is then not gathered for the backward.
   bool backward_rows(size_t unit, const at::Tensor& tokens, const at::Tensor& grad_output) override;
 
+  // Where the compute dtype is not fp32: each unit keeps the cast of its master shard that the
+  // gathers send, as the masters' placed copies in `copies`. The optimizer's kernel rewrites them
+  // in its pass, so a gather casts only when a master was written some other way (the first
+  // step, a checkpoint load), not twice a step.
+  void keep_send_copies(kernels::WeightCopies& copies);
+
   // Before a step's first micro-batch: the masters' gradients start again from zero.
   void zero_gradients();
   // Starts gathering unit i for the next forward (the optimizer calls it as soon as unit i's
@@ -85,6 +95,7 @@ class ShardedUnits : public train::UnitHooks {
  private:
   struct Unit;
   void gather(size_t unit);
+  at::Tensor send_buffer(Unit& u);
   void wait_gathered(size_t unit);
   void free_gathered(size_t unit);
   void gather_borrowed(size_t unit);
@@ -93,6 +104,7 @@ class ShardedUnits : public train::UnitHooks {
   std::vector<std::unique_ptr<Unit>> units_;
   std::vector<ParameterShard> shards_;
   DataParallelOptions options_;
+  kernels::WeightCopies* copies_ = nullptr;
   int64_t shard_rank_ = 0, shard_size_ = 1;
 };
 

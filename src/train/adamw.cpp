@@ -77,7 +77,7 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const std::vector<si
       std::vector<kernels::AdamTensor> tensors;
       std::vector<bool> with_copy;
       for (size_t i = 0; i < params.size(); ++i) {
-        const auto copy = copies_ ? copies_->current(params[i]) : at::Tensor();
+        const auto copy = copies_ ? copies_->copy_of(params[i]) : at::Tensor();  // rewritten whole
         with_copy.push_back(copy.defined());
         tensors.push_back({params[i].data_ptr<float>(), grads[i].data_ptr<float>(), avgs[i].data_ptr<float>(),
                            avg_sqs[i].data_ptr<float>(), params[i].numel(), copy.defined() ? copy.data_ptr() : nullptr});
@@ -86,11 +86,11 @@ void AdamW::step(double lr, const at::Tensor& grad_divisor, const std::vector<si
                             {lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.decoupled}, steps_,
                             grad_divisor.defined() ? grad_divisor.data_ptr<float>() : nullptr,
                             at::cuda::getCurrentCUDAStream(params[0].get_device()).stream());
-      // The kernel wrote through raw pointers: ATen's version counts learn of it here.
-      for (size_t i = 0; i < params.size(); ++i) {
-        if (copies_) copies_->rewritten(params[i], with_copy[i]);
-        else params[i].unsafeGetTensorImpl()->bump_version();
-      }
+      // The kernel wrote through raw pointers: ATen's version counts learn of it here, every
+      // one before any copy is marked (FSDP's masters are views sharing their unit's counter).
+      for (const auto& p : params) p.unsafeGetTensorImpl()->bump_version();
+      for (size_t i = 0; i < params.size(); ++i)
+        if (with_copy[i]) copies_->mark_current(params[i]);
 #endif
     } else if (!params.empty()) {
       if (o.decoupled)

@@ -255,8 +255,9 @@ struct Trainer::Impl {
     optimizer = std::make_unique<AdamW>(std::move(trained), adam_options(cfg.optimizer));
     // Unsharded masters are cast for the forwards, and their copies kept (steps and evaluations
     // take them only then). Sharded ones arrive in the compute dtype, written by collectives
-    // that ATen's version counts do not see.
-    if (!sharded) optimizer->keep_copies(&weight_copies);
+    // that ATen's version counts do not see; their copies are the casts the gathers send.
+    optimizer->keep_copies(&weight_copies);
+    if (sharded) sharded->keep_send_copies(weight_copies);
     const auto& ac = cfg.activation_checkpoint;
     const auto whole_plan =
         recompute_plan(model->units().size(), op_policy(ac) ? "none" : ac.mode, selective_every(ac));
