@@ -1,6 +1,7 @@
 // Many ranks on the CPU: the device mesh, the Gloo communicator against locally computed
 // references, and data parallelism (FSDP, DDP, HSDP) against one rank: the same losses and the
-// same final parameters, and checkpoints saved by one layout resumed by another.
+// same final parameters, and checkpoints saved by one layout resumed by another. FSDP over a
+// one-rank group against the plain model, on the CPU (Gloo) and on one GPU (NCCL, [gpu]).
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 #include <httplib.h>
@@ -21,14 +22,19 @@
 #include "checkpoint/shard_file.h"
 #include "checkpoint/trainer_checkpoint.h"
 #include "comm/gloo_communicator.h"
+#include "comm/nccl_communicator.h"
 #include "comm/rendezvous.h"
 #include "data/dataset_files.h"
 #include "data/shard_preparer.h"
 #include "data/token_shards.h"
+#include "kernels/weight_copies.h"
+#include "models/llama3/model.h"
 #include "parallel/device_mesh.h"
 #include "parallel/fsdp.h"
 #include "parallel/pipeline_schedule.h"
 #include "runtime/node_placement.h"
+#include "train/adamw.h"
+#include "train/unit_executor.h"
 #include "parallel_jobs.h"
 #include "test_support.h"
 
@@ -241,6 +247,94 @@ TEST_CASE("FSDP over 3 ranks with uneven chunks: masters, gathered parameters, a
     }
     CHECK(seen[r].grad_norm == Approx(std::sqrt(norm2)).epsilon(1e-6));  // padding adds nothing
   }
+}
+
+namespace {
+
+struct OneRankRun {
+  std::vector<double> losses;
+  std::map<std::string, at::Tensor> params;
+};
+
+// The debug model trained for 4 steps on one batch, plainly or under FSDP over a one-rank group
+// (Gloo on the CPU, NCCL on CUDA), so that FSDP's whole path runs: the gathers and their
+// copy-out, the gradients' copy-in and the reductions, and in bf16 the send casts the optimizer
+// keeps (checked after every step: the next gathers then cast nothing).
+OneRankRun train_one_rank(bool cuda, bool fsdp) {
+  auto args = models::llama3::flavor("debugmodel");
+  args.max_seq_len = 128;
+  const auto device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const auto compute = cuda ? at::kBFloat16 : at::kFloat;
+  torch::manual_seed(11);
+  const auto window = torch::randint(0, args.vocab_size, {4, 129}, torch::kLong).to(device);
+  const models::UnitBatch batch{window.narrow(1, 0, 128), window.narrow(1, 1, 128)};
+  models::llama3::Llama3Model model(args, at::TensorOptions().dtype(at::kFloat).device(device));
+  model.init_weights(5);
+  model.set_compute_dtype(compute);
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : model.named_parameters()) named.emplace_back(item.key(), item.value());
+  kernels::WeightCopies copies;
+  std::unique_ptr<parallel::ShardedUnits> sharded;
+  auto trained = named;
+  if (fsdp) {
+    const auto rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
+    parallel::DataParallelOptions o;
+    o.shard = cuda ? comm::make_nccl_communicator(*rendezvous, "fsdp_one", 0, 1, 0)
+                   : comm::make_gloo_communicator(*rendezvous, "fsdp_one", 0, 1);
+    o.compute_dtype = compute;
+    sharded = std::make_unique<parallel::ShardedUnits>(model.units(), named, o);
+    trained.clear();
+    for (const auto& s : sharded->shards()) trained.emplace_back(s.name, s.master);
+  }
+  train::AdamW optimizer(trained, {});
+  optimizer.keep_copies(&copies);
+  if (sharded) sharded->keep_send_copies(copies);
+  train::UnitExecutor executor(model.units(), std::vector<bool>(model.units().size(), false), sharded.get());
+  OneRankRun run;
+  for (int step = 0; step < 4; ++step) {
+    const kernels::WeightCopies::Scope scope(fsdp ? nullptr : &copies);
+    if (sharded) sharded->zero_gradients();
+    else optimizer.zero_grad();
+    run.losses.push_back(executor.forward(batch).item<double>());
+    executor.backward(1.0);
+    if (sharded) sharded->finish_gradients();
+    optimizer.step(1e-3);
+    if (!sharded || compute == at::kFloat) continue;
+    for (const auto& [name, master] : trained) {
+      INFO("step " << step << ", " << name);
+      const auto copy = copies.current(master);
+      REQUIRE(copy.defined());
+      CHECK(torch::equal(copy, master.to(at::kBFloat16)));
+    }
+  }
+  for (const auto& [name, t] : trained) run.params[name] = t.detach().cpu().clone();
+  return run;
+}
+
+void check_one_rank_fsdp(bool cuda, double loss_epsilon, double param_tolerance) {
+  const auto plain = train_one_rank(cuda, false);
+  const auto sharded = train_one_rank(cuda, true);
+  REQUIRE(sharded.losses.size() == plain.losses.size());
+  for (size_t i = 0; i < plain.losses.size(); ++i)
+    CHECK(sharded.losses[i] == Approx(plain.losses[i]).epsilon(loss_epsilon));
+  CHECK(plain.losses.back() < plain.losses.front());
+  REQUIRE(sharded.params.size() == plain.params.size());
+  for (const auto& [name, t] : plain.params) {
+    INFO(name);
+    CHECK(relative_error(sharded.params.at(name), t) < param_tolerance);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("FSDP over a one-rank Gloo group trains as the plain model", "[parallel]") {
+  check_one_rank_fsdp(false, 1e-6, 1e-5);
+}
+
+TEST_CASE("FSDP over a one-rank NCCL group trains as the plain model and gathers the optimizer's bf16 copies",
+          "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  check_one_rank_fsdp(true, 1e-2, 5e-3);
 }
 
 TEST_CASE("rendezvous: a missing rank is an error naming the key, not a hang", "[parallel]") {
