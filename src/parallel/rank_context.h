@@ -12,6 +12,9 @@ struct RankContext {
   int local_rank = 0;  // on this node: its GPU index
   int world = 1;
   std::shared_ptr<comm::Rendezvous> rendezvous;  // null when world == 1
+  // A lone rank still shards its model, over a one-rank dp_shard group (needs a rendezvous): how a
+  // benchmark measures on one GPU what FSDP itself costs (its casts, copies and collectives).
+  bool shard_alone = false;
 };
 
 }  // namespace troupe::parallel

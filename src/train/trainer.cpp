@@ -62,11 +62,12 @@ at::ScalarType precision(const std::string& key, const std::string& value) {
   throw std::invalid_argument("training." + key + ": unknown '" + value + "' (bfloat16, float32)");
 }
 
-// This rank's communicator over mesh dimension `d` (null where its degree is 1): NCCL on GPUs,
-// Gloo on CPUs.
+// This rank's communicator over mesh dimension `d` (null where its degree is 1, unless the rank
+// shards alone): NCCL on GPUs, Gloo on CPUs.
 comm::CommunicatorPtr connect(const parallel::RankContext& rank, const parallel::DeviceMesh& mesh,
                               parallel::MeshDim d, bool cuda) {
-  if (mesh.dims().of(d) == 1) return nullptr;
+  const bool alone = rank.shard_alone && d == parallel::MeshDim::dp_shard;
+  if (mesh.dims().of(d) == 1 && !alone) return nullptr;
   if (!rank.rendezvous) throw std::logic_error("a multi-rank Trainer needs a rendezvous");
   const std::vector<parallel::MeshDim> g{d};
   const auto name = mesh.group_name(g);
@@ -240,7 +241,7 @@ struct Trainer::Impl {
     }
     for (const auto& [name, t] : owned) params.push_back(t);
     auto trained = owned;
-    if (dims.dp() > 1) {
+    if (dims.dp() > 1 || rank.shard_alone) {
       sharded = apply_data_parallel(cfg, rank, mesh, *model, units, owned, gpu >= 0);
       trained.clear();
       // The first two units' updates are pieces of their own, gathered for the next forward as

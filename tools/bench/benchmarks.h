@@ -16,8 +16,9 @@ int throughput(const config::JobConfig& cfg, int64_t warmup);
 // of `window` seconds of one run.
 int inspect_overhead(const config::JobConfig& cfg, double window);
 // Plain-loop step time and the GPU kernels of `steps` profiled steps (random tokens of `vocab`),
-// on every local rank (job.local_ranks), per GPU.
+// on every local rank (job.local_ranks), per GPU. `shard_alone`: one rank under FSDP over a
+// one-rank group, to measure FSDP's own costs on one GPU.
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path);
+                 const std::string& trace_path, bool shard_alone);
 
 }  // namespace troupe::bench

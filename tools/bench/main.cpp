@@ -56,14 +56,18 @@ int main(int argc, char** argv) {
 
   int64_t profile_vocab = 128256, profile_warmup = 4, profile_steps = 3;
   std::string trace_path;
+  bool shard_alone = false;
   auto* profile = add_benchmark(app, "step-profile", "plain-loop step time and the GPU kernels of a few steps",
                                 config_path);
   profile->add_option("--vocab", profile_vocab, "vocabulary of the random tokens")->capture_default_str();
   profile->add_option("--warmup", profile_warmup, "steps before the timed ones")->capture_default_str();
   profile->add_option("--steps", profile_steps, "timed steps, then as many profiled")->capture_default_str();
   profile->add_option("--trace", trace_path, "write the Chrome trace here");
+  profile->add_flag("--fsdp-one-rank", shard_alone,
+                    "one rank under FSDP over a one-rank group: what FSDP itself costs, on one GPU");
   benchmarks.push_back({profile, [&](const config::JobConfig& cfg) {
-                          return bench::step_profile(cfg, profile_vocab, profile_warmup, profile_steps, trace_path);
+                          return bench::step_profile(cfg, profile_vocab, profile_warmup, profile_steps, trace_path,
+                                                     shard_alone);
                         }});
 
   int saves = 5;

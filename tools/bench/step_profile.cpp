@@ -106,9 +106,10 @@ void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, i
 }  // namespace
 
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path) {
+                 const std::string& trace_path, bool shard_alone) {
   const int ranks = train::local_rank_count(cfg);
-  auto rendezvous = ranks > 1 ? comm::Rendezvous::in_process(std::chrono::minutes(5)) : nullptr;
+  if (shard_alone && ranks > 1) throw std::invalid_argument("--fsdp-one-rank profiles one rank: set job.local_ranks 1");
+  auto rendezvous = ranks > 1 || shard_alone ? comm::Rendezvous::in_process(std::chrono::minutes(5)) : nullptr;
   const auto B = cfg.training.local_batch_size, S = cfg.training.seq_len;
   std::barrier phase(ranks);
   double loop_seconds = 0, profiled_seconds = 0;
@@ -119,7 +120,7 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
   const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
 
   auto run_rank_steps = [&](int r) {
-    train::Trainer trainer(cfg, vocab, parallel::RankContext{r, r, ranks, rendezvous});
+    train::Trainer trainer(cfg, vocab, parallel::RankContext{r, r, ranks, rendezvous, shard_alone});
     auto tokens = torch::randint(0, vocab, {B, S + 1}, torch::kLong);
     auto batch = std::make_shared<data::Batch>();
     batch->tokens = tokens.narrow(1, 0, S).contiguous();
@@ -163,7 +164,8 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
   for (int r = 0; r < ranks; ++r) threads.push_back(std::async(std::launch::async, run_rank, r));
   for (auto& t : threads) t.get();
 
-  std::printf("%d rank(s), plain loop: %.2f ms/step, %.0f tokens/s per rank over %lld steps\n", ranks,
+  std::printf("%d rank(s)%s, plain loop: %.2f ms/step, %.0f tokens/s per rank over %lld steps\n", ranks,
+              shard_alone ? " under FSDP over a one-rank group" : "",
               1e3 * loop_seconds / steps, static_cast<double>(B * S * steps) / loop_seconds,
               static_cast<long long>(steps));
   if (train::resolve_device(cfg.job.device) == "cuda")
