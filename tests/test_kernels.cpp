@@ -16,6 +16,7 @@
 #include "kernels/rotary.h"
 #include "kernels/swiglu.h"
 #include "kernels/weight_copies.h"
+#include "kernels/widen_copy.h"
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
 #include "models/llama3/model.h"
@@ -493,6 +494,44 @@ TEST_CASE("AdamW on CUDA: Troupe's kernel matches the fp64 reference and ATen's 
   }
   CHECK(kept[2].second._version() > c_version);
   CHECK(!copies.current(kept[2].second).defined());
+}
+
+TEST_CASE("FSDP's gradient copy-in kernel writes what ATen's _chunk_cat_out writes", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  // Whole vector tiles, a ragged tail, rows that do not split evenly, a 1-D weight, and a
+  // gradient that starts off the 16-byte grid (element by element).
+  const std::vector<std::vector<int64_t>> shapes{{300, 64}, {37, 5}, {2048}, {9, 1000}, {1, 7}};
+  for (int64_t S : {1, 2, 3, 4}) {
+    INFO("ranks " << S);
+    std::vector<at::Tensor> grads;
+    for (const auto& shape : shapes) grads.push_back(torch::randn(shape, torch::kCUDA).to(at::kBFloat16));
+    auto offset_storage = torch::randn({1 + 9 * 1000}, torch::kCUDA).to(at::kBFloat16);
+    grads[3] = offset_storage.narrow(0, 1, 9 * 1000).view({9, 1000});
+    int64_t shard_numel = 0;
+    std::vector<int64_t> offsets, chunks;
+    for (const auto& g : grads) {
+      const int64_t rows = g.size(0), row_numel = g.numel() / rows;
+      offsets.push_back(shard_numel);
+      chunks.push_back((rows + S - 1) / S * row_numel);
+      shard_numel += chunks.back();
+    }
+    auto expected = torch::empty({S, shard_numel}, torch::dtype(torch::kFloat).device(torch::kCUDA));
+    std::vector<at::Tensor> rows_of;
+    for (const auto& g : grads) rows_of.push_back(g.reshape({g.size(0), -1}));
+    at::_chunk_cat_out(expected, rows_of, 0, S);
+    auto actual = torch::full({S, shard_numel}, 7.f, torch::dtype(torch::kFloat).device(torch::kCUDA));
+    std::vector<kernels::WidenPiece> pieces;
+    for (size_t k = 0; k < grads.size(); ++k) {
+      const auto* src = static_cast<const at::BFloat16*>(grads[k].const_data_ptr());
+      for (int64_t r = 0; r < S; ++r) {
+        const int64_t first = std::min(grads[k].numel(), r * chunks[k]);
+        pieces.push_back({src + first, actual.data_ptr<float>() + r * shard_numel + offsets[k],
+                          std::min(chunks[k], grads[k].numel() - first), chunks[k]});
+      }
+    }
+    kernels::widen_pieces(pieces.data(), pieces.size(), at::cuda::getCurrentCUDAStream().stream());
+    CHECK(torch::equal(actual.cpu(), expected.cpu()));
+  }
 }
 
 TEST_CASE("attention on CUDA runs cuDNN's kernel for grouped-query heads and matches fp64", "[gpu]") {

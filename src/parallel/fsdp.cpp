@@ -9,6 +9,12 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#ifdef TROUPE_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+
+#include "kernels/widen_copy.h"
+#endif
+
 namespace troupe::parallel {
 
 namespace {
@@ -284,7 +290,7 @@ void ShardedUnits::after_backward(size_t i) {
   const int64_t S = shard_size_;
   const auto opts = u.master.options().dtype(options_.reduce_dtype);
   // Parameter-major to rank-major [S, shard_numel], cast to the reduce dtype and zero-padded
-  // where rows do not split evenly: one chunk-and-concatenate, one kernel on the GPU.
+  // where rows do not split evenly: one chunk-and-concatenate, one kernel on the GPU (copy_in).
   // Autograd gives each parameter a gradient of its own dtype, the compute dtype, as the op needs.
   std::vector<at::Tensor> grads;
   for (auto& q : u.params) {
@@ -294,7 +300,7 @@ void ShardedUnits::after_backward(size_t i) {
     q.module_param.mutable_grad() = at::Tensor();
   }
   auto grad_in = at::empty({S, u.shard_numel}, opts);
-  at::_chunk_cat_out(grad_in, grads, /*dim=*/0, /*num_chunks=*/S);
+  copy_in(u, grads, grad_in);
   grad_in = grad_in.view({S * u.shard_numel});
   free_gathered(i);
   if (!options_.shard) {
@@ -309,6 +315,31 @@ void ShardedUnits::after_backward(size_t i) {
     // (NCCL: recorded on its stream for the caching allocator; Gloo: held by the work).
     u.reduce_work = options_.shard->reduce_scatter(u.grad_out, grad_in, comm::ReduceOp::avg);
   }
+}
+
+void ShardedUnits::copy_in(const Unit& u, const std::vector<at::Tensor>& grads, at::Tensor& grad_in) const {
+  const int64_t S = shard_size_;
+#ifdef TROUPE_WITH_CUDA
+  // bf16 gradients into an fp32 buffer (the default mixed precision): Troupe's kernel.
+  bool widen = grad_in.is_cuda() && grad_in.scalar_type() == at::kFloat;
+  for (const auto& g : grads) widen = widen && g.scalar_type() == at::kBFloat16 && g.is_contiguous();
+  if (widen) {
+    std::vector<kernels::WidenPiece> pieces;
+    auto* out = grad_in.data_ptr<float>();
+    for (size_t k = 0; k < grads.size(); ++k) {
+      const auto& q = u.params[k];
+      const auto* src = static_cast<const at::BFloat16*>(grads[k].const_data_ptr());
+      const int64_t numel = grads[k].numel(), chunk = q.chunk_numel();
+      for (int64_t r = 0; r < S; ++r) {
+        const int64_t first = std::min(numel, r * chunk);
+        pieces.push_back({src + first, out + r * u.shard_numel + q.shard_offset, std::min(chunk, numel - first), chunk});
+      }
+    }
+    kernels::widen_pieces(pieces.data(), pieces.size(), at::cuda::getCurrentCUDAStream(grad_in.get_device()).stream());
+    return;
+  }
+#endif
+  at::_chunk_cat_out(grad_in, grads, /*dim=*/0, /*num_chunks=*/S);
 }
 
 void ShardedUnits::zero_gradients() {

@@ -96,6 +96,7 @@ class ShardedUnits : public train::UnitHooks {
   struct Unit;
   void gather(size_t unit);
   at::Tensor send_buffer(Unit& u);
+  void copy_in(const Unit& u, const std::vector<at::Tensor>& grads, at::Tensor& grad_in) const;
   void wait_gathered(size_t unit);
   void free_gathered(size_t unit);
   void gather_borrowed(size_t unit);
