@@ -52,9 +52,7 @@ __global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor
   const float inv_divisor = grad_divisor ? __frcp_rn(*grad_divisor) : 1.f;
   const int tiles = t.tile_end[t.count - 1];
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    int k = 0;
-    while (t.tile_end[k] <= tile) ++k;
-    const int64_t start = static_cast<int64_t>(tile - (k ? t.tile_end[k - 1] : 0)) * kTile;
+    const auto [k, start] = find_tile(t.tile_end, tile, kTile);
     const int64_t end = min(start + kTile, t.numel[k]);
     float* P = t.param[k];
     const float* G = t.grad[k];

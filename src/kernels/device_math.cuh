@@ -22,6 +22,18 @@ __device__ __forceinline__ float from_float<float>(float x) { return x; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// Multi-tensor kernels walk the tiles of a table of tensors; tile_end[k] counts the tiles of
+// tensors 0..k. Which tensor holds `tile`, and where in it the tile starts.
+struct TableTile {
+  int k;
+  int64_t start;
+};
+__device__ __forceinline__ TableTile find_tile(const int* tile_end, int tile, int64_t tile_elements) {
+  int k = 0;
+  while (tile_end[k] <= tile) ++k;
+  return {k, static_cast<int64_t>(tile - (k ? tile_end[k - 1] : 0)) * tile_elements};
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;

@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include "kernels/cuda_check.h"
+#include "kernels/device_math.cuh"
 #include "kernels/widen_copy.h"
 
 namespace troupe::kernels {
@@ -28,9 +29,7 @@ struct PieceTable {
 __global__ void widen_kernel(PieceTable t) {
   const int tiles = t.tile_end[t.n - 1];
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    int k = 0;
-    while (t.tile_end[k] <= tile) ++k;
-    const int64_t start = static_cast<int64_t>(tile - (k ? t.tile_end[k - 1] : 0)) * kTile;
+    const auto [k, start] = find_tile(t.tile_end, tile, kTile);
     const int64_t end = min(start + kTile, t.length[k]);
     const int64_t count = t.count[k];
     const __nv_bfloat16* S = t.src[k];
