@@ -339,6 +339,43 @@ TEST_CASE("FSDP over a one-rank NCCL group trains as the plain model and gathers
   check_one_rank_fsdp(true, 1e-2, 5e-3);
 }
 
+TEST_CASE("FSDP's kept bf16 send casts follow every write to their masters", "[parallel]") {
+  auto args = models::llama3::flavor("debugmodel");
+  models::llama3::Llama3Model model(args, at::TensorOptions().dtype(at::kFloat));
+  model.init_weights(2);
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (const auto& item : model.named_parameters()) named.emplace_back(item.key(), item.value());
+  const auto rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
+  parallel::DataParallelOptions o;
+  o.shard = comm::make_gloo_communicator(*rendezvous, "sends", 0, 1);
+  o.compute_dtype = at::kBFloat16;
+  parallel::ShardedUnits sharded(model.units(), named, o);
+  kernels::WeightCopies copies;
+  sharded.keep_send_copies(copies);
+  std::vector<at::Tensor> masters;  // block 1's (unit 2), whole: one rank
+  for (const auto& s : sharded.shards())
+    if (s.unit == 2) masters.push_back(s.master);
+  REQUIRE(!masters.empty());
+  const auto params = model.units().at(2)->parameters();
+  REQUIRE(params.size() == masters.size());
+  auto gathered_matches = [&] {
+    sharded.before_forward(2);
+    bool same = true;
+    for (size_t k = 0; k < params.size(); ++k) same = same && torch::equal(params[k], masters[k].to(at::kBFloat16));
+    sharded.after_forward(2);  // frees it (the default policy keeps only the last unit)
+    return same;
+  };
+  CHECK(!copies.current(masters.front()).defined());  // placed, never cast yet
+  CHECK(gathered_matches());
+  for (const auto& m : masters) CHECK(copies.current(m).defined());  // the gather's cast, kept
+  torch::NoGradGuard no_grad;
+  masters.back().mul_(3.0);  // a write through one view (a checkpoint load, say) ...
+  for (const auto& m : masters) CHECK(!copies.current(m).defined());  // ... stales the unit's casts
+  CHECK(gathered_matches());
+  for (const auto& m : masters) CHECK(copies.current(m).defined());
+  sharded.release_all();
+}
+
 TEST_CASE("a Trainer that shards alone (step-profile --fsdp-one-rank) trains as an unsharded one", "[parallel]") {
   TempDir dir;
   const auto c = small_job_config(dir);  // 2 micro-batches of 2 x 32 tokens a step
