@@ -105,6 +105,13 @@ TEST_CASE("gloo communicator: collectives and transfers match local references",
     auto gathered = at::empty({n * 8}, at::kDouble);
     c->all_gather(gathered, input_of(r))->wait();
     CHECK(at::equal(gathered, all.flatten()));
+    // Grouped, as FSDP gathers a unit: inputs of two lengths into their places in one buffer.
+    const auto in = input_of(r);
+    auto places = at::full({n * 8}, -1.0, at::kDouble);
+    c->all_gather({places.narrow(0, 0, n * 3), places.narrow(0, n * 3, n * 5)}, {in.narrow(0, 0, 3), in.narrow(0, 3, 5)})
+        ->wait();
+    CHECK(at::equal(places.narrow(0, 0, n * 3).view({n, 3}), all.narrow(1, 0, 3)));
+    CHECK(at::equal(places.narrow(0, n * 3, n * 5).view({n, 5}), all.narrow(1, 3, 5)));
 
     auto part = at::empty({2}, at::kDouble);
     c->reduce_scatter(part, input_of(r).clone(), comm::ReduceOp::sum)->wait();

@@ -12,6 +12,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace troupe::comm {
 
@@ -42,6 +43,9 @@ class Communicator {
 
   // out (size × in.numel(), contiguous) = every rank's `in`, in rank order.
   virtual WorkPtr all_gather(at::Tensor out, at::Tensor in) = 0;
+  // Several all-gathers as one operation (NCCL: one group, one launch): each outs[k] as above
+  // for ins[k]. FSDP gathers a unit's parameters straight into their places so.
+  virtual WorkPtr all_gather(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) = 0;
   // out (in.numel() / size) = this rank's chunk of the reduction of every rank's `in`.
   virtual WorkPtr reduce_scatter(at::Tensor out, at::Tensor in, ReduceOp op) = 0;
   virtual WorkPtr all_reduce(at::Tensor t, ReduceOp op) = 0;

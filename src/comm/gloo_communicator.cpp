@@ -85,6 +85,15 @@ class GlooCommunicator : public Communicator {
     return issue("all_gather", [&] { return pg_->_allgather_base(out, in); });
   }
 
+  WorkPtr all_gather(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) override {
+    check(outs.size() == ins.size(), "all_gather: as many outputs as inputs");
+    for (size_t k = 0; k < ins.size(); ++k)
+      check(outs[k].numel() == ins[k].numel() * size_, "all_gather: each output must hold size x its input's elements");
+    auto o = outs;
+    auto i = ins;
+    return issue("all_gather", [&] { return pg_->allgather_into_tensor_coalesced(o, i); });
+  }
+
   WorkPtr reduce_scatter(at::Tensor out, at::Tensor in, ReduceOp op) override {
     check(in.numel() == out.numel() * size_, "reduce_scatter: input must hold size x output elements");
     c10d::ReduceScatterOptions o;

@@ -109,6 +109,22 @@ class NcclCommunicator : public Communicator {
     });
   }
 
+  WorkPtr all_gather(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) override {
+    require(outs.size() == ins.size(), "all_gather: as many outputs as inputs");
+    for (size_t k = 0; k < ins.size(); ++k)
+      require(outs[k].numel() == ins[k].numel() * size_, "all_gather: each output must hold size x its input's elements");
+    std::vector<at::Tensor> tensors(outs);
+    tensors.insert(tensors.end(), ins.begin(), ins.end());
+    return issue("all_gather", tensors, [&](cudaStream_t s) {
+      ncclResult_t r = ncclGroupStart();
+      if (r != ncclSuccess) return r;
+      for (size_t k = 0; k < ins.size() && r == ncclSuccess; ++k)
+        r = ncclAllGather(ins[k].data_ptr(), outs[k].data_ptr(), ins[k].numel(), nccl_type(ins[k].scalar_type()), comm_, s);
+      const ncclResult_t ended = ncclGroupEnd();  // a started group is ended, even after an error
+      return r == ncclSuccess ? ended : r;
+    });
+  }
+
   WorkPtr reduce_scatter(at::Tensor out, at::Tensor in, ReduceOp op) override {
     require(in.numel() == out.numel() * size_, "reduce_scatter: input must hold size x output elements");
     return issue("reduce_scatter", {out, in}, [&](cudaStream_t s) {
@@ -180,7 +196,7 @@ class NcclCommunicator : public Communicator {
   }
 
   template <class Launch>
-  WorkPtr issue(const std::string& op, std::initializer_list<at::Tensor> tensors, Launch&& launch) {
+  WorkPtr issue(const std::string& op, const std::vector<at::Tensor>& tensors, Launch&& launch) {
     raise_if_failed();
     for (const auto& t : tensors) {
       require(t.is_cuda() && t.get_device() == device_, op + ": tensors must be on cuda:" + std::to_string(device_));

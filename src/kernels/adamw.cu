@@ -98,7 +98,6 @@ __global__ void adamw_kernel(TensorTable t, Scalars s, const float* grad_divisor
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 bool aligned8(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 8 == 0; }  // the copy's 4 bf16 stores
 
 }  // namespace
@@ -113,27 +112,19 @@ void adamw_update(const AdamTensor* tensors, size_t count, const AdamHyper& h, i
                   static_cast<float>(h.lr / bias1),   static_cast<float>(1 / std::sqrt(bias2)),
                   h.decoupled};
   const int64_t grid_limit = static_cast<int64_t>(device_sm_count()) * 4;
-  for (size_t first = 0; first < count;) {
-    TensorTable t{};
-    int64_t tiles = 0;
-    for (; first < count && t.count < kMaxTensors; ++first) {
-      const auto& a = tensors[first];
-      if (a.numel == 0) continue;
-      const int64_t total = tiles + (a.numel + kTile - 1) / kTile;
-      if (total > INT32_MAX) break;  // the next launch takes it
-      const int k = t.count++;
-      t.param[k] = a.param, t.grad[k] = a.grad, t.exp_avg[k] = a.exp_avg, t.exp_avg_sq[k] = a.exp_avg_sq;
-      t.numel[k] = a.numel;
-      t.tile_end[k] = static_cast<int>(tiles = total);
-      t.copy[k] = static_cast<__nv_bfloat16*>(a.bf16_copy);
-      t.aligned[k] = aligned16(a.param) && aligned16(a.grad) && aligned16(a.exp_avg) && aligned16(a.exp_avg_sq) &&
-                     aligned8(a.bf16_copy);
-    }
-    if (t.count == 0) continue;
-    const auto blocks = static_cast<unsigned>(std::min(tiles, grid_limit));
-    adamw_kernel<<<blocks, kThreads, 0, stream>>>(t, s, grad_divisor);
-    TROUPE_CUDA_CHECK_LAUNCH();
-  }
+  launch_tables<TensorTable>(
+      tensors, count, kMaxTensors, kTile, [](const AdamTensor& a) { return a.numel; },
+      [](TensorTable& t, int k, const AdamTensor& a) {
+        t.param[k] = a.param, t.grad[k] = a.grad, t.exp_avg[k] = a.exp_avg, t.exp_avg_sq[k] = a.exp_avg_sq;
+        t.numel[k] = a.numel;
+        t.copy[k] = static_cast<__nv_bfloat16*>(a.bf16_copy);
+        t.aligned[k] = pack_aligned({a.param, a.grad, a.exp_avg, a.exp_avg_sq}) && aligned8(a.bf16_copy);
+      },
+      [&](TensorTable& t, int entries, int64_t tiles) {
+        t.count = entries;
+        adamw_kernel<<<static_cast<unsigned>(std::min(tiles, grid_limit)), kThreads, 0, stream>>>(t, s, grad_divisor);
+        TROUPE_CUDA_CHECK_LAUNCH();
+      });
 }
 
 }  // namespace troupe::kernels

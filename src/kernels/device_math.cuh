@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <stdexcept>
@@ -113,6 +115,30 @@ inline bool pack_aligned(std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs)
     if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
   return true;
+}
+
+// Host side of find_tile: packs `items` into tables of at most `max_entries` (a table is a kernel
+// parameter), numbering each entry's tiles after the previous entry's, and launches each table.
+// numel(item) is an item's elements (0: skipped); fill(table, k, item) fills entry k, whose
+// tile_end is already set; launch(table, entries, tiles) launches a full table.
+template <class Table, class Item, class Numel, class Fill, class Launch>
+void launch_tables(const Item* items, size_t n, int max_entries, int64_t tile_elements, Numel numel, Fill fill,
+                   Launch launch) {
+  for (size_t first = 0; first < n;) {
+    Table table{};
+    int entries = 0;
+    int64_t tiles = 0;
+    for (; first < n && entries < max_entries; ++first) {
+      const int64_t elements = numel(items[first]);
+      if (elements == 0) continue;
+      const int64_t total = tiles + (elements + tile_elements - 1) / tile_elements;
+      if (total > INT32_MAX) break;  // the next table takes it
+      table.tile_end[entries] = static_cast<int>(tiles = total);
+      fill(table, entries++, items[first]);
+    }
+    if (entries > 0) launch(table, entries, tiles);
+    else if (first < n) throw std::length_error("kernels: a tensor of more than INT32_MAX tiles");
+  }
 }
 
 // Calls f(T{}) with T the storage type of `dtype`.

@@ -54,33 +54,29 @@ __global__ void widen_kernel(PieceTable t) {
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 void widen_pieces(const WidenPiece* pieces, size_t n, cudaStream_t stream) {
   const int64_t grid_limit = static_cast<int64_t>(device_sm_count()) * 8;
-  for (size_t first = 0; first < n;) {
-    PieceTable t{};
-    int64_t tiles = 0;
-    for (; first < n && t.n < kMaxPieces; ++first) {
-      const auto& p = pieces[first];
-      if (p.count < 0 || p.count > p.length) throw std::invalid_argument("widen_pieces: a piece's count exceeds its length");
-      if (p.length == 0) continue;
-      const int64_t total = tiles + (p.length + kTile - 1) / kTile;
-      if (total > INT32_MAX) break;  // the next launch takes it
-      const int k = t.n++;
-      t.src[k] = static_cast<const __nv_bfloat16*>(p.src);
-      t.dst[k] = p.dst;
-      t.count[k] = p.count;
-      t.length[k] = p.length;
-      t.tile_end[k] = static_cast<int>(tiles = total);
-      t.aligned[k] = aligned16(p.src) && aligned16(p.dst);
-    }
-    if (t.n == 0) continue;
-    widen_kernel<<<static_cast<unsigned>(std::min(tiles, grid_limit)), kThreads, 0, stream>>>(t);
-    TROUPE_CUDA_CHECK_LAUNCH();
-  }
+  launch_tables<PieceTable>(
+      pieces, n, kMaxPieces, kTile,
+      [](const WidenPiece& p) {
+        if (p.count < 0 || p.count > p.length)
+          throw std::invalid_argument("widen_pieces: a piece's count is negative or exceeds its length");
+        return p.length;
+      },
+      [](PieceTable& t, int k, const WidenPiece& p) {
+        t.src[k] = static_cast<const __nv_bfloat16*>(p.src);
+        t.dst[k] = p.dst;
+        t.count[k] = p.count;
+        t.length[k] = p.length;
+        t.aligned[k] = pack_aligned({p.src, p.dst});
+      },
+      [&](PieceTable& t, int entries, int64_t tiles) {
+        t.n = entries;
+        widen_kernel<<<static_cast<unsigned>(std::min(tiles, grid_limit)), kThreads, 0, stream>>>(t);
+        TROUPE_CUDA_CHECK_LAUNCH();
+      });
 }
 
 }  // namespace troupe::kernels

@@ -52,7 +52,8 @@ struct ShardedUnits::Unit {
     int64_t rows = 0, row_numel = 1, chunk_rows = 0;
     int64_t shard_offset = 0;  // in the flat shard
     // In the flat gathered buffer, where the parameter has S chunks' room (its last rows padded
-    // when they do not split evenly): the gather's copy-out is then one split of [S, shard_numel].
+    // when they do not split evenly): rank r's chunk is its rows [r * chunk_rows, ...), so the
+    // gather writes every chunk straight into its place.
     int64_t full_offset = 0;
     int64_t chunk_numel() const { return chunk_rows * row_numel; }
     // Rank r's rows: [first, first + count), count < chunk_rows (or 0) past the end.
@@ -65,7 +66,6 @@ struct ShardedUnits::Unit {
   int64_t shard_numel = 0, full_numel = 0;
   at::Tensor master, master_grad;  // fp32 [shard_numel]
   at::Tensor full;                 // compute dtype [full_numel]; its storage comes and goes
-  at::Tensor gathered;             // while a gather is in flight
   at::Tensor send;                 // compute dtype [shard_numel], with keep_send_copies
   std::vector<at::Tensor> placed;  // the master's views whose copies live in `send`
   comm::WorkPtr gather_work;
@@ -184,9 +184,16 @@ void ShardedUnits::gather(size_t i) {
     u.ready = true;
     return;
   }
+  // One all-gather per parameter, grouped into one operation, each into the parameter's place: no
+  // staging buffer to copy out of (that copy was 1.3% of a step at the 1.50B shapes on one GPU).
   const auto send = send_buffer(u);
-  u.gathered = at::empty({shard_size_ * u.shard_numel}, send.options());
-  u.gather_work = options_.shard->all_gather(u.gathered, send);
+  std::vector<at::Tensor> outs, ins;
+  for (const auto& q : u.params) {
+    if (q.chunk_numel() == 0) continue;
+    outs.push_back(u.full.narrow(0, q.full_offset, shard_size_ * q.chunk_numel()));
+    ins.push_back(send.narrow(0, q.shard_offset, q.chunk_numel()));
+  }
+  u.gather_work = options_.shard->all_gather(outs, ins);
   u.in_flight = true;
 }
 
@@ -196,18 +203,6 @@ void ShardedUnits::wait_gathered(size_t i) {
   if (u.ready) return;
   if (u.gather_work) u.gather_work->wait();
   u.gather_work.reset();
-  torch::NoGradGuard no_grad;
-  // Rank-major [S, shard_numel] to parameter-major: one split, one kernel on the GPU (a copy per
-  // parameter and rank was hundreds of launches a step).
-  const int64_t S = shard_size_;
-  std::vector<int64_t> sizes;
-  std::vector<at::Tensor> params;
-  for (const auto& q : u.params) {
-    sizes.push_back(q.chunk_numel());
-    params.push_back(u.full.narrow(0, q.full_offset, S * q.chunk_numel()).view({S, q.chunk_numel()}));
-  }
-  at::split_with_sizes_copy_out(params, u.gathered.view({S, u.shard_numel}), sizes, /*dim=*/1);
-  u.gathered = at::Tensor();
   u.in_flight = false;
   u.ready = true;
 }

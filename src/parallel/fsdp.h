@@ -1,8 +1,9 @@
 // Data parallelism over a plain model, applied per unit (DESIGN §4): FSDP (ZeRO-3) across
 // dp_shard, replication (DDP) across dp_replicate, both (HSDP). Each parameter is split on dim 0
 // into dp_shard chunks (torch.chunk sizes) and a rank keeps its chunk as an fp32 master; a unit's
-// chunks live in one flat buffer, so a unit is one all-gather before its forward (the next
-// unit's is issued while this one computes) and one reduce-scatter after its backward. The
+// chunks live in one flat buffer, so a unit is one all-gather before its forward (grouped: one
+// per parameter, each straight into the parameter's place; the next unit's is issued while this
+// one computes) and one reduce-scatter after its backward. The
 // gathered compute copies are freed after the forward (per the reshard policy) and gathered
 // again before the backward: the module's parameters share the gathered buffer's storage, which
 // is emptied and refilled in place, so the autograd graph keeps pointing at them.

@@ -7,8 +7,12 @@ out=${OUT:-gpu-logs}
 mkdir -p "$out"
 source .device/gpu-env.sh
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
-# CMAKE_ARGS: extra configure arguments, e.g. -DCMAKE_CXX_FLAGS=... for a dependency the machine lacks.
-{ time cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTROUPE_GPU_TESTS=ON ${CMAKE_ARGS:-} \
+# CMAKE_ARGS: extra configure arguments. The default covers what the GPU machine lacks: brotli's
+# headers (Debian's cpp-httplib is built with it) and ncurses on the linker's path (its deb
+# unpacks to /opt/deps/lib). fetch-debs.sh also needs EXTRA_DEBS="libutf8proc-dev libutf8proc2".
+CMAKE_ARGS=${CMAKE_ARGS-"-DCMAKE_CXX_FLAGS=-UCPPHTTPLIB_BROTLI_SUPPORT -DCMAKE_EXE_LINKER_FLAGS=-L/opt/deps/lib/x86_64-linux-gnu"}
+export LD_LIBRARY_PATH=/opt/deps/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
+{ time cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTROUPE_GPU_TESTS=ON $CMAKE_ARGS \
     && time cmake --build build-gpu -j16; } > "$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 tail -3 "$out/build.log"
 # The large-shape [gpu2] test reads Llama 3's tokenizer (carried in .device/).
