@@ -44,10 +44,14 @@ class Communicator {
   // out (size × in.numel(), contiguous) = every rank's `in`, in rank order.
   virtual WorkPtr all_gather(at::Tensor out, at::Tensor in) = 0;
   // Several all-gathers as one operation (NCCL: one group, one launch): each outs[k] as above
-  // for ins[k]. FSDP gathers a unit's parameters straight into their places so.
+  // for ins[k]. FSDP gathers a unit's parameters straight into their places so, and reduces
+  // their gradients from their places.
   virtual WorkPtr all_gather(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) = 0;
   // out (in.numel() / size) = this rank's chunk of the reduction of every rank's `in`.
   virtual WorkPtr reduce_scatter(at::Tensor out, at::Tensor in, ReduceOp op) = 0;
+  // Several reduce-scatters as one operation, as the grouped all-gather.
+  virtual WorkPtr reduce_scatter(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
+                                 ReduceOp op) = 0;
   virtual WorkPtr all_reduce(at::Tensor t, ReduceOp op) = 0;
   virtual WorkPtr broadcast(at::Tensor t, int root) = 0;
   virtual WorkPtr send(at::Tensor t, int peer) = 0;

@@ -101,6 +101,23 @@ class GlooCommunicator : public Communicator {
     return issue("reduce_scatter", [&] { return pg_->_reduce_scatter_base(out, in, o); }, averaged(out, op));
   }
 
+  WorkPtr reduce_scatter(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
+                         ReduceOp op) override {
+    check(outs.size() == ins.size(), "reduce_scatter: as many outputs as inputs");
+    for (size_t k = 0; k < ins.size(); ++k)
+      check(ins[k].numel() == outs[k].numel() * size_, "reduce_scatter: each input must hold size x its output's elements");
+    c10d::ReduceScatterOptions o;
+    o.reduceOp = gloo_op(op);
+    auto out = outs;
+    auto in = ins;
+    std::function<void()> after;
+    if (op == ReduceOp::avg)
+      after = [out, n = static_cast<double>(size_)]() mutable {
+        for (auto& t : out) t.div_(n);
+      };
+    return issue("reduce_scatter", [&] { return pg_->reduce_scatter_tensor_coalesced(out, in, o); }, std::move(after));
+  }
+
   WorkPtr all_reduce(at::Tensor t, ReduceOp op) override {
     std::vector<at::Tensor> ts{t};
     c10d::AllreduceOptions o;

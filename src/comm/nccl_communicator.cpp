@@ -113,15 +113,11 @@ class NcclCommunicator : public Communicator {
     require(outs.size() == ins.size(), "all_gather: as many outputs as inputs");
     for (size_t k = 0; k < ins.size(); ++k)
       require(outs[k].numel() == ins[k].numel() * size_, "all_gather: each output must hold size x its input's elements");
-    std::vector<at::Tensor> tensors(outs);
-    tensors.insert(tensors.end(), ins.begin(), ins.end());
-    return issue("all_gather", tensors, [&](cudaStream_t s) {
-      ncclResult_t r = ncclGroupStart();
-      if (r != ncclSuccess) return r;
-      for (size_t k = 0; k < ins.size() && r == ncclSuccess; ++k)
-        r = ncclAllGather(ins[k].data_ptr(), outs[k].data_ptr(), ins[k].numel(), nccl_type(ins[k].scalar_type()), comm_, s);
-      const ncclResult_t ended = ncclGroupEnd();  // a started group is ended, even after an error
-      return r == ncclSuccess ? ended : r;
+    return issue("all_gather", concatenated(outs, ins), [&](cudaStream_t s) {
+      return grouped(ins.size(), [&](size_t k) {
+        return ncclAllGather(ins[k].data_ptr(), outs[k].data_ptr(), ins[k].numel(), nccl_type(ins[k].scalar_type()),
+                             comm_, s);
+      });
     });
   }
 
@@ -130,6 +126,19 @@ class NcclCommunicator : public Communicator {
     return issue("reduce_scatter", {out, in}, [&](cudaStream_t s) {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(), nccl_type(in.scalar_type()), nccl_op(op),
                                comm_, s);
+    });
+  }
+
+  WorkPtr reduce_scatter(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
+                         ReduceOp op) override {
+    require(outs.size() == ins.size(), "reduce_scatter: as many outputs as inputs");
+    for (size_t k = 0; k < ins.size(); ++k)
+      require(ins[k].numel() == outs[k].numel() * size_, "reduce_scatter: each input must hold size x its output's elements");
+    return issue("reduce_scatter", concatenated(outs, ins), [&](cudaStream_t s) {
+      return grouped(ins.size(), [&](size_t k) {
+        return ncclReduceScatter(ins[k].data_ptr(), outs[k].data_ptr(), outs[k].numel(), nccl_type(ins[k].scalar_type()),
+                                 nccl_op(op), comm_, s);
+      });
     });
   }
 
@@ -193,6 +202,22 @@ class NcclCommunicator : public Communicator {
   void raise_if_failed() {
     std::lock_guard lock(mu_);
     if (!error_.empty()) throw CommError(error_);
+  }
+
+  static std::vector<at::Tensor> concatenated(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+    std::vector<at::Tensor> all(a);
+    all.insert(all.end(), b.begin(), b.end());
+    return all;
+  }
+
+  // n operations in one NCCL group: one launch.
+  template <class Op>
+  static ncclResult_t grouped(size_t n, Op&& op) {
+    ncclResult_t r = ncclGroupStart();
+    if (r != ncclSuccess) return r;
+    for (size_t k = 0; k < n && r == ncclSuccess; ++k) r = op(k);
+    const ncclResult_t ended = ncclGroupEnd();  // a started group is ended, even after an error
+    return r == ncclSuccess ? ended : r;
   }
 
   template <class Launch>

@@ -13,6 +13,7 @@
 #include "kernels/rotary.h"
 #include "kernels/swiglu.h"
 #endif
+#include "kernels/gradient_sink.h"
 #include "kernels/weight_copies.h"
 
 namespace troupe::kernels {
@@ -286,6 +287,10 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
     }
     ctx->save_for_backward(to_save);
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weights.front().scalar_type());
+    // The weights' identities, for their gradient sinks (kernels/gradient_sink.h).
+    std::vector<int64_t> keys;
+    for (const auto& weight : weights) keys.push_back(reinterpret_cast<int64_t>(weight.unsafeGetTensorImpl()));
+    ctx->saved_data["weight_keys"] = keys;
     if (recipe.op != InputRecipe::Op::none) {
       // Detached: the recipe's tensors are kept by the ops that made them; holding their
       // autograd history here would only lengthen its life.
@@ -314,6 +319,7 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
     }
     const size_t first_weight = recomputed ? 0 : 1;
     const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+    const auto keys = ctx->saved_data["weight_keys"].toIntVector();
     const auto x2 = x.reshape({-1, x.size(-1)});
     variable_list out(grads.size() + 2);  // x, the weights, and nothing for the recipe
     at::Tensor dx;  // [rows, in]
@@ -325,7 +331,7 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
         if (dx.defined()) dx.addmm_(dy, w);
         else dx = at::mm(dy, w);
       }
-      if (ctx->needs_input_grad(i + 1))
+      if (ctx->needs_input_grad(i + 1) && !sink_product(reinterpret_cast<const void*>(keys[i]), dy.t(), x2))
         out[i + 1] = x2.is_cuda() ? at::mm(dy.t(), x2, weight_dtype) : at::mm(dy.t(), x2).to(weight_dtype);
     }
     if (dx.defined()) out[0] = dx.view(x.sizes());
@@ -395,7 +401,9 @@ std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights
   const bool alike = !weights.empty() && std::all_of(weights.begin(), weights.end(), [&](const auto& w) {
     return w.scalar_type() == wdtype;
   });
-  if (recipe.op != InputRecipe::Op::none && alike) return LinearGroupFn::apply(x, weights, recipe);
+  // Weights with gradient sinks (FSDP's) need its backward on every device.
+  const bool sinks = std::any_of(weights.begin(), weights.end(), [](const auto& w) { return has_gradient_sink(w); });
+  if ((recipe.op != InputRecipe::Op::none || sinks) && alike) return LinearGroupFn::apply(x, weights, recipe);
 #ifdef TROUPE_WITH_CUDA
   if (use_kernels(x) && alike && (wdtype == at::kFloat || wdtype == x.scalar_type()))
     return LinearGroupFn::apply(x, weights, InputRecipe{});

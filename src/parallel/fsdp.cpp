@@ -1,5 +1,6 @@
 #include "parallel/fsdp.h"
 
+#include "kernels/gradient_sink.h"
 #include "kernels/weight_copies.h"
 #include "train/grad_norm.h"
 
@@ -70,6 +71,8 @@ struct ShardedUnits::Unit {
   std::vector<at::Tensor> placed;  // the master's views whose copies live in `send`
   comm::WorkPtr gather_work;
   bool ready = false, in_flight = false;
+  bool even = true;                // every parameter's rows split evenly: no padding rows
+  at::Tensor grad_full;            // reduce dtype [full_numel], the gathered layout: during a backward
   at::Tensor grad_out;             // while a reduction is in flight
   comm::WorkPtr reduce_work;
   bool lookup = false;             // a lookup table, not borrowed: its gradient may travel as rows
@@ -103,6 +106,7 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
       q.full_offset = u->full_numel;
       u->shard_numel += q.chunk_numel();
       u->full_numel += S * q.chunk_numel();
+      u->even = u->even && q.rows == S * q.chunk_rows;
       u->params.push_back(q);
     }
     const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
@@ -125,6 +129,7 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
       shards_.push_back(std::move(shard));
       // The module computes with a view of the gathered buffer from now on.
       q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
+      kernels::register_gradient_sink(q.module_param);
     }
     free_storage(u->full);
     u->lookup = S > 1 && params.size() == 1 && module->lookup_table().defined();
@@ -134,6 +139,8 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
 }
 
 ShardedUnits::~ShardedUnits() {
+  for (auto& u : units_)
+    for (const auto& q : u->params) kernels::unregister_gradient_sink(q.module_param);
   // Nothing may be in flight when the buffers and the communicator go (the optimizer issues the
   // next step's first gathers, so after the last step two are). A failed peer makes a wait throw:
   // the job is ending with that error already, so teardown stops waiting and goes on.
@@ -235,6 +242,7 @@ void ShardedUnits::after_forward(size_t i) {
 void ShardedUnits::before_backward(size_t i) {
   gather_borrowed(i);
   wait_gathered(i);
+  open_gradients(*units_.at(i));
   // The previous unit's gather, ahead of its backward; a table whose gradient goes as rows needs none.
   if (i > 0 && !(units_[i - 1]->lookup && units_[i - 1]->by_rows)) gather(i - 1);
 }
@@ -278,67 +286,89 @@ at::Tensor ShardedUnits::table_gradient(Unit& u) {
   return grad;
 }
 
+void ShardedUnits::open_gradients(Unit& u) {
+  if (u.grad_full.defined()) return;  // the weight half of a split backward: already open
+  // Padding rows are reduced too, so they must hold zeros.
+  const auto opts = u.master.options().dtype(options_.reduce_dtype);
+  u.grad_full = u.even ? at::empty({u.full_numel}, opts) : at::zeros({u.full_numel}, opts);
+  for (const auto& q : u.params)
+    kernels::open_gradient_sink(q.module_param, u.grad_full.narrow(0, q.full_offset, q.module_param.numel())
+                                                    .view(q.module_param.sizes()));
+}
+
 void ShardedUnits::after_backward(size_t i) {
   auto& u = *units_.at(i);
   finish_unit(u);  // a pipeline runs a unit's backward for several micro-batches before the step ends
+  open_gradients(u);
   torch::NoGradGuard no_grad;
-  const int64_t S = shard_size_;
-  const auto opts = u.master.options().dtype(options_.reduce_dtype);
-  // Parameter-major to rank-major [S, shard_numel], cast to the reduce dtype and zero-padded
-  // where rows do not split evenly: one chunk-and-concatenate, one kernel on the GPU (copy_in).
-  // Autograd gives each parameter a gradient of its own dtype, the compute dtype, as the op needs.
-  std::vector<at::Tensor> grads;
+  // The projections wrote their gradients into grad_full (their sinks); the rest (norms, a table)
+  // came from autograd in the compute dtype and are copied there, cast.
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (gradient, its place)
   for (auto& q : u.params) {
+    const bool sunk = kernels::close_gradient_sink(q.module_param);
     auto grad = q.module_param.grad();
-    if (!grad.defined()) grad = at::zeros({q.rows, q.row_numel}, q.module_param.options());  // no use reached it
-    grads.push_back(grad.reshape({q.rows, q.row_numel}));
     q.module_param.mutable_grad() = at::Tensor();
+    auto place = u.grad_full.narrow(0, q.full_offset, q.module_param.numel());
+    if (!grad.defined()) {
+      if (!sunk) place.zero_();  // no use reached it
+    } else if (sunk) {
+      place.add_(grad.reshape({-1}));  // a weight used by a projection and by something else
+    } else {
+      copies.emplace_back(grad.reshape({-1}), place);
+    }
   }
-  auto grad_in = at::empty({S, u.shard_numel}, opts);
-  copy_in(u, grads, grad_in);
-  grad_in = grad_in.view({S * u.shard_numel});
+  copy_gradients(copies);
   free_gathered(i);
-  if (!options_.shard) {
-    u.grad_out = grad_in;
-  } else {
-    // The step's first gradient of a unit is reduced straight into the master's gradient: no
-    // zeroing beforehand and no add afterwards (two passes over every shard).
-    const bool direct = u.fresh && opts.dtype() == u.master_grad.dtype();
-    u.grad_out = direct ? u.master_grad : at::empty({u.shard_numel}, opts);
-    // The unit's whole gradient (grad_in) is not kept until the step ends (for the 8B model that
-    // was the model's size in fp32): the communicator keeps it alive while the reduction needs it
-    // (NCCL: recorded on its stream for the caching allocator; Gloo: held by the work).
-    u.reduce_work = options_.shard->reduce_scatter(u.grad_out, grad_in, comm::ReduceOp::avg);
+  auto grad_full = std::move(u.grad_full);
+  u.grad_full = at::Tensor();
+  if (!options_.shard) {  // one rank's chunk is the whole parameter: the gathered layout is the shard's
+    u.grad_out = grad_full;
+    return;
   }
+  // The step's first gradient of a unit is reduced straight into the master's gradient: no
+  // zeroing beforehand and no add afterwards (two passes over every shard).
+  const bool direct = u.fresh && grad_full.scalar_type() == u.master_grad.scalar_type();
+  u.grad_out = direct ? u.master_grad : at::empty({u.shard_numel}, grad_full.options());
+  // One reduce-scatter per parameter, grouped, each from the parameter's place (its rank-major
+  // chunks) into its piece of the shard. The unit's whole gradient (grad_full) is not kept until
+  // the step ends (for the 8B model that was the model's size in fp32): the communicator keeps it
+  // alive while the reduction needs it (NCCL: recorded on its stream; Gloo: held by the work).
+  std::vector<at::Tensor> outs, ins;
+  for (const auto& q : u.params) {
+    if (q.chunk_numel() == 0) continue;
+    outs.push_back(u.grad_out.narrow(0, q.shard_offset, q.chunk_numel()));
+    ins.push_back(grad_full.narrow(0, q.full_offset, shard_size_ * q.chunk_numel()));
+  }
+  u.reduce_work = options_.shard->reduce_scatter(outs, ins, comm::ReduceOp::avg);
 }
 
-void ShardedUnits::copy_in(const Unit& u, const std::vector<at::Tensor>& grads, at::Tensor& grad_in) const {
-  const int64_t S = shard_size_;
+void ShardedUnits::copy_gradients(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) const {
 #ifdef TROUPE_WITH_CUDA
-  // bf16 gradients into an fp32 buffer (the default mixed precision): Troupe's kernel.
-  bool widen = grad_in.is_cuda() && grad_in.scalar_type() == at::kFloat;
-  for (const auto& g : grads) widen = widen && g.scalar_type() == at::kBFloat16 && g.is_contiguous();
+  // bf16 gradients into fp32 places (the default mixed precision): Troupe's kernel, one launch.
+  bool widen = !copies.empty();
+  for (const auto& [grad, place] : copies)
+    widen = widen && place.is_cuda() && place.scalar_type() == at::kFloat && grad.scalar_type() == at::kBFloat16 &&
+            grad.is_contiguous();
   if (widen) {
     std::vector<kernels::WidenPiece> pieces;
-    auto* out = grad_in.data_ptr<float>();
-    for (size_t k = 0; k < grads.size(); ++k) {
-      const auto& q = u.params[k];
-      const auto* src = static_cast<const at::BFloat16*>(grads[k].const_data_ptr());
-      const int64_t numel = grads[k].numel(), chunk = q.chunk_numel();
-      for (int64_t r = 0; r < S; ++r) {
-        const int64_t first = std::min(numel, r * chunk);
-        pieces.push_back({src + first, out + r * u.shard_numel + q.shard_offset, std::min(chunk, numel - first), chunk});
-      }
-    }
-    kernels::widen_pieces(pieces.data(), pieces.size(), at::cuda::getCurrentCUDAStream(grad_in.get_device()).stream());
+    for (const auto& [grad, place] : copies)
+      pieces.push_back({grad.const_data_ptr(), place.data_ptr<float>(), grad.numel(), place.numel()});
+    kernels::widen_pieces(pieces.data(), pieces.size(),
+                          at::cuda::getCurrentCUDAStream(copies.front().second.get_device()).stream());
     return;
   }
 #endif
-  at::_chunk_cat_out(grad_in, grads, /*dim=*/0, /*num_chunks=*/S);
+  for (const auto& [grad, place] : copies) place.copy_(grad);
 }
 
 void ShardedUnits::zero_gradients() {
-  for (auto& u : units_) u->fresh = true;
+  for (auto& u : units_) {
+    u->fresh = true;
+    // Left open only by a backward that threw: its partial gradients must not leak into this step.
+    if (!u->grad_full.defined()) continue;
+    for (const auto& q : u->params) kernels::close_gradient_sink(q.module_param);
+    u->grad_full = at::Tensor();
+  }
 }
 
 void ShardedUnits::finish_unit(Unit& u) {

@@ -3,8 +3,9 @@
 // into dp_shard chunks (torch.chunk sizes) and a rank keeps its chunk as an fp32 master; a unit's
 // chunks live in one flat buffer, so a unit is one all-gather before its forward (grouped: one
 // per parameter, each straight into the parameter's place; the next unit's is issued while this
-// one computes) and one reduce-scatter after its backward. The
-// gathered compute copies are freed after the forward (per the reshard policy) and gathered
+// one computes) and one reduce-scatter after its backward (grouped likewise, from the parameters'
+// places in a gradient buffer of the gathered layout, where the projections write their weight
+// gradients directly: kernels/gradient_sink.h). The gathered compute copies are freed after the forward (per the reshard policy) and gathered
 // again before the backward: the module's parameters share the gathered buffer's storage, which
 // is emptied and refilled in place, so the autograd graph keeps pointing at them.
 #pragma once
@@ -97,7 +98,8 @@ class ShardedUnits : public train::UnitHooks {
   struct Unit;
   void gather(size_t unit);
   at::Tensor send_buffer(Unit& u);
-  void copy_in(const Unit& u, const std::vector<at::Tensor>& grads, at::Tensor& grad_in) const;
+  void open_gradients(Unit& u);
+  void copy_gradients(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) const;
   void wait_gathered(size_t unit);
   void free_gathered(size_t unit);
   void gather_borrowed(size_t unit);
