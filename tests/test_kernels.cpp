@@ -314,6 +314,25 @@ TEST_CASE("projections write fp32 weight gradients of bf16 weights into gradient
   REQUIRE(torch::cuda::is_available());
   // 1e-5 tells fp32 output from a bf16-rounded gradient (about 2e-3).
   check_gradient_sinks(at::kCUDA, at::kBFloat16, 1e-5, 1e-2);
+  // The output projection with the loss hands its fp32 weight gradient to a sink whole.
+  torch::manual_seed(6);
+  const auto h64 = torch::randn({64, 32}, at::kDouble).to(at::kBFloat16).to(at::kDouble);
+  const auto w64 = torch::randn({100, 32}, at::kDouble).to(at::kBFloat16).to(at::kDouble);
+  const auto targets = torch::randint(0, 100, {64}, at::kLong);
+  auto w_ref = w64.clone().requires_grad_(true);
+  (at::cross_entropy_loss(at::linear(h64, w_ref), targets) * 3).backward();
+  auto h = h64.to(at::kBFloat16).cuda().requires_grad_(true);
+  auto w = w64.to(at::kBFloat16).cuda().requires_grad_(true);
+  auto sink = torch::full({100, 32}, NAN, torch::dtype(torch::kFloat).device(torch::kCUDA));
+  kernels::register_gradient_sink(w);
+  kernels::open_gradient_sink(w, sink);
+  (kernels::linear_cross_entropy(h, w, targets.cuda(), /*chunk_rows=*/16) * 3).backward();
+  CHECK(kernels::close_gradient_sink(w));
+  CHECK(!w.grad().defined());
+  CHECK(rel(sink, w_ref.grad()) < 2e-2);  // the logits' gradient is bf16
+  (kernels::linear_cross_entropy(h, w, targets.cuda(), 16) * 3).backward();  // closed: autograd's
+  CHECK(rel(w.grad(), sink) < 5e-3);
+  kernels::unregister_gradient_sink(w);
 }
 
 namespace {

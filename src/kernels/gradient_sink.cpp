@@ -34,6 +34,11 @@ std::shared_ptr<Sink> registered(const at::Tensor& weight) {
   return sink;
 }
 
+std::shared_ptr<Sink> open_sink(const void* key) {
+  auto sink = find_sink(key);
+  return sink && sink->dest.defined() ? sink : nullptr;
+}
+
 }  // namespace
 
 void register_gradient_sink(const at::Tensor& weight) {
@@ -65,9 +70,19 @@ bool close_gradient_sink(const at::Tensor& weight) {
   return written;
 }
 
+
+bool sink_gradient(const void* weight_key, const at::Tensor& grad) {
+  const auto sink = open_sink(weight_key);
+  if (!sink) return false;
+  if (sink->written) sink->dest.add_(grad);
+  else sink->dest.copy_(grad);
+  sink->written = true;
+  return true;
+}
+
 bool sink_product(const void* weight_key, const at::Tensor& a, const at::Tensor& b) {
-  const auto sink = find_sink(weight_key);
-  if (!sink || !sink->dest.defined()) return false;
+  const auto sink = open_sink(weight_key);
+  if (!sink) return false;
   auto& dest = sink->dest;
   const auto dtype = dest.scalar_type();
   if (dtype == a.scalar_type()) {

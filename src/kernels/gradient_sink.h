@@ -24,5 +24,7 @@ bool close_gradient_sink(const at::Tensor& weight);
 // With an open sink for the weight whose TensorImpl is `weight_key`: writes a · b into it (the
 // first write since it opened) or adds it (a weight used twice), and says true; else false.
 bool sink_product(const void* weight_key, const at::Tensor& a, const at::Tensor& b);
+// The same for a gradient computed already (the weight's shape).
+bool sink_gradient(const void* weight_key, const at::Tensor& grad);
 
 }  // namespace troupe::kernels

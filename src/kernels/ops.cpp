@@ -228,6 +228,7 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
     }
     ctx->save_for_backward({dh.view(hidden.sizes()), dw});
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+    ctx->saved_data["weight_key"] = reinterpret_cast<int64_t>(weight.unsafeGetTensorImpl());
     return losses.sum() * inv_count;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -239,6 +240,9 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
     scale_unless_one(kernel_dtype(dh), dh.data_ptr(), dh.numel(), scale.data_ptr<float>(), stream());
     scale_unless_one(Dtype::f32, dw.data_ptr(), dw.numel(), scale.data_ptr<float>(), stream());
     const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+    // dw is fp32: a sink (FSDP's, fp32) takes it as it is, not rounded to a bf16 weight's dtype.
+    if (sink_gradient(reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt()), dw))
+      return {dh, at::Tensor(), at::Tensor(), at::Tensor()};
     return {dh, dw.to(weight_dtype), at::Tensor(), at::Tensor()};
   }
 };
