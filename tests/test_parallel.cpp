@@ -112,6 +112,15 @@ TEST_CASE("gloo communicator: collectives and transfers match local references",
         ->wait();
     CHECK(at::equal(places.narrow(0, 0, n * 3).view({n, 3}), all.narrow(1, 0, 3)));
     CHECK(at::equal(places.narrow(0, n * 3, n * 5).view({n, 5}), all.narrow(1, 3, 5)));
+    // Grouped reduce-scatters from two places of one buffer (FSDP's gradients), averaged.
+    const auto grads = at::arange(n * 8, at::kDouble).mul_(r + 1);
+    auto pieces = at::full({8}, -1.0, at::kDouble);
+    c->reduce_scatter({pieces.narrow(0, 0, 3), pieces.narrow(0, 3, 5)}, {grads.narrow(0, 0, n * 3), grads.narrow(0, n * 3, n * 5)},
+                      comm::ReduceOp::avg)
+        ->wait();
+    const auto mean = at::arange(n * 8, at::kDouble).mul_((n + 1) / 2.0);  // the average of (k + 1) x
+    CHECK(at::allclose(pieces.narrow(0, 0, 3), mean.narrow(0, 3 * r, 3)));
+    CHECK(at::allclose(pieces.narrow(0, 3, 5), mean.narrow(0, n * 3 + 5 * r, 5)));
 
     auto part = at::empty({2}, at::kDouble);
     c->reduce_scatter(part, input_of(r).clone(), comm::ReduceOp::sum)->wait();
