@@ -1,6 +1,7 @@
-// FSDP's gradient copy-in on CUDA: many bf16 pieces cast to fp32 into their places in one
-// rank-major reduce-scatter buffer, each zero-padded to its chunk, in one launch per 32 pieces.
-// ATen's `_chunk_cat_out` does the same work at about half the memory bandwidth (1.9 TB/s on an
+// FSDP's gradient copy-in on CUDA: the bf16 gradients autograd still gives FSDP's parameters
+// (norm weights, a dense embedding table; the projections write theirs in fp32 themselves) cast
+// to fp32 into their places in the unit's reduce-scatter buffer, each zero-padded to its length,
+// in one launch per 32 pieces. ATen's copies do that at about half the memory bandwidth (1.9 TB/s on an
 // H200, stop 18's one-rank FSDP profile).
 #pragma once
 
