@@ -332,7 +332,38 @@ TEST_CASE("projections write fp32 weight gradients of bf16 weights into gradient
   CHECK(rel(sink, w_ref.grad()) < 2e-2);  // the logits' gradient is bf16
   (kernels::linear_cross_entropy(h, w, targets.cuda(), 16) * 3).backward();  // closed: autograd's
   CHECK(rel(w.grad(), sink) < 5e-3);
+  // A split backward (the zero-bubble schedules) runs the loss node twice, for the input and then
+  // for the weight: each gradient is scaled (here by 3) once, and the sink is written once.
+  auto h_ref = h64.clone().requires_grad_(true);
+  (at::cross_entropy_loss(at::linear(h_ref, w64), targets) * 3).backward();
+  h.mutable_grad() = at::Tensor();
+  kernels::open_gradient_sink(w, sink);
+  const auto loss = kernels::linear_cross_entropy(h, w, targets.cuda(), 16) * 3;
+  torch::autograd::backward({loss}, {}, /*retain_graph=*/true, /*create_graph=*/false, {h});
+  CHECK(rel(h.grad(), h_ref.grad()) < 2e-2);
+  torch::autograd::backward({loss}, {}, /*retain_graph=*/false, /*create_graph=*/false, {w});
+  CHECK(kernels::close_gradient_sink(w));
+  CHECK(rel(sink, w_ref.grad()) < 2e-2);
   kernels::unregister_gradient_sink(w);
+
+  // The norms' weights too: the fp32 gradient of the kernel, not rounded to the bf16 weight's dtype.
+  const auto x64 = torch::randn({64, 256}, at::kDouble).to(at::kBFloat16).to(at::kDouble);
+  const auto n64 = (1 + 0.1 * torch::randn({256}, at::kDouble)).to(at::kBFloat16).to(at::kDouble);
+  const auto up64 = torch::randn({64, 256}, at::kDouble).to(at::kBFloat16).to(at::kDouble);
+  auto n_ref = n64.clone().requires_grad_(true);
+  (x64 * at::rsqrt(x64.pow(2).mean(-1, true) + 1e-5) * n_ref).mul(up64).sum().backward();
+  auto nw = n64.to(at::kBFloat16).cuda().requires_grad_(true);
+  auto norm_sink = torch::full({256}, NAN, torch::dtype(torch::kFloat).device(torch::kCUDA));
+  kernels::register_gradient_sink(nw);
+  kernels::open_gradient_sink(nw, norm_sink);
+  kernels::rms_norm(x64.to(at::kBFloat16).cuda().requires_grad_(true), nw, 1e-5)
+      .mul(up64.to(at::kBFloat16).cuda())
+      .sum()
+      .backward();
+  CHECK(kernels::close_gradient_sink(nw));
+  CHECK(!nw.grad().defined());
+  CHECK(rel(norm_sink, n_ref.grad()) < 5e-4);  // rounded to bf16 it would be off by about 1e-3
+  kernels::unregister_gradient_sink(nw);
 }
 
 namespace {

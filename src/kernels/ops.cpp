@@ -74,10 +74,9 @@ at::Tensor norm_forward(const at::Tensor& x, const at::Tensor& w, double eps, at
   return out;
 }
 
-// dx of RMSNorm (plus `dresidual` when defined); the weight's gradient in `weight_dtype`.
+// dx of RMSNorm (plus `dresidual` when defined); the weight's gradient in fp32.
 std::pair<at::Tensor, at::Tensor> norm_backward(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& w,
-                                                const at::Tensor& rstd, at::ScalarType weight_dtype,
-                                                const at::Tensor& dresidual = {}) {
+                                                const at::Tensor& rstd, const at::Tensor& dresidual = {}) {
   const auto dim = x.size(-1), rows = x.numel() / dim;
   auto d = dout.contiguous();
   auto dres = dresidual.defined() ? dresidual.contiguous() : at::Tensor();
@@ -87,22 +86,29 @@ std::pair<at::Tensor, at::Tensor> norm_backward(const at::Tensor& dout, const at
   rmsnorm_backward(kernel_dtype(x), dx.data_ptr(), dweight.data_ptr<float>(), d.data_ptr(), x.data_ptr(), w.data_ptr(),
                    rstd.data_ptr<float>(), rows, dim, workspace.data_ptr<float>(), stream(),
                    dres.defined() ? dres.data_ptr() : nullptr);
-  return {dx, dweight.to(weight_dtype)};
+  return {dx, dweight};
 }
 
 // The three norm functions save (input or h, the weight in the compute dtype, rstd) and the
-// master weight's dtype, and differentiate through norm_backward.
+// master weight's dtype and identity, and differentiate through norm_backward.
 void save_norm(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& w, const at::Tensor& rstd,
                const at::Tensor& weight) {
   ctx->save_for_backward({input, w, rstd});
   ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
+  ctx->saved_data["weight_key"] = reinterpret_cast<int64_t>(weight.unsafeGetTensorImpl());
 }
 
-std::pair<at::Tensor, at::Tensor> saved_norm_backward(AutogradContext* ctx, const at::Tensor& dout,
+// The weight (the function's input `weight_input`) gets its gradient only from a backward that
+// asks for it (a split backward asks once for the input, once for the weights): in fp32 into its
+// sink (FSDP's), or from autograd in the master weight's dtype.
+std::pair<at::Tensor, at::Tensor> saved_norm_backward(AutogradContext* ctx, size_t weight_input, const at::Tensor& dout,
                                                       const at::Tensor& dresidual = {}) {
   auto saved = ctx->get_saved_variables();
+  auto [dx, dweight] = norm_backward(dout, saved[0], saved[1], saved[2], dresidual);
   const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-  return norm_backward(dout, saved[0], saved[1], saved[2], weight_dtype, dresidual);
+  const auto* key = reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt());
+  if (!ctx->needs_input_grad(weight_input) || sink_gradient(key, dweight)) return {dx, at::Tensor()};
+  return {dx, dweight.to(weight_dtype)};
 }
 
 struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
@@ -115,7 +121,7 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto [dx, dweight] = saved_norm_backward(ctx, grads[0]);
+    auto [dx, dweight] = saved_norm_backward(ctx, 1, grads[0]);
     return {dx, dweight, at::Tensor()};
   }
 };
@@ -135,7 +141,7 @@ struct RmsNormResidualFn : torch::autograd::Function<RmsNormResidualFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[1].defined()) return {grads[0], at::Tensor(), at::Tensor()};
-    auto [dx, dweight] = saved_norm_backward(ctx, grads[1], grads[0]);
+    auto [dx, dweight] = saved_norm_backward(ctx, 1, grads[1], grads[0]);
     return {dx, dweight, at::Tensor()};
   }
 };
@@ -153,7 +159,7 @@ struct AddRmsNormFn : torch::autograd::Function<AddRmsNormFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[1].defined()) return {grads[0], grads[0], at::Tensor(), at::Tensor()};
-    auto [dh, dweight] = saved_norm_backward(ctx, grads[1], grads[0]);
+    auto [dh, dweight] = saved_norm_backward(ctx, 2, grads[1], grads[0]);
     return {dh, dh, dweight, at::Tensor()};
   }
 };
@@ -233,17 +239,25 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // The gradients were computed in the forward for an incoming gradient of 1, and are scaled in
-    // place (nothing else holds them) only when it is not 1.
+    // place (nothing else holds them) only when it is not 1, each by the backward that asks for
+    // it: a split backward (the zero-bubble schedules) runs this node once for the input and
+    // again for the weight, and must not scale a gradient twice.
     auto saved = ctx->get_saved_variables();
     auto dh = saved[0], dw = saved[1];
     const auto scale = grads[0].to(at::kFloat).contiguous();
-    scale_unless_one(kernel_dtype(dh), dh.data_ptr(), dh.numel(), scale.data_ptr<float>(), stream());
-    scale_unless_one(Dtype::f32, dw.data_ptr(), dw.numel(), scale.data_ptr<float>(), stream());
-    const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-    // dw is fp32: a sink (FSDP's, fp32) takes it as it is, not rounded to a bf16 weight's dtype.
-    if (sink_gradient(reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt()), dw))
-      return {dh, at::Tensor(), at::Tensor(), at::Tensor()};
-    return {dh, dw.to(weight_dtype), at::Tensor(), at::Tensor()};
+    variable_list out(4);
+    if (ctx->needs_input_grad(0)) {
+      scale_unless_one(kernel_dtype(dh), dh.data_ptr(), dh.numel(), scale.data_ptr<float>(), stream());
+      out[0] = dh;
+    }
+    if (ctx->needs_input_grad(1)) {
+      scale_unless_one(Dtype::f32, dw.data_ptr(), dw.numel(), scale.data_ptr<float>(), stream());
+      // dw is fp32: a sink (FSDP's, fp32) takes it as it is, not rounded to a bf16 weight's dtype.
+      const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+      if (!sink_gradient(reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt()), dw))
+        out[1] = dw.to(weight_dtype);
+    }
+    return out;
   }
 };
 
