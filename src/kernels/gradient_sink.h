@@ -1,8 +1,9 @@
-// Where a projection weight's gradient goes instead of autograd's: FSDP points each weight of the
-// unit whose backward runs at its place in the unit's gradient buffer (the reduce dtype, fp32 by
-// default, in the parameter's layout), and the projections write their weight gradients there as
-// their GEMMs' fp32 output. Otherwise a gathered bf16 weight gets a bf16 gradient, rounded, then
-// cast and copied into that buffer: one more pass over most of the model's gradients each step.
+// Where a weight's gradient goes instead of autograd's: FSDP points each weight of the unit whose
+// backward runs at its place in the unit's gradient buffer (the reduce dtype, fp32 by default, in
+// the parameter's layout), and Troupe's autograd functions write their weight gradients there in
+// fp32 (the projections as their GEMMs' output; the loss projection and the RMSNorm kernels as
+// they computed them). Otherwise a gathered bf16 weight gets a bf16 gradient, rounded, then cast
+// and copied into that buffer: one more pass over most of the model's gradients each step.
 #pragma once
 #include <ATen/core/Tensor.h>
 
