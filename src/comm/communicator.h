@@ -60,4 +60,15 @@ class Communicator {
 };
 using CommunicatorPtr = std::shared_ptr<Communicator>;
 
+// The grouped operations' shapes: as many `whole` tensors as `parts`, each holding `size` times
+// its part's elements. What is wrong, or empty when they fit.
+inline std::string grouped_shape_error(const std::string& op, const std::vector<at::Tensor>& parts,
+                                       const std::vector<at::Tensor>& whole, int size) {
+  if (parts.size() != whole.size()) return op + ": as many outputs as inputs";
+  for (size_t k = 0; k < parts.size(); ++k)
+    if (whole[k].numel() != parts[k].numel() * size)
+      return op + ": tensor " + std::to_string(k) + " of the group must hold size x its part's elements";
+  return {};
+}
+
 }  // namespace troupe::comm

@@ -86,9 +86,8 @@ class GlooCommunicator : public Communicator {
   }
 
   WorkPtr all_gather(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) override {
-    check(outs.size() == ins.size(), "all_gather: as many outputs as inputs");
-    for (size_t k = 0; k < ins.size(); ++k)
-      check(outs[k].numel() == ins[k].numel() * size_, "all_gather: each output must hold size x its input's elements");
+    const auto wrong = grouped_shape_error("all_gather", ins, outs, size_);
+    check(wrong.empty(), wrong);
     auto o = outs;
     auto i = ins;
     return issue("all_gather", [&] { return pg_->allgather_into_tensor_coalesced(o, i); });
@@ -98,31 +97,25 @@ class GlooCommunicator : public Communicator {
     check(in.numel() == out.numel() * size_, "reduce_scatter: input must hold size x output elements");
     c10d::ReduceScatterOptions o;
     o.reduceOp = gloo_op(op);
-    return issue("reduce_scatter", [&] { return pg_->_reduce_scatter_base(out, in, o); }, averaged(out, op));
+    return issue("reduce_scatter", [&] { return pg_->_reduce_scatter_base(out, in, o); }, averaged({out}, op));
   }
 
   WorkPtr reduce_scatter(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
                          ReduceOp op) override {
-    check(outs.size() == ins.size(), "reduce_scatter: as many outputs as inputs");
-    for (size_t k = 0; k < ins.size(); ++k)
-      check(ins[k].numel() == outs[k].numel() * size_, "reduce_scatter: each input must hold size x its output's elements");
+    const auto wrong = grouped_shape_error("reduce_scatter", outs, ins, size_);
+    check(wrong.empty(), wrong);
     c10d::ReduceScatterOptions o;
     o.reduceOp = gloo_op(op);
     auto out = outs;
     auto in = ins;
-    std::function<void()> after;
-    if (op == ReduceOp::avg)
-      after = [out, n = static_cast<double>(size_)]() mutable {
-        for (auto& t : out) t.div_(n);
-      };
-    return issue("reduce_scatter", [&] { return pg_->reduce_scatter_tensor_coalesced(out, in, o); }, std::move(after));
+    return issue("reduce_scatter", [&] { return pg_->reduce_scatter_tensor_coalesced(out, in, o); }, averaged(out, op));
   }
 
   WorkPtr all_reduce(at::Tensor t, ReduceOp op) override {
     std::vector<at::Tensor> ts{t};
     c10d::AllreduceOptions o;
     o.reduceOp = gloo_op(op);
-    return issue("all_reduce", [&] { return pg_->allreduce(ts, o); }, averaged(t, op));
+    return issue("all_reduce", [&] { return pg_->allreduce(ts, o); }, averaged(ts, op));
   }
 
   WorkPtr broadcast(at::Tensor t, int root) override {
@@ -155,10 +148,12 @@ class GlooCommunicator : public Communicator {
     if (!ok) throw std::invalid_argument(describe(what));
   }
 
-  std::function<void()> averaged(at::Tensor t, ReduceOp op) const {
+  std::function<void()> averaged(std::vector<at::Tensor> ts, ReduceOp op) const {
     if (op != ReduceOp::avg) return {};
     const double n = size_;
-    return [t, n]() mutable { t.div_(n); };
+    return [ts, n]() mutable {
+      for (auto& t : ts) t.div_(n);
+    };
   }
 
   template <class Issue>

@@ -110,9 +110,8 @@ class NcclCommunicator : public Communicator {
   }
 
   WorkPtr all_gather(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) override {
-    require(outs.size() == ins.size(), "all_gather: as many outputs as inputs");
-    for (size_t k = 0; k < ins.size(); ++k)
-      require(outs[k].numel() == ins[k].numel() * size_, "all_gather: each output must hold size x its input's elements");
+    const auto wrong = grouped_shape_error("all_gather", ins, outs, size_);
+    require(wrong.empty(), wrong);
     return issue("all_gather", concatenated(outs, ins), [&](cudaStream_t s) {
       return grouped(ins.size(), [&](size_t k) {
         return ncclAllGather(ins[k].data_ptr(), outs[k].data_ptr(), ins[k].numel(), nccl_type(ins[k].scalar_type()),
@@ -131,9 +130,8 @@ class NcclCommunicator : public Communicator {
 
   WorkPtr reduce_scatter(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
                          ReduceOp op) override {
-    require(outs.size() == ins.size(), "reduce_scatter: as many outputs as inputs");
-    for (size_t k = 0; k < ins.size(); ++k)
-      require(ins[k].numel() == outs[k].numel() * size_, "reduce_scatter: each input must hold size x its output's elements");
+    const auto wrong = grouped_shape_error("reduce_scatter", outs, ins, size_);
+    require(wrong.empty(), wrong);
     return issue("reduce_scatter", concatenated(outs, ins), [&](cudaStream_t s) {
       return grouped(ins.size(), [&](size_t k) {
         return ncclReduceScatter(ins[k].data_ptr(), outs[k].data_ptr(), outs[k].numel(), nccl_type(ins[k].scalar_type()),

@@ -39,6 +39,13 @@ std::shared_ptr<Sink> open_sink(const void* key) {
   return sink && sink->dest.defined() ? sink : nullptr;
 }
 
+// The first write since the sink opened overwrites; later ones (a weight used twice) add.
+void write(Sink& sink, const at::Tensor& grad) {
+  if (sink.written) sink.dest.add_(grad);
+  else sink.dest.copy_(grad);
+  sink.written = true;
+}
+
 }  // namespace
 
 void register_gradient_sink(const at::Tensor& weight) {
@@ -70,13 +77,10 @@ bool close_gradient_sink(const at::Tensor& weight) {
   return written;
 }
 
-
 bool sink_gradient(const void* weight_key, const at::Tensor& grad) {
   const auto sink = open_sink(weight_key);
   if (!sink) return false;
-  if (sink->written) sink->dest.add_(grad);
-  else sink->dest.copy_(grad);
-  sink->written = true;
+  write(*sink, grad);
   return true;
 }
 
@@ -92,9 +96,8 @@ bool sink_product(const void* weight_key, const at::Tensor& a, const at::Tensor&
     if (sink->written) at::addmm_out(dest, dest, a, b, dtype);
     else at::mm_out(dest, a, b, dtype);
   } else {
-    const auto product = at::mm(a, b);
-    if (sink->written) dest.add_(product);
-    else dest.copy_(product);
+    write(*sink, at::mm(a, b));
+    return true;
   }
   sink->written = true;
   return true;

@@ -419,13 +419,14 @@ std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights
   const bool alike = !weights.empty() && std::all_of(weights.begin(), weights.end(), [&](const auto& w) {
     return w.scalar_type() == wdtype;
   });
-  // Weights with gradient sinks (FSDP's) need its backward on every device.
-  const bool sinks = std::any_of(weights.begin(), weights.end(), [](const auto& w) { return has_gradient_sink(w); });
-  if ((recipe.op != InputRecipe::Op::none || sinks) && alike) return LinearGroupFn::apply(x, weights, recipe);
+  if (recipe.op != InputRecipe::Op::none && alike) return LinearGroupFn::apply(x, weights, recipe);
 #ifdef TROUPE_WITH_CUDA
   if (use_kernels(x) && alike && (wdtype == at::kFloat || wdtype == x.scalar_type()))
     return LinearGroupFn::apply(x, weights, InputRecipe{});
 #endif
+  // Weights with gradient sinks (FSDP's) need its backward elsewhere too.
+  if (alike && std::any_of(weights.begin(), weights.end(), [](const auto& w) { return has_gradient_sink(w); }))
+    return LinearGroupFn::apply(x, weights, InputRecipe{});
   std::vector<at::Tensor> out;
   for (const auto& w : weights) out.push_back(at::linear(x, w.to(x.scalar_type())));
   return out;

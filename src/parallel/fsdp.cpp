@@ -193,14 +193,8 @@ void ShardedUnits::gather(size_t i) {
   }
   // One all-gather per parameter, grouped into one operation, each into the parameter's place: no
   // staging buffer to copy out of (that copy was 1.3% of a step at the 1.50B shapes on one GPU).
-  const auto send = send_buffer(u);
-  std::vector<at::Tensor> outs, ins;
-  for (const auto& q : u.params) {
-    if (q.chunk_numel() == 0) continue;
-    outs.push_back(u.full.narrow(0, q.full_offset, shard_size_ * q.chunk_numel()));
-    ins.push_back(send.narrow(0, q.shard_offset, q.chunk_numel()));
-  }
-  u.gather_work = options_.shard->all_gather(outs, ins);
+  const auto [places, pieces] = per_parameter(u, u.full, send_buffer(u));
+  u.gather_work = options_.shard->all_gather(places, pieces);
   u.in_flight = true;
 }
 
@@ -286,6 +280,18 @@ at::Tensor ShardedUnits::table_gradient(Unit& u) {
   return grad;
 }
 
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> ShardedUnits::per_parameter(const Unit& u,
+                                                                                      const at::Tensor& gathered,
+                                                                                      const at::Tensor& shard) const {
+  std::vector<at::Tensor> places, pieces;  // each parameter's S chunks in `gathered`, its chunk in `shard`
+  for (const auto& q : u.params) {
+    if (q.chunk_numel() == 0) continue;
+    places.push_back(gathered.narrow(0, q.full_offset, shard_size_ * q.chunk_numel()));
+    pieces.push_back(shard.narrow(0, q.shard_offset, q.chunk_numel()));
+  }
+  return {places, pieces};
+}
+
 void ShardedUnits::open_gradients(Unit& u) {
   if (u.grad_full.defined()) return;  // the weight half of a split backward: already open
   // Padding rows are reduced too, so they must hold zeros.
@@ -333,13 +339,8 @@ void ShardedUnits::after_backward(size_t i) {
   // chunks) into its piece of the shard. The unit's whole gradient (grad_full) is not kept until
   // the step ends (for the 8B model that was the model's size in fp32): the communicator keeps it
   // alive while the reduction needs it (NCCL: recorded on its stream; Gloo: held by the work).
-  std::vector<at::Tensor> outs, ins;
-  for (const auto& q : u.params) {
-    if (q.chunk_numel() == 0) continue;
-    outs.push_back(u.grad_out.narrow(0, q.shard_offset, q.chunk_numel()));
-    ins.push_back(grad_full.narrow(0, q.full_offset, shard_size_ * q.chunk_numel()));
-  }
-  u.reduce_work = options_.shard->reduce_scatter(outs, ins, comm::ReduceOp::avg);
+  const auto [places, pieces] = per_parameter(u, grad_full, u.grad_out);
+  u.reduce_work = options_.shard->reduce_scatter(pieces, places, comm::ReduceOp::avg);
 }
 
 void ShardedUnits::copy_gradients(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) const {

@@ -98,6 +98,10 @@ class ShardedUnits : public train::UnitHooks {
   struct Unit;
   void gather(size_t unit);
   at::Tensor send_buffer(Unit& u);
+  // The grouped collectives' operands: every parameter's place in a buffer of the gathered layout
+  // and its piece of a buffer of the shard's layout.
+  std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> per_parameter(const Unit& u, const at::Tensor& gathered,
+                                                                            const at::Tensor& shard) const;
   void open_gradients(Unit& u);
   void copy_gradients(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) const;
   void wait_gathered(size_t unit);
