@@ -417,8 +417,10 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     m.sharded->prefetch(k);
   });
   if (m.pipeline && !m.trace_path.empty()) m.save_trace();
-  stats.loss = loss.item<double>();
-  stats.grad_norm = norm.item<double>();
+  // One device-to-host copy, one wait: the host then queues the next step.
+  const auto both = at::stack({loss.reshape({}), norm.to(at::kDouble).reshape({})}).cpu();
+  stats.loss = both[0].item<double>();
+  stats.grad_norm = both[1].item<double>();
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats.model_flops = m.flops_per_token * static_cast<double>(stats.tokens);
   stats.peak_flops_per_second = m.peak_flops;
