@@ -21,7 +21,8 @@ case $flavor in
   *) echo "flavor: 1.5b, 8b or 8b16 (the 8B blocks, 16 of them: fits one GPU)" >&2; exit 2 ;;
 esac
 echo "# $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $gpus, $flavor, batch $batch per GPU, seq $seq, steps $steps (first $warmup excluded)"
-# RANKS: the Troupe runs, "1 N" by default (8B: only N, as one GPU cannot hold its optimizer state).
+# RANKS: the Troupe runs, "1 N" by default (8B: only N, as one GPU cannot hold its optimizer state;
+# weak scaling on 8 GPUs: "1 2 4 8").
 for ranks in ${RANKS:-1 $gpus}; do
   timeout "${RUN_TIMEOUT:-900}" "$bench" throughput "${troupe_model[@]}" --warmup "$warmup" --model.tokenizer_path "$tokenizer" \
     --job.local_ranks "$ranks" --training.local_batch_size "$batch" --training.seq_len "$seq" \
@@ -35,17 +36,20 @@ out=$(torchrun --standalone --nproc_per_node "$gpus" "$peer" "${peer_model[@]}" 
 echo "$out" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d['runner']='pytorch-fsdp2-compile'; print(json.dumps(d))" >> "$results" \
   || echo "{\"runner\": \"pytorch-fsdp2-compile\", \"error\": \"$(echo "$out" | tr -d '\"' | tail -c 200)\"}" >> "$results"
 python3 - "$results" "$gpus" <<'PY'
-import json, sys
+import json, re, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 gpus = int(sys.argv[2])
-def per_gpu(r):  # troupe reports the job's tokens/s; the peer reports per GPU
-    return r["tokens_per_s"] / (gpus if r["runner"] == f"troupe-{gpus}-gpu" else 1)
+def per_gpu(r):  # troupe reports the job's tokens/s (troupe-N-gpu: N ranks); the peer reports per GPU
+    m = re.fullmatch(r"troupe-(\d+)-gpu", r["runner"])
+    return r["tokens_per_s"] / (int(m.group(1)) if m else 1)
 troupe = next(r for r in rows if r["runner"] == f"troupe-{gpus}-gpu")
-print("| runner | tokens/s per GPU | MFU | peak memory GiB | Troupe (all GPUs) / runner |")
-print("|---|---|---|---|---|")
+one = next((r for r in rows if r["runner"] == "troupe-1-gpu" and "error" not in r), None)
+print("| runner | tokens/s per GPU | MFU | peak memory GiB | Troupe (all GPUs) / runner | per GPU / Troupe on 1 GPU |")
+print("|---|---|---|---|---|---|")
 for r in rows:
     if "error" in r:
-        print(f"| {r['runner']} | failed: {r['error'][:80]} | | | |"); continue
+        print(f"| {r['runner']} | failed: {r['error'][:80]} | | | | |"); continue
     mem = r.get("peak_active_gib", r.get("peak_mem_gib"))
-    print(f"| {r['runner']} | {per_gpu(r):,.0f} | {100 * r['mfu']:.1f}% | {mem} | {per_gpu(troupe) / per_gpu(r):.3f} |")
+    scaling = f"{per_gpu(r) / per_gpu(one):.3f}" if one and r["runner"].startswith("troupe") else ""
+    print(f"| {r['runner']} | {per_gpu(r):,.0f} | {100 * r['mfu']:.1f}% | {mem} | {per_gpu(troupe) / per_gpu(r):.3f} | {scaling} |")
 PY

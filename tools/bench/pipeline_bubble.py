@@ -5,10 +5,11 @@ the schedule's theoretical bubble from `troupe schedule`.
     python3 tools/bench/pipeline_bubble.py DUMP/profile_traces [--troupe build/troupe \
         --schedule 1F1B --pp 2 --microbatches 8 [--virtual-stages 2]] [--skip 2]
 
-Per step: the span runs from the first action's start to the last action's end over all ranks;
-a rank's idle time is the span minus its compute time (F, B, I, W); the bubble is the mean over
-ranks of idle / span, the same definition the schedule checker uses. The first --skip steps
-(warm-up) are left out.
+Per step: a pipeline's span runs from its first action's start to its last action's end over
+its ranks; a rank's idle time is its pipeline's span minus its compute time (F, B, I, W); the
+bubble is the mean over ranks of idle / span, the same definition the schedule checker uses.
+With data parallelism too (pp x dp ranks), the ranks of one pipeline are those equal modulo
+ranks / pp (pp is the outermost mesh dimension). The first --skip steps (warm-up) are left out.
 """
 import argparse
 import glob
@@ -47,17 +48,24 @@ def main():
     steps = min(len(s) for s in per_rank)
     if steps <= a.skip:
         sys.exit(f"only {steps} steps recorded; need more than --skip {a.skip}")
+    ranks = len(files)
+    pp = a.pp or ranks
+    if ranks % pp:
+        sys.exit(f"{ranks} trace files do not divide into pipelines of {pp} ranks")
+    pipelines = ranks // pp
     bubbles = []
-    print(f"{'step':>4} {'span ms':>9} " + " ".join(f"{'idle r' + str(r):>9}" for r in range(len(files))) + f" {'bubble':>7}")
+    print(f"{'step':>4} {'span ms':>9} " + " ".join(f"{'idle r' + str(r):>9}" for r in range(ranks)) + f" {'bubble':>7}")
     for s in range(a.skip, steps):
-        evs = [per_rank[r][s] for r in range(len(files))]
-        begin = min(e["ts"] for rank in evs for e in rank)
-        end = max(e["ts"] + e.get("dur", 0) for rank in evs for e in rank)
-        span = end - begin
-        idle = [span - sum(e["dur"] for e in rank if e["ph"] == "X") for rank in evs]
-        bubble = sum(i / span for i in idle) / len(idle)
+        spans, idle = [], []
+        for r in range(ranks):
+            members = [per_rank[q][s] for q in range(r % pipelines, ranks, pipelines)]
+            begin = min(e["ts"] for rank in members for e in rank)
+            end = max(e["ts"] + e.get("dur", 0) for rank in members for e in rank)
+            spans.append(end - begin)
+            idle.append(spans[-1] - sum(e["dur"] for e in per_rank[r][s] if e["ph"] == "X"))
+        bubble = sum(i / span for i, span in zip(idle, spans)) / ranks
         bubbles.append(bubble)
-        print(f"{s + 1:>4} {span / 1e3:>9.2f} " + " ".join(f"{i / 1e3:>9.2f}" for i in idle) + f" {100 * bubble:>6.1f}%")
+        print(f"{s + 1:>4} {max(spans) / 1e3:>9.2f} " + " ".join(f"{i / 1e3:>9.2f}" for i in idle) + f" {100 * bubble:>6.1f}%")
     measured = sum(bubbles) / len(bubbles)
     print(f"measured bubble (mean of steps {a.skip + 1}..{steps}): {100 * measured:.1f}%")
     if a.troupe:
