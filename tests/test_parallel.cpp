@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
 #include <future>
 #include <map>
@@ -28,6 +29,7 @@
 #include "data/dataset_files.h"
 #include "data/shard_preparer.h"
 #include "data/token_shards.h"
+#include "kernels/gradient_sink.h"
 #include "kernels/weight_copies.h"
 #include "models/llama3/model.h"
 #include "parallel/device_mesh.h"
@@ -272,6 +274,7 @@ namespace {
 struct OneRankRun {
   std::vector<double> losses;
   std::map<std::string, at::Tensor> params;
+  bool sinks = false;  // whether FSDP registered its weights' gradient sinks
 };
 
 // The debug model trained for 4 steps on one batch, plainly or under FSDP over a one-rank group
@@ -294,6 +297,7 @@ OneRankRun train_one_rank(bool cuda, bool fsdp) {
   kernels::WeightCopies copies;
   std::unique_ptr<parallel::ShardedUnits> sharded;
   auto trained = named;
+  OneRankRun run;
   if (fsdp) {
     const auto rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
     parallel::DataParallelOptions o;
@@ -301,6 +305,7 @@ OneRankRun train_one_rank(bool cuda, bool fsdp) {
                    : comm::make_gloo_communicator(*rendezvous, "fsdp_one", 0, 1);
     o.compute_dtype = compute;
     sharded = std::make_unique<parallel::ShardedUnits>(model.units(), named, o);
+    run.sinks = kernels::has_gradient_sink(model.units().at(1)->parameters().front());
     trained.clear();
     for (const auto& s : sharded->shards()) trained.emplace_back(s.name, s.master);
   }
@@ -308,7 +313,6 @@ OneRankRun train_one_rank(bool cuda, bool fsdp) {
   optimizer.keep_copies(&copies);
   if (sharded) sharded->keep_send_copies(copies);
   train::UnitExecutor executor(model.units(), std::vector<bool>(model.units().size(), false), sharded.get());
-  OneRankRun run;
   for (int step = 0; step < 4; ++step) {
     const kernels::WeightCopies::Scope scope(fsdp ? nullptr : &copies);
     if (sharded) sharded->zero_gradients();
@@ -329,9 +333,10 @@ OneRankRun train_one_rank(bool cuda, bool fsdp) {
   return run;
 }
 
-void check_one_rank_fsdp(bool cuda, double loss_epsilon, double param_tolerance) {
+void check_one_rank_fsdp(bool cuda, double loss_epsilon, double param_tolerance, bool sinks = true) {
   const auto plain = train_one_rank(cuda, false);
   const auto sharded = train_one_rank(cuda, true);
+  CHECK(sharded.sinks == sinks);
   REQUIRE(sharded.losses.size() == plain.losses.size());
   for (size_t i = 0; i < plain.losses.size(); ++i)
     CHECK(sharded.losses[i] == Approx(plain.losses[i]).epsilon(loss_epsilon));
@@ -347,6 +352,13 @@ void check_one_rank_fsdp(bool cuda, double loss_epsilon, double param_tolerance)
 
 TEST_CASE("FSDP over a one-rank Gloo group trains as the plain model", "[parallel]") {
   check_one_rank_fsdp(false, 1e-6, 1e-5);
+  SECTION("without gradient sinks (TROUPE_FSDP_GRADIENT_SINKS=0): every gradient through autograd") {
+    struct Unset {
+      ~Unset() { unsetenv("TROUPE_FSDP_GRADIENT_SINKS"); }
+    } unset;
+    setenv("TROUPE_FSDP_GRADIENT_SINKS", "0", 1);
+    check_one_rank_fsdp(false, 1e-6, 1e-5, false);
+  }
 }
 
 TEST_CASE("FSDP over a one-rank NCCL group trains as the plain model and gathers the optimizer's bf16 copies",

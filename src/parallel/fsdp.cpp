@@ -7,7 +7,9 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
+#include <string>
 #include <unordered_map>
 
 #ifdef TROUPE_WITH_CUDA
@@ -93,6 +95,10 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
   for (const auto& [name, t] : names) name_of[t.unsafeGetTensorImpl()] = name;
   torch::NoGradGuard no_grad;
   const int64_t S = shard_size_;
+  // A diagnostic switch (TROUPE_FSDP_GRADIENT_SINKS=0): every gradient then comes from autograd
+  // and is widened into place, as before the sinks, to tell their cost or a fault apart on GPUs.
+  const char* sinks_env = std::getenv("TROUPE_FSDP_GRADIENT_SINKS");
+  sinks_ = !sinks_env || std::string(sinks_env) != "0";
   for (const auto& module : units) {
     auto u = std::make_unique<Unit>();
     auto params = module->parameters();
@@ -129,7 +135,7 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
       shards_.push_back(std::move(shard));
       // The module computes with a view of the gathered buffer from now on.
       q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
-      kernels::register_gradient_sink(q.module_param);
+      if (sinks_) kernels::register_gradient_sink(q.module_param);
     }
     free_storage(u->full);
     u->lookup = S > 1 && params.size() == 1 && module->lookup_table().defined();
@@ -297,6 +303,7 @@ void ShardedUnits::open_gradients(Unit& u) {
   // Padding rows are reduced too, so they must hold zeros.
   const auto opts = u.master.options().dtype(options_.reduce_dtype);
   u.grad_full = u.even ? at::empty({u.full_numel}, opts) : at::zeros({u.full_numel}, opts);
+  if (!sinks_) return;
   for (const auto& q : u.params)
     kernels::open_gradient_sink(q.module_param, u.grad_full.narrow(0, q.full_offset, q.module_param.numel())
                                                     .view(q.module_param.sizes()));
@@ -311,7 +318,7 @@ void ShardedUnits::after_backward(size_t i) {
   // came from autograd in the compute dtype and are copied there, cast.
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (gradient, its place)
   for (auto& q : u.params) {
-    const bool sunk = kernels::close_gradient_sink(q.module_param);
+    const bool sunk = sinks_ && kernels::close_gradient_sink(q.module_param);
     auto grad = q.module_param.grad();
     q.module_param.mutable_grad() = at::Tensor();
     auto place = u.grad_full.narrow(0, q.full_offset, q.module_param.numel());
@@ -367,7 +374,8 @@ void ShardedUnits::zero_gradients() {
     u->fresh = true;
     // Left open only by a backward that threw: its partial gradients must not leak into this step.
     if (!u->grad_full.defined()) continue;
-    for (const auto& q : u->params) kernels::close_gradient_sink(q.module_param);
+    if (sinks_)
+      for (const auto& q : u->params) kernels::close_gradient_sink(q.module_param);
     u->grad_full = at::Tensor();
   }
 }

@@ -114,6 +114,7 @@ class ShardedUnits : public train::UnitHooks {
   DataParallelOptions options_;
   kernels::WeightCopies* copies_ = nullptr;
   int64_t shard_rank_ = 0, shard_size_ = 1;
+  bool sinks_ = true;  // the weights' gradients go to sinks (kernels/gradient_sink.h)
 };
 
 }  // namespace troupe::parallel
