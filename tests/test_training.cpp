@@ -3,6 +3,9 @@
 #include <torch/torch.h>
 #include <sys/wait.h>
 
+#include <atomic>
+#include <csignal>
+#include <cstdio>
 #include <thread>
 
 
@@ -219,10 +222,48 @@ TEST_CASE("a crash prints the signal, the thread and a stack naming the function
                                     Catch::Contains("troupe_test_crashes_here"));
 }
 
+// Not static and not inlined, as above: the stack dump must name it.
+__attribute__((noinline)) void troupe_test_waits_here(const std::atomic<bool>& stop) {
+  while (!stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
+
+TEST_CASE("SIGQUIT prints every thread's stack, each named, and the process goes on", "[training]") {
+  const auto child = testing::run_in_child([] {
+    runtime::install_crash_report();
+    std::atomic<bool> stop{false};
+    std::thread waiter([&] {
+      pthread_setname_np(pthread_self(), "troupe-waiter");
+      troupe_test_waits_here(stop);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    raise(SIGQUIT);
+    std::fputs("still running after SIGQUIT\n", stderr);
+    // Communicators timing out together print the stacks once.
+    runtime::dump_thread_stacks("first timeout", /*once=*/true);
+    runtime::dump_thread_stacks("second timeout", /*once=*/true);
+    stop = true;
+    waiter.join();
+  });
+  INFO(child.stderr_text);
+  REQUIRE(WIFEXITED(child.wait_status));
+  CHECK(WEXITSTATUS(child.wait_status) == 0);
+  const auto& text = child.stderr_text;
+  CHECK_THAT(text, Catch::Contains("troupe: SIGQUIT: the stack of every thread follows") &&
+                       Catch::Contains("(troupe-waiter):") && Catch::Contains("troupe_test_waits_here") &&
+                       Catch::Contains("troupe: end of the stacks") && Catch::Contains("still running after SIGQUIT") &&
+                       Catch::Contains("troupe: first timeout:") && !Catch::Contains("second timeout"));
+  CHECK_THAT(text, !Catch::Contains("did not answer"));
+  // Both dumps name both threads: the waiter and the one that asked.
+  size_t headers = 0;
+  for (size_t at = text.find("\nthread "); at != std::string::npos; at = text.find("\nthread ", at + 1)) ++headers;
+  CHECK(headers == 4);
+}
+
 TEST_CASE("a teardown past its deadline leaves the process with the job's exit code; one in time does not",
           "[training]") {
   const auto start = std::chrono::steady_clock::now();
   const auto stuck = testing::run_in_child([] {
+    runtime::install_crash_report();
     runtime::TeardownDeadline teardown;
     teardown.arm(std::chrono::milliseconds(200), 3, "stuck in teardown");
     std::this_thread::sleep_for(std::chrono::seconds(20));  // an actor that never stops
@@ -233,6 +274,10 @@ TEST_CASE("a teardown past its deadline leaves the process with the job's exit c
   CHECK(WEXITSTATUS(stuck.wait_status) == 3);
   CHECK(took < 10);
   CHECK_THAT(stuck.stderr_text, Catch::Contains("troupe: stuck in teardown"));
+  // Then where each thread was: the deadline's watcher and the thread that never stopped.
+  CHECK_THAT(stuck.stderr_text, Catch::Contains("ran out of time: the stack of every thread follows") &&
+                                    Catch::Contains("troupe: end of the stacks"));
+  CHECK_THAT(stuck.stderr_text, !Catch::Contains("did not answer"));
 
   const auto in_time = testing::run_in_child([] {
     runtime::TeardownDeadline teardown;

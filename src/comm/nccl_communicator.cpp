@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "kernels/cuda_check.h"
+#include "runtime/crash_report.h"
 #endif
 
 namespace troupe::comm {
@@ -259,6 +260,10 @@ class NcclCommunicator : public Communicator {
         failure = describe(pending_.front().what + " did not finish within " + std::to_string(timeout_.count()) +
                            " ms (a peer died or stopped)");
       if (!failure.empty() && !aborted_) {
+        // Where every thread is, before the abort changes it: a rank of this process stuck in a
+        // CUDA call can be what holds the collective up.
+        if (async_err == ncclSuccess || async_err == ncclInProgress)
+          runtime::dump_thread_stacks(failure.c_str(), /*once=*/true);
         error_ = failure;
         aborted_ = true;
         ncclCommAbort(comm_);

@@ -1,6 +1,10 @@
 // On a fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) print which thread died and its
 // native stack to stderr before the process dies as it would have: a crash inside a rank's
 // compute otherwise leaves nothing but "Segmentation fault" to go on.
+//
+// On SIGQUIT (`kill -QUIT <pid>`, `timeout -s QUIT`) print every thread's native stack and go on:
+// where each rank's thread, actor and watchdog is when a job hangs. One process drives several
+// GPUs, so a rank stuck in a CUDA call can hold up another's collective; the stacks show which.
 #pragma once
 
 namespace troupe::runtime {
@@ -8,5 +12,11 @@ namespace troupe::runtime {
 // Safe to call more than once; handlers installed later (a test framework's) run first and
 // chain here when they re-raise.
 void install_crash_report();
+
+// Every thread's stack to stderr under a header naming `why` (what install_crash_report's SIGQUIT
+// does). Async-signal-safe; a thread that does not answer within half a second is named as such.
+// The first call after `once` is set prints; later ones with `once` do nothing (so that several
+// communicators timing out together print the stacks once).
+void dump_thread_stacks(const char* why, bool once = false);
 
 }  // namespace troupe::runtime

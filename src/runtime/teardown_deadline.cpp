@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "runtime/crash_report.h"
+
 namespace troupe::runtime {
 
 void TeardownDeadline::arm(std::chrono::milliseconds limit, int exit_code, std::string why) {
@@ -12,6 +14,7 @@ void TeardownDeadline::arm(std::chrono::milliseconds limit, int exit_code, std::
     if (cv_.wait_for(lock, limit, [this] { return done_; })) return;
     std::cout.flush();
     std::cerr << "troupe: " << why << std::endl;
+    dump_thread_stacks("what each thread was doing when the teardown ran out of time");
     std::_Exit(exit_code);
   });
 }

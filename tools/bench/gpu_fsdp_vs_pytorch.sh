@@ -11,7 +11,9 @@ gpus=$(nvidia-smi -L | wc -l)
 bench=${TROUPE_BENCH:-build-gpu/troupe_bench}
 warmup=5
 results=$(mktemp)
-log=${LOG:-$(mktemp)}  # each run's whole output: $log.troupe-N (LOG=path to keep them); RUN_TIMEOUT (s) ends a hung run
+log=${LOG:-$(mktemp)}  # each run's whole output: $log.troupe-N (LOG=path to keep them)
+# RUN_TIMEOUT (s) ends a hung run: SIGQUIT first, so its log ends with every thread's stack
+# (runtime/crash_report.h), then SIGKILL 20 s later.
 case $flavor in
   1.5b) troupe_model=(--config configs/llama3_1.5b.toml); peer_model=() ;;
   8b) troupe_model=(--config configs/llama3_1.5b.toml --model.flavor 8B --activation_checkpoint.mode full)
@@ -24,7 +26,7 @@ echo "# $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $gpus, 
 # RANKS: the Troupe runs, "1 N" by default (8B: only N, as one GPU cannot hold its optimizer state;
 # weak scaling on 8 GPUs: "1 2 4 8").
 for ranks in ${RANKS:-1 $gpus}; do
-  timeout "${RUN_TIMEOUT:-900}" "$bench" throughput "${troupe_model[@]}" --warmup "$warmup" --model.tokenizer_path "$tokenizer" \
+  timeout -s QUIT -k 20 "${RUN_TIMEOUT:-900}" "$bench" throughput "${troupe_model[@]}" --warmup "$warmup" --model.tokenizer_path "$tokenizer" \
     --job.local_ranks "$ranks" --training.local_batch_size "$batch" --training.seq_len "$seq" \
     --training.steps "$steps" --metrics.log_freq 5 --job.dump_folder /tmp/troupe_fsdp_bench "$@" \
     > "$log.troupe-$ranks" 2>&1 || { tail -20 "$log.troupe-$ranks" >&2; exit 1; }

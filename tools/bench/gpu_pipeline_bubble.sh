@@ -4,7 +4,8 @@
 #   tools/bench/gpu_pipeline_bubble.sh TOKENIZER_JSON [MICROBATCHES] [STEPS] [troupe overrides...]
 # Environment: PP (pipeline degree, 2), DP (FSDP degree over each stage, 1; the job takes PP x DP
 # GPUs), MODEL (1.5b: seq 4096, or 8b: seq 8192 with full activation checkpointing),
-# SCHEDULES ("1F1B Interleaved1F1B"; interleaved ones get 2 stages per rank).
+# SCHEDULES ("1F1B Interleaved1F1B"; interleaved ones get 2 stages per rank), RUN_TIMEOUT (s, 900:
+# then SIGQUIT, which prints every thread's stack, and SIGKILL 20 s later).
 # Issue 6: PP=2 (the default). Issue 9: PP=4 DP=2 MODEL=8b SCHEDULES=Interleaved1F1B.
 set -euo pipefail
 tokenizer=$1 microbatches=${2:-8} steps=${3:-12}
@@ -38,7 +39,7 @@ for schedule in ${SCHEDULES:-1F1B Interleaved1F1B}; do
   [[ $schedule == Interleaved* ]] && per_rank=2
   dump=/tmp/troupe_pp_$schedule
   rm -rf "$dump"
-  "$troupe" train --config configs/llama3_1.5b.toml "${model_args[@]}" --model.tokenizer_path "$tokenizer" \
+  timeout -s QUIT -k 20 "${RUN_TIMEOUT:-900}" "$troupe" train --config configs/llama3_1.5b.toml "${model_args[@]}" --model.tokenizer_path "$tokenizer" \
     --job.local_ranks $((pp * dp)) --parallelism.data_parallel_shard_degree "$dp" \
     --parallelism.pipeline_parallel_degree "$pp" --parallelism.pipeline_parallel_schedule "$schedule" \
     --parallelism.pipeline_parallel_split_points "$(split_points $((pp * per_rank)))" \
