@@ -48,6 +48,22 @@ std::vector<std::pair<std::string, at::Tensor>> named_parameters(torch::nn::Modu
   return out;
 }
 
+// Host memory crosses to and from a GPU only pinned: a copy from or to pageable memory makes the
+// calling thread wait inside the CUDA driver, and where one process drives several GPUs that
+// wait can hold up a peer rank's CUDA calls while its collective waits for this rank.
+at::Tensor to_device(const at::Tensor& host, const torch::Device& dev) {
+  if (!dev.is_cuda()) return host.to(dev);
+  return host.pin_memory().to(dev, /*non_blocking=*/true);
+}
+
+// One copy and one wait for what a step reports (its loss and gradient norm).
+at::Tensor to_host(const at::Tensor& t) {
+  if (!t.is_cuda()) return t;
+  auto host = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
+  host.copy_(t);
+  return host;
+}
+
 // Over every pipeline stage when `stages` is given (the norm of the whole model's gradient).
 at::Tensor grad_norm(const std::vector<at::Tensor>& params, comm::Communicator* stages) {
   std::vector<at::Tensor> grads;
@@ -393,7 +409,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   int64_t micro = 0;
   for (const auto& b : micro_batches) {
     if (m.progress) m.progress(++micro);
-    models::UnitBatch ub{b->tokens.to(dev, /*non_blocking=*/true), b->targets.to(dev, /*non_blocking=*/true)};
+    models::UnitBatch ub{to_device(b->tokens, dev), to_device(b->targets, dev)};
     if (m.pipeline) {
       const auto n = m.pipeline->schedule().microbatches;
       const auto rows = ub.tokens.size(0) / n;
@@ -417,8 +433,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     m.sharded->prefetch(k);
   });
   if (m.pipeline && !m.trace_path.empty()) m.save_trace();
-  // One device-to-host copy, one wait: the host then queues the next step.
-  const auto both = at::stack({loss.reshape({}), norm.to(at::kDouble).reshape({})}).cpu();
+  const auto both = to_host(at::stack({loss.reshape({}), norm.to(at::kDouble).reshape({})}));
   stats.loss = both[0].item<double>();
   stats.grad_norm = both[1].item<double>();
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -437,7 +452,7 @@ double Trainer::evaluate(const data::Batch& batch) {
   auto& m = *impl_;
   const kernels::WeightCopies::Scope copies(m.sharded ? nullptr : &m.weight_copies);
   const auto dev = torch::Device(m.device);
-  const models::UnitBatch ub{batch.tokens.to(dev), batch.targets.to(dev)};
+  const models::UnitBatch ub{to_device(batch.tokens, dev), to_device(batch.targets, dev)};
   if (!m.sharded && !m.pipeline) return m.model->loss(ub).to(at::kDouble).item<double>();
   at::Tensor loss;
   if (m.pipeline) {
