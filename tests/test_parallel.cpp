@@ -25,6 +25,7 @@
 #include "comm/gloo_communicator.h"
 #include "comm/nccl_communicator.h"
 #include "comm/rendezvous.h"
+#include "comm/replica_communicator.h"
 #include "data/batch.h"
 #include "data/dataset_files.h"
 #include "data/shard_preparer.h"
@@ -149,6 +150,50 @@ TEST_CASE("gloo communicator: collectives and transfers match local references",
     CHECK(at::equal(received, input_of((r + n - 1) % n)));
     c->barrier();
   });
+}
+
+TEST_CASE("replica communicator: rank 0's results of a Gloo group whose ranks all hold the same tensors",
+          "[parallel]") {
+  constexpr int n = 3;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const auto whole = at::arange(2 * n, f64).mul_(0.5).add_(1.0);  // reduced, rank 0 keeps 2
+  const auto longer = at::arange(3 * n, f64).neg_();
+  const auto part = at::arange(4, f64).add_(7.0), other = at::arange(2, f64).add_(-3.0);
+  // Every collective of one kind on fresh outputs: one group's, then the replicas'.
+  auto run = [&](comm::Communicator& c) {
+    std::vector<at::Tensor> out;
+    auto sum = at::empty({2}, f64), avg = at::empty({2}, f64), longer_avg = at::empty({3}, f64);
+    c.reduce_scatter(sum, whole.clone(), comm::ReduceOp::sum)->wait();
+    c.reduce_scatter({avg, longer_avg}, {whole.clone(), longer.clone()}, comm::ReduceOp::avg)->wait();
+    auto gathered = at::empty({n * 4}, f64), gathered_other = at::empty({n * 2}, f64);
+    c.all_gather(gathered, part.clone())->wait();
+    auto grouped = at::empty({n * 4}, f64);
+    c.all_gather({grouped, gathered_other}, {part.clone(), other.clone()})->wait();
+    auto total = whole.clone(), largest = longer.clone(), mean = part.clone();
+    c.all_reduce(total, comm::ReduceOp::sum)->wait();
+    c.all_reduce(largest, comm::ReduceOp::max)->wait();
+    c.all_reduce(mean, comm::ReduceOp::avg)->wait();
+    auto sent = other.clone();
+    c.broadcast(sent, 0)->wait();
+    return std::vector<at::Tensor>{sum, avg, longer_avg, gathered, grouped, gathered_other, total, largest, mean, sent};
+  };
+  std::vector<at::Tensor> group_results;
+  on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
+    auto mine = run(*c);
+    if (r == 0) group_results = std::move(mine);
+  });
+  const auto replicas = comm::make_replica_communicator("replicas", n, -1);
+  CHECK(replicas->rank() == 0);
+  CHECK(replicas->size() == n);
+  const auto replica_results = run(*replicas);
+  REQUIRE(replica_results.size() == group_results.size());
+  for (size_t k = 0; k < group_results.size(); ++k) {
+    INFO("result " << k);
+    CHECK(torch::equal(replica_results[k], group_results[k]));
+  }
+  CHECK_THROWS_WITH(replicas->send(part, 1), Catch::Contains("replicas") && Catch::Contains("send to rank 1"));
+  auto wrong = at::empty({5}, f64);
+  CHECK_THROWS_WITH(replicas->all_gather(wrong, part), Catch::Contains("size x its part"));
 }
 
 TEST_CASE("gloo communicator: a peer that never arrives ends the wait with an error", "[parallel]") {
@@ -404,7 +449,8 @@ TEST_CASE("FSDP's kept bf16 send casts follow every write to their masters", "[p
   sharded.release_all();
 }
 
-TEST_CASE("a Trainer that shards alone (step-profile --fsdp-one-rank) trains as an unsharded one", "[parallel]") {
+TEST_CASE("a Trainer that shards alone (step-profile --fsdp-as 1) trains as an unsharded one; as 2 it holds half",
+          "[parallel]") {
   TempDir dir;
   const auto c = small_job_config(dir);  // 2 micro-batches of 2 x 32 tokens a step
   const int64_t vocab = 2048;
@@ -417,26 +463,37 @@ TEST_CASE("a Trainer that shards alone (step-profile --fsdp-one-rank) trains as 
     b->targets = tokens.narrow(1, 1, 32).contiguous();
     batches.push_back(std::move(b));
   }
-  auto run = [&](bool alone) {
+  auto run = [&](int as) {
     parallel::RankContext rank;
-    rank.shard_alone = alone;
-    if (alone) rank.rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
+    rank.shard_alone_as = as;
+    if (as > 0) rank.rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
     train::Trainer trainer(c, vocab, rank);
     std::vector<train::StepStats> steps;
-    for (int64_t s = 1; s <= 3; ++s) steps.push_back(trainer.step(s, batches));
+    for (int64_t s = 1; s <= 6; ++s) steps.push_back(trainer.step(s, batches));
     // Under FSDP a block's parameters are views of its gathered buffer, emptied after its
     // backward (the optimizer gathers units 0 and 1 again for the next step: unit 3 is not).
     const auto block_weight = trainer.model().units().at(3)->parameters().front();
-    CHECK((block_weight.storage().nbytes() == 0) == alone);
+    CHECK((block_weight.storage().nbytes() == 0) == (as > 0));
+    // Rank 0 of `as` holds the first of `as` row chunks of every parameter.
+    for (const auto& t : trainer.restorable_state(/*model_only=*/true)) {
+      INFO(t.name);
+      const auto rows = t.global_shape.empty() ? 1 : t.global_shape[0];
+      CHECK(t.box.offsets.front() == 0);
+      CHECK(t.box.lengths.front() == (as > 1 ? (rows + as - 1) / as : rows));
+    }
     return steps;
   };
-  const auto plain = run(false), alone = run(true);
+  const auto plain = run(0), alone = run(1), half = run(2);
   REQUIRE(alone.size() == plain.size());
   for (size_t i = 0; i < plain.size(); ++i) {
     INFO("step " << plain[i].step);
     CHECK(alone[i].loss == Approx(plain[i].loss).epsilon(1e-6));
     CHECK(alone[i].grad_norm == Approx(plain[i].grad_norm).epsilon(1e-5));
   }
+  // As rank 0 of 2 it trains another model (every chunk is its own): it still learns the batches.
+  REQUIRE(half.size() == plain.size());
+  for (const auto& s : half) CHECK(std::isfinite(s.loss));
+  CHECK(half.back().loss < half.front().loss - 0.1);
 }
 
 TEST_CASE("rendezvous: a missing rank is an error naming the key, not a hang", "[parallel]") {

@@ -12,9 +12,11 @@ struct RankContext {
   int local_rank = 0;  // on this node: its GPU index
   int world = 1;
   std::shared_ptr<comm::Rendezvous> rendezvous;  // null when world == 1
-  // A lone rank still shards its model, over a one-rank dp_shard group (needs a rendezvous): how a
-  // benchmark measures on one GPU what FSDP itself costs (its casts, copies and collectives).
-  bool shard_alone = false;
+  // A lone rank that still shards its model, as rank 0 of a dp_shard group of this many (0: it
+  // does not): 1 is a real one-rank group (needs a rendezvous), what FSDP itself costs on one GPU
+  // (its casts, copies and collectives); N > 1 has replicas of this rank stand in for the others
+  // (comm/replica_communicator.h), one rank of an N-GPU job's memory and compute on one GPU.
+  int shard_alone_as = 0;
 };
 
 }  // namespace troupe::parallel

@@ -21,6 +21,7 @@
 
 #include "comm/gloo_communicator.h"
 #include "comm/nccl_communicator.h"
+#include "comm/replica_communicator.h"
 #include "parallel/device_mesh.h"
 #include "parallel/fsdp.h"
 #include "parallel/pipeline_executor.h"
@@ -82,7 +83,9 @@ at::ScalarType precision(const std::string& key, const std::string& value) {
 // shards alone): NCCL on GPUs, Gloo on CPUs.
 comm::CommunicatorPtr connect(const parallel::RankContext& rank, const parallel::DeviceMesh& mesh,
                               parallel::MeshDim d, bool cuda) {
-  const bool alone = rank.shard_alone && d == parallel::MeshDim::dp_shard;
+  const bool alone = rank.shard_alone_as > 0 && d == parallel::MeshDim::dp_shard;
+  if (alone && rank.shard_alone_as > 1)
+    return comm::make_replica_communicator("dp_shard[replicas]", rank.shard_alone_as, cuda ? rank.local_rank : -1);
   if (mesh.dims().of(d) == 1 && !alone) return nullptr;
   if (!rank.rendezvous) throw std::logic_error("a multi-rank Trainer needs a rendezvous");
   const std::vector<parallel::MeshDim> g{d};
@@ -257,7 +260,7 @@ struct Trainer::Impl {
     }
     for (const auto& [name, t] : owned) params.push_back(t);
     auto trained = owned;
-    if (dims.dp() > 1 || rank.shard_alone) {
+    if (dims.dp() > 1 || rank.shard_alone_as > 0) {
       sharded = apply_data_parallel(cfg, rank, mesh, *model, units, owned, gpu >= 0);
       trained.clear();
       // The first two units' updates are pieces of their own, gathered for the next forward as

@@ -16,9 +16,9 @@ int throughput(const config::JobConfig& cfg, int64_t warmup);
 // of `window` seconds of one run.
 int inspect_overhead(const config::JobConfig& cfg, double window);
 // Plain-loop step time and the GPU kernels of `steps` profiled steps (random tokens of `vocab`),
-// on every local rank (job.local_ranks), per GPU. `shard_alone`: one rank under FSDP over a
-// one-rank group, to measure FSDP's own costs on one GPU.
+// on every local rank (job.local_ranks), per GPU. `shard_alone_as` > 0: one rank under FSDP as
+// rank 0 of that many (parallel::RankContext::shard_alone_as).
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, bool shard_alone);
+                 const std::string& trace_path, int shard_alone_as);
 
 }  // namespace troupe::bench

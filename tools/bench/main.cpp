@@ -56,18 +56,19 @@ int main(int argc, char** argv) {
 
   int64_t profile_vocab = 128256, profile_warmup = 4, profile_steps = 3;
   std::string trace_path;
-  bool shard_alone = false;
+  int shard_alone_as = 0;
   auto* profile = add_benchmark(app, "step-profile", "plain-loop step time and the GPU kernels of a few steps",
                                 config_path);
   profile->add_option("--vocab", profile_vocab, "vocabulary of the random tokens")->capture_default_str();
   profile->add_option("--warmup", profile_warmup, "steps before the timed ones")->capture_default_str();
   profile->add_option("--steps", profile_steps, "timed steps, then as many profiled")->capture_default_str();
   profile->add_option("--trace", trace_path, "write the Chrome trace here");
-  profile->add_flag("--fsdp-one-rank", shard_alone,
-                    "one rank under FSDP over a one-rank group: what FSDP itself costs, on one GPU");
+  profile->add_option("--fsdp-as", shard_alone_as,
+                      "one rank under FSDP as rank 0 of N: N=1 a real one-rank group (what FSDP itself costs); "
+                      "N>1 replicas of it stand in for the others (one rank of an N-GPU job's memory and compute)");
   benchmarks.push_back({profile, [&](const config::JobConfig& cfg) {
                           return bench::step_profile(cfg, profile_vocab, profile_warmup, profile_steps, trace_path,
-                                                     shard_alone);
+                                                     shard_alone_as);
                         }});
 
   int saves = 5;

@@ -106,13 +106,14 @@ void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, i
 }  // namespace
 
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, bool shard_alone) {
+                 const std::string& trace_path, int shard_alone_as) {
   const int ranks = train::local_rank_count(cfg);
-  if (shard_alone && ranks > 1) throw std::invalid_argument("--fsdp-one-rank profiles one rank: set job.local_ranks 1");
-  auto rendezvous = ranks > 1 || shard_alone ? comm::Rendezvous::in_process(std::chrono::minutes(5)) : nullptr;
+  if (shard_alone_as > 0 && ranks > 1) throw std::invalid_argument("--fsdp-as profiles one rank: set job.local_ranks 1");
+  auto rendezvous = ranks > 1 || shard_alone_as > 0 ? comm::Rendezvous::in_process(std::chrono::minutes(5)) : nullptr;
   const auto B = cfg.training.local_batch_size, S = cfg.training.seq_len;
   std::barrier phase(ranks);
   double loop_seconds = 0, profiled_seconds = 0;
+  int64_t peak_active = 0, peak_reserved = 0;  // rank 0's, over the plain loop
   std::unique_ptr<torch::autograd::profiler::ProfilerResult> result;
   namespace prof = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
@@ -120,7 +121,7 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
   const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
 
   auto run_rank_steps = [&](int r) {
-    train::Trainer trainer(cfg, vocab, parallel::RankContext{r, r, ranks, rendezvous, shard_alone});
+    train::Trainer trainer(cfg, vocab, parallel::RankContext{r, r, ranks, rendezvous, shard_alone_as});
     auto tokens = torch::randint(0, vocab, {B, S + 1}, torch::kLong);
     auto batch = std::make_shared<data::Batch>();
     batch->tokens = tokens.narrow(1, 0, S).contiguous();
@@ -130,8 +131,12 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
     double seconds = 0;
     for (int64_t i = 0; i < warmup + steps; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
-      trainer.step(++step, {b});  // ends by reading the loss back: the step is finished
+      const auto stats = trainer.step(++step, {b});  // ends by reading the loss back: the step is finished
       if (i >= warmup) seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (r == 0) {
+        peak_active = std::max(peak_active, stats.gpu_peak_active_bytes);
+        peak_reserved = std::max(peak_reserved, stats.gpu_peak_reserved_bytes);
+      }
     }
     if (r == 0) loop_seconds = seconds;
     phase.arrive_and_wait();
@@ -164,10 +169,15 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
   for (int r = 0; r < ranks; ++r) threads.push_back(std::async(std::launch::async, run_rank, r));
   for (auto& t : threads) t.get();
 
-  std::printf("%d rank(s)%s, plain loop: %.2f ms/step, %.0f tokens/s per rank over %lld steps\n", ranks,
-              shard_alone ? " under FSDP over a one-rank group" : "",
-              1e3 * loop_seconds / steps, static_cast<double>(B * S * steps) / loop_seconds,
-              static_cast<long long>(steps));
+  const auto alone = shard_alone_as == 1   ? std::string(" under FSDP over a one-rank group")
+                    : shard_alone_as > 1 ? " under FSDP as rank 0 of " + std::to_string(shard_alone_as) + " (replicas)"
+                                         : std::string();
+  constexpr double GiB = 1024.0 * 1024.0 * 1024.0;
+  std::printf("%d rank(s)%s, plain loop: %.2f ms/step, %.0f tokens/s per rank over %lld steps; "
+              "rank 0's peak GPU memory %.2f GiB active, %.2f GiB reserved\n",
+              ranks, alone.c_str(), 1e3 * loop_seconds / steps, static_cast<double>(B * S * steps) / loop_seconds,
+              static_cast<long long>(steps), static_cast<double>(peak_active) / GiB,
+              static_cast<double>(peak_reserved) / GiB);
   if (train::resolve_device(cfg.job.device) == "cuda")
     for (int d = 0; d < ranks; ++d) report(result->events(), d, steps, 1e3 * profiled_seconds / steps);
   if (!trace_path.empty()) result->save(trace_path);

@@ -1,0 +1,136 @@
+#include "comm/replica_communicator.h"
+
+#include <ATen/ATen.h>
+
+#ifdef TROUPE_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include <functional>
+#include <optional>
+
+namespace troupe::comm {
+
+namespace {
+
+class DoneWork : public Work {
+ public:
+  void wait() override {}
+};
+
+#ifdef TROUPE_WITH_CUDA
+class StreamWork : public Work {
+ public:
+  explicit StreamWork(std::shared_ptr<at::cuda::CUDAEvent> done) : done_(std::move(done)) {}
+  void wait() override { done_->block(c10::cuda::getCurrentCUDAStream()); }
+
+ private:
+  std::shared_ptr<at::cuda::CUDAEvent> done_;
+};
+#endif
+
+class ReplicaCommunicator : public Communicator {
+ public:
+  ReplicaCommunicator(std::string group, int size, int device)
+      : name_(std::move(group)), size_(size), device_(device) {
+    if (size < 1) throw std::invalid_argument("replica group '" + name_ + "': size must be at least 1");
+#ifdef TROUPE_WITH_CUDA
+    if (device_ >= 0) stream_ = c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device_);
+#endif
+  }
+
+  int rank() const override { return 0; }
+  int size() const override { return size_; }
+  const std::string& name() const override { return name_; }
+
+  WorkPtr all_gather(at::Tensor out, at::Tensor in) override { return all_gather(std::vector{out}, std::vector{in}); }
+
+  WorkPtr all_gather(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) override {
+    require(grouped_shape_error("all_gather", ins, outs, size_));
+    return issue(concatenated(outs, ins), [&] {
+      for (size_t k = 0; k < ins.size(); ++k)
+        if (ins[k].numel() > 0) outs[k].view({size_, ins[k].numel()}).copy_(ins[k].reshape({1, -1}));
+    });
+  }
+
+  WorkPtr reduce_scatter(at::Tensor out, at::Tensor in, ReduceOp op) override {
+    return reduce_scatter(std::vector{out}, std::vector{in}, op);
+  }
+
+  WorkPtr reduce_scatter(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
+                         ReduceOp op) override {
+    require(grouped_shape_error("reduce_scatter", outs, ins, size_));
+    return issue(concatenated(outs, ins), [&] {
+      for (size_t k = 0; k < ins.size(); ++k)
+        reduced(outs[k].copy_(ins[k].reshape({-1}).narrow(0, 0, outs[k].numel()).view_as(outs[k])), op);
+    });
+  }
+
+  WorkPtr all_reduce(at::Tensor t, ReduceOp op) override {
+    return issue({t}, [&] { reduced(t, op); });
+  }
+
+  WorkPtr broadcast(at::Tensor t, int) override { return issue({t}, [] {}); }
+  WorkPtr send(at::Tensor, int peer) override { return unsupported("send to rank " + std::to_string(peer)); }
+  WorkPtr recv(at::Tensor, int peer) override { return unsupported("recv from rank " + std::to_string(peer)); }
+  void barrier() override {}
+
+ private:
+  // `size` equal contributions.
+  void reduced(const at::Tensor& t, ReduceOp op) const {
+    if (op == ReduceOp::sum && size_ > 1) t.mul_(size_);
+  }
+
+  void require(const std::string& wrong) const {
+    if (!wrong.empty()) throw std::invalid_argument("replica group '" + name_ + "': " + wrong);
+  }
+
+  [[noreturn]] WorkPtr unsupported(const std::string& op) const {
+    throw CommError("replica group '" + name_ + "': " + op + " has no replica to go to (pipelines are not emulated)");
+  }
+
+  static std::vector<at::Tensor> concatenated(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+    std::vector<at::Tensor> all(a);
+    all.insert(all.end(), b.begin(), b.end());
+    return all;
+  }
+
+  WorkPtr issue(const std::vector<at::Tensor>& tensors, const std::function<void()>& copies) {
+#ifdef TROUPE_WITH_CUDA
+    if (device_ >= 0) {
+      c10::cuda::CUDAGuard guard(device_);
+      at::cuda::CUDAEvent ready;
+      ready.record(c10::cuda::getCurrentCUDAStream());
+      ready.block(*stream_);
+      {
+        c10::cuda::CUDAStreamGuard on(*stream_);
+        copies();
+      }
+      for (const auto& t : tensors) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), *stream_);
+      auto done = std::make_shared<at::cuda::CUDAEvent>();
+      done->record(*stream_);
+      return std::make_unique<StreamWork>(std::move(done));
+    }
+#endif
+    (void)tensors;
+    copies();
+    return std::make_unique<DoneWork>();
+  }
+
+  std::string name_;
+  int size_, device_;
+#ifdef TROUPE_WITH_CUDA
+  std::optional<c10::cuda::CUDAStream> stream_;
+#endif
+};
+
+}  // namespace
+
+CommunicatorPtr make_replica_communicator(const std::string& group, int size, int device) {
+  return std::make_shared<ReplicaCommunicator>(group, size, device);
+}
+
+}  // namespace troupe::comm
