@@ -54,6 +54,7 @@ struct ShardedUnits::Unit {
     at::Tensor module_param;  // a view of `full` while gathered
     int64_t rows = 0, row_numel = 1, chunk_rows = 0;
     int64_t shard_offset = 0;  // in the flat shard
+    size_t shard = 0;          // its ParameterShard in shards_
     // In the flat gathered buffer, where the parameter has S chunks' room (its last rows padded
     // when they do not split evenly): rank r's chunk is its rows [r * chunk_rows, ...), so the
     // gather writes every chunk straight into its place.
@@ -67,7 +68,10 @@ struct ShardedUnits::Unit {
   };
   std::vector<Param> params;
   int64_t shard_numel = 0, full_numel = 0;
-  at::Tensor master, master_grad;  // fp32 [shard_numel]
+  at::Tensor master;               // fp32 [shard_numel]
+  // fp32 [shard_numel], from the unit's first reduction of a step until the next step starts:
+  // not held while the activations of the forward are (FSDP2 allocates its sharded gradients so).
+  at::Tensor master_grad;
   at::Tensor full;                 // compute dtype [full_numel]; its storage comes and goes
   at::Tensor send;                 // compute dtype [shard_numel], with keep_send_copies
   std::vector<at::Tensor> placed;  // the master's views whose copies live in `send`
@@ -118,7 +122,6 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
     const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
     const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
     u->master = at::zeros({u->shard_numel}, f32);
-    u->master_grad = at::zeros({u->shard_numel}, f32);
     u->full = at::empty({u->full_numel}, f32.dtype(options_.compute_dtype));
     for (auto& q : u->params) {
       const auto& p = q.module_param;
@@ -131,7 +134,7 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
       if (!chunk_shape.empty()) chunk_shape[0] = mine;
       ParameterShard shard{it->second, p.sizes().vec(), shard_rank_, S, units_.size(),
                            u->master.narrow(0, q.shard_offset, mine * q.row_numel).view(chunk_shape)};
-      shard.master.mutable_grad() = u->master_grad.narrow(0, q.shard_offset, mine * q.row_numel).view(chunk_shape);
+      q.shard = shards_.size();
       shards_.push_back(std::move(shard));
       // The module computes with a view of the gathered buffer from now on.
       q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
@@ -279,9 +282,9 @@ at::Tensor ShardedUnits::table_gradient(Unit& u) {
   const auto sums = at::embedding_dense_backward(u.row_grads, local, n + 1, /*padding_idx=*/n,
                                                  /*scale_grad_by_freq=*/false)
                         .narrow(0, 0, n)
-                        .to(u.master_grad.scalar_type());
+                        .to(u.master.scalar_type());
   if (n == q.chunk_rows) return sums.reshape({-1}).div_(shard_size_);  // no padding rows
-  auto grad = at::zeros({u.shard_numel}, u.master_grad.options());
+  auto grad = at::zeros({u.shard_numel}, u.master.options());
   grad.narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(sums).div_(shard_size_);
   return grad;
 }
@@ -340,8 +343,8 @@ void ShardedUnits::after_backward(size_t i) {
   }
   // The step's first gradient of a unit is reduced straight into the master's gradient: no
   // zeroing beforehand and no add afterwards (two passes over every shard).
-  const bool direct = u.fresh && grad_full.scalar_type() == u.master_grad.scalar_type();
-  u.grad_out = direct ? u.master_grad : at::empty({u.shard_numel}, grad_full.options());
+  const bool direct = u.fresh && grad_full.scalar_type() == u.master.scalar_type();
+  u.grad_out = direct ? master_gradient(u) : at::empty({u.shard_numel}, grad_full.options());
   // One reduce-scatter per parameter, grouped, each from the parameter's place (its rank-major
   // chunks) into its piece of the shard. The unit's whole gradient (grad_full) is not kept until
   // the step ends (for the 8B model that was the model's size in fp32): the communicator keeps it
@@ -369,9 +372,22 @@ void ShardedUnits::copy_gradients(const std::vector<std::pair<at::Tensor, at::Te
   for (const auto& [grad, place] : copies) place.copy_(grad);
 }
 
+at::Tensor& ShardedUnits::master_gradient(Unit& u) {
+  if (u.master_grad.defined()) return u.master_grad;
+  u.master_grad = at::empty({u.shard_numel}, u.master.options());
+  for (const auto& q : u.params) {
+    auto& master = shards_.at(q.shard).master;
+    master.mutable_grad() = u.master_grad.narrow(0, q.shard_offset, master.numel()).view(master.sizes());
+  }
+  return u.master_grad;
+}
+
 void ShardedUnits::zero_gradients() {
   for (auto& u : units_) {
     u->fresh = true;
+    // The last step's, read by its optimizer (queued on this stream before anything reuses them).
+    u->master_grad = at::Tensor();
+    for (const auto& q : u->params) shards_.at(q.shard).master.mutable_grad() = at::Tensor();
     // Left open only by a backward that threw: its partial gradients must not leak into this step.
     if (!u->grad_full.defined()) continue;
     if (sinks_)
@@ -395,8 +411,9 @@ void ShardedUnits::finish_unit(Unit& u) {
   u.reduce_work.reset();
   if (options_.replicate) options_.replicate->all_reduce(u.grad_out, comm::ReduceOp::avg)->wait();
   if (!u.grad_out.is_same(u.master_grad)) {
-    if (u.fresh) u.master_grad.copy_(u.grad_out);
-    else u.master_grad.add_(u.grad_out);
+    auto& grad = master_gradient(u);
+    if (u.fresh) grad.copy_(u.grad_out);
+    else grad.add_(u.grad_out);
   }
   u.fresh = false;
   u.grad_out = at::Tensor();
@@ -405,7 +422,7 @@ void ShardedUnits::finish_unit(Unit& u) {
 void ShardedUnits::finish_gradients() {
   for (auto& u : units_) {
     finish_unit(*u);
-    if (u->fresh) u->master_grad.zero_();  // no backward reached it
+    if (u->fresh) master_gradient(*u).zero_();  // no backward reached it
     u->fresh = false;
   }
 }

@@ -104,6 +104,7 @@ class ShardedUnits : public train::UnitHooks {
                                                                             const at::Tensor& shard) const;
   void open_gradients(Unit& u);
   void copy_gradients(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) const;
+  at::Tensor& master_gradient(Unit& u);  // allocated at the unit's first reduction of a step
   void wait_gathered(size_t unit);
   void free_gathered(size_t unit);
   void gather_borrowed(size_t unit);
