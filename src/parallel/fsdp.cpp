@@ -374,7 +374,8 @@ void ShardedUnits::copy_gradients(const std::vector<std::pair<at::Tensor, at::Te
 
 at::Tensor& ShardedUnits::master_gradient(Unit& u) {
   if (u.master_grad.defined()) return u.master_grad;
-  u.master_grad = at::empty({u.shard_numel}, u.master.options());
+  // A step's first write overwrites all of it; an add (no zero_gradients before) needs zeros.
+  u.master_grad = u.fresh ? at::empty({u.shard_numel}, u.master.options()) : at::zeros({u.shard_numel}, u.master.options());
   for (const auto& q : u.params) {
     auto& master = shards_.at(q.shard).master;
     master.mutable_grad() = u.master_grad.narrow(0, q.shard_offset, master.numel()).view(master.sizes());

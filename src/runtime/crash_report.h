@@ -15,8 +15,8 @@ void install_crash_report();
 
 // Every thread's stack to stderr under a header naming `why` (what install_crash_report's SIGQUIT
 // does). Async-signal-safe; a thread that does not answer within half a second is named as such.
-// The first call after `once` is set prints; later ones with `once` do nothing (so that several
-// communicators timing out together print the stacks once).
+// Of the calls with `once`, only the first prints (several communicators timing out together
+// print the stacks once).
 void dump_thread_stacks(const char* why, bool once = false);
 
 }  // namespace troupe::runtime
