@@ -71,4 +71,11 @@ inline std::string grouped_shape_error(const std::string& op, const std::vector<
   return {};
 }
 
+// Every tensor of a grouped operation (the outputs, then the inputs).
+inline std::vector<at::Tensor> concatenated(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  std::vector<at::Tensor> all(a);
+  all.insert(all.end(), b.begin(), b.end());
+  return all;
+}
+
 }  // namespace troupe::comm

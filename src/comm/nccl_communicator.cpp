@@ -2,7 +2,6 @@
 
 #ifdef TROUPE_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
-#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <nccl.h>
@@ -14,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "comm/side_stream.h"
 #include "kernels/cuda_check.h"
 #include "runtime/crash_report.h"
 #endif
@@ -45,18 +45,6 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   }
   return ncclSum;
 }
-
-class NcclWork : public Work {
- public:
-  explicit NcclWork(std::shared_ptr<at::cuda::CUDAEvent> done) : done_(std::move(done)) {}
-  void wait() override {
-    if (done_) done_->block(c10::cuda::getCurrentCUDAStream());
-    done_.reset();
-  }
-
- private:
-  std::shared_ptr<at::cuda::CUDAEvent> done_;
-};
 
 class NcclCommunicator : public Communicator {
  public:
@@ -203,12 +191,6 @@ class NcclCommunicator : public Communicator {
     if (!error_.empty()) throw CommError(error_);
   }
 
-  static std::vector<at::Tensor> concatenated(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-    std::vector<at::Tensor> all(a);
-    all.insert(all.end(), b.begin(), b.end());
-    return all;
-  }
-
   // n operations in one NCCL group: one launch.
   template <class Op>
   static ncclResult_t grouped(size_t n, Op&& op) {
@@ -227,21 +209,15 @@ class NcclCommunicator : public Communicator {
       require(t.is_contiguous(), op + ": tensors must be contiguous");
     }
     c10::cuda::CUDAGuard guard(device_);
-    // The communication stream starts once the caller's stream has produced the inputs.
-    at::cuda::CUDAEvent ready;
-    ready.record(c10::cuda::getCurrentCUDAStream());
-    ready.block(stream_);
+    follow_current_stream(stream_);
     check(launch(stream_.stream()), op.c_str());
-    // The caching allocator must not hand these blocks out again before the stream is done.
-    for (const auto& t : tensors) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), stream_);
-    auto done = std::make_shared<at::cuda::CUDAEvent>();
-    done->record(stream_);
+    auto done = end_on(stream_, tensors);
     {
       std::lock_guard lock(mu_);
       pending_.push_back({done, std::chrono::steady_clock::now() + timeout_, op});
     }
     cv_.notify_all();
-    return std::make_unique<NcclWork>(done);
+    return std::make_unique<StreamWork>(done);
   }
 
   // A dead or stuck peer leaves an operation unfinished: after the timeout the communicator is

@@ -3,10 +3,9 @@
 #include <ATen/ATen.h>
 
 #ifdef TROUPE_WITH_CUDA
-#include <ATen/cuda/CUDAEvent.h>
-#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+
+#include "comm/side_stream.h"
 #endif
 
 #include <functional>
@@ -20,17 +19,6 @@ class DoneWork : public Work {
  public:
   void wait() override {}
 };
-
-#ifdef TROUPE_WITH_CUDA
-class StreamWork : public Work {
- public:
-  explicit StreamWork(std::shared_ptr<at::cuda::CUDAEvent> done) : done_(std::move(done)) {}
-  void wait() override { done_->block(c10::cuda::getCurrentCUDAStream()); }
-
- private:
-  std::shared_ptr<at::cuda::CUDAEvent> done_;
-};
-#endif
 
 class ReplicaCommunicator : public Communicator {
  public:
@@ -94,27 +82,16 @@ class ReplicaCommunicator : public Communicator {
     throw CommError("replica group '" + name_ + "': " + op + " has no replica to go to (pipelines are not emulated)");
   }
 
-  static std::vector<at::Tensor> concatenated(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-    std::vector<at::Tensor> all(a);
-    all.insert(all.end(), b.begin(), b.end());
-    return all;
-  }
-
   WorkPtr issue(const std::vector<at::Tensor>& tensors, const std::function<void()>& copies) {
 #ifdef TROUPE_WITH_CUDA
     if (device_ >= 0) {
       c10::cuda::CUDAGuard guard(device_);
-      at::cuda::CUDAEvent ready;
-      ready.record(c10::cuda::getCurrentCUDAStream());
-      ready.block(*stream_);
+      follow_current_stream(*stream_);
       {
         c10::cuda::CUDAStreamGuard on(*stream_);
         copies();
       }
-      for (const auto& t : tensors) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), *stream_);
-      auto done = std::make_shared<at::cuda::CUDAEvent>();
-      done->record(*stream_);
-      return std::make_unique<StreamWork>(std::move(done));
+      return std::make_unique<StreamWork>(end_on(*stream_, tensors));
     }
 #endif
     (void)tensors;
