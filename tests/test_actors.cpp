@@ -13,6 +13,7 @@
 #include "actors/data_loader.h"
 #include "actors/data_loader_protocol.h"
 #include "actors/node_supervisor_protocol.h"
+#include "runtime/failpoint.h"
 #include "runtime/status_board.h"
 #include "runtime/thread_exit.h"
 #include "data/batch_source.h"
@@ -74,6 +75,70 @@ TEST_CASE("every actor answers a status request", "[actors]") {
   const auto outcome = testing::run_with_timeout(c, hooks);
   CHECK(outcome.exit_code == 0);
   CHECK(names == std::set<std::string>{"node_supervisor", "coordinator", "stage[0]", "data_loader[0]", "metrics_sink"});
+}
+
+TEST_CASE("a stage busy inside a step and quiet past its limit is stalled; a waiting one never is", "[actors]") {
+  runtime::StatusBoard board;
+  auto stage = board.enroll("stage[3]");
+  auto loader = board.enroll("data_loader[3]");
+  const runtime::StallLimits limits{std::chrono::seconds(10), std::chrono::seconds(5)};
+  const auto at = [](int seconds) { return std::chrono::steady_clock::now() + std::chrono::seconds(seconds); };
+  stage->set_state("building");
+  CHECK_FALSE(stage->stalled(limits, at(1000)));  // not in a step yet: building has timeouts of its own
+  stage->set_state("computing");
+  stage->set_step(7);
+  stage->set_micro_batch(2);
+  stage->set_activity("backward", 12);
+  const auto shown = stage->snapshot();
+  CHECK(shown.activity == "backward of unit 12");
+  CHECK(shown.quiet_seconds < 5);
+  CHECK_FALSE(stage->stalled(limits, at(0)));
+  CHECK_FALSE(stage->stalled(limits, at(7)));  // step 7 is its first: 10 s
+  const auto first = stage->stalled(limits, at(11));
+  REQUIRE(first);
+  CHECK_THAT(*first, Catch::Contains("stage[3] made no progress for 1") && Catch::Contains("state computing") &&
+                         Catch::Contains("step 7") && Catch::Contains("micro-batch 2") &&
+                         Catch::Contains("last began: backward of unit 12"));
+  stage->set_step(8);
+  stage->set_activity("optimizer", -1);
+  const auto later = stage->stalled(limits, at(7));  // later steps: 5 s
+  REQUIRE(later);
+  CHECK_THAT(*later, Catch::Contains("step 8") && Catch::EndsWith("last began: optimizer)"));
+  CHECK_FALSE(stage->stalled(limits, at(3)));
+  // The board finds it among its entries of that kind only.
+  CHECK(board.find_stall("stage", limits) == std::nullopt);  // now: it just moved
+  loader->set_state("reading");
+  loader->set_step(9);
+  CHECK_FALSE(board.find_stall("stage", {std::chrono::milliseconds(0), std::chrono::milliseconds(0)}) ==
+              std::nullopt);
+  stage->set_state("idle");  // waiting for its next step: whoever it waits for is the stuck one
+  CHECK_FALSE(stage->stalled(limits, at(1000)));
+  CHECK(board.find_stall("stage", {std::chrono::milliseconds(0), std::chrono::milliseconds(0)}) == std::nullopt);
+  stage->set_state("waiting-data");
+  CHECK_FALSE(stage->stalled(limits, at(1000)));
+}
+
+TEST_CASE("a stage stuck inside a step ends the job with exit 1 and a message naming it and what it began",
+          "[actors]") {
+  testing::TempDir dir;
+  auto c = testing::small_job_config(dir);
+  c.comm.init_timeout_seconds = 2;
+  c.comm.train_timeout_seconds = 2;  // stuck after 3 s without progress
+  // The stage's thread stops for 8 s at its 50th activity (in step 2: a step begins each unit's
+  // forward and backward for 2 micro-batches, the optimizer and the read-back), as a thread stuck
+  // in a driver call would, where no timeout of a communicator reaches it. Without the stall
+  // watch the job would then go on and finish with exit 0.
+  std::atomic<int> activities{0};
+  runtime::set_failpoint_handler([&](const char* where, int64_t rank) {
+    if (std::string(where) == "stage.activity" && rank == 0 && ++activities == 50)
+      std::this_thread::sleep_for(std::chrono::seconds(8));
+  });
+  const auto outcome = testing::run_with_timeout(c);
+  runtime::set_failpoint_handler(nullptr);
+  CHECK(outcome.exit_code == 1);
+  CHECK_THAT(outcome.message, Catch::Contains("stage[0] made no progress for ") && Catch::Contains("step 2") &&
+                                  Catch::Contains("last began: ") && Catch::Contains("every thread's stack"));
+  CHECK(outcome.stuck);
 }
 
 TEST_CASE("the board remembers each enrolling thread; a job returns once its actors' threads are gone",

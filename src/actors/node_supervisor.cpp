@@ -7,6 +7,7 @@
 #include "actors/metrics_sink_protocol.h"
 #include "actors/node_supervisor_protocol.h"
 #include "actors/stage.h"
+#include "runtime/crash_report.h"
 #include "runtime/exit_codes.h"
 #include "models/llama3/model_args.h"
 #include "runtime/status_board.h"
@@ -17,6 +18,7 @@
 
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <functional>
 #include <set>
 #include <sstream>
@@ -41,6 +43,7 @@ struct supervisor_state {
   runtime::TrainOutcome result;        // delivered once they have
   bool started = false, ended = false;
   std::function<void()> spawn_coordinator;
+  runtime::StallLimits stall_limits;
 };
 
 using self_ptr = caf::stateful_actor<supervisor_state>*;
@@ -100,6 +103,34 @@ void end_job(self_ptr self, runtime::TrainOutcome outcome) {
         .then([=](bool) { heard_from(self, node.node()); }, [=](caf::error&) { heard_from(self, node.node()); });
   }
   if (st.awaiting.empty()) deliver(self, std::move(st.result));
+}
+
+// A failure on this node ends the job; on node R node 0 is told first, and ends it everywhere.
+void fail(self_ptr self, std::string what, bool stuck = false) {
+  auto& s = self->state;
+  if (s.links.node0) self->send(s.links.node0, failure_atom::value, what);
+  end_job(self, {runtime::exit_code::failed, std::move(what), {}, stuck});
+}
+
+// The communicators' timeouts bound every collective; 1.5 times those, a stage that has not
+// moved is stuck where none of them reaches: a driver call, a lock, Troupe's own code.
+runtime::StallLimits stall_limits(const config::JobConfig& cfg) {
+  using ms = std::chrono::milliseconds;
+  return {ms(cfg.comm.init_timeout_seconds * 1500), ms(cfg.comm.train_timeout_seconds * 1500)};
+}
+
+void watch_for_stalls(self_ptr self) {
+  auto& s = self->state;
+  if (s.ended) return;
+  if (auto stall = s.board->find_stall("stage", s.stall_limits)) {
+    const auto what = *stall + ": stuck where no collective's timeout reaches (the limit is 1.5 x "
+                      "comm.train_timeout_seconds, or 1.5 x comm.init_timeout_seconds in its first step); "
+                      "every thread's stack is printed above";
+    runtime::dump_thread_stacks(stall->c_str(), /*once=*/true);
+    return fail(self, what, /*stuck=*/true);
+  }
+  const auto every = std::clamp(s.stall_limits.step / 4, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
+  self->delayed_send(self, every, watch_atom::value);
 }
 
 void forward_control(self_ptr self, caf::message control) {
@@ -199,6 +230,8 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
                    {}});
   });
   st.status->set_state(node0 && place.nnodes > 1 ? "waiting-nodes" : "running");
+  st.stall_limits = stall_limits(cfg);
+  self->send(self, watch_atom::value);
   return {
       [=](start_atom) {
         auto& s = self->state;
@@ -274,10 +307,9 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
       },
       [=](failure_atom, std::string what) {
         self->state.status->on_message(self);
-        // A rank of another node failed: that node ends, node 0 ends the job.
-        if (self->state.links.node0) self->send(self->state.links.node0, failure_atom::value, what);
-        end_job(self, {runtime::exit_code::failed, std::move(what), {}});
+        fail(self, std::move(what));
       },
+      [=](watch_atom) { watch_for_stalls(self); },
       [=](children_atom) {
         self->state.status->on_message(self);
         return self->state.children;

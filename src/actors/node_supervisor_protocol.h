@@ -25,5 +25,7 @@ using finish_atom = caf::atom_constant<caf::atom("finish")>;
 // inspection endpoint, which shows the whole job from node 0
 using board_atom = caf::atom_constant<caf::atom("board")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;  // (tick_atom): a node's own timer
+// (watch_atom): a node's own timer, looking for a stage of this node that is stuck inside a step
+using watch_atom = caf::atom_constant<caf::atom("watch")>;
 
 }  // namespace troupe::actors

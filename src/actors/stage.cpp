@@ -11,6 +11,7 @@
 #include "data/batch.h"
 #include "data/batch_source.h"
 #include "runtime/error_text.h"
+#include "runtime/failpoint.h"
 #include "runtime/status_board.h"
 #include "train/trainer.h"
 
@@ -101,6 +102,10 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
     st.trainer->on_pipeline_action([status = st.status](const char* what, int64_t micro_batch) {
       status->set_state(what);
       status->set_micro_batch(micro_batch);
+    });
+    st.trainer->on_activity([status = st.status, rank_id](const char* what, int64_t unit) {
+      status->set_activity(what, unit);
+      runtime::failpoint("stage.activity", rank_id);
     });
     st.snapshot_buffers = std::make_unique<checkpoint::SnapshotBuffers>(
         cfg.checkpoint.async_mode != "disabled", cfg.checkpoint.async_mode == "async_with_pinned_mem");

@@ -27,13 +27,16 @@ struct actor_status {
   uint64_t bytes_in_flight = 0;  // batches held, snapshot being written, ...
   std::string last_error;
   std::string detail;      // what only this kind of actor reports (the loader: documents skipped)
+  std::string activity;    // what its thread began last, where it reports that: "backward of unit 12"
+  double quiet_seconds = 0;  // since its state, micro-batch or activity last moved
   std::vector<std::string> recent_messages;  // the last few handled, "seconds-ago: (atom, ...)"
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, actor_status& x) {
   return f(caf::meta::type_name("actor_status"), x.name, x.kind, x.node, x.rank, x.state, x.step, x.micro_batch,
-           x.mailbox, x.handled, x.busy_seconds, x.age_seconds, x.bytes_in_flight, x.last_error, x.detail, x.recent_messages);
+           x.mailbox, x.handled, x.busy_seconds, x.age_seconds, x.bytes_in_flight, x.last_error, x.detail, x.activity, x.quiet_seconds,
+           x.recent_messages);
 }
 
 }  // namespace troupe::actors

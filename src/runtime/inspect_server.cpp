@@ -44,6 +44,8 @@ nlohmann::json actor_json(const actors::actor_status& a) {
           {"bytes_in_flight", a.bytes_in_flight},
           {"last_error", a.last_error},
           {"detail", a.detail},
+          {"activity", a.activity},
+          {"quiet_seconds", a.quiet_seconds},
           {"recent_messages", a.recent_messages}};
 }
 

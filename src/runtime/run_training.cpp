@@ -126,10 +126,13 @@ TrainOutcome run_actors(caf::actor_system_config& sys_cfg, const config::JobConf
   }
   // Every collective of ours gives up within the train timeout; a rank stuck past that is stuck
   // for good (seen on GPUs: a rank's communicator waiting for a peer that failed).
-  const auto limit = std::chrono::seconds(cfg.comm.train_timeout_seconds + 30);
+  // A rank found stuck (the supervisor's stall watch) will not stop at all: the others get the
+  // time to write what they hold, not the communicators' timeout.
+  const auto limit = std::chrono::seconds(outcome.stuck ? 30 : cfg.comm.train_timeout_seconds + 30);
   teardown.arm(limit, outcome.exit_code,
-               "the job ended, but its actors did not stop within comm.train_timeout_seconds + 30 s (" +
-                   std::to_string(limit.count()) + " s); leaving without them");
+               "the job ended, but its actors did not stop within " +
+                   std::string(outcome.stuck ? "30 s of finding a rank stuck" : "comm.train_timeout_seconds + 30 s") +
+                   " (" + std::to_string(limit.count()) + " s); leaving without them");
   return outcome;  // ~actor_system waits for every actor: the supervisor has told them all to exit
 }
 

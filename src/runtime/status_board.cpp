@@ -28,6 +28,39 @@ StatusEntry::StatusEntry(std::string name, int64_t node) : name_(std::move(name)
   kind_ = name_.substr(0, bracket);
   if (bracket != std::string::npos) rank_ = std::stoll(name_.substr(bracket + 1));
   born_ns_ = now_ns();
+  progress_ns_.store(born_ns_, std::memory_order_relaxed);
+}
+
+void StatusEntry::set_step(int64_t step) {
+  int64_t none = -1;
+  first_step_.compare_exchange_strong(none, step, std::memory_order_relaxed);
+  step_.store(step, std::memory_order_relaxed);
+  progressed();
+}
+
+std::string StatusEntry::activity() const {
+  const char* what = activity_.load(std::memory_order_relaxed);
+  if (!what) return "";
+  const auto unit = activity_unit_.load(std::memory_order_relaxed);
+  return unit < 0 ? what : std::string(what) + " of unit " + std::to_string(unit);
+}
+
+std::optional<std::string> StatusEntry::stalled(const StallLimits& limits,
+                                                std::chrono::steady_clock::time_point now) const {
+  const char* state = state_.load(std::memory_order_relaxed);
+  const auto step = step_.load(std::memory_order_relaxed);
+  // Only inside a step: building, connecting and restoring have timeouts of their own, and a
+  // waiting actor waits for someone else (who is the stalled one).
+  if (step < 1 || waiting(state) || std::strcmp(state, "failed") == 0) return std::nullopt;
+  const auto quiet = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()) -
+                     std::chrono::nanoseconds(progress_ns_.load(std::memory_order_relaxed));
+  const auto limit = step == first_step_.load(std::memory_order_relaxed) ? limits.first_step : limits.step;
+  if (quiet <= limit) return std::nullopt;
+  auto line = name_ + " made no progress for " + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(quiet).count()) +
+              " s (state " + state + ", step " + std::to_string(step);
+  if (const auto m = micro_batch_.load(std::memory_order_relaxed); m > 0) line += ", micro-batch " + std::to_string(m);
+  if (const auto what = activity(); !what.empty()) line += ", last began: " + what;
+  return line + ")";
 }
 
 void StatusEntry::set_state(const char* state) {
@@ -36,6 +69,7 @@ void StatusEntry::set_state(const char* state) {
   if (since != 0) busy_total_ns_.fetch_add(t - since, std::memory_order_relaxed);
   busy_since_ns_.store(waiting(state) ? 0 : t, std::memory_order_relaxed);
   state_.store(state, std::memory_order_relaxed);
+  progress_ns_.store(t, std::memory_order_relaxed);
 }
 
 namespace {
@@ -88,6 +122,8 @@ actors::actor_status StatusEntry::snapshot() const {
   std::lock_guard<std::mutex> lock(error_mutex_);
   s.last_error = last_error_;
   s.detail = detail_;
+  s.activity = activity();
+  s.quiet_seconds = 1e-9 * static_cast<double>(t - progress_ns_.load(std::memory_order_relaxed));
   // Oldest first.
   for (size_t i = 0; i < recent_.size(); ++i) {
     const auto& h = recent_[(next_recent_ + i) % recent_.size()];
@@ -117,6 +153,17 @@ std::vector<actors::actor_status> StatusBoard::local_snapshot() const {
   for (const auto& weak : entries_)
     if (auto e = weak.lock()) out.push_back(e->snapshot());
   return out;
+}
+
+std::optional<std::string> StatusBoard::find_stall(const std::string& kind, const StallLimits& limits) const {
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& weak : entries_) {
+    auto e = weak.lock();
+    if (!e || e->kind() != kind) continue;
+    if (auto stall = e->stalled(limits, now)) return stall;
+  }
+  return std::nullopt;
 }
 
 std::vector<actors::actor_status> StatusBoard::snapshot() const {

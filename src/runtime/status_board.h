@@ -11,12 +11,19 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "actors/status_protocol.h"
 
 namespace troupe::runtime {
+
+// How long a stage may go without progress inside a step before the job calls it stuck: the
+// first step it runs (allocations, cuDNN's choices, NCCL's connections) and the later ones.
+struct StallLimits {
+  std::chrono::milliseconds first_step, step;
+};
 
 class StatusEntry {
  public:
@@ -35,20 +42,40 @@ class StatusEntry {
   // Static strings only. Busy time accrues in every state but the waiting ones (idle,
   // waiting-*, paused, starting, done).
   void set_state(const char* state);
-  void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
-  void set_micro_batch(int64_t m) { micro_batch_.store(m, std::memory_order_relaxed); }
+  void set_step(int64_t step);
+  void set_micro_batch(int64_t m) {
+    micro_batch_.store(m, std::memory_order_relaxed);
+    progressed();
+  }
+  // What the actor's thread began last (a static string: "forward", "backward", ...) and on
+  // which unit (-1: none). Also its heartbeat: stalled() measures from the latest of these.
+  void set_activity(const char* what, int64_t unit) {
+    activity_.store(what, std::memory_order_relaxed);
+    activity_unit_.store(unit, std::memory_order_relaxed);
+    progressed();
+  }
+  // Set when the actor is busy inside a step and nothing (state, micro-batch, activity) has
+  // moved for longer than its limit as of `now`: one line naming it and what it was doing.
+  std::optional<std::string> stalled(const StallLimits& limits, std::chrono::steady_clock::time_point now) const;
   void set_bytes_in_flight(uint64_t bytes) { bytes_.store(bytes, std::memory_order_relaxed); }
   void set_error(std::string error);
   void set_detail(std::string detail);
   actors::actor_status snapshot() const;
+  const std::string& kind() const { return kind_; }
 
  private:
   static int64_t now_ns();
+  void progressed() { progress_ns_.store(now_ns(), std::memory_order_relaxed); }
+  std::string activity() const;
   std::string name_, kind_;
   int64_t node_, rank_;
   int64_t born_ns_;
   std::atomic<const char*> state_{"starting"};
   std::atomic<int64_t> step_{0}, micro_batch_{0};
+  std::atomic<int64_t> first_step_{-1};  // the first step set: the one with the longer limit
+  std::atomic<int64_t> progress_ns_{0};
+  std::atomic<const char*> activity_{nullptr};
+  std::atomic<int64_t> activity_unit_{-1};
   std::atomic<uint64_t> mailbox_{0}, handled_{0}, bytes_{0};
   std::atomic<int64_t> busy_total_ns_{0}, busy_since_ns_{0};  // busy_since 0: not busy now
   mutable std::mutex error_mutex_;  // errors are rare; the hot path never takes it
@@ -85,6 +112,8 @@ class StatusBoard {
   // This process's actors, then the other nodes' as last reported.
   std::vector<actors::actor_status> snapshot() const;
   std::vector<actors::actor_status> local_snapshot() const;
+  // The first of this process's entries of `kind` that is stalled (StatusEntry::stalled).
+  std::optional<std::string> find_stall(const std::string& kind, const StallLimits& limits) const;
   void set_remote(int64_t node, std::vector<actors::actor_status> actors);
 
   void update_job(const std::function<void(JobStatus&)>& change);

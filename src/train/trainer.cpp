@@ -358,6 +358,7 @@ struct Trainer::Impl {
   std::unique_ptr<parallel::ShardedUnits> sharded;  // null without data parallelism
   std::vector<size_t> prefetched_pieces;  // the optimizer's pieces ending units 0 and 1 (FSDP)
   std::function<void(int64_t)> progress;
+  std::function<void(const char*, int64_t)> activity;
   std::unique_ptr<UnitExecutor> executor;
   comm::CommunicatorPtr stages_comm;  // the pipeline group; null without a pipeline
   std::unique_ptr<parallel::pp::PipelineExecutor> pipeline;
@@ -388,6 +389,12 @@ void Trainer::on_pipeline_action(std::function<void(const char*, int64_t)> progr
                        : parallel::pp::is_send(a.op) ? "pipeline-send"
                                                      : "pipeline-recv";
     progress(what, a.microbatch + 1);
+  });
+}
+void Trainer::on_activity(std::function<void(const char*, int64_t)> began) {
+  impl_->activity = began;
+  impl_->executor->on_unit([began = std::move(began)](const char* what, size_t unit) {
+    began(what, static_cast<int64_t>(unit));
   });
 }
 models::llama3::Llama3Model& Trainer::model() { return *impl_->model; }
@@ -432,10 +439,12 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   auto loss = m.on_every_stage(losses.empty() ? at::Tensor() : at::stack(losses).to(at::kDouble).mean());
   if (m.sharded) m.sharded->average_over_data_parallel(loss);
   const auto norm = m.sharded ? m.sharded->grad_norm(m.stages_comm.get()) : grad_norm(m.params, m.stages_comm.get());
+  if (m.activity) m.activity("optimizer", -1);
   m.optimizer->step(stats.lr, clip_divisor(norm, m.max_norm, dev), m.prefetched_pieces, [&](size_t k) {
     m.sharded->prefetch(k);
   });
   if (m.pipeline && !m.trace_path.empty()) m.save_trace();
+  if (m.activity) m.activity("reading back the loss", -1);  // the host waits for the step's device work here
   const auto both = to_host(at::stack({loss.reshape({}), norm.to(at::kDouble).reshape({})}));
   stats.loss = both[0].item<double>();
   stats.grad_norm = both[1].item<double>();

@@ -34,6 +34,9 @@ class Trainer {
   // With a pipeline: called as each action of the rank's schedule begins, with what it is
   // ("pipeline-F", -B, -I, -W, -send, -recv: static strings) and its micro-batch.
   void on_pipeline_action(std::function<void(const char*, int64_t)> progress);
+  // Called as each unit's forward or backward begins (UnitExecutor::on_unit) and as the
+  // optimizer step begins ("optimizer", unit -1).
+  void on_activity(std::function<void(const char*, int64_t)> began);
   // The returned loss and grad norm are the whole job's (averaged over data-parallel ranks);
   // tokens and FLOPs are this rank's.
   StepStats step(int64_t step, const std::vector<std::shared_ptr<const data::Batch>>& micro_batches);

@@ -19,6 +19,7 @@ UnitExecutor::Saved& UnitExecutor::saved(size_t slot, size_t i) {
 
 at::Tensor UnitExecutor::forward_unit(size_t i, const at::Tensor& input, const models::UnitBatch& batch, size_t slot) {
   Saved& s = saved(slot, i);
+  began("forward", i);
   s.batch = batch;
   s.input = input.defined() ? input.detach().requires_grad_(true) : at::Tensor();
   if (hooks_) hooks_->before_forward(i);
@@ -52,6 +53,7 @@ bool UnitExecutor::backward_as_rows(size_t i, Saved& s, const at::Tensor& grad_o
 
 at::Tensor UnitExecutor::backward_unit(size_t i, const at::Tensor& grad_output, size_t slot) {
   Saved& s = saved(slot, i);
+  began("backward", i);
   if (backward_as_rows(i, s, grad_output)) return at::Tensor();  // a first unit: no input gradient
   if (hooks_) hooks_->before_backward(i);
   const at::Tensor out = output_for_backward(i, s);
@@ -75,6 +77,7 @@ at::Tensor UnitExecutor::forward_only(const models::UnitBatch& batch) {
 at::Tensor UnitExecutor::forward_only(size_t first, size_t last, at::Tensor h, const models::UnitBatch& batch) {
   torch::NoGradGuard no_grad;
   for (size_t i = first; i < last; ++i) {
+    began("evaluate", i);
     if (hooks_) hooks_->before_forward(i);
     h = units_[i]->forward(h, batch);
     if (hooks_) hooks_->after_forward(i);
@@ -84,6 +87,7 @@ at::Tensor UnitExecutor::forward_only(size_t first, size_t last, at::Tensor h, c
 
 at::Tensor UnitExecutor::backward_input_unit(size_t i, const at::Tensor& grad_output, size_t slot) {
   Saved& s = saved(slot, i);
+  began("backward-input", i);
   s.grad_output = grad_output;
   if (!s.input.defined()) return at::Tensor();  // a first unit: only its weight half has work
   if (hooks_) hooks_->before_backward(i);
@@ -94,6 +98,7 @@ at::Tensor UnitExecutor::backward_input_unit(size_t i, const at::Tensor& grad_ou
 
 void UnitExecutor::backward_weight_unit(size_t i, size_t slot) {
   Saved& s = saved(slot, i);
+  began("backward-weight", i);
   if (!s.grad_output.defined()) throw std::logic_error("weight gradient of a unit before its input gradient");
   if (backward_as_rows(i, s, s.grad_output)) return;
   // FSDP may have freed the unit's gathered weights since the input half; before_backward

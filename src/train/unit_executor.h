@@ -2,6 +2,7 @@
 // detached, and its backward is an autograd call on that unit alone. This is what lets a stage
 // own a run of units, FSDP gather per unit, and activation checkpointing be a unit property.
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "models/unit.h"
@@ -50,6 +51,11 @@ class UnitExecutor {
 
   size_t size() const { return units_.size(); }
 
+  // Called as each unit's forward or backward begins, with what ("forward", "backward",
+  // "backward-input", "backward-weight", "evaluate": static strings) and the unit: the status
+  // board's heartbeat, and what it shows a stuck rank was doing.
+  void on_unit(std::function<void(const char*, size_t)> began) { began_ = std::move(began); }
+
  private:
   struct Saved {
     at::Tensor input;   // detached, requires grad (undefined for the first unit)
@@ -64,6 +70,10 @@ class UnitExecutor {
   std::vector<bool> recompute_;
   std::vector<std::vector<Saved>> saved_;  // [slot][unit]
   UnitHooks* hooks_;
+  std::function<void(const char*, size_t)> began_;
+  void began(const char* what, size_t i) const {
+    if (began_) began_(what, i);
+  }
 };
 
 // Which units to checkpoint for activation_checkpoint.mode: none | full | selective (every
