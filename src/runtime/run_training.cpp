@@ -113,6 +113,7 @@ TrainOutcome run_actors(caf::actor_system_config& sys_cfg, const config::JobConf
   // The job's last word comes before the teardown, which may take a while or never end.
   if (!outcome.message.empty())
     (outcome.exit_code == exit_code::ok ? std::cout : std::cerr) << "troupe: " << outcome.message << std::endl;
+  if (hooks.on_outcome) hooks.on_outcome(outcome);
   if (several_nodes) {
     // A job of several nodes leaves without destroying the actor system: CAF's middleman keeps
     // the actors it handed to other nodes alive until those nodes let go, which a node that has

@@ -16,6 +16,9 @@ struct RunHooks {
   const std::atomic<int>* stop_requests = nullptr;
   // Called once the actors exist, with the node supervisor (tests use it to query them).
   std::function<void(caf::actor_system&, const caf::actor& supervisor)> on_started;
+  // Called with the outcome as soon as the job has ended, before the teardown: a job of several
+  // nodes leaves the process right after, without returning (benchmarks report from here).
+  std::function<void(const TrainOutcome&)> on_outcome;
 };
 
 // With several nodes, node 0 listens at placement's rendezvous address and waits for the

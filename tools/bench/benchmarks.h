@@ -3,6 +3,7 @@
 #include <string>
 
 #include "config/job_config.h"
+#include "runtime/node_placement.h"
 
 namespace troupe::bench {
 
@@ -11,7 +12,9 @@ int tokenizer_speed(const config::JobConfig& cfg, const std::string& text_path, 
 // `consumed_tps`: what training takes (the 1.50B model on one H100 consumes about 60k tokens/s).
 int loader_throughput(const config::JobConfig& cfg, int64_t batches, double consumed_tps);
 int checkpoint_blocking(const config::JobConfig& cfg, int rounds);
-int throughput(const config::JobConfig& cfg, int64_t warmup);
+// With several nodes (`placement`), node 0 prints the figures of the whole job; every node then
+// leaves the process (run_training's rule for a job of several nodes).
+int throughput(const config::JobConfig& cfg, int64_t warmup, const runtime::NodePlacement& placement = {});
 // Tokens/s with an inspection client polling as the console does vs none, in alternate windows
 // of `window` seconds of one run.
 int inspect_overhead(const config::JobConfig& cfg, double window);

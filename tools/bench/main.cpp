@@ -3,9 +3,11 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
+#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "runtime/crash_report.h"
 #include "bench/benchmarks.h"
@@ -52,7 +54,18 @@ int main(int argc, char** argv) {
 
   auto* speed = add_benchmark(app, "throughput", "tokens/s, MFU and peak memory of training (JSON + table)", config_path);
   speed->add_option("--warmup", warmup, "steps left out of the figures")->capture_default_str();
-  benchmarks.push_back({speed, [&](const config::JobConfig& cfg) { return bench::throughput(cfg, warmup); }});
+  // A job of several processes, as `troupe train` takes it (one process per GPU of a node too:
+  // CUDA_VISIBLE_DEVICES picks each one's GPU).
+  std::optional<int> nnodes, node_rank;
+  std::string rdzv;
+  speed->add_option_function<int>("--nnodes", [&](int n) { nnodes = n; }, "processes (nodes) of the job");
+  speed->add_option_function<int>("--node-rank", [&](int r) { node_rank = r; }, "this process's rank among them");
+  speed->add_option("--rdzv", rdzv, "HOST:PORT of node 0");
+  benchmarks.push_back({speed, [&](const config::JobConfig& cfg) {
+                          const auto placement = runtime::resolve_placement(
+                              nnodes, node_rank, rdzv, [](const char* name) { return std::getenv(name); });
+                          return bench::throughput(cfg, warmup, placement);
+                        }});
 
   int64_t profile_vocab = 128256, profile_warmup = 4, profile_steps = 3;
   std::string trace_path;

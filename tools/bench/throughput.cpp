@@ -9,10 +9,9 @@
 
 namespace troupe::bench {
 
-int throughput(const config::JobConfig& cfg, int64_t warmup) {
-  if (warmup >= cfg.training.steps) throw std::invalid_argument("--warmup must be below training.steps");
-  const auto outcome = runtime::run_training(cfg);
-  if (outcome.exit_code != 0) throw std::runtime_error("training failed: " + outcome.message);
+namespace {
+
+void report(const config::JobConfig& cfg, int64_t warmup, const runtime::TrainOutcome& outcome) {
   double seconds = 0, flops = 0, peak = 0;
   int64_t tokens = 0, active = 0, reserved = 0;
   for (const auto& s : outcome.steps) {
@@ -34,6 +33,21 @@ int throughput(const config::JobConfig& cfg, int64_t warmup) {
               static_cast<long long>(warmup), tps, mfu, active / gib, reserved / gib, outcome.steps.back().loss);
   std::printf("| runner | tokens/s | MFU | peak active GiB | peak reserved GiB |\n|---|---|---|---|---|\n");
   std::printf("| troupe | %.0f | %.2f%% | %.2f | %.2f |\n", tps, 100 * mfu, active / gib, reserved / gib);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int throughput(const config::JobConfig& cfg, int64_t warmup, const runtime::NodePlacement& placement) {
+  if (warmup >= cfg.training.steps) throw std::invalid_argument("--warmup must be below training.steps");
+  runtime::RunHooks hooks;
+  // Node 0 holds the job's step history; a job of several nodes leaves the process right after.
+  hooks.on_outcome = [&](const runtime::TrainOutcome& outcome) {
+    if (outcome.exit_code != 0 || placement.node_rank != 0) return;
+    report(cfg, warmup, outcome);
+  };
+  const auto outcome = runtime::run_training(cfg, hooks, placement);
+  if (outcome.exit_code != 0) throw std::runtime_error("training failed: " + outcome.message);
   return 0;
 }
 
