@@ -96,21 +96,31 @@ TEST_CASE("a stage busy inside a step and quiet past its limit is stalled; a wai
   CHECK_FALSE(stage->stalled(limits, at(7)));  // step 7 is its first: 10 s
   const auto first = stage->stalled(limits, at(11));
   REQUIRE(first);
-  CHECK_THAT(*first, Catch::Contains("stage[3] made no progress for 1") && Catch::Contains("state computing") &&
-                         Catch::Contains("step 7") && Catch::Contains("micro-batch 2") &&
-                         Catch::Contains("last began: backward of unit 12"));
+  CHECK_THAT(*first, Catch::StartsWith("stage[3] made no progress (state computing, step 7, micro-batch 2, "
+                                        "last began: backward of unit 12, quiet for 1"));
   stage->set_step(8);
   stage->set_activity("optimizer", -1);
   const auto later = stage->stalled(limits, at(7));  // later steps: 5 s
   REQUIRE(later);
-  CHECK_THAT(*later, Catch::Contains("step 8") && Catch::EndsWith("last began: optimizer)"));
+  CHECK_THAT(*later, Catch::Contains("step 8") && Catch::Contains("last began: optimizer, quiet for "));
   CHECK_FALSE(stage->stalled(limits, at(3)));
-  // The board finds it among its entries of that kind only.
+  // The board finds it among its entries of that kind only, and says where the others are.
   CHECK(board.find_stall("stage", limits) == std::nullopt);  // now: it just moved
   loader->set_state("reading");
   loader->set_step(9);
-  CHECK_FALSE(board.find_stall("stage", {std::chrono::milliseconds(0), std::chrono::milliseconds(0)}) ==
-              std::nullopt);
+  auto other = board.enroll("stage[4]");
+  other->set_state("computing");
+  other->set_step(8);
+  other->set_activity("reading back the loss", -1);
+  stage->set_activity("forward", 3);
+  const runtime::StallLimits none{std::chrono::milliseconds(0), std::chrono::milliseconds(0)};
+  other->set_state("waiting-data");  // not stalled: it waits
+  const auto both = board.find_stall("stage", none);
+  REQUIRE(both);
+  CHECK_THAT(*both, Catch::StartsWith("stage[3] made no progress (state computing, step 8, micro-batch 2, last began: "
+                                      "forward of unit 3, quiet for 0 s); the others: stage[4]: state waiting-data, "
+                                      "step 8, last began: reading back the loss, quiet for 0 s") &&
+                        !Catch::Contains("data_loader"));
   stage->set_state("idle");  // waiting for its next step: whoever it waits for is the stuck one
   CHECK_FALSE(stage->stalled(limits, at(1000)));
   CHECK(board.find_stall("stage", {std::chrono::milliseconds(0), std::chrono::milliseconds(0)}) == std::nullopt);
@@ -136,7 +146,7 @@ TEST_CASE("a stage stuck inside a step ends the job with exit 1 and a message na
   const auto outcome = testing::run_with_timeout(c);
   runtime::set_failpoint_handler(nullptr);
   CHECK(outcome.exit_code == 1);
-  CHECK_THAT(outcome.message, Catch::Contains("stage[0] made no progress for ") && Catch::Contains("step 2") &&
+  CHECK_THAT(outcome.message, Catch::Contains("stage[0] made no progress (state computing, step 2") &&
                                   Catch::Contains("last began: ") && Catch::Contains("every thread's stack"));
   CHECK(outcome.stuck);
 }

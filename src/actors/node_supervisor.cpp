@@ -123,9 +123,9 @@ void watch_for_stalls(self_ptr self) {
   auto& s = self->state;
   if (s.ended) return;
   if (auto stall = s.board->find_stall("stage", s.stall_limits)) {
-    const auto what = *stall + ": stuck where no collective's timeout reaches (the limit is 1.5 x "
-                      "comm.train_timeout_seconds, or 1.5 x comm.init_timeout_seconds in its first step); "
-                      "every thread's stack is printed above";
+    const auto what = "a rank is stuck where no collective's timeout reaches it (no progress within 1.5 x "
+                      "comm.train_timeout_seconds, or 1.5 x comm.init_timeout_seconds in its first step; every "
+                      "thread's stack is printed above): " + *stall;
     runtime::dump_thread_stacks(stall->c_str(), /*once=*/true);
     return fail(self, what, /*stuck=*/true);
   }

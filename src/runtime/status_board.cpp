@@ -45,6 +45,23 @@ std::string StatusEntry::activity() const {
   return unit < 0 ? what : std::string(what) + " of unit " + std::to_string(unit);
 }
 
+std::chrono::nanoseconds StatusEntry::quiet(std::chrono::steady_clock::time_point now) const {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()) -
+         std::chrono::nanoseconds(progress_ns_.load(std::memory_order_relaxed));
+}
+
+std::string StatusEntry::progress(std::chrono::steady_clock::time_point now) const {
+  return name_ + ": " + whereabouts(now);
+}
+
+std::string StatusEntry::whereabouts(std::chrono::steady_clock::time_point now) const {
+  auto line = std::string("state ") + state_.load(std::memory_order_relaxed) + ", step " +
+              std::to_string(step_.load(std::memory_order_relaxed));
+  if (const auto m = micro_batch_.load(std::memory_order_relaxed); m > 0) line += ", micro-batch " + std::to_string(m);
+  if (const auto what = activity(); !what.empty()) line += ", last began: " + what;
+  return line + ", quiet for " + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(quiet(now)).count()) + " s";
+}
+
 std::optional<std::string> StatusEntry::stalled(const StallLimits& limits,
                                                 std::chrono::steady_clock::time_point now) const {
   const char* state = state_.load(std::memory_order_relaxed);
@@ -52,15 +69,9 @@ std::optional<std::string> StatusEntry::stalled(const StallLimits& limits,
   // Only inside a step: building, connecting and restoring have timeouts of their own, and a
   // waiting actor waits for someone else (who is the stalled one).
   if (step < 1 || waiting(state) || std::strcmp(state, "failed") == 0) return std::nullopt;
-  const auto quiet = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()) -
-                     std::chrono::nanoseconds(progress_ns_.load(std::memory_order_relaxed));
   const auto limit = step == first_step_.load(std::memory_order_relaxed) ? limits.first_step : limits.step;
-  if (quiet <= limit) return std::nullopt;
-  auto line = name_ + " made no progress for " + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(quiet).count()) +
-              " s (state " + state + ", step " + std::to_string(step);
-  if (const auto m = micro_batch_.load(std::memory_order_relaxed); m > 0) line += ", micro-batch " + std::to_string(m);
-  if (const auto what = activity(); !what.empty()) line += ", last began: " + what;
-  return line + ")";
+  if (quiet(now) <= limit) return std::nullopt;
+  return name_ + " made no progress (" + whereabouts(now) + ")";
 }
 
 void StatusEntry::set_state(const char* state) {
@@ -158,12 +169,15 @@ std::vector<actors::actor_status> StatusBoard::local_snapshot() const {
 std::optional<std::string> StatusBoard::find_stall(const std::string& kind, const StallLimits& limits) const {
   const auto now = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> lock(mutex_);
+  std::string stalled, others;
   for (const auto& weak : entries_) {
     auto e = weak.lock();
     if (!e || e->kind() != kind) continue;
-    if (auto stall = e->stalled(limits, now)) return stall;
+    if (auto stall = e->stalled(limits, now)) stalled += (stalled.empty() ? "" : "; ") + *stall;
+    else others += (others.empty() ? "" : "; ") + e->progress(now);
   }
-  return std::nullopt;
+  if (stalled.empty()) return std::nullopt;
+  return others.empty() ? stalled : stalled + "; the others: " + others;
 }
 
 std::vector<actors::actor_status> StatusBoard::snapshot() const {

@@ -57,6 +57,8 @@ class StatusEntry {
   // Set when the actor is busy inside a step and nothing (state, micro-batch, activity) has
   // moved for longer than its limit as of `now`: one line naming it and what it was doing.
   std::optional<std::string> stalled(const StallLimits& limits, std::chrono::steady_clock::time_point now) const;
+  // "stage[3]: state computing, step 7, micro-batch 2, last began: backward of unit 12, quiet for 11 s"
+  std::string progress(std::chrono::steady_clock::time_point now) const;
   void set_bytes_in_flight(uint64_t bytes) { bytes_.store(bytes, std::memory_order_relaxed); }
   void set_error(std::string error);
   void set_detail(std::string detail);
@@ -66,6 +68,8 @@ class StatusEntry {
  private:
   static int64_t now_ns();
   void progressed() { progress_ns_.store(now_ns(), std::memory_order_relaxed); }
+  std::chrono::nanoseconds quiet(std::chrono::steady_clock::time_point now) const;
+  std::string whereabouts(std::chrono::steady_clock::time_point now) const;  // progress() without the name
   std::string activity() const;
   std::string name_, kind_;
   int64_t node_, rank_;
@@ -112,7 +116,9 @@ class StatusBoard {
   // This process's actors, then the other nodes' as last reported.
   std::vector<actors::actor_status> snapshot() const;
   std::vector<actors::actor_status> local_snapshot() const;
-  // The first of this process's entries of `kind` that is stalled (StatusEntry::stalled).
+  // When one of this process's entries of `kind` is stalled (StatusEntry::stalled): each stalled
+  // one, then where the others of that kind are (progress), since a rank stuck in a collective
+  // waits for one stuck elsewhere.
   std::optional<std::string> find_stall(const std::string& kind, const StallLimits& limits) const;
   void set_remote(int64_t node, std::vector<actors::actor_status> actors);
 
