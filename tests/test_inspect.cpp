@@ -182,6 +182,9 @@ TEST_CASE("troupe inspect: the console under tmux shows the actor table; --once 
   std::ifstream in(out);
   const auto snapshot = json::parse(in);
   CHECK(snapshot["actors"].size() == 9);
+  // Each stage says what it began last (a unit's forward or backward, the optimizer, the read-back).
+  for (const auto& a : snapshot["actors"])
+    if (a["kind"] == "stage") CHECK_FALSE(a["activity"].get<std::string>().empty());
 
   const auto session = "troupe-test-" + std::to_string(getpid());
   REQUIRE(run_command("tmux new-session -d -s " + session + " -x 160 -y 30 '" + troupe_binary() + " inspect " +
@@ -199,5 +202,7 @@ TEST_CASE("troupe inspect: the console under tmux shows the actor table; --once 
   CHECK_THAT(screen, Catch::Contains("ACTOR") && Catch::Contains("KIND") && Catch::Contains("STEP:MB") &&
                          Catch::Contains("checkpoint_writer") && Catch::Contains("stage[0]") &&
                          Catch::Contains("stage[1]") && Catch::Contains("data_loader[1]") &&
-                         Catch::Contains("2 rank(s)"));
+                         Catch::Contains("2 rank(s)") && Catch::Contains("WHAT IT BEGAN LAST"));
+  CHECK_THAT(screen, Catch::Contains(" of unit ") || Catch::Contains("optimizer") ||
+                         Catch::Contains("reading back the loss"));
 }

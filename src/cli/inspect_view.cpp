@@ -36,6 +36,17 @@ std::string bytes(double b) {
   return out;
 }
 
+// The actor's error; else what its thread began last (a stage's unit, the optimizer), with how
+// long ago when that is a while: a rank that has stopped moving shows where.
+std::string last_column(const nlohmann::json& a) {
+  auto error = a.at("last_error").get<std::string>();
+  if (!error.empty()) return error;
+  auto doing = a.value("activity", std::string());
+  const auto quiet = a.value("quiet_seconds", 0.0);
+  if (!doing.empty() && quiet >= 10) doing += " (" + std::to_string(static_cast<int64_t>(quiet)) + " s ago)";
+  return doing;
+}
+
 }  // namespace
 
 void InspectView::update(const nlohmann::json& status) {
@@ -86,7 +97,7 @@ std::string InspectView::job_line() const {
 std::string InspectView::header() const {
   char line[256];
   std::snprintf(line, sizeof line, "%-22s %-17s %4s %4s %-20s %9s %7s %8s %6s %8s  %s", "ACTOR", "KIND", "NODE", "RANK",
-                "STATE", "STEP:MB", "MAILBOX", "MSGS/S", "BUSY%", "BYTES", "ERROR");
+                "STATE", "STEP:MB", "MAILBOX", "MSGS/S", "BUSY%", "BYTES", "ERROR, OR WHAT IT BEGAN LAST");
   return line;
 }
 
@@ -124,7 +135,7 @@ std::vector<std::string> InspectView::rows(std::vector<std::string>* names) cons
                   static_cast<long long>(a.at("node").get<int64_t>()), rank < 0 ? "-" : std::to_string(rank).c_str(),
                   a.at("state").get<std::string>().c_str(), step.c_str(),
                   static_cast<unsigned long long>(a.at("mailbox").get<uint64_t>()), r->rate, r->busy,
-                  bytes(a.at("bytes_in_flight").get<double>()).c_str(), a.at("last_error").get<std::string>().c_str());
+                  bytes(a.at("bytes_in_flight").get<double>()).c_str(), last_column(a).c_str());
     out.emplace_back(line);
     if (names) names->push_back(a.at("name").get<std::string>());
   }
