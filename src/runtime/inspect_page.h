@@ -23,12 +23,13 @@ log_freq <input id="freq" size="4"><button id="setfreq">set</button> <span id="m
 <th class="l" data-k="name">actor</th><th data-k="node">node</th><th data-k="rank">rank</th>
 <th class="l" data-k="state">state</th><th data-k="step">step</th><th data-k="mailbox">mailbox</th>
 <th data-k="rate">msgs/s</th><th data-k="busy">busy %</th><th data-k="bytes_in_flight">bytes in flight</th>
-<th class="l" data-k="last_error">error</th></tr></thead><tbody id="actors"></tbody></table>
+<th class="l" data-k="last_error">error, or what it began last</th></tr></thead><tbody id="actors"></tbody></table>
 <script>
 const token = new URLSearchParams(location.search).get("token");
 const q = p => token ? p + (p.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : p;
 let prev = {}, sortKey = "name", sortUp = true;
 const fmt = (x, d) => Number(x).toFixed(d);
+const doing = a => a.activity + (a.activity && a.quiet_seconds >= 10 ? ` (${fmt(a.quiet_seconds, 0)} s ago)` : "");
 function eta(s) { if (s < 0) return "–"; const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60); return h + "h" + String(m).padStart(2, "0"); }
 async function refresh() {
   try {
@@ -51,7 +52,7 @@ async function refresh() {
     for (const a of rows) {
       const tr = document.createElement("tr"); tr.className = "actor " + (a.state === "failed" ? "failed" : "");
       for (const [v, l] of [[a.name, 1], [a.node], [a.rank < 0 ? "–" : a.rank], [a.state, 1], [a.step], [a.mailbox],
-                            [fmt(a.rate, 1)], [fmt(a.busy, 0)], [a.bytes_in_flight], [a.last_error, 1]]) {
+                            [fmt(a.rate, 1)], [fmt(a.busy, 0)], [a.bytes_in_flight], [a.last_error || doing(a), 1]]) {
         const td = document.createElement("td"); td.textContent = v; if (l) td.className = "l"; tr.appendChild(td);
       }
       body.appendChild(tr);
