@@ -12,8 +12,6 @@ bench=${TROUPE_BENCH:-build-gpu/troupe_bench}
 warmup=5
 results=$(mktemp)
 log=${LOG:-$(mktemp)}  # each run's whole output: $log.troupe-N (LOG=path to keep them)
-# RUN_TIMEOUT (s) ends a hung run: SIGQUIT first, so its log ends with every thread's stack
-# (runtime/crash_report.h), then SIGKILL 20 s later.
 case $flavor in
   1.5b) troupe_model=(--config configs/llama3_1.5b.toml); peer_model=() ;;
   8b) troupe_model=(--config configs/llama3_1.5b.toml --model.flavor 8B --activation_checkpoint.mode full)
@@ -25,33 +23,13 @@ esac
 echo "# $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $gpus, $flavor, batch $batch per GPU, seq $seq, steps $steps (first $warmup excluded), Troupe launched as ${LAUNCH:-process}"
 # RANKS: the Troupe runs, "1 N" by default (8B: only N, as one GPU cannot hold its optimizer state;
 # weak scaling on 8 GPUs: "1 2 4 8").
-# LAUNCH=processes: a run of N > 1 ranks is N processes of one rank each (`--nnodes N` on this
-# host, CUDA_VISIBLE_DEVICES giving each its GPU), as torchrun launches the peer, instead of one
-# process driving every GPU: the same job, to tell a hazard of one process apart from the rest.
-run_troupe() {  # ranks, log
-  local ranks=$1 out=$2
-  local args=("${troupe_model[@]}" --warmup "$warmup" --model.tokenizer_path "$tokenizer"
-    --training.local_batch_size "$batch" --training.seq_len "$seq" --training.steps "$steps" --metrics.log_freq 5
-    --job.dump_folder /tmp/troupe_fsdp_bench "${extra[@]}")
-  if [ "${LAUNCH:-process}" != processes ] || [ "$ranks" -eq 1 ]; then
-    timeout -s QUIT -k 20 "${RUN_TIMEOUT:-900}" "$bench" throughput "${args[@]}" --job.local_ranks "$ranks" > "$out" 2>&1
-    return
-  fi
-  local port=$((29600 + RANDOM % 400)) pids=() r
-  for ((r = 1; r < ranks; r++)); do
-    CUDA_VISIBLE_DEVICES=$r timeout -s QUIT -k 20 "${RUN_TIMEOUT:-900}" "$bench" throughput "${args[@]}" \
-      --job.local_ranks 1 --nnodes "$ranks" --node-rank "$r" --rdzv "127.0.0.1:$port" > "$out.node$r" 2>&1 &
-    pids+=($!)
-  done
-  local rc=0
-  CUDA_VISIBLE_DEVICES=0 timeout -s QUIT -k 20 "${RUN_TIMEOUT:-900}" "$bench" throughput "${args[@]}" \
-    --job.local_ranks 1 --nnodes "$ranks" --node-rank 0 --rdzv "127.0.0.1:$port" > "$out" 2>&1 || rc=$?
-  for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
-  return $rc
-}
+source "$(dirname "$0")/launch.sh"  # launch_ranks: LAUNCH=process | processes, RUN_TIMEOUT
 extra=("$@")
 for ranks in ${RANKS:-1 $gpus}; do
-  run_troupe "$ranks" "$log.troupe-$ranks" || { tail -20 "$log.troupe-$ranks"* >&2; exit 1; }
+  launch_ranks "$ranks" "$log.troupe-$ranks" "$bench" throughput "${troupe_model[@]}" --warmup "$warmup" \
+    --model.tokenizer_path "$tokenizer" --training.local_batch_size "$batch" --training.seq_len "$seq" \
+    --training.steps "$steps" --metrics.log_freq 5 --job.dump_folder /tmp/troupe_fsdp_bench "${extra[@]}" \
+    || { tail -20 "$log.troupe-$ranks"* >&2; exit 1; }
   tail -3 "$log.troupe-$ranks" >&2
   grep '^{"runner"' "$log.troupe-$ranks" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d['runner']='troupe-$ranks-gpu'; print(json.dumps(d))" >> "$results"
 done

@@ -4,13 +4,14 @@
 #   tools/bench/gpu_pipeline_bubble.sh TOKENIZER_JSON [MICROBATCHES] [STEPS] [troupe overrides...]
 # Environment: PP (pipeline degree, 2), DP (FSDP degree over each stage, 1; the job takes PP x DP
 # GPUs), MODEL (1.5b: seq 4096, or 8b: seq 8192 with full activation checkpointing),
-# SCHEDULES ("1F1B Interleaved1F1B"; interleaved ones get 2 stages per rank), RUN_TIMEOUT (s, 900:
-# then SIGQUIT, which prints every thread's stack, and SIGKILL 20 s later).
+# SCHEDULES ("1F1B Interleaved1F1B"; interleaved ones get 2 stages per rank), LAUNCH and
+# RUN_TIMEOUT (tools/bench/launch.sh).
 # Issue 6: PP=2 (the default). Issue 9: PP=4 DP=2 MODEL=8b SCHEDULES=Interleaved1F1B.
 set -euo pipefail
 tokenizer=$1 microbatches=${2:-8} steps=${3:-12}
 pp=${PP:-2} dp=${DP:-1} model=${MODEL:-1.5b}
 troupe=${TROUPE:-build-gpu/troupe}
+source "$(dirname "$0")/launch.sh"
 case $model in
   1.5b) blocks=16 head=3.4 seq=4096 model_args=() ;;
   8b) blocks=32 head=2.3 seq=8192 model_args=(--model.flavor 8B --activation_checkpoint.mode full) ;;
@@ -39,13 +40,14 @@ for schedule in ${SCHEDULES:-1F1B Interleaved1F1B}; do
   [[ $schedule == Interleaved* ]] && per_rank=2
   dump=/tmp/troupe_pp_$schedule
   rm -rf "$dump"
-  timeout -s QUIT -k 20 "${RUN_TIMEOUT:-900}" "$troupe" train --config configs/llama3_1.5b.toml "${model_args[@]}" --model.tokenizer_path "$tokenizer" \
-    --job.local_ranks $((pp * dp)) --parallelism.data_parallel_shard_degree "$dp" \
+  launch_ranks $((pp * dp)) "$dump.log" "$troupe" train --config configs/llama3_1.5b.toml "${model_args[@]}" \
+    --model.tokenizer_path "$tokenizer" --parallelism.data_parallel_shard_degree "$dp" \
     --parallelism.pipeline_parallel_degree "$pp" --parallelism.pipeline_parallel_schedule "$schedule" \
     --parallelism.pipeline_parallel_split_points "$(split_points $((pp * per_rank)))" \
     --training.local_batch_size "$microbatches" --training.seq_len "$seq" --training.steps "$steps" \
     --profiling.enable_profiling true --checkpoint.enable false --inspect.enable false --metrics.log_freq 4 \
-    --job.dump_folder "$dump" "${@:4}" | tail -3
+    --job.dump_folder "$dump" "${@:4}" || { tail -20 "$dump.log"* >&2; exit 1; }
+  tail -3 "$dump.log"
   v=0; [ "$per_rank" = 2 ] && v=2
   python3 tools/bench/pipeline_bubble.py "$dump/profile_traces" --troupe "$troupe" --schedule "$schedule" --pp "$pp" \
     --microbatches "$microbatches" --virtual-stages "$v" --skip 2
