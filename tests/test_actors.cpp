@@ -151,6 +151,27 @@ TEST_CASE("a stage stuck inside a step ends the job with exit 1 and a message na
   CHECK(outcome.stuck);
 }
 
+TEST_CASE("a rank stuck while its peer's collective times out: the job's error says where every rank was",
+          "[actors]") {
+  testing::TempDir dir;
+  auto c = testing::small_job_config(dir);
+  c.job.local_ranks = 2;  // FSDP over two CPU ranks (Gloo)
+  c.training.global_batch_size = -1;
+  c.comm.train_timeout_seconds = 4;  // rank 0's collective gives up after 4 s; a stall is 6 s
+  std::atomic<int> activities{0};
+  runtime::set_failpoint_handler([&](const char* where, int64_t rank) {
+    if (std::string(where) == "stage.activity" && rank == 1 && ++activities == 30)
+      std::this_thread::sleep_for(std::chrono::seconds(10));
+  });
+  const auto outcome = testing::run_with_timeout(c);
+  runtime::set_failpoint_handler(nullptr);
+  CHECK(outcome.exit_code == 1);
+  CHECK_FALSE(outcome.stuck);  // the peer's timeout came first
+  CHECK_THAT(outcome.message, Catch::Contains("[where the ranks were: stage[0]: state failed, step ") &&
+                                  Catch::Contains("; stage[1]: state computing, step ") &&
+                                  Catch::Contains("last began: "));
+}
+
 TEST_CASE("the board remembers each enrolling thread; a job returns once its actors' threads are gone",
           "[actors]") {
   runtime::StatusBoard board;

@@ -21,6 +21,14 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
+// Why a request failed, as the user reads it: the text a stage or writer replied with (their
+// errors carry one line that names them), else CAF's rendering (a timeout, a dead actor).
+std::string reason(const caf::error& err) {
+  const auto& context = err.context();
+  if (err.category() == caf::atom("system") && context.match_elements<std::string>()) return context.get_as<std::string>(0);
+  return to_string(err);
+}
+
 // A checkpoint between its snapshot and its commit; at most one at a time, so host buffers
 // and disk bandwidth go to one step's state.
 struct running_save {
@@ -144,7 +152,7 @@ void commit_when_complete(self_ptr self) {
             self->state.saving.reset();
             run_after_save(self);
           },
-          [=](caf::error& err) { save_failed(self, save.step, to_string(err)); });
+          [=](caf::error& err) { save_failed(self, save.step, reason(err)); });
 }
 
 // Saves `step`, then calls `then`: once the snapshot is taken with async saves, once the step
@@ -179,7 +187,7 @@ void save(self_ptr self, int64_t step, std::function<void()> then) {
             commit_when_complete(self);
             if (s.checkpoint.async_mode != "disabled") then();
           },
-          [=](caf::error& err) { save_failed(self, step, to_string(err)); });
+          [=](caf::error& err) { save_failed(self, step, reason(err)); });
 }
 
 bool save_due(const coordinator_state& st, int64_t step) {
@@ -206,7 +214,7 @@ void validate(self_ptr self, int64_t step, std::function<void()> then) {
           [=](caf::error& err) {
             self->state.running = false;
             finish(self, runtime::exit_code::failed,
-                   "validation after step " + std::to_string(step) + " failed: " + to_string(err));
+                   "validation after step " + std::to_string(step) + " failed: " + reason(err));
           });
 }
 
@@ -247,7 +255,7 @@ void begin(self_ptr self) {
                                 std::to_string(s.steps) + ": nothing to train");
             run_step(self, step + 1);
           },
-          [=](caf::error& err) { finish(self, runtime::exit_code::failed, "restoring: " + to_string(err)); });
+          [=](caf::error& err) { finish(self, runtime::exit_code::failed, "restoring: " + reason(err)); });
 }
 
 void run_step(self_ptr self, int64_t step) {
@@ -282,7 +290,7 @@ void run_step(self_ptr self, int64_t step) {
           },
           [=](caf::error& err) {
             self->state.running = false;
-            finish(self, runtime::exit_code::failed, "step " + std::to_string(step) + " failed: " + to_string(err));
+            finish(self, runtime::exit_code::failed, "step " + std::to_string(step) + " failed: " + reason(err));
           });
 }
 

@@ -95,6 +95,11 @@ void end_job(self_ptr self, runtime::TrainOutcome outcome) {
   if (st.ended) return;
   st.ended = true;
   st.status->set_state("done");
+  // A failed step names one rank's error; a peer that timed out waiting names no culprit. Where
+  // every rank was (node 0 sees the other nodes' as of their last report, a second ago) does.
+  if (outcome.exit_code == runtime::exit_code::failed && !outcome.stuck)
+    if (const auto where = runtime::stages_whereabouts(st.board->snapshot()); !where.empty())
+      outcome.message += " [where the ranks were: " + where + "]";
   st.result = std::move(outcome);
   for (auto& node : st.remote_supervisors) {
     if (st.gone_nodes.count(node.node())) continue;

@@ -50,11 +50,12 @@ void publish_held_bytes(stage_state& st) {
   st.status->set_bytes_in_flight(bytes);
 }
 
-// A failed request: the status shows the error, the reply names what failed and why.
-caf::error failed(runtime::StatusEntry& status, const std::string& what, const std::exception& e) {
+// A failed request: the status shows the error; the reply names this stage and why (the
+// coordinator, which asked, says what failed: "step 3 failed: stage[1]: ...").
+caf::error failed(runtime::StatusEntry& status, const std::exception& e) {
   const auto text = runtime::error_text(e);
   status.set_error(text);
-  return caf::make_error(caf::sec::runtime_error, what + ": " + text);
+  return caf::make_error(caf::sec::runtime_error, status.name() + ": " + text);
 }
 
 void run_if_ready(caf::stateful_actor<stage_state>* self) {
@@ -82,7 +83,7 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
     st.status->set_state("idle");
     job.promise.deliver(stats);
   } catch (const std::exception& e) {
-    job.promise.deliver(failed(*st.status, "step " + std::to_string(job.step), e));
+    job.promise.deliver(failed(*st.status, e));
   }
 }
 
@@ -160,7 +161,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
           s.status->set_state("idle");
           return sum / static_cast<double>(cfg.validation.steps);
         } catch (const std::exception& e) {
-          return failed(*s.status, "validation after step " + std::to_string(step), e);
+          return failed(*s.status, e);
         }
       },
       [=](restored_atom) -> caf::result<int64_t, std::string> {
@@ -185,7 +186,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
           s.status->set_state("idle");
           return blocked;
         } catch (const std::exception& e) {
-          return failed(*s.status, "snapshot at step " + std::to_string(step), e);
+          return failed(*s.status, e);
         }
       },
       [=](status_atom) {

@@ -5,6 +5,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
 #include "comm/rendezvous_store.h"
+#include "runtime/error_text.h"
 
 #include <cstdlib>
 #include <mutex>
@@ -41,7 +42,7 @@ class GlooWork : public Work {
     try {
       work_->wait(timeout_);
     } catch (const std::exception& e) {
-      throw CommError(what_ + " failed: " + e.what());
+      throw CommError(what_ + " failed: " + runtime::error_text(e));
     }
     work_.reset();
     if (after_) after_();
@@ -72,7 +73,7 @@ class GlooCommunicator : public Communicator {
       auto prefixed = c10::make_intrusive<c10d::PrefixStore>("gloo/" + group, rdzv.store()->store);
       pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, size, opts);
     } catch (const std::exception& e) {
-      throw CommError(describe("connecting") + " failed: " + e.what());
+      throw CommError(describe("connecting") + " failed: " + runtime::error_text(e));
     }
   }
 
@@ -168,7 +169,7 @@ class GlooCommunicator : public Communicator {
     } catch (const CommError&) {
       throw;
     } catch (const std::exception& e) {
-      throw CommError(describe(op) + " failed: " + e.what());
+      throw CommError(describe(op) + " failed: " + runtime::error_text(e));
     }
   }
 

@@ -4,6 +4,7 @@
 
 #include "comm/communicator.h"
 #include "comm/rendezvous_store.h"
+#include "runtime/error_text.h"
 
 namespace troupe::comm {
 
@@ -34,7 +35,7 @@ std::string Rendezvous::get(const std::string& key) {
     return {bytes.begin(), bytes.end()};
   } catch (const std::exception& e) {
     throw CommError("rendezvous: no value for '" + key + "' within " + std::to_string(timeout_.count()) +
-                    " ms (a rank did not arrive): " + e.what());
+                    " ms (a rank did not arrive): " + runtime::error_text(e));
   }
 }
 

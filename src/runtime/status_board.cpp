@@ -1,5 +1,6 @@
 #include "runtime/status_board.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -13,6 +14,13 @@ bool waiting(const char* state) {
   // "running" is the supervisor's: the job runs, the supervisor waits.
   return std::strcmp(state, "idle") == 0 || std::strcmp(state, "running") == 0 || std::strncmp(state, "waiting", 7) == 0 ||
          std::strcmp(state, "paused") == 0 || std::strcmp(state, "starting") == 0 || std::strcmp(state, "done") == 0;
+}
+
+std::string state_and_progress(const actors::actor_status& a) {
+  auto line = "state " + a.state + ", step " + std::to_string(a.step);
+  if (a.micro_batch > 0) line += ", micro-batch " + std::to_string(a.micro_batch);
+  if (!a.activity.empty()) line += ", last began: " + a.activity;
+  return line + ", quiet for " + std::to_string(static_cast<int64_t>(a.quiet_seconds)) + " s";
 }
 
 }  // namespace
@@ -50,18 +58,6 @@ std::chrono::nanoseconds StatusEntry::quiet(std::chrono::steady_clock::time_poin
          std::chrono::nanoseconds(progress_ns_.load(std::memory_order_relaxed));
 }
 
-std::string StatusEntry::progress(std::chrono::steady_clock::time_point now) const {
-  return name_ + ": " + whereabouts(now);
-}
-
-std::string StatusEntry::whereabouts(std::chrono::steady_clock::time_point now) const {
-  auto line = std::string("state ") + state_.load(std::memory_order_relaxed) + ", step " +
-              std::to_string(step_.load(std::memory_order_relaxed));
-  if (const auto m = micro_batch_.load(std::memory_order_relaxed); m > 0) line += ", micro-batch " + std::to_string(m);
-  if (const auto what = activity(); !what.empty()) line += ", last began: " + what;
-  return line + ", quiet for " + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(quiet(now)).count()) + " s";
-}
-
 std::optional<std::string> StatusEntry::stalled(const StallLimits& limits,
                                                 std::chrono::steady_clock::time_point now) const {
   const char* state = state_.load(std::memory_order_relaxed);
@@ -70,8 +66,11 @@ std::optional<std::string> StatusEntry::stalled(const StallLimits& limits,
   // waiting actor waits for someone else (who is the stalled one).
   if (step < 1 || waiting(state) || std::strcmp(state, "failed") == 0) return std::nullopt;
   const auto limit = step == first_step_.load(std::memory_order_relaxed) ? limits.first_step : limits.step;
-  if (quiet(now) <= limit) return std::nullopt;
-  return name_ + " made no progress (" + whereabouts(now) + ")";
+  const auto quiet_for = quiet(now);
+  if (quiet_for <= limit) return std::nullopt;
+  auto seen = snapshot();
+  seen.quiet_seconds = std::chrono::duration<double>(quiet_for).count();
+  return name_ + " made no progress (" + state_and_progress(seen) + ")";
 }
 
 void StatusEntry::set_state(const char* state) {
@@ -145,6 +144,24 @@ actors::actor_status StatusEntry::snapshot() const {
   return s;
 }
 
+std::string whereabouts(const actors::actor_status& a) {
+  return a.name + (a.node > 0 ? ", node " + std::to_string(a.node) : "") + ": " + state_and_progress(a);
+}
+
+std::string stages_whereabouts(const std::vector<actors::actor_status>& actors) {
+  std::vector<const actors::actor_status*> stages;
+  for (const auto& a : actors)
+    if (a.kind == "stage") stages.push_back(&a);
+  std::sort(stages.begin(), stages.end(), [](const auto* a, const auto* b) { return a->rank < b->rank; });
+  std::string out;
+  bool stepping = false;
+  for (const auto* a : stages) {
+    stepping = stepping || a->step > 0;
+    out += (out.empty() ? "" : "; ") + whereabouts(*a);
+  }
+  return stepping ? out : "";
+}
+
 std::shared_ptr<StatusEntry> StatusBoard::enroll(const std::string& name) {
   auto entry = std::make_shared<StatusEntry>(name, node_);
   std::lock_guard<std::mutex> lock(mutex_);
@@ -174,7 +191,7 @@ std::optional<std::string> StatusBoard::find_stall(const std::string& kind, cons
     auto e = weak.lock();
     if (!e || e->kind() != kind) continue;
     if (auto stall = e->stalled(limits, now)) stalled += (stalled.empty() ? "" : "; ") + *stall;
-    else others += (others.empty() ? "" : "; ") + e->progress(now);
+    else others += (others.empty() ? "" : "; ") + whereabouts(e->snapshot());
   }
   if (stalled.empty()) return std::nullopt;
   return others.empty() ? stalled : stalled + "; the others: " + others;

@@ -57,19 +57,17 @@ class StatusEntry {
   // Set when the actor is busy inside a step and nothing (state, micro-batch, activity) has
   // moved for longer than its limit as of `now`: one line naming it and what it was doing.
   std::optional<std::string> stalled(const StallLimits& limits, std::chrono::steady_clock::time_point now) const;
-  // "stage[3]: state computing, step 7, micro-batch 2, last began: backward of unit 12, quiet for 11 s"
-  std::string progress(std::chrono::steady_clock::time_point now) const;
   void set_bytes_in_flight(uint64_t bytes) { bytes_.store(bytes, std::memory_order_relaxed); }
   void set_error(std::string error);
   void set_detail(std::string detail);
   actors::actor_status snapshot() const;
+  const std::string& name() const { return name_; }
   const std::string& kind() const { return kind_; }
 
  private:
   static int64_t now_ns();
   void progressed() { progress_ns_.store(now_ns(), std::memory_order_relaxed); }
   std::chrono::nanoseconds quiet(std::chrono::steady_clock::time_point now) const;
-  std::string whereabouts(std::chrono::steady_clock::time_point now) const;  // progress() without the name
   std::string activity() const;
   std::string name_, kind_;
   int64_t node_, rank_;
@@ -92,6 +90,13 @@ class StatusEntry {
   size_t next_recent_ = 0;
   void remember(const caf::type_erased_tuple& message);
 };
+
+// Where an actor is, in one line: "stage[3]: state computing, step 7, micro-batch 2, last began:
+// backward of unit 12, quiet for 11 s" (", node 1" after the name for another node's).
+std::string whereabouts(const actors::actor_status& actor);
+
+// The whereabouts of every stage in `actors`, "; "-separated; empty when none has begun a step.
+std::string stages_whereabouts(const std::vector<actors::actor_status>& actors);
 
 // The job as node 0 sees it, for the console's first line.
 struct JobStatus {
@@ -117,7 +122,7 @@ class StatusBoard {
   std::vector<actors::actor_status> snapshot() const;
   std::vector<actors::actor_status> local_snapshot() const;
   // When one of this process's entries of `kind` is stalled (StatusEntry::stalled): each stalled
-  // one, then where the others of that kind are (progress), since a rank stuck in a collective
+  // one, then where the others of that kind are (whereabouts), since a rank stuck in a collective
   // waits for one stuck elsewhere.
   std::optional<std::string> find_stall(const std::string& kind, const StallLimits& limits) const;
   void set_remote(int64_t node, std::vector<actors::actor_status> actors);
