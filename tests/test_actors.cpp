@@ -128,6 +128,20 @@ TEST_CASE("a stage busy inside a step and quiet past its limit is stalled; a wai
   CHECK_FALSE(stage->stalled(limits, at(1000)));
 }
 
+// While it exists, `rank`'s stage thread stops for `pause` at its `nth` activity (a unit's forward or
+// backward, the optimizer, the read-back), as a thread stuck in a driver call would.
+class StuckAt {
+ public:
+  StuckAt(int64_t rank, int nth, std::chrono::seconds pause) {
+    runtime::set_failpoint_handler([=, seen = std::make_shared<std::atomic<int>>(0)](const char* where, int64_t r) {
+      if (std::string(where) == "stage.activity" && r == rank && ++*seen == nth) std::this_thread::sleep_for(pause);
+    });
+  }
+  ~StuckAt() { runtime::set_failpoint_handler(nullptr); }
+  StuckAt(const StuckAt&) = delete;
+  StuckAt& operator=(const StuckAt&) = delete;
+};
+
 TEST_CASE("a stage stuck inside a step ends the job with exit 1 and a message naming it and what it began",
           "[actors]") {
   testing::TempDir dir;
@@ -135,16 +149,12 @@ TEST_CASE("a stage stuck inside a step ends the job with exit 1 and a message na
   c.comm.init_timeout_seconds = 2;
   c.comm.train_timeout_seconds = 2;  // stuck after 3 s without progress
   // The stage's thread stops for 8 s at its 50th activity (in step 2: a step begins each unit's
-  // forward and backward for 2 micro-batches, the optimizer and the read-back), as a thread stuck
-  // in a driver call would, where no timeout of a communicator reaches it. Without the stall
-  // watch the job would then go on and finish with exit 0.
-  std::atomic<int> activities{0};
-  runtime::set_failpoint_handler([&](const char* where, int64_t rank) {
-    if (std::string(where) == "stage.activity" && rank == 0 && ++activities == 50)
-      std::this_thread::sleep_for(std::chrono::seconds(8));
-  });
-  const auto outcome = testing::run_with_timeout(c);
-  runtime::set_failpoint_handler(nullptr);
+  // forward and backward for 2 micro-batches, the optimizer and the read-back), where no timeout
+  // of a communicator reaches it. Without the stall watch the job would then finish with exit 0.
+  const auto outcome = [&] {
+    const StuckAt stuck(0, 50, std::chrono::seconds(8));
+    return testing::run_with_timeout(c);
+  }();
   CHECK(outcome.exit_code == 1);
   CHECK_THAT(outcome.message, Catch::Contains("stage[0] made no progress (state computing, step 2") &&
                                   Catch::Contains("last began: ") && Catch::Contains("every thread's stack"));
@@ -158,13 +168,10 @@ TEST_CASE("a rank stuck while its peer's collective times out: the job's error s
   c.job.local_ranks = 2;  // FSDP over two CPU ranks (Gloo)
   c.training.global_batch_size = -1;
   c.comm.train_timeout_seconds = 4;  // rank 0's collective gives up after 4 s; a stall is 6 s
-  std::atomic<int> activities{0};
-  runtime::set_failpoint_handler([&](const char* where, int64_t rank) {
-    if (std::string(where) == "stage.activity" && rank == 1 && ++activities == 30)
-      std::this_thread::sleep_for(std::chrono::seconds(10));
-  });
-  const auto outcome = testing::run_with_timeout(c);
-  runtime::set_failpoint_handler(nullptr);
+  const auto outcome = [&] {
+    const StuckAt stuck(1, 30, std::chrono::seconds(10));  // in step 2
+    return testing::run_with_timeout(c);
+  }();
   CHECK(outcome.exit_code == 1);
   CHECK_FALSE(outcome.stuck);  // the peer's timeout came first
   CHECK_THAT(outcome.message, Catch::Contains("[where the ranks were: stage[0]: state failed, step ") &&
