@@ -121,6 +121,15 @@ TEST_CASE("a stage busy inside a step and quiet past its limit is stalled; a wai
                                       "forward of unit 3, quiet for 0 s); the others: stage[4]: state waiting-data, "
                                       "step 8, last began: reading back the loss, quiet for 0 s") &&
                         !Catch::Contains("data_loader"));
+  // A failed job's message lists the stages by rank; of many, the quietest.
+  auto shown_ranks = board.local_snapshot();
+  for (auto& a : shown_ranks) a.quiet_seconds = a.name == "stage[4]" ? 30 : 1;
+  CHECK_THAT(runtime::stages_whereabouts(shown_ranks),
+             Catch::StartsWith("stage[3]: state computing, step 8, micro-batch 2, last began: forward of unit 3, "
+                               "quiet for 1 s; stage[4]: state waiting-data, step 8, last began: reading back the "
+                               "loss, quiet for 30 s") && !Catch::Contains("data_loader"));
+  CHECK(runtime::stages_whereabouts(shown_ranks, 1) ==
+        "stage[4]: state waiting-data, step 8, last began: reading back the loss, quiet for 30 s; 1 more, less quiet");
   stage->set_state("idle");  // waiting for its next step: whoever it waits for is the stuck one
   CHECK_FALSE(stage->stalled(limits, at(1000)));
   CHECK(board.find_stall("stage", {std::chrono::milliseconds(0), std::chrono::milliseconds(0)}) == std::nullopt);

@@ -1,6 +1,6 @@
 // Places where a test can step into a running job: the code calls failpoint(where, rank) and a
 // test's handler may block there (a rank stuck in a driver call, which no timeout of a
-// communicator reaches) or throw. Without a handler the call is one relaxed atomic load.
+// communicator reaches) or throw. Without a handler the call is one atomic load.
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -148,18 +148,27 @@ std::string whereabouts(const actors::actor_status& a) {
   return a.name + (a.node > 0 ? ", node " + std::to_string(a.node) : "") + ": " + state_and_progress(a);
 }
 
-std::string stages_whereabouts(const std::vector<actors::actor_status>& actors) {
+std::string stages_whereabouts(const std::vector<actors::actor_status>& actors, size_t most) {
   std::vector<const actors::actor_status*> stages;
-  for (const auto& a : actors)
-    if (a.kind == "stage") stages.push_back(&a);
+  bool stepping = false;
+  for (const auto& a : actors) {
+    if (a.kind != "stage") continue;
+    stages.push_back(&a);
+    stepping = stepping || a.step > 0;
+  }
+  if (!stepping) return "";
+  // A large job: the quietest ones, which are the likely culprits.
+  const auto left_out = stages.size() > most ? stages.size() - most : 0;
+  if (left_out > 0) {
+    std::partial_sort(stages.begin(), stages.begin() + static_cast<std::ptrdiff_t>(most), stages.end(),
+                      [](const auto* a, const auto* b) { return a->quiet_seconds > b->quiet_seconds; });
+    stages.resize(most);
+  }
   std::sort(stages.begin(), stages.end(), [](const auto* a, const auto* b) { return a->rank < b->rank; });
   std::string out;
-  bool stepping = false;
-  for (const auto* a : stages) {
-    stepping = stepping || a->step > 0;
-    out += (out.empty() ? "" : "; ") + whereabouts(*a);
-  }
-  return stepping ? out : "";
+  for (const auto* a : stages) out += (out.empty() ? "" : "; ") + whereabouts(*a);
+  if (left_out > 0) out += "; " + std::to_string(left_out) + " more, less quiet";
+  return out;
 }
 
 std::shared_ptr<StatusEntry> StatusBoard::enroll(const std::string& name) {

@@ -95,8 +95,9 @@ class StatusEntry {
 // backward of unit 12, quiet for 11 s" (", node 1" after the name for another node's).
 std::string whereabouts(const actors::actor_status& actor);
 
-// The whereabouts of every stage in `actors`, "; "-separated; empty when none has begun a step.
-std::string stages_whereabouts(const std::vector<actors::actor_status>& actors);
+// The whereabouts of the stages in `actors` by rank, "; "-separated (of more than `most`, the
+// `most` that have been quiet longest); empty when none has begun a step.
+std::string stages_whereabouts(const std::vector<actors::actor_status>& actors, size_t most = 16);
 
 // The job as node 0 sees it, for the console's first line.
 struct JobStatus {

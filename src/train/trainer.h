@@ -34,8 +34,8 @@ class Trainer {
   // With a pipeline: called as each action of the rank's schedule begins, with what it is
   // ("pipeline-F", -B, -I, -W, -send, -recv: static strings) and its micro-batch.
   void on_pipeline_action(std::function<void(const char*, int64_t)> progress);
-  // Called as each unit's forward or backward begins (UnitExecutor::on_unit) and as the
-  // optimizer step begins ("optimizer", unit -1).
+  // Called as each unit's forward or backward begins (UnitExecutor::on_unit), and with unit -1
+  // as the optimizer step and the loss's read-back (where the host waits for the device) begin.
   void on_activity(std::function<void(const char*, int64_t)> began);
   // The returned loss and grad norm are the whole job's (averaged over data-parallel ranks);
   // tokens and FLOPs are this rank's.
