@@ -139,7 +139,8 @@ TEST_CASE("inspection endpoint: every rank's actors, pause, resume, checkpoint n
   REQUIRE(res);
   CHECK(res->status == 200);
   CHECK_THAT(res->body, Catch::Contains("# TYPE troupe_step gauge") && Catch::Contains("troupe_loss ") &&
-                            Catch::Contains("troupe_actor_mailbox{name=\"stage[1]\",kind=\"stage\",node=\"0\",rank=\"1\"}"));
+                            Catch::Contains("troupe_actor_mailbox{name=\"stage[1]\",kind=\"stage\",node=\"0\",rank=\"1\"}") &&
+                            Catch::Contains("# TYPE troupe_actor_quiet_seconds gauge\ntroupe_actor_quiet_seconds{"));
   // The web page is served from the binary.
   res = c.Get("/");
   REQUIRE(res);

@@ -87,6 +87,10 @@ std::string prometheus_text(const StatusBoard& board) {
          [](const actors::actor_status& a) { return static_cast<double>(a.handled); });
   family("troupe_actor_busy_seconds_total", "counter", "Seconds the actor has spent busy.",
          [](const actors::actor_status& a) { return a.busy_seconds; });
+  // An alert on this catches a rank that has stopped moving long before the job's own stall watch.
+  family("troupe_actor_quiet_seconds", "gauge",
+         "Seconds since the actor's state, micro-batch or activity last moved (a stage inside a step beats per unit).",
+         [](const actors::actor_status& a) { return a.quiet_seconds; });
   return out.str();
 }
 
