@@ -5,11 +5,10 @@
 #include <csignal>
 #include <cstring>
 #include <iostream>
-#include <cstdlib>
 #include <memory>
-#include <optional>
 
 #include "cli/commands.h"
+#include "cli/placement_options.h"
 #include "config/job_config.h"
 #include "runtime/exit_codes.h"
 #include "runtime/run_training.h"
@@ -42,8 +41,7 @@ void install_stop_handlers() {
 
 struct TrainOptions {
   std::string config_path;
-  std::optional<int> nnodes, node_rank;
-  std::string rdzv;
+  PlacementFlags placement;
 };
 
 int run_train(const TrainOptions& opts, const std::vector<std::string>& extras) {
@@ -56,8 +54,7 @@ int run_train(const TrainOptions& opts, const std::vector<std::string>& extras) 
   }
   runtime::NodePlacement placement;
   try {
-    placement = runtime::resolve_placement(opts.nnodes, opts.node_rank, opts.rdzv,
-                                           [](const char* name) { return std::getenv(name); });
+    placement = opts.placement.resolve();
   } catch (const std::invalid_argument& e) {
     std::cerr << "troupe: " << e.what() << '\n';
     return runtime::exit_code::bad_config;
@@ -79,13 +76,7 @@ Action add_train_command(CLI::App& app) {
   auto opts = std::make_shared<TrainOptions>();
   auto* cmd = app.add_subcommand("train", "Pretrain a model from a TOML config");
   cmd->add_option("--config", opts->config_path, "TOML job config (torchtitan's sections and keys)");
-  cmd->add_option_function<int>("--nnodes", [opts](int n) { opts->nnodes = n; },
-                                "nodes in the job, one troupe process each (default: SLURM_NNODES or 1)");
-  cmd->add_option_function<int>("--node-rank", [opts](int r) { opts->node_rank = r; },
-                                "this node's rank, 0..nnodes-1 (default: SLURM_NODEID or 0)");
-  cmd->add_option("--rdzv", opts->rdzv,
-                  "HOST:PORT where node 0 listens for the others (default: TROUPE_RDZV, or under SLURM the "
-                  "job's first node, port 29500)");
+  add_placement_options(*cmd, opts->placement);  // opts lives as long as the returned action
   cmd->footer(
       "Any config key can be overridden: --section.key VALUE or --section.key=VALUE\n"
       "(e.g. --training.steps 20 --optimizer.lr=3e-4). Exit codes: 0 done or stopped by a\n"

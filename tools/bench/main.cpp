@@ -3,12 +3,11 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 
-#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <memory>
-#include <optional>
 
+#include "cli/placement_options.h"
 #include "runtime/crash_report.h"
 #include "bench/benchmarks.h"
 
@@ -56,16 +55,10 @@ int main(int argc, char** argv) {
   speed->add_option("--warmup", warmup, "steps left out of the figures")->capture_default_str();
   // A job of several processes, as `troupe train` takes it (one process per GPU of a node too:
   // CUDA_VISIBLE_DEVICES picks each one's GPU).
-  std::optional<int> nnodes, node_rank;
-  std::string rdzv;
-  speed->add_option_function<int>("--nnodes", [&](int n) { nnodes = n; }, "processes (nodes) of the job");
-  speed->add_option_function<int>("--node-rank", [&](int r) { node_rank = r; }, "this process's rank among them");
-  speed->add_option("--rdzv", rdzv, "HOST:PORT of node 0");
-  benchmarks.push_back({speed, [&](const config::JobConfig& cfg) {
-                          const auto placement = runtime::resolve_placement(
-                              nnodes, node_rank, rdzv, [](const char* name) { return std::getenv(name); });
-                          return bench::throughput(cfg, warmup, placement);
-                        }});
+  cli::PlacementFlags placement;
+  cli::add_placement_options(*speed, placement);
+  benchmarks.push_back(
+      {speed, [&](const config::JobConfig& cfg) { return bench::throughput(cfg, warmup, placement.resolve()); }});
 
   int64_t profile_vocab = 128256, profile_warmup = 4, profile_steps = 3;
   std::string trace_path;
