@@ -36,6 +36,7 @@
 #include "parallel/device_mesh.h"
 #include "parallel/fsdp.h"
 #include "parallel/pipeline_schedule.h"
+#include "runtime/exit_codes.h"
 #include "runtime/node_placement.h"
 #include "train/adamw.h"
 #include "train/trainer.h"
@@ -725,6 +726,28 @@ TEST_CASE("node placement: flags, SLURM's variables, and clear errors", "[parall
   CHECK(resolve_placement(std::nullopt, std::nullopt, "", env).rdzv_host == "head");
   CHECK(runtime::first_slurm_host("node1,node2") == "node1");
   CHECK(runtime::first_slurm_host("a[3,5-6]") == "a3");
+  CHECK(p.ranks_per_node == 0);
+  CHECK(runtime::local_ranks_under(p, -1) == -1);
+
+  auto place = [&](const std::map<std::string, std::string>& more) {
+    for (const auto& [k, v] : more) vars[k] = v;
+    const auto q = resolve_placement(std::nullopt, std::nullopt, "", env);
+    return std::vector<int>{q.nnodes, q.node_rank, q.ranks_per_node, q.first_gpu};
+  };
+  // srun's step: one task per node keeps the node layout, from the step's own counts.
+  CHECK(place({{"SLURM_STEP_NUM_NODES", "2"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"SLURM_NODEID", "1"}}) ==
+        std::vector<int>{2, 1, 0, 0});
+  // --ntasks-per-node=8 over 2 nodes: task 11 is node 11 of 16, one rank on its machine's GPU 3.
+  CHECK(place({{"SLURM_STEP_NUM_TASKS", "16"}, {"SLURM_PROCID", "11"}, {"SLURM_LOCALID", "3"},
+               {"CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7"}}) == std::vector<int>{16, 11, 1, 3});
+  // --gpus-per-task=1: the task sees only its own GPU.
+  CHECK(place({{"CUDA_VISIBLE_DEVICES", "3"}}) == std::vector<int>{16, 11, 1, 0});
+  p = resolve_placement(std::nullopt, std::nullopt, "", env);
+  CHECK(runtime::local_ranks_under(p, -1) == 1);
+  CHECK(runtime::local_ranks_under(p, 1) == 1);
+  CHECK_THROWS_WITH(runtime::local_ranks_under(p, 8), Catch::Contains("job.local_ranks = 8, but SLURM runs 16 tasks"));
+  vars["SLURM_PROCID"] = "x";
+  CHECK_THROWS_WITH(resolve_placement(std::nullopt, std::nullopt, "", env), Catch::Contains("SLURM_PROCID: 'x'"));
 }
 
 namespace {
@@ -741,7 +764,8 @@ std::vector<double> logged_losses(const std::string& dump) {
 
 }  // namespace
 
-TEST_CASE("two processes on loopback, 2 ranks each, train as one rank does", "[parallel]") {
+TEST_CASE("two processes on loopback train as one rank does: 2 ranks each by flags, 1 each as SLURM tasks",
+          "[parallel]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir);
   auto one_cfg = dp_job(dir, tokens, 1, 1, "one");
@@ -749,19 +773,47 @@ TEST_CASE("two processes on loopback, 2 ranks each, train as one rank does", "[p
   one_cfg.training.steps = 8;
   const auto one = run_with_timeout(one_cfg);
   REQUIRE(one.exit_code == 0);
+  // Node 1 starts first; node 0's log names the layout, and the losses are the one rank's.
+  auto check_pair = [&](const std::vector<std::string>& node0_argv, const std::vector<std::string>& node1_argv,
+                        const std::string& dump, const std::string& layout) {
+    ChildProcess node1(node1_argv);
+    ChildProcess node0(node0_argv);
+    std::string out0, out1;
+    CHECK(node0.wait(120, out0) == 0);
+    CHECK(node1.wait(30, out1) == 0);
+    INFO(out0 << "\n---\n" << out1);
+    CHECK_THAT(out0, Catch::Contains(layout));
+    const auto losses = logged_losses(dir.file(dump));
+    REQUIRE(losses.size() == one.steps.size());
+    for (size_t i = 0; i < losses.size(); ++i) CHECK(losses[i] == Approx(one.steps[i].loss).epsilon(1e-4));
+  };
 
-  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "nodes", 8, 30));
-  const auto rdzv = "127.0.0.1:" + std::to_string(listen_port(0));
-  ChildProcess node1({troupe_binary(), "train", "--config", config, "--nnodes", "2", "--node-rank", "1", "--rdzv", rdzv});
-  ChildProcess node0({troupe_binary(), "train", "--config", config, "--nnodes", "2", "--node-rank", "0", "--rdzv", rdzv});
-  std::string out0, out1;
-  CHECK(node0.wait(120, out0) == 0);
-  CHECK(node1.wait(30, out1) == 0);
-  INFO(out0 << "\n---\n" << out1);
-  CHECK_THAT(out0, Catch::Contains("2 nodes, 4 ranks"));
-  const auto losses = logged_losses(dir.file("nodes"));
-  REQUIRE(losses.size() == one.steps.size());
-  for (size_t i = 0; i < losses.size(); ++i) CHECK(losses[i] == Approx(one.steps[i].loss).epsilon(1e-4));
+  const auto nodes_config = dir.write("nodes.toml", job_toml(dir, tokens, 2, "nodes", 8, 30));
+  auto node = [&](int rank) {
+    return std::vector<std::string>{troupe_binary(), "train", "--config", nodes_config, "--nnodes", "2",
+                                    "--node-rank", std::to_string(rank), "--rdzv",
+                                    "127.0.0.1:" + std::to_string(listen_port(0))};
+  };
+  check_pair(node(0), node(1), "nodes", "2 nodes, 4 ranks");
+
+  // srun --ntasks-per-node=2 on one machine: each task is a node of one rank, placed by SLURM's
+  // variables alone; a job.local_ranks of 2 contradicts that.
+  const auto tasks_config = dir.write("tasks.toml", job_toml(dir, tokens, 1, "tasks", 8, 30));
+  auto task = [&](int id, const std::string& local_ranks) {
+    return std::vector<std::string>{"/usr/bin/env", "SLURM_JOB_ID=9", "SLURM_NNODES=1", "SLURM_NODEID=0",
+                                    "SLURM_STEP_NUM_NODES=1", "SLURM_STEP_NUM_TASKS=2",
+                                    "SLURM_PROCID=" + std::to_string(id), "SLURM_LOCALID=" + std::to_string(id),
+                                    "TROUPE_RDZV=127.0.0.1:" + std::to_string(listen_port(5)), troupe_binary(),
+                                    "train", "--config", tasks_config, "--training.local_batch_size", "2",
+                                    "--job.local_ranks", local_ranks};
+  };
+  {
+    ChildProcess refused(task(0, "2"));
+    std::string out;
+    CHECK(refused.wait(30, out) == runtime::exit_code::bad_config);
+    CHECK_THAT(out, Catch::Contains("job.local_ranks = 2, but SLURM runs 2 tasks"));
+  }
+  check_pair(task(0, "-1"), task(1, "-1"), "tasks", "2 nodes, 2 ranks");
 }
 
 TEST_CASE("a damaged token in one rank's data ends a 2-rank job with an error naming it", "[parallel]") {

@@ -177,7 +177,8 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
     const parallel::DeviceMesh mesh(dims, r);
     const data::DataShare share{mesh.rank_in({parallel::MeshDim::dp_replicate, parallel::MeshDim::dp_shard}), dims.dp()};
     auto loader = spawn_data_loader(sys, cfg, r, share, me, board);
-    stages.push_back(spawn_stage(sys, cfg, vocab_size, {r, l, world, rendezvous}, share, loader, me, board));
+    stages.push_back(
+        spawn_stage(sys, cfg, vocab_size, {r, place.first_gpu + l, world, rendezvous}, share, loader, me, board));
     st.children.push_back(loader);
     if (cfg.checkpoint.enable) writers.push_back(spawn_checkpoint_writer(sys, cfg, r, me, board));
   }

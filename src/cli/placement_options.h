@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 
+#include "config/job_config.h"
 #include "runtime/node_placement.h"
 
 namespace CLI { class App; }
@@ -13,8 +14,9 @@ namespace troupe::cli {
 struct PlacementFlags {
   std::optional<int> nnodes, node_rank;
   std::string rdzv;
-  // std::invalid_argument names the flag or variable that is wrong.
-  runtime::NodePlacement resolve() const;
+  // Also sets cfg's job.local_ranks where the placement fixes it (one rank per SLURM task).
+  // std::invalid_argument names the flag, variable or key that is wrong.
+  runtime::NodePlacement resolve(config::JobConfig& cfg) const;
 };
 
 // `flags` must outlive the command's parsing.

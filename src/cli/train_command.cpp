@@ -54,7 +54,7 @@ int run_train(const TrainOptions& opts, const std::vector<std::string>& extras) 
   }
   runtime::NodePlacement placement;
   try {
-    placement = opts.placement.resolve();
+    placement = opts.placement.resolve(cfg);
   } catch (const std::invalid_argument& e) {
     std::cerr << "troupe: " << e.what() << '\n';
     return runtime::exit_code::bad_config;

@@ -36,6 +36,24 @@ void set_address(NodePlacement& p, const std::string& address, const std::string
   if (p.rdzv_port < 1 || p.rdzv_port > 65535) throw std::invalid_argument(what + ": port must be 1..65535");
 }
 
+// A step of more tasks than nodes (srun --ntasks-per-node=8) makes each task a node of one rank.
+void place_from_slurm(NodePlacement& p, const Environment& env) {
+  const auto tasks = env_int(env, "SLURM_STEP_NUM_TASKS");
+  const auto machines = env_int(env, "SLURM_STEP_NUM_NODES");
+  if (tasks && machines && *tasks > *machines) {
+    p.nnodes = *tasks;
+    p.node_rank = env_int(env, "SLURM_PROCID").value_or(0);
+    p.ranks_per_node = 1;
+    // --gpus-per-task=1 leaves the task one GPU; otherwise it sees the machine's and takes its own.
+    const char* visible = env("CUDA_VISIBLE_DEVICES");
+    const bool one_gpu = visible && *visible && std::string(visible).find(',') == std::string::npos;
+    p.first_gpu = one_gpu ? 0 : env_int(env, "SLURM_LOCALID").value_or(0);
+    return;
+  }
+  p.nnodes = machines ? *machines : env_int(env, "SLURM_NNODES").value_or(1);
+  p.node_rank = env_int(env, "SLURM_NODEID").value_or(0);
+}
+
 }  // namespace
 
 std::string first_slurm_host(const std::string& nodelist) {
@@ -52,8 +70,9 @@ NodePlacement resolve_placement(std::optional<int> nnodes, std::optional<int> no
                                 const Environment& env) {
   NodePlacement p;
   const bool slurm = env("SLURM_JOB_ID") != nullptr;
-  p.nnodes = nnodes ? *nnodes : (slurm ? env_int(env, "SLURM_NNODES").value_or(1) : 1);
-  p.node_rank = node_rank ? *node_rank : (slurm ? env_int(env, "SLURM_NODEID").value_or(0) : 0);
+  if (slurm) place_from_slurm(p, env);
+  if (nnodes) p.nnodes = *nnodes;
+  if (node_rank) p.node_rank = *node_rank;
   if (p.nnodes < 1) throw std::invalid_argument("--nnodes must be at least 1");
   if (p.node_rank < 0 || p.node_rank >= p.nnodes)
     throw std::invalid_argument("--node-rank " + std::to_string(p.node_rank) + " is outside 0.." +
@@ -68,6 +87,16 @@ NodePlacement resolve_placement(std::optional<int> nnodes, std::optional<int> no
     throw std::invalid_argument("--nnodes " + std::to_string(p.nnodes) + " needs --rdzv HOST:PORT (node 0's address)");
   }
   return p;
+}
+
+int64_t local_ranks_under(const NodePlacement& placement, int64_t configured) {
+  if (placement.ranks_per_node == 0) return configured;
+  if (configured > 0 && configured != placement.ranks_per_node)
+    throw std::invalid_argument("job.local_ranks = " + std::to_string(configured) + ", but SLURM runs " +
+                                std::to_string(placement.nnodes) +
+                                " tasks in this step, more than its nodes: each task hosts one rank (drop "
+                                "job.local_ranks, or launch one task per node)");
+  return placement.ranks_per_node;
 }
 
 }  // namespace troupe::runtime

@@ -190,15 +190,15 @@ int local_rank_count(const config::JobConfig& cfg) {
   return resolve_device(cfg.job.device) == "cuda" ? static_cast<int>(torch::cuda::device_count()) : 1;
 }
 
-std::string rank_device(const std::string& requested, int local_rank) {
+std::string rank_device(const std::string& requested, int gpu) {
   const auto device = resolve_device(requested);
   if (device != "cuda") return device;
-  if (local_rank >= static_cast<int>(torch::cuda::device_count()))
-    throw std::runtime_error("local rank " + std::to_string(local_rank) + " needs cuda:" + std::to_string(local_rank) +
-                             ", but this node has " + std::to_string(torch::cuda::device_count()) + " GPUs");
+  if (gpu >= static_cast<int>(torch::cuda::device_count()))
+    throw std::runtime_error("a rank here needs cuda:" + std::to_string(gpu) + ", but this process sees " +
+                             std::to_string(torch::cuda::device_count()) + " GPUs (CUDA_VISIBLE_DEVICES)");
   // The stage's thread computes on its rank's GPU from here on.
-  c10::cuda::set_device(static_cast<c10::DeviceIndex>(local_rank));
-  return "cuda:" + std::to_string(local_rank);
+  c10::cuda::set_device(static_cast<c10::DeviceIndex>(gpu));
+  return "cuda:" + std::to_string(gpu);
 }
 
 struct Trainer::Impl {

@@ -57,8 +57,11 @@ int main(int argc, char** argv) {
   // CUDA_VISIBLE_DEVICES picks each one's GPU).
   cli::PlacementFlags placement;
   cli::add_placement_options(*speed, placement);
-  benchmarks.push_back(
-      {speed, [&](const config::JobConfig& cfg) { return bench::throughput(cfg, warmup, placement.resolve()); }});
+  benchmarks.push_back({speed, [&](const config::JobConfig& cfg) {
+                          auto placed = cfg;
+                          const auto where = placement.resolve(placed);
+                          return bench::throughput(placed, warmup, where);
+                        }});
 
   int64_t profile_vocab = 128256, profile_warmup = 4, profile_steps = 3;
   std::string trace_path;
