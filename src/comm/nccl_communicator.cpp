@@ -72,9 +72,10 @@ class NcclCommunicator : public Communicator {
     // minutes). So wait here for them, as long as the watchdog lets them run: it aborts the
     // communicator once the oldest one is past its deadline.
     for (;;) {
+      while (pop_if_finished()) {
+      }
       {
         std::lock_guard lock(mu_);
-        while (!pending_.empty() && pending_.front().done->query()) pending_.pop_front();
         if (pending_.empty() || aborted_) {
           stopping_ = true;
           break;
@@ -220,15 +221,38 @@ class NcclCommunicator : public Communicator {
     return std::make_unique<StreamWork>(done);
   }
 
+  // The oldest operation, when it has finished, leaves the queue (true). Its event is queried
+  // without the lock: if a driver lock held elsewhere stalls cudaEventQuery, issue() must still
+  // get the lock, and the stall watch then names the stuck thread.
+  bool pop_if_finished() {
+    std::shared_ptr<at::cuda::CUDAEvent> oldest;
+    {
+      std::lock_guard lock(mu_);
+      if (pending_.empty()) return false;
+      oldest = pending_.front().done;
+    }
+    if (!oldest->query()) return false;
+    std::lock_guard lock(mu_);
+    // The destructor pops too: take out only the operation that was queried.
+    if (!pending_.empty() && pending_.front().done == oldest) pending_.pop_front();
+    return true;
+  }
+
   // A dead or stuck peer leaves an operation unfinished: after the timeout the communicator is
   // aborted (which also unblocks the GPU) and every later call throws.
   void watch() {
-    std::unique_lock lock(mu_);
-    while (!stopping_) {
-      cv_.wait_for(lock, std::chrono::milliseconds(100));
-      while (!pending_.empty() && pending_.front().done->query()) pending_.pop_front();
+    for (;;) {
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait_for(lock, std::chrono::milliseconds(100));
+        if (stopping_) return;
+        if (aborted_) continue;  // the communicator is gone; only the destructor's stop is left
+      }
+      while (pop_if_finished()) {
+      }
       ncclResult_t async_err = ncclSuccess;
       ncclCommGetAsyncError(comm_, &async_err);
+      std::lock_guard lock(mu_);
       std::string failure;
       if (async_err != ncclSuccess && async_err != ncclInProgress)
         failure = describe(std::string("asynchronous error: ") + ncclGetErrorString(async_err));

@@ -465,7 +465,7 @@ double Trainer::evaluate(const data::Batch& batch) {
   const kernels::WeightCopies::Scope copies(m.sharded ? nullptr : &m.weight_copies);
   const auto dev = torch::Device(m.device);
   const models::UnitBatch ub{to_device(batch.tokens, dev), to_device(batch.targets, dev)};
-  if (!m.sharded && !m.pipeline) return m.model->loss(ub).to(at::kDouble).item<double>();
+  if (!m.sharded && !m.pipeline) return to_host(m.model->loss(ub).to(at::kDouble)).item<double>();
   at::Tensor loss;
   if (m.pipeline) {
     loss = m.on_every_stage(m.pipeline->evaluate(ub));
@@ -476,7 +476,7 @@ double Trainer::evaluate(const data::Batch& batch) {
     m.sharded->release_all();
     m.sharded->average_over_data_parallel(loss);
   }
-  return loss.item<double>();
+  return to_host(loss).item<double>();
 }
 
 std::vector<checkpoint::LiveTensor> Trainer::restorable_state(bool model_only) const {
