@@ -1,7 +1,9 @@
 // The actor runtime: a run through the actors, status answers, shutdown, signals, failures.
 #include <catch2/catch.hpp>
 #include <caf/all.hpp>
+#include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <fstream>
 #include <future>
@@ -185,7 +187,21 @@ TEST_CASE("a rank stuck while its peer's collective times out: the job's error s
   CHECK_FALSE(outcome.stuck);  // the peer's timeout came first
   CHECK_THAT(outcome.message, Catch::Contains("[where the ranks were: stage[0]: state failed, step ") &&
                                   Catch::Contains("; stage[1]: state computing, step ") &&
-                                  Catch::Contains("last began: "));
+                                  Catch::Contains("last began: ") && Catch::Contains(", failed after 4 s") &&
+                                  Catch::Contains("[each rank's last collectives: " + c.job.dump_folder + "/comm_traces]"));
+  // Each rank's record: the operation rank 0 gave up on is one that rank 1 never issued.
+  auto record = [&](int rank) {
+    return nlohmann::json::parse(std::ifstream(c.job.dump_folder + "/comm_traces/rank_" + std::to_string(rank) + ".json"));
+  };
+  const auto r0 = record(0), r1 = record(1);
+  const auto failed = std::find_if(r0["entries"].begin(), r0["entries"].end(),
+                                   [](const auto& e) { return e["state"] == "failed"; });
+  REQUIRE(failed != r0["entries"].end());
+  int64_t peer_last = 0;
+  for (const auto& e : r1["entries"])
+    if (e["group"] == (*failed)["group"]) peer_last = std::max(peer_last, e["seq"].get<int64_t>());
+  CHECK(peer_last > 0);
+  CHECK(peer_last < (*failed)["seq"].get<int64_t>());
 }
 
 TEST_CASE("the board remembers each enrolling thread; a job returns once its actors' threads are gone",

@@ -95,7 +95,7 @@ TEST_CASE("the shipped configs/llama3_debug.toml loads", "[config]") {
 
 TEST_CASE("known_keys lists every section.key once", "[config]") {
   const auto keys = known_keys();
-  CHECK(keys.size() == 69);
+  CHECK(keys.size() == 72);
   CHECK(std::find(keys.begin(), keys.end(), "training.steps") != keys.end());
   CHECK(std::find(keys.begin(), keys.end(), "validation.dataset_path") != keys.end());
   CHECK(std::find(keys.begin(), keys.end(), "activation_checkpoint.selective_ac_option") != keys.end());
@@ -349,13 +349,19 @@ TEST_CASE("parallelism keys: data-parallel degrees, reshard policy, local ranks,
              Contains("default | always | never"));
   CHECK_THAT(override_error(dir, "job.local_ranks", "0"), Contains("-1 or at least 1"));
   CHECK_THAT(override_error(dir, "comm.train_timeout_seconds", "0"), Contains("at least 1"));
+  CHECK_THAT(override_error(dir, "comm.trace_buf_size", "-1"), Contains("at least 0"));
+  CHECK_THAT(override_error(dir, "comm.save_traces_folder", ""), Contains("comm.save_traces_folder"));
   const auto cfg = load_text(dir, "[parallelism]\ndata_parallel_replicate_degree = 2\nfsdp_reshard_after_forward = \"never\"\n"
-                                  "[job]\nlocal_ranks = 4\n[comm]\ninit_timeout_seconds = 7\n");
+                                  "[job]\nlocal_ranks = 4\n[comm]\ninit_timeout_seconds = 7\ntrace_buf_size = 0\n"
+                                  "save_traces_file_prefix = \"r\"\n");
   CHECK(cfg.parallelism.data_parallel_replicate_degree == 2);
   CHECK(cfg.parallelism.fsdp_reshard_after_forward == "never");
   CHECK(cfg.job.local_ranks == 4);
   CHECK(cfg.comm.init_timeout_seconds == 7);
   CHECK(cfg.comm.train_timeout_seconds == 100);
+  CHECK(cfg.comm.trace_buf_size == 0);
+  CHECK(cfg.comm.save_traces_folder == "comm_traces");
+  CHECK(cfg.comm.save_traces_file_prefix == "r");
 }
 
 TEST_CASE("checkpoint keys: torchtitan's names, lists from TOML or comma-separated, checked values", "[config]") {

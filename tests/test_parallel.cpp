@@ -22,6 +22,7 @@
 #include "checkpoint/checkpoint_metadata.h"
 #include "checkpoint/shard_file.h"
 #include "checkpoint/trainer_checkpoint.h"
+#include "comm/flight_recorder.h"
 #include "comm/gloo_communicator.h"
 #include "comm/nccl_communicator.h"
 #include "comm/rendezvous.h"
@@ -197,22 +198,77 @@ TEST_CASE("replica communicator: rank 0's results of a Gloo group whose ranks al
   CHECK_THROWS_WITH(replicas->all_gather(wrong, part), Catch::Contains("size x its part"));
 }
 
-TEST_CASE("gloo communicator: a peer that never arrives ends the wait with an error", "[parallel]") {
+TEST_CASE("gloo communicator: a peer that never arrives ends the wait with an error, recorded as failed",
+          "[parallel]") {
   auto rdzv = comm::Rendezvous::in_process(std::chrono::seconds(20));
   rdzv->set_operation_timeout(std::chrono::milliseconds(1500));
+  auto recorder = std::make_shared<comm::FlightRecorder>(8);
   std::promise<void> finished;
   auto late = std::async(std::launch::async, [&] {
     auto c = comm::make_gloo_communicator(*rdzv, "timeout", 1, 2);
-    finished.get_future().wait();  // connected, then silent: a stuck or dead peer
+    c->all_reduce(at::ones({4}), comm::ReduceOp::sum)->wait();  // once, then silent: a stuck or dead peer
+    finished.get_future().wait();
   });
-  auto c = comm::make_gloo_communicator(*rdzv, "timeout", 0, 2);
+  auto c = comm::make_gloo_communicator(*rdzv, "timeout", 0, 2, recorder);
   auto t = at::ones({4});
+  c->all_reduce(t, comm::ReduceOp::sum)->wait();
+  CHECK(t.sum().item<float>() == 8);
   const auto start = std::chrono::steady_clock::now();
   CHECK_THROWS_AS(c->all_reduce(t, comm::ReduceOp::sum)->wait(), comm::CommError);
   const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   CHECK(waited < 10);
   finished.set_value();
   late.get();
+  const auto entries = recorder->entries();
+  REQUIRE(entries.size() == 2);
+  CHECK(entries[0].seq == 1);
+  CHECK(entries[0].group == "timeout");
+  CHECK(entries[0].op == "all_reduce");
+  CHECK(entries[0].elements == 4);
+  CHECK(entries[0].dtype == "Float");
+  CHECK_FALSE(entries[0].failed);
+  CHECK(entries[0].ended >= entries[0].issued);
+  CHECK(entries[1].seq == 2);
+  CHECK(entries[1].failed);
+  CHECK_THAT(recorder->summary(std::chrono::system_clock::now()), Catch::StartsWith("all_reduce #2 of timeout, failed after 1"));
+}
+
+TEST_CASE("flight recorder: numbers per group, a bounded ring, the oldest unfinished, and its file", "[parallel]") {
+  comm::FlightRecorder r(3);
+  const auto t0 = std::chrono::system_clock::now();
+  CHECK(r.summary(t0).empty());
+  const auto a = r.issued("dp_shard", "all_gather", 10, "BFloat16");
+  const auto b = r.issued("dp_replicate", "all_reduce", 4, "Float");
+  const auto c = r.issued("dp_shard", "reduce_scatter", 20, "Float");
+  r.ended(b);
+  CHECK_THAT(r.summary(t0 + std::chrono::seconds(42)), Catch::StartsWith("all_gather #1 of dp_shard, unfinished for 4"));
+  r.ended(a);
+  CHECK_THAT(r.summary(t0), Catch::StartsWith("reduce_scatter #2 of dp_shard, unfinished"));
+  r.ended(c);
+  CHECK(r.summary(t0) == "last: reduce_scatter #2 of dp_shard, finished");
+  // A fourth pushes out the first; ending a dropped id changes nothing.
+  const auto d = r.issued("dp_replicate", "all_reduce", 4, "Float");
+  r.ended(a, /*failed=*/true);
+  auto entries = r.entries();
+  REQUIRE(entries.size() == 3);
+  CHECK(entries.front().id == b);
+  CHECK(entries.back().id == d);
+  CHECK(entries.back().seq == 2);
+  CHECK(entries.back().ended.time_since_epoch().count() == 0);
+
+  TempDir dir;
+  const auto path = dir.file("traces/rank_3.json");
+  comm::write_flight_record(r, 3, path);
+  const auto json = nlohmann::json::parse(std::ifstream(path));
+  CHECK(json["rank"] == 3);
+  CHECK(json["capacity"] == 3);
+  REQUIRE(json["entries"].size() == 3);
+  CHECK(json["entries"][0]["state"] == "finished");
+  CHECK(json["entries"][1]["op"] == "reduce_scatter");
+  CHECK(json["entries"][1]["seq"] == 2);
+  CHECK(json["entries"][2]["state"] == "issued");
+  CHECK(json["entries"][2]["ended_unix_s"].is_null());
+  CHECK(json["entries"][2]["issued_unix_s"].get<double>() > 1.7e9);
 }
 
 namespace {

@@ -12,6 +12,7 @@
 #include "models/llama3/model_args.h"
 #include "runtime/status_board.h"
 #include "comm/caf_store.h"
+#include "comm/flight_recorder.h"
 #include "comm/rendezvous.h"
 #include "parallel/device_mesh.h"
 #include "train/trainer.h"
@@ -20,6 +21,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <iostream>
 #include <set>
 #include <sstream>
 
@@ -44,6 +46,8 @@ struct supervisor_state {
   bool started = false, ended = false;
   std::function<void()> spawn_coordinator;
   runtime::StallLimits stall_limits;
+  std::vector<std::pair<int, std::shared_ptr<comm::FlightRecorder>>> flight_recorders;  // by local rank
+  std::string traces_folder, traces_prefix;  // where a failed job writes them: prefix + rank + ".json"
 };
 
 using self_ptr = caf::stateful_actor<supervisor_state>*;
@@ -80,8 +84,24 @@ void heard_from(self_ptr self, const caf::node_id& node) {
   if (before > 0 && st.awaiting.empty()) deliver(self, std::move(st.result));
 }
 
+// A failed job leaves each local rank's collectives where its user can compare them.
+void write_flight_records(self_ptr self, runtime::TrainOutcome& outcome) {
+  auto& st = self->state;
+  if (outcome.exit_code != runtime::exit_code::failed || st.flight_recorders.empty()) return;
+  try {
+    for (const auto& [rank, recorder] : st.flight_recorders)
+      comm::write_flight_record(*recorder, rank, st.traces_prefix + std::to_string(rank) + ".json");
+  } catch (const std::exception& e) {
+    std::cerr << "troupe: the collectives' traces were not written: " << e.what() << '\n';
+    return;
+  }
+  if (st.links.placement.node_rank == 0)
+    outcome.message += " [each rank's last collectives: " + st.traces_folder + "]";
+}
+
 void deliver(self_ptr self, runtime::TrainOutcome outcome) {
   auto& st = self->state;
+  write_flight_records(self, outcome);
   for (auto& child : st.children) self->send_exit(child, caf::exit_reason::user_shutdown);
   st.outcome->set_value(std::move(outcome));
   self->quit();
@@ -157,6 +177,8 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
   auto me = caf::actor_cast<caf::actor>(self);
   const auto& place = links.placement;
   const bool node0 = place.node_rank == 0;
+  st.traces_folder = cfg.job.dump_folder + "/" + cfg.comm.save_traces_folder;
+  st.traces_prefix = st.traces_folder + "/" + cfg.comm.save_traces_file_prefix;
   // Ranks are numbered node by node; each stage connects its communicators while it starts,
   // rendezvousing in this process or, across nodes, at node 0's key-value store.
   const int local = train::local_rank_count(cfg);
@@ -177,8 +199,12 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
     const parallel::DeviceMesh mesh(dims, r);
     const data::DataShare share{mesh.rank_in({parallel::MeshDim::dp_replicate, parallel::MeshDim::dp_shard}), dims.dp()};
     auto loader = spawn_data_loader(sys, cfg, r, share, me, board);
-    stages.push_back(
-        spawn_stage(sys, cfg, vocab_size, {r, place.first_gpu + l, world, rendezvous}, share, loader, me, board));
+    parallel::RankContext rank{r, place.first_gpu + l, world, rendezvous};
+    if (cfg.comm.trace_buf_size > 0 && world > 1) {
+      rank.flight_recorder = std::make_shared<comm::FlightRecorder>(static_cast<size_t>(cfg.comm.trace_buf_size));
+      st.flight_recorders.emplace_back(r, rank.flight_recorder);
+    }
+    stages.push_back(spawn_stage(sys, cfg, vocab_size, rank, share, loader, me, board));
     st.children.push_back(loader);
     if (cfg.checkpoint.enable) writers.push_back(spawn_checkpoint_writer(sys, cfg, r, me, board));
   }

@@ -93,6 +93,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
   auto& st = self->state;
   const int rank_id = rank.rank;
   st.status = board->enroll("stage[" + std::to_string(rank_id) + "]");
+  st.status->set_flight_recorder(rank.flight_recorder);
   st.loader = loader;
   try {
     st.status->set_state("building");

@@ -29,6 +29,7 @@ struct actor_status {
   std::string detail;      // what only this kind of actor reports (the loader: documents skipped)
   std::string activity;    // what its thread began last, where it reports that: "backward of unit 12"
   double quiet_seconds = 0;  // since its state, micro-batch or activity last moved
+  std::string collective;  // a stage's oldest unfinished collective, else its last (comm/flight_recorder.h)
   std::vector<std::string> recent_messages;  // the last few handled, "seconds-ago: (atom, ...)"
 };
 
@@ -36,7 +37,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, actor_status& x) {
   return f(caf::meta::type_name("actor_status"), x.name, x.kind, x.node, x.rank, x.state, x.step, x.micro_batch,
            x.mailbox, x.handled, x.busy_seconds, x.age_seconds, x.bytes_in_flight, x.last_error, x.detail, x.activity, x.quiet_seconds,
-           x.recent_messages);
+           x.collective, x.recent_messages);
 }
 
 }  // namespace troupe::actors

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "comm/flight_recorder.h"
+
 namespace troupe::comm {
 
 enum class ReduceOp { sum, avg, max };
@@ -76,6 +78,16 @@ inline std::vector<at::Tensor> concatenated(const std::vector<at::Tensor>& a, co
   std::vector<at::Tensor> all(a);
   all.insert(all.end(), b.begin(), b.end());
   return all;
+}
+
+// Records an operation's issue on `recorder` (null: nothing, id 0): its tensors' elements,
+// outputs and inputs together, and the first one's dtype.
+inline uint64_t record_issue(FlightRecorder* recorder, const std::string& group, const std::string& op,
+                             const std::vector<at::Tensor>& tensors) {
+  if (!recorder) return 0;
+  int64_t elements = 0;
+  for (const auto& t : tensors) elements += t.numel();
+  return recorder->issued(group, op, elements, tensors.empty() ? "" : c10::toString(tensors.front().scalar_type()));
 }
 
 }  // namespace troupe::comm

@@ -35,16 +35,23 @@ std::mutex& issue_lock() {
 class GlooWork : public Work {
  public:
   GlooWork(c10::intrusive_ptr<c10d::Work> work, std::string what, std::chrono::milliseconds timeout,
-           std::function<void()> after = {})
-      : work_(std::move(work)), what_(std::move(what)), timeout_(timeout), after_(std::move(after)) {}
+           std::function<void()> after, std::shared_ptr<FlightRecorder> recorder, uint64_t record)
+      : work_(std::move(work)), what_(std::move(what)), timeout_(timeout), after_(std::move(after)),
+        recorder_(std::move(recorder)), record_(record) {}
+  ~GlooWork() override {
+    // Dropped unwaited (a send nobody waits for): finished if Gloo says so.
+    if (work_ && recorder_ && work_->isCompleted()) recorder_->ended(record_);
+  }
   void wait() override {
     if (!work_) return;
     try {
       work_->wait(timeout_);
     } catch (const std::exception& e) {
+      if (recorder_) recorder_->ended(record_, /*failed=*/true);
       throw CommError(what_ + " failed: " + runtime::error_text(e));
     }
     work_.reset();
+    if (recorder_) recorder_->ended(record_);
     if (after_) after_();
   }
 
@@ -53,6 +60,8 @@ class GlooWork : public Work {
   std::string what_;
   std::chrono::milliseconds timeout_;
   std::function<void()> after_;
+  std::shared_ptr<FlightRecorder> recorder_;
+  uint64_t record_;
 };
 
 c10d::ReduceOp gloo_op(ReduceOp op) {
@@ -62,8 +71,9 @@ c10d::ReduceOp gloo_op(ReduceOp op) {
 
 class GlooCommunicator : public Communicator {
  public:
-  GlooCommunicator(Rendezvous& rdzv, const std::string& group, int rank, int size)
-      : name_(group), rank_(rank), size_(size), timeout_(rdzv.operation_timeout()) {
+  GlooCommunicator(Rendezvous& rdzv, const std::string& group, int rank, int size,
+                   std::shared_ptr<FlightRecorder> recorder)
+      : name_(group), rank_(rank), size_(size), timeout_(rdzv.operation_timeout()), recorder_(std::move(recorder)) {
     // Connecting may take the rendezvous' (longer) timeout; each operation then gets its own.
     auto opts = c10d::ProcessGroupGloo::Options::create_default(std::max(timeout_, rdzv.timeout()));
     opts->devices = {rdzv.local_host().empty() ? c10d::ProcessGroupGloo::createDefaultDevice()
@@ -83,7 +93,7 @@ class GlooCommunicator : public Communicator {
 
   WorkPtr all_gather(at::Tensor out, at::Tensor in) override {
     check(out.numel() == in.numel() * size_, "all_gather: output must hold size x input elements");
-    return issue("all_gather", [&] { return pg_->_allgather_base(out, in); });
+    return issue("all_gather", {out, in}, [&] { return pg_->_allgather_base(out, in); });
   }
 
   WorkPtr all_gather(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins) override {
@@ -91,14 +101,15 @@ class GlooCommunicator : public Communicator {
     check(wrong.empty(), wrong);
     auto o = outs;
     auto i = ins;
-    return issue("all_gather", [&] { return pg_->allgather_into_tensor_coalesced(o, i); });
+    return issue("all_gather", concatenated(o, i), [&] { return pg_->allgather_into_tensor_coalesced(o, i); });
   }
 
   WorkPtr reduce_scatter(at::Tensor out, at::Tensor in, ReduceOp op) override {
     check(in.numel() == out.numel() * size_, "reduce_scatter: input must hold size x output elements");
     c10d::ReduceScatterOptions o;
     o.reduceOp = gloo_op(op);
-    return issue("reduce_scatter", [&] { return pg_->_reduce_scatter_base(out, in, o); }, averaged({out}, op));
+    return issue("reduce_scatter", {out, in}, [&] { return pg_->_reduce_scatter_base(out, in, o); },
+                 averaged({out}, op));
   }
 
   WorkPtr reduce_scatter(const std::vector<at::Tensor>& outs, const std::vector<at::Tensor>& ins,
@@ -109,35 +120,36 @@ class GlooCommunicator : public Communicator {
     o.reduceOp = gloo_op(op);
     auto out = outs;
     auto in = ins;
-    return issue("reduce_scatter", [&] { return pg_->reduce_scatter_tensor_coalesced(out, in, o); }, averaged(out, op));
+    return issue("reduce_scatter", concatenated(out, in),
+                 [&] { return pg_->reduce_scatter_tensor_coalesced(out, in, o); }, averaged(out, op));
   }
 
   WorkPtr all_reduce(at::Tensor t, ReduceOp op) override {
     std::vector<at::Tensor> ts{t};
     c10d::AllreduceOptions o;
     o.reduceOp = gloo_op(op);
-    return issue("all_reduce", [&] { return pg_->allreduce(ts, o); }, averaged(ts, op));
+    return issue("all_reduce", ts, [&] { return pg_->allreduce(ts, o); }, averaged(ts, op));
   }
 
   WorkPtr broadcast(at::Tensor t, int root) override {
     std::vector<at::Tensor> ts{t};
     c10d::BroadcastOptions o;
     o.rootRank = root;
-    return issue("broadcast", [&] { return pg_->broadcast(ts, o); });
+    return issue("broadcast", ts, [&] { return pg_->broadcast(ts, o); });
   }
 
   WorkPtr send(at::Tensor t, int peer) override {
     std::vector<at::Tensor> ts{t};
-    return issue("send to rank " + std::to_string(peer), [&] { return pg_->send(ts, peer, 0); });
+    return issue("send to rank " + std::to_string(peer), ts, [&] { return pg_->send(ts, peer, 0); });
   }
 
   WorkPtr recv(at::Tensor t, int peer) override {
     std::vector<at::Tensor> ts{t};
-    return issue("recv from rank " + std::to_string(peer), [&] { return pg_->recv(ts, peer, 0); });
+    return issue("recv from rank " + std::to_string(peer), ts, [&] { return pg_->recv(ts, peer, 0); });
   }
 
   void barrier() override {
-    issue("barrier", [&] { return pg_->barrier(); })->wait();
+    issue("barrier", {}, [&] { return pg_->barrier(); })->wait();
   }
 
  private:
@@ -158,17 +170,19 @@ class GlooCommunicator : public Communicator {
   }
 
   template <class Issue>
-  WorkPtr issue(const std::string& op, Issue&& start, std::function<void()> after = {}) {
+  WorkPtr issue(const std::string& op, const std::vector<at::Tensor>& tensors, Issue&& start,
+                std::function<void()> after = {}) {
+    const auto record = record_issue(recorder_.get(), name_, op, tensors);
     try {
       c10::intrusive_ptr<c10d::Work> work;
       {
         std::lock_guard<std::mutex> lock(issue_lock());
         work = start();
       }
-      return std::make_unique<GlooWork>(std::move(work), describe(op), timeout_, std::move(after));
-    } catch (const CommError&) {
-      throw;
+      return std::make_unique<GlooWork>(std::move(work), describe(op), timeout_, std::move(after), recorder_, record);
     } catch (const std::exception& e) {
+      if (recorder_) recorder_->ended(record, /*failed=*/true);
+      if (dynamic_cast<const CommError*>(&e)) throw;
       throw CommError(describe(op) + " failed: " + runtime::error_text(e));
     }
   }
@@ -176,13 +190,15 @@ class GlooCommunicator : public Communicator {
   std::string name_;
   int rank_, size_;
   std::chrono::milliseconds timeout_;
+  std::shared_ptr<FlightRecorder> recorder_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
 };
 
 }  // namespace
 
-CommunicatorPtr make_gloo_communicator(Rendezvous& rdzv, const std::string& group, int rank, int size) {
-  return std::make_shared<GlooCommunicator>(rdzv, group, rank, size);
+CommunicatorPtr make_gloo_communicator(Rendezvous& rdzv, const std::string& group, int rank, int size,
+                                       std::shared_ptr<FlightRecorder> recorder) {
+  return std::make_shared<GlooCommunicator>(rdzv, group, rank, size, std::move(recorder));
 }
 
 }  // namespace troupe::comm

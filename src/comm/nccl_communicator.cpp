@@ -48,8 +48,10 @@ ncclRedOp_t nccl_op(ReduceOp op) {
 
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(Rendezvous& rdzv, const std::string& group, int rank, int size, int device)
-      : name_(group), rank_(rank), size_(size), device_(device), timeout_(rdzv.operation_timeout()) {
+  NcclCommunicator(Rendezvous& rdzv, const std::string& group, int rank, int size, int device,
+                   std::shared_ptr<FlightRecorder> recorder)
+      : name_(group), rank_(rank), size_(size), device_(device), timeout_(rdzv.operation_timeout()),
+        recorder_(std::move(recorder)) {
     c10::cuda::CUDAGuard guard(device_);
     ncclUniqueId id;
     const auto key = "nccl/" + group + "/id";
@@ -172,6 +174,7 @@ class NcclCommunicator : public Communicator {
     std::shared_ptr<at::cuda::CUDAEvent> done;
     std::chrono::steady_clock::time_point deadline;
     std::string what;
+    uint64_t record;  // in recorder_
   };
 
   std::string describe(const std::string& op) const {
@@ -211,11 +214,18 @@ class NcclCommunicator : public Communicator {
     }
     c10::cuda::CUDAGuard guard(device_);
     follow_current_stream(stream_);
-    check(launch(stream_.stream()), op.c_str());
+    // Recorded before the launch: a launch that blocks shows as this operation, unfinished.
+    const auto record = record_issue(recorder_.get(), name_, op, tensors);
+    try {
+      check(launch(stream_.stream()), op.c_str());
+    } catch (...) {
+      if (recorder_) recorder_->ended(record, /*failed=*/true);
+      throw;
+    }
     auto done = end_on(stream_, tensors);
     {
       std::lock_guard lock(mu_);
-      pending_.push_back({done, std::chrono::steady_clock::now() + timeout_, op});
+      pending_.push_back({done, std::chrono::steady_clock::now() + timeout_, op, record});
     }
     cv_.notify_all();
     return std::make_unique<StreamWork>(done);
@@ -234,7 +244,10 @@ class NcclCommunicator : public Communicator {
     if (!oldest->query()) return false;
     std::lock_guard lock(mu_);
     // The destructor pops too: take out only the operation that was queried.
-    if (!pending_.empty() && pending_.front().done == oldest) pending_.pop_front();
+    if (!pending_.empty() && pending_.front().done == oldest) {
+      if (recorder_) recorder_->ended(pending_.front().record);
+      pending_.pop_front();
+    }
     return true;
   }
 
@@ -267,6 +280,8 @@ class NcclCommunicator : public Communicator {
         error_ = failure;
         aborted_ = true;
         ncclCommAbort(comm_);
+        if (recorder_)
+          for (const auto& p : pending_) recorder_->ended(p.record, /*failed=*/true);
         pending_.clear();
       }
     }
@@ -275,6 +290,7 @@ class NcclCommunicator : public Communicator {
   std::string name_;
   int rank_, size_, device_;
   std::chrono::milliseconds timeout_;
+  std::shared_ptr<FlightRecorder> recorder_;
   ncclComm_t comm_ = nullptr;
   c10::cuda::CUDAStream stream_ = c10::cuda::getDefaultCUDAStream();
   std::mutex mu_;
@@ -290,15 +306,17 @@ class NcclCommunicator : public Communicator {
 
 bool nccl_available() { return true; }
 
-CommunicatorPtr make_nccl_communicator(Rendezvous& rdzv, const std::string& group, int rank, int size, int device) {
-  return std::make_shared<NcclCommunicator>(rdzv, group, rank, size, device);
+CommunicatorPtr make_nccl_communicator(Rendezvous& rdzv, const std::string& group, int rank, int size, int device,
+                                       std::shared_ptr<FlightRecorder> recorder) {
+  return std::make_shared<NcclCommunicator>(rdzv, group, rank, size, device, std::move(recorder));
 }
 
 #else
 
 bool nccl_available() { return false; }
 
-CommunicatorPtr make_nccl_communicator(Rendezvous&, const std::string& group, int, int, int) {
+CommunicatorPtr make_nccl_communicator(Rendezvous&, const std::string& group, int, int, int,
+                                       std::shared_ptr<FlightRecorder>) {
   throw CommError("nccl group '" + group + "': this build has no CUDA (TROUPE_CUDA=OFF)");
 }
 

@@ -11,7 +11,9 @@ namespace troupe::comm {
 bool nccl_available();
 
 // Collective over `size` ranks of the group, each on its own CUDA device (`device`); rank 0
-// creates the NCCL unique id and publishes it through the rendezvous.
-CommunicatorPtr make_nccl_communicator(Rendezvous& rdzv, const std::string& group, int rank, int size, int device);
+// creates the NCCL unique id and publishes it through the rendezvous. `recorder` (may be null)
+// records each operation; its watchdog marks them finished.
+CommunicatorPtr make_nccl_communicator(Rendezvous& rdzv, const std::string& group, int rank, int size, int device,
+                                       std::shared_ptr<FlightRecorder> recorder = nullptr);
 
 }  // namespace troupe::comm

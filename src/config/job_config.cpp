@@ -382,6 +382,9 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(inspect, token), {}},
       {TROUPE_KEY(comm, init_timeout_seconds), at_least(1)},
       {TROUPE_KEY(comm, train_timeout_seconds), at_least(1)},
+      {TROUPE_KEY(comm, trace_buf_size), at_least(0)},
+      {TROUPE_KEY(comm, save_traces_folder), not_empty()},
+      {TROUPE_KEY(comm, save_traces_file_prefix), {}},
 
       {TROUPE_KEY(activation_checkpoint, mode), one_of({"none", "full", "selective"})},
       {TROUPE_KEY(activation_checkpoint, selective_ac_option), selective_ac_option_rule()},

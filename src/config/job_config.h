@@ -119,6 +119,11 @@ struct ProfilingSection {
 struct CommSection {
   int64_t init_timeout_seconds = 300;  // rendezvous and connecting the communicators
   int64_t train_timeout_seconds = 100;  // any one collective or transfer
+  // The collectives each rank remembers (comm/flight_recorder.h; 0: none), written when the job
+  // fails to <dump_folder>/<save_traces_folder>/<save_traces_file_prefix><rank>.json.
+  int64_t trace_buf_size = 20000;
+  std::string save_traces_folder = "comm_traces";
+  std::string save_traces_file_prefix = "rank_";
 };
 
 // The inspection endpoint every process serves (`troupe inspect`, the web page, /metrics).

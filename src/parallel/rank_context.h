@@ -3,6 +3,7 @@
 #pragma once
 #include <memory>
 
+#include "comm/flight_recorder.h"
 #include "comm/rendezvous.h"
 
 namespace troupe::parallel {
@@ -17,6 +18,7 @@ struct RankContext {
   // (its casts, copies and collectives); N > 1 has replicas of this rank stand in for the others
   // (comm/replica_communicator.h), one rank of an N-GPU job's memory and compute on one GPU.
   int shard_alone_as = 0;
+  std::shared_ptr<comm::FlightRecorder> flight_recorder;  // its communicators' operations; may be null
 };
 
 }  // namespace troupe::parallel

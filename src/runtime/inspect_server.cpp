@@ -46,6 +46,7 @@ nlohmann::json actor_json(const actors::actor_status& a) {
           {"detail", a.detail},
           {"activity", a.activity},
           {"quiet_seconds", a.quiet_seconds},
+          {"collective", a.collective},
           {"recent_messages", a.recent_messages}};
 }
 

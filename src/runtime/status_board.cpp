@@ -20,7 +20,9 @@ std::string state_and_progress(const actors::actor_status& a) {
   auto line = "state " + a.state + ", step " + std::to_string(a.step);
   if (a.micro_batch > 0) line += ", micro-batch " + std::to_string(a.micro_batch);
   if (!a.activity.empty()) line += ", last began: " + a.activity;
-  return line + ", quiet for " + std::to_string(static_cast<int64_t>(a.quiet_seconds)) + " s";
+  line += ", quiet for " + std::to_string(static_cast<int64_t>(a.quiet_seconds)) + " s";
+  if (!a.collective.empty()) line += ", collective: " + a.collective;
+  return line;
 }
 
 }  // namespace
@@ -44,6 +46,11 @@ void StatusEntry::set_step(int64_t step) {
   first_step_.compare_exchange_strong(none, step, std::memory_order_relaxed);
   step_.store(step, std::memory_order_relaxed);
   progressed();
+}
+
+void StatusEntry::set_flight_recorder(std::shared_ptr<const comm::FlightRecorder> recorder) {
+  std::lock_guard<std::mutex> lock(error_mutex_);
+  recorder_ = std::move(recorder);
 }
 
 std::string StatusEntry::activity() const {
@@ -134,6 +141,7 @@ actors::actor_status StatusEntry::snapshot() const {
   s.detail = detail_;
   s.activity = activity();
   s.quiet_seconds = 1e-9 * static_cast<double>(t - progress_ns_.load(std::memory_order_relaxed));
+  if (recorder_) s.collective = recorder_->summary(std::chrono::system_clock::now());
   // Oldest first.
   for (size_t i = 0; i < recent_.size(); ++i) {
     const auto& h = recent_[(next_recent_ + i) % recent_.size()];

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "actors/status_protocol.h"
+#include "comm/flight_recorder.h"
 
 namespace troupe::runtime {
 
@@ -58,6 +59,8 @@ class StatusEntry {
   // moved for longer than its limit as of `now`: one line naming it and what it was doing.
   std::optional<std::string> stalled(const StallLimits& limits, std::chrono::steady_clock::time_point now) const;
   void set_bytes_in_flight(uint64_t bytes) { bytes_.store(bytes, std::memory_order_relaxed); }
+  // A stage's collectives: snapshot() reports its oldest unfinished one.
+  void set_flight_recorder(std::shared_ptr<const comm::FlightRecorder> recorder);
   void set_error(std::string error);
   void set_detail(std::string detail);
   actors::actor_status snapshot() const;
@@ -82,6 +85,7 @@ class StatusEntry {
   std::atomic<int64_t> busy_total_ns_{0}, busy_since_ns_{0};  // busy_since 0: not busy now
   mutable std::mutex error_mutex_;  // errors are rare; the hot path never takes it
   std::string last_error_, detail_;
+  std::shared_ptr<const comm::FlightRecorder> recorder_;  // under error_mutex_
   struct Heard {
     int64_t at_ns;
     std::string text;

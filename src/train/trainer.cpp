@@ -91,8 +91,8 @@ comm::CommunicatorPtr connect(const parallel::RankContext& rank, const parallel:
   const std::vector<parallel::MeshDim> g{d};
   const auto name = mesh.group_name(g);
   const int r = mesh.rank_in(g), n = static_cast<int>(mesh.dims().of(d));
-  return cuda ? comm::make_nccl_communicator(*rank.rendezvous, name, r, n, rank.local_rank)
-              : comm::make_gloo_communicator(*rank.rendezvous, name, r, n);
+  return cuda ? comm::make_nccl_communicator(*rank.rendezvous, name, r, n, rank.local_rank, rank.flight_recorder)
+              : comm::make_gloo_communicator(*rank.rendezvous, name, r, n, rank.flight_recorder);
 }
 
 // Shards this rank's units (all of the model's, or its pipeline stages') over the data-parallel groups.

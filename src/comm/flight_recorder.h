@@ -1,0 +1,58 @@
+// The last collectives a rank issued, over all of its communicators ([comm] trace_buf_size, as
+// torchtitan's flight recorder): for each, its group, its number within that group, its operation
+// and size, when it was issued and whether it has finished. Every rank of a group issues that
+// group's operations in one order (DESIGN §4), so the numbers line up across ranks: in a hang,
+// the rank whose last number is lowest is the one the others wait for. The engines record; a
+// failed job writes each rank's record to [comm] save_traces_folder, and a stage's oldest
+// unfinished operation shows in the console and in the job's failure message.
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace troupe::comm {
+
+class FlightRecorder {
+ public:
+  struct Entry {
+    uint64_t id = 0;   // in this recorder, 1, 2, ...
+    uint64_t seq = 0;  // in its group, 1, 2, ...
+    std::string group, op, dtype;
+    int64_t elements = 0;  // of the operation's input (all of a grouped one's inputs)
+    std::chrono::system_clock::time_point issued, ended;  // ended: epoch while unfinished
+    bool failed = false;
+  };
+
+  explicit FlightRecorder(size_t capacity) : capacity_(capacity) {}
+  // Returns the entry's id, for ended(). Thread-safe, as is all of it: a NCCL watchdog ends
+  // entries while the rank's thread issues more.
+  uint64_t issued(const std::string& group, const std::string& op, int64_t elements, const std::string& dtype);
+  // Marks the entry finished (or failed); an id the ring has dropped is ignored.
+  void ended(uint64_t id, bool failed = false);
+  // Oldest first.
+  std::vector<Entry> entries() const;
+  // One line: the first failed operation ("all_gather #12 of dp_shard, failed after 100 s"), else
+  // the oldest unfinished ("..., unfinished for 41 s"), else the last ("last: all_gather #12 of
+  // dp_shard, finished"); empty before the first.
+  std::string summary(std::chrono::system_clock::time_point now) const;
+  // The record as JSON: {"rank": R, "capacity": N, "entries": [{"id", "seq", "group", "op",
+  // "dtype", "elements", "issued_unix_s", "ended_unix_s" (null while unfinished), "state"
+  // (issued | finished | failed)}, ...]}.
+  std::string to_json(int rank) const;
+
+ private:
+  size_t capacity_;
+  mutable std::mutex mutex_;
+  std::deque<Entry> ring_;
+  uint64_t next_id_ = 1;
+  std::vector<std::pair<std::string, uint64_t>> group_seq_;  // few groups: a vector beats a map
+};
+
+// Writes the record to `path` atomically (a temporary file, then rename); std::runtime_error
+// names the path on a failure.
+void write_flight_record(const FlightRecorder& recorder, int rank, const std::string& path);
+
+}  // namespace troupe::comm
