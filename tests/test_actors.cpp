@@ -15,6 +15,7 @@
 #include "actors/data_loader.h"
 #include "actors/data_loader_protocol.h"
 #include "actors/node_supervisor_protocol.h"
+#include "comm/flight_record_report.h"
 #include "runtime/failpoint.h"
 #include "runtime/status_board.h"
 #include "runtime/thread_exit.h"
@@ -202,6 +203,8 @@ TEST_CASE("a rank stuck while its peer's collective times out: the job's error s
     if (e["group"] == (*failed)["group"]) peer_last = std::max(peer_last, e["seq"].get<int64_t>());
   CHECK(peer_last > 0);
   CHECK(peer_last < (*failed)["seq"].get<int64_t>());
+  CHECK_THAT(comm::flight_record_report(c.job.dump_folder + "/comm_traces"),
+             Catch::Contains("behind: rank 1 (issued up to #" + std::to_string(peer_last)));
 }
 
 TEST_CASE("the board remembers each enrolling thread; a job returns once its actors' threads are gone",

@@ -22,6 +22,7 @@
 #include "checkpoint/checkpoint_metadata.h"
 #include "checkpoint/shard_file.h"
 #include "checkpoint/trainer_checkpoint.h"
+#include "comm/flight_record_report.h"
 #include "comm/flight_recorder.h"
 #include "comm/gloo_communicator.h"
 #include "comm/nccl_communicator.h"
@@ -269,6 +270,36 @@ TEST_CASE("flight recorder: numbers per group, a bounded ring, the oldest unfini
   CHECK(json["entries"][2]["state"] == "issued");
   CHECK(json["entries"][2]["ended_unix_s"].is_null());
   CHECK(json["entries"][2]["issued_unix_s"].get<double>() > 1.7e9);
+}
+
+TEST_CASE("flight records side by side: who is behind, the first mismatched collective, transfers left alone",
+          "[parallel]") {
+  TempDir dir;
+  const auto folder = dir.file("traces");
+  CHECK_THROWS_WITH(comm::flight_record_report(dir.file("")), Catch::Contains("holds no flight records"));
+  // Ranks 0 and 2 reached #3 of dp_shard; rank 1 issued only #1 and #2, and its #2 differs.
+  const std::vector<std::vector<std::string>> ops{{"all_gather", "all_gather", "reduce_scatter"},
+                                                  {"all_gather", "all_reduce"},
+                                                  {"all_gather", "all_gather", "reduce_scatter"}};
+  for (int rank = 0; rank < 3; ++rank) {
+    comm::FlightRecorder r(16);
+    for (const auto& op : ops[rank]) r.ended(r.issued("dp_shard", op, 8, "Float"));
+    r.issued("pp", rank == 0 ? "send to rank 1" : "recv from rank 0", 4, "BFloat16");
+    comm::write_flight_record(r, rank, folder + "/rank_" + std::to_string(rank) + ".json");
+  }
+  const auto report = comm::flight_record_report(folder);
+  INFO(report);
+  CHECK_THAT(report, Catch::Contains("3 ranks' records in " + folder));
+  CHECK_THAT(report, Catch::Contains("dp_shard (ranks 0 1 2):"));
+  CHECK_THAT(report, Catch::Contains("rank 1: issued up to #2 (all_reduce, finished), finished up to #2"));
+  CHECK_THAT(report, Catch::Contains("behind: rank 1 (issued up to #2; others reached #3)"));
+  CHECK_THAT(report, Catch::Contains("mismatch at #2: rank 0 all_gather of 8 Float elements, rank 1 all_reduce of 8 "
+                                     "Float elements"));
+  CHECK_THAT(report, Catch::Contains("rank 0: issued up to #1 (send to rank 1, issued), finished up to #0"));
+  CHECK_THAT(report, Catch::Contains("point-to-point transfers: their numbers need not line up"));
+  CHECK_THAT(report, !Catch::Contains("in step"));
+  std::ofstream(folder + "/rank_9.json") << "{\"rank\": 9}";
+  CHECK_THROWS_WITH(comm::flight_record_report(folder), Catch::Contains("rank_9.json is not a flight record"));
 }
 
 namespace {
