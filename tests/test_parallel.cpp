@@ -903,6 +903,31 @@ TEST_CASE("two processes on loopback train as one rank does: 2 ranks each by fla
   check_pair(task(0, "-1"), task(1, "-1"), "tasks", "2 nodes, 2 ranks");
 }
 
+TEST_CASE("kill -QUIT on a running 2-rank job prints the stacks and writes each rank's collectives; it goes on",
+          "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "quit", 100000, 30));
+  ChildProcess job({troupe_binary(), "train", "--config", config});
+  std::string out;
+  REQUIRE(job.wait_for_line("step:     3", out));
+  job.signal(SIGQUIT);
+  REQUIRE(job.wait_for_line("troupe: each rank's last collectives: " + dir.file("quit") + "/comm_traces", out));
+  REQUIRE(job.wait_for_line("step:     6", out));  // it went on
+  job.signal(SIGTERM);
+  CHECK(job.wait(60, out) >= 0);
+  INFO(out);
+  CHECK_THAT(out, Catch::Contains("troupe: SIGQUIT: the stack of every thread follows"));
+  for (int rank : {0, 1}) {
+    const auto record =
+        nlohmann::json::parse(std::ifstream(dir.file("quit/comm_traces/rank_" + std::to_string(rank) + ".json")));
+    CHECK(record["rank"] == rank);
+    CHECK(record["entries"].size() > 10);
+  }
+  const auto report = comm::flight_record_report(dir.file("quit/comm_traces"));
+  CHECK_THAT(report, Catch::Contains("dp_shard") && Catch::Contains("(ranks 0 1)"));
+}
+
 TEST_CASE("a damaged token in one rank's data ends a 2-rank job with an error naming it", "[parallel]") {
   check_damaged_token_ends_job("cpu");
 }

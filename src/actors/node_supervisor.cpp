@@ -48,6 +48,7 @@ struct supervisor_state {
   runtime::StallLimits stall_limits;
   std::vector<std::pair<int, std::shared_ptr<comm::FlightRecorder>>> flight_recorders;  // by local rank
   std::string traces_folder, traces_prefix;  // where a failed job writes them: prefix + rank + ".json"
+  uint64_t quits_seen = runtime::quit_signals();
 };
 
 using self_ptr = caf::stateful_actor<supervisor_state>*;
@@ -84,18 +85,23 @@ void heard_from(self_ptr self, const caf::node_id& node) {
   if (before > 0 && st.awaiting.empty()) deliver(self, std::move(st.result));
 }
 
-// A failed job leaves each local rank's collectives where its user can compare them.
-void write_flight_records(self_ptr self, runtime::TrainOutcome& outcome) {
-  auto& st = self->state;
-  if (outcome.exit_code != runtime::exit_code::failed || st.flight_recorders.empty()) return;
+// Each local rank's collectives, where its user can compare them (false: not written).
+bool write_flight_records(supervisor_state& st) {
   try {
     for (const auto& [rank, recorder] : st.flight_recorders)
       comm::write_flight_record(*recorder, rank, st.traces_prefix + std::to_string(rank) + ".json");
+    return !st.flight_recorders.empty();
   } catch (const std::exception& e) {
     std::cerr << "troupe: the collectives' traces were not written: " << e.what() << '\n';
-    return;
+    return false;
   }
-  if (st.links.placement.node_rank == 0)
+}
+
+// A failed job leaves them; its message says where.
+void write_flight_records(self_ptr self, runtime::TrainOutcome& outcome) {
+  auto& st = self->state;
+  if (outcome.exit_code != runtime::exit_code::failed) return;
+  if (write_flight_records(st) && st.links.placement.node_rank == 0)
     outcome.message += " [each rank's last collectives: " + st.traces_folder + "]";
 }
 
@@ -147,6 +153,11 @@ runtime::StallLimits stall_limits(const config::JobConfig& cfg) {
 void watch_for_stalls(self_ptr self) {
   auto& s = self->state;
   if (s.ended) return;
+  // kill -QUIT printed the stacks; a running job's collectives go with them.
+  if (const auto quits = runtime::quit_signals(); quits != s.quits_seen) {
+    s.quits_seen = quits;
+    if (write_flight_records(s)) std::cerr << "troupe: each rank's last collectives: " << s.traces_folder << std::endl;
+  }
   if (auto stall = s.board->find_stall("stage", s.stall_limits)) {
     const auto what = "a rank is stuck where no collective's timeout reaches it (no progress within 1.5 x "
                       "comm.train_timeout_seconds, or 1.5 x comm.init_timeout_seconds in its first step; every "

@@ -93,8 +93,12 @@ struct linux_dirent64_record {  // what getdents64 returns, one after another
   char d_name[1];
 };
 
+std::atomic<uint64_t> quits{0};
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "counted inside a signal handler");
+
 extern "C" void on_quit_signal(int) {
   const int saved = errno;
+  quits.fetch_add(1, std::memory_order_relaxed);
   dump_thread_stacks("SIGQUIT");
   errno = saved;
 }
@@ -147,6 +151,8 @@ void dump_thread_stacks(const char* why, bool once) {
   say("troupe: end of the stacks\n");
   dumping.store(false);
 }
+
+uint64_t quit_signals() { return quits.load(std::memory_order_relaxed); }
 
 void install_crash_report() {
   void* warm[1];

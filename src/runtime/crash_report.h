@@ -6,6 +6,7 @@
 // where each rank's thread, actor and watchdog is when a job hangs. One process drives several
 // GPUs, so a rank stuck in a CUDA call can hold up another's collective; the stacks show which.
 #pragma once
+#include <cstdint>
 
 namespace troupe::runtime {
 
@@ -18,5 +19,9 @@ void install_crash_report();
 // Of the calls with `once`, only the first prints (several communicators timing out together
 // print the stacks once).
 void dump_thread_stacks(const char* why, bool once = false);
+
+// How many SIGQUITs the process has had: a node supervisor that sees the count move writes its
+// ranks' collectives (comm/flight_recorder.h) as well, which a signal handler cannot.
+uint64_t quit_signals();
 
 }  // namespace troupe::runtime
