@@ -21,6 +21,7 @@ case $flavor in
   *) echo "flavor: 1.5b, 8b or 8b16 (the 8B blocks, 16 of them: fits one GPU)" >&2; exit 2 ;;
 esac
 echo "# $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $gpus, $flavor, batch $batch per GPU, seq $seq, steps $steps (first $warmup excluded), Troupe launched as ${LAUNCH:-process}"
+# DUMP: Troupe's dump folder (a failed or hung run leaves its ranks' collectives in DUMP/comm_traces).
 # RANKS: the Troupe runs, "1 N" by default (8B: only N, as one GPU cannot hold its optimizer state;
 # weak scaling on 8 GPUs: "1 2 4 8").
 source "$(dirname "$0")/launch.sh"  # launch_ranks: LAUNCH=process | processes, RUN_TIMEOUT
@@ -28,7 +29,7 @@ extra=("$@")
 for ranks in ${RANKS:-1 $gpus}; do
   launch_ranks "$ranks" "$log.troupe-$ranks" "$bench" throughput "${troupe_model[@]}" --warmup "$warmup" \
     --model.tokenizer_path "$tokenizer" --training.local_batch_size "$batch" --training.seq_len "$seq" \
-    --training.steps "$steps" --metrics.log_freq 5 --job.dump_folder /tmp/troupe_fsdp_bench "${extra[@]}" \
+    --training.steps "$steps" --metrics.log_freq 5 --job.dump_folder "${DUMP:-/tmp/troupe_fsdp_bench}" "${extra[@]}" \
     || { tail -20 "$log.troupe-$ranks"* >&2; exit 1; }
   tail -3 "$log.troupe-$ranks" >&2
   grep '^{"runner"' "$log.troupe-$ranks" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d['runner']='troupe-$ranks-gpu'; print(json.dumps(d))" >> "$results"
