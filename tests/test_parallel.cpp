@@ -231,7 +231,7 @@ TEST_CASE("gloo communicator: a peer that never arrives ends the wait with an er
   CHECK(entries[0].ended >= entries[0].issued);
   CHECK(entries[1].seq == 2);
   CHECK(entries[1].failed);
-  CHECK_THAT(recorder->summary(std::chrono::system_clock::now()), Catch::StartsWith("all_reduce #2 of timeout, failed after 1"));
+  CHECK_THAT(recorder->summary(std::chrono::system_clock::now()), Catch::StartsWith("all_reduce #2 of timeout in step 0, failed after 1"));
 }
 
 TEST_CASE("flight recorder: numbers per group, a bounded ring, the oldest unfinished, and its file", "[parallel]") {
@@ -242,12 +242,13 @@ TEST_CASE("flight recorder: numbers per group, a bounded ring, the oldest unfini
   const auto b = r.issued("dp_replicate", "all_reduce", 4, "Float");
   const auto c = r.issued("dp_shard", "reduce_scatter", 20, "Float");
   r.ended(b);
-  CHECK_THAT(r.summary(t0 + std::chrono::seconds(42)), Catch::StartsWith("all_gather #1 of dp_shard, unfinished for 4"));
+  CHECK_THAT(r.summary(t0 + std::chrono::seconds(42)), Catch::StartsWith("all_gather #1 of dp_shard in step 0, unfinished for 4"));
   r.ended(a);
-  CHECK_THAT(r.summary(t0), Catch::StartsWith("reduce_scatter #2 of dp_shard, unfinished"));
+  CHECK_THAT(r.summary(t0), Catch::StartsWith("reduce_scatter #2 of dp_shard in step 0, unfinished"));
   r.ended(c);
-  CHECK(r.summary(t0) == "last: reduce_scatter #2 of dp_shard, finished");
-  // A fourth pushes out the first; ending a dropped id changes nothing.
+  CHECK(r.summary(t0) == "last: reduce_scatter #2 of dp_shard in step 0, finished");
+  // A fourth, in step 5, pushes out the first; ending a dropped id changes nothing.
+  r.set_step(5);
   const auto d = r.issued("dp_replicate", "all_reduce", 4, "Float");
   r.ended(a, /*failed=*/true);
   auto entries = r.entries();
@@ -255,6 +256,8 @@ TEST_CASE("flight recorder: numbers per group, a bounded ring, the oldest unfini
   CHECK(entries.front().id == b);
   CHECK(entries.back().id == d);
   CHECK(entries.back().seq == 2);
+  CHECK(entries.back().step == 5);
+  CHECK(entries.front().step == 0);
   CHECK(entries.back().ended.time_since_epoch().count() == 0);
 
   TempDir dir;
@@ -268,6 +271,7 @@ TEST_CASE("flight recorder: numbers per group, a bounded ring, the oldest unfini
   CHECK(json["entries"][1]["op"] == "reduce_scatter");
   CHECK(json["entries"][1]["seq"] == 2);
   CHECK(json["entries"][2]["state"] == "issued");
+  CHECK(json["entries"][2]["step"] == 5);
   CHECK(json["entries"][2]["ended_unix_s"].is_null());
   CHECK(json["entries"][2]["issued_unix_s"].get<double>() > 1.7e9);
 }
@@ -277,13 +281,15 @@ TEST_CASE("flight records side by side: who is behind, the first mismatched coll
   TempDir dir;
   const auto folder = dir.file("traces");
   CHECK_THROWS_WITH(comm::flight_record_report(dir.file("")), Catch::Contains("holds no flight records"));
-  // Ranks 0 and 2 reached #3 of dp_shard; rank 1 issued only #1 and #2, and its #2 differs.
+  // Ranks 0 and 2 reached #3 of dp_shard; rank 1 issued only #1 and #2, and its #2 differs. All
+  // three did dp_replicate's one all-reduce.
   const std::vector<std::vector<std::string>> ops{{"all_gather", "all_gather", "reduce_scatter"},
                                                   {"all_gather", "all_reduce"},
                                                   {"all_gather", "all_gather", "reduce_scatter"}};
   for (int rank = 0; rank < 3; ++rank) {
     comm::FlightRecorder r(16);
     for (const auto& op : ops[rank]) r.ended(r.issued("dp_shard", op, 8, "Float"));
+    r.ended(r.issued("dp_replicate", "all_reduce", 2, "Float"));
     r.issued("pp", rank == 0 ? "send to rank 1" : "recv from rank 0", 4, "BFloat16");
     comm::write_flight_record(r, rank, folder + "/rank_" + std::to_string(rank) + ".json");
   }
@@ -291,13 +297,14 @@ TEST_CASE("flight records side by side: who is behind, the first mismatched coll
   INFO(report);
   CHECK_THAT(report, Catch::Contains("3 ranks' records in " + folder));
   CHECK_THAT(report, Catch::Contains("dp_shard (ranks 0 1 2):"));
-  CHECK_THAT(report, Catch::Contains("rank 1: issued up to #2 (all_reduce, finished), finished up to #2"));
+  CHECK_THAT(report, Catch::Contains("rank 1: issued up to #2 (all_reduce in step 0, finished), finished up to #2"));
   CHECK_THAT(report, Catch::Contains("behind: rank 1 (issued up to #2; others reached #3)"));
   CHECK_THAT(report, Catch::Contains("mismatch at #2: rank 0 all_gather of 8 Float elements, rank 1 all_reduce of 8 "
                                      "Float elements"));
-  CHECK_THAT(report, Catch::Contains("rank 0: issued up to #1 (send to rank 1, issued), finished up to #0"));
+  CHECK_THAT(report, Catch::Contains("rank 0: issued up to #1 (send to rank 1 in step 0, issued), finished up to #0"));
   CHECK_THAT(report, Catch::Contains("point-to-point transfers: their numbers need not line up"));
-  CHECK_THAT(report, !Catch::Contains("in step"));
+  CHECK_THAT(report, Catch::Contains("dp_replicate (ranks 0 1 2):"));
+  CHECK_THAT(report, Catch::Contains("together: every rank issued up to #1"));
   std::ofstream(folder + "/rank_9.json") << "{\"rank\": 9}";
   CHECK_THROWS_WITH(comm::flight_record_report(folder), Catch::Contains("rank_9.json is not a flight record"));
 }

@@ -16,7 +16,7 @@ namespace {
 
 struct Operation {
   std::string op, dtype, state;
-  int64_t elements = 0;
+  int64_t elements = 0, step = 0;
 };
 
 // One rank's view of one group: its operations by number.
@@ -52,7 +52,7 @@ std::string flight_record_report(const std::string& folder) {
         auto& mine = groups[e.at("group").get<std::string>()][rank];
         const auto seq = e.at("seq").get<int64_t>();
         Operation o{e.at("op").get<std::string>(), e.at("dtype").get<std::string>(), e.at("state").get<std::string>(),
-                    e.at("elements").get<int64_t>()};
+                    e.at("elements").get<int64_t>(), e.value("step", int64_t{0})};
         mine.issued = std::max(mine.issued, seq);
         if (o.state == "finished") mine.finished = std::max(mine.finished, seq);
         mine.by_seq[seq] = std::move(o);
@@ -73,8 +73,8 @@ std::string flight_record_report(const std::string& folder) {
     bool p2p = false;
     for (const auto& [rank, g] : ranks) {
       const auto& last = g.by_seq.at(g.issued);
-      out << "  rank " << rank << ": issued up to #" << g.issued << " (" << last.op << ", " << last.state
-          << "), finished up to #" << g.finished << '\n';
+      out << "  rank " << rank << ": issued up to #" << g.issued << " (" << last.op << " in step " << last.step << ", "
+          << last.state << "), finished up to #" << g.finished << '\n';
       for (const auto& [seq, o] : g.by_seq) p2p = p2p || point_to_point(o.op);
     }
     if (p2p) {
@@ -110,7 +110,7 @@ std::string flight_record_report(const std::string& folder) {
       }
       if (reported) break;
     }
-    if (lowest == highest && !reported) out << "  in step: every rank issued up to #" << highest << '\n';
+    if (lowest == highest && !reported) out << "  together: every rank issued up to #" << highest << '\n';
   }
   return out.str();
 }

@@ -19,7 +19,9 @@ double unix_seconds(std::chrono::system_clock::time_point t) {
 
 bool unfinished(const FlightRecorder::Entry& e) { return e.ended.time_since_epoch().count() == 0; }
 
-std::string named(const FlightRecorder::Entry& e) { return e.op + " #" + std::to_string(e.seq) + " of " + e.group; }
+std::string named(const FlightRecorder::Entry& e) {
+  return e.op + " #" + std::to_string(e.seq) + " of " + e.group + " in step " + std::to_string(e.step);
+}
 
 }  // namespace
 
@@ -31,6 +33,7 @@ uint64_t FlightRecorder::issued(const std::string& group, const std::string& op,
   Entry e;
   e.id = next_id_++;
   e.seq = ++it->second;
+  e.step = step_.load(std::memory_order_relaxed);
   e.group = group;
   e.op = op;
   e.dtype = dtype;
@@ -74,6 +77,7 @@ std::string FlightRecorder::to_json(int rank) const {
   for (const auto& e : this->entries()) {
     entries.push_back({{"id", e.id},
                        {"seq", e.seq},
+                       {"step", e.step},
                        {"group", e.group},
                        {"op", e.op},
                        {"dtype", e.dtype},

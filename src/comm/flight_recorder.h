@@ -6,6 +6,7 @@
 // failed job writes each rank's record to [comm] save_traces_folder, and a stage's oldest
 // unfinished operation shows in the console and in the job's failure message.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -20,6 +21,7 @@ class FlightRecorder {
   struct Entry {
     uint64_t id = 0;   // in this recorder, 1, 2, ...
     uint64_t seq = 0;  // in its group, 1, 2, ...
+    int64_t step = 0;  // the training step the rank was in (0: before the first)
     std::string group, op, dtype;
     int64_t elements = 0;  // of the operation's input (all of a grouped one's inputs)
     std::chrono::system_clock::time_point issued, ended;  // ended: epoch while unfinished
@@ -30,15 +32,17 @@ class FlightRecorder {
   // Returns the entry's id, for ended(). Thread-safe, as is all of it: a NCCL watchdog ends
   // entries while the rank's thread issues more.
   uint64_t issued(const std::string& group, const std::string& op, int64_t elements, const std::string& dtype);
+  // The step the rank's later operations belong to.
+  void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
   // Marks the entry finished (or failed); an id the ring has dropped is ignored.
   void ended(uint64_t id, bool failed = false);
   // Oldest first.
   std::vector<Entry> entries() const;
-  // One line: the first failed operation ("all_gather #12 of dp_shard, failed after 100 s"), else
-  // the oldest unfinished ("..., unfinished for 41 s"), else the last ("last: all_gather #12 of
-  // dp_shard, finished"); empty before the first.
+  // One line: the first failed operation ("all_gather #12 of dp_shard in step 3, failed after
+  // 100 s"), else the oldest unfinished ("..., unfinished for 41 s"), else the last ("last:
+  // all_gather #12 of dp_shard in step 3, finished"); empty before the first.
   std::string summary(std::chrono::system_clock::time_point now) const;
-  // The record as JSON: {"rank": R, "capacity": N, "entries": [{"id", "seq", "group", "op",
+  // The record as JSON: {"rank": R, "capacity": N, "entries": [{"id", "seq", "step", "group", "op",
   // "dtype", "elements", "issued_unix_s", "ended_unix_s" (null while unfinished), "state"
   // (issued | finished | failed)}, ...]}.
   std::string to_json(int rank) const;
@@ -48,6 +52,7 @@ class FlightRecorder {
   mutable std::mutex mutex_;
   std::deque<Entry> ring_;
   uint64_t next_id_ = 1;
+  std::atomic<int64_t> step_{0};
   std::vector<std::pair<std::string, uint64_t>> group_seq_;  // few groups: a vector beats a map
 };
 
