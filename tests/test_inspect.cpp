@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "checkpoint/checkpoint_folder.h"
+#include "cli/inspect_view.h"
 #include "test_support.h"
 
 using namespace troupe;
@@ -148,6 +149,27 @@ TEST_CASE("inspection endpoint: every rank's actors, pause, resume, checkpoint n
 
   const auto outcome = job.stop();
   CHECK(outcome.exit_code == 0);
+}
+
+TEST_CASE("troupe inspect's table: a rank quiet for a while shows what it began and its collective", "[inspect]") {
+  auto stage = [](int rank, double quiet, const std::string& collective) {
+    return nlohmann::json{{"name", "stage[" + std::to_string(rank) + "]"}, {"kind", "stage"}, {"node", 0},
+                          {"rank", rank}, {"state", "computing"}, {"step", 2}, {"micro_batch", 1}, {"mailbox", 0},
+                          {"handled", 5}, {"busy_seconds", 1.0}, {"age_seconds", 20.0}, {"bytes_in_flight", 0},
+                          {"last_error", ""}, {"activity", "backward of unit 4"}, {"quiet_seconds", quiet},
+                          {"collective", collective}};
+  };
+  cli::InspectView view;
+  view.update({{"job", {{"state", "running"}}},
+               {"time", 0.0},
+               {"actors",
+                {stage(0, 2, "all_gather #40 of dp_shard in step 2, unfinished for 2 s"),
+                 stage(1, 31, "reduce_scatter #35 of dp_shard in step 2, unfinished for 31 s")}}});
+  const auto rows = view.rows();
+  REQUIRE(rows.size() == 2);
+  CHECK_THAT(rows[0], Catch::EndsWith("  backward of unit 4"));
+  CHECK_THAT(rows[1], Catch::EndsWith("backward of unit 4 (31 s ago); reduce_scatter #35 of dp_shard in step 2, "
+                                      "unfinished for 31 s"));
 }
 
 TEST_CASE("inspection endpoint: a token is required when set", "[inspect]") {

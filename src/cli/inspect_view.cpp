@@ -37,13 +37,16 @@ std::string bytes(double b) {
 }
 
 // The actor's error; else what its thread began last (a stage's unit, the optimizer), with how
-// long ago when that is a while: a rank that has stopped moving shows where.
+// long ago and its collective when that is a while: a rank that has stopped moving shows where,
+// and the numbers of the ranks' collectives show who the others wait for.
 std::string last_column(const nlohmann::json& a) {
   auto error = a.at("last_error").get<std::string>();
   if (!error.empty()) return error;
   auto doing = a.value("activity", std::string());
   const auto quiet = a.value("quiet_seconds", 0.0);
-  if (!doing.empty() && quiet >= 10) doing += " (" + std::to_string(static_cast<int64_t>(quiet)) + " s ago)";
+  if (doing.empty() || quiet < 10) return doing;
+  doing += " (" + std::to_string(static_cast<int64_t>(quiet)) + " s ago)";
+  if (const auto collective = a.value("collective", std::string()); !collective.empty()) doing += "; " + collective;
   return doing;
 }
 

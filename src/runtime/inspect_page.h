@@ -29,7 +29,7 @@ const token = new URLSearchParams(location.search).get("token");
 const q = p => token ? p + (p.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : p;
 let prev = {}, sortKey = "name", sortUp = true;
 const fmt = (x, d) => Number(x).toFixed(d);
-const doing = a => a.activity + (a.activity && a.quiet_seconds >= 10 ? ` (${fmt(a.quiet_seconds, 0)} s ago)` : "");
+const doing = a => a.activity + (a.activity && a.quiet_seconds >= 10 ? ` (${fmt(a.quiet_seconds, 0)} s ago)` + (a.collective ? "; " + a.collective : "") : "");
 function eta(s) { if (s < 0) return "–"; const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60); return h + "h" + String(m).padStart(2, "0"); }
 async function refresh() {
   try {
