@@ -415,6 +415,7 @@ struct OneRankRun {
   std::vector<double> losses;
   std::map<std::string, at::Tensor> params;
   bool sinks = false;  // whether FSDP registered its weights' gradient sinks
+  std::vector<comm::FlightRecorder::Entry> recorded;  // FSDP's collectives, once all have ended
 };
 
 // The debug model trained for 4 steps on one batch, plainly or under FSDP over a one-rank group
@@ -438,11 +439,12 @@ OneRankRun train_one_rank(bool cuda, bool fsdp) {
   std::unique_ptr<parallel::ShardedUnits> sharded;
   auto trained = named;
   OneRankRun run;
+  auto recorder = std::make_shared<comm::FlightRecorder>(10000);
   if (fsdp) {
     const auto rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
     parallel::DataParallelOptions o;
-    o.shard = cuda ? comm::make_nccl_communicator(*rendezvous, "fsdp_one", 0, 1, 0)
-                   : comm::make_gloo_communicator(*rendezvous, "fsdp_one", 0, 1);
+    o.shard = cuda ? comm::make_nccl_communicator(*rendezvous, "fsdp_one", 0, 1, 0, recorder)
+                   : comm::make_gloo_communicator(*rendezvous, "fsdp_one", 0, 1, recorder);
     o.compute_dtype = compute;
     sharded = std::make_unique<parallel::ShardedUnits>(model.units(), named, o);
     run.sinks = kernels::has_gradient_sink(model.units().at(1)->parameters().front());
@@ -470,6 +472,14 @@ OneRankRun train_one_rank(bool cuda, bool fsdp) {
     }
   }
   for (const auto& [name, t] : trained) run.params[name] = t.detach().cpu().clone();
+  // Every collective ends (NCCL: its watchdog sees each event complete, within its 100 ms naps).
+  auto unfinished = [&] {
+    const auto entries = recorder->entries();
+    return std::count_if(entries.begin(), entries.end(),
+                         [](const auto& e) { return e.ended.time_since_epoch().count() == 0; });
+  };
+  for (int i = 0; i < 50 && unfinished() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (unfinished() == 0) run.recorded = recorder->entries();
   return run;
 }
 
@@ -477,6 +487,13 @@ void check_one_rank_fsdp(bool cuda, double loss_epsilon, double param_tolerance,
   const auto plain = train_one_rank(cuda, false);
   const auto sharded = train_one_rank(cuda, true);
   CHECK(sharded.sinks == sinks);
+  // Its flight record: the gathers and reductions of 4 steps, numbered in order, none failed.
+  REQUIRE(sharded.recorded.size() > 8);
+  for (size_t i = 0; i < sharded.recorded.size(); ++i) {
+    CHECK(sharded.recorded[i].seq == i + 1);
+    CHECK_FALSE(sharded.recorded[i].failed);
+  }
+  CHECK(sharded.recorded.front().op == "all_gather");
   REQUIRE(sharded.losses.size() == plain.losses.size());
   for (size_t i = 0; i < plain.losses.size(); ++i)
     CHECK(sharded.losses[i] == Approx(plain.losses[i]).epsilon(loss_epsilon));

@@ -121,7 +121,10 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
   const std::set<ActivityType> activities{ActivityType::CPU, ActivityType::CUDA};
 
   auto run_rank_steps = [&](int r) {
-    train::Trainer trainer(cfg, vocab, parallel::RankContext{r, r, ranks, rendezvous, shard_alone_as});
+    // Recorded as in a job of several ranks (--comm.trace_buf_size 0: not), so its cost shows.
+    const bool recorded = cfg.comm.trace_buf_size > 0 && (ranks > 1 || shard_alone_as == 1);
+    auto recorder = recorded ? std::make_shared<comm::FlightRecorder>(cfg.comm.trace_buf_size) : nullptr;
+    train::Trainer trainer(cfg, vocab, parallel::RankContext{r, r, ranks, rendezvous, shard_alone_as, recorder});
     auto tokens = torch::randint(0, vocab, {B, S + 1}, torch::kLong);
     auto batch = std::make_shared<data::Batch>();
     batch->tokens = tokens.narrow(1, 0, S).contiguous();
@@ -131,6 +134,7 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
     double seconds = 0;
     for (int64_t i = 0; i < warmup + steps; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
+      if (recorder) recorder->set_step(step + 1);
       const auto stats = trainer.step(++step, {b});  // ends by reading the loss back: the step is finished
       if (i >= warmup) seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (r == 0) {
