@@ -853,6 +853,9 @@ TEST_CASE("node placement: flags, SLURM's variables, and clear errors", "[parall
                {"CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7"}}) == std::vector<int>{16, 11, 1, 3});
   // --gpus-per-task=1: the task sees only its own GPU.
   CHECK(place({{"CUDA_VISIBLE_DEVICES", "3"}}) == std::vector<int>{16, 11, 1, 0});
+  // Flags place by hand: job.local_ranks and the first GPUs again.
+  p = resolve_placement(4, 1, "", env);
+  CHECK(std::vector<int>{p.nnodes, p.node_rank, p.ranks_per_node, p.first_gpu} == std::vector<int>{4, 1, 0, 0});
   p = resolve_placement(std::nullopt, std::nullopt, "", env);
   CHECK(runtime::local_ranks_under(p, -1) == 1);
   CHECK(runtime::local_ranks_under(p, 1) == 1);

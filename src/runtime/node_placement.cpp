@@ -71,6 +71,7 @@ NodePlacement resolve_placement(std::optional<int> nnodes, std::optional<int> no
   NodePlacement p;
   const bool slurm = env("SLURM_JOB_ID") != nullptr;
   if (slurm) place_from_slurm(p, env);
+  if (nnodes || node_rank) p.ranks_per_node = p.first_gpu = 0;  // placed by hand: job.local_ranks decides
   if (nnodes) p.nnodes = *nnodes;
   if (node_rank) p.node_rank = *node_rank;
   if (p.nnodes < 1) throw std::invalid_argument("--nnodes must be at least 1");

@@ -25,7 +25,8 @@ using Environment = std::function<const char*(const char*)>;
 // first host of SLURM_JOB_NODELIST on port 29500. Inside an srun step of more tasks than nodes
 // (`--ntasks-per-node=8`), each task is a node of one rank: SLURM_PROCID of SLURM_STEP_NUM_TASKS, on
 // GPU SLURM_LOCALID (or on the one GPU CUDA_VISIBLE_DEVICES leaves it, `--gpus-per-task=1`);
-// otherwise SLURM_NODEID of SLURM_STEP_NUM_NODES (SLURM_NNODES outside a step).
+// otherwise SLURM_NODEID of SLURM_STEP_NUM_NODES (SLURM_NNODES outside a step). Either flag
+// places by hand: then job.local_ranks decides the ranks, from GPU 0.
 // std::invalid_argument names the flag or variable that is wrong.
 NodePlacement resolve_placement(std::optional<int> nnodes, std::optional<int> node_rank, const std::string& rdzv,
                                 const Environment& env);
