@@ -29,7 +29,7 @@ struct actor_status {
   std::string detail;      // what only this kind of actor reports (the loader: documents skipped)
   std::string activity;    // what its thread began last, where it reports that: "backward of unit 12"
   double quiet_seconds = 0;  // since its state, micro-batch or activity last moved
-  std::string collective;  // a stage's oldest unfinished collective, else its last (comm/flight_recorder.h)
+  std::string collective;  // a stage's failed, else oldest unfinished, else last collective (FlightRecorder::summary)
   std::vector<std::string> recent_messages;  // the last few handled, "seconds-ago: (atom, ...)"
 };
 

@@ -59,7 +59,7 @@ class StatusEntry {
   // moved for longer than its limit as of `now`: one line naming it and what it was doing.
   std::optional<std::string> stalled(const StallLimits& limits, std::chrono::steady_clock::time_point now) const;
   void set_bytes_in_flight(uint64_t bytes) { bytes_.store(bytes, std::memory_order_relaxed); }
-  // A stage's collectives: snapshot() reports its oldest unfinished one.
+  // A stage's collectives: snapshot() reports FlightRecorder::summary (its failed, else oldest unfinished, else last).
   void set_flight_recorder(std::shared_ptr<const comm::FlightRecorder> recorder);
   void set_error(std::string error);
   void set_detail(std::string detail);
