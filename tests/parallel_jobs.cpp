@@ -10,6 +10,7 @@
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/checkpoint_metadata.h"
 #include "checkpoint/shard_file.h"
+#include "comm/flight_record_report.h"
 #include "data/shard_preparer.h"
 #include "data/token_shards.h"
 
@@ -76,6 +77,14 @@ void check_damaged_token_ends_job(const std::string& device) {
                       Catch::Contains("token 65535 at position " + std::to_string(position)) &&
                       Catch::Contains("outside its vocabulary"));
   CHECK(took < timeout + 25);  // the other rank's collective timeout at most, plus start and shutdown
+  // Each rank's collectives (NCCL: ended by its watchdog), where the message says.
+  const auto traces = dir.file("damaged/comm_traces");
+  CHECK_THAT(out, Catch::Contains("[each rank's last collectives: " + traces + "]"));
+  const auto report = comm::flight_record_report(traces);
+  INFO(report);
+  // Rank 1 issued its first gathers at least; rank 0 may still have been connecting.
+  CHECK_THAT(report, Catch::Contains("2 ranks' records") && Catch::Contains("dp_shard[") &&
+                         Catch::Contains("rank 0: ") && Catch::Contains("rank 1: issued up to #"));
 }
 
 std::string prepare_tokens(const TempDir& dir) {

@@ -222,6 +222,12 @@ TEST_CASE("gloo communicator: a peer that never arrives ends the wait with an er
   late.get();
   const auto entries = recorder->entries();
   REQUIRE(entries.size() == 2);
+  const auto groups = recorder->groups();
+  REQUIRE(groups.size() == 1);
+  CHECK(groups[0].name == "timeout");
+  CHECK(groups[0].rank == 0);
+  CHECK(groups[0].size == 2);
+  CHECK(groups[0].issued == 2);
   CHECK(entries[0].seq == 1);
   CHECK(entries[0].group == "timeout");
   CHECK(entries[0].op == "all_reduce");
@@ -274,6 +280,13 @@ TEST_CASE("flight recorder: numbers per group, a bounded ring, the oldest unfini
   CHECK(json["entries"][2]["step"] == 5);
   CHECK(json["entries"][2]["ended_unix_s"].is_null());
   CHECK(json["entries"][2]["issued_unix_s"].get<double>() > 1.7e9);
+  // Groups used without joining them are listed by name, with their counts (the ring dropped #1).
+  REQUIRE(json["groups"].size() == 2);
+  CHECK(json["groups"][0]["group"] == "dp_shard");
+  CHECK(json["groups"][0]["issued"] == 2);
+  CHECK(json["groups"][0]["rank"] == -1);
+  CHECK(json["groups"][1]["group"] == "dp_replicate");
+  CHECK(json["groups"][1]["issued"] == 2);
 }
 
 TEST_CASE("flight records side by side: who is behind, the first mismatched collective, transfers left alone",
@@ -282,20 +295,33 @@ TEST_CASE("flight records side by side: who is behind, the first mismatched coll
   const auto folder = dir.file("traces");
   CHECK_THROWS_WITH(comm::flight_record_report(dir.file("")), Catch::Contains("holds no flight records"));
   // Ranks 0 and 2 reached #3 of dp_shard; rank 1 issued only #1 and #2, and its #2 differs. All
-  // three did dp_replicate's one all-reduce.
+  // three did dp_replicate's one all-reduce. Of cp (3 ranks) only ranks 0 and 1 have a record; of
+  // tp (4 ranks), rank 3 joined and issued nothing; rank 4 never connected anything.
   const std::vector<std::vector<std::string>> ops{{"all_gather", "all_gather", "reduce_scatter"},
                                                   {"all_gather", "all_reduce"},
                                                   {"all_gather", "all_gather", "reduce_scatter"}};
-  for (int rank = 0; rank < 3; ++rank) {
+  for (int rank = 0; rank < 5; ++rank) {
     comm::FlightRecorder r(16);
-    for (const auto& op : ops[rank]) r.ended(r.issued("dp_shard", op, 8, "Float"));
-    r.ended(r.issued("dp_replicate", "all_reduce", 2, "Float"));
-    r.issued("pp", rank == 0 ? "send to rank 1" : "recv from rank 0", 4, "BFloat16");
+    if (rank < 3) {
+      for (const auto& op : ops[rank]) r.ended(r.issued("dp_shard", op, 8, "Float"));
+      r.ended(r.issued("dp_replicate", "all_reduce", 2, "Float"));
+      r.issued("pp", rank == 0 ? "send to rank 1" : "recv from rank 0", 4, "BFloat16");
+    }
+    if (rank < 2) {
+      r.joined("cp", rank, 3);
+      r.ended(r.issued("cp", "all_reduce", 2, "Float"));
+    }
+    if (rank < 4) {
+      r.joined("tp", rank, 4);
+      if (rank < 3) r.ended(r.issued("tp", "all_reduce", 2, "Float"));
+    }
     comm::write_flight_record(r, rank, folder + "/rank_" + std::to_string(rank) + ".json");
   }
   const auto report = comm::flight_record_report(folder);
   INFO(report);
-  CHECK_THAT(report, Catch::Contains("3 ranks' records in " + folder));
+  CHECK_THAT(report, Catch::Contains("5 ranks' records in " + folder));
+  CHECK_THAT(report, Catch::Contains("rank 4: in no group yet"));
+  CHECK_THAT(report, !Catch::Contains("rank 3: in no group"));
   CHECK_THAT(report, Catch::Contains("dp_shard (ranks 0 1 2):"));
   CHECK_THAT(report, Catch::Contains("rank 1: issued up to #2 (all_reduce in step 0, finished), finished up to #2"));
   CHECK_THAT(report, Catch::Contains("behind: rank 1 (issued up to #2; others reached #3)"));
@@ -303,8 +329,13 @@ TEST_CASE("flight records side by side: who is behind, the first mismatched coll
                                      "Float elements"));
   CHECK_THAT(report, Catch::Contains("rank 0: issued up to #1 (send to rank 1 in step 0, issued), finished up to #0"));
   CHECK_THAT(report, Catch::Contains("point-to-point transfers: their numbers need not line up"));
-  CHECK_THAT(report, Catch::Contains("dp_replicate (ranks 0 1 2):"));
+  CHECK_THAT(report, Catch::Contains("dp_replicate (ranks 0 1 2):\n  rank 0: issued up to #1"));
   CHECK_THAT(report, Catch::Contains("together: every rank issued up to #1"));
+  CHECK_THAT(report, Catch::Contains("cp (ranks 0 1 of 3):"));
+  CHECK_THAT(report, Catch::Contains("missing: 1 of its 3 ranks have no record of it here"));
+  CHECK_THAT(report, Catch::Contains("tp (ranks 0 1 2 3 of 4):"));
+  CHECK_THAT(report, Catch::Contains("rank 3: joined, issued nothing yet"));
+  CHECK_THAT(report, Catch::Contains("behind: rank 3 (issued up to #0; others reached #1)"));
   std::ofstream(folder + "/rank_9.json") << "{\"rank\": 9}";
   CHECK_THROWS_WITH(comm::flight_record_report(folder), Catch::Contains("rank_9.json is not a flight record"));
 }
@@ -416,6 +447,7 @@ struct OneRankRun {
   std::map<std::string, at::Tensor> params;
   bool sinks = false;  // whether FSDP registered its weights' gradient sinks
   std::vector<comm::FlightRecorder::Entry> recorded;  // FSDP's collectives, once all have ended
+  std::vector<comm::FlightRecorder::Group> groups;
 };
 
 // The debug model trained for 4 steps on one batch, plainly or under FSDP over a one-rank group
@@ -480,6 +512,7 @@ OneRankRun train_one_rank(bool cuda, bool fsdp) {
   };
   for (int i = 0; i < 50 && unfinished() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   if (unfinished() == 0) run.recorded = recorder->entries();
+  run.groups = recorder->groups();
   return run;
 }
 
@@ -494,6 +527,10 @@ void check_one_rank_fsdp(bool cuda, double loss_epsilon, double param_tolerance,
     CHECK_FALSE(sharded.recorded[i].failed);
   }
   CHECK(sharded.recorded.front().op == "all_gather");
+  REQUIRE(sharded.groups.size() == 1);  // joined when it connected
+  CHECK(sharded.groups[0].name == "fsdp_one");
+  CHECK(sharded.groups[0].size == 1);
+  CHECK(sharded.groups[0].issued == sharded.recorded.size());
   REQUIRE(sharded.losses.size() == plain.losses.size());
   for (size_t i = 0; i < plain.losses.size(); ++i)
     CHECK(sharded.losses[i] == Approx(plain.losses[i]).epsilon(loss_epsilon));
@@ -952,7 +989,7 @@ TEST_CASE("kill -QUIT on a running 2-rank job prints the stacks and writes each 
     CHECK(record["entries"].size() > 10);
   }
   const auto report = comm::flight_record_report(dir.file("quit/comm_traces"));
-  CHECK_THAT(report, Catch::Contains("dp_shard") && Catch::Contains("(ranks 0 1)"));
+  CHECK_THAT(report, Catch::Contains("dp_shard") && Catch::Contains("(ranks 0 1 of 2)"));
 }
 
 TEST_CASE("a damaged token in one rank's data ends a 2-rank job with an error naming it", "[parallel]") {

@@ -25,16 +25,32 @@ std::string named(const FlightRecorder::Entry& e) {
 
 }  // namespace
 
-uint64_t FlightRecorder::issued(const std::string& group, const std::string& op, int64_t elements,
+FlightRecorder::Group& FlightRecorder::group(const std::string& name) {
+  auto it = std::find_if(groups_.begin(), groups_.end(), [&](const Group& g) { return g.name == name; });
+  if (it == groups_.end()) it = groups_.insert(groups_.end(), Group{name});
+  return *it;
+}
+
+void FlightRecorder::joined(const std::string& name, int rank, int size) {
+  std::lock_guard lock(mutex_);
+  auto& g = group(name);
+  g.rank = rank;
+  g.size = size;
+}
+
+std::vector<FlightRecorder::Group> FlightRecorder::groups() const {
+  std::lock_guard lock(mutex_);
+  return groups_;
+}
+
+uint64_t FlightRecorder::issued(const std::string& group_name, const std::string& op, int64_t elements,
                                 const std::string& dtype) {
   std::lock_guard lock(mutex_);
-  auto it = std::find_if(group_seq_.begin(), group_seq_.end(), [&](const auto& g) { return g.first == group; });
-  if (it == group_seq_.end()) it = group_seq_.insert(group_seq_.end(), {group, 0});
   Entry e;
   e.id = next_id_++;
-  e.seq = ++it->second;
+  e.seq = ++group(group_name).issued;
   e.step = step_.load(std::memory_order_relaxed);
-  e.group = group;
+  e.group = group_name;
   e.op = op;
   e.dtype = dtype;
   e.elements = elements;
@@ -86,7 +102,12 @@ std::string FlightRecorder::to_json(int rank) const {
                        {"ended_unix_s", unfinished(e) ? nlohmann::json() : nlohmann::json(unix_seconds(e.ended))},
                        {"state", unfinished(e) ? "issued" : e.failed ? "failed" : "finished"}});
   }
-  return nlohmann::json{{"rank", rank}, {"capacity", capacity_}, {"entries", std::move(entries)}}.dump(1);
+  nlohmann::json groups = nlohmann::json::array();
+  for (const auto& g : this->groups())
+    groups.push_back({{"group", g.name}, {"rank", g.rank}, {"size", g.size}, {"issued", g.issued}});
+  return nlohmann::json{{"rank", rank}, {"capacity", capacity_}, {"groups", std::move(groups)},
+                        {"entries", std::move(entries)}}
+      .dump(1);
 }
 
 void write_flight_record(const FlightRecorder& recorder, int rank, const std::string& path) {

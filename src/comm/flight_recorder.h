@@ -23,12 +23,22 @@ class FlightRecorder {
     uint64_t seq = 0;  // in its group, 1, 2, ...
     int64_t step = 0;  // the training step the rank was in (0: before the first)
     std::string group, op, dtype;
-    int64_t elements = 0;  // of the operation's input (all of a grouped one's inputs)
+    int64_t elements = 0;  // of the operation's tensors, outputs and inputs together
     std::chrono::system_clock::time_point issued, ended;  // ended: epoch while unfinished
     bool failed = false;
   };
 
+  // A group the rank belongs to, and how many operations it has issued there.
+  struct Group {
+    std::string name;
+    int rank = -1, size = 0;  // in the group (-1, 0: never joined, only used)
+    uint64_t issued = 0;
+  };
+
   explicit FlightRecorder(size_t capacity) : capacity_(capacity) {}
+  // The rank's communicator over `group` is connected, as its rank `rank` of `size`: a group
+  // joined and never used still shows (a peer's collectives waiting for this rank's first).
+  void joined(const std::string& group, int rank, int size);
   // Returns the entry's id, for ended(). Thread-safe, as is all of it: a NCCL watchdog ends
   // entries while the rank's thread issues more.
   uint64_t issued(const std::string& group, const std::string& op, int64_t elements, const std::string& dtype);
@@ -38,13 +48,15 @@ class FlightRecorder {
   void ended(uint64_t id, bool failed = false);
   // Oldest first.
   std::vector<Entry> entries() const;
+  std::vector<Group> groups() const;
   // One line: the first failed operation ("all_gather #12 of dp_shard in step 3, failed after
   // 100 s"), else the oldest unfinished ("..., unfinished for 41 s"), else the last ("last:
   // all_gather #12 of dp_shard in step 3, finished"); empty before the first.
   std::string summary(std::chrono::system_clock::time_point now) const;
-  // The record as JSON: {"rank": R, "capacity": N, "entries": [{"id", "seq", "step", "group", "op",
-  // "dtype", "elements", "issued_unix_s", "ended_unix_s" (null while unfinished), "state"
-  // (issued | finished | failed)}, ...]}.
+  // The record as JSON: {"rank": R, "capacity": N, "groups": [{"group", "rank", "size",
+  // "issued"}, ...], "entries": [{"id", "seq", "step", "group", "op", "dtype", "elements",
+  // "issued_unix_s", "ended_unix_s" (null while unfinished), "state" (issued | finished |
+  // failed)}, ...]}.
   std::string to_json(int rank) const;
 
  private:
@@ -53,7 +65,8 @@ class FlightRecorder {
   std::deque<Entry> ring_;
   uint64_t next_id_ = 1;
   std::atomic<int64_t> step_{0};
-  std::vector<std::pair<std::string, uint64_t>> group_seq_;  // few groups: a vector beats a map
+  std::vector<Group> groups_;  // few: a vector beats a map
+  Group& group(const std::string& name);  // under mutex_
 };
 
 // Writes the record to `path` atomically (a temporary file, then rename); std::runtime_error

@@ -85,6 +85,7 @@ class GlooCommunicator : public Communicator {
     } catch (const std::exception& e) {
       throw CommError(describe("connecting") + " failed: " + runtime::error_text(e));
     }
+    if (recorder_) recorder_->joined(name_, rank_, size_);
   }
 
   int rank() const override { return rank_; }

@@ -64,6 +64,7 @@ class NcclCommunicator : public Communicator {
       std::memcpy(&id, bytes.data(), sizeof id);
     }
     check(ncclCommInitRank(&comm_, size, id, rank), "ncclCommInitRank");
+    if (recorder_) recorder_->joined(name_, rank_, size_);
     stream_ = c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device_);
     watchdog_ = std::thread([this] { watch(); });
   }
