@@ -188,7 +188,7 @@ TEST_CASE("a rank stuck while its peer's collective times out: the job's error s
   CHECK_FALSE(outcome.stuck);  // the peer's timeout came first
   CHECK_THAT(outcome.message, Catch::Contains("[where the ranks were: stage[0]: state failed, step ") &&
                                   Catch::Contains("; stage[1]: state computing, step ") &&
-                                  Catch::Contains("last began: ") && Catch::Contains(", failed after 4 s") &&
+                                  Catch::Contains("last began: ") && Catch::Contains(" in step 2, failed after 4 s") &&
                                   Catch::Contains("[each rank's last collectives: " + c.job.dump_folder + "/comm_traces]"));
   // Each rank's record: the operation rank 0 gave up on is one that rank 1 never issued.
   auto record = [&](int rank) {

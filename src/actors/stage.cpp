@@ -8,7 +8,6 @@
 #include "actors/data_loader_protocol.h"
 #include "actors/stage_protocol.h"
 #include "checkpoint/trainer_checkpoint.h"
-#include "comm/flight_recorder.h"
 #include "data/batch.h"
 #include "data/batch_source.h"
 #include "runtime/error_text.h"
@@ -30,7 +29,6 @@ struct pending_step {
 
 struct stage_state {
   std::shared_ptr<runtime::StatusEntry> status;
-  std::shared_ptr<comm::FlightRecorder> recorder;  // null in a job of one rank
   std::unique_ptr<train::Trainer> trainer;
   std::string init_error;
   caf::actor loader;
@@ -78,7 +76,6 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
   st.pending.reset();
   st.status->set_state("computing");
   st.status->set_step(job.step);
-  if (st.recorder) st.recorder->set_step(job.step);
   const double waited = std::chrono::duration<double>(clock::now() - job.asked).count();
   try {
     auto stats = st.trainer->step(job.step, micro);
@@ -96,7 +93,6 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
   auto& st = self->state;
   const int rank_id = rank.rank;
   st.status = board->enroll("stage[" + std::to_string(rank_id) + "]");
-  st.recorder = rank.flight_recorder;
   st.status->set_flight_recorder(rank.flight_recorder);
   st.loader = loader;
   try {

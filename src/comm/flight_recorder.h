@@ -42,7 +42,7 @@ class FlightRecorder {
   // Returns the entry's id, for ended(). Thread-safe, as is all of it: a NCCL watchdog ends
   // entries while the rank's thread issues more.
   uint64_t issued(const std::string& group, const std::string& op, int64_t elements, const std::string& dtype);
-  // The step the rank's later operations belong to.
+  // The step the rank's later operations belong to (Trainer::step sets it).
   void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
   // Marks the entry finished (or failed); an id the ring has dropped is ignored.
   void ended(uint64_t id, bool failed = false);

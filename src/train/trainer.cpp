@@ -409,6 +409,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   const kernels::WeightCopies::Scope copies(m.sharded ? nullptr : &m.weight_copies);
   StepStats stats;
   stats.step = step;
+  if (m.rank.flight_recorder) m.rank.flight_recorder->set_step(step);  // its collectives from here on
   stats.lr = m.schedule.lr(step - m.lr_offset);
   if (m.sharded) m.sharded->zero_gradients();
   else m.optimizer->zero_grad();

@@ -134,7 +134,6 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
     double seconds = 0;
     for (int64_t i = 0; i < warmup + steps; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
-      if (recorder) recorder->set_step(step + 1);
       const auto stats = trainer.step(++step, {b});  // ends by reading the loss back: the step is finished
       if (i >= warmup) seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (r == 0) {
