@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
       troupe::cli::add_inspect_command(app),
       troupe::cli::add_schedule_command(app),
       troupe::cli::add_comm_traces_command(app),
+      troupe::cli::add_models_command(app),
   };
   try {
     app.parse(argc, argv);

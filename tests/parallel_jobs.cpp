@@ -101,7 +101,7 @@ checkpoint::TensorMap final_model(const config::JobConfig& c) {
   return checkpoint::read_whole_tensors(step_dir, checkpoint::read_metadata(step_dir), "model.");
 }
 
-void check_same_run(const runtime::TrainOutcome& got, const runtime::TrainOutcome& want, int64_t first_step,
+void check_same_run(const actors::TrainOutcome& got, const actors::TrainOutcome& want, int64_t first_step,
                     const Tolerance& tol) {
   REQUIRE(got.exit_code == 0);
   REQUIRE(want.exit_code == 0);

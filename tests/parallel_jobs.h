@@ -44,7 +44,7 @@ struct Tolerance {
 };
 
 // `got` logged the same steps as `want` from `first_step` on: losses, grad norms, tokens.
-void check_same_run(const runtime::TrainOutcome& got, const runtime::TrainOutcome& want, int64_t first_step = 1,
+void check_same_run(const actors::TrainOutcome& got, const actors::TrainOutcome& want, int64_t first_step = 1,
                     const Tolerance& tol = {});
 void check_same_model(const checkpoint::TensorMap& got, const checkpoint::TensorMap& want, const Tolerance& tol = {});
 void check_same_validation(const config::JobConfig& got, const config::JobConfig& want, const Tolerance& tol = {});

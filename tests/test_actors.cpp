@@ -16,13 +16,15 @@
 #include "actors/data_loader_protocol.h"
 #include "actors/node_supervisor_protocol.h"
 #include "comm/flight_record_report.h"
+#include "runtime/exit_codes.h"
 #include "runtime/failpoint.h"
-#include "runtime/status_board.h"
+#include "actors/status_board.h"
 #include "runtime/thread_exit.h"
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
-#include "runtime/run_training.h"
+#include "cli/run_training.h"
 #include "test_support.h"
+#include "train/job_model.h"
 #include "train/trainer.h"
 
 using namespace troupe;
@@ -39,7 +41,7 @@ TEST_CASE("a run through the actors ends cleanly and matches a plain loop bit fo
 
   // Same config without actors: the losses must be identical.
   data::BatchSource src(c);
-  train::Trainer trainer(c, data::Tokenizer::load(c.model.tokenizer_path).vocab_size());
+  train::Trainer trainer(c, train::job_model(c));
   for (const auto& s : outcome.steps) {
     std::vector<std::shared_ptr<const data::Batch>> micro;
     for (int i = 0; i < 2; ++i) micro.push_back(std::make_shared<const data::Batch>(src.next()));
@@ -62,7 +64,7 @@ TEST_CASE("every actor answers a status request", "[actors]") {
   auto c = testing::small_job_config(dir);
   c.training.steps = 2;
   std::set<std::string> names;
-  runtime::RunHooks hooks;
+  cli::RunHooks hooks;
   hooks.on_started = [&](caf::actor_system& sys, const caf::actor& supervisor) {
     caf::scoped_actor self{sys};
     std::vector<caf::actor> children;
@@ -81,10 +83,10 @@ TEST_CASE("every actor answers a status request", "[actors]") {
 }
 
 TEST_CASE("a stage busy inside a step and quiet past its limit is stalled; a waiting one never is", "[actors]") {
-  runtime::StatusBoard board;
+  actors::StatusBoard board;
   auto stage = board.enroll("stage[3]");
   auto loader = board.enroll("data_loader[3]");
-  const runtime::StallLimits limits{std::chrono::seconds(10), std::chrono::seconds(5)};
+  const actors::StallLimits limits{std::chrono::seconds(10), std::chrono::seconds(5)};
   const auto at = [](int seconds) { return std::chrono::steady_clock::now() + std::chrono::seconds(seconds); };
   stage->set_state("building");
   CHECK_FALSE(stage->stalled(limits, at(1000)));  // not in a step yet: building has timeouts of its own
@@ -116,7 +118,7 @@ TEST_CASE("a stage busy inside a step and quiet past its limit is stalled; a wai
   other->set_step(8);
   other->set_activity("reading back the loss", -1);
   stage->set_activity("forward", 3);
-  const runtime::StallLimits none{std::chrono::milliseconds(0), std::chrono::milliseconds(0)};
+  const actors::StallLimits none{std::chrono::milliseconds(0), std::chrono::milliseconds(0)};
   other->set_state("waiting-data");  // not stalled: it waits
   const auto both = board.find_stall("stage", none);
   REQUIRE(both);
@@ -127,11 +129,11 @@ TEST_CASE("a stage busy inside a step and quiet past its limit is stalled; a wai
   // A failed job's message lists the stages by rank; of many, the quietest.
   auto shown_ranks = board.local_snapshot();
   for (auto& a : shown_ranks) a.quiet_seconds = a.name == "stage[4]" ? 30 : 1;
-  CHECK_THAT(runtime::stages_whereabouts(shown_ranks),
+  CHECK_THAT(actors::stages_whereabouts(shown_ranks),
              Catch::StartsWith("stage[3]: state computing, step 8, micro-batch 2, last began: forward of unit 3, "
                                "quiet for 1 s; stage[4]: state waiting-data, step 8, last began: reading back the "
                                "loss, quiet for 30 s") && !Catch::Contains("data_loader"));
-  CHECK(runtime::stages_whereabouts(shown_ranks, 1) ==
+  CHECK(actors::stages_whereabouts(shown_ranks, 1) ==
         "stage[4]: state waiting-data, step 8, last began: reading back the loss, quiet for 30 s; 1 more, less quiet");
   stage->set_state("idle");  // waiting for its next step: whoever it waits for is the stuck one
   CHECK_FALSE(stage->stalled(limits, at(1000)));
@@ -209,7 +211,7 @@ TEST_CASE("a rank stuck while its peer's collective times out: the job's error s
 
 TEST_CASE("the board remembers each enrolling thread; a job returns once its actors' threads are gone",
           "[actors]") {
-  runtime::StatusBoard board;
+  actors::StatusBoard board;
   std::promise<int> tid;
   std::promise<void> may_exit;
   auto exit_allowed = may_exit.get_future().share();
@@ -245,7 +247,7 @@ TEST_CASE("a stop request ends the run after the running step with exit 0", "[ac
   auto c = testing::small_job_config(dir);
   c.training.steps = 10'000;
   std::atomic<int> stops{0};
-  runtime::RunHooks hooks;
+  cli::RunHooks hooks;
   hooks.stop_requests = &stops;
   hooks.on_started = [&](caf::actor_system&, const caf::actor&) { stops = 1; };
   const auto outcome = testing::run_with_timeout(c, hooks);
@@ -274,7 +276,7 @@ TEST_CASE("the data loader's status counts the documents it skipped, by reason",
   caf::actor_system_config sys_cfg;
   caf::actor_system sys{sys_cfg};
   caf::scoped_actor self{sys};
-  auto board = std::make_shared<runtime::StatusBoard>(0);
+  auto board = std::make_shared<actors::StatusBoard>(0);
   auto loader = actors::spawn_data_loader(sys, c, 0, {}, self, board);
   // Enough batches to pass every document once.
   self->send(loader, actors::credit_atom::value, int64_t{40}, caf::actor_cast<caf::actor>(self));
@@ -353,4 +355,83 @@ TEST_CASE("troupe --help lists the subcommands and train --help the override syn
   std::string out;
   CHECK(p.wait(30, out) == 0);
   CHECK_THAT(out, Catch::Contains("--config") && Catch::Contains("--section.key"));
+}
+
+TEST_CASE("a failure in any actor's start-up ends the job within seconds with its message", "[actors]") {
+  // Each actor of a 2-rank job with checkpoints, failing as it starts: the job must end (not
+  // print "unhandled exception" and wait forever), failed, naming the actor's error.
+  testing::TempDir dir;
+  auto c = testing::small_job_config(dir);
+  c.job.local_ranks = 2;
+  c.training.local_batch_size = 1;
+  c.training.global_batch_size = 2;
+  c.checkpoint.enable = true;
+  for (const std::string where : {"node_supervisor.start", "coordinator.start", "stage.start", "data_loader.start",
+                                  "checkpoint_writer.start", "metrics_sink.start"}) {
+    INFO(where);
+    runtime::set_failpoint_handler([where](const char* at, int64_t rank) {
+      if (where == at && rank <= 1) throw std::runtime_error("injected at " + where);
+    });
+    const auto start = std::chrono::steady_clock::now();
+    const auto outcome = testing::run_with_timeout(c);
+    runtime::set_failpoint_handler({});
+    CHECK(outcome.exit_code == runtime::exit_code::failed);
+    CHECK_THAT(outcome.message, Catch::Contains("injected at " + where));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(20));
+  }
+}
+
+TEST_CASE("troupe train: a layout that does not fit the world exits 2 at once; a signal ends a stuck job", "[cli]") {
+  testing::TempDir dir;
+  const auto toml = testing::source_dir() + "/configs/llama3_debug.toml";
+  const std::vector<std::string> common{"--model.tokenizer_path", testing::source_dir() + "/data/kjv/tokenizer.json",
+                                        "--job.dump_folder", dir.file("dump"), "--inspect.enable", "false",
+                                        "--training.steps", "3"};
+  auto run = [&](std::vector<std::string> flags, std::string& out) {
+    std::vector<std::string> argv{testing::troupe_binary(), "train", "--config", toml};
+    argv.insert(argv.end(), common.begin(), common.end());
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    testing::ChildProcess p(argv);
+    return p.wait(30, out);
+  };
+  std::string out;
+  CHECK(run({"--job.local_ranks", "2", "--parallelism.data_parallel_shard_degree", "3"}, out) == 2);
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  CHECK_THAT(out, Catch::Contains("data_parallel_shard_degree 3 = 3, but the world has 2 ranks"));
+  out.clear();
+  CHECK(run({"--job.local_ranks", "2", "--parallelism.pipeline_parallel_degree", "2",
+             "--parallelism.pipeline_parallel_layers_per_stage", "7"}, out) == 2);
+  CHECK_THAT(out, Catch::Contains("do not spread evenly over pipeline_parallel_degree 2"));
+  out.clear();
+  CHECK(run({"--job.local_ranks", "2", "--training.global_batch_size", "24"}, out) == 2);
+  CHECK_THAT(out, Catch::Contains("training.global_batch_size 24 is not a multiple of local_batch_size x "
+                                  "data-parallel degree = 16"));
+  CHECK(!std::filesystem::exists(dir.file("dump") + "/metrics.jsonl"));
+
+  // A stage that never starts: no step can finish, and SIGTERM still ends the process
+  // within comm.train_timeout_seconds + 60 s.
+  setenv("TROUPE_FAILPOINT", "stage.start=hang", 1);
+  std::vector<std::string> argv{testing::troupe_binary(), "train", "--config", toml, "--comm.train_timeout_seconds", "1"};
+  argv.insert(argv.end(), common.begin(), common.end());
+  testing::ChildProcess p(argv);
+  unsetenv("TROUPE_FAILPOINT");
+  REQUIRE(p.wait_for_line("troupe: ", out));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const auto start = std::chrono::steady_clock::now();
+  p.signal(SIGTERM);
+  const int code = p.wait(90, out);
+  INFO(out);
+  CHECK(code == runtime::exit_code::interrupted);
+  CHECK_THAT(out, Catch::Contains("did not stop within comm.train_timeout_seconds + 60 s (61 s)"));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(75));
+}
+
+TEST_CASE("troupe models lists every family and flavor with its parameter counts", "[cli]") {
+  testing::ChildProcess p({testing::troupe_binary(), "models", "--dimensions"});
+  std::string out;
+  CHECK(p.wait(30, out) == 0);
+  // Qwen3 1.7B: 1,720,574,976 in all, less its 151,936 x 2048 (tied) embedding.
+  CHECK_THAT(out, Catch::Contains("qwen3    1.7B                       1720574976       1409410048  1.72B") &&
+                      Catch::Contains("llama3   8B                         8030261248") &&
+                      Catch::Contains("head_dim=128") && Catch::Contains("qwen3    debugmodel"));
 }

@@ -14,7 +14,8 @@
 #include "checkpoint/module_state.h"
 #include "checkpoint/shard_file.h"
 #include "checkpoint/write_step.h"
-#include "models/llama3/model.h"
+#include "models/model.h"
+#include "train/job_model.h"
 #include "runtime/remove_tree.h"
 #include "test_support.h"
 
@@ -398,8 +399,14 @@ TEST_CASE("SIGKILL during a save: the restart resumes from the last committed st
 
 TEST_CASE("Hugging Face export loads in transformers with the same logits; import gives the same tensors",
           "[checkpoint-cli]") {
+  // Llama 3, and Qwen3 tied with its q/k norms: the export, transformers and the import are
+  // the family's, through one path.
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3");
+  INFO(family);
   testing::TempDir dir;
   auto c = checkpoint_config(dir);
+  c.model.name = family;
+  if (family == "qwen3") c.model.dimensions = {{"tie_embeddings", "true", "test"}, {"n_layers", "3", "test"}};
   c.training.steps = 2;
   c.checkpoint.interval = 2;
   REQUIRE(testing::run_with_timeout(c).exit_code == 0);
@@ -413,21 +420,20 @@ TEST_CASE("Hugging Face export loads in transformers with the same logits; impor
   }
   // Troupe's logits on a batch, from the checkpoint's weights.
   const auto meta = checkpoint::read_metadata(step_dir);
-  auto args = models::llama3::flavor("debugmodel");
-  args.vocab_size = meta.model.vocab_size;
-  args.max_seq_len = meta.model.max_seq_len;
-  models::llama3::Llama3Model model(args, at::TensorOptions().dtype(at::kFloat));
+  const auto arch = train::checkpoint_model(meta.model);
+  auto model = arch->build(at::TensorOptions().dtype(at::kFloat), meta.model.max_seq_len);
   checkpoint::TensorMap params;
   for (const auto& [name, t] : checkpoint::read_whole_tensors(step_dir, meta, "model.")) params[name.substr(6)] = t;
-  checkpoint::load_parameters(model, params);
+  checkpoint::load_parameters(*model, params);
   torch::manual_seed(3);
-  const auto tokens = torch::randint(0, args.vocab_size, {2, 32}, torch::kLong);
+  const auto tokens = torch::randint(0, arch->vocab_size(), {2, 32}, torch::kLong);
   torch::NoGradGuard no_grad;
-  checkpoint::write_safetensors(dir.file("batch.safetensors"), {{"tokens", tokens}, {"logits", model.logits(tokens)}});
+  checkpoint::write_safetensors(dir.file("batch.safetensors"), {{"tokens", tokens}, {"logits", model->logits(tokens)}});
   CHECK(testing::run_command("python3 " + testing::source_dir() + "/tests/oracle/hf_export_check.py " + hf + " " +
                              dir.file("batch.safetensors")) == 0);
 
-  const std::vector<std::string> model_args{"--model.tokenizer_path", c.model.tokenizer_path, "--training.seq_len", "32"};
+  const std::vector<std::string> model_args{"--model.tokenizer_path", c.model.tokenizer_path, "--training.seq_len", "32",
+                                            "--model.name", family};
   auto import_argv = std::vector<std::string>{testing::troupe_binary(), "checkpoint", "import", "--hf", hf,
                                               "--output", dir.file("imported"), "--config",
                                               testing::source_dir() + "/configs/llama3_debug.toml"};
@@ -449,17 +455,97 @@ TEST_CASE("Hugging Face export loads in transformers with the same logits; impor
     testing::ChildProcess p({testing::troupe_binary(), "checkpoint", "info", dir.file("imported"), "--verify"});
     std::string out;
     CHECK(p.wait(60, out) == 0);
-    CHECK_THAT(out, Contains("model.layers.0.attention.wq.weight | F32 | [256,256] | 0 rank0.safetensors [0,0]+[256,256]") &&
+    const auto wq = family == "qwen3" ? "[512,256]" : "[256,256]";  // 16 heads of 32 over dim 256
+    CHECK_THAT(out, Contains("model.layers.0.attention.wq.weight | F32 | " + std::string(wq) + " | 0 rank0.safetensors [0,0]+" +
+                             wq) &&
                         Contains("verified"));
   }
-  // A config.json that disagrees with the configured model is refused, naming the field.
+  // The seed records its dimensions: a job with no flavor trains the imported model from it.
+  auto sorted = [](models::Dimensions d) {
+    std::sort(d.begin(), d.end());
+    return d;
+  };
+  CHECK(sorted(seed_meta.model.dimensions) == sorted(train::checkpoint_model(meta.model)->dimensions()));
+  {
+    testing::ChildProcess p({testing::troupe_binary(), "train", "--config", testing::source_dir() + "/configs/llama3_debug.toml",
+                             "--model.name", family, "--model.flavor=", "--model.tokenizer_path", c.model.tokenizer_path,
+                             "--training.seq_len", "32", "--training.steps", "1", "--job.dump_folder", dir.file("from_seed"),
+                             "--checkpoint.enable", "--checkpoint.initial_load_path", seed_dir, "--inspect.enable", "false"});
+    std::string out;
+    INFO(out);
+    CHECK(p.wait(120, out) == 0);
+    CHECK_THAT(out, Contains("checkpoint: loaded " + seed_dir));
+  }
+  // A config.json that disagrees with the weights beside it is refused, naming the tensor.
   auto config = nlohmann::json::parse(checkpoint::read_file(hf + "/config.json"));
-  config["num_hidden_layers"] = 4;
+  config["num_hidden_layers"] = 2;
   checkpoint::write_file_durably(hf + "/config.json", config.dump());
   import_argv[6] = dir.file("imported2");
   testing::ChildProcess p(import_argv);
   std::string out;
   CHECK(p.wait(60, out) == 1);
-  CHECK_THAT(out, Contains("config.json: num_hidden_layers is 4, the configured model has 6"));
+  CHECK_THAT(out, Contains("unexpected tensor 'model.layers.2."));
   CHECK_FALSE(fs::exists(dir.file("imported2") + "/step-0"));
+}
+
+TEST_CASE("a checkpoint of another model is refused before anything runs; nothing already written is lost",
+          "[checkpoint]") {
+  testing::TempDir dir;
+  auto c = checkpoint_config(dir);
+  c.training.steps = 3;
+  c.checkpoint.last_save_model_only = false;
+  REQUIRE(testing::run_with_timeout(c).exit_code == 0);
+  const auto folder = folder_of(c);
+  REQUIRE(fs::exists(folder + "/step-3/metadata.json"));
+  auto resumed = c;
+  resumed.training.steps = 9;
+  resumed.checkpoint.keep_latest_k = 1;
+  auto refused = [&](const config::JobConfig& job) {
+    return error_of([&] { testing::run_with_timeout(job); });
+  };
+  SECTION("other dimensions, another flavor, a tied head, another family") {
+    auto deeper = resumed;
+    deeper.model.dimensions = {{"n_layers", "4", "test"}};
+    CHECK_THAT(refused(deeper), Contains(folder + "/step-3/metadata.json: another model than this job's: model.n_layers is 6 "
+                                         "in the checkpoint, 4 in this job"));
+    auto tied = resumed;
+    tied.model.flavor = "debugmodel_tied";
+    CHECK_THAT(refused(tied), Contains("model.tie_embeddings is false in the checkpoint, true in this job"));
+    auto qwen = resumed;
+    qwen.model.name = "qwen3";
+    CHECK_THAT(refused(qwen), Contains("it holds a llama3 model, the job trains qwen3"));
+  }
+  SECTION("a checkpoint from before dimensions were recorded: checked by its tensors, and loaded when they fit") {
+    auto text = checkpoint::read_file(folder + "/step-3/metadata.json");
+    auto meta = nlohmann::json::parse(text);
+    meta["model"].erase("dimensions");
+    checkpoint::write_file_durably(folder + "/step-3/metadata.json", meta.dump(1));
+    auto tied = resumed;
+    tied.model.flavor = "debugmodel_tied";
+    CHECK_THAT(refused(tied), Contains("its tensor 'model.output.weight' is not in this job's model"));
+    auto wider = resumed;
+    wider.model.dimensions = {{"dim", "128"}, {"n_heads", "8"}};
+    for (auto& d : wider.model.dimensions) d.origin = "test";
+    CHECK_THAT(refused(wider), Contains("tensor 'model.layers.0.attention.w") &&
+                                   Contains(".weight' is [256,256] there, [128,128] in this job"));
+    auto fits = resumed;
+    fits.job.dump_folder = dir.file("fits");
+    fits.checkpoint.initial_load_path = folder + "/step-3";
+    fits.checkpoint.initial_load_model_only = false;
+    const auto ok = testing::run_with_timeout(fits);
+    CHECK(ok.exit_code == 0);
+    REQUIRE_FALSE(ok.steps.empty());
+    CHECK(ok.steps.front().step == 4);
+  }
+  SECTION("excluding the model loads the rest") {
+    auto deeper = resumed;
+    deeper.model.dimensions = {{"n_layers", "4", "test"}};
+    deeper.checkpoint.exclude_from_loading = {"model"};
+    deeper.job.dump_folder = dir.file("other");
+    deeper.checkpoint.initial_load_path = folder + "/step-3";
+    deeper.checkpoint.initial_load_model_only = false;
+    CHECK(testing::run_with_timeout(deeper).exit_code == 0);
+  }
+  // Every refused run left the folder as it was.
+  CHECK(checkpoint::committed_steps(folder) == std::vector<int64_t>{3});
 }

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "config/job_config.h"
+#include "models/common/decoder_architecture.h"
+#include "train/job_model.h"
 #include "test_support.h"
 
 namespace fs = std::filesystem;
@@ -315,8 +317,6 @@ TEST_CASE("out of range on the command line names the --key", "[config]") {
       {"metrics.log_freq", "0", "metrics.log_freq must be at least 1, got 0"},
       {"job.device", "tpu", "job.device must be one of auto | cpu | cuda, got 'tpu'"},
       {"job.dump_folder", "", "job.dump_folder must be a non-empty string"},
-      {"model.name", "gpt2", "model.name must be one of llama3, got 'gpt2'"},
-      {"model.flavor", "2B", "model.flavor must be one of debugmodel | debugmodel_8layers | debugmodel_tied | 1B | 1.5B | 1.5B_2layers | 3B | 8B | 8B_16layers | 70B | 405B, got '2B'"},
       {"activation_checkpoint.mode", "partial", "activation_checkpoint.mode must be one of none | full | selective"},
       {"activation_checkpoint.selective_ac_option", "0", "selective_ac_option must be \"op\" or a positive integer"},
       {"activation_checkpoint.selective_ac_option", "2x", "selective_ac_option must be \"op\" or a positive integer"},
@@ -477,4 +477,45 @@ TEST_CASE("the tokenizer file must exist", "[config]") {
   const auto path = dir.write("job.toml", "[model]\ntokenizer_path = \"" + missing + "\"\n");
   CHECK(config_error([&] { load_job_config(path); }) ==
         path + ":2:18: model.tokenizer_path: file '" + missing + "' not found");
+}
+
+TEST_CASE("[model] dimension keys: from the file and the command line, checked by the family, located", "[config]") {
+  TempDir dir;
+  const auto path = dir.job_file();
+  const auto cfg = load_text(dir, "[model]\nname = \"qwen3\"\nflavor = \"8B\"\nn_layers = 3\ntie_embeddings = true\n",
+                             {{"model.head_dim", "64"}, {"model.n_layers", "2"}});
+  REQUIRE(cfg.model.dimensions.size() == 3);
+  const auto model = troupe::train::job_model(cfg, 2048);
+  const auto& d = dynamic_cast<const troupe::models::DecoderArchitecture&>(*model).args();
+  CHECK(d.n_layers == 2);  // the command line over the file
+  CHECK(d.head_dim == 64);
+  CHECK(d.tie_embeddings);
+  CHECK(d.vocab_size == 2048);  // the tokenizer's
+  CHECK(d.dim == 4096);         // the flavor's
+  // Recorded in the job's key values (checkpoint metadata).
+  const auto kv = key_values(cfg);
+  CHECK(std::find(kv.begin(), kv.end(), std::pair<std::string, std::string>{"model.n_layers", "2"}) != kv.end());
+  // Checked by the family, pointing at where the key was set.
+  auto model_error = [&](const std::string& toml, std::vector<Override> extra = {}) {
+    const auto c = load_text(dir, toml, extra);
+    return config_error([&] { troupe::train::job_model(c, 2048); });
+  };
+  CHECK(model_error("[model]\nname = \"qwen3\"\nmultiple_of = 256\n") ==
+        path + ":3:15: model.multiple_of: not a dimension of qwen3 (its keys: dim, n_layers, n_heads, n_kv_heads, "
+               "head_dim, ffn_hidden_dim, vocab_size, norm_eps, rope_theta, tie_embeddings)");
+  CHECK_THAT(model_error("[model]\nn_layers = 2.5\n"), StartsWith(path + ":2:12: model.n_layers must be an integer"));
+  CHECK(model_error("", {{"model.n_heads", "5"}}) == "--model.n_heads: model.n_heads (5) must divide dim (256) unless head_dim is set");
+  CHECK(model_error("", {{"model.n_kv_heads", "5"}}) == "--model.n_kv_heads: model.n_kv_heads (5) must divide n_heads (16)");
+  CHECK(model_error("", {{"model.name", "gpt2"}}) == "model.name: unknown model 'gpt2' (known: llama3, qwen3)");
+  CHECK_THAT(model_error("", {{"model.flavor", "2B"}}),
+             Contains("unknown llama3 flavor '2B'") && Contains("debugmodel, ") && Contains("405B"));
+  CHECK_THAT(model_error("", {{"model.name", "qwen3"}, {"model.flavor", "3B"}}),
+             Contains("unknown qwen3 flavor '3B'") && Contains("0.6B, 1.7B, 4B, 8B, 14B, 32B"));
+  // A string is no dimension; a misspelt fixed key is still an unknown key.
+  CHECK_THAT(config_error([&] { load_text(dir, "[model]\nn_layers = \"two\"\n"); }),
+             Contains("model.n_layers must be a number or true or false, got string"));
+  CHECK_THAT(config_error([&] { load_text(dir, "[model]\nflavour = \"8B\"\n"); }),
+             Contains("unknown key 'model.flavour' (did you mean 'model.flavor'?)"));
+  CHECK_THAT(config_error([&] { load_text(dir, "", {{"model.tokeniser_path", "x"}}); }),
+             Contains("did you mean 'model.tokenizer_path'?"));
 }

@@ -37,10 +37,10 @@ class RunningJob {
  public:
   explicit RunningJob(config::JobConfig c) : cfg_(std::move(c)) {
     hooks_.stop_requests = &stop_;
-    future_ = std::async(std::launch::async, [this] { return runtime::run_training(cfg_, hooks_); });
+    future_ = std::async(std::launch::async, [this] { return cli::run_training(cfg_, hooks_); });
   }
   ~RunningJob() { stop(); }
-  runtime::TrainOutcome stop() {
+  actors::TrainOutcome stop() {
     stop_ = 1;
     if (future_.valid()) {
       REQUIRE(future_.wait_for(std::chrono::seconds(120)) == std::future_status::ready);
@@ -52,9 +52,9 @@ class RunningJob {
  private:
   config::JobConfig cfg_;
   std::atomic<int> stop_{0};
-  runtime::RunHooks hooks_;
-  std::future<runtime::TrainOutcome> future_;
-  runtime::TrainOutcome outcome_;
+  cli::RunHooks hooks_;
+  std::future<actors::TrainOutcome> future_;
+  actors::TrainOutcome outcome_;
 };
 
 json get_status(httplib::Client& c) {

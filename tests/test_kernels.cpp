@@ -20,8 +20,11 @@
 #include "kernels/widen_copy.h"
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
-#include "models/llama3/model.h"
+#include "models/model.h"
+#include "models/registry.h"
+#include "models/common/decoder_architecture.h"
 #include "train/adamw.h"
+#include "train/job_model.h"
 #include "train/trainer.h"
 #include "test_support.h"
 
@@ -205,18 +208,19 @@ TEST_CASE("a projection with an input recipe keeps no reference to its input and
 TEST_CASE("a weight's bf16 copy is kept while the weight's version stands", "[kernels]") {
   kernels::WeightCopies copies;
   auto w = torch::randn({5, 7});
-  kernels::compute_weight(w, at::kBFloat16);
-  CHECK(copies.size() == 0);  // outside a scope: plain casts
+  kernels::compute_weight(w, at::kBFloat16, nullptr);
+  const kernels::WeightServices no_copies;
+  kernels::compute_weight(w, at::kBFloat16, &no_copies);
+  CHECK(copies.size() == 0);  // services without copies: plain casts
   {
-    const kernels::WeightCopies::Scope scope(&copies);
-    CHECK(kernels::WeightCopies::active() == &copies);
-    auto first = kernels::compute_weight(w, at::kBFloat16);
+    const kernels::WeightServices services{&copies, nullptr};
+    auto first = kernels::compute_weight(w, at::kBFloat16, &services);
     CHECK(torch::equal(first, w.to(at::kBFloat16)));
-    CHECK(kernels::compute_weight(w, at::kBFloat16).is_same(first));
+    CHECK(kernels::compute_weight(w, at::kBFloat16, &services).is_same(first));
     CHECK(copies.current(w).is_same(first));
     w.add_(1.0);  // an in-place write moves the version: the copy is stale
     CHECK(!copies.current(w).defined());
-    auto second = kernels::compute_weight(w, at::kBFloat16);
+    auto second = kernels::compute_weight(w, at::kBFloat16, &services);
     CHECK(!second.is_same(first));
     CHECK(torch::equal(second, w.to(at::kBFloat16)));
     // What the optimizer's kernel does: it rewrites the weight (moving its version) and the copy.
@@ -225,10 +229,9 @@ TEST_CASE("a weight's bf16 copy is kept while the weight's version stands", "[ke
     CHECK(copies.copy_of(w).is_same(second));  // stale, but where the new copy goes
     copies.mark_current(w);
     CHECK(copies.current(w).is_same(second));
-    CHECK(kernels::compute_weight(w, at::kFloat).is_same(w));  // no cast, nothing kept
+    CHECK(kernels::compute_weight(w, at::kFloat, &services).is_same(w));  // no cast, nothing kept
     CHECK(copies.size() == 1);
   }
-  CHECK(kernels::WeightCopies::active() == nullptr);
   // A placed copy lives in the caller's storage and is stale until marked; views of one base
   // share its version, so a write through one view makes every view's copy stale.
   auto flat = torch::randn({12});
@@ -262,11 +265,14 @@ void check_gradient_sinks(at::Device device, at::ScalarType dtype, double sink_t
   std::vector<at::Tensor> w64, up64;  // a (sink), b (sink, used twice), c (none); upstream gradients
   for (int64_t rows : {8, 4, 4}) w64.push_back(torch::randn({rows, 16}, at::kDouble).to(dtype).to(at::kDouble));
   for (int64_t rows : {8, 4, 4, 4}) up64.push_back(torch::randn({6, rows}, at::kDouble).to(dtype).to(at::kDouble));
+  kernels::GradientSinks sinks;
+  const kernels::WeightServices services{nullptr, &sinks};
   auto forward = [&](const at::Tensor& x, const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& up,
                      bool ours) {
-    auto ab = ours ? kernels::linear_group(x, {w[0], w[1]}) : std::vector{at::linear(x, w[0]), at::linear(x, w[1])};
-    auto b_again = ours ? kernels::linear(x, w[1]) : at::linear(x, w[1]);
-    auto c = ours ? kernels::linear(x, w[2]) : at::linear(x, w[2]);
+    auto ab = ours ? kernels::linear_group(x, {w[0], w[1]}, {}, &services)
+                   : std::vector{at::linear(x, w[0]), at::linear(x, w[1])};
+    auto b_again = ours ? kernels::linear(x, w[1], {}, &services) : at::linear(x, w[1]);
+    auto c = ours ? kernels::linear(x, w[2], {}, &services) : at::linear(x, w[2]);
     return ab[0].mul(up[0]).sum() + ab[1].mul(up[1]).sum() + b_again.mul(up[2]).sum() + c.mul(up[3]).sum();
   };
   std::vector<at::Tensor> leaves64;
@@ -280,14 +286,14 @@ void check_gradient_sinks(at::Device device, at::ScalarType dtype, double sink_t
   for (const auto& t : up64) up.push_back(t.to(opts));
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
   auto sink_a = torch::full({8, 16}, NAN, f32), sink_b = torch::full({4, 16}, NAN, f32);
-  for (int k : {0, 1}) kernels::register_gradient_sink(w[k]);
-  CHECK(kernels::has_gradient_sink(w[0]));
-  CHECK(!kernels::has_gradient_sink(w[2]));
-  kernels::open_gradient_sink(w[0], sink_a);
-  kernels::open_gradient_sink(w[1], sink_b);
+  for (int k : {0, 1}) sinks.add(w[k]);
+  CHECK(sinks.has(w[0]));
+  CHECK(!sinks.has(w[2]));
+  sinks.open(w[0], sink_a);
+  sinks.open(w[1], sink_b);
   forward(x, w, up, true).backward();
-  CHECK(kernels::close_gradient_sink(w[0]));
-  CHECK(kernels::close_gradient_sink(w[1]));
+  CHECK(sinks.close(w[0]));
+  CHECK(sinks.close(w[1]));
   CHECK(!w[0].grad().defined());
   CHECK(!w[1].grad().defined());
   CHECK(rel(sink_a, leaves64[0].grad()) < sink_tolerance);
@@ -296,12 +302,15 @@ void check_gradient_sinks(at::Device device, at::ScalarType dtype, double sink_t
   CHECK(rel(x.grad(), x_ref.grad()) < tolerance);
   // Closed sinks take nothing: the gradients go to autograd again.
   forward(x, w, up, true).backward();
-  CHECK(!kernels::close_gradient_sink(w[0]));
+  CHECK(!sinks.close(w[0]));
   CHECK(rel(w[0].grad(), leaves64[0].grad()) < tolerance);
   CHECK(rel(w[1].grad(), leaves64[1].grad()) < tolerance);
-  for (int k : {0, 1}) kernels::unregister_gradient_sink(w[k]);
-  CHECK(!kernels::has_gradient_sink(w[0]));
-  CHECK_THROWS_WITH(kernels::open_gradient_sink(w[0], sink_a), Catch::Contains("not registered"));
+  for (int k : {0, 1}) sinks.remove(w[k]);
+  CHECK(!sinks.has(w[0]));
+  CHECK_THROWS_WITH(sinks.open(w[0], sink_a), Catch::Contains("not registered"));
+  // Another owner's sinks, or ops handed none, never see these weights.
+  kernels::GradientSinks other;
+  CHECK(!other.has(w[0]));
 }
 
 }  // namespace
@@ -324,27 +333,29 @@ TEST_CASE("projections write fp32 weight gradients of bf16 weights into gradient
   auto h = h64.to(at::kBFloat16).cuda().requires_grad_(true);
   auto w = w64.to(at::kBFloat16).cuda().requires_grad_(true);
   auto sink = torch::full({100, 32}, NAN, torch::dtype(torch::kFloat).device(torch::kCUDA));
-  kernels::register_gradient_sink(w);
-  kernels::open_gradient_sink(w, sink);
-  (kernels::linear_cross_entropy(h, w, targets.cuda(), /*chunk_rows=*/16) * 3).backward();
-  CHECK(kernels::close_gradient_sink(w));
+  kernels::GradientSinks sinks;
+  const kernels::WeightServices services{nullptr, &sinks};
+  sinks.add(w);
+  sinks.open(w, sink);
+  (kernels::linear_cross_entropy(h, w, targets.cuda(), &services, /*chunk_rows=*/16) * 3).backward();
+  CHECK(sinks.close(w));
   CHECK(!w.grad().defined());
   CHECK(rel(sink, w_ref.grad()) < 2e-2);  // the logits' gradient is bf16
-  (kernels::linear_cross_entropy(h, w, targets.cuda(), 16) * 3).backward();  // closed: autograd's
+  (kernels::linear_cross_entropy(h, w, targets.cuda(), &services, 16) * 3).backward();  // closed: autograd's
   CHECK(rel(w.grad(), sink) < 5e-3);
   // A split backward (the zero-bubble schedules) runs the loss node twice, for the input and then
   // for the weight: each gradient is scaled (here by 3) once, and the sink is written once.
   auto h_ref = h64.clone().requires_grad_(true);
   (at::cross_entropy_loss(at::linear(h_ref, w64), targets) * 3).backward();
   h.mutable_grad() = at::Tensor();
-  kernels::open_gradient_sink(w, sink);
-  const auto loss = kernels::linear_cross_entropy(h, w, targets.cuda(), 16) * 3;
+  sinks.open(w, sink);
+  const auto loss = kernels::linear_cross_entropy(h, w, targets.cuda(), &services, 16) * 3;
   torch::autograd::backward({loss}, {}, /*retain_graph=*/true, /*create_graph=*/false, {h});
   CHECK(rel(h.grad(), h_ref.grad()) < 2e-2);
   torch::autograd::backward({loss}, {}, /*retain_graph=*/false, /*create_graph=*/false, {w});
-  CHECK(kernels::close_gradient_sink(w));
+  CHECK(sinks.close(w));
   CHECK(rel(sink, w_ref.grad()) < 2e-2);
-  kernels::unregister_gradient_sink(w);
+  sinks.remove(w);
 
   // The norms' weights too: the fp32 gradient of the kernel, not rounded to the bf16 weight's dtype.
   const auto x64 = torch::randn({64, 256}, at::kDouble).to(at::kBFloat16).to(at::kDouble);
@@ -354,16 +365,16 @@ TEST_CASE("projections write fp32 weight gradients of bf16 weights into gradient
   (x64 * at::rsqrt(x64.pow(2).mean(-1, true) + 1e-5) * n_ref).mul(up64).sum().backward();
   auto nw = n64.to(at::kBFloat16).cuda().requires_grad_(true);
   auto norm_sink = torch::full({256}, NAN, torch::dtype(torch::kFloat).device(torch::kCUDA));
-  kernels::register_gradient_sink(nw);
-  kernels::open_gradient_sink(nw, norm_sink);
-  kernels::rms_norm(x64.to(at::kBFloat16).cuda().requires_grad_(true), nw, 1e-5)
+  sinks.add(nw);
+  sinks.open(nw, norm_sink);
+  kernels::rms_norm(x64.to(at::kBFloat16).cuda().requires_grad_(true), nw, 1e-5, &services)
       .mul(up64.to(at::kBFloat16).cuda())
       .sum()
       .backward();
-  CHECK(kernels::close_gradient_sink(nw));
+  CHECK(sinks.close(nw));
   CHECK(!nw.grad().defined());
   CHECK(rel(norm_sink, n_ref.grad()) < 5e-4);  // rounded to bf16 it would be off by about 1e-3
-  kernels::unregister_gradient_sink(nw);
+  sinks.remove(nw);
 }
 
 namespace {
@@ -450,7 +461,7 @@ TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
       const int64_t dim = 128;
       auto h = torch::randn({rows, dim}), w = 0.2 * torch::randn({vocab, dim});
       auto targets = torch::randint(0, vocab, {rows}, torch::kLong);
-      auto got = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets.cuda(), chunk); },
+      auto got = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets.cuda(), nullptr, chunk); },
                         {on_gpu(h, dtype), on_gpu(w, at::kFloat)}, torch::ones({}).cuda());
       auto ref = cross_entropy_ref(as_seen(h, dtype), as_seen(w, dtype), targets);
       CHECK(std::abs(got[0].item<double>() - ref.loss) / ref.loss < bound(dtype));
@@ -475,7 +486,7 @@ TEST_CASE("CUDA kernels match their CPU references", "[gpu]") {
       auto h = torch::randn({rows, dim}), w = 0.2 * torch::randn({vocab, dim});
       auto targets = torch::randint(0, vocab, {rows}, torch::kLong);
       targets.narrow(0, 0, 77).fill_(-100);
-      auto got = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets.cuda(), 128); },
+      auto got = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets.cuda(), nullptr, 128); },
                         {on_gpu(h, dtype), on_gpu(w, at::kFloat)}, torch::full({}, 0.37).cuda());
       // The ATen composition on the CPU in fp64 (mean over the counted rows).
       auto want = run_op([&](auto& in) { return kernels::linear_cross_entropy(in[0], in[1], targets); },
@@ -680,20 +691,22 @@ TEST_CASE("attention on CUDA runs cuDNN's kernel for grouped-query heads and mat
 
 TEST_CASE("the debug model on CUDA in fp32 computes the CPU model's loss and gradients", "[gpu]") {
   REQUIRE(torch::cuda::is_available());
-  auto args = models::llama3::flavor("debugmodel");
-  args.max_seq_len = 128;
-  models::llama3::Llama3Model cpu(args, at::TensorOptions().dtype(at::kFloat));
-  models::llama3::Llama3Model gpu(args, at::TensorOptions().dtype(at::kFloat).device(torch::kCUDA));
-  cpu.init_weights(3);
-  gpu.init_weights(3);
-  auto tokens = torch::randint(0, args.vocab_size, {4, 128}, torch::kLong);
-  auto targets = torch::randint(0, args.vocab_size, {4, 128}, torch::kLong);
-  auto lc = cpu.loss({tokens, targets});
-  auto lg = gpu.loss({tokens.cuda(), targets.cuda()});
+  // Both families: Qwen3 adds the norms on each head's q and k (head_dim 32 there).
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3");
+  INFO(family);
+  const auto args = models::model_spec(family).configure("debugmodel", {});
+  auto cpu = args->build(at::TensorOptions().dtype(at::kFloat), 128);
+  auto gpu = args->build(at::TensorOptions().dtype(at::kFloat).device(torch::kCUDA), 128);
+  cpu->init_weights(3);
+  gpu->init_weights(3);
+  auto tokens = torch::randint(0, args->vocab_size(), {4, 128}, torch::kLong);
+  auto targets = torch::randint(0, args->vocab_size(), {4, 128}, torch::kLong);
+  auto lc = cpu->loss({tokens, targets});
+  auto lg = gpu->loss({tokens.cuda(), targets.cuda()});
   lc.backward();
   lg.backward();
   CHECK(lg.item<double>() == Approx(lc.item<double>()).epsilon(1e-5));
-  auto pc = cpu.named_parameters(), pg = gpu.named_parameters();
+  auto pc = cpu->named_parameters(), pg = gpu->named_parameters();
   for (const auto& item : pc) {
     INFO(item.key());
     CHECK(rel(pg[item.key()].grad(), item.value().grad()) < 1e-4);
@@ -703,11 +716,10 @@ TEST_CASE("the debug model on CUDA in fp32 computes the CPU model's loss and gra
 TEST_CASE("the op policy on CUDA frees the norms' and SwiGLU's outputs after the forward, gradients unchanged",
           "[gpu]") {
   REQUIRE(torch::cuda::is_available());
-  auto args = models::llama3::flavor("debugmodel");
-  args.max_seq_len = 256;
+  const auto args = models::model_spec("llama3").configure("debugmodel", {});
   const int64_t batch = 4, seq = 256;
-  auto tokens = torch::randint(0, args.vocab_size, {batch, seq}, torch::kLong).cuda();
-  auto targets = torch::randint(0, args.vocab_size, {batch, seq}, torch::kLong).cuda();
+  auto tokens = torch::randint(0, args->vocab_size(), {batch, seq}, torch::kLong).cuda();
+  auto targets = torch::randint(0, args->vocab_size(), {batch, seq}, torch::kLong).cuda();
   auto allocated = [] {
     c10::cuda::device_synchronize();
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
@@ -718,19 +730,20 @@ TEST_CASE("the op policy on CUDA frees the norms' and SwiGLU's outputs after the
   std::map<std::string, at::Tensor> grads[2];
   int64_t held[2] = {};
   for (int op : {0, 1}) {
-    models::llama3::Llama3Model model(args, at::TensorOptions().dtype(at::kFloat).device(torch::kCUDA));
-    model.init_weights(3);
-    model.set_compute_dtype(at::kBFloat16);
-    model.recompute_elementwise(op == 1);
+    auto model = args->build(at::TensorOptions().dtype(at::kFloat).device(torch::kCUDA), seq);
+    model->init_weights(3);
+    model->set_compute_dtype(at::kBFloat16);
+    model->recompute_elementwise(op == 1);
     const auto before = allocated();
-    auto loss = model.loss({tokens, targets});
+    auto loss = model->loss({tokens, targets});
     held[op] = allocated() - before;  // what the graph keeps for the backward, and the loss
     loss.backward();
-    for (const auto& item : model.named_parameters()) grads[op][item.key()] = item.value().grad().clone();
+    for (const auto& item : model->named_parameters()) grads[op][item.key()] = item.value().grad().clone();
   }
   // Each block stops keeping its two norms' outputs [tokens, dim] and SwiGLU's [tokens, ffn],
   // in bf16.
-  const int64_t saved = batch * seq * (2 * args.dim + args.ffn_hidden_dim()) * 2 * args.n_layers;
+  const auto& d = dynamic_cast<const models::DecoderArchitecture&>(*args).args();
+  const int64_t saved = batch * seq * (2 * d.dim + d.ffn_hidden_dim) * 2 * d.n_layers;
   INFO("held without the policy " << held[0] << ", with it " << held[1] << "; expected difference " << saved);
   CHECK(held[0] - held[1] >= saved * 9 / 10);
   CHECK(held[0] - held[1] <= saved * 11 / 10);
@@ -751,7 +764,7 @@ TEST_CASE("bf16 training of the debug model on CUDA lowers the loss", "[gpu]") {
   c.lr_scheduler.warmup_steps = 4;
   REQUIRE(c.training.mixed_precision_param == "bfloat16");
   data::BatchSource src(c);
-  train::Trainer trainer(c, data::Tokenizer::load(c.model.tokenizer_path).vocab_size());
+  train::Trainer trainer(c, train::job_model(c));
   std::vector<double> losses;
   for (int64_t s = 1; s <= c.training.steps; ++s)
     losses.push_back(trainer.step(s, {std::make_shared<const data::Batch>(src.next())}).loss);
@@ -775,7 +788,7 @@ TEST_CASE("the first 20 bf16 losses of the debug model on CUDA track the fp32 CP
     auto cfg = c;
     cfg.job.device = device;
     data::BatchSource src(cfg);
-    train::Trainer trainer(cfg, vocab);
+    train::Trainer trainer(cfg, train::job_model(cfg, vocab));
     std::vector<double> losses;
     for (int64_t s = 1; s <= cfg.training.steps; ++s)
       losses.push_back(trainer.step(s, {std::make_shared<const data::Batch>(src.next())}).loss);

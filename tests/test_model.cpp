@@ -1,4 +1,5 @@
-// The Llama 3 model: parameter counts, agreement with Hugging Face transformers, gradients.
+// The model families through their registry: parameter counts, [model] dimension keys,
+// agreement with Hugging Face transformers (Llama and Qwen3), gradients.
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -7,21 +8,28 @@
 
 #include "checkpoint/module_state.h"
 #include "checkpoint/safetensors.h"
-#include "models/llama3/hf_conversion.h"
-#include "models/llama3/model.h"
+#include "models/common/decoder_architecture.h"
+#include "models/model.h"
+#include "models/registry.h"
 #include "test_support.h"
-#include "train/unit_executor.h"
+#include "parallel/unit_executor.h"
 
 using namespace troupe;
-using models::llama3::Llama3Model;
-using models::llama3::ModelArgs;
 
 namespace {
 
-int64_t count_on_meta(const ModelArgs& args) {
-  Llama3Model model(args, at::TensorOptions().device(at::kMeta).dtype(at::kFloat));
+models::ArchitecturePtr arch(const std::string& family, const std::string& flavor, const models::Dimensions& dims = {}) {
+  return models::model_spec(family).configure(flavor, dims);
+}
+
+const models::DecoderArgs& decoder(const models::ArchitecturePtr& a) {
+  return dynamic_cast<const models::DecoderArchitecture&>(*a).args();
+}
+
+int64_t count_on_meta(const models::Architecture& a) {
+  auto model = a.build(at::TensorOptions().device(at::kMeta).dtype(at::kFloat), 64);
   int64_t n = 0;
-  for (const auto& p : model.parameters()) n += p.numel();
+  for (const auto& p : model->parameters()) n += p.numel();
   return n;
 }
 
@@ -38,93 +46,149 @@ TEST_CASE("published parameter counts per flavor", "[model]") {
       {"70B", 70'553'706'496},     {"405B", 405'853'388'800}};
   for (const auto& [name, count] : expected) {
     INFO(name);
-    auto args = models::llama3::flavor(name);
-    CHECK(args.num_params() == count);
-    CHECK(count_on_meta(args) == count);
+    const auto a = arch("llama3", name);
+    CHECK(a->num_params() == count);
+    CHECK(count_on_meta(*a) == count);
+  }
+  // Qwen3's published sizes (tied below 8B) and the non-embedding count MFU uses.
+  CHECK(arch("qwen3", "1.7B")->num_params() == 1'720'574'976);
+  CHECK(arch("qwen3", "1.7B")->num_non_embedding_params() == 1'720'574'976 - 151'936LL * 2048);
+  for (const auto& spec : models::model_specs())
+    for (const auto& flavor : spec.flavors) {
+      INFO(spec.name << " " << flavor);
+      const auto a = spec.configure(flavor, {});
+      if (a->num_params() < 5'000'000'000) CHECK(count_on_meta(*a) == a->num_params());
+    }
+}
+
+TEST_CASE("every flavor of every family has the parameter count transformers gives its config", "[oracle]") {
+  testing::TempDir dir;
+  nlohmann::json configs = nlohmann::json::array();
+  std::vector<std::pair<std::string, int64_t>> ours;
+  for (const auto& spec : models::model_specs())
+    for (const auto& flavor : spec.flavors) {
+      const auto a = spec.configure(flavor, {});
+      auto c = a->hf_config("float32", 4096);
+      c["family"] = spec.hf_model_type;
+      for (const char* drop : {"architectures", "model_type", "torch_dtype", "dtype", "rope_scaling"}) c.erase(drop);
+      configs.push_back(c);
+      ours.emplace_back(spec.name + " " + flavor, a->num_params());
+    }
+  std::ofstream(dir.file("configs.json")) << configs.dump();
+  const auto out = testing::run_command_output("python3 " + testing::source_dir() + "/tests/oracle/hf_decoder_oracle.py count " +
+                                               dir.file("configs.json"));
+  std::istringstream lines(out);
+  for (const auto& [name, n] : ours) {
+    INFO(name);
+    int64_t theirs = -1;
+    lines >> theirs;
+    CHECK(theirs == n);
   }
 }
 
-TEST_CASE("unknown flavor is rejected with the known ones listed", "[model]") {
-  REQUIRE_THROWS_WITH(models::llama3::flavor("7B"), Catch::Contains("7B") && Catch::Contains("debugmodel"));
+TEST_CASE("model dimensions: flavors, [model] keys over them, and what is refused", "[model]") {
+  // n_layers over 8B is the old one-off flavor 8B_16layers.
+  CHECK(arch("llama3", "8B", {{"n_layers", "16"}})->num_params() == arch("llama3", "8B_16layers")->num_params());
+  const auto q = arch("qwen3", "8B", {{"n_layers", "4"}, {"tie_embeddings", "true"}, {"head_dim", "64"}});
+  CHECK(q->n_blocks() == 4);
+  CHECK(q->tie_embeddings());
+  CHECK(decoder(q).head_dim == 64);
+  CHECK(decoder(q).qk_norm);
+  // The recorded dimensions rebuild the model exactly, over any flavor.
+  for (const auto& family : {"llama3", "qwen3"}) {
+    const auto a = arch(family, "debugmodel", {{"n_layers", "3"}, {"vocab_size", "300"}});
+    const auto back = arch(family, models::model_spec(family).flavors.back(), a->dimensions());
+    CHECK(back->dimensions() == a->dimensions());
+    CHECK(back->num_params() == a->num_params());
+  }
+  CHECK_THROWS_WITH(arch("llama3", "7B"), Catch::Contains("7B") && Catch::Contains("debugmodel") && Catch::Contains("405B"));
+  CHECK_THROWS_WITH(arch("qwen3", "7B"), Catch::Contains("qwen3") && Catch::Contains("1.7B") && Catch::Contains("32B"));
+  CHECK_THROWS_WITH(arch("qwen3", "1.7B", {{"multiple_of", "256"}}),
+                    Catch::Contains("model.multiple_of: not a dimension of qwen3") && Catch::Contains("head_dim"));
+  CHECK_THROWS_WITH(arch("llama3", "8B", {{"n_layers", "sixteen"}}),
+                    Catch::Contains("model.n_layers must be an integer, got 'sixteen'"));
+  CHECK_THROWS_WITH(arch("llama3", "8B", {{"n_kv_heads", "5"}}), Catch::Contains("n_kv_heads"));
+  CHECK_THROWS_WITH(arch("qwen3", "8B", {{"head_dim", "63"}}), Catch::Contains("model.head_dim must be even"));
+  CHECK_THROWS_WITH(models::model_spec("gpt2"), Catch::Contains("gpt2") && Catch::Contains("llama3, qwen3"));
+  CHECK_THROWS_WITH(models::configure_model("qwen3", "debugmodel", {{"vocab_size", "100"}}, 2048),
+                    Catch::Contains("model.vocab_size 100 is smaller than the tokenizer's 2048"));
+  CHECK(models::configure_model("qwen3", "debugmodel", {}, 777)->vocab_size() == 777);
 }
 
 namespace {
 
-struct OracleCase {
-  std::string name;
-  ModelArgs args;
-  std::string flags;  // extra flags for hf_llama_oracle.py
-};
-
-void compare_with_hf(const OracleCase& c, int64_t batch, int64_t seq) {
+void compare_with_hf(const models::ArchitecturePtr& model_arch, const std::string& family_flag, int64_t batch, int64_t seq) {
   testing::TempDir dir;
-  const auto& a = c.args;
-  const auto cmd = "python3 " + testing::source_dir() + "/tests/oracle/hf_llama_oracle.py " + dir.path().string() +
+  const auto& a = decoder(model_arch);
+  std::string flags = " --family " + family_flag + " --head_dim " + std::to_string(a.head_dim);
+  if (a.rope_scaling_factor > 0)
+    flags += " --rope_factor " + std::to_string(a.rope_scaling_factor) + " --low_freq_factor " +
+             std::to_string(a.rope_low_freq_factor) + " --high_freq_factor " + std::to_string(a.rope_high_freq_factor) +
+             " --original_max_pos " + std::to_string(a.rope_original_max_positions);
+  if (a.tie_embeddings) flags += " --tied";
+  const auto cmd = "python3 " + testing::source_dir() + "/tests/oracle/hf_decoder_oracle.py run " + dir.path().string() +
                    " --dim " + std::to_string(a.dim) + " --layers " + std::to_string(a.n_layers) + " --heads " +
-                   std::to_string(a.n_heads) + " --kv_heads " + std::to_string(a.kv_heads()) + " --ffn " +
-                   std::to_string(a.ffn_hidden_dim()) + " --vocab " + std::to_string(a.vocab_size) + " --batch " +
+                   std::to_string(a.n_heads) + " --kv_heads " + std::to_string(a.n_kv_heads) + " --ffn " +
+                   std::to_string(a.ffn_hidden_dim) + " --vocab " + std::to_string(a.vocab_size) + " --batch " +
                    std::to_string(batch) + " --seq " + std::to_string(seq) + " --rope_theta " +
-                   std::to_string(a.rope_theta) + " --norm_eps " + std::to_string(a.norm_eps) + " " + c.flags;
+                   std::to_string(a.rope_theta) + " --norm_eps " + std::to_string(a.norm_eps) + flags;
   REQUIRE(testing::run_command(cmd) == 0);
   auto hf = checkpoint::read_safetensors(dir.file("hf_model.safetensors"));
   auto io = checkpoint::read_safetensors(dir.file("batch.safetensors"));
   std::ifstream loss_file(dir.file("loss.json"));
   const double hf_loss = nlohmann::json::parse(loss_file)["loss"].get<double>();
 
-  Llama3Model model(a, at::TensorOptions().dtype(at::kFloat));
-  checkpoint::load_parameters(model, models::llama3::from_hf(hf, a));
+  auto model = model_arch->build(at::TensorOptions().dtype(at::kFloat), seq);
+  checkpoint::load_parameters(*model, model_arch->from_hf(hf));
   torch::NoGradGuard no_grad;
-  const auto logits = model.logits(io.at("tokens"));
-  const auto loss = model.loss({io.at("tokens"), io.at("targets")}).item<double>();
+  const auto logits = model->logits(io.at("tokens"));
+  const auto loss = model->loss({io.at("tokens"), io.at("targets")}).item<double>();
   CHECK(testing::relative_error(logits, io.at("logits")) < 1e-5);
   CHECK(std::abs(loss - hf_loss) / hf_loss < 1e-5);
   // And back: exporting our parameters under HF names reproduces HF's tensors exactly.
-  auto round_trip = models::llama3::to_hf(checkpoint::parameters_of(model), a);
+  auto round_trip = model_arch->to_hf(checkpoint::parameters_of(*model));
+  CHECK(round_trip.size() == hf.size());
   for (const auto& [name, t] : round_trip) CHECK(torch::equal(t, hf.at(name)));
 }
 
 }  // namespace
 
 TEST_CASE("debug flavor matches Hugging Face LlamaForCausalLM", "[oracle]") {
-  auto args = models::llama3::flavor("debugmodel");
-  args.max_seq_len = 64;
-  compare_with_hf({"debugmodel", args, ""}, 2, 64);
+  compare_with_hf(arch("llama3", "debugmodel"), "llama", 2, 64);
 }
 
 TEST_CASE("Llama 3.1 rope scaling, GQA and tied embeddings match Hugging Face", "[oracle]") {
-  ModelArgs args;
-  args.dim = 128;
-  args.n_layers = 2;
-  args.n_heads = 4;
-  args.n_kv_heads = 2;
-  args.vocab_size = 300;
-  args.multiple_of = 64;
-  args.ffn_dim_multiplier = 1.3;
-  args.rope_theta = 500000.0;
-  args.rope_scaling = models::llama3::RopeScaling{8.0, 1.0, 4.0, 8192};
-  args.tie_embeddings = true;
-  args.max_seq_len = 48;
-  compare_with_hf({"scaled", args, "--rope_factor 8 --low_freq_factor 1 --high_freq_factor 4 --original_max_pos 8192 --tied"},
-                  3, 48);
+  compare_with_hf(arch("llama3", "debugmodel",
+                       {{"dim", "128"}, {"n_layers", "2"}, {"n_heads", "4"}, {"n_kv_heads", "2"}, {"vocab_size", "300"},
+                        {"multiple_of", "64"}, {"ffn_dim_multiplier", "1.3"}, {"rope_scaling_factor", "8"},
+                        {"tie_embeddings", "true"}}),
+                  "llama", 3, 48);
+}
+
+TEST_CASE("Qwen3's debug flavor matches Hugging Face Qwen3ForCausalLM", "[oracle]") {
+  compare_with_hf(arch("qwen3", "debugmodel"), "qwen3", 2, 64);
+}
+
+TEST_CASE("Qwen3 with tied embeddings and head_dim != dim / n_heads matches Hugging Face", "[oracle]") {
+  compare_with_hf(arch("qwen3", "debugmodel",
+                       {{"dim", "96"}, {"n_layers", "2"}, {"n_heads", "4"}, {"n_kv_heads", "2"}, {"head_dim", "40"},
+                        {"ffn_hidden_dim", "160"}, {"vocab_size", "300"}, {"tie_embeddings", "true"}}),
+                  "qwen3", 3, 40);
 }
 
 namespace {
 
-ModelArgs tiny_args() {
-  ModelArgs a;
-  a.dim = 16;
-  a.n_layers = 2;
-  a.n_heads = 4;
-  a.n_kv_heads = 2;
-  a.vocab_size = 24;
-  a.multiple_of = 8;
-  a.max_seq_len = 5;
-  a.rope_scaling = models::llama3::RopeScaling{8.0, 1.0, 4.0, 16};
-  return a;
-}
-
-std::shared_ptr<Llama3Model> tiny_model(at::ScalarType dtype) {
-  auto m = std::make_shared<Llama3Model>(tiny_args(), at::TensorOptions().dtype(dtype));
+// Both families, tiny, with every kind of parameter (Llama's rope scaling, Qwen3's q/k norms
+// and a head_dim of its own).
+std::shared_ptr<models::Model> tiny_model(const std::string& family, at::ScalarType dtype) {
+  const auto a = family == "llama3"
+                     ? arch("llama3", "debugmodel",
+                            {{"dim", "16"}, {"n_layers", "2"}, {"n_heads", "4"}, {"n_kv_heads", "2"}, {"vocab_size", "24"},
+                             {"multiple_of", "8"}, {"rope_scaling_factor", "8"}, {"rope_original_max_positions", "16"}})
+                     : arch("qwen3", "debugmodel",
+                            {{"dim", "16"}, {"n_layers", "2"}, {"n_heads", "4"}, {"n_kv_heads", "2"}, {"head_dim", "6"},
+                             {"ffn_hidden_dim", "24"}, {"vocab_size", "24"}});
+  auto m = a->build(at::TensorOptions().dtype(dtype), 5);
   m->init_weights(7);
   // Norm weights start at one; perturb them so their gradients are exercised generically.
   torch::NoGradGuard no_grad;
@@ -154,11 +218,13 @@ double central_difference(at::Tensor& t, int64_t index, const std::function<doub
 }  // namespace
 
 TEST_CASE("per-unit backward matches central finite differences in float64", "[grad]") {
-  auto model = tiny_model(at::kDouble);
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3");
+  INFO(family);
+  auto model = tiny_model(family, at::kDouble);
   const auto batch = tiny_batch();
   const auto& units = model->units();
   for (bool recompute : {false, true}) {
-    train::UnitExecutor exec(units, std::vector<bool>(units.size(), recompute));
+    parallel::UnitExecutor exec(units, std::vector<bool>(units.size(), recompute));
     // Activations entering each unit, from an honest forward.
     std::vector<at::Tensor> inputs(units.size());
     for (size_t i = 0; i < units.size(); ++i) {
@@ -192,7 +258,9 @@ TEST_CASE("per-unit backward matches central finite differences in float64", "[g
 }
 
 TEST_CASE("unit-by-unit gradients equal one autograd pass over the whole model", "[grad]") {
-  auto model = tiny_model(at::kDouble);
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3");
+  INFO(family);
+  auto model = tiny_model(family, at::kDouble);
   const auto batch = tiny_batch();
   model->zero_grad();
   auto whole_loss = model->loss(batch);
@@ -207,7 +275,7 @@ TEST_CASE("unit-by-unit gradients equal one autograd pass over the whole model",
     model->zero_grad();
     model->recompute_elementwise(m.starts_with("op"));
     const auto unit_mode = m == "op" ? "none" : m == "op+full" ? "full" : mode;
-    train::UnitExecutor exec(model->units(), train::recompute_plan(model->units().size(), unit_mode, 2));
+    parallel::UnitExecutor exec(model->units(), parallel::recompute_plan(model->units().size(), unit_mode, 2));
     auto loss = exec.forward(batch);
     CHECK(loss.item<double>() == Approx(whole_loss.item<double>()).epsilon(1e-12));
     exec.backward(1.0);
@@ -235,20 +303,17 @@ TEST_CASE("safetensors round trip and damaged files are named", "[model]") {
 
 TEST_CASE("a pipeline stage's model: other units on the meta device, its own initialised as in the whole model",
           "[model]") {
-  const auto args = [] {
-    auto a = models::llama3::flavor("debugmodel");
-    a.vocab_size = 512;
-    a.max_seq_len = 64;
-    return a;
-  }();
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3");
+  INFO(family);
+  const auto a = arch(family, "debugmodel", {{"vocab_size", "512"}});
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  Llama3Model whole(args, f32);
-  whole.init_weights(7);
-  Llama3Model stage(args, f32, [](size_t unit) { return unit == 2 || unit == 3; });  // blocks 1 and 2
-  stage.init_weights(7);
-  const auto want = checkpoint::parameters_of(whole);
+  auto whole = a->build(f32, 64);
+  whole->init_weights(7);
+  auto stage = a->build(f32, 64, [](size_t unit) { return unit == 2 || unit == 3; });  // blocks 1 and 2
+  stage->init_weights(7);
+  const auto want = checkpoint::parameters_of(*whole);
   size_t materialised = 0;
-  for (const auto& [name, t] : checkpoint::parameters_of(stage)) {
+  for (const auto& [name, t] : checkpoint::parameters_of(*stage)) {
     INFO(name);
     const bool mine = name.starts_with("layers.1.") || name.starts_with("layers.2.");
     CHECK(t.is_meta() == !mine);
@@ -256,5 +321,64 @@ TEST_CASE("a pipeline stage's model: other units on the meta device, its own ini
     ++materialised;
     CHECK(at::equal(t, want.at(name)));
   }
-  CHECK(materialised == 18);  // 9 tensors per block
+  CHECK(materialised == (family == "qwen3" ? 22 : 18));  // 9 tensors per block, and Qwen3's q and k norms
+}
+
+TEST_CASE("units read token positions: rotary attention depends only on their differences", "[model]") {
+  // Context parallelism hands a rank a slice of each sequence with its positions; a shift of
+  // every position leaves a rotary model's loss unchanged, a permuted one does not.
+  for (const std::string family : {"llama3", "qwen3"}) {
+    INFO(family);
+    const auto a = arch(family, "debugmodel", {{"n_layers", "2"}, {"vocab_size", "64"}});
+    auto model = a->build(at::TensorOptions().dtype(at::kDouble), 64);
+    model->init_weights(5);
+    torch::manual_seed(1);
+    const auto tokens = torch::randint(0, 64, {2, 16}, torch::kLong), targets = torch::randint(0, 64, {2, 16}, torch::kLong);
+    torch::NoGradGuard no_grad;
+    const double plain = model->loss({tokens, targets}).item<double>();
+    const double from_zero = model->loss({tokens, targets, torch::arange(16, torch::kLong)}).item<double>();
+    const double shifted = model->loss({tokens, targets, torch::arange(16, torch::kLong) + 40}).item<double>();
+    const double reversed = model->loss({tokens, targets, torch::arange(15, -1, -1, torch::kLong)}).item<double>();
+    CHECK(from_zero == plain);
+    CHECK(std::abs(shifted - plain) < 1e-10 * plain);
+    CHECK(std::abs(reversed - plain) > 1e-6 * plain);
+  }
+}
+
+namespace {
+
+// A unit that reports its input's mean on the side channel, as a mixture of experts reports
+// its load.
+class ReportingUnit : public models::Unit {
+ public:
+  ReportingUnit() : weight(register_parameter("weight", torch::ones({4}, torch::kDouble))) {}
+  at::Tensor forward(const at::Tensor& x, const models::UnitBatch& batch) override {
+    auto in = x.defined() ? x : batch.tokens.to(torch::kDouble).unsqueeze(-1).expand({-1, -1, 4});
+    if (batch.aux) batch.aux->add("input_mean", in.mean());
+    auto out = in * weight;
+    return batch.targets.defined() && x.defined() ? out.sum() : out;
+  }
+  at::Tensor weight;
+};
+
+}  // namespace
+
+TEST_CASE("units report auxiliary values on the step's side channel, once per forward even when recomputed", "[model]") {
+  std::vector<models::UnitPtr> units{std::make_shared<ReportingUnit>(), std::make_shared<ReportingUnit>()};
+  models::AuxValues aux;
+  const models::UnitBatch batch{torch::full({1, 2}, 3, torch::kLong), torch::zeros({1, 2}, torch::kLong), {}, &aux};
+  for (bool recompute : {false, true}) {
+    INFO(recompute);
+    aux.clear();
+    parallel::UnitExecutor exec(units, {recompute, recompute});
+    exec.forward(batch);
+    exec.backward(1.0);
+    REQUIRE(aux.values().size() == 1);
+    CHECK(aux.values().at("input_mean").item<double>() == 6.0);  // 3 from each unit's forward, none from recomputes
+  }
+  // Without a channel, units report nowhere.
+  parallel::UnitExecutor exec(units, {false, false});
+  aux.clear();
+  exec.forward({batch.tokens, batch.targets});
+  CHECK(aux.values().empty());
 }

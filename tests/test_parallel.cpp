@@ -21,7 +21,7 @@
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/checkpoint_metadata.h"
 #include "checkpoint/shard_file.h"
-#include "checkpoint/trainer_checkpoint.h"
+#include "train/trainer_checkpoint.h"
 #include "comm/flight_record_report.h"
 #include "comm/flight_recorder.h"
 #include "comm/gloo_communicator.h"
@@ -34,15 +34,19 @@
 #include "data/token_shards.h"
 #include "kernels/gradient_sink.h"
 #include "kernels/weight_copies.h"
-#include "models/llama3/model.h"
+#include "models/model.h"
+#include "models/registry.h"
 #include "parallel/device_mesh.h"
 #include "parallel/fsdp.h"
+#include "parallel/grad_norm.h"
+#include "parallel/placement.h"
 #include "parallel/pipeline_schedule.h"
 #include "runtime/exit_codes.h"
 #include "runtime/node_placement.h"
 #include "train/adamw.h"
+#include "train/job_model.h"
 #include "train/trainer.h"
-#include "train/unit_executor.h"
+#include "parallel/unit_executor.h"
 #include "parallel_jobs.h"
 #include "test_support.h"
 
@@ -402,6 +406,7 @@ TEST_CASE("FSDP over 3 ranks with uneven chunks: masters, gathered parameters, a
   struct Seen {
     std::map<std::string, at::Tensor> masters, master_grads, gathered;
     double grad_norm = 0;
+    bool boxes_match = true;
   };
   std::vector<Seen> seen(n);  // Catch's assertions stay on this thread
   on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
@@ -422,7 +427,17 @@ TEST_CASE("FSDP over 3 ranks with uneven chunks: masters, gathered parameters, a
       seen[r].masters[s.name] = s.master.detach().clone();
       seen[r].master_grads[s.name] = s.master.grad().clone();
     }
-    seen[r].grad_norm = fsdp.grad_norm().item<double>();
+    // The trainer's norm: the shards' gradients summed over the group their placements split across.
+    std::vector<at::Tensor> grads;
+    for (const auto& s : fsdp.shards())
+      if (s.master.numel() > 0) grads.push_back(s.master.grad());
+    seen[r].grad_norm = parallel::global_norm(grads, {c.get()}).item<double>();
+    for (const auto& s : fsdp.shards()) {
+      // A placement's box is the chunk FSDP holds, also for the empty chunks past the end.
+      const auto box = parallel::Placement::whole(s.shape).split(parallel::MeshDim::dp_shard, 0, s.index, s.parts).box();
+      seen[r].boxes_match = seen[r].boxes_match && box == checkpoint::dim0_box(s.shape, s.index, s.parts) &&
+                            box.lengths.at(0) == s.master.size(0);
+    }
   });
   double norm2 = 0;
   for (const auto& [name, p] : whole) norm2 += (p + 1).mul(2).pow(2).sum().item<double>();
@@ -436,6 +451,7 @@ TEST_CASE("FSDP over 3 ranks with uneven chunks: masters, gathered parameters, a
       CHECK(at::equal(seen[r].masters.at(name), mine));
       CHECK(at::allclose(seen[r].master_grads.at(name), (mine + 1) * 2));
     }
+    CHECK(seen[r].boxes_match);
     CHECK(seen[r].grad_norm == Approx(std::sqrt(norm2)).epsilon(1e-6));  // padding adds nothing
   }
 }
@@ -455,14 +471,14 @@ struct OneRankRun {
 // copy-out, the gradients' copy-in and the reductions, and in bf16 the send casts the optimizer
 // keeps (checked after every step: the next gathers then cast nothing).
 OneRankRun train_one_rank(bool cuda, bool fsdp) {
-  auto args = models::llama3::flavor("debugmodel");
-  args.max_seq_len = 128;
+  const auto args = models::model_spec("llama3").configure("debugmodel", {});
   const auto device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   const auto compute = cuda ? at::kBFloat16 : at::kFloat;
   torch::manual_seed(11);
-  const auto window = torch::randint(0, args.vocab_size, {4, 129}, torch::kLong).to(device);
+  const auto window = torch::randint(0, args->vocab_size(), {4, 129}, torch::kLong).to(device);
   const models::UnitBatch batch{window.narrow(1, 0, 128), window.narrow(1, 1, 128)};
-  models::llama3::Llama3Model model(args, at::TensorOptions().dtype(at::kFloat).device(device));
+  auto model_ptr = args->build(at::TensorOptions().dtype(at::kFloat).device(device), 128);
+  auto& model = *model_ptr;
   model.init_weights(5);
   model.set_compute_dtype(compute);
   std::vector<std::pair<std::string, at::Tensor>> named;
@@ -479,16 +495,17 @@ OneRankRun train_one_rank(bool cuda, bool fsdp) {
                    : comm::make_gloo_communicator(*rendezvous, "fsdp_one", 0, 1, recorder);
     o.compute_dtype = compute;
     sharded = std::make_unique<parallel::ShardedUnits>(model.units(), named, o);
-    run.sinks = kernels::has_gradient_sink(model.units().at(1)->parameters().front());
+    model.weight_services().sinks = &sharded->gradient_sinks();  // what parallelize hands the model
+    run.sinks = sharded->gradient_sinks().has(model.units().at(1)->parameters().front());
     trained.clear();
     for (const auto& s : sharded->shards()) trained.emplace_back(s.name, s.master);
   }
   train::AdamW optimizer(trained, {});
   optimizer.keep_copies(&copies);
   if (sharded) sharded->keep_send_copies(copies);
-  train::UnitExecutor executor(model.units(), std::vector<bool>(model.units().size(), false), sharded.get());
+  else model.weight_services().copies = &copies;
+  parallel::UnitExecutor executor(model.units(), std::vector<bool>(model.units().size(), false), sharded.get());
   for (int step = 0; step < 4; ++step) {
-    const kernels::WeightCopies::Scope scope(fsdp ? nullptr : &copies);
     if (sharded) sharded->zero_gradients();
     else optimizer.zero_grad();
     run.losses.push_back(executor.forward(batch).item<double>());
@@ -562,8 +579,8 @@ TEST_CASE("FSDP over a one-rank NCCL group trains as the plain model and gathers
 }
 
 TEST_CASE("FSDP's kept bf16 send casts follow every write to their masters", "[parallel]") {
-  auto args = models::llama3::flavor("debugmodel");
-  models::llama3::Llama3Model model(args, at::TensorOptions().dtype(at::kFloat));
+  auto model_ptr = models::model_spec("llama3").configure("debugmodel", {})->build(at::TensorOptions().dtype(at::kFloat), 2048);
+  auto& model = *model_ptr;
   model.init_weights(2);
   std::vector<std::pair<std::string, at::Tensor>> named;
   for (const auto& item : model.named_parameters()) named.emplace_back(item.key(), item.value());
@@ -616,7 +633,7 @@ TEST_CASE("a Trainer that shards alone (step-profile --fsdp-as 1) trains as an u
     parallel::RankContext rank;
     rank.shard_alone_as = as;
     if (as > 0) rank.rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
-    train::Trainer trainer(c, vocab, rank);
+    train::Trainer trainer(c, train::job_model(c, vocab), rank);
     std::vector<train::StepStats> steps;
     for (int64_t s = 1; s <= 6; ++s) steps.push_back(trainer.step(s, batches));
     // Under FSDP a block's parameters are views of its gathered buffer, emptied after its
@@ -779,13 +796,62 @@ TEST_CASE("an output tied to the embedding trains under FSDP and DDP as on one r
   REQUIRE(one.steps.size() == 10);
   CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
   const auto reference = final_model(one_cfg);
-  CHECK(reference.count("output.weight") == 0);  // one tensor, saved as the embedding
+  CHECK(reference.count("model.output.weight") == 0);  // one tensor, saved as the embedding
+  CHECK(reference.count("model.tok_embeddings.weight") == 1);
   for (const auto& [ranks, replicate, reshard] :
        {std::tuple{2, 1, "default"}, std::tuple{4, 1, "always"}, std::tuple{2, 2, "never"}}) {
     auto cfg = tied(ranks, replicate, "tied" + std::to_string(ranks) + "x" + std::to_string(replicate) + reshard);
     cfg.parallelism.fsdp_reshard_after_forward = reshard;
     INFO(cfg.job.dump_folder);
     check_same_run(run_with_timeout(cfg), one);
+    check_same_model(final_model(cfg), reference);
+  }
+}
+
+TEST_CASE("Qwen3 under FSDP 2, HSDP 2x2 and pp 2 (1F1B, ZBVZeroBubble) trains as one rank does and resumes exactly",
+          "[parallel]") {
+  // The debug flavor cut to 4 blocks (head_dim 32 over dim 256, q/k norms), through the same
+  // layouts as Llama: the trainer, FSDP and the pipeline never name the family.
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  auto qwen3 = [](config::JobConfig c) {
+    c.model.name = "qwen3";
+    c.model.flavor = "debugmodel";
+    c.model.dimensions = {{"n_layers", "4", "test"}};
+    c.training.steps = 10;
+    c.checkpoint.interval = 5;
+    return c;
+  };
+  const auto one_cfg = qwen3(dp_job(dir, tokens, 1, 1, "one"));
+  const auto one = run_with_timeout(one_cfg);
+  REQUIRE(one.steps.size() == 10);
+  CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
+  const auto reference = final_model(one_cfg);
+  CHECK(reference.count("model.layers.3.attention.q_norm.weight") == 1);
+  SECTION("fsdp 2 and hsdp 2x2") {
+    for (const auto& [ranks, replicate] : {std::pair{2, 1}, std::pair{4, 2}}) {
+      auto cfg = qwen3(dp_job(dir, tokens, ranks, replicate, "dp" + std::to_string(ranks)));
+      INFO(cfg.job.dump_folder);
+      check_same_run(run_with_timeout(cfg), one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+  SECTION("pp 2, 1F1B and ZBVZeroBubble") {
+    for (const char* schedule : {"1F1B", "ZBVZeroBubble"}) {
+      auto cfg = qwen3(pp_job(dir, tokens, 2, 2, schedule, std::string("pp") + schedule));
+      cfg.validation.enable = false;
+      INFO(schedule);
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      check_same_run(run, one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+  SECTION("resumed from step 5 on 2 ranks: steps 6..10 as the run that never stopped") {
+    auto cfg = qwen3(dp_job(dir, tokens, 2, 1, "resumed"));
+    cfg.checkpoint.initial_load_path = checkpoint::checkpoint_folder(one_cfg) + "/step-5";
+    cfg.checkpoint.initial_load_model_only = false;
+    check_same_run(run_with_timeout(cfg), one, 6);
     check_same_model(final_model(cfg), reference);
   }
 }
@@ -838,13 +904,13 @@ TEST_CASE("a text dataset's position cannot move to another number of ranks", "[
 TEST_CASE("token positions move between layouts by the windows consumed", "[parallel]") {
   data::DataPosition saved;
   saved.index = 20;  // each of 2 ranks consumed 20 windows: 40 in all
-  const auto four = checkpoint::reshard_token_position(saved, 2, 4, 1);
+  const auto four = train::reshard_token_position(saved, 2, 4, 1);
   CHECK(four.index == 10);
   CHECK(four.produced == 10);
-  CHECK(checkpoint::reshard_token_position(saved, 2, 1, 4).index == 40);
-  CHECK_THROWS_WITH(checkpoint::reshard_token_position(saved, 2, 3, 1), Catch::Contains("do not split evenly over 3"));
+  CHECK(train::reshard_token_position(saved, 2, 1, 4).index == 40);
+  CHECK_THROWS_WITH(train::reshard_token_position(saved, 2, 3, 1), Catch::Contains("do not split evenly over 3"));
   saved.epoch = 1;
-  CHECK_THROWS_WITH(checkpoint::reshard_token_position(saved, 2, 4, 1), Catch::Contains("epoch 1"));
+  CHECK_THROWS_WITH(train::reshard_token_position(saved, 2, 4, 1), Catch::Contains("epoch 1"));
 }
 
 TEST_CASE("node placement: flags, SLURM's variables, and clear errors", "[parallel]") {

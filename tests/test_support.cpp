@@ -79,6 +79,18 @@ int run_command(const std::string& command) {
   return WEXITSTATUS(status);
 }
 
+std::string run_command_output(const std::string& command) {
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(command.c_str(), "r"), pclose);
+  REQUIRE(pipe);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe.get())) > 0;) out.append(buf, n);
+  const int status = pclose(pipe.release());
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  return out;
+}
+
 std::string source_dir() { return TROUPE_SOURCE_DIR; }
 std::string troupe_binary() { return TROUPE_BINARY; }
 
@@ -98,8 +110,8 @@ config::JobConfig small_job_config(const TempDir& dir) {
   return c;
 }
 
-runtime::TrainOutcome run_with_timeout(const config::JobConfig& c, const runtime::RunHooks& hooks) {
-  auto future = std::async(std::launch::async, [&] { return runtime::run_training(c, hooks); });
+actors::TrainOutcome run_with_timeout(const config::JobConfig& c, const cli::RunHooks& hooks) {
+  auto future = std::async(std::launch::async, [&] { return cli::run_training(c, hooks); });
   if (future.wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
     FAIL_CHECK("run_training did not finish within 120 s");
     std::_Exit(1);  // the actors are stuck; nothing else can end this process

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "config/job_config.h"
-#include "runtime/run_training.h"
+#include "cli/run_training.h"
 
 namespace troupe::testing {
 
@@ -42,6 +42,8 @@ ChildResult run_in_child(const std::function<void()>& body);
 
 // Runs a shell command; returns its exit status (or -1 if it could not run).
 int run_command(const std::string& command);
+// Runs a shell command and returns what it printed on stdout; REQUIREs that it succeeded.
+std::string run_command_output(const std::string& command);
 
 // Paths of things the build knows: the repo root and the troupe binary.
 std::string source_dir();
@@ -58,7 +60,7 @@ void enable_validation(config::JobConfig& c, int64_t freq, int64_t steps);
 
 // Guards against a hang: a run that does not end within 120 s fails the test and ends the
 // process instead of blocking CI.
-runtime::TrainOutcome run_with_timeout(const config::JobConfig& c, const runtime::RunHooks& hooks = {});
+actors::TrainOutcome run_with_timeout(const config::JobConfig& c, const cli::RunHooks& hooks = {});
 
 }  // namespace troupe::testing
 

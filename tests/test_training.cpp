@@ -11,13 +11,14 @@
 
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
-#include "models/llama3/model.h"
+#include "models/model.h"
 #include "runtime/crash_report.h"
 #include "runtime/error_text.h"
 #include "runtime/teardown_deadline.h"
 #include "test_support.h"
 #include "train/adamw.h"
 #include "train/lr_schedule.h"
+#include "train/job_model.h"
 #include "train/trainer.h"
 
 using namespace troupe;
@@ -38,7 +39,7 @@ config::JobConfig small_config() {
   return c;
 }
 
-int64_t vocab_of(const config::JobConfig& c) { return data::Tokenizer::load(c.model.tokenizer_path).vocab_size(); }
+models::ArchitecturePtr model_of(const config::JobConfig& c) { return train::job_model(c); }
 
 std::vector<std::shared_ptr<const data::Batch>> next_micro_batches(data::BatchSource& src, int64_t n) {
   std::vector<std::shared_ptr<const data::Batch>> out;
@@ -48,7 +49,7 @@ std::vector<std::shared_ptr<const data::Batch>> next_micro_batches(data::BatchSo
 
 std::vector<double> train_losses(const config::JobConfig& c, int64_t steps) {
   data::BatchSource src(c);
-  train::Trainer trainer(c, vocab_of(c));
+  train::Trainer trainer(c, model_of(c));
   std::vector<double> losses;
   for (int64_t s = 1; s <= steps; ++s)
     losses.push_back(trainer.step(s, next_micro_batches(src, trainer.micro_batches_per_step())).loss);
@@ -101,7 +102,7 @@ TEST_CASE("gradient accumulation equals one step on the concatenated batch", "[t
   auto accumulated = small_config();
   accumulated.training.local_batch_size = 2;
   accumulated.training.global_batch_size = 4;
-  train::Trainer one(whole, vocab_of(whole)), two(accumulated, vocab_of(accumulated));
+  train::Trainer one(whole, model_of(whole)), two(accumulated, model_of(accumulated));
   REQUIRE(two.micro_batches_per_step() == 2);
   data::BatchSource src(accumulated);
   auto halves = next_micro_batches(src, 2);
@@ -125,8 +126,8 @@ TEST_CASE("AdamW applies decoupled weight decay to the gradient clipped to max_n
   // The same first step unclipped gives the raw gradient g (its divisor is 1).
   auto unclipped_cfg = c;
   unclipped_cfg.training.max_norm = 1e30;
-  train::Trainer unclipped(unclipped_cfg, vocab_of(c));
-  train::Trainer trainer(c, vocab_of(c));
+  train::Trainer unclipped(unclipped_cfg, model_of(c));
+  train::Trainer trainer(c, model_of(c));
   data::BatchSource src(c), same(c);
   unclipped.step(1, next_micro_batches(same, 1));
   std::vector<at::Tensor> before, g;

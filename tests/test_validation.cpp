@@ -9,6 +9,7 @@
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
 #include "test_support.h"
+#include "train/job_model.h"
 #include "train/trainer.h"
 
 using namespace troupe;
@@ -54,7 +55,7 @@ TEST_CASE("validation runs every freq steps and after the last, on the model of 
 
   // A plain loop over the same batches: the validation loss after step 3 is the same bit for bit.
   data::BatchSource src(c);
-  train::Trainer trainer(c, data::Tokenizer::load(c.model.tokenizer_path).vocab_size());
+  train::Trainer trainer(c, train::job_model(c));
   for (int64_t step = 1; step <= 3; ++step) {
     std::vector<std::shared_ptr<const data::Batch>> micro;
     for (int i = 0; i < 2; ++i) micro.push_back(std::make_shared<const data::Batch>(src.next()));

@@ -1,4 +1,5 @@
 #include "actors/checkpoint_writer.h"
+#include "actors/actor_failure.h"
 
 #include <chrono>
 #include <cstdio>
@@ -9,16 +10,17 @@
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/host_snapshot.h"
 #include "checkpoint/shard_file.h"
+#include "runtime/failpoint.h"
 #include "runtime/error_text.h"
 #include "runtime/remove_tree.h"
-#include "runtime/status_board.h"
+#include "actors/status_board.h"
 
 namespace troupe::actors {
 
 namespace {
 
 struct writer_state {
-  std::shared_ptr<runtime::StatusEntry> status;
+  std::shared_ptr<actors::StatusEntry> status;
   std::string folder;
   int rank = 0;
   int64_t keep_latest_k = 0;
@@ -58,9 +60,11 @@ std::string commit(self_ptr self, int64_t step, const std::string& tmp_dir, cons
 }
 
 caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, caf::actor supervisor,
-                                std::shared_ptr<runtime::StatusBoard> board) {
+                                std::shared_ptr<actors::StatusBoard> board) {
   auto& st = self->state;
   st.status = board->enroll("checkpoint_writer[" + std::to_string(rank) + "]");
+  end_on_exception(self, "checkpoint_writer[" + std::to_string(rank) + "]");
+  runtime::failpoint("checkpoint_writer.start", rank);
   st.folder = checkpoint::checkpoint_folder(cfg);
   st.rank = rank;
   st.keep_latest_k = cfg.checkpoint.keep_latest_k;
@@ -123,7 +127,7 @@ caf::behavior checkpoint_writer(self_ptr self, config::JobConfig cfg, int rank, 
 }  // namespace
 
 caf::actor spawn_checkpoint_writer(caf::actor_system& sys, const config::JobConfig& cfg, int rank,
-                                   caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
+                                   caf::actor supervisor, std::shared_ptr<actors::StatusBoard> board) {
   return sys.spawn<caf::detached>(checkpoint_writer, cfg, rank, std::move(supervisor), std::move(board));
 }
 

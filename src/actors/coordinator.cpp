@@ -1,4 +1,5 @@
 #include "actors/coordinator.h"
+#include "actors/actor_failure.h"
 
 #include <algorithm>
 #include <chrono>
@@ -12,8 +13,9 @@
 #include "actors/metrics_sink_protocol.h"
 #include "actors/stage_protocol.h"
 #include "checkpoint/checkpoint_folder.h"
+#include "runtime/failpoint.h"
 #include "runtime/exit_codes.h"
-#include "runtime/status_board.h"
+#include "actors/status_board.h"
 
 namespace troupe::actors {
 
@@ -41,7 +43,7 @@ struct running_save {
 };
 
 struct coordinator_state {
-  std::shared_ptr<runtime::StatusEntry> status;
+  std::shared_ptr<actors::StatusEntry> status;
   std::vector<caf::actor> stages;  // rank order
   caf::actor sink, supervisor;
   int64_t steps = 0;
@@ -55,7 +57,7 @@ struct coordinator_state {
   int64_t validation_freq = 0;  // 0: validation is off
   std::optional<running_save> saving;
   std::vector<std::function<void()>> after_save;  // what waits for the running save's commit
-  std::shared_ptr<runtime::StatusBoard> board;
+  std::shared_ptr<actors::StatusBoard> board;
   bool paused = false, checkpoint_requested = false;
   int64_t last_step = 0;           // the last step that finished
   std::function<void()> held;      // the next step, while paused
@@ -114,12 +116,12 @@ void finish(self_ptr self, int exit_code, std::string message) {
   }
   st.finished = true;
   st.status->set_state("stopping");
-  st.board->update_job([](runtime::JobStatus& j) { j.state = "stopping"; });
+  st.board->update_job([](actors::JobStatus& j) { j.state = "stopping"; });
   auto report = [=](bool) {
     auto& s = self->state;
     self->send(s.supervisor, done_atom::value, exit_code, message, s.history);
     s.status->set_state("done");
-    s.board->update_job([](runtime::JobStatus& j) { j.state = "done"; });
+    s.board->update_job([](actors::JobStatus& j) { j.state = "done"; });
   };
   self->request(st.sink, caf::infinite, flush_atom::value).then(report, [=](caf::error&) { report(false); });
 }
@@ -148,7 +150,7 @@ void commit_when_complete(self_ptr self) {
                           std::chrono::duration<double>(clock::now() - save.started).count());
             log(self, "checkpoint: step " + std::to_string(save.step) + " committed to " + summary + line);
             self->state.board->update_job(
-                [&](runtime::JobStatus& j) { j.last_checkpoint = "step-" + std::to_string(save.step); });
+                [&](actors::JobStatus& j) { j.last_checkpoint = "step-" + std::to_string(save.step); });
             self->state.saving.reset();
             run_after_save(self);
           },
@@ -224,7 +226,7 @@ void continue_after(self_ptr self, int64_t step) {
   if (s.paused && s.stop_reason.empty() && step != s.steps) {
     s.held = [=] { continue_after(self, step); };
     s.status->set_state("paused");
-    s.board->update_job([](runtime::JobStatus& j) { j.state = "paused"; });
+    s.board->update_job([](actors::JobStatus& j) { j.state = "paused"; });
     log(self, "paused after step " + std::to_string(step));
     return;
   }
@@ -267,7 +269,7 @@ void run_step(self_ptr self, int64_t step) {
   st.step_started = clock::now();
   st.status->set_state("waiting-step");
   st.status->set_step(step);
-  st.board->update_job([](runtime::JobStatus& j) { j.state = "running"; });
+  st.board->update_job([](actors::JobStatus& j) { j.state = "running"; });
   ask_all<train::StepStats>(
       self, [=](size_t r) { return self->request(self->state.stages[r], caf::infinite, step_atom::value, step); },
           [=](std::vector<train::StepStats> per_rank) {
@@ -296,9 +298,11 @@ void run_step(self_ptr self, int64_t step) {
 
 caf::behavior coordinator(self_ptr self, config::JobConfig cfg, std::vector<caf::actor> stages, caf::actor sink,
                           caf::actor supervisor, std::vector<caf::actor> writers,
-                          std::shared_ptr<runtime::StatusBoard> board) {
+                          std::shared_ptr<actors::StatusBoard> board) {
   auto& st = self->state;
   st.status = board->enroll("coordinator");
+  end_on_exception(self, "coordinator");
+  runtime::failpoint("coordinator.start", 0);
   st.board = board;
   st.stages = std::move(stages);
   st.sink = std::move(sink);
@@ -375,7 +379,7 @@ caf::behavior coordinator(self_ptr self, config::JobConfig cfg, std::vector<caf:
 
 caf::actor spawn_coordinator(caf::actor_system& sys, const config::JobConfig& cfg, std::vector<caf::actor> stages,
                              caf::actor sink, caf::actor supervisor, std::vector<caf::actor> writers,
-                             std::shared_ptr<runtime::StatusBoard> board) {
+                             std::shared_ptr<actors::StatusBoard> board) {
   return sys.spawn(coordinator, cfg, std::move(stages), std::move(sink), std::move(supervisor), std::move(writers),
                    std::move(board));
 }

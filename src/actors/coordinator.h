@@ -7,7 +7,7 @@
 
 #include "config/job_config.h"
 
-namespace troupe::runtime { class StatusBoard; }
+namespace troupe::actors { class StatusBoard; }
 
 namespace troupe::actors {
 
@@ -23,6 +23,6 @@ namespace troupe::actors {
 // only after the last commit.
 caf::actor spawn_coordinator(caf::actor_system& sys, const config::JobConfig& cfg, std::vector<caf::actor> stages,
                              caf::actor sink, caf::actor supervisor, std::vector<caf::actor> writers,
-                             std::shared_ptr<runtime::StatusBoard> board);
+                             std::shared_ptr<actors::StatusBoard> board);
 
 }  // namespace troupe::actors

@@ -1,15 +1,17 @@
 #include "actors/data_loader.h"
+#include "runtime/failpoint.h"
+#include "actors/actor_failure.h"
 
 #include "actors/data_loader_protocol.h"
 #include "data/batch_source.h"
-#include "runtime/status_board.h"
+#include "actors/status_board.h"
 
 namespace troupe::actors {
 
 namespace {
 
 struct loader_state {
-  std::shared_ptr<runtime::StatusEntry> status;
+  std::shared_ptr<actors::StatusEntry> status;
   std::unique_ptr<data::BatchSource> source;
   int64_t skips_published = 0;
 };
@@ -23,9 +25,11 @@ void publish_skips(loader_state& s) {
 }
 
 caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobConfig cfg, int rank,
-                          data::DataShare share, caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
+                          data::DataShare share, caf::actor supervisor, std::shared_ptr<actors::StatusBoard> board) {
   auto& st = self->state;
   st.status = board->enroll("data_loader[" + std::to_string(rank) + "]");
+  end_on_exception(self, "data_loader[" + std::to_string(rank) + "]");
+  runtime::failpoint("data_loader.start", rank);
   // No batch after a failure: the source is dropped and the supervisor ends the job.
   auto fail = [=](const std::string& what) {
     auto& s = self->state;
@@ -76,7 +80,7 @@ caf::behavior data_loader(caf::stateful_actor<loader_state>* self, config::JobCo
 }  // namespace
 
 caf::actor spawn_data_loader(caf::actor_system& sys, const config::JobConfig& cfg, int rank, data::DataShare share,
-                             caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board) {
+                             caf::actor supervisor, std::shared_ptr<actors::StatusBoard> board) {
   return sys.spawn<caf::detached>(data_loader, cfg, rank, share, std::move(supervisor), std::move(board));
 }
 

@@ -7,7 +7,7 @@
 #include "config/job_config.h"
 #include "data/data_position.h"
 
-namespace troupe::runtime { class StatusBoard; }
+namespace troupe::actors { class StatusBoard; }
 
 namespace troupe::actors {
 
@@ -15,6 +15,6 @@ namespace troupe::actors {
 // of [local_batch_size, seq_len]. Reports failures to `supervisor` as (failure_atom, text).
 // `rank` names it; `share` is its data-parallel rank's part of the dataset.
 caf::actor spawn_data_loader(caf::actor_system& sys, const config::JobConfig& cfg, int rank, data::DataShare share,
-                             caf::actor supervisor, std::shared_ptr<runtime::StatusBoard> board);
+                             caf::actor supervisor, std::shared_ptr<actors::StatusBoard> board);
 
 }  // namespace troupe::actors

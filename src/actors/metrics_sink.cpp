@@ -1,4 +1,5 @@
 #include "actors/metrics_sink.h"
+#include "actors/actor_failure.h"
 
 #include <nlohmann/json.hpp>
 
@@ -11,16 +12,17 @@
 
 #include "actors/metrics_sink_protocol.h"
 #include "metrics/tensorboard_writer.h"
+#include "runtime/failpoint.h"
 #include "runtime/process_memory.h"
-#include "runtime/status_board.h"
+#include "actors/status_board.h"
 
 namespace troupe::actors {
 
 namespace {
 
 struct sink_state {
-  std::shared_ptr<runtime::StatusEntry> status;
-  std::shared_ptr<runtime::StatusBoard> board;
+  std::shared_ptr<actors::StatusEntry> status;
+  std::shared_ptr<actors::StatusBoard> board;
   std::ofstream jsonl;
   std::string jsonl_path;
   std::unique_ptr<metrics::TensorBoardWriter> tensorboard;  // metrics.enable_tensorboard
@@ -54,7 +56,7 @@ std::string console_line(const train::StepStats& s, double tps, double interval_
 }
 
 nlohmann::json record(const train::StepStats& s, uint64_t rss) {
-  return {{"step", s.step},
+  nlohmann::json r = {{"step", s.step},
           {"loss", s.loss},
           {"grad_norm", s.grad_norm},
           {"lr", s.lr},
@@ -67,6 +69,8 @@ nlohmann::json record(const train::StepStats& s, uint64_t rss) {
           {"gpu_peak_active_bytes", s.gpu_peak_active_bytes},
           {"gpu_peak_reserved_bytes", s.gpu_peak_reserved_bytes},
           {"rss_bytes", rss}};
+  for (const auto& [name, value] : s.aux) r["aux/" + name] = value;
+  return r;
 }
 
 // The TensorBoard scalars of one step: the values of its metrics.jsonl record, as float32.
@@ -75,6 +79,7 @@ std::vector<std::pair<std::string, float>> tensorboard_scalars(const train::Step
                                                  {"lr", static_cast<float>(s.lr)},
                                                  {"grad_norm", static_cast<float>(s.grad_norm)},
                                                  {"tps", static_cast<float>(s.tokens / s.wall_seconds)}};
+  for (const auto& [name, value] : s.aux) out.emplace_back("aux/" + name, static_cast<float>(value));
   if (s.peak_flops_per_second > 0)
     out.emplace_back("mfu", static_cast<float>(mfu(s.model_flops, s.wall_seconds, s.peak_flops_per_second)));
   if (s.gpu_peak_reserved_bytes > 0) {
@@ -113,7 +118,7 @@ void write_line(sink_state& st, const std::string& line) {
 // The job line of the inspection endpoint: this step's rate, an ETA from the recent steps.
 void publish_job(sink_state& s, const train::StepStats& stats) {
   const double tps = stats.wall_seconds > 0 ? static_cast<double>(stats.tokens) / stats.wall_seconds : 0;
-  s.board->update_job([&](runtime::JobStatus& j) {
+  s.board->update_job([&](actors::JobStatus& j) {
     j.step = stats.step;
     j.loss = stats.loss;
     j.tokens_per_second = tps;
@@ -127,12 +132,14 @@ void publish_job(sink_state& s, const train::StepStats& stats) {
 }
 
 caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobConfig cfg, int rank,
-                           std::shared_ptr<runtime::StatusBoard> board) {
+                           std::shared_ptr<actors::StatusBoard> board) {
   auto& st = self->state;
   st.status = board->enroll("metrics_sink");
+  end_on_exception(self, "metrics_sink");
+  runtime::failpoint("metrics_sink.start", rank);
   st.board = board;
   st.log_freq = cfg.metrics.log_freq;
-  board->update_job([&](runtime::JobStatus& j) {
+  board->update_job([&](actors::JobStatus& j) {
     j.steps = cfg.training.steps;
     j.log_freq = cfg.metrics.log_freq;
   });
@@ -206,7 +213,7 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
         s.status->on_message(self);
         if (n < 1) return;
         s.log_freq = n;
-        s.board->update_job([&](runtime::JobStatus& j) { j.log_freq = n; });
+        s.board->update_job([&](actors::JobStatus& j) { j.log_freq = n; });
         std::cout << "metrics: log_freq is now " << n << std::endl;
       },
       [=](log_atom, const std::string& line) {
@@ -230,7 +237,7 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
 }  // namespace
 
 caf::actor spawn_metrics_sink(caf::actor_system& sys, const config::JobConfig& cfg, int rank,
-                              std::shared_ptr<runtime::StatusBoard> board) {
+                              std::shared_ptr<actors::StatusBoard> board) {
   return sys.spawn<caf::detached>(metrics_sink, cfg, rank, std::move(board));
 }
 

@@ -1,4 +1,7 @@
 #include "actors/node_supervisor.h"
+#include "actors/actor_failure.h"
+#include "runtime/error_text.h"
+#include "runtime/failpoint.h"
 
 #include "actors/checkpoint_writer.h"
 #include "actors/coordinator.h"
@@ -9,9 +12,8 @@
 #include "actors/stage.h"
 #include "runtime/crash_report.h"
 #include "runtime/exit_codes.h"
-#include "models/llama3/model_args.h"
-#include "runtime/status_board.h"
-#include "comm/caf_store.h"
+#include "actors/status_board.h"
+#include "actors/caf_store.h"
 #include "comm/flight_recorder.h"
 #include "comm/rendezvous.h"
 #include "parallel/device_mesh.h"
@@ -30,11 +32,11 @@ namespace troupe::actors {
 namespace {
 
 struct supervisor_state {
-  std::shared_ptr<runtime::StatusEntry> status;
-  std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome;
+  std::shared_ptr<actors::StatusEntry> status;
+  std::shared_ptr<std::promise<actors::TrainOutcome>> outcome;
   std::vector<caf::actor> children;
   caf::actor coordinator, sink;
-  std::shared_ptr<runtime::StatusBoard> board;
+  std::shared_ptr<actors::StatusBoard> board;
   NodeLinks links;
   // Node 0: every node's ranks, in global rank order, and the other nodes' supervisors.
   std::vector<std::vector<caf::actor>> stages_of, writers_of;
@@ -42,10 +44,10 @@ struct supervisor_state {
   int joined = 1;  // nodes whose ranks are known (this one included)
   std::set<caf::node_id> gone_nodes;   // nodes whose actors went down
   std::vector<caf::actor> awaiting;    // nodes told the outcome, not yet acknowledged
-  runtime::TrainOutcome result;        // delivered once they have
-  bool started = false, ended = false;
+  actors::TrainOutcome result;        // delivered once they have
+  bool started = false, ended = false, delivered = false;
   std::function<void()> spawn_coordinator;
-  runtime::StallLimits stall_limits;
+  actors::StallLimits stall_limits;
   std::vector<std::pair<int, std::shared_ptr<comm::FlightRecorder>>> flight_recorders;  // by local rank
   std::string traces_folder, traces_prefix;  // where a failed job writes them: prefix + rank + ".json"
   uint64_t quits_seen = runtime::quit_signals();
@@ -53,13 +55,13 @@ struct supervisor_state {
 
 using self_ptr = caf::stateful_actor<supervisor_state>*;
 
-std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size, int nodes, int ranks) {
-  auto args = models::llama3::flavor(cfg.model.flavor);
-  args.vocab_size = vocab_size;
+std::string job_banner(const config::JobConfig& cfg, const models::Architecture& model, int nodes, int ranks) {
   const auto device = train::resolve_device(cfg.job.device);
   std::ostringstream line;
-  line << "troupe: " << (cfg.job.description.empty() ? "training" : cfg.job.description) << " | " << cfg.model.name
-       << ' ' << cfg.model.flavor << ", " << args.num_params() << " parameters, vocab " << vocab_size << " | device "
+  line << "troupe: " << (cfg.job.description.empty() ? "training" : cfg.job.description) << " | " << model.family()
+       << ' ' << (cfg.model.flavor.empty() ? std::string("(from its checkpoint)") : cfg.model.flavor)
+       << (cfg.model.dimensions.empty() ? "" : " (resized)") << ", " << model.num_params() << " parameters, vocab "
+       << model.vocab_size() << " | device "
        << device << ", compute "
        << (device == "cuda" ? cfg.training.mixed_precision_param : std::string("float32 (CPU)")) << " | ";
   if (nodes > 1) line << nodes << " nodes, ";
@@ -76,7 +78,7 @@ std::string job_banner(const config::JobConfig& cfg, int64_t vocab_size, int nod
   return line.str();
 }
 
-void deliver(self_ptr self, runtime::TrainOutcome outcome);
+void deliver(self_ptr self, actors::TrainOutcome outcome);
 
 void heard_from(self_ptr self, const caf::node_id& node) {
   auto& st = self->state;
@@ -98,15 +100,17 @@ bool write_flight_records(supervisor_state& st) {
 }
 
 // A failed job leaves them; its message says where.
-void write_flight_records(self_ptr self, runtime::TrainOutcome& outcome) {
+void write_flight_records(self_ptr self, actors::TrainOutcome& outcome) {
   auto& st = self->state;
   if (outcome.exit_code != runtime::exit_code::failed) return;
   if (write_flight_records(st) && st.links.placement.node_rank == 0)
     outcome.message += " [each rank's last collectives: " + st.traces_folder + "]";
 }
 
-void deliver(self_ptr self, runtime::TrainOutcome outcome) {
+void deliver(self_ptr self, actors::TrainOutcome outcome) {
   auto& st = self->state;
+  if (st.delivered) return;
+  st.delivered = true;
   write_flight_records(self, outcome);
   for (auto& child : st.children) self->send_exit(child, caf::exit_reason::user_shutdown);
   st.outcome->set_value(std::move(outcome));
@@ -116,7 +120,7 @@ void deliver(self_ptr self, runtime::TrainOutcome outcome) {
 // Node 0 tells the other nodes how the job ended and waits (briefly) for their word that they
 // heard it, so that its exit does not look to them like a lost node. A node already gone
 // (its actors' down messages) is not waited for.
-void end_job(self_ptr self, runtime::TrainOutcome outcome) {
+void end_job(self_ptr self, actors::TrainOutcome outcome) {
   auto& st = self->state;
   if (st.ended) return;
   st.ended = true;
@@ -124,7 +128,7 @@ void end_job(self_ptr self, runtime::TrainOutcome outcome) {
   // A failed step names one rank's error; a peer that timed out waiting names no culprit. Where
   // every rank was (node 0 sees the other nodes' as of their last report, a second ago) does.
   if (outcome.exit_code == runtime::exit_code::failed && !outcome.stuck)
-    if (const auto where = runtime::stages_whereabouts(st.board->snapshot()); !where.empty())
+    if (const auto where = actors::stages_whereabouts(st.board->snapshot()); !where.empty())
       outcome.message += " [where the ranks were: " + where + "]";
   st.result = std::move(outcome);
   for (auto& node : st.remote_supervisors) {
@@ -145,7 +149,7 @@ void fail(self_ptr self, std::string what, bool stuck = false) {
 
 // The communicators' timeouts bound every collective; 1.5 times those, a stage that has not
 // moved is stuck where none of them reaches: a driver call, a lock, Troupe's own code.
-runtime::StallLimits stall_limits(const config::JobConfig& cfg) {
+actors::StallLimits stall_limits(const config::JobConfig& cfg) {
   using ms = std::chrono::milliseconds;
   return {ms(cfg.comm.init_timeout_seconds * 1500), ms(cfg.comm.train_timeout_seconds * 1500)};
 }
@@ -176,14 +180,10 @@ void forward_control(self_ptr self, caf::message control) {
   else if (s.links.node0) self->send(s.links.node0, std::move(control));
 }
 
-caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t vocab_size, NodeLinks links,
-                              std::shared_ptr<runtime::StatusBoard> board,
-                              std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome) {
+caf::behavior supervise(self_ptr self, config::JobConfig cfg, models::ArchitecturePtr model, NodeLinks links,
+                        std::shared_ptr<actors::StatusBoard> board) {
   auto& st = self->state;
-  st.status = board->enroll("node_supervisor");
-  st.board = board;
-  st.outcome = std::move(outcome);
-  st.links = links;
+  runtime::failpoint("node_supervisor.start", links.placement.node_rank);
   auto& sys = self->system();
   auto me = caf::actor_cast<caf::actor>(self);
   const auto& place = links.placement;
@@ -199,7 +199,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
   const auto init_timeout = std::chrono::milliseconds(std::chrono::seconds(cfg.comm.init_timeout_seconds));
   if (place.nnodes > 1) {
     const bool loopback = place.rdzv_host == "127.0.0.1" || place.rdzv_host == "localhost";
-    rendezvous = comm::make_caf_rendezvous(sys, links.key_value_store, init_timeout, loopback ? "127.0.0.1" : "");
+    rendezvous = actors::make_caf_rendezvous(sys, links.key_value_store, init_timeout, loopback ? "127.0.0.1" : "");
   } else if (world > 1) {
     rendezvous = comm::Rendezvous::in_process(init_timeout);
   }
@@ -215,7 +215,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
       rank.flight_recorder = std::make_shared<comm::FlightRecorder>(static_cast<size_t>(cfg.comm.trace_buf_size));
       st.flight_recorders.emplace_back(r, rank.flight_recorder);
     }
-    stages.push_back(spawn_stage(sys, cfg, vocab_size, rank, share, loader, me, board));
+    stages.push_back(spawn_stage(sys, cfg, model, rank, share, loader, me, board));
     st.children.push_back(loader);
     if (cfg.checkpoint.enable) writers.push_back(spawn_checkpoint_writer(sys, cfg, r, me, board));
   }
@@ -226,7 +226,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
     auto sink = spawn_metrics_sink(sys, cfg, /*rank=*/0, board);
     st.sink = sink;
     st.children.push_back(sink);
-    board->update_job([&](runtime::JobStatus& j) {
+    board->update_job([&](actors::JobStatus& j) {
       j.nodes = place.nnodes;
       j.ranks = world;
     });
@@ -247,7 +247,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
       self->monitor(s.coordinator);
       if (s.started) self->send(s.coordinator, start_atom::value);
     };
-    self->send(sink, log_atom::value, job_banner(cfg, vocab_size, place.nnodes, world));
+    self->send(sink, log_atom::value, job_banner(cfg, *model, place.nnodes, world));
     if (place.nnodes == 1) st.spawn_coordinator();
   } else {
     self->monitor(links.node0);
@@ -269,7 +269,7 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
     end_job(self, {runtime::exit_code::failed,
                    std::string(remote ? "a rank on another node is gone (its node stopped or the network failed): "
                                       : "an actor stopped unexpectedly: ") +
-                       to_string(msg.reason),
+                       failure_text(msg.reason),
                    {}});
   });
   st.status->set_state(node0 && place.nnodes > 1 ? "waiting-nodes" : "running");
@@ -366,10 +366,40 @@ caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, int64_t voca
 
 }  // namespace
 
-caf::actor spawn_node_supervisor(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size,
-                                 NodeLinks links, std::shared_ptr<runtime::StatusBoard> board,
-                                 std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome) {
-  return sys.spawn(node_supervisor, cfg, vocab_size, std::move(links), std::move(board), std::move(outcome));
+// The supervisor delivers the job's outcome, so nothing that goes wrong in it may leave the
+// outcome undelivered: a failure while it starts the job, or in any of its handlers, ends the
+// job with that error.
+caf::behavior node_supervisor(self_ptr self, config::JobConfig cfg, models::ArchitecturePtr model, NodeLinks links,
+                              std::shared_ptr<actors::StatusBoard> board,
+                              std::shared_ptr<std::promise<actors::TrainOutcome>> outcome) {
+  auto& st = self->state;
+  st.status = board->enroll("node_supervisor");
+  st.board = board;
+  st.outcome = std::move(outcome);
+  st.links = links;
+  self->set_exception_handler([self](caf::scheduled_actor*, std::exception_ptr& thrown) -> caf::error {
+    std::string what = "an exception that is not a std::exception";
+    try {
+      std::rethrow_exception(thrown);
+    } catch (const std::exception& e) {
+      what = runtime::error_text(e);
+    } catch (...) {
+    }
+    if (!self->state.delivered) deliver(self, {runtime::exit_code::failed, "node supervisor: " + what, {}});
+    return caf::make_error(caf::sec::runtime_error, "node supervisor: " + what);
+  });
+  try {
+    return supervise(self, std::move(cfg), std::move(model), std::move(links), std::move(board));
+  } catch (const std::exception& e) {
+    deliver(self, {runtime::exit_code::failed, "node supervisor: " + runtime::error_text(e), {}});
+    return {};
+  }
+}
+
+caf::actor spawn_node_supervisor(caf::actor_system& sys, const config::JobConfig& cfg, models::ArchitecturePtr model,
+                                 NodeLinks links, std::shared_ptr<actors::StatusBoard> board,
+                                 std::shared_ptr<std::promise<actors::TrainOutcome>> outcome) {
+  return sys.spawn(node_supervisor, cfg, std::move(model), std::move(links), std::move(board), std::move(outcome));
 }
 
 }  // namespace troupe::actors

@@ -7,10 +7,11 @@
 #include <memory>
 
 #include "config/job_config.h"
+#include "models/architecture.h"
 #include "runtime/node_placement.h"
-#include "runtime/train_outcome.h"
+#include "actors/train_outcome.h"
 
-namespace troupe::runtime { class StatusBoard; }
+namespace troupe::actors { class StatusBoard; }
 
 namespace troupe::actors {
 
@@ -24,8 +25,8 @@ struct NodeLinks {
 // The outcome is delivered once, when the job has ended and every child has been told to exit.
 // Node 0 hosts the coordinator and the metrics sink; every node hosts its ranks' stages,
 // loaders and checkpoint writers.
-caf::actor spawn_node_supervisor(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size,
-                                 NodeLinks links, std::shared_ptr<runtime::StatusBoard> board,
-                                 std::shared_ptr<std::promise<runtime::TrainOutcome>> outcome);
+caf::actor spawn_node_supervisor(caf::actor_system& sys, const config::JobConfig& cfg, models::ArchitecturePtr model,
+                                 NodeLinks links, std::shared_ptr<actors::StatusBoard> board,
+                                 std::shared_ptr<std::promise<actors::TrainOutcome>> outcome);
 
 }  // namespace troupe::actors

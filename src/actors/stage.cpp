@@ -1,4 +1,5 @@
 #include "actors/stage.h"
+#include "actors/actor_failure.h"
 
 #include <chrono>
 #include <deque>
@@ -7,12 +8,12 @@
 #include "actors/checkpoint_writer_protocol.h"
 #include "actors/data_loader_protocol.h"
 #include "actors/stage_protocol.h"
-#include "checkpoint/trainer_checkpoint.h"
+#include "train/trainer_checkpoint.h"
 #include "data/batch.h"
 #include "data/batch_source.h"
 #include "runtime/error_text.h"
 #include "runtime/failpoint.h"
-#include "runtime/status_board.h"
+#include "actors/status_board.h"
 #include "train/trainer.h"
 
 namespace troupe::actors {
@@ -28,13 +29,13 @@ struct pending_step {
 };
 
 struct stage_state {
-  std::shared_ptr<runtime::StatusEntry> status;
+  std::shared_ptr<actors::StatusEntry> status;
   std::unique_ptr<train::Trainer> trainer;
   std::string init_error;
   caf::actor loader;
   std::deque<batch_handle> ready;
   std::optional<pending_step> pending;
-  checkpoint::Restored restored;
+  train::Restored restored;
   data::DataPosition consumed;  // after the last batch a step took (the loader is ahead)
   std::unique_ptr<checkpoint::SnapshotBuffers> snapshot_buffers;
   // Validation (only when validation.enable): every pass rewinds to `validation_start`, so each
@@ -52,7 +53,7 @@ void publish_held_bytes(stage_state& st) {
 
 // A failed request: the status shows the error; the reply names this stage and why (the
 // coordinator, which asked, says what failed: "step 3 failed: stage[1]: ...").
-caf::error failed(runtime::StatusEntry& status, const std::exception& e) {
+caf::error failed(actors::StatusEntry& status, const std::exception& e) {
   const auto text = runtime::error_text(e);
   status.set_error(text);
   return caf::make_error(caf::sec::runtime_error, status.name() + ": " + text);
@@ -87,19 +88,21 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
   }
 }
 
-caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cfg, int64_t vocab_size,
+caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cfg, models::ArchitecturePtr model,
                     parallel::RankContext rank, data::DataShare share, caf::actor loader, caf::actor supervisor,
-                    std::shared_ptr<runtime::StatusBoard> board) {
+                    std::shared_ptr<actors::StatusBoard> board) {
   auto& st = self->state;
   const int rank_id = rank.rank;
   st.status = board->enroll("stage[" + std::to_string(rank_id) + "]");
+  end_on_exception(self, "stage[" + std::to_string(rank_id) + "]");
   st.status->set_flight_recorder(rank.flight_recorder);
   st.loader = loader;
   try {
+    runtime::failpoint("stage.start", rank_id);
     st.status->set_state("building");
     const int world = rank.world;
     st.status->set_state(world > 1 ? "connecting" : "building");
-    st.trainer = std::make_unique<train::Trainer>(cfg, vocab_size, std::move(rank));
+    st.trainer = std::make_unique<train::Trainer>(cfg, std::move(model), std::move(rank));
     st.trainer->on_micro_batch([status = st.status](int64_t m) { status->set_micro_batch(m); });
     st.trainer->on_pipeline_action([status = st.status](const char* what, int64_t micro_batch) {
       status->set_state(what);
@@ -117,7 +120,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
       st.validation_start = st.validation->position();
     }
     st.status->set_state("loading-checkpoint");
-    st.restored = checkpoint::restore_trainer(*st.trainer, cfg, rank_id, world);
+    st.restored = train::restore_trainer(*st.trainer, cfg, rank_id, world);
     // Sent before the first credit, so the loader's first batch is the one after the checkpoint.
     if (st.restored.dataloader) self->send(loader, seek_atom::value, *st.restored.dataloader);
     st.status->set_state("idle");
@@ -178,7 +181,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
         if (!s.trainer) return caf::make_error(caf::sec::runtime_error, "stage failed to start: " + s.init_error);
         s.status->set_state("snapshot");
         try {
-          auto snap = checkpoint::snapshot_trainer(*s.trainer, cfg, {step, tmp_dir, model_only, dtype, rank_id, s.consumed},
+          auto snap = train::snapshot_trainer(*s.trainer, cfg, {step, tmp_dir, model_only, dtype, rank_id, s.consumed},
                                                    *s.snapshot_buffers);
           s.snapshot_buffers->lend_to(snap);
           const double blocked = snap->blocked_seconds;
@@ -199,10 +202,10 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
 
 }  // namespace
 
-caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size,
+caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, models::ArchitecturePtr model,
                        parallel::RankContext rank, data::DataShare share, caf::actor loader, caf::actor supervisor,
-                       std::shared_ptr<runtime::StatusBoard> board) {
-  return sys.spawn<caf::detached>(stage, cfg, vocab_size, std::move(rank), share, std::move(loader),
+                       std::shared_ptr<actors::StatusBoard> board) {
+  return sys.spawn<caf::detached>(stage, cfg, std::move(model), std::move(rank), share, std::move(loader),
                                   std::move(supervisor), std::move(board));
 }
 

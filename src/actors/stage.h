@@ -7,17 +7,18 @@
 #include <memory>
 
 #include "config/job_config.h"
+#include "models/architecture.h"
 #include "data/data_position.h"
 #include "parallel/rank_context.h"
 
-namespace troupe::runtime { class StatusBoard; }
+namespace troupe::actors { class StatusBoard; }
 
 namespace troupe::actors {
 
 // `prefetch`: batches kept requested ahead of the running step (at least one step's worth).
 // `rank`: who this stage is in the job; `share`: its data-parallel part (validation data).
-caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, int64_t vocab_size,
+caf::actor spawn_stage(caf::actor_system& sys, const config::JobConfig& cfg, models::ArchitecturePtr model,
                        parallel::RankContext rank, data::DataShare share, caf::actor loader, caf::actor supervisor,
-                       std::shared_ptr<runtime::StatusBoard> board);
+                       std::shared_ptr<actors::StatusBoard> board);
 
 }  // namespace troupe::actors

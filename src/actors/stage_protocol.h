@@ -19,6 +19,6 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, StepStats& x) {
   return f(caf::meta::type_name("step_stats"), x.step, x.loss, x.grad_norm, x.lr, x.tokens, x.compute_seconds,
            x.data_wait_seconds, x.wall_seconds, x.model_flops,
-           x.peak_flops_per_second, x.gpu_peak_active_bytes, x.gpu_peak_reserved_bytes);
+           x.peak_flops_per_second, x.gpu_peak_active_bytes, x.gpu_peak_reserved_bytes, x.aux);
 }
 }  // namespace troupe::train

@@ -36,12 +36,17 @@ json to_json(const CheckpointMetadata& m) {
   }
   json config = json::object();
   for (const auto& [key, value] : m.config) config[key] = value;
+  json model = {{"name", m.model.name}, {"flavor", m.model.flavor}, {"vocab_size", m.model.vocab_size},
+                {"max_seq_len", m.model.max_seq_len}};
+  if (!m.model.dimensions.empty()) {
+    model["dimensions"] = json::object();
+    for (const auto& [key, value] : m.model.dimensions) model["dimensions"][key] = value;
+  }
   return {{"format_version", m.format_version},
           {"step", m.step},
           {"model_only", m.model_only},
           {"lr_scheduler", {{"step", m.lr_schedule_step}}},
-          {"model", {{"name", m.model.name}, {"flavor", m.model.flavor}, {"vocab_size", m.model.vocab_size},
-                     {"max_seq_len", m.model.max_seq_len}}},
+          {"model", model},
           {"ranks", ranks},
           {"tensors", tensors},
           {"config", config}};
@@ -138,7 +143,10 @@ CheckpointMetadata from_json_text(const std::string& text, const std::string& wh
   m.lr_schedule_step = r.get<int64_t>(r.get<json>(j, "lr_scheduler", "top level"), "step", "lr_scheduler");
   const auto model = r.get<json>(j, "model", "top level");
   m.model = {r.get<std::string>(model, "name", "model"), r.get<std::string>(model, "flavor", "model"),
-             r.get<int64_t>(model, "vocab_size", "model"), r.get<int64_t>(model, "max_seq_len", "model")};
+             r.get<int64_t>(model, "vocab_size", "model"), r.get<int64_t>(model, "max_seq_len", "model"), {}};
+  if (model.contains("dimensions"))
+    for (const auto& [key, value] : r.get<std::map<std::string, std::string>>(model, "dimensions", "model"))
+      m.model.dimensions.emplace_back(key, value);
   // Named locals: items() of a temporary would dangle inside the loop.
   const auto config = r.get<json>(j, "config", "top level");
   for (const auto& [key, value] : config.items())

@@ -45,10 +45,13 @@ struct RankEntry {
 };
 
 struct ModelEntry {
-  std::string name;
-  std::string flavor;
+  std::string name;  // the family
+  std::string flavor;  // empty when the model was described by its dimensions alone (a seed)
   int64_t vocab_size = 0;
   int64_t max_seq_len = 0;
+  // Every dimension of the family ("n_layers" = "16"): the exact architecture. Empty in
+  // checkpoints written before they were recorded, whose flavor and vocabulary say it.
+  std::vector<std::pair<std::string, std::string>> dimensions;
 };
 
 struct CheckpointMetadata {

@@ -12,15 +12,15 @@
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/file_io.h"
 #include "checkpoint/shard_file.h"
-#include "checkpoint/trainer_checkpoint.h"
+#include "train/trainer_checkpoint.h"
 #include "checkpoint/write_step.h"
 #include "cli/commands.h"
 #include "config/job_config.h"
 #include "data/tokenizer.h"
-#include "models/llama3/hf_config.h"
-#include "models/llama3/hf_conversion.h"
-#include "models/llama3/model.h"
+#include "models/model.h"
+#include "models/registry.h"
 #include "runtime/exit_codes.h"
+#include "train/job_model.h"
 
 namespace troupe::cli {
 
@@ -47,14 +47,6 @@ config::JobConfig load_config(const CheckpointOptions& o, const std::vector<std:
   return config::load_job_config(o.config_path, config::parse_override_args(extras));
 }
 
-// The configured model: the flavor, sized by the tokenizer and training.seq_len as training does.
-models::llama3::ModelArgs configured_args(const config::JobConfig& cfg) {
-  auto args = models::llama3::flavor(cfg.model.flavor);
-  args.vocab_size = data::Tokenizer::load(cfg.model.tokenizer_path).vocab_size();
-  args.max_seq_len = cfg.training.seq_len;
-  return args;
-}
-
 std::string megabytes(uint64_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f MB", static_cast<double>(bytes) / 1e6);
@@ -74,7 +66,7 @@ int run_info(const CheckpointOptions& o) {
   std::cout << "folder " << fs::path(dir).parent_path().string() << ": committed steps " << listed << "\n"
             << dir << ": format " << meta.format_version << ", step " << meta.step
             << (meta.model_only ? ", model only" : ", full training state") << ", lr schedule step "
-            << meta.lr_schedule_step << ", model " << meta.model.name << ' ' << meta.model.flavor << " (vocab "
+            << meta.lr_schedule_step << ", model " << meta.model.name << ' ' << (meta.model.flavor.empty() ? std::string("(by its dimensions)") : meta.model.flavor) << " (vocab "
             << meta.model.vocab_size << ", seq " << meta.model.max_seq_len << "), " << meta.ranks.size() << " rank(s)\n";
   uint64_t total = 0;
   for (const auto& r : meta.ranks) {
@@ -107,26 +99,20 @@ int run_export(const CheckpointOptions& o, const std::vector<std::string>& extra
   const auto dir = checkpoint::resolve_step_dir(o.checkpoint.empty() ? checkpoint::checkpoint_folder(cfg) : o.checkpoint,
                                                 step_of(o));
   const auto meta = checkpoint::read_metadata(dir);
-  auto args = models::llama3::flavor(meta.model.flavor);
-  args.vocab_size = meta.model.vocab_size;
-  args.max_seq_len = meta.model.max_seq_len;
-  if (!o.config_path.empty()) {
-    const auto want = configured_args(cfg);
-    if (cfg.model.flavor != meta.model.flavor || want.vocab_size != args.vocab_size)
-      throw std::runtime_error(dir + " holds " + meta.model.flavor + " with vocab " + std::to_string(args.vocab_size) +
-                               ", the config asks for " + cfg.model.flavor + " with vocab " +
-                               std::to_string(want.vocab_size));
-  }
-  const auto type = checkpoint::export_dtype(o.dtype);
-  checkpoint::TensorMap titan;
-  for (auto& [name, t] : checkpoint::read_whole_tensors(dir, meta, "model.")) titan[name.substr(6)] = t.to(type);
+  const auto model = train::checkpoint_model(meta.model);
+  if (!o.config_path.empty())
+    if (const auto why = train::model_difference(*model, dir, *train::job_model(cfg), "the config"); !why.empty())
+      throw std::runtime_error(dir + " holds another model than the config's: " + why);
+  const auto type = train::export_dtype(o.dtype);
+  checkpoint::TensorMap native;
+  for (auto& [name, t] : checkpoint::read_whole_tensors(dir, meta, "model.")) native[name.substr(6)] = t.to(type);
   fs::create_directories(o.hf);
-  const auto hf = models::llama3::to_hf(titan, args);
+  const auto hf = model->to_hf(native);
   checkpoint::write_safetensors((fs::path(o.hf) / "model.safetensors").string(), hf, {{"format", "pt"}});
   checkpoint::write_file_durably((fs::path(o.hf) / "config.json").string(),
-                                 models::llama3::hf_config(args, o.dtype).dump(2) + "\n");
+                                 model->hf_config(o.dtype, meta.model.max_seq_len).dump(2) + "\n");
   std::cout << "exported " << dir << " (" << hf.size() << " tensors, " << o.dtype << ") to " << o.hf
-            << " as Hugging Face LlamaForCausalLM\n";
+            << " as Hugging Face " << model->hf_class() << "\n";
   return 0;
 }
 
@@ -142,30 +128,55 @@ checkpoint::TensorMap read_hf_weights(const std::string& folder) {
   return all;
 }
 
+// The registered family whose Hugging Face model_type the config names, and its model.
+models::ArchitecturePtr hf_model(const std::string& config_path) {
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(checkpoint::read_file(config_path));
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(config_path + ": not valid JSON (" + e.what() + ")");
+  }
+  const auto type = config.value("model_type", std::string());
+  std::string known;
+  for (const auto& spec : models::model_specs()) {
+    if (spec.hf_model_type == type) return spec.from_hf_config(config, config_path);
+    known += (known.empty() ? "" : ", ") + spec.hf_model_type;
+  }
+  throw std::runtime_error(config_path + ": model_type '" + type + "' is not a registered family's (" + known + ")");
+}
+
 int run_import(const CheckpointOptions& o, const std::vector<std::string>& extras) {
   const auto cfg = load_config(o, extras);
-  const auto args = configured_args(cfg);
-  const auto config_path = (fs::path(o.hf) / "config.json").string();
-  models::llama3::check_hf_config(nlohmann::json::parse(checkpoint::read_file(config_path)), args, config_path);
-  const auto titan = models::llama3::from_hf(read_hf_weights(o.hf), args);
+  const auto model = hf_model((fs::path(o.hf) / "config.json").string());
+  if (!o.config_path.empty()) {
+    if (cfg.model.name != model->family())
+      throw std::runtime_error(o.hf + " holds a " + model->family() + " model, the config's model.name is " + cfg.model.name);
+    const auto vocab = data::Tokenizer::load(cfg.model.tokenizer_path).vocab_size();
+    if (vocab > model->vocab_size())
+      throw std::runtime_error(o.hf + ": vocab_size " + std::to_string(model->vocab_size()) + " is smaller than the tokenizer's " +
+                               std::to_string(vocab) + " tokens (" + cfg.model.tokenizer_path + ")");
+  }
+  const auto native = model->from_hf(read_hf_weights(o.hf));
   // The model's own names and shapes, without memory: what training will load the seed into.
-  models::llama3::Llama3Model shapes(args, at::TensorOptions().device(at::kMeta).dtype(at::kFloat));
+  const auto shapes = model->build(at::TensorOptions().device(at::kMeta).dtype(at::kFloat), cfg.training.seq_len);
   checkpoint::HostSnapshot seed;
-  for (const auto& item : shapes.named_parameters()) {
-    const auto& t = titan.at(item.key());
+  for (const auto& item : shapes->named_parameters()) {
+    const auto& t = native.at(item.key());
     if (t.sizes() != item.value().sizes())
       throw std::runtime_error(o.hf + ": tensor for '" + item.key() + "' has shape " + c10::str(t.sizes()) +
-                               ", the configured model needs " + c10::str(item.value().sizes()));
+                               ", config.json's model needs " + c10::str(item.value().sizes()));
     auto shape = t.sizes().vec();
     seed.tensors.push_back({"model." + item.key(), t.contiguous(), shape, checkpoint::whole_box(shape)});
   }
   seed.meta.model_only = true;
-  seed.meta.model = {cfg.model.name, cfg.model.flavor, args.vocab_size, args.max_seq_len};
+  seed.meta.model = {model->family(), "", model->vocab_size(), cfg.training.seq_len, model->dimensions()};
   seed.meta.config = config::key_values(cfg);
   seed.meta.ranks.push_back({0, "", 0, std::nullopt, {}});
   const auto dir = checkpoint::write_step(o.output, std::move(seed));
-  std::cout << "imported " << o.hf << " as the seed checkpoint " << dir
-            << " (start training from it with checkpoint.initial_load_path or as the job's checkpoint folder)\n";
+  std::cout << "imported " << o.hf << " (" << model->hf_class() << ", " << model->num_params()
+            << " parameters) as the seed checkpoint " << dir
+            << " (train from it with checkpoint.initial_load_path, or as the job's checkpoint folder, and model.name = \""
+            << model->family() << "\" with model.flavor = \"\" to take its dimensions)\n";
   return 0;
 }
 
@@ -179,17 +190,17 @@ Action add_checkpoint_command(CLI::App& app) {
   info->add_option("path", o->path, "checkpoint folder (newest step) or step-N directory")->required();
   info->add_option("--step", o->step, "a committed step of the folder");
   info->add_flag("--verify", o->verify, "read every tensor and check sizes and checksums");
-  auto* exp = cmd->add_subcommand("export", "Write Hugging Face LlamaForCausalLM safetensors + config.json");
+  auto* exp = cmd->add_subcommand("export", "Write Hugging Face safetensors + config.json (LlamaForCausalLM, Qwen3ForCausalLM)");
   exp->add_option("--hf", o->hf, "output folder")->required();
   exp->add_option("--checkpoint", o->checkpoint, "checkpoint folder or step-N (default: the config's folder)");
   exp->add_option("--step", o->step, "a committed step (default: the newest)");
   exp->add_option("--config", o->config_path, "job config, checked against the checkpoint's model");
   exp->add_option("--dtype", o->dtype, "float32 | bfloat16 | float16")->capture_default_str();
   exp->allow_extras();
-  auto* imp = cmd->add_subcommand("import", "Make a seed checkpoint (step-0) from a Hugging Face Llama folder");
+  auto* imp = cmd->add_subcommand("import", "Make a seed checkpoint (step-0) from a Hugging Face folder of any registered family, sized by its config.json");
   imp->add_option("--hf", o->hf, "folder with config.json and model.safetensors")->required();
   imp->add_option("--output", o->output, "checkpoint folder to create step-0 in")->required();
-  imp->add_option("--config", o->config_path, "job config: model flavor, tokenizer (vocab), seq_len");
+  imp->add_option("--config", o->config_path, "job config: checked against the model (its family, tokenizer), and training.seq_len");
   imp->allow_extras();
   for (auto* sub : {exp, imp}) sub->footer("Config keys can be overridden as in `troupe train` (--section.key VALUE).");
   return [=]() -> int {

@@ -17,5 +17,6 @@ Action add_data_command(CLI::App& app);
 Action add_inspect_command(CLI::App& app);
 Action add_schedule_command(CLI::App& app);
 Action add_comm_traces_command(CLI::App& app);
+Action add_models_command(CLI::App& app);
 
 }  // namespace troupe::cli

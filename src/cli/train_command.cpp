@@ -11,7 +11,8 @@
 #include "cli/placement_options.h"
 #include "config/job_config.h"
 #include "runtime/exit_codes.h"
-#include "runtime/run_training.h"
+#include "runtime/failpoint.h"
+#include "cli/run_training.h"
 
 namespace troupe::cli {
 
@@ -60,10 +61,14 @@ int run_train(const TrainOptions& opts, const std::vector<std::string>& extras) 
     return runtime::exit_code::bad_config;
   }
   install_stop_handlers();
-  runtime::RunHooks hooks;
+  runtime::install_failpoint_from_environment();
+  cli::RunHooks hooks;
   hooks.stop_requests = &stop_requests;
   try {
-    return runtime::run_training(cfg, hooks, placement).exit_code;  // it printed the outcome
+    return cli::run_training(cfg, hooks, placement).exit_code;  // it printed the outcome
+  } catch (const config::ConfigError& e) {
+    std::cerr << "troupe: " << e.what() << '\n';
+    return runtime::exit_code::bad_config;
   } catch (const std::exception& e) {
     std::cerr << "troupe: " << e.what() << '\n';
     return runtime::exit_code::failed;

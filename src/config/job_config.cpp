@@ -4,7 +4,6 @@
 #include "config/job_config.h"
 
 #include "data/dataset_files.h"
-#include "models/llama3/model_args.h"
 
 // Debian ships toml++ as a shared library (its CMake target and pkg-config file define this);
 // the fallback keeps a plain `g++ ... -ltomlplusplus` build from compiling toml++ inline.
@@ -295,8 +294,9 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(job, device), one_of({"auto", "cpu", "cuda"})},
       {TROUPE_KEY(job, local_ranks), positive_or_fill()},
 
-      {TROUPE_KEY(model, name), one_of({"llama3"})},
-      {TROUPE_KEY(model, flavor), one_of(models::llama3::flavor_names())},
+      // Checked against the registered families where the model is configured (models/registry.h).
+      {TROUPE_KEY(model, name), not_empty()},
+      {TROUPE_KEY(model, flavor), {}},
       {TROUPE_KEY(model, tokenizer_path), existing_file()},
 
       {TROUPE_KEY(optimizer, name), one_of({"AdamW", "Adam"})},
@@ -411,6 +411,28 @@ const KeySpec* find_key(std::string_view full_name) {
 bool is_flag(const KeySpec& spec) {
   JobConfig probe;
   return std::holds_alternative<bool*>(spec.field(probe));
+}
+
+// A [model] key that is none of the fixed ones is a dimension of the model's family, unless it
+// looks like a misspelt fixed key.
+bool is_model_dimension(std::string_view name) {
+  if (!name.starts_with("model.") || name.size() == 6) return false;
+  const auto key = name.substr(6);
+  for (const auto& spec : key_specs())
+    if (spec.section == "model" && edit_distance(key, spec.name) <= 2) return false;
+  return key.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_") == std::string_view::npos;
+}
+
+// A TOML value as the config text of a dimension; none for strings, arrays and tables.
+std::optional<std::string> dimension_text(const toml::node& n) {
+  if (auto i = n.value_exact<int64_t>()) return std::to_string(*i);
+  if (auto b = n.value_exact<bool>()) return *b ? "true" : "false";
+  if (auto d = n.value_exact<double>()) {
+    if (!std::isfinite(*d)) return std::nullopt;
+    char buf[32];
+    return std::string(buf, std::to_chars(buf, buf + sizeof buf, *d).ptr);
+  }
+  return std::nullopt;
 }
 
 std::string unknown_key(std::string_view name) {
@@ -560,6 +582,7 @@ class Loader {
 
   void apply(const Override& o) {
     const KeySpec* spec = find_key(o.key);
+    if (!spec && is_model_dimension(o.key)) return set_dimension(o.key.substr(6), o.value, "--" + o.key);
     if (!spec) fail("--" + o.key + ": " + unknown_key(o.key));
     origins_[o.key] = "--" + o.key;
     assign(*spec, cfg_, std::string_view(o.value), origins_[o.key]);
@@ -593,10 +616,23 @@ class Loader {
     for (const auto& [key, value] : in_file_order(*table)) {
       const std::string name = std::string(section.str()) + "." + std::string(key->str());
       const KeySpec* spec = find_key(name);
+      if (!spec && is_model_dimension(name)) {
+        const auto where = at_column(path, value->source());
+        const auto text = dimension_text(*value);
+        if (!text) fail(where + ": " + name + " must be a number or true or false, got " + describe(*value));
+        set_dimension(std::string(key->str()), *text, where);
+        continue;
+      }
       if (!spec) fail(at_line(path, key->source()) + ": " + unknown_key(name));
       origins_[name] = at_column(path, value->source());
       assign(*spec, cfg_, *value, origins_[name]);
     }
+  }
+
+  void set_dimension(const std::string& key, const std::string& value, const std::string& origin) {
+    auto& dims = cfg_.model.dimensions;
+    std::erase_if(dims, [&](const config::ModelDimension& d) { return d.key == key; });
+    dims.push_back({key, value, origin});
   }
 
   JobConfig cfg_;
@@ -638,6 +674,7 @@ std::vector<std::pair<std::string, std::string>> key_values(const JobConfig& cfg
         spec.field(copy));
     out.emplace_back(spec.full_name(), text);
   }
+  for (const auto& d : cfg.model.dimensions) out.emplace_back("model." + d.key, d.value);
   return out;
 }
 
@@ -651,12 +688,12 @@ std::vector<Override> parse_override_args(const std::vector<std::string>& args) 
     const size_t eq = body.find('=');
     const std::string key = body.substr(0, eq);
     const KeySpec* spec = find_key(key);
-    if (!spec) fail("--" + key + ": " + unknown_key(key));
+    if (!spec && !is_model_dimension(key)) fail("--" + key + ": " + unknown_key(key));
     if (eq != std::string::npos) {
       overrides.push_back({key, body.substr(eq + 1)});
     } else if (i + 1 < args.size() && !args[i + 1].starts_with("--")) {
       overrides.push_back({key, args[++i]});
-    } else if (is_flag(*spec)) {
+    } else if (!spec || is_flag(*spec)) {
       overrides.push_back({key, "true"});
     } else {
       fail(word + ": needs a value (--" + key + " VALUE or --" + key + "=VALUE)");

@@ -19,10 +19,21 @@ struct JobSection {
   int64_t local_ranks = -1;
 };
 
+// A [model] key other than the fixed ones: a dimension of the chosen family over its flavor
+// (n_layers = 16, head_dim = 128, ...), checked by the family when the model is configured.
+struct ModelDimension {
+  std::string key;     // without "model."
+  std::string value;   // as config text: 16, 1e-06, true
+  std::string origin;  // "file:line:col" or "--model.key", for errors
+};
+
 struct ModelSection {
   std::string name = "llama3";
+  // Empty: the dimensions recorded in the checkpoint the job loads (a seed from `checkpoint
+  // import --hf`, or the job's own).
   std::string flavor = "debugmodel";
   std::string tokenizer_path = "data/kjv/tokenizer.json";
+  std::vector<ModelDimension> dimensions;
 };
 
 struct OptimizerSection {

@@ -47,6 +47,15 @@ at::Tensor linear_cross_entropy_reference(const at::Tensor& hidden, const at::Te
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The model's services, for the backward's gradient sinks (the pointer outlives the graph: the
+// model owns them).
+void save_services(AutogradContext* ctx, const WeightServices* services) {
+  ctx->saved_data["services"] = reinterpret_cast<int64_t>(services);
+}
+const WeightServices* saved_services(AutogradContext* ctx) {
+  return reinterpret_cast<const WeightServices*>(ctx->saved_data["services"].toInt());
+}
+
 #ifdef TROUPE_WITH_CUDA
 
 Dtype kernel_dtype(const at::Tensor& t) {
@@ -92,8 +101,9 @@ std::pair<at::Tensor, at::Tensor> norm_backward(const at::Tensor& dout, const at
 // The three norm functions save (input or h, the weight in the compute dtype, rstd) and the
 // master weight's dtype and identity, and differentiate through norm_backward.
 void save_norm(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& w, const at::Tensor& rstd,
-               const at::Tensor& weight) {
+               const at::Tensor& weight, const WeightServices* services) {
   ctx->save_for_backward({input, w, rstd});
+  save_services(ctx, services);
   ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
   ctx->saved_data["weight_key"] = reinterpret_cast<int64_t>(weight.unsafeGetTensorImpl());
 }
@@ -107,22 +117,24 @@ std::pair<at::Tensor, at::Tensor> saved_norm_backward(AutogradContext* ctx, size
   auto [dx, dweight] = norm_backward(dout, saved[0], saved[1], saved[2], dresidual);
   const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
   const auto* key = reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt());
-  if (!ctx->needs_input_grad(weight_input) || sink_gradient(key, dweight)) return {dx, at::Tensor()};
+  if (!ctx->needs_input_grad(weight_input) || sink_gradient(saved_services(ctx), key, dweight)) return {dx, at::Tensor()};
   return {dx, dweight.to(weight_dtype)};
 }
 
 struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps,
+                            int64_t services) {
     auto xc = x.contiguous();
-    auto w = compute_weight(weight, x.scalar_type());
+    const auto* s = reinterpret_cast<const WeightServices*>(services);
+    auto w = compute_weight(weight, x.scalar_type(), s);
     at::Tensor rstd;
     auto out = norm_forward(xc, w, eps, rstd);
-    save_norm(ctx, xc, w, rstd, weight);
+    save_norm(ctx, xc, w, rstd, weight, s);
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto [dx, dweight] = saved_norm_backward(ctx, 1, grads[0]);
-    return {dx, dweight, at::Tensor()};
+    return {dx, dweight, at::Tensor(), at::Tensor()};
   }
 };
 
@@ -131,36 +143,39 @@ struct RmsNormFn : torch::autograd::Function<RmsNormFn> {
 //   RmsNormResidualFn(x, w)    -> (x, rmsnorm(x))           x passes through unchanged
 //   AddRmsNormFn(x, a, w)      -> (h, rmsnorm(h)), h = x + a, the add fused into the norm
 struct RmsNormResidualFn : torch::autograd::Function<RmsNormResidualFn> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, double eps,
+                               int64_t services) {
     auto xc = x.contiguous();
-    auto w = compute_weight(weight, x.scalar_type());
+    const auto* s = reinterpret_cast<const WeightServices*>(services);
+    auto w = compute_weight(weight, x.scalar_type(), s);
     at::Tensor rstd;
     auto out = norm_forward(xc, w, eps, rstd);
-    save_norm(ctx, xc, w, rstd, weight);
+    save_norm(ctx, xc, w, rstd, weight, s);
     return {x, out};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[1].defined()) return {grads[0], at::Tensor(), at::Tensor()};
+    if (!grads[1].defined()) return {grads[0], at::Tensor(), at::Tensor(), at::Tensor()};
     auto [dx, dweight] = saved_norm_backward(ctx, 1, grads[1], grads[0]);
-    return {dx, dweight, at::Tensor()};
+    return {dx, dweight, at::Tensor(), at::Tensor()};
   }
 };
 
 struct AddRmsNormFn : torch::autograd::Function<AddRmsNormFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
-                               double eps) {
+                               double eps, int64_t services) {
     auto xc = x.contiguous(), ac = a.contiguous();
-    auto w = compute_weight(weight, x.scalar_type());
+    const auto* s = reinterpret_cast<const WeightServices*>(services);
+    auto w = compute_weight(weight, x.scalar_type(), s);
     auto h = at::empty_like(xc);
     at::Tensor rstd;
     auto out = norm_forward(xc, w, eps, rstd, ac, h);
-    save_norm(ctx, h, w, rstd, weight);
+    save_norm(ctx, h, w, rstd, weight, s);
     return {h, out};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[1].defined()) return {grads[0], grads[0], at::Tensor(), at::Tensor()};
+    if (!grads[1].defined()) return {grads[0], grads[0], at::Tensor(), at::Tensor(), at::Tensor()};
     auto [dh, dweight] = saved_norm_backward(ctx, 2, grads[1], grads[0]);
-    return {dh, dh, dweight, at::Tensor()};
+    return {dh, dh, dweight, at::Tensor(), at::Tensor()};
   }
 };
 
@@ -207,12 +222,12 @@ struct SwigluFn : torch::autograd::Function<SwigluFn> {
 // counted targets) stays on the device: the kernel reads it there, so the host never waits.
 struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& targets, int64_t chunk_rows) {
+                            const at::Tensor& targets, int64_t chunk_rows, int64_t services) {
     const auto dim = hidden.size(-1);
     auto h = hidden.reshape({-1, dim}).contiguous();
     auto t = targets.reshape({-1}).contiguous();
     const auto rows = h.size(0), vocab = weight.size(0);
-    auto w = compute_weight(weight, h.scalar_type());
+    auto w = compute_weight(weight, h.scalar_type(), reinterpret_cast<const WeightServices*>(services));
     auto losses = at::empty({rows}, h.options().dtype(at::kFloat));
     auto dh = at::empty_like(h);
     auto dw = at::empty({vocab, dim}, weight.options().dtype(at::kFloat));
@@ -233,6 +248,7 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
         at::addmm_out(dw, dw, logits.t(), hc, at::kFloat);
     }
     ctx->save_for_backward({dh.view(hidden.sizes()), dw});
+    ctx->saved_data["services"] = services;
     ctx->saved_data["weight_dtype"] = static_cast<int64_t>(weight.scalar_type());
     ctx->saved_data["weight_key"] = reinterpret_cast<int64_t>(weight.unsafeGetTensorImpl());
     return losses.sum() * inv_count;
@@ -245,7 +261,7 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
     auto saved = ctx->get_saved_variables();
     auto dh = saved[0], dw = saved[1];
     const auto scale = grads[0].to(at::kFloat).contiguous();
-    variable_list out(4);
+    variable_list out(5);
     if (ctx->needs_input_grad(0)) {
       scale_unless_one(kernel_dtype(dh), dh.data_ptr(), dh.numel(), scale.data_ptr<float>(), stream());
       out[0] = dh;
@@ -254,7 +270,7 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
       scale_unless_one(Dtype::f32, dw.data_ptr(), dw.numel(), scale.data_ptr<float>(), stream());
       // dw is fp32: a sink (FSDP's, fp32) takes it as it is, not rounded to a bf16 weight's dtype.
       const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
-      if (!sink_gradient(reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt()), dw))
+      if (!sink_gradient(saved_services(ctx), reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt()), dw))
         out[1] = dw.to(weight_dtype);
     }
     return out;
@@ -295,11 +311,13 @@ at::Tensor recompute_input(const InputRecipe& r) {
 // recomputed in the backward; that path also runs on the CPU.
 struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights,
-                               const InputRecipe& recipe) {
+                               const InputRecipe& recipe, int64_t services) {
+    const auto* s = reinterpret_cast<const WeightServices*>(services);
+    save_services(ctx, s);
     variable_list to_save, outs;
     if (recipe.op == InputRecipe::Op::none) to_save.push_back(x);
     for (const auto& weight : weights) {
-      auto w = compute_weight(weight, x.scalar_type());
+      auto w = compute_weight(weight, x.scalar_type(), s);
       outs.push_back(at::linear(x, w));
       to_save.push_back(std::move(w));
     }
@@ -315,7 +333,7 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
       ctx->saved_data["recipe_op"] = static_cast<int64_t>(recipe.op);
       ctx->saved_data["recipe_a"] = recipe.a.detach();
       ctx->saved_data["recipe_b"] = recipe.op == InputRecipe::Op::rms_norm
-                                        ? compute_weight(recipe.b, x.scalar_type()).detach()
+                                        ? compute_weight(recipe.b, x.scalar_type(), s).detach()
                                         : recipe.b.detach();
       ctx->saved_data["recipe_eps"] = recipe.eps;
     }
@@ -339,7 +357,7 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
     const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
     const auto keys = ctx->saved_data["weight_keys"].toIntVector();
     const auto x2 = x.reshape({-1, x.size(-1)});
-    variable_list out(grads.size() + 2);  // x, the weights, and nothing for the recipe
+    variable_list out(grads.size() + 3);  // x, the weights, and nothing for the recipe and the services
     at::Tensor dx;  // [rows, in]
     for (size_t i = 0; i < grads.size(); ++i) {
       if (!grads[i].defined()) continue;
@@ -349,7 +367,8 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
         if (dx.defined()) dx.addmm_(dy, w);
         else dx = at::mm(dy, w);
       }
-      if (ctx->needs_input_grad(i + 1) && !sink_product(reinterpret_cast<const void*>(keys[i]), dy.t(), x2))
+      if (ctx->needs_input_grad(i + 1) &&
+          !sink_product(saved_services(ctx), reinterpret_cast<const void*>(keys[i]), dy.t(), x2))
         out[i + 1] = x2.is_cuda() ? at::mm(dy.t(), x2, weight_dtype) : at::mm(dy.t(), x2).to(weight_dtype);
     }
     if (dx.defined()) out[0] = dx.view(x.sizes());
@@ -357,19 +376,22 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
   }
 };
 
+int64_t as_int(const WeightServices* services) { return reinterpret_cast<int64_t>(services); }
+
 }  // namespace
 
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, const WeightServices* services) {
 #ifdef TROUPE_WITH_CUDA
-  if (use_kernels(x)) return RmsNormFn::apply(x, weight, eps);
+  if (use_kernels(x)) return RmsNormFn::apply(x, weight, eps, as_int(services));
 #endif
   return rms_norm_reference(x, weight, eps);
 }
 
-std::pair<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& weight, double eps) {
+std::pair<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                                    const WeightServices* services) {
 #ifdef TROUPE_WITH_CUDA
   if (use_kernels(x)) {
-    auto out = RmsNormResidualFn::apply(x, weight, eps);
+    auto out = RmsNormResidualFn::apply(x, weight, eps, as_int(services));
     return {out[0], out[1]};
   }
 #endif
@@ -377,10 +399,10 @@ std::pair<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x, const a
 }
 
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
-                                               double eps) {
+                                               double eps, const WeightServices* services) {
 #ifdef TROUPE_WITH_CUDA
   if (use_kernels(x) && a.scalar_type() == x.scalar_type() && a.sizes() == x.sizes()) {
-    auto out = AddRmsNormFn::apply(x, a, weight, eps);
+    auto out = AddRmsNormFn::apply(x, a, weight, eps, as_int(services));
     return {out[0], out[1]};
   }
 #endif
@@ -412,34 +434,37 @@ InputRecipe InputRecipe::rms_norm(const at::Tensor& input, const at::Tensor& wei
 }
 InputRecipe InputRecipe::swiglu(const at::Tensor& gate, const at::Tensor& up) { return {Op::swiglu, gate, up, 0}; }
 
-std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights, const InputRecipe& recipe) {
+std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights, const InputRecipe& recipe,
+                                     const WeightServices* services) {
   // Weights in fp32 (masters) or already in x's dtype (gathered FSDP shards), all alike: the
   // backward gives every weight gradient the first weight's dtype.
   const auto wdtype = weights.empty() ? at::kFloat : weights.front().scalar_type();
   const bool alike = !weights.empty() && std::all_of(weights.begin(), weights.end(), [&](const auto& w) {
     return w.scalar_type() == wdtype;
   });
-  if (recipe.op != InputRecipe::Op::none && alike) return LinearGroupFn::apply(x, weights, recipe);
+  if (recipe.op != InputRecipe::Op::none && alike) return LinearGroupFn::apply(x, weights, recipe, as_int(services));
 #ifdef TROUPE_WITH_CUDA
   if (use_kernels(x) && alike && (wdtype == at::kFloat || wdtype == x.scalar_type()))
-    return LinearGroupFn::apply(x, weights, InputRecipe{});
+    return LinearGroupFn::apply(x, weights, InputRecipe{}, as_int(services));
 #endif
   // Weights with gradient sinks (FSDP's) need its backward elsewhere too.
-  if (alike && std::any_of(weights.begin(), weights.end(), [](const auto& w) { return has_gradient_sink(w); }))
-    return LinearGroupFn::apply(x, weights, InputRecipe{});
+  const bool sunk = services && services->sinks &&
+                    std::any_of(weights.begin(), weights.end(), [&](const auto& w) { return services->sinks->has(w); });
+  if (alike && sunk) return LinearGroupFn::apply(x, weights, InputRecipe{}, as_int(services));
   std::vector<at::Tensor> out;
   for (const auto& w : weights) out.push_back(at::linear(x, w.to(x.scalar_type())));
   return out;
 }
 
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const InputRecipe& recipe) {
-  return linear_group(x, {weight}, recipe).front();
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const InputRecipe& recipe,
+                  const WeightServices* services) {
+  return linear_group(x, {weight}, recipe, services).front();
 }
 
 at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
-                                int64_t chunk_rows) {
+                                const WeightServices* services, int64_t chunk_rows) {
 #ifdef TROUPE_WITH_CUDA
-  if (use_kernels(hidden)) return LinearCrossEntropyFn::apply(hidden, weight, targets, chunk_rows);
+  if (use_kernels(hidden)) return LinearCrossEntropyFn::apply(hidden, weight, targets, chunk_rows, as_int(services));
 #endif
   return linear_cross_entropy_reference(hidden, weight, targets);
 }

@@ -8,18 +8,24 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/weight_services.h"
+
 namespace troupe::kernels {
 
+// The ops of parameters take the model's WeightServices (kernels/weight_services.h): the kept
+// compute copies of the masters, and FSDP's gradient sinks. Null: plain casts and autograd.
+
 // Normalises in fp32, returns x's dtype; weight is cast to x's dtype first.
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, const WeightServices* services = nullptr);
 
 // A pre-norm block's norms with the residual stream threaded through, so that on CUDA the
 // stream's gradient is added inside the norm's backward kernel (no separate adds):
 //   rms_norm_residual(x, w)  -> {x, rms_norm(x, w)}
 //   add_rms_norm(x, a, w)    -> {h, rms_norm(h, w)} with h = x + a (the add fused in the forward)
-std::pair<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& weight, double eps);
+std::pair<at::Tensor, at::Tensor> rms_norm_residual(const at::Tensor& x, const at::Tensor& weight, double eps,
+                                                    const WeightServices* services = nullptr);
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& a, const at::Tensor& weight,
-                                               double eps);
+                                               double eps, const WeightServices* services = nullptr);
 
 // x: [batch, seq, heads, head_dim]; cos/sin: [>= seq, head_dim/2] fp32 (or fp64 for fp64 x).
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
@@ -45,17 +51,19 @@ struct InputRecipe {
 
 // x · weightᵀ with weight cast to x's dtype. On CUDA, each weight gradient is produced in the
 // weight's dtype by its GEMM (fp32 masters: no bf16 rounding and cast back).
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const InputRecipe& recipe = {});
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const InputRecipe& recipe = {},
+                  const WeightServices* services = nullptr);
 // The projections of one input (q/k/v, gate/up): one output per weight; on CUDA, x's gradient
 // is accumulated by the backward GEMMs rather than by adds. With a recipe, x is recomputed for
 // the backward instead of kept (on every device).
-std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights, const InputRecipe& recipe = {});
+std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights, const InputRecipe& recipe = {},
+                                     const WeightServices* services = nullptr);
 
 // Mean cross-entropy of (hidden · weightᵀ) against targets. On CUDA the logits are formed
 // `chunk_rows` rows at a time and their gradient is computed with the loss, so the full
 // [tokens, vocab] fp32 logits never exist; `weight` may be the fp32 master (cast per chunk).
 at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
-                                int64_t chunk_rows = 4096);
+                                const WeightServices* services = nullptr, int64_t chunk_rows = 4096);
 
 // Makes scaled_dot_product_attention on CUDA try cuDNN's fused attention first, then flash,
 // memory-efficient and math (libtorch tries flash first and cuDNN last). On Hopper cuDNN's

@@ -7,8 +7,6 @@
 namespace troupe::kernels {
 
 namespace {
-thread_local WeightCopies* active_copies = nullptr;
-
 bool keepable(const at::Tensor& weight, at::ScalarType dtype) {
   return weight.scalar_type() == at::kFloat && dtype == at::kBFloat16 && weight.is_contiguous();
 }
@@ -47,13 +45,8 @@ void WeightCopies::mark_current(const at::Tensor& weight) {
   if (it != kept_.end()) it->second.version = weight._version();
 }
 
-WeightCopies* WeightCopies::active() { return active_copies; }
-
-WeightCopies::Scope::Scope(WeightCopies* copies) : previous_(active_copies) { active_copies = copies; }
-WeightCopies::Scope::~Scope() { active_copies = previous_; }
-
-at::Tensor compute_weight(const at::Tensor& weight, at::ScalarType dtype) {
-  if (auto* copies = WeightCopies::active()) return copies->cast(weight, dtype);
+at::Tensor compute_weight(const at::Tensor& weight, at::ScalarType dtype, const WeightServices* services) {
+  if (services && services->copies) return services->copies->cast(weight, dtype);
   return weight.to(dtype).contiguous();
 }
 

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <unordered_map>
 
+#include "kernels/weight_services.h"
+
 namespace troupe::kernels {
 
 class WeightCopies {
@@ -30,19 +32,6 @@ class WeightCopies {
   void mark_current(const at::Tensor& weight);
   size_t size() const { return kept_.size(); }
 
-  // The copies the ops on this thread use: null (plain casts) outside a Scope.
-  static WeightCopies* active();
-  class Scope {
-   public:
-    explicit Scope(WeightCopies* copies);
-    ~Scope();
-    Scope(const Scope&) = delete;
-    Scope& operator=(const Scope&) = delete;
-
-   private:
-    WeightCopies* previous_;
-  };
-
  private:
   struct Kept {
     at::Tensor copy;
@@ -51,8 +40,8 @@ class WeightCopies {
   std::unordered_map<const void*, Kept> kept_;
 };
 
-// weight.to(dtype), contiguous, through this thread's active copies when there are any. Only for
-// the forwards of the custom autograd functions, which differentiate the cast themselves.
-at::Tensor compute_weight(const at::Tensor& weight, at::ScalarType dtype);
+// weight.to(dtype), contiguous, through the services' copies when they have them. Only for the
+// forwards of the custom autograd functions, which differentiate the cast themselves.
+at::Tensor compute_weight(const at::Tensor& weight, at::ScalarType dtype, const WeightServices* services);
 
 }  // namespace troupe::kernels

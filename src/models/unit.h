@@ -3,16 +3,39 @@
 #pragma once
 #include <torch/nn/module.h>
 
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace troupe::models {
+
+// A step's side channel: named values units report beside their outputs (a mixture of
+// experts' load per expert, its auxiliary loss), added up over the micro-batches and units
+// that report them. The executor hands it to a unit's first forward only, so a recomputed
+// forward does not report twice.
+class AuxValues {
+ public:
+  void add(const std::string& name, const at::Tensor& value) {
+    auto& sum = values_[name];
+    sum = sum.defined() ? sum + value.detach() : value.detach().clone();
+  }
+  const std::map<std::string, at::Tensor>& values() const { return values_; }
+  void clear() { values_.clear(); }
+
+ private:
+  std::map<std::string, at::Tensor> values_;
+};
 
 // What a unit may read besides its predecessor's activation: the first unit reads tokens, the
 // last reads targets.
 struct UnitBatch {
   at::Tensor tokens;   // [batch, seq] int64
   at::Tensor targets;  // [batch, seq] int64
+  // [seq] int64: each token's position in its sequence (context parallelism gives a rank a
+  // slice of each sequence); undefined: 0 .. seq-1.
+  at::Tensor positions;
+  AuxValues* aux = nullptr;  // where units report auxiliary values; null: nowhere
 };
 
 class Unit : public torch::nn::Module {

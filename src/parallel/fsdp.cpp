@@ -2,7 +2,6 @@
 
 #include "kernels/gradient_sink.h"
 #include "kernels/weight_copies.h"
-#include "train/grad_norm.h"
 
 #include <torch/torch.h>
 
@@ -138,7 +137,7 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
       shards_.push_back(std::move(shard));
       // The module computes with a view of the gathered buffer from now on.
       q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
-      if (sinks_) kernels::register_gradient_sink(q.module_param);
+      if (sinks_) gradient_sinks_.add(q.module_param);
     }
     free_storage(u->full);
     u->lookup = S > 1 && params.size() == 1 && module->lookup_table().defined();
@@ -149,7 +148,7 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
 
 ShardedUnits::~ShardedUnits() {
   for (auto& u : units_)
-    for (const auto& q : u->params) kernels::unregister_gradient_sink(q.module_param);
+    for (const auto& q : u->params) gradient_sinks_.remove(q.module_param);
   // Nothing may be in flight when the buffers and the communicator go (the optimizer issues the
   // next step's first gathers, so after the last step two are). A failed peer makes a wait throw:
   // the job is ending with that error already, so teardown stops waiting and goes on.
@@ -308,7 +307,7 @@ void ShardedUnits::open_gradients(Unit& u) {
   u.grad_full = u.even ? at::empty({u.full_numel}, opts) : at::zeros({u.full_numel}, opts);
   if (!sinks_) return;
   for (const auto& q : u.params)
-    kernels::open_gradient_sink(q.module_param, u.grad_full.narrow(0, q.full_offset, q.module_param.numel())
+    gradient_sinks_.open(q.module_param, u.grad_full.narrow(0, q.full_offset, q.module_param.numel())
                                                     .view(q.module_param.sizes()));
 }
 
@@ -321,7 +320,7 @@ void ShardedUnits::after_backward(size_t i) {
   // came from autograd in the compute dtype and are copied there, cast.
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (gradient, its place)
   for (auto& q : u.params) {
-    const bool sunk = sinks_ && kernels::close_gradient_sink(q.module_param);
+    const bool sunk = sinks_ && gradient_sinks_.close(q.module_param);
     auto grad = q.module_param.grad();
     q.module_param.mutable_grad() = at::Tensor();
     auto place = u.grad_full.narrow(0, q.full_offset, q.module_param.numel());
@@ -392,7 +391,7 @@ void ShardedUnits::zero_gradients() {
     // Left open only by a backward that threw: its partial gradients must not leak into this step.
     if (!u->grad_full.defined()) continue;
     if (sinks_)
-      for (const auto& q : u->params) kernels::close_gradient_sink(q.module_param);
+      for (const auto& q : u->params) gradient_sinks_.close(q.module_param);
     u->grad_full = at::Tensor();
   }
 }
@@ -430,12 +429,6 @@ void ShardedUnits::finish_gradients() {
 
 void ShardedUnits::release_all() {
   for (size_t i = 0; i < units_.size(); ++i) free_gathered(i);
-}
-
-at::Tensor ShardedUnits::grad_norm(comm::Communicator* stages) {
-  std::vector<at::Tensor> grads;
-  for (auto& u : units_) grads.push_back(u->master_grad);
-  return train::global_norm(grads, {options_.shard.get(), stages});
 }
 
 void ShardedUnits::average_over_data_parallel(at::Tensor& scalar) {

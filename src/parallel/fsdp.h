@@ -17,8 +17,9 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "kernels/gradient_sink.h"
 #include "models/unit.h"
-#include "train/unit_executor.h"
+#include "parallel/unit_executor.h"
 
 namespace troupe::kernels {
 class WeightCopies;
@@ -50,7 +51,7 @@ struct ParameterShard {
   at::Tensor master;            // [rows, ...] fp32, rows possibly 0; the optimizer's parameter
 };
 
-class ShardedUnits : public train::UnitHooks {
+class ShardedUnits : public parallel::UnitHooks {
  public:
   // Takes over the units' parameters (every rank must pass identical initial values): each is
   // replaced by a view of its unit's gathered buffer, and the master chunks are cut from them.
@@ -72,6 +73,11 @@ class ShardedUnits : public train::UnitHooks {
   // (what the dense gradient's reduction moves); the table is then not gathered for the backward.
   bool backward_rows(size_t unit, const at::Tensor& tokens, const at::Tensor& grad_output) override;
 
+  // The sinks the model's ops write these units' weight gradients to: the model's
+  // WeightServices must hand them over (parallelize does), or the gradients come through
+  // autograd and are copied in.
+  kernels::GradientSinks& gradient_sinks() { return gradient_sinks_; }
+
   // Where the compute dtype is not fp32: each unit keeps the cast of its master shard that the
   // gathers send, as the masters' placed copies in `copies`. The optimizer's kernel rewrites them
   // in its pass, so a gather casts only when a master was written some other way (the first
@@ -88,9 +94,6 @@ class ShardedUnits : public train::UnitHooks {
   void finish_gradients();
   // Frees every gathered unit (after evaluation, before a checkpoint restore).
   void release_all();
-  // The L2 norm of the whole model's gradient (masters' grads, over the shard group and, with a
-  // pipeline, over its `stages` group) as a device scalar. No host sync.
-  at::Tensor grad_norm(comm::Communicator* stages = nullptr);
   // Averages a scalar (the loss) over every data-parallel rank, in place.
   void average_over_data_parallel(at::Tensor& scalar);
 
@@ -116,6 +119,7 @@ class ShardedUnits : public train::UnitHooks {
   kernels::WeightCopies* copies_ = nullptr;
   int64_t shard_rank_ = 0, shard_size_ = 1;
   bool sinks_ = true;  // the weights' gradients go to sinks (kernels/gradient_sink.h)
+  kernels::GradientSinks gradient_sinks_;
 };
 
 }  // namespace troupe::parallel

@@ -22,7 +22,7 @@ auto take(Map& m, const typename Map::key_type& key, const Action& a) {
 
 }  // namespace
 
-PipelineExecutor::PipelineExecutor(Schedule schedule, int rank, StageSplit split, train::UnitExecutor& executor,
+PipelineExecutor::PipelineExecutor(Schedule schedule, int rank, StageSplit split, parallel::UnitExecutor& executor,
                                    comm::CommunicatorPtr comm, std::vector<int64_t> activation_shape,
                                    at::TensorOptions activation)
     : schedule_(std::move(schedule)),

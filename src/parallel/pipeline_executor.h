@@ -15,7 +15,7 @@
 #include "parallel/pipeline_schedule.h"
 #include "parallel/pipeline_simulation.h"
 #include "parallel/pipeline_split.h"
-#include "train/unit_executor.h"
+#include "parallel/unit_executor.h"
 
 namespace troupe::parallel::pp {
 
@@ -24,7 +24,7 @@ class PipelineExecutor {
   // `executor` runs this rank's units: those of its stages in ascending stage order. `comm` is
   // the pipeline group (rank r of it runs the schedule's rank r); `activation` is the shape and
   // options of what passes between stages ([micro-batch rows, seq, dim]).
-  PipelineExecutor(Schedule schedule, int rank, StageSplit split, train::UnitExecutor& executor,
+  PipelineExecutor(Schedule schedule, int rank, StageSplit split, parallel::UnitExecutor& executor,
                    comm::CommunicatorPtr comm, std::vector<int64_t> activation_shape, at::TensorOptions activation);
 
   // Runs one batch split into the schedule's micro-batches; returns the micro-batches' losses
@@ -61,7 +61,7 @@ class PipelineExecutor {
   Schedule schedule_;
   int rank_;
   StageSplit split_;
-  train::UnitExecutor& executor_;
+  parallel::UnitExecutor& executor_;
   comm::CommunicatorPtr comm_;
   std::vector<int64_t> activation_shape_;
   at::TensorOptions activation_;

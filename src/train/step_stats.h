@@ -1,6 +1,9 @@
 // What one optimizer step reports. Plain data: it travels to the coordinator and metrics sink.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace troupe::train {
 
@@ -17,6 +20,9 @@ struct StepStats {
   double peak_flops_per_second = 0;  // the device's bf16 peak; 0 where unknown (CPU): no MFU
   int64_t gpu_peak_active_bytes = 0;    // during this step; 0 on the CPU
   int64_t gpu_peak_reserved_bytes = 0;
+  // The units' auxiliary values (models::AuxValues), each the mean over the step's micro-batches:
+  // "aux/<name>" in metrics.jsonl and TensorBoard.
+  std::vector<std::pair<std::string, double>> aux;
 };
 
 }  // namespace troupe::train

@@ -12,17 +12,19 @@
 #include "parallel/rank_context.h"
 #include "train/step_stats.h"
 
+#include "models/architecture.h"
+
 namespace troupe::data { struct Batch; }
-namespace troupe::models::llama3 { class Llama3Model; }
+namespace troupe::models { class Model; }
 
 namespace troupe::train {
 
 class Trainer {
  public:
-  // vocab_size comes from the tokenizer, as torchtitan sizes the model from it. With more than
-  // one rank, every rank of the job constructs its Trainer at the same time (the data-parallel
+  // `architecture`: the model to train (train/job_model.h gives the job's). With more than one
+  // rank, every rank of the job constructs its Trainer at the same time (the data-parallel
   // communicators connect here) and the model is sharded per [parallelism].
-  Trainer(const config::JobConfig& cfg, int64_t vocab_size, parallel::RankContext rank = {});
+  Trainer(const config::JobConfig& cfg, models::ArchitecturePtr architecture, parallel::RankContext rank = {});
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -44,7 +46,8 @@ class Trainer {
   // no optimizer or schedule change).
   double evaluate(const data::Batch& batch);
 
-  models::llama3::Llama3Model& model();
+  models::Model& model();
+  const models::Architecture& architecture() const;
   std::string device() const;
 
   // Checkpoints. The model's parameters as "model.<name>" and, unless model_only, the
@@ -66,6 +69,11 @@ class Trainer {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// What every rank's Trainer would refuse about the job's layout, checked once before any rank
+// starts: the parallel degrees against `world`, the pipeline's split and schedule, the global
+// batch, the optimizer and the precisions. Throws std::invalid_argument naming the key.
+void check_layout(const config::JobConfig& cfg, int world, const models::Architecture& model);
 
 // "auto" picks CUDA when a GPU is present.
 std::string resolve_device(const std::string& requested);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks a Hugging Face folder that `troupe checkpoint export --hf` wrote.
 
-Loads it with transformers' LlamaForCausalLM.from_pretrained (offline, fp32, CPU), runs the
+Loads it with transformers' AutoModelForCausalLM.from_pretrained (LlamaForCausalLM, Qwen3ForCausalLM, ...) (offline, fp32, CPU), runs the
 tokens of BATCH (a safetensors file with `tokens` and the `logits` Troupe computed for them) and
 compares the logits (relative L2 error below --tolerance); then reads every tensor of the
 exported model.safetensors with the `safetensors` package and checks it equals the parameter
@@ -13,7 +13,7 @@ import sys
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 
 def main():
@@ -23,7 +23,7 @@ def main():
     p.add_argument("--tolerance", type=float, default=1e-5)
     a = p.parse_args()
 
-    model = LlamaForCausalLM.from_pretrained(a.hf_dir, local_files_only=True, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(a.hf_dir, local_files_only=True, torch_dtype=torch.float32).eval()
     model.config._attn_implementation = "eager"
     batch = load_file(a.batch)
     with torch.no_grad():

@@ -9,7 +9,8 @@
 
 #include "bench/benchmarks.h"
 #include "data/batch_source.h"
-#include "runtime/run_training.h"
+#include "cli/run_training.h"
+#include "train/job_model.h"
 #include "train/trainer.h"
 #include "data/tokenizer.h"
 
@@ -30,7 +31,7 @@ struct Measured {
 Measured plain_loop(const config::JobConfig& cfg) {
   const auto vocab = data::Tokenizer::load(cfg.model.tokenizer_path).vocab_size();
   data::BatchSource source(cfg);
-  train::Trainer trainer(cfg, vocab);
+  train::Trainer trainer(cfg, train::job_model(cfg, vocab));
   Measured m;
   for (int64_t step = 1; step <= cfg.training.steps; ++step) {
     const auto t0 = clock::now();
@@ -47,7 +48,7 @@ Measured plain_loop(const config::JobConfig& cfg) {
 }
 
 Measured through_actors(const config::JobConfig& cfg) {
-  const auto outcome = runtime::run_training(cfg);
+  const auto outcome = cli::run_training(cfg);
   if (outcome.exit_code != 0) throw std::runtime_error("actor run failed: " + outcome.message);
   Measured m;
   for (const auto& s : outcome.steps)

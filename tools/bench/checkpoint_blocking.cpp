@@ -9,10 +9,11 @@
 
 #include "bench/benchmarks.h"
 #include "checkpoint/checkpoint_folder.h"
-#include "checkpoint/trainer_checkpoint.h"
+#include "train/trainer_checkpoint.h"
 #include "checkpoint/write_step.h"
 #include "data/tokenizer.h"
 #include "runtime/remove_tree.h"
+#include "train/job_model.h"
 #include "train/trainer.h"
 
 namespace troupe::bench {
@@ -31,25 +32,25 @@ double seconds_since(clock::time_point t0) { return std::chrono::duration<double
 }  // namespace
 
 int checkpoint_blocking(const config::JobConfig& cfg, int rounds) {
-  train::Trainer trainer(cfg, data::Tokenizer::load(cfg.model.tokenizer_path).vocab_size());
+  train::Trainer trainer(cfg, train::job_model(cfg));
   const auto folder = (std::filesystem::path(cfg.job.dump_folder) / "bench-checkpoint").string();
-  checkpoint::SnapshotRequest request;
+  train::SnapshotRequest request;
   request.step = 1;
   checkpoint::SnapshotBuffers pageable(/*reuse=*/true, /*pin=*/false), pinned_buffers(/*reuse=*/true, /*pin=*/true);
-  checkpoint::snapshot_trainer(trainer, cfg, request, pageable);  // each mode allocates its buffers once
-  checkpoint::snapshot_trainer(trainer, cfg, request, pinned_buffers);
+  train::snapshot_trainer(trainer, cfg, request, pageable);  // each mode allocates its buffers once
+  train::snapshot_trainer(trainer, cfg, request, pinned_buffers);
   std::vector<double> sync, fresh, reused, pinned;
   uint64_t bytes = 0;
   for (int r = 0; r < rounds; ++r) {
     const auto t0 = clock::now();
     checkpoint::SnapshotBuffers once(/*reuse=*/false);
-    const auto dir = checkpoint::write_step(folder, *checkpoint::snapshot_trainer(trainer, cfg, request, once));
+    const auto dir = checkpoint::write_step(folder, *train::snapshot_trainer(trainer, cfg, request, once));
     sync.push_back(seconds_since(t0));
     bytes = checkpoint::read_metadata(dir).ranks.at(0).bytes;
     checkpoint::SnapshotBuffers per_save(/*reuse=*/false);
-    fresh.push_back(checkpoint::snapshot_trainer(trainer, cfg, request, per_save)->blocked_seconds);
-    reused.push_back(checkpoint::snapshot_trainer(trainer, cfg, request, pageable)->blocked_seconds);
-    pinned.push_back(checkpoint::snapshot_trainer(trainer, cfg, request, pinned_buffers)->blocked_seconds);
+    fresh.push_back(train::snapshot_trainer(trainer, cfg, request, per_save)->blocked_seconds);
+    reused.push_back(train::snapshot_trainer(trainer, cfg, request, pageable)->blocked_seconds);
+    pinned.push_back(train::snapshot_trainer(trainer, cfg, request, pinned_buffers)->blocked_seconds);
   }
   runtime::remove_tree(folder);
   const double s = median(sync);

@@ -12,7 +12,7 @@
 #include <thread>
 
 #include "bench/benchmarks.h"
-#include "runtime/run_training.h"
+#include "cli/run_training.h"
 
 namespace troupe::bench {
 
@@ -35,7 +35,7 @@ int inspect_overhead(const config::JobConfig& base, double window) {
       std::this_thread::sleep_for(std::chrono::seconds(1));
     }
   });
-  const auto outcome = runtime::run_training(cfg);
+  const auto outcome = cli::run_training(cfg);
   const double end = since_start(clock::now());
   done = true;
   console.join();

@@ -17,6 +17,7 @@
 #include "comm/rendezvous.h"
 #include "data/batch.h"
 #include "runtime/error_text.h"
+#include "train/job_model.h"
 #include "train/trainer.h"
 
 namespace troupe::bench {
@@ -124,7 +125,7 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
     // Recorded as in a job of several ranks (--comm.trace_buf_size 0: not), so its cost shows.
     const bool recorded = cfg.comm.trace_buf_size > 0 && (ranks > 1 || shard_alone_as == 1);
     auto recorder = recorded ? std::make_shared<comm::FlightRecorder>(cfg.comm.trace_buf_size) : nullptr;
-    train::Trainer trainer(cfg, vocab, parallel::RankContext{r, r, ranks, rendezvous, shard_alone_as, recorder});
+    train::Trainer trainer(cfg, train::job_model(cfg, vocab), parallel::RankContext{r, r, ranks, rendezvous, shard_alone_as, recorder});
     auto tokens = torch::randint(0, vocab, {B, S + 1}, torch::kLong);
     auto batch = std::make_shared<data::Batch>();
     batch->tokens = tokens.narrow(1, 0, S).contiguous();

@@ -5,13 +5,13 @@
 #include <cstdio>
 
 #include "bench/benchmarks.h"
-#include "runtime/run_training.h"
+#include "cli/run_training.h"
 
 namespace troupe::bench {
 
 namespace {
 
-void report(const config::JobConfig& cfg, int64_t warmup, const runtime::TrainOutcome& outcome) {
+void report(const config::JobConfig& cfg, int64_t warmup, const actors::TrainOutcome& outcome) {
   double seconds = 0, flops = 0, peak = 0;
   int64_t tokens = 0, active = 0, reserved = 0;
   for (const auto& s : outcome.steps) {
@@ -40,13 +40,13 @@ void report(const config::JobConfig& cfg, int64_t warmup, const runtime::TrainOu
 
 int throughput(const config::JobConfig& cfg, int64_t warmup, const runtime::NodePlacement& placement) {
   if (warmup >= cfg.training.steps) throw std::invalid_argument("--warmup must be below training.steps");
-  runtime::RunHooks hooks;
+  cli::RunHooks hooks;
   // Node 0 holds the job's step history; a job of several nodes leaves the process right after.
-  hooks.on_outcome = [&](const runtime::TrainOutcome& outcome) {
+  hooks.on_outcome = [&](const actors::TrainOutcome& outcome) {
     if (outcome.exit_code != 0 || placement.node_rank != 0) return;
     report(cfg, warmup, outcome);
   };
-  const auto outcome = runtime::run_training(cfg, hooks, placement);
+  const auto outcome = cli::run_training(cfg, hooks, placement);
   if (outcome.exit_code != 0) throw std::runtime_error("training failed: " + outcome.message);
   return 0;
 }

@@ -5,41 +5,72 @@
 
 namespace troupe::models::llama3 {
 
-int64_t ModelArgs::ffn_hidden_dim() const {
-  // Meta's recipe: 2/3 of 4*dim (SwiGLU has three matrices), scaled, rounded up to multiple_of.
-  int64_t hidden = 2 * (4 * dim) / 3;
-  if (ffn_dim_multiplier) hidden = static_cast<int64_t>(*ffn_dim_multiplier * static_cast<double>(hidden));
-  return multiple_of * ((hidden + multiple_of - 1) / multiple_of);
+DecoderArgs ModelArgs::decoder() const {
+  if (multiple_of <= 0) throw std::invalid_argument("model.multiple_of must be positive, got " + std::to_string(multiple_of));
+  if (n_heads <= 0) throw std::invalid_argument("model.n_heads must be positive, got " + std::to_string(n_heads));
+  if (head_dim == 0 && dim % n_heads != 0)
+    throw std::invalid_argument("model.n_heads (" + std::to_string(n_heads) + ") must divide dim (" +
+                                std::to_string(dim) + ") unless head_dim is set");
+  DecoderArgs d;
+  d.dim = dim;
+  d.n_layers = n_layers;
+  d.n_heads = n_heads;
+  d.n_kv_heads = n_kv_heads > 0 ? n_kv_heads : n_heads;
+  d.head_dim = head_dim > 0 ? head_dim : dim / n_heads;
+  if (ffn_hidden_dim > 0) {
+    d.ffn_hidden_dim = ffn_hidden_dim;
+  } else {
+    // Meta's recipe: 2/3 of 4*dim (SwiGLU has three matrices), scaled, rounded up to multiple_of.
+    int64_t hidden = 2 * (4 * dim) / 3;
+    if (ffn_dim_multiplier > 0) hidden = static_cast<int64_t>(ffn_dim_multiplier * static_cast<double>(hidden));
+    d.ffn_hidden_dim = multiple_of * ((hidden + multiple_of - 1) / multiple_of);
+  }
+  d.vocab_size = vocab_size;
+  d.norm_eps = norm_eps;
+  d.rope_theta = rope_theta;
+  d.rope_scaling_factor = rope_scaling_factor;
+  d.rope_low_freq_factor = rope_low_freq_factor;
+  d.rope_high_freq_factor = rope_high_freq_factor;
+  d.rope_original_max_positions = rope_original_max_positions;
+  d.tie_embeddings = tie_embeddings;
+  d.validate();
+  return d;
 }
 
-int64_t ModelArgs::num_params() const {
-  const int64_t hd = head_dim();
-  const int64_t attention = dim * n_heads * hd + 2 * dim * kv_heads() * hd + n_heads * hd * dim;
-  const int64_t ffn = 3 * dim * ffn_hidden_dim();
-  const int64_t block = attention + ffn + 2 * dim;
-  const int64_t embedding = vocab_size * dim;
-  const int64_t output = tie_embeddings ? 0 : vocab_size * dim;
-  return embedding + n_layers * block + dim + output;
-}
-
-int64_t ModelArgs::num_non_embedding_params() const { return num_params() - vocab_size * dim; }
-
-void ModelArgs::validate() const {
-  auto require = [](bool ok, const char* what) {
-    if (!ok) throw std::invalid_argument(std::string("model args: ") + what);
+const std::vector<DimensionField<ModelArgs>>& fields() {
+  static const std::vector<DimensionField<ModelArgs>> f = {
+      {"dim", &ModelArgs::dim},
+      {"n_layers", &ModelArgs::n_layers},
+      {"n_heads", &ModelArgs::n_heads},
+      {"n_kv_heads", &ModelArgs::n_kv_heads},
+      {"head_dim", &ModelArgs::head_dim},
+      {"vocab_size", &ModelArgs::vocab_size},
+      {"multiple_of", &ModelArgs::multiple_of},
+      {"ffn_dim_multiplier", &ModelArgs::ffn_dim_multiplier},
+      {"ffn_hidden_dim", &ModelArgs::ffn_hidden_dim},
+      {"norm_eps", &ModelArgs::norm_eps},
+      {"rope_theta", &ModelArgs::rope_theta},
+      {"rope_scaling_factor", &ModelArgs::rope_scaling_factor},
+      {"rope_low_freq_factor", &ModelArgs::rope_low_freq_factor},
+      {"rope_high_freq_factor", &ModelArgs::rope_high_freq_factor},
+      {"rope_original_max_positions", &ModelArgs::rope_original_max_positions},
+      {"tie_embeddings", &ModelArgs::tie_embeddings},
   };
-  require(dim > 0 && n_layers > 0 && n_heads > 0 && vocab_size > 0, "dim, n_layers, n_heads, vocab_size must be positive");
-  require(dim % n_heads == 0, "dim must be divisible by n_heads");
-  require(head_dim() % 2 == 0, "head_dim must be even for rotary embeddings");
-  require(n_heads % kv_heads() == 0, "n_heads must be a multiple of n_kv_heads");
-  require(multiple_of > 0, "multiple_of must be positive");
-  require(max_seq_len > 0, "max_seq_len must be positive");
+  return f;
+}
+
+const std::vector<std::string>& recorded_keys() {
+  static const std::vector<std::string> keys = {
+      "dim",        "n_layers",   "n_heads",          "n_kv_heads",          "head_dim",
+      "ffn_hidden_dim", "vocab_size", "norm_eps",     "rope_theta",          "rope_scaling_factor",
+      "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_positions", "tie_embeddings"};
+  return keys;
 }
 
 namespace {
 
-ModelArgs make(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, std::optional<double> ffn_mult,
-               int64_t multiple_of, std::optional<RopeScaling> scaling, bool tied, int64_t vocab = 128256) {
+ModelArgs make(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, double ffn_mult, int64_t multiple_of,
+               double rope_factor, bool tied, int64_t vocab = 128256) {
   ModelArgs a;
   a.dim = dim;
   a.n_layers = layers;
@@ -47,33 +78,33 @@ ModelArgs make(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, std
   a.n_kv_heads = kv_heads;
   a.ffn_dim_multiplier = ffn_mult;
   a.multiple_of = multiple_of;
-  a.rope_scaling = scaling;
+  a.rope_scaling_factor = rope_factor;
   a.tie_embeddings = tied;
   a.vocab_size = vocab;
   return a;
 }
 
-const std::map<std::string, ModelArgs>& registry() {
-  // Published dimensions: Llama 3.2 (1B, 3B: tied embeddings, rope factor 32), Llama 3.1 (8B, 70B,
-  // 405B: rope factor 8), and torchtitan's debug model sized for a 2048-token tokenizer.
-  static const std::map<std::string, ModelArgs> flavors = {
-      {"debugmodel", make(256, 6, 16, 0, std::nullopt, 256, std::nullopt, false, 2048)},
+// Published dimensions: Llama 3.2 (1B, 3B: tied embeddings, rope factor 32), Llama 3.1 (8B, 70B,
+// 405B: rope factor 8), and torchtitan's debug model sized for a 2048-token tokenizer. Other
+// sizes are [model] keys over a flavor (n_layers = 16 cuts 8B to 16 blocks).
+const std::vector<std::pair<std::string, ModelArgs>>& registry() {
+  static const std::vector<std::pair<std::string, ModelArgs>> flavors = {
+      {"debugmodel", make(256, 6, 16, 0, 0, 256, 0, false, 2048)},
       // Deep enough for 8 pipeline stages (4 ranks x 2 virtual stages).
-      {"debugmodel_8layers", make(256, 8, 16, 0, std::nullopt, 256, std::nullopt, false, 2048)},
+      {"debugmodel_8layers", make(256, 8, 16, 0, 0, 256, 0, false, 2048)},
       // The output projection tied to the embedding, as Llama 3.2 1B and 3B.
-      {"debugmodel_tied", make(256, 6, 16, 0, std::nullopt, 256, std::nullopt, true, 2048)},
-      {"1B", make(2048, 16, 32, 8, 1.5, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, true)},
+      {"debugmodel_tied", make(256, 6, 16, 0, 0, 256, 0, true, 2048)},
+      {"1B", make(2048, 16, 32, 8, 1.5, 256, 32.0, true)},
       // The 1B shapes untied: the model of the shared PyTorch peer benchmark (1.50B parameters).
-      {"1.5B", make(2048, 16, 32, 8, 1.5, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, false)},
+      {"1.5B", make(2048, 16, 32, 8, 1.5, 256, 32.0, false)},
       // Those shapes with 2 blocks: the GPU tests' large model (big GEMMs, the 128k head).
-      {"1.5B_2layers", make(2048, 2, 32, 8, 1.5, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, false)},
-      {"3B", make(3072, 28, 24, 8, 1.0, 256, RopeScaling{32.0, 1.0, 4.0, 8192}, true)},
-      {"8B", make(4096, 32, 32, 8, 1.3, 1024, RopeScaling{}, false)},
-      // The 8B blocks, half as many: issue 5's 8B shapes measured on one GPU, which cannot hold
-      // the whole model's optimizer state.
-      {"8B_16layers", make(4096, 16, 32, 8, 1.3, 1024, RopeScaling{}, false)},
-      {"70B", make(8192, 80, 64, 8, 1.3, 4096, RopeScaling{}, false)},
-      {"405B", make(16384, 126, 128, 8, 1.2, 4096, RopeScaling{}, false)},
+      {"1.5B_2layers", make(2048, 2, 32, 8, 1.5, 256, 32.0, false)},
+      {"3B", make(3072, 28, 24, 8, 1.0, 256, 32.0, true)},
+      {"8B", make(4096, 32, 32, 8, 1.3, 1024, 8.0, false)},
+      // The 8B blocks, half as many: issue 5's 8B shapes measured on one GPU.
+      {"8B_16layers", make(4096, 16, 32, 8, 1.3, 1024, 8.0, false)},
+      {"70B", make(8192, 80, 64, 8, 1.3, 4096, 8.0, false)},
+      {"405B", make(16384, 126, 128, 8, 1.2, 4096, 8.0, false)},
   };
   return flavors;
 }
@@ -81,17 +112,17 @@ const std::map<std::string, ModelArgs>& registry() {
 }  // namespace
 
 ModelArgs flavor(const std::string& name) {
-  auto it = registry().find(name);
-  if (it == registry().end()) {
-    std::string known;
-    for (const auto& n : flavor_names()) known += (known.empty() ? "" : ", ") + n;
-    throw std::invalid_argument("unknown llama3 flavor '" + name + "' (known: " + known + ")");
-  }
-  return it->second;
+  for (const auto& [n, a] : registry())
+    if (n == name) return a;
+  std::string known;
+  for (const auto& n : flavor_names()) known += (known.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("model.flavor: unknown llama3 flavor '" + name + "' (known: " + known + ")");
 }
 
 std::vector<std::string> flavor_names() {
-  return {"debugmodel", "debugmodel_8layers", "debugmodel_tied", "1B", "1.5B", "1.5B_2layers", "3B", "8B", "8B_16layers", "70B", "405B"};
+  std::vector<std::string> names;
+  for (const auto& [n, a] : registry()) names.push_back(n);
+  return names;
 }
 
 }  // namespace troupe::models::llama3

@@ -1,0 +1,318 @@
+#include "models/common/decoder.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "kernels/ops.h"
+
+namespace troupe::models {
+
+namespace {
+
+class Projection : public torch::nn::Module {
+ public:
+  Projection(int64_t in, int64_t out, const at::TensorOptions& o, const kernels::WeightServices* services)
+      : weight(register_parameter("weight", torch::empty({out, in}, o))), services(services) {}
+  // Mixed precision: the fp32 master weight is cast to the activations' dtype; its gradient
+  // arrives in fp32 (kernels::linear).
+  at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
+    return kernels::linear(x, weight, recipe, services);
+  }
+  at::Tensor weight;
+  const kernels::WeightServices* services;
+};
+
+class RMSNorm : public torch::nn::Module {
+ public:
+  RMSNorm(int64_t dim, double eps, const at::TensorOptions& o, const kernels::WeightServices* services)
+      : weight(register_parameter("weight", torch::ones({dim}, o))), services(services), eps_(eps) {}
+  at::Tensor forward(const at::Tensor& x) const { return kernels::rms_norm(x, weight, eps_, services); }
+  double eps() const { return eps_; }
+  at::Tensor weight;
+  const kernels::WeightServices* services;
+
+ private:
+  double eps_;
+};
+
+class Attention : public torch::nn::Module {
+ public:
+  Attention(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s)
+      : services(s), n_heads_(a.n_heads), n_kv_heads_(a.n_kv_heads), head_dim_(a.head_dim) {
+    wq = register_module("wq", std::make_shared<Projection>(a.dim, n_heads_ * head_dim_, o, s));
+    wk = register_module("wk", std::make_shared<Projection>(a.dim, n_kv_heads_ * head_dim_, o, s));
+    wv = register_module("wv", std::make_shared<Projection>(a.dim, n_kv_heads_ * head_dim_, o, s));
+    wo = register_module("wo", std::make_shared<Projection>(n_heads_ * head_dim_, a.dim, o, s));
+    if (a.qk_norm) {
+      q_norm = register_module("q_norm", std::make_shared<RMSNorm>(head_dim_, a.norm_eps, o, s));
+      k_norm = register_module("k_norm", std::make_shared<RMSNorm>(head_dim_, a.norm_eps, o, s));
+    }
+  }
+
+  // `recipe`: how x is recomputed, when the projections are not to keep it.
+  at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const at::Tensor& positions,
+                     const kernels::InputRecipe& recipe = {}) const {
+    const auto B = x.size(0), S = x.size(1);
+    auto qkv = kernels::linear_group(x, {wq->weight, wk->weight, wv->weight}, recipe, services);
+    auto q = qkv[0].view({B, S, n_heads_, head_dim_});
+    auto k = qkv[1].view({B, S, n_kv_heads_, head_dim_});
+    if (q_norm) {
+      q = q_norm->forward(q);
+      k = k_norm->forward(k);
+    }
+    // Rows of the tables for these tokens' positions; without positions the first S rows.
+    const auto cos = positions.defined() ? rope.cos.index_select(0, positions) : rope.cos;
+    const auto sin = positions.defined() ? rope.sin.index_select(0, positions) : rope.sin;
+    q = kernels::rotary(q, cos, sin);
+    k = kernels::rotary(k, cos, sin);
+    auto v = qkv[2].view({B, S, n_kv_heads_, head_dim_});
+    // Grouped-query attention inside SDPA (each kv head serves n_heads/n_kv_heads consecutive
+    // q heads) instead of materialising the repeated k and v.
+    auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                std::nullopt, 0.0, /*is_causal=*/true, std::nullopt,
+                                                /*enable_gqa=*/n_kv_heads_ != n_heads_);
+    return wo->forward(out.transpose(1, 2).reshape({B, S, n_heads_ * head_dim_}));
+  }
+
+  std::shared_ptr<Projection> wq, wk, wv, wo;
+  std::shared_ptr<RMSNorm> q_norm, k_norm;  // null without qk_norm
+  const kernels::WeightServices* services;
+
+ private:
+  int64_t n_heads_, n_kv_heads_, head_dim_;
+};
+
+class FeedForward : public torch::nn::Module {
+ public:
+  FeedForward(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s) : services(s) {
+    const auto hidden = a.ffn_hidden_dim;
+    w1 = register_module("w1", std::make_shared<Projection>(a.dim, hidden, o, s));
+    w2 = register_module("w2", std::make_shared<Projection>(hidden, a.dim, o, s));
+    w3 = register_module("w3", std::make_shared<Projection>(a.dim, hidden, o, s));
+  }
+  // `recipe` given: the projections keep neither x nor SwiGLU's output but recompute them.
+  at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
+    auto gate_up = kernels::linear_group(x, {w1->weight, w3->weight}, recipe, services);
+    auto act = kernels::swiglu(gate_up[0], gate_up[1]);
+    if (recipe.op == kernels::InputRecipe::Op::none) return w2->forward(act);
+    return w2->forward(act, kernels::InputRecipe::swiglu(gate_up[0], gate_up[1]));
+  }
+  std::shared_ptr<Projection> w1, w2, w3;
+  const kernels::WeightServices* services;
+};
+
+class EmbeddingUnit : public Unit {
+ public:
+  EmbeddingUnit(const DecoderArgs& a, const at::TensorOptions& o)
+      : weight(register_parameter("weight", torch::empty({a.vocab_size, a.dim}, o))),
+        compute_dtype(o.dtype().toScalarType()) {}
+  at::Tensor forward(const at::Tensor&, const UnitBatch& batch) override {
+    return at::embedding(weight, batch.tokens).to(compute_dtype);
+  }
+  at::Tensor lookup_table() const override { return weight; }
+  at::Tensor weight;
+  // Every later unit computes in the dtype of the activations it receives, so this one choice
+  // sets the model's compute precision.
+  at::ScalarType compute_dtype;
+};
+
+class TransformerBlock : public Unit {
+ public:
+  TransformerBlock(const DecoderArgs& a, int64_t layer_id, std::shared_ptr<const RotaryTables> rope,
+                   const at::TensorOptions& o, const kernels::WeightServices* s)
+      : layer_id(layer_id), rope_(std::move(rope)) {
+    attention = register_module("attention", std::make_shared<Attention>(a, o, s));
+    feed_forward = register_module("feed_forward", std::make_shared<FeedForward>(a, o, s));
+    attention_norm = register_module("attention_norm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o, s));
+    ffn_norm = register_module("ffn_norm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o, s));
+  }
+  at::Tensor forward(const at::Tensor& x, const UnitBatch& batch) override {
+    // h = x + attention(norm(x)); out = h + feed_forward(norm(h)), with the residual stream
+    // threaded through the norms (their backward adds its gradient; see kernels/ops.h).
+    using kernels::InputRecipe;
+    auto [x_through, attn_in] = kernels::rms_norm_residual(x, attention_norm->weight, attention_norm->eps(),
+                                                                attention_norm->services);
+    const auto attn_recipe = recompute_elementwise
+                                 ? InputRecipe::rms_norm(x_through, attention_norm->weight, attention_norm->eps())
+                                 : InputRecipe{};
+    auto [h, ffn_in] = kernels::add_rms_norm(x_through, attention->forward(attn_in, *rope_, batch.positions, attn_recipe),
+                                            ffn_norm->weight, ffn_norm->eps(), ffn_norm->services);
+    const auto ffn_recipe =
+        recompute_elementwise ? InputRecipe::rms_norm(h, ffn_norm->weight, ffn_norm->eps()) : InputRecipe{};
+    return h + feed_forward->forward(ffn_in, ffn_recipe);
+  }
+
+  int64_t layer_id;
+  // activation_checkpoint's "op" policy: the block keeps its matmul and attention outputs and
+  // recomputes the norms' outputs and SwiGLU's in the backward.
+  bool recompute_elementwise = false;
+  std::shared_ptr<Attention> attention;
+  std::shared_ptr<FeedForward> feed_forward;
+  std::shared_ptr<RMSNorm> attention_norm, ffn_norm;
+
+ private:
+  std::shared_ptr<const RotaryTables> rope_;
+};
+
+class HeadUnit : public Unit {
+ public:
+  HeadUnit(const DecoderArgs& a, const at::TensorOptions& o, std::shared_ptr<EmbeddingUnit> tied_to,
+           const kernels::WeightServices* s)
+      : services_(s) {
+    norm = register_module("norm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o, s));
+    if (tied_to)
+      tied_ = std::move(tied_to);
+    else
+      output = register_module("output", std::make_shared<Projection>(a.dim, a.vocab_size, o, s));
+  }
+  const at::Tensor& weight() const { return output ? output->weight : tied_->weight; }
+  at::Tensor logits(const at::Tensor& x) const { return at::linear(norm->forward(x), weight().to(x.scalar_type())); }
+  // The loss is taken in fp32 (or fp64) whatever the compute dtype.
+  at::Tensor forward(const at::Tensor& x, const UnitBatch& batch) override {
+    return kernels::linear_cross_entropy(norm->forward(x), weight(), batch.targets, services_);
+  }
+
+  std::shared_ptr<RMSNorm> norm;
+  std::shared_ptr<Projection> output;  // null when tied to the embedding
+
+ private:
+  std::shared_ptr<EmbeddingUnit> tied_;
+  const kernels::WeightServices* services_;
+};
+
+void trunc_normal_(at::Tensor& t, double std, double a, double b, at::Generator& gen) {
+  // Resample the out-of-range entries: a truncated normal without bias at the cut.
+  torch::NoGradGuard no_grad;
+  t.normal_(0.0, std, gen);
+  for (int i = 0; i < 100; ++i) {
+    auto out = (t < a).logical_or(t > b);
+    if (!out.any().item<bool>()) return;
+    auto fresh = torch::empty_like(t).normal_(0.0, std, gen);
+    t.copy_(at::where(out, fresh, t));
+  }
+  t.clamp_(a, b);
+}
+
+}  // namespace
+
+RotaryTables make_rotary_tables(const DecoderArgs& a, int64_t max_seq_len, const at::TensorOptions& options) {
+  // Computed like Hugging Face's reference (fp32 unless the model is fp64), so logits agree.
+  const auto dtype = options.dtype() == at::kDouble ? at::kDouble : at::kFloat;
+  auto cpu = at::TensorOptions().dtype(dtype);
+  const auto hd = a.head_dim;
+  auto inv_freq = 1.0 / at::pow(a.rope_theta, at::arange(0, hd, 2, at::kLong).to(dtype) / static_cast<double>(hd));
+  if (a.rope_scaling_factor > 0) {
+    const double original = static_cast<double>(a.rope_original_max_positions);
+    const double low_wavelen = original / a.rope_low_freq_factor;
+    const double high_wavelen = original / a.rope_high_freq_factor;
+    auto wavelen = 2.0 * M_PI / inv_freq;
+    auto scaled = at::where(wavelen > low_wavelen, inv_freq / a.rope_scaling_factor, inv_freq);
+    auto smooth = (original / wavelen - a.rope_low_freq_factor) / (a.rope_high_freq_factor - a.rope_low_freq_factor);
+    auto smoothed = (1 - smooth) * scaled / a.rope_scaling_factor + smooth * scaled;
+    auto medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    inv_freq = at::where(medium, smoothed, scaled);
+  }
+  auto positions = at::arange(max_seq_len, cpu);
+  auto angles = at::outer(positions, inv_freq);
+  auto device = options.device();
+  return {angles.cos().to(device), angles.sin().to(device)};
+}
+
+DecoderModel::DecoderModel(const DecoderArgs& args, const at::TensorOptions& options, int64_t max_seq_len,
+                           const std::function<bool(size_t)>& materialize)
+    : args_(args) {
+  args_.validate();
+  auto options_of = [&](size_t unit) {
+    return !materialize || materialize(unit) ? options : options.device(at::kMeta);
+  };
+  auto rope = std::make_shared<const RotaryTables>(make_rotary_tables(args_, max_seq_len, options));
+  auto embedding = register_module("tok_embeddings", std::make_shared<EmbeddingUnit>(args_, options_of(0)));
+  units_.push_back(embedding);
+  torch::nn::ModuleList layers;
+  for (int64_t i = 0; i < args_.n_layers; ++i) {
+    auto block = std::make_shared<TransformerBlock>(args_, i, rope, options_of(static_cast<size_t>(i) + 1),
+                                                    services_.get());
+    layers->push_back(block);
+    units_.push_back(block);
+  }
+  register_module("layers", layers);
+  auto head = std::make_shared<HeadUnit>(args_, options_of(units_.size()), args_.tie_embeddings ? embedding : nullptr,
+                                         services_.get());
+  register_module("norm", head->norm);
+  if (head->output) register_module("output", head->output);
+  units_.push_back(head);
+}
+
+void DecoderModel::set_compute_dtype(at::ScalarType dtype) {
+  dynamic_cast<EmbeddingUnit&>(*units_.front()).compute_dtype = dtype;
+}
+
+void DecoderModel::recompute_elementwise(bool on) {
+  for (auto& unit : units_)
+    if (auto* block = dynamic_cast<TransformerBlock*>(unit.get())) block->recompute_elementwise = on;
+}
+
+std::vector<std::pair<size_t, size_t>> DecoderModel::borrowed_units() const {
+  if (!args_.tie_embeddings) return {};
+  return {{units_.size() - 1, 0}};
+}
+
+at::Tensor DecoderModel::logits(const at::Tensor& tokens) {
+  UnitBatch batch{tokens, {}};
+  at::Tensor h;
+  for (size_t i = 0; i + 1 < units_.size(); ++i) h = units_[i]->forward(h, batch);
+  return dynamic_cast<HeadUnit&>(*units_.back()).logits(h);
+}
+
+
+void DecoderModel::init_weights(uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  at::Generator gen;
+  auto unit_generator = [&](size_t unit) {
+    gen = at::make_generator<at::CPUGeneratorImpl>(seed * 1000003ULL + unit);
+  };
+  auto init = [&](at::Tensor& w, double std, double cutoff) {
+    if (w.is_meta()) return;
+    auto host = torch::empty(w.sizes(), w.options().device(at::kCPU));
+    trunc_normal_(host, std, -cutoff, cutoff, gen);
+    w.copy_(host);
+  };
+  auto& emb = dynamic_cast<EmbeddingUnit&>(*units_.front()).weight;
+  unit_generator(0);
+  const double output_std = 1.0 / std::sqrt(static_cast<double>(args_.dim));
+  if (args_.tie_embeddings) {
+    // As torchtitan's, where the output's init overwrites the weight it shares: unit-normal
+    // rows would make the first logits dim^0.5 times too large (losses of hundreds).
+    init(emb, output_std, 3.0 * output_std);
+  } else if (!emb.is_meta()) {
+    auto host = torch::empty(emb.sizes(), emb.options().device(at::kCPU)).normal_(0.0, 1.0, gen);
+    emb.copy_(host);
+  }
+  for (size_t i = 1; i + 1 < units_.size(); ++i) {
+    auto& b = dynamic_cast<TransformerBlock&>(*units_[i]);
+    unit_generator(i);
+    // Depth-scaled init of the projections that write into the residual stream.
+    const double depth_std = 0.02 / std::sqrt(2.0 * static_cast<double>(b.layer_id + 1));
+    init(b.attention->wq->weight, 0.02, 2.0);
+    init(b.attention->wk->weight, 0.02, 2.0);
+    init(b.attention->wv->weight, 0.02, 2.0);
+    init(b.attention->wo->weight, depth_std, 2.0);
+    init(b.feed_forward->w1->weight, 0.02, 2.0);
+    init(b.feed_forward->w2->weight, depth_std, 2.0);
+    init(b.feed_forward->w3->weight, depth_std, 2.0);
+    if (b.attention->q_norm) {
+      b.attention->q_norm->weight.fill_(1.0);
+      b.attention->k_norm->weight.fill_(1.0);
+    }
+    b.attention_norm->weight.fill_(1.0);
+    b.ffn_norm->weight.fill_(1.0);
+  }
+  auto& head = dynamic_cast<HeadUnit&>(*units_.back());
+  unit_generator(units_.size() - 1);
+  head.norm->weight.fill_(1.0);
+  if (head.output) init(head.output->weight, output_std, 3.0 * output_std);
+}
+
+}  // namespace troupe::models

@@ -1,0 +1,48 @@
+#include "models/common/decoder_architecture.h"
+
+#include "models/common/decoder.h"
+#include "models/common/hf_decoder.h"
+
+namespace troupe::models {
+
+std::vector<DimensionField<DecoderArgs>> decoder_fields(const std::vector<std::string>& keys) {
+  static const std::vector<DimensionField<DecoderArgs>> all = {
+      {"dim", &DecoderArgs::dim},
+      {"n_layers", &DecoderArgs::n_layers},
+      {"n_heads", &DecoderArgs::n_heads},
+      {"n_kv_heads", &DecoderArgs::n_kv_heads},
+      {"head_dim", &DecoderArgs::head_dim},
+      {"ffn_hidden_dim", &DecoderArgs::ffn_hidden_dim},
+      {"vocab_size", &DecoderArgs::vocab_size},
+      {"norm_eps", &DecoderArgs::norm_eps},
+      {"rope_theta", &DecoderArgs::rope_theta},
+      {"rope_scaling_factor", &DecoderArgs::rope_scaling_factor},
+      {"rope_low_freq_factor", &DecoderArgs::rope_low_freq_factor},
+      {"rope_high_freq_factor", &DecoderArgs::rope_high_freq_factor},
+      {"rope_original_max_positions", &DecoderArgs::rope_original_max_positions},
+      {"qk_norm", &DecoderArgs::qk_norm},
+      {"tie_embeddings", &DecoderArgs::tie_embeddings},
+  };
+  std::vector<DimensionField<DecoderArgs>> out;
+  for (const auto& k : keys)
+    for (const auto& f : all)
+      if (k == f.name) out.push_back(f);
+  return out;
+}
+
+DecoderArchitecture::DecoderArchitecture(const DecoderArgs& args) : args_(args) { args_.validate(); }
+
+std::shared_ptr<Model> DecoderArchitecture::build(const at::TensorOptions& options, int64_t max_seq_len,
+                                                  const std::function<bool(size_t)>& materialize) const {
+  return std::make_shared<DecoderModel>(args_, options, max_seq_len, materialize);
+}
+
+checkpoint::TensorMap DecoderArchitecture::to_hf(const checkpoint::TensorMap& native) const {
+  return decoder_to_hf(native, args_);
+}
+
+checkpoint::TensorMap DecoderArchitecture::from_hf(const checkpoint::TensorMap& hf) const {
+  return decoder_from_hf(hf, args_);
+}
+
+}  // namespace troupe::models

@@ -1,0 +1,50 @@
+// What the layers above need of a built model, whatever its family: its units in order
+// (DESIGN §3), and the few whole-model operations training and tests use.
+#pragma once
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "kernels/weight_services.h"
+#include "models/unit.h"
+
+namespace troupe::models {
+
+class Model : public torch::nn::Module {
+ public:
+  virtual const std::vector<UnitPtr>& units() const = 0;
+
+  // Logits [batch, seq, vocab] of the whole model (tests, evaluation of exports).
+  virtual at::Tensor logits(const at::Tensor& tokens) = 0;
+  // Mean loss through every unit.
+  at::Tensor loss(const UnitBatch& batch) {
+    at::Tensor h;
+    for (auto& u : units()) h = u->forward(h, batch);
+    return h;
+  }
+
+  // Mixed precision: parameters keep their dtype (fp32 masters), activations use `dtype`.
+  virtual void set_compute_dtype(at::ScalarType dtype) = 0;
+  // activation_checkpoint's "op" policy: keep the matmul and attention outputs, recompute the
+  // element-wise ops in the backward.
+  virtual void recompute_elementwise(bool on) = 0;
+  // The family's initialisation; each unit draws from its own generator (seed, unit), so a
+  // unit's values do not depend on which others are materialised.
+  virtual void init_weights(uint64_t seed) = 0;
+
+  // Units that compute with another unit's parameters, as (borrower, owner): a head tied to the
+  // embedding. Data parallelism gathers the owner's parameters for the borrower too.
+  virtual std::vector<std::pair<size_t, size_t>> borrowed_units() const { return {}; }
+
+  // What the ops of this model's parameters are handed (kernels/weight_services.h): the
+  // trainer sets the optimizer's kept copies, parallelize FSDP's gradient sinks.
+  kernels::WeightServices& weight_services() { return *services_; }
+
+ protected:
+  // On the heap: the modules keep its address.
+  std::shared_ptr<kernels::WeightServices> services_ = std::make_shared<kernels::WeightServices>();
+};
+
+}  // namespace troupe::models

@@ -1,0 +1,181 @@
+#include "parallel/parallelize.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <stdexcept>
+
+#include "comm/gloo_communicator.h"
+#include "comm/nccl_communicator.h"
+#include "comm/replica_communicator.h"
+
+namespace troupe::parallel {
+
+namespace {
+
+std::vector<std::pair<std::string, at::Tensor>> named_parameters(torch::nn::Module& m) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& item : m.named_parameters()) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+PipelinePlan split_and_schedule(const config::JobConfig& cfg, const DeviceMesh& mesh, int64_t n_blocks,
+                                int64_t microbatches) {
+  const auto& p = cfg.parallelism;
+  const int64_t degree = mesh.dims().of(MeshDim::pp);
+  const bool interleaved = pp::is_interleaved(p.pipeline_parallel_schedule);
+  PipelinePlan plan;
+  plan.split = pp::split_stages(n_blocks, degree, degree * (interleaved ? 2 : 1), p.pipeline_parallel_layers_per_stage,
+                                p.pipeline_parallel_split_points);
+  const auto per_rank = plan.split.stages() / degree;
+  try {
+    plan.schedule = pp::make_schedule(p.pipeline_parallel_schedule, static_cast<int>(degree),
+                                      static_cast<int>(microbatches), static_cast<int>(per_rank));
+    pp::check(plan.schedule);
+  } catch (const pp::ScheduleError& e) {
+    throw std::invalid_argument("parallelism.pipeline_parallel_schedule " + p.pipeline_parallel_schedule + " with " +
+                                std::to_string(plan.split.stages()) + " stages over " + std::to_string(degree) +
+                                " ranks and " + std::to_string(microbatches) + " micro-batches: " + e.what());
+  }
+  for (int s : plan.schedule.stages_of(static_cast<int>(mesh.coord(MeshDim::pp)))) {
+    const auto [b, e] = plan.split.units_of(s);
+    for (auto u = b; u < e; ++u) plan.units.push_back(u);
+  }
+  return plan;
+}
+
+// Step 2. Tensor, context and expert parallelism apply the model's sharding plan inside its
+// units; until they exist their degrees are refused here (the config refuses them first).
+void apply_model_plan(const ParallelDims& dims) {
+  for (auto d : {MeshDim::tp, MeshDim::cp})
+    if (dims.of(d) != 1)
+      throw std::invalid_argument(std::string("parallelism: ") + dim_name(d) +
+                                  " degree > 1 is not implemented yet (the model's sharding plan has no engine)");
+}
+
+// torchtitan's "op" policy: no unit is recomputed whole; the blocks recompute their element-wise
+// ops instead (Model::recompute_elementwise).
+bool op_policy(const config::ActivationCheckpointSection& ac) {
+  return ac.mode == "selective" && ac.selective_ac_option == "op";
+}
+
+// Step 3: which of `unit_ids` recompute their forward in the backward.
+std::vector<bool> apply_activation_checkpointing(models::Model& model, const std::vector<int64_t>& unit_ids,
+                                                 const config::ActivationCheckpointSection& ac) {
+  const int64_t every = ac.mode != "selective" || op_policy(ac) ? 1 : std::stoll(ac.selective_ac_option);
+  const auto whole = recompute_plan(model.units().size(), op_policy(ac) ? "none" : ac.mode, every);
+  model.recompute_elementwise(op_policy(ac));
+  std::vector<bool> recompute;
+  for (auto u : unit_ids) recompute.push_back(whole[u]);
+  return recompute;
+}
+
+}  // namespace
+
+std::optional<PipelinePlan> plan_pipeline(const config::JobConfig& cfg, const ParallelDims& dims, int rank,
+                                          const models::Architecture& arch) {
+  if (dims.of(MeshDim::pp) == 1) return std::nullopt;
+  const auto rows = cfg.parallelism.pipeline_parallel_microbatch_size;
+  if (cfg.training.local_batch_size % rows != 0)
+    throw std::invalid_argument("training.local_batch_size " + std::to_string(cfg.training.local_batch_size) +
+                                " is not a multiple of parallelism.pipeline_parallel_microbatch_size " +
+                                std::to_string(rows));
+  if (arch.tie_embeddings())
+    throw std::invalid_argument("model: " + arch.family() + " " + cfg.model.flavor +
+                                " ties the output to the embedding, which pipeline parallelism does not support yet");
+  return split_and_schedule(cfg, DeviceMesh(dims, rank), arch.n_blocks(), cfg.training.local_batch_size / rows);
+}
+
+comm::CommunicatorPtr connect(const RankContext& rank, const DeviceMesh& mesh, const std::vector<MeshDim>& over,
+                              bool cuda) {
+  const bool alone = rank.shard_alone_as > 0 && over == std::vector<MeshDim>{MeshDim::dp_shard};
+  if (alone && rank.shard_alone_as > 1)
+    return comm::make_replica_communicator("dp_shard[replicas]", rank.shard_alone_as, cuda ? rank.local_rank : -1);
+  int64_t size = 1;
+  for (auto d : over) size *= mesh.dims().of(d);
+  if (size == 1 && !alone) return nullptr;
+  if (!rank.rendezvous) throw std::logic_error("a multi-rank Trainer needs a rendezvous");
+  const auto name = mesh.group_name(over);
+  const int r = mesh.rank_in(over), n = static_cast<int>(size);
+  return cuda ? comm::make_nccl_communicator(*rank.rendezvous, name, r, n, rank.local_rank, rank.flight_recorder)
+              : comm::make_gloo_communicator(*rank.rendezvous, name, r, n, rank.flight_recorder);
+}
+
+ParallelModel parallelize(models::Model& model, const models::Architecture& arch, const std::optional<PipelinePlan>& plan,
+                          const config::JobConfig& cfg,
+                          const RankContext& rank, const ParallelDims& dims, const std::string& device,
+                          at::ScalarType compute_dtype, at::ScalarType reduce_dtype) {
+  const bool cuda = device.starts_with("cuda");
+  const DeviceMesh mesh(dims, rank.rank);
+  ParallelModel out;
+  // 1. The units this rank runs: every one, or its pipeline stages'.
+  if (plan) {
+    out.unit_ids = plan->units;
+  } else {
+    for (size_t u = 0; u < model.units().size(); ++u) out.unit_ids.push_back(static_cast<int64_t>(u));
+  }
+  std::set<const void*> kept;
+  for (auto u : out.unit_ids) {
+    out.units.push_back(model.units()[u]);
+    for (const auto& t : out.units.back()->parameters()) kept.insert(t.unsafeGetTensorImpl());
+  }
+  std::vector<std::pair<std::string, at::Tensor>> owned;  // this rank's parameters, the model's names
+  for (const auto& [name, t] : named_parameters(model))
+    if (kept.contains(t.unsafeGetTensorImpl())) owned.emplace_back(name, t);
+  for (const auto& [name, t] : owned) out.parameters.push_back(t);
+
+  // 2. The model's own plan.
+  apply_model_plan(dims);
+
+  // 3. Activation checkpointing.
+  const auto recompute = apply_activation_checkpointing(model, out.unit_ids, cfg.activation_checkpoint);
+
+  // 4. Data parallelism; without it every parameter is trained whole.
+  if (dims.dp() > 1 || rank.shard_alone_as > 0) {
+    DataParallelOptions o;
+    // A tied head computes with the embedding's weight: the embedding's unit is gathered with
+    // it, and the weight's gradient collects both uses before the embedding's reduction.
+    auto local = [&](size_t unit) {
+      const auto it = std::find(out.unit_ids.begin(), out.unit_ids.end(), static_cast<int64_t>(unit));
+      if (it == out.unit_ids.end()) throw std::logic_error("a unit borrows parameters another rank holds");
+      return static_cast<size_t>(it - out.unit_ids.begin());
+    };
+    for (const auto& [borrower, owner] : model.borrowed_units()) o.borrows.push_back({local(borrower), local(owner)});
+    o.shard = connect(rank, mesh, {MeshDim::dp_shard}, cuda);
+    o.replicate = connect(rank, mesh, {MeshDim::dp_replicate}, cuda);
+    o.compute_dtype = compute_dtype;
+    o.reduce_dtype = reduce_dtype;
+    o.reshard = parse_reshard(cfg.parallelism.fsdp_reshard_after_forward);
+    out.sharded = std::make_unique<ShardedUnits>(out.units, owned, o);
+    model.weight_services().sinks = &out.sharded->gradient_sinks();
+    for (const auto& s : out.sharded->shards()) {
+      if (s.master.numel() == 0) continue;  // a chunk past the end of a short parameter
+      out.trained.push_back(
+          {s.name, s.master, Placement::whole(s.shape).split(MeshDim::dp_shard, 0, s.index, s.parts), s.unit});
+    }
+    const std::map<MeshDim, comm::CommunicatorPtr> groups{{MeshDim::dp_shard, o.shard}, {MeshDim::dp_replicate, o.replicate}};
+    std::set<MeshDim> split;
+    for (const auto& t : out.trained)
+      for (auto d : t.placement.split_dims()) split.insert(d);
+    for (auto d : split)
+      if (const auto& g = groups.at(d)) out.norm_groups.push_back(g);
+  } else {
+    for (const auto& [name, t] : owned) out.trained.push_back({name, t, Placement::whole(t.sizes().vec())});
+  }
+
+  // 5. The executors.
+  out.executor = std::make_unique<UnitExecutor>(out.units, recompute, out.sharded.get());
+  if (plan) {
+    out.stages = connect(rank, mesh, {MeshDim::pp}, cuda);
+    out.pipeline = std::make_unique<pp::PipelineExecutor>(
+        plan->schedule, out.stages->rank(), plan->split, *out.executor, out.stages,
+        std::vector<int64_t>{cfg.training.local_batch_size / plan->schedule.microbatches, cfg.training.seq_len,
+                             arch.hidden_dim()},
+        at::TensorOptions().dtype(compute_dtype).device(torch::Device(device)));
+  }
+  return out;
+}
+
+}  // namespace troupe::parallel

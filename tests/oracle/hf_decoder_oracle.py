@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Reference outputs from Hugging Face transformers' LlamaForCausalLM or Qwen3ForCausalLM, for
+the C++ model tests.
+
+  hf_decoder_oracle.py run OUT_DIR --family llama|qwen3 --dim ... : builds a randomly initialised
+    model with those shapes, runs it in fp32 on the CPU on a random batch, and writes into OUT_DIR
+      hf_model.safetensors  the model's state dict under HF names
+      batch.safetensors     tokens, targets (int64) and the logits HF computed
+      loss.json             {"loss": mean cross-entropy}
+  hf_decoder_oracle.py count CONFIGS.json : CONFIGS.json is a list of {"family", config fields};
+    prints one line per config: the parameter count of the model built on the meta device.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def model_class(family):
+    if family == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+        return LlamaConfig, LlamaForCausalLM
+    if family == "qwen3":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        return Qwen3Config, Qwen3ForCausalLM
+    raise SystemExit("unknown family " + family)
+
+
+def count(path):
+    with open(path) as f:
+        configs = json.load(f)
+    for c in configs:
+        c = dict(c)
+        config_class, model = model_class(c.pop("family"))
+        with torch.device("meta"):
+            m = model(config_class(**c))
+        print(sum(p.numel() for p in m.parameters()))
+
+
+def run(argv):
+    p = argparse.ArgumentParser()
+    p.add_argument("out_dir")
+    p.add_argument("--family", default="llama")
+    for name in ["dim", "layers", "heads", "kv_heads", "ffn", "vocab", "batch", "seq"]:
+        p.add_argument("--" + name, type=int, required=True)
+    p.add_argument("--head_dim", type=int, default=0, help="0: dim / heads")
+    p.add_argument("--rope_theta", type=float, default=500000.0)
+    p.add_argument("--norm_eps", type=float, default=1e-5)
+    p.add_argument("--rope_factor", type=float, default=0.0, help="> 0: Llama 3.1 rope scaling")
+    p.add_argument("--low_freq_factor", type=float, default=1.0)
+    p.add_argument("--high_freq_factor", type=float, default=4.0)
+    p.add_argument("--original_max_pos", type=int, default=8192)
+    p.add_argument("--tied", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+
+    torch.manual_seed(a.seed)
+    rope = {"rope_type": "default", "rope_theta": a.rope_theta}
+    if a.rope_factor > 0:
+        rope = {"rope_type": "llama3", "rope_theta": a.rope_theta, "factor": a.rope_factor,
+                "low_freq_factor": a.low_freq_factor, "high_freq_factor": a.high_freq_factor,
+                "original_max_position_embeddings": a.original_max_pos}
+    config_class, model_type = model_class(a.family)
+    fields = dict(hidden_size=a.dim, intermediate_size=a.ffn, num_hidden_layers=a.layers,
+                  num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, vocab_size=a.vocab,
+                  rms_norm_eps=a.norm_eps, rope_parameters=rope,
+                  max_position_embeddings=max(2 * a.original_max_pos, a.seq),
+                  tie_word_embeddings=a.tied, attention_bias=False)
+    if a.head_dim:
+        fields["head_dim"] = a.head_dim
+    if a.family == "llama":
+        fields["mlp_bias"] = False
+    config = config_class(**fields)
+    config._attn_implementation = "eager"
+    model = model_type(config).float().eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                param.copy_(1.0 + 0.1 * torch.randn_like(param))  # norm weights must matter too
+            else:
+                param.copy_(0.05 * torch.randn_like(param))
+    tokens = torch.randint(0, a.vocab, (a.batch, a.seq))
+    targets = torch.randint(0, a.vocab, (a.batch, a.seq))
+    with torch.no_grad():
+        logits = model(input_ids=tokens).logits.float()
+    loss = F.cross_entropy(logits.reshape(-1, a.vocab), targets.reshape(-1))
+
+    from safetensors.torch import save_file
+    os.makedirs(a.out_dir, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if a.tied:
+        state.pop("lm_head.weight", None)
+    save_file(state, os.path.join(a.out_dir, "hf_model.safetensors"))
+    save_file({"tokens": tokens, "targets": targets, "logits": logits.contiguous()},
+              os.path.join(a.out_dir, "batch.safetensors"))
+    with open(os.path.join(a.out_dir, "loss.json"), "w") as f:
+        json.dump({"loss": loss.item()}, f)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "count":
+        count(sys.argv[2])
+    elif len(sys.argv) > 1 and sys.argv[1] == "run":
+        run(sys.argv[2:])
+    else:
+        raise SystemExit(__doc__)
