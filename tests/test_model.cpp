@@ -112,7 +112,10 @@ TEST_CASE("model dimensions: flavors, [model] keys over them, and what is refuse
   CHECK_THROWS_WITH(models::model_spec("gpt2"), Catch::Contains("gpt2") && Catch::Contains("llama3, qwen3"));
   CHECK_THROWS_WITH(models::configure_model("qwen3", "debugmodel", {{"vocab_size", "100"}}, 2048),
                     Catch::Contains("model.vocab_size 100 is smaller than the tokenizer's 2048"));
-  CHECK(models::configure_model("qwen3", "debugmodel", {}, 777)->vocab_size() == 777);
+  // The tokenizer's vocabulary, rounded up to a multiple of 128 rows (aligned GEMMs).
+  CHECK(models::configure_model("qwen3", "debugmodel", {}, 777)->vocab_size() == 896);
+  CHECK(models::configure_model("llama3", "debugmodel", {}, 2048)->vocab_size() == 2048);
+  CHECK(models::configure_model("qwen3", "1.7B", {}, 151'669)->vocab_size() == 151'680);
 }
 
 namespace {

@@ -12,7 +12,8 @@ const std::vector<ModelSpec>& model_specs();
 const ModelSpec& model_spec(const std::string& name);
 
 // The model a job trains: `flavor`'s dimensions and `overrides`, with the vocabulary sized by
-// the tokenizer (`tokenizer_vocab`) unless vocab_size is overridden, which must then hold it.
+// the tokenizer (`tokenizer_vocab`, rounded up to a multiple of 128) unless vocab_size is
+// overridden, which must then hold it.
 ArchitecturePtr configure_model(const std::string& name, const std::string& flavor, Dimensions overrides,
                                 int64_t tokenizer_vocab);
 
