@@ -132,7 +132,7 @@ config::JobConfig pp_job(const TempDir& dir, const std::string& tokens, int rank
                          const std::string& name) {
   auto c = dp_job(dir, tokens, ranks / pp, 1, name);
   c.job.local_ranks = ranks;
-  c.model.flavor = "debugmodel_8layers";
+  c.model.dimensions = {{"n_layers", "8", "test"}};  // deep enough for 8 stages (4 ranks x 2 virtual)
   c.training.steps = 10;
   c.parallelism.pipeline_parallel_degree = pp;
   c.parallelism.pipeline_parallel_schedule = schedule;

@@ -16,7 +16,7 @@ namespace troupe::testing {
 // Checkpoints every 10 steps; step 20 saves the model alone in fp32.
 config::JobConfig dp_job(const TempDir& dir, const std::string& tokens, int ranks, int64_t replicate,
                          const std::string& name);
-// dp_job with a pipeline: `pp` stages over `ranks` ranks, 10 steps of the 8-layer debug model,
+// dp_job with a pipeline: `pp` stages over `ranks` ranks, 10 steps of the debug model with 8 blocks,
 // each data-parallel rank's local batch cut into micro-batches of one row, validation at 5 and 10.
 config::JobConfig pp_job(const TempDir& dir, const std::string& tokens, int ranks, int pp, const std::string& schedule,
                          const std::string& name);

@@ -509,7 +509,7 @@ TEST_CASE("a checkpoint of another model is refused before anything runs; nothin
     CHECK_THAT(refused(deeper), Contains(folder + "/step-3/metadata.json: another model than this job's: model.n_layers is 6 "
                                          "in the checkpoint, 4 in this job"));
     auto tied = resumed;
-    tied.model.flavor = "debugmodel_tied";
+    tied.model.dimensions = {{"tie_embeddings", "true", "test"}};
     CHECK_THAT(refused(tied), Contains("model.tie_embeddings is false in the checkpoint, true in this job"));
     auto qwen = resumed;
     qwen.model.name = "qwen3";
@@ -519,9 +519,11 @@ TEST_CASE("a checkpoint of another model is refused before anything runs; nothin
     auto text = checkpoint::read_file(folder + "/step-3/metadata.json");
     auto meta = nlohmann::json::parse(text);
     meta["model"].erase("dimensions");
+    meta.erase("checksum");  // nor did they checksum metadata.json or the shards' headers
+    for (auto& rank : meta["ranks"]) rank.erase("header");
     checkpoint::write_file_durably(folder + "/step-3/metadata.json", meta.dump(1));
     auto tied = resumed;
-    tied.model.flavor = "debugmodel_tied";
+    tied.model.dimensions = {{"tie_embeddings", "true", "test"}};
     CHECK_THAT(refused(tied), Contains("its tensor 'model.output.weight' is not in this job's model"));
     auto wider = resumed;
     wider.model.dimensions = {{"dim", "128"}, {"n_heads", "8"}};
@@ -548,4 +550,53 @@ TEST_CASE("a checkpoint of another model is refused before anything runs; nothin
   }
   // Every refused run left the folder as it was.
   CHECK(checkpoint::committed_steps(folder) == std::vector<int64_t>{3});
+}
+
+TEST_CASE("checksums cover whole files: a shard's header and metadata.json; --verify checks every committed step",
+          "[checkpoint-cli]") {
+  testing::TempDir dir;
+  auto c = checkpoint_config(dir);
+  c.checkpoint.last_save_model_only = false;
+  REQUIRE(testing::run_with_timeout(c).exit_code == 0);
+  const auto folder = folder_of(c);
+  REQUIRE(checkpoint::committed_steps(folder) == std::vector<int64_t>{3, 6});
+  auto verify = [&](std::string& out) {
+    testing::ChildProcess p({testing::troupe_binary(), "checkpoint", "info", folder, "--verify"});
+    return p.wait(60, out);
+  };
+  std::string out;
+  REQUIRE(verify(out) == 0);
+  CHECK_THAT(out, Contains("verified " + folder + "/step-3") && Contains("verified " + folder + "/step-6"));
+  const auto shard = folder + "/step-3/rank0.safetensors";
+  const auto meta_path = folder + "/step-3/metadata.json";
+  const auto pristine_meta = checkpoint::read_file(meta_path);
+  SECTION("a flipped byte in the older step's safetensors header") {
+    flip_byte(shard, 20);  // inside the header's JSON
+    out.clear();
+    CHECK(verify(out) == 1);
+    CHECK_THAT(out, Contains(shard + ": header checksum mismatch"));
+    // Resume from it fails the same way, before any step.
+    auto resumed = c;
+    resumed.checkpoint.load_step = 3;
+    resumed.training.steps = 8;
+    CHECK_THAT(error_of([&] {
+                 const auto outcome = testing::run_with_timeout(resumed);
+                 if (outcome.exit_code != 0) throw std::runtime_error(outcome.message);
+               }),
+               Contains("header checksum mismatch"));
+  }
+  SECTION("a changed value in metadata.json") {
+    auto text = pristine_meta;
+    const auto at = text.find("\"lr_scheduler\"");
+    REQUIRE(at != std::string::npos);
+    text.replace(text.find("\"step\": 3", at), 9, "\"step\": 2");
+    checkpoint::write_file_durably(meta_path, text);
+    out.clear();
+    CHECK(verify(out) == 1);
+    CHECK_THAT(out, Contains(meta_path) && Contains("checksum mismatch: the file was changed after it was written"));
+  }
+  // Nothing else was touched: the newest step still verifies alone.
+  out.clear();
+  testing::ChildProcess p({testing::troupe_binary(), "checkpoint", "info", folder + "/step-6", "--verify"});
+  CHECK(p.wait(60, out) == 0);
 }

@@ -54,7 +54,7 @@ TEST_CASE("FSDP and DDP over 2 GPUs with NCCL train as one GPU does", "[gpu2]") 
   SECTION("an output tied to the embedding") {
     auto tied = [&](int ranks, const std::string& name) {
       auto c = on_gpus(dp_job(dir, tokens, ranks, 1, name));
-      c.model.flavor = "debugmodel_tied";
+      c.model.dimensions = {{"tie_embeddings", "true", "test"}};
       c.training.steps = 10;
       return c;
     };
@@ -97,7 +97,8 @@ TEST_CASE("FSDP of the 1.50B shapes (2 blocks, 128k vocabulary) over 2 GPUs trac
     auto c = dp_job(dir, prep.output_dir, ranks, 1, name);
     c.job.device = "cuda";  // bf16 compute, fp32 masters and reduction (the defaults)
     c.model.tokenizer_path = tokenizer;
-    c.model.flavor = "1.5B_2layers";
+    c.model.flavor = "1.5B";
+    c.model.dimensions = {{"n_layers", "2", "test"}};
     c.training.seq_len = 2048;  // 4 windows of 2049 tokens a step: 16 of the slice's ~20 in 4 steps
     c.training.steps = 4;
     c.checkpoint.enable = false;

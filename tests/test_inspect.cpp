@@ -10,6 +10,11 @@
 #include <set>
 #include <thread>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "checkpoint/checkpoint_folder.h"
 #include "cli/inspect_view.h"
 #include "test_support.h"
@@ -190,6 +195,56 @@ TEST_CASE("inspection endpoint: a token is required when set", "[inspect]") {
   const int step = get_status(owner)["job"]["step"];
   wait_until(owner, [&](const json& s) { return s["job"]["step"].get<int>() >= step + 2; }, "steps");
   CHECK(get_status(owner)["job"]["state"] == "running");
+}
+
+TEST_CASE("inspection endpoint: 200 idle connections held open do not starve an authorised request; a blank token "
+          "is refused", "[inspect]") {
+  TempDir dir;
+  const int port = listen_port(3);
+  auto cfg = long_job(dir, port);
+  cfg.inspect.token = "s3cret";
+  RunningJob job(cfg);
+  httplib::Client owner("127.0.0.1", port);
+  owner.set_bearer_token_auth("s3cret");
+  owner.set_read_timeout(5, 0);
+  owner.set_connection_timeout(5, 0);
+  wait_until(owner, [](const json& s) { return s["job"]["step"].get<int>() >= 1; }, "step 1");
+  // Hostile clients: connected, sending nothing (or half a request line), holding on.
+  std::vector<int> held;
+  for (int i = 0; i < 200; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+      if (i % 2) [[maybe_unused]] auto n = ::write(fd, "GET /api/sta", 12);
+      held.push_back(fd);
+    } else {
+      ::close(fd);
+    }
+  }
+  CHECK(held.size() >= 150);  // the listen backlog may refuse some; held ones are what matters
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const auto start = std::chrono::steady_clock::now();
+    const auto res = owner.Get("/api/status");
+    const auto took = std::chrono::steady_clock::now() - start;
+    INFO("attempt " << attempt << " took " << std::chrono::duration<double>(took).count() << " s");
+    REQUIRE(res);
+    CHECK(res->status == 200);
+    CHECK(took < std::chrono::seconds(5));
+  }
+  for (int fd : held) ::close(fd);
+  job.stop();
+  // A token of blanks is no token: refused before anything starts.
+  for (const std::string blank : {" ", "\t \n"}) {
+    auto bad = cfg;
+    bad.inspect.token = blank;
+    CHECK_THROWS_WITH(config::load_job_config("", {{"model.tokenizer_path", bad.model.tokenizer_path},
+                                                   {"inspect.token", blank}}),
+                      Catch::Contains("inspect.token must be empty (no token) or a token with a non-blank character"));
+  }
 }
 
 TEST_CASE("troupe inspect: the console under tmux shows the actor table; --once --json for scripts", "[inspect]") {

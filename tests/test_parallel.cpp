@@ -39,6 +39,7 @@
 #include "parallel/device_mesh.h"
 #include "parallel/fsdp.h"
 #include "parallel/grad_norm.h"
+#include "parallel/parallelize.h"
 #include "parallel/placement.h"
 #include "parallel/pipeline_schedule.h"
 #include "runtime/exit_codes.h"
@@ -787,7 +788,7 @@ TEST_CASE("an output tied to the embedding trains under FSDP and DDP as on one r
   const auto tokens = prepare_tokens(dir);
   auto tied = [&](int ranks, int64_t replicate, const std::string& name) {
     auto c = dp_job(dir, tokens, ranks, replicate, name);
-    c.model.flavor = "debugmodel_tied";
+    c.model.dimensions = {{"tie_embeddings", "true", "test"}};
     c.training.steps = 10;
     return c;
   };
@@ -1112,4 +1113,50 @@ TEST_CASE("a node that dies ends the other node's job with an error within the t
       dies.wait(5, ignored);
     }
   }
+}
+
+TEST_CASE("parallelize: every trained tensor's placement carries the model's tensor-parallel split and FSDP's",
+          "[parallel]") {
+  // One rank: tp and dp_shard are one part each, so the splits change no box, but they are there
+  // for the checkpoint, the norm and the parallelisms to come to read.
+  for (const std::string family : {"llama3", "qwen3"}) {
+    INFO(family);
+    const auto arch = models::model_spec(family).configure("debugmodel", {{"n_layers", "2"}});
+    auto model = arch->build(at::TensorOptions().dtype(at::kFloat), 32);
+    config::JobConfig cfg;
+    cfg.training.seq_len = 32;
+    const auto dims = parallel::ParallelDims::resolve(cfg.parallelism, 1);
+    const auto rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
+    for (int shard_alone : {0, 1}) {
+      INFO("sharded alone: " << shard_alone);
+      parallel::RankContext rank{0, 0, 1, shard_alone ? rendezvous : nullptr, shard_alone, nullptr};
+      const auto p = parallel::parallelize(*model, *arch, std::nullopt, cfg, rank, dims, "cpu", at::kFloat, at::kFloat);
+      std::map<std::string, const parallel::Placement*> by_name;
+      for (const auto& t : p.trained) by_name[t.name] = &t.placement;
+      auto split_of = [&](const std::string& name, parallel::MeshDim d) -> int64_t {
+        for (const auto& s : by_name.at(name)->splits)
+          if (s.mesh == d) return s.dim;
+        return -1;
+      };
+      CHECK(split_of("layers.0.attention.wq.weight", parallel::MeshDim::tp) == 0);
+      CHECK(split_of("layers.1.feed_forward.w2.weight", parallel::MeshDim::tp) == 1);
+      CHECK(split_of("tok_embeddings.weight", parallel::MeshDim::tp) == 0);
+      CHECK(split_of("norm.weight", parallel::MeshDim::tp) == -1);
+      if (family == "qwen3") CHECK(split_of("layers.0.attention.q_norm.weight", parallel::MeshDim::tp) == -1);
+      CHECK(split_of("layers.0.attention.wq.weight", parallel::MeshDim::dp_shard) == (shard_alone ? 0 : -1));
+      for (const auto& t : p.trained) {
+        INFO(t.name);
+        CHECK(t.placement.box() == checkpoint::whole_box(t.placement.global_shape));
+        CHECK(t.placement.saved_by(parallel::DeviceMesh(dims, 0)));
+      }
+      CHECK(p.norm_groups.size() == static_cast<size_t>(shard_alone));
+    }
+  }
+  // Two splits compose: tp cuts dim 0 in two, FSDP cuts the half it holds in three.
+  const auto nested = parallel::Placement::whole({12, 4})
+                          .split(parallel::MeshDim::tp, 0, 1, 2)
+                          .split(parallel::MeshDim::dp_shard, 0, 2, 3)
+                          .box();
+  CHECK(nested.offsets == std::vector<int64_t>{10, 0});
+  CHECK(nested.lengths == std::vector<int64_t>{2, 4});
 }

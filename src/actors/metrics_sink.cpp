@@ -25,6 +25,7 @@ struct sink_state {
   std::shared_ptr<actors::StatusBoard> board;
   std::ofstream jsonl;
   std::string jsonl_path;
+  bool started = false;  // the job's first step has been written (earlier runs' later records dropped)
   std::unique_ptr<metrics::TensorBoardWriter> tensorboard;  // metrics.enable_tensorboard
   int64_t log_freq = 1, last_step = 0;
   // Throughput is averaged over the steps since the previous log line, as torchtitan does.
@@ -92,15 +93,43 @@ std::vector<std::pair<std::string, float>> tensorboard_scalars(const train::Step
   return out;
 }
 
-// Writes to TensorBoard if enabled; a failed write is reported once and ends the TensorBoard output.
+// A failed write ends the job (the sink's exception handler): a run whose metrics are lost must
+// not look finished.
 void write_tensorboard(sink_state& st, int64_t step, const std::vector<std::pair<std::string, float>>& scalars) {
-  if (!st.tensorboard) return;
-  try {
-    st.tensorboard->add_scalars(step, scalars);
-  } catch (const std::exception& e) {
-    st.status->set_error(e.what());
-    st.tensorboard.reset();
+  if (st.tensorboard) st.tensorboard->add_scalars(step, scalars);
+}
+
+// Before the job's first step (s) is written: the records of steps s and later that an earlier
+// run left are dropped, so a resumed run (or a new one in a used folder) leaves one record per
+// step. The file is rewritten under a temporary name and renamed over the old one.
+void start_at(sink_state& st, int64_t first_step) {
+  if (st.tensorboard) st.tensorboard->start_at(first_step);
+  if (st.jsonl_path.empty()) return;
+  if (!std::filesystem::is_regular_file(st.jsonl_path)) return;
+  std::vector<std::string> kept;
+  size_t lines = 0;
+  {
+    std::ifstream in(st.jsonl_path);
+    for (std::string line; std::getline(in, line); ++lines) {
+      const auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!record.is_object() || !record.contains("step") || !record["step"].is_number_integer()) continue;
+      if (record["step"].get<int64_t>() < first_step) kept.push_back(line);
+    }
   }
+  if (kept.size() == lines) return;
+  const auto tmp = st.jsonl_path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    for (const auto& line : kept) out << line << '\n';
+    out.flush();
+    if (!out) throw std::runtime_error("cannot write " + tmp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, st.jsonl_path, ec);
+  if (ec) throw std::runtime_error("cannot rename " + tmp + " to " + st.jsonl_path + ": " + ec.message());
+  st.jsonl.close();
+  st.jsonl.open(st.jsonl_path, std::ios::app);
+  if (!st.jsonl) throw std::runtime_error("cannot open " + st.jsonl_path + " for writing");
 }
 
 std::string jsonl_path(const config::JobConfig& cfg, int rank) {
@@ -145,22 +174,20 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
   });
   st.last_step = cfg.training.steps;
   // Only one rank writes unless every rank is asked to.
+  // A folder or file that cannot be written ends the job here, before its first step.
   if (rank == 0 || cfg.metrics.save_for_all_ranks) {
     st.jsonl_path = jsonl_path(cfg, rank);
     std::error_code ec;
     std::filesystem::create_directories(cfg.job.dump_folder, ec);
-    if (ec) st.status->set_error("cannot create " + cfg.job.dump_folder + ": " + ec.message());
+    if (ec || !std::filesystem::is_directory(cfg.job.dump_folder))
+      throw std::runtime_error("cannot create job.dump_folder " + cfg.job.dump_folder + ": " +
+                               (ec ? ec.message() : std::string("a file is in the way")));
     st.jsonl.open(st.jsonl_path, std::ios::app);
-    if (!st.jsonl) st.status->set_error("cannot open " + st.jsonl_path + " for writing");
-    if (cfg.metrics.enable_tensorboard) {
-      try {
-        st.tensorboard = std::make_unique<metrics::TensorBoardWriter>(
-            (std::filesystem::path(cfg.job.dump_folder) / "tb").string(),
-            cfg.metrics.save_for_all_ranks ? ".rank" + std::to_string(rank) : std::string());
-      } catch (const std::exception& e) {
-        st.status->set_error(e.what());
-      }
-    }
+    if (!st.jsonl) throw std::runtime_error("cannot open " + st.jsonl_path + " for writing");
+    if (cfg.metrics.enable_tensorboard)
+      st.tensorboard = std::make_unique<metrics::TensorBoardWriter>(
+          (std::filesystem::path(cfg.job.dump_folder) / "tb").string(),
+          cfg.metrics.save_for_all_ranks ? ".rank" + std::to_string(rank) : std::string());
   }
   st.status->set_state("idle");
   return {
@@ -172,13 +199,11 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
         s.tokens_since_log += stats.tokens;
         s.seconds_since_log += stats.wall_seconds;
         s.flops_since_log += stats.model_flops;
-        if (s.jsonl.is_open()) {
-          try {
-            write_line(s, record(stats, rss).dump());
-          } catch (const std::exception& e) {
-            s.status->set_error(e.what());
-          }
+        if (!s.started) {
+          start_at(s, stats.step);
+          s.started = true;
         }
+        if (s.jsonl.is_open()) write_line(s, record(stats, rss).dump());
         write_tensorboard(s, stats.step, tensorboard_scalars(stats, rss));
         publish_job(s, stats);
         if (stats.step == 1 || stats.step % s.log_freq == 0 || stats.step == s.last_step) {
@@ -193,14 +218,9 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
         auto& s = self->state;
         s.status->on_message(self);
         const double perplexity = std::exp(loss);
-        if (s.jsonl.is_open()) {
-          try {
-            write_line(s, nlohmann::json{{"step", step}, {"validation_loss", loss}, {"validation_perplexity", perplexity}}
-                              .dump());
-          } catch (const std::exception& e) {
-            s.status->set_error(e.what());
-          }
-        }
+        if (s.jsonl.is_open())
+          write_line(s, nlohmann::json{{"step", step}, {"validation_loss", loss}, {"validation_perplexity", perplexity}}
+                            .dump());
         write_tensorboard(s, step, {{"validation_loss", static_cast<float>(loss)},
                                     {"validation_perplexity", static_cast<float>(perplexity)}});
         char line[128];

@@ -29,6 +29,7 @@ json to_json(const CheckpointMetadata& m) {
   json ranks = json::array();
   for (const auto& r : m.ranks) {
     json entry = {{"rank", r.rank}, {"file", r.file}, {"bytes", r.bytes}, {"rng", r.rng}};
+    if (r.header_bytes > 0) entry["header"] = {{"bytes", r.header_bytes}, {"xxh3", to_hex(r.header_xxh3)}};
     if (const auto& d = r.dataloader)
       entry["dataloader"] = {{"epoch", d->epoch}, {"index", d->index},   {"produced", d->produced},
                              {"file", d->file},   {"offset", d->offset}, {"token", d->token}};
@@ -109,6 +110,11 @@ RankEntry rank_from(const Reader& r, const json& j) {
   const auto ctx = "rank " + std::to_string(e.rank);
   e.file = r.get<std::string>(j, "file", ctx);
   e.bytes = r.get<uint64_t>(j, "bytes", ctx);
+  if (j.contains("header")) {
+    const auto& h = j["header"];
+    e.header_bytes = r.get<uint64_t>(h, "bytes", ctx + " header");
+    e.header_xxh3 = std::stoull(r.get<std::string>(h, "xxh3", ctx + " header"), nullptr, 16);
+  }
   e.rng = r.get<std::map<std::string, std::string>>(j, "rng", ctx);
   if (j.contains("dataloader")) {
     const auto& d = j["dataloader"];
@@ -123,7 +129,14 @@ RankEntry rank_from(const Reader& r, const json& j) {
 
 std::string shape_text(const std::vector<int64_t>& shape) { return json(shape).dump(); }
 
-std::string to_json_text(const CheckpointMetadata& meta) { return to_json(meta).dump(1); }
+// metadata.json carries the XXH3-64 of its own text without that field: a changed byte anywhere
+// in it is found on reading (files written before it was recorded have none).
+std::string to_json_text(const CheckpointMetadata& meta) {
+  auto j = to_json(meta);
+  const auto body = j.dump(1);
+  j["checksum"] = to_hex(xxh3_64(body.data(), body.size()));
+  return j.dump(1);
+}
 
 CheckpointMetadata from_json_text(const std::string& text, const std::string& where) {
   const Reader r(where);
@@ -138,6 +151,14 @@ CheckpointMetadata from_json_text(const std::string& text, const std::string& wh
   if (m.format_version != kFormatVersion)
     r.fail("format version " + std::to_string(m.format_version) + ", this troupe reads version " +
            std::to_string(kFormatVersion));
+  if (j.is_object() && j.contains("checksum")) {
+    auto body = j;
+    body.erase("checksum");
+    const auto text_without = body.dump(1);
+    const auto want = j["checksum"].is_string() ? j["checksum"].get<std::string>() : std::string();
+    if (to_hex(xxh3_64(text_without.data(), text_without.size())) != want)
+      r.fail("checksum mismatch: the file was changed after it was written");
+  }
   m.step = r.get<int64_t>(j, "step", "top level");
   m.model_only = r.get<bool>(j, "model_only", "top level");
   m.lr_schedule_step = r.get<int64_t>(r.get<json>(j, "lr_scheduler", "top level"), "step", "lr_scheduler");

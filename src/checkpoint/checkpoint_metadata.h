@@ -42,6 +42,10 @@ struct RankEntry {
   uint64_t bytes = 0;  // size of `file`: a shorter file is truncated
   std::optional<data::DataPosition> dataloader;
   std::map<std::string, std::string> rng;  // generator ("cpu", "cuda:0") -> state bytes in hex
+  // XXH3-64 of the file's safetensors header (its length and JSON: every byte before the first
+  // tensor), so that a flipped byte anywhere in the file is found; 0 in older checkpoints.
+  uint64_t header_xxh3 = 0;
+  uint64_t header_bytes = 0;
 };
 
 struct ModelEntry {

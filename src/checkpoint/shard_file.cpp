@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <stdexcept>
@@ -22,6 +23,15 @@ CheckpointMetadata write_shard(const HostSnapshot& snapshot, const std::string& 
   const auto ranges = write_safetensors_to(out, by_name, {{"format", "pt"}});
   out.sync_and_close();
   rank.bytes = out.size();
+  // The header: everything before the first tensor's bytes.
+  rank.header_bytes = rank.bytes;
+  for (const auto& [name, range] : ranges) rank.header_bytes = std::min<uint64_t>(rank.header_bytes, range.first);
+  {
+    const InputFile written((std::filesystem::path(dir) / rank.file).string());
+    std::string header(rank.header_bytes, '\0');
+    written.read_at(0, header.data(), header.size(), "the header");
+    rank.header_xxh3 = xxh3_64(header.data(), header.size());
+  }
   for (const auto& t : snapshot.tensors) {
     const auto [begin, end] = ranges.at(t.name);
     const auto where = rank.file + ": tensor '" + t.name + "'";
@@ -49,11 +59,19 @@ class ShardFiles {
     } catch (const std::exception& e) {
       throw std::runtime_error(std::string(e.what()) + " (needed for tensor '" + tensor + "')");
     }
-    for (const auto& r : meta_.ranks)
-      if (r.file == shard.file && r.bytes != slot->size())
+    for (const auto& r : meta_.ranks) {
+      if (r.file != shard.file) continue;
+      if (r.bytes != slot->size())
         throw std::runtime_error(path + ": " + std::to_string(slot->size()) + " bytes, metadata.json says " +
                                  std::to_string(r.bytes) + " (truncated or replaced; found reading tensor '" + tensor +
                                  "')");
+      if (r.header_bytes == 0) continue;  // written before headers were checksummed
+      std::string header(r.header_bytes, '\0');
+      slot->read_at(0, header.data(), header.size(), "the header");
+      if (xxh3_64(header.data(), header.size()) != r.header_xxh3)
+        throw std::runtime_error(path + ": header checksum mismatch (the safetensors header was changed; found reading "
+                                        "tensor '" + tensor + "')");
+    }
     return *slot;
   }
 

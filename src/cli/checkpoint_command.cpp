@@ -88,8 +88,18 @@ int run_info(const CheckpointOptions& o) {
   }
   std::cout << meta.tensors.size() << " tensors, " << megabytes(total) << " in all\n";
   if (o.verify) {
-    checkpoint::read_whole_tensors(dir, meta);
-    std::cout << "verified: every shard's size and every tensor's checksum match\n";
+    // A folder given alone: every committed step, each named; else the one step shown.
+    const bool every_step = !step_of(o) && !fs::exists(fs::path(o.path) / "metadata.json");
+    const auto folder = fs::path(dir).parent_path().string();
+    std::vector<std::string> dirs{dir};
+    if (every_step) {
+      dirs.clear();
+      for (auto s : steps) dirs.push_back(checkpoint::resolve_step_dir(folder, s));
+    }
+    for (const auto& d : dirs) {
+      checkpoint::read_whole_tensors(d, checkpoint::read_metadata(d));
+      std::cout << "verified " << d << ": metadata.json, every shard's size, header and tensor checksums\n";
+    }
   }
   return 0;
 }

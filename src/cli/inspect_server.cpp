@@ -97,6 +97,8 @@ std::string prometheus_text(const StatusBoard& board) {
   return out.str();
 }
 
+constexpr size_t kInspectWorkers = 64;
+
 struct InspectServer::Impl {
   httplib::Server server;
   std::thread thread;
@@ -107,6 +109,14 @@ struct InspectServer::Impl {
 InspectServer::InspectServer(const config::JobConfig& cfg, std::shared_ptr<StatusBoard> board, Control control)
     : impl_(std::make_unique<Impl>()) {
   auto& svr = impl_->server;
+  // Connections that send nothing, or dribble their headers, hold a worker at most this long,
+  // and the pool is wide enough that a few hundred of them leave workers for real requests.
+  svr.new_task_queue = [] { return new httplib::ThreadPool(kInspectWorkers); };
+  svr.set_read_timeout(0, 500'000);  // the request line and headers, and each read of a body
+  svr.set_write_timeout(2, 0);
+  svr.set_keep_alive_timeout(2);
+  svr.set_keep_alive_max_count(100);
+  svr.set_payload_max_length(64 * 1024);  // the controls take no body
   const std::string token = cfg.inspect.token;
   const bool checkpoints = cfg.checkpoint.enable;
   // Every request carries the token when one is set (header, or ?token= for the web page).
@@ -175,6 +185,9 @@ InspectServer::InspectServer(const config::JobConfig& cfg, std::shared_ptr<Statu
                 std::to_string(impl_->port) + ")";
   if (wanted > 0 && impl_->port != wanted) impl_->note += "; port " + std::to_string(wanted) + " was busy";
   impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
+  // A stop() before the loop runs is lost and the join would wait forever (a job that fails at
+  // once ends the server at once): the server is returned running.
+  for (int i = 0; i < 500 && !impl_->server.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
 }
 
 InspectServer::~InspectServer() {

@@ -188,6 +188,13 @@ Rule inspect_host_rule() {
   });
 }
 
+// A token of only blanks would be accepted from anyone who sends blanks: refused like a key typo.
+Rule inspect_token_rule() {
+  return must_be<std::string>("empty (no token) or a token with a non-blank character", [](const std::string& v, auto&) {
+    return v.empty() || v.find_first_not_of(" \t\r\n\f\v") != std::string::npos;
+  });
+}
+
 Rule decay_ratio_rule() {
   return must_be<double>("negative (decay over all steps after warmup) or in [0, 1]",
                          [](double v, auto&) { return v < 0 || (v >= 0 && v <= 1); });
@@ -379,7 +386,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(inspect, host), inspect_host_rule()},
       {TROUPE_KEY(inspect, port), must_be<int64_t>("a port in 0..65535 (0: any free port)",
                                                    [](int64_t v, auto&) { return v >= 0 && v <= 65535; })},
-      {TROUPE_KEY(inspect, token), {}},
+      {TROUPE_KEY(inspect, token), inspect_token_rule()},
       {TROUPE_KEY(comm, init_timeout_seconds), at_least(1)},
       {TROUPE_KEY(comm, train_timeout_seconds), at_least(1)},
       {TROUPE_KEY(comm, trace_buf_size), at_least(0)},

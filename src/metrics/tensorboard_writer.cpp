@@ -106,6 +106,15 @@ std::string file_version_event(double wall_time) {
   return e;
 }
 
+std::string session_start_event(double wall_time, int64_t step) {
+  std::string log;  // SessionLog: status (1) = START (1)
+  put_tag(log, 1, 0);
+  put_varint(log, 1);
+  auto e = event_header(wall_time, step);
+  put_bytes(e, 7, log);  // Event.session_log (6 is the deprecated log_message)
+  return e;
+}
+
 TensorBoardWriter::TensorBoardWriter(const std::string& folder, const std::string& suffix) {
   std::error_code ec;
   std::filesystem::create_directories(folder, ec);
@@ -114,7 +123,8 @@ TensorBoardWriter::TensorBoardWriter(const std::string& folder, const std::strin
   if (gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "localhost");
   const double now = unix_seconds();
   path_ = (std::filesystem::path(folder) /
-           ("events.out.tfevents." + std::to_string(static_cast<int64_t>(now)) + "." + host + suffix))
+           ("events.out.tfevents." + std::to_string(static_cast<int64_t>(now)) + "." + host + "." +
+            std::to_string(getpid()) + suffix))
               .string();
   out_.open(path_, std::ios::binary | std::ios::trunc);
   if (!out_) throw std::runtime_error("cannot open " + path_ + " for writing");
@@ -125,6 +135,12 @@ TensorBoardWriter::TensorBoardWriter(const std::string& folder, const std::strin
 
 void TensorBoardWriter::add_scalars(int64_t step, const std::vector<std::pair<std::string, float>>& scalars) {
   write_record(scalar_event(unix_seconds(), step, scalars));
+  out_.flush();
+  if (!out_) throw std::runtime_error("cannot write " + path_);
+}
+
+void TensorBoardWriter::start_at(int64_t step) {
+  write_record(session_start_event(unix_seconds(), step));
   out_.flush();
   if (!out_) throw std::runtime_error("cannot write " + path_);
 }

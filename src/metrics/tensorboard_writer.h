@@ -22,6 +22,9 @@ std::string tfrecord(std::string_view data);
 std::string scalar_event(double wall_time, int64_t step, const std::vector<std::pair<std::string, float>>& scalars);
 // The file's first Event: wall_time and file_version "brain.Event:2".
 std::string file_version_event(double wall_time);
+// An Event with session_log START at `step`: TensorBoard drops the scalars of earlier files at
+// this step and after (a resumed run's re-run steps).
+std::string session_start_event(double wall_time, int64_t step);
 
 class TensorBoardWriter {
  public:
@@ -30,6 +33,8 @@ class TensorBoardWriter {
   TensorBoardWriter(const std::string& folder, const std::string& suffix = "");
   // Writes one Event of scalars for `step` and flushes. Throws on a failed write.
   void add_scalars(int64_t step, const std::vector<std::pair<std::string, float>>& scalars);
+  // Marks a (re)start at `step`: what earlier runs logged from this step on is purged.
+  void start_at(int64_t step);
   const std::string& path() const { return path_; }
 
  private:

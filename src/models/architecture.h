@@ -22,6 +22,23 @@ class Model;
 // Dimension keys and values as config text ("n_layers" = "16"), in the family's order.
 using Dimensions = std::vector<std::pair<std::string, std::string>>;
 
+// A model's own sharding plan (DESIGN §4): what tensor, sequence and expert parallelism do to
+// its parameters, declared by the family and applied by parallel/parallelize.h over the mesh.
+struct ShardingPlan {
+  // Tensor parallelism: a parameter whose name ends with `suffix` is split along tensor
+  // dimension `dim` over the tp ranks (dim 0 of a projection's weight: torchtitan's
+  // ColwiseParallel, and the vocabulary of the embedding and the output; dim 1: RowwiseParallel).
+  // Parameters no rule names stay whole on every tp rank (the norms).
+  struct TensorSplit {
+    std::string suffix;
+    int64_t dim;
+  };
+  std::vector<TensorSplit> tensor_parallel;
+  // Expert parallelism: parameters of routed experts, split over ep by their leading (expert)
+  // dimension. None in a dense model.
+  std::vector<std::string> experts;
+};
+
 class Architecture {
  public:
   virtual ~Architecture() = default;
@@ -38,6 +55,7 @@ class Architecture {
   virtual int64_t num_non_embedding_params() const = 0;  // torchtitan's N for MFU
   // Training FLOPs per token at this sequence length (torchtitan's formula: 6N + attention).
   virtual double flops_per_token(int64_t seq_len) const = 0;
+  virtual ShardingPlan sharding_plan() const = 0;
 
   // The plain model: unsharded shapes, as units. `options` picks dtype and device (meta builds
   // shapes without memory); units `materialize` rejects (another pipeline stage's) are built on

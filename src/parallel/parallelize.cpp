@@ -46,13 +46,28 @@ PipelinePlan split_and_schedule(const config::JobConfig& cfg, const DeviceMesh& 
   return plan;
 }
 
-// Step 2. Tensor, context and expert parallelism apply the model's sharding plan inside its
-// units; until they exist their degrees are refused here (the config refuses them first).
-void apply_model_plan(const ParallelDims& dims) {
+// Step 2: the model's own plan. Each parameter's placement starts with its tensor-parallel
+// split (a rule may name a parameter the model lacks: a tied model has no output). The
+// engines that split the tensors and communicate inside the units over tp, cp and ep come with
+// those parallelisms: until then their degrees must be 1, and a tp split is one part.
+std::map<std::string, Placement> apply_model_plan(const models::ShardingPlan& plan,
+                                                  const std::vector<std::pair<std::string, at::Tensor>>& parameters,
+                                                  const DeviceMesh& mesh) {
   for (auto d : {MeshDim::tp, MeshDim::cp})
-    if (dims.of(d) != 1)
+    if (mesh.dims().of(d) != 1)
       throw std::invalid_argument(std::string("parallelism: ") + dim_name(d) +
                                   " degree > 1 is not implemented yet (the model's sharding plan has no engine)");
+  std::map<std::string, Placement> placements;
+  for (const auto& [name, t] : parameters) {
+    auto placement = Placement::whole(t.sizes().vec());
+    for (const auto& rule : plan.tensor_parallel) {
+      if (!name.ends_with(rule.suffix)) continue;
+      placement = placement.split(MeshDim::tp, rule.dim, mesh.coord(MeshDim::tp), mesh.dims().of(MeshDim::tp));
+      break;
+    }
+    placements.emplace(name, std::move(placement));
+  }
+  return placements;
 }
 
 // torchtitan's "op" policy: no unit is recomputed whole; the blocks recompute their element-wise
@@ -127,7 +142,7 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   for (const auto& [name, t] : owned) out.parameters.push_back(t);
 
   // 2. The model's own plan.
-  apply_model_plan(dims);
+  const auto plan_placements = apply_model_plan(arch.sharding_plan(), owned, mesh);
 
   // 3. Activation checkpointing.
   const auto recompute = apply_activation_checkpointing(model, out.unit_ids, cfg.activation_checkpoint);
@@ -152,17 +167,18 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
     model.weight_services().sinks = &out.sharded->gradient_sinks();
     for (const auto& s : out.sharded->shards()) {
       if (s.master.numel() == 0) continue;  // a chunk past the end of a short parameter
-      out.trained.push_back(
-          {s.name, s.master, Placement::whole(s.shape).split(MeshDim::dp_shard, 0, s.index, s.parts), s.unit});
+      out.trained.push_back({s.name, s.master, plan_placements.at(s.name).split(MeshDim::dp_shard, 0, s.index, s.parts),
+                             s.unit});
     }
     const std::map<MeshDim, comm::CommunicatorPtr> groups{{MeshDim::dp_shard, o.shard}, {MeshDim::dp_replicate, o.replicate}};
     std::set<MeshDim> split;
     for (const auto& t : out.trained)
       for (auto d : t.placement.split_dims()) split.insert(d);
+    // A split with no group is of one part (tp until its engine exists): nothing to sum across.
     for (auto d : split)
-      if (const auto& g = groups.at(d)) out.norm_groups.push_back(g);
+      if (const auto it = groups.find(d); it != groups.end() && it->second) out.norm_groups.push_back(it->second);
   } else {
-    for (const auto& [name, t] : owned) out.trained.push_back({name, t, Placement::whole(t.sizes().vec())});
+    for (const auto& [name, t] : owned) out.trained.push_back({name, t, plan_placements.at(name)});
   }
 
   // 5. The executors.

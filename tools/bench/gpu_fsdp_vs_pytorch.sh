@@ -3,7 +3,7 @@
 # (issue 5's targets). Usage (repo root, after building build-gpu):
 #   tools/bench/gpu_fsdp_vs_pytorch.sh PEER_SCRIPT TOKENIZER_JSON FLAVOR_ARGS BATCH SEQ STEPS [troupe overrides...]
 # FLAVOR_ARGS: "1.5b" (configs/llama3_1.5b.toml vs the peer's defaults), "8b" (flavor 8B, full
-# activation checkpointing on both sides) or "8b16" (8B_16layers, as 8b).
+# activation checkpointing on both sides) or "8b16" (the 8B cut to 16 blocks, --model.n_layers 16, as 8b).
 set -euo pipefail
 peer=$1 tokenizer=$2 flavor=$3 batch=$4 seq=$5 steps=$6
 shift 6
@@ -16,7 +16,7 @@ case $flavor in
   1.5b) troupe_model=(--config configs/llama3_1.5b.toml); peer_model=() ;;
   8b) troupe_model=(--config configs/llama3_1.5b.toml --model.flavor 8B --activation_checkpoint.mode full)
       peer_model=(--dim 4096 --layers 32 --heads 32 --kv_heads 8 --ffn 14336 --ac) ;;
-  8b16) troupe_model=(--config configs/llama3_1.5b.toml --model.flavor 8B_16layers --activation_checkpoint.mode full)
+  8b16) troupe_model=(--config configs/llama3_1.5b.toml --model.flavor 8B --model.n_layers 16 --activation_checkpoint.mode full)
       peer_model=(--dim 4096 --layers 16 --heads 32 --kv_heads 8 --ffn 14336 --ac) ;;
   *) echo "flavor: 1.5b, 8b or 8b16 (the 8B blocks, 16 of them: fits one GPU)" >&2; exit 2 ;;
 esac

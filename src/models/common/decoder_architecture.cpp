@@ -32,6 +32,15 @@ std::vector<DimensionField<DecoderArgs>> decoder_fields(const std::vector<std::s
 
 DecoderArchitecture::DecoderArchitecture(const DecoderArgs& args) : args_(args) { args_.validate(); }
 
+ShardingPlan DecoderArchitecture::sharding_plan() const {
+  ShardingPlan plan;
+  for (const char* colwise : {"attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "feed_forward.w1.weight",
+                              "feed_forward.w3.weight", "tok_embeddings.weight", "output.weight"})
+    plan.tensor_parallel.push_back({colwise, 0});
+  for (const char* rowwise : {"attention.wo.weight", "feed_forward.w2.weight"}) plan.tensor_parallel.push_back({rowwise, 1});
+  return plan;
+}
+
 std::shared_ptr<Model> DecoderArchitecture::build(const at::TensorOptions& options, int64_t max_seq_len,
                                                   const std::function<bool(size_t)>& materialize) const {
   return std::make_shared<DecoderModel>(args_, options, max_seq_len, materialize);

@@ -27,6 +27,9 @@ class DecoderArchitecture : public Architecture {
   int64_t num_params() const override { return args_.num_params(); }
   int64_t num_non_embedding_params() const override { return args_.num_non_embedding_params(); }
   double flops_per_token(int64_t seq_len) const override { return args_.flops_per_token(seq_len); }
+  // torchtitan's plan for Llama and Qwen3: q, k, v, w1, w3 and the output column-wise, wo and w2
+  // row-wise, the embedding by vocabulary rows; the norms (q/k norms too) whole.
+  ShardingPlan sharding_plan() const override;
   std::shared_ptr<Model> build(const at::TensorOptions& options, int64_t max_seq_len,
                                const std::function<bool(size_t)>& materialize) const override;
   checkpoint::TensorMap to_hf(const checkpoint::TensorMap& native) const override;

@@ -90,19 +90,11 @@ ModelArgs make(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, dou
 const std::vector<std::pair<std::string, ModelArgs>>& registry() {
   static const std::vector<std::pair<std::string, ModelArgs>> flavors = {
       {"debugmodel", make(256, 6, 16, 0, 0, 256, 0, false, 2048)},
-      // Deep enough for 8 pipeline stages (4 ranks x 2 virtual stages).
-      {"debugmodel_8layers", make(256, 8, 16, 0, 0, 256, 0, false, 2048)},
-      // The output projection tied to the embedding, as Llama 3.2 1B and 3B.
-      {"debugmodel_tied", make(256, 6, 16, 0, 0, 256, 0, true, 2048)},
       {"1B", make(2048, 16, 32, 8, 1.5, 256, 32.0, true)},
       // The 1B shapes untied: the model of the shared PyTorch peer benchmark (1.50B parameters).
       {"1.5B", make(2048, 16, 32, 8, 1.5, 256, 32.0, false)},
-      // Those shapes with 2 blocks: the GPU tests' large model (big GEMMs, the 128k head).
-      {"1.5B_2layers", make(2048, 2, 32, 8, 1.5, 256, 32.0, false)},
       {"3B", make(3072, 28, 24, 8, 1.0, 256, 32.0, true)},
       {"8B", make(4096, 32, 32, 8, 1.3, 1024, 8.0, false)},
-      // The 8B blocks, half as many: issue 5's 8B shapes measured on one GPU.
-      {"8B_16layers", make(4096, 16, 32, 8, 1.3, 1024, 8.0, false)},
       {"70B", make(8192, 80, 64, 8, 1.3, 4096, 8.0, false)},
       {"405B", make(16384, 126, 128, 8, 1.2, 4096, 8.0, false)},
   };
