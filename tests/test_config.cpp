@@ -519,3 +519,26 @@ TEST_CASE("[model] dimension keys: from the file and the command line, checked b
   CHECK_THAT(config_error([&] { load_text(dir, "", {{"model.tokeniser_path", "x"}}); }),
              Contains("did you mean 'model.tokenizer_path'?"));
 }
+
+TEST_CASE("clearer messages: a key of another section, a directory as the config, warnings", "[config]") {
+  TempDir dir;
+  const auto path = dir.job_file();
+  CHECK(config_error([&] { load_text(dir, "[training]\nlr = 3e-4\n"); }) ==
+        path + ":2: unknown key 'training.lr' (did you mean 'optimizer.lr'?)");
+  CHECK(config_error([&] { load_text(dir, "", {{"training.warmup_steps", "3"}}); }) ==
+        "--training.warmup_steps: unknown key 'training.warmup_steps' (did you mean 'lr_scheduler.warmup_steps'?)");
+  std::filesystem::create_directories(dir.file("configs"));
+  CHECK(config_error([&] { load_job_config(dir.file("configs"), {}); }) ==
+        "config file '" + dir.file("configs") + "' is a directory, not a TOML file");
+  // Allowed, but said: a file with no keys, and a warmup longer than the run.
+  const auto empty = dir.write("empty.toml", "# nothing here\n[training]\n");
+  auto cfg = load_job_config(empty, {{"model.tokenizer_path", dir.tokenizer()}});
+  auto warnings = config_warnings(empty, cfg);
+  REQUIRE(warnings.size() == 1);  // the default warmup (200) is within the default steps (10000)
+  CHECK(warnings[0] == empty + " sets no keys: every value is a default");
+  cfg = load_text(dir, "[training]\nsteps = 20\n[lr_scheduler]\nwarmup_steps = 50\n");
+  warnings = config_warnings(path, cfg);
+  REQUIRE(warnings.size() == 1);
+  CHECK(warnings[0] ==
+        "lr_scheduler.warmup_steps (50) is more than training.steps (20): the learning rate never reaches optimizer.lr");
+}

@@ -53,6 +53,7 @@ int run_train(const TrainOptions& opts, const std::vector<std::string>& extras) 
     std::cerr << "troupe: " << e.what() << '\n';
     return runtime::exit_code::bad_config;
   }
+  for (const auto& warning : config::config_warnings(opts.config_path, cfg)) std::cerr << "troupe: warning: " << warning << '\n';
   runtime::NodePlacement placement;
   try {
     placement = opts.placement.resolve(cfg);

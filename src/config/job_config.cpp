@@ -442,7 +442,13 @@ std::optional<std::string> dimension_text(const toml::node& n) {
   return std::nullopt;
 }
 
+// The same key in another section first (training.lr -> optimizer.lr), else the nearest name.
 std::string unknown_key(std::string_view name) {
+  const auto dot = name.find('.');
+  if (dot != std::string_view::npos)
+    for (const auto& spec : key_specs())
+      if (spec.name == name.substr(dot + 1))
+        return "unknown key " + quote(name) + " (did you mean " + quote(spec.full_name()) + "?)";
   return "unknown key " + quote(name) + did_you_mean(name, known_keys());
 }
 
@@ -577,6 +583,7 @@ std::vector<std::pair<const toml::key*, const toml::node*>> in_file_order(const 
 class Loader {
  public:
   void read_file(const std::string& path) {
+    if (std::filesystem::is_directory(path)) fail("config file " + quote(path) + " is a directory, not a TOML file");
     if (!std::filesystem::is_regular_file(path)) fail("config file " + quote(path) + " not found");
     toml::table root;
     try {
@@ -707,6 +714,25 @@ std::vector<Override> parse_override_args(const std::vector<std::string>& args) 
     }
   }
   return overrides;
+}
+
+std::vector<std::string> config_warnings(const std::string& path, const JobConfig& cfg) {
+  std::vector<std::string> out;
+  if (!path.empty()) {
+    try {
+      const auto root = toml::parse_file(path);
+      bool any = false;
+      for (const auto& [section, node] : root)
+        if (const auto* t = node.as_table(); t && !t->empty()) any = true;
+      if (!any) out.push_back(path + " sets no keys: every value is a default");
+    } catch (const toml::parse_error&) {
+    }
+  }
+  if (cfg.lr_scheduler.warmup_steps > cfg.training.steps)
+    out.push_back("lr_scheduler.warmup_steps (" + std::to_string(cfg.lr_scheduler.warmup_steps) +
+                  ") is more than training.steps (" + std::to_string(cfg.training.steps) +
+                  "): the learning rate never reaches optimizer.lr");
+  return out;
 }
 
 JobConfig load_job_config(const std::string& path, const std::vector<Override>& overrides) {

@@ -184,6 +184,10 @@ std::vector<Override> parse_override_args(const std::vector<std::string>& args);
 // Reads `path` (empty: defaults only), applies the overrides in order, validates everything.
 JobConfig load_job_config(const std::string& path, const std::vector<Override>& overrides = {});
 
+// What is allowed but probably not meant, one line each: a config file that sets no key, a
+// warmup longer than the run.
+std::vector<std::string> config_warnings(const std::string& path, const JobConfig& cfg);
+
 // Every valid key as "section.key", for error hints and --help.
 std::vector<std::string> known_keys();
 
