@@ -233,3 +233,17 @@ TEST_CASE("errors name what is wrong", "[tokenizer]") {
   const auto bad_merge = scratch.write("bad_merge.json", doc.dump());
   CHECK_THROWS_WITH(Tokenizer::load(bad_merge), Contains("nosuchtoken"));
 }
+
+TEST_CASE("a file that is neither tokenizer.json nor a rank file is named as such", "[tokenizer]") {
+  troupe::testing::TempDir dir;
+  std::string noise(3000, '\0');
+  uint32_t x = 12345;
+  for (auto& c : noise) c = static_cast<char>((x = x * 1664525u + 1013904223u) >> 24);
+  noise[0] = '\x8f';  // not '{', not base64: no reading of it as either could start
+  const auto path = dir.write("tokenizer.json", noise);
+  CHECK_THROWS_WITH(troupe::data::Tokenizer::load(path),
+                    Catch::Contains("'" + path + "' is neither a tokenizer.json (JSON) nor a tiktoken rank file"));
+  // A rank file with one bad line later still says which line.
+  const auto ranks = dir.write("ranks.model", "IQ== 0\nIg== 1\nnot a rank line\n");
+  CHECK_THROWS_WITH(troupe::data::Tokenizer::load(ranks), Catch::Contains("line 3"));
+}

@@ -639,8 +639,29 @@ json tiktoken_document(const std::string& text) {
 }
 }  // namespace
 
+namespace {
+
+// The first non-blank line of a tiktoken rank file: "<base64 token> <rank>".
+bool starts_like_rank_file(std::string_view text) {
+  const auto start = text.find_first_not_of(" \t\r\n");
+  if (start == std::string_view::npos) return false;
+  auto line = text.substr(start, text.find('\n', start) - start);
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  const auto space = line.find(' ');
+  if (space == 0 || space == std::string_view::npos || space + 1 == line.size()) return false;
+  static constexpr std::string_view kBase64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=";
+  return line.substr(0, space).find_first_not_of(kBase64) == std::string_view::npos &&
+         line.substr(space + 1).find_first_not_of("0123456789") == std::string_view::npos;
+}
+
+}  // namespace
+
 Tokenizer Tokenizer::load(const std::string& path) {
   const std::string text = read_file(path, "tokenizer file");
+  if (is_tiktoken_file(text) && !starts_like_rank_file(text))
+    throw std::runtime_error("tokenizer file '" + path +
+                             "' is neither a tokenizer.json (JSON) nor a tiktoken rank file (lines of "
+                             "'<base64 token> <rank>')");
   try {
     if (is_tiktoken_file(text)) return make_tokenizer(std::make_shared<const Impl>(tiktoken_document(text), true));
     return make_tokenizer(std::make_shared<const Impl>(json::parse(text)));
