@@ -12,16 +12,12 @@
 #include <fstream>
 #include <stdexcept>
 
-#include "checkpoint/module_state.h"
 #include "data/batch.h"
 #include "kernels/ops.h"
 #include "kernels/weight_copies.h"
 #include "models/model.h"
 #include <c10/cuda/CUDAFunctions.h>
 
-#include "comm/gloo_communicator.h"
-#include "comm/nccl_communicator.h"
-#include "comm/replica_communicator.h"
 #include "parallel/device_mesh.h"
 #include "parallel/parallelize.h"
 #include "parallel/pipeline_render.h"
@@ -30,7 +26,6 @@
 #include "runtime/device_info.h"
 #include "train/adamw.h"
 #include "train/lr_schedule.h"
-#include "parallel/unit_executor.h"
 
 namespace troupe::train {
 
