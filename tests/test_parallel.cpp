@@ -1108,6 +1108,10 @@ TEST_CASE("a node that dies ends the other node's job with an error within the t
       // Whichever comes first names the problem: the lost node, or the broken collective.
       CHECK_THAT(out, Catch::Contains(victim == 1 ? "a rank on another node is gone" : "lost node 0") ||
                           (Catch::Contains("gloo group") && Catch::Contains("failed")));
+      // The lost node is named by its rank and host (node 1's by node 0; node 0's address by node 1).
+      if (victim == 1 && out.find("a rank on another node is gone") != std::string::npos)
+        CHECK_THAT(out, Catch::Contains("lost node 1 (host "));
+      if (victim == 0 && out.find("lost node 0") != std::string::npos) CHECK_THAT(out, Catch::Contains("lost node 0 (127.0.0.1:"));
       CHECK(took < 5 + 20);  // the collective timeout plus shutdown
       std::string ignored;
       dies.wait(5, ignored);
@@ -1159,4 +1163,17 @@ TEST_CASE("parallelize: every trained tensor's placement carries the model's ten
                           .box();
   CHECK(nested.offsets == std::vector<int64_t>{10, 0});
   CHECK(nested.lengths == std::vector<int64_t>{2, 4});
+}
+
+TEST_CASE("a node that never joins is named by node 0, which waited for it", "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "alone", 5, 5, listen_port(5)));
+  ChildProcess node0({troupe_binary(), "train", "--config", config, "--nnodes", "2", "--node-rank", "0", "--rdzv",
+                      "127.0.0.1:" + std::to_string(listen_port(6)), "--comm.init_timeout_seconds", "3"});
+  std::string out;
+  const int code = node0.wait(60, out);
+  INFO(out);
+  CHECK(code == 1);
+  CHECK_THAT(out, Catch::Contains("[nodes that never joined: 1]"));
 }

@@ -22,6 +22,9 @@
 #include <torch/cuda.h>
 
 #include <algorithm>
+#include <unistd.h>
+#include <cstring>
+#include <map>
 #include <functional>
 #include <iostream>
 #include <set>
@@ -42,6 +45,7 @@ struct supervisor_state {
   std::vector<std::vector<caf::actor>> stages_of, writers_of;
   std::vector<caf::actor> remote_supervisors;
   int joined = 1;  // nodes whose ranks are known (this one included)
+  std::map<caf::node_id, std::string> node_names;  // node 0: each joined node as "node R (host H)"
   std::set<caf::node_id> gone_nodes;   // nodes whose actors went down
   std::vector<caf::actor> awaiting;    // nodes told the outcome, not yet acknowledged
   actors::TrainOutcome result;        // delivered once they have
@@ -130,6 +134,13 @@ void end_job(self_ptr self, actors::TrainOutcome outcome) {
   if (outcome.exit_code == runtime::exit_code::failed && !outcome.stuck)
     if (const auto where = actors::stages_whereabouts(st.board->snapshot()); !where.empty())
       outcome.message += " [where the ranks were: " + where + "]";
+  // Node 0 names the nodes the job waited for in vain.
+  if (outcome.exit_code == runtime::exit_code::failed && st.links.placement.node_rank == 0 && st.stages_of.size() > 1) {
+    std::string missing;
+    for (size_t n = 1; n < st.stages_of.size(); ++n)
+      if (st.stages_of[n].empty()) missing += (missing.empty() ? "" : ", ") + std::to_string(n);
+    if (!missing.empty()) outcome.message += " [nodes that never joined: " + missing + "]";
+  }
   st.result = std::move(outcome);
   for (auto& node : st.remote_supervisors) {
     if (st.gone_nodes.count(node.node())) continue;
@@ -251,7 +262,9 @@ caf::behavior supervise(self_ptr self, config::JobConfig cfg, models::Architectu
     if (place.nnodes == 1) st.spawn_coordinator();
   } else {
     self->monitor(links.node0);
-    self->send(links.node0, join_atom::value, place.node_rank, stages, writers);
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "unknown");
+    self->send(links.node0, join_atom::value, place.node_rank, std::string(host), stages, writers);
     self->send(self, tick_atom::value);
   }
   // Any actor of the job that dies before the job has ended is a failure, whatever its reason:
@@ -266,9 +279,11 @@ caf::behavior supervise(self_ptr self, config::JobConfig cfg, models::Architectu
                                 std::to_string(s.links.placement.rdzv_port) + "): " + to_string(msg.reason),
                             {}});
     const bool remote = msg.source.node() != self->node();
+    const auto named = s.node_names.find(msg.source.node());
+    const std::string which = named == s.node_names.end() ? std::string() : "lost " + named->second + ": ";
     end_job(self, {runtime::exit_code::failed,
-                   std::string(remote ? "a rank on another node is gone (its node stopped or the network failed): "
-                                      : "an actor stopped unexpectedly: ") +
+                   which + (remote ? "a rank on another node is gone (its node stopped or the network failed): "
+                                   : "an actor stopped unexpectedly: ") +
                        failure_text(msg.reason),
                    {}});
   });
@@ -311,7 +326,8 @@ caf::behavior supervise(self_ptr self, config::JobConfig cfg, models::Architectu
       [=](board_atom, int64_t node, std::vector<actor_status> actors) {
         self->state.board->set_remote(node, std::move(actors));
       },
-      [=](join_atom, int node, std::vector<caf::actor> node_stages, std::vector<caf::actor> node_writers) {
+      [=](join_atom, int node, std::string host, std::vector<caf::actor> node_stages,
+          std::vector<caf::actor> node_writers) {
         auto& s = self->state;
         s.status->on_message(self);
         if (node < 1 || node >= static_cast<int>(s.stages_of.size()) || !s.stages_of[node].empty()) {
@@ -323,6 +339,7 @@ caf::behavior supervise(self_ptr self, config::JobConfig cfg, models::Architectu
           return;
         }
         auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+        s.node_names[sender.node()] = "node " + std::to_string(node) + " (host " + host + ")";
         s.remote_supervisors.push_back(sender);
         self->monitor(sender);
         for (auto& a : node_stages) self->monitor(a);

@@ -16,7 +16,7 @@ using children_atom = caf::atom_constant<caf::atom("children")>;  // (children_a
 // Between nodes (node 0's supervisor is published at the rendezvous port):
 // node R -> node 0, before spawning anything: (rdzv_atom) -> caf::actor, the key-value store
 using rdzv_atom = caf::atom_constant<caf::atom("rdzv")>;
-// node R -> node 0, once its ranks exist: (join_atom, int node_rank, std::vector<caf::actor> stages,
+// node R -> node 0, once its ranks exist: (join_atom, int node_rank, std::string host, std::vector<caf::actor> stages,
 // std::vector<caf::actor> writers); the coordinator starts once every node has joined
 using join_atom = caf::atom_constant<caf::atom("join")>;
 // node 0 -> node R when the job ends: (finish_atom, int exit_code, std::string message) -> bool
