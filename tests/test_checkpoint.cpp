@@ -600,3 +600,42 @@ TEST_CASE("checksums cover whole files: a shard's header and metadata.json; --ve
   testing::ChildProcess p({testing::troupe_binary(), "checkpoint", "info", folder + "/step-6", "--verify"});
   CHECK(p.wait(60, out) == 0);
 }
+
+TEST_CASE("a stop (SIGTERM before a preemption) saves the state after the running step; save_on_stop = false does not",
+          "[checkpoint-cli]") {
+  testing::TempDir dir;
+  auto run = [&](const std::string& dump, std::vector<std::string> extra, bool signal, std::string& out) {
+    std::vector<std::string> argv{testing::troupe_binary(), "train", "--config",
+                                  testing::source_dir() + "/configs/llama3_debug.toml", "--model.tokenizer_path",
+                                  testing::source_dir() + "/data/kjv/tokenizer.json", "--job.dump_folder", dir.file(dump),
+                                  "--inspect.enable", "false", "--metrics.log_freq", "1", "--checkpoint.enable",
+                                  "--checkpoint.interval", "1000", "--training.local_batch_size", "2",
+                                  "--training.seq_len", "64"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    testing::ChildProcess p(argv);
+    if (signal) {
+      REQUIRE(p.wait_for_line("step:     2", out));
+      p.signal(SIGTERM);
+    }
+    return p.wait(120, out);
+  };
+  std::string out;
+  CHECK(run("saved", {"--training.steps", "10000"}, true, out) == 0);
+  INFO(out);
+  const auto folder = dir.file("saved") + "/checkpoint";
+  const auto steps = checkpoint::committed_steps(folder);
+  REQUIRE(steps.size() == 1);
+  const auto step = steps.front();
+  CHECK(step >= 2);
+  CHECK_THAT(out, Contains("stopped by signal after step " + std::to_string(step)));
+  CHECK_FALSE(checkpoint::read_metadata(folder + "/step-" + std::to_string(step)).model_only);  // the whole state
+  // The same command resumes there, optimizer, schedule and data position included.
+  std::string again;
+  CHECK(run("saved", {"--training.steps", std::to_string(step + 1)}, false, again) == 0);
+  CHECK_THAT(again, Contains("checkpoint: loaded " + folder + "/step-" + std::to_string(step) +
+                             " (model, optimizer, lr_scheduler, dataloader, train_state, rng)"));
+  // Asked not to: the stop saves nothing.
+  out.clear();
+  CHECK(run("unsaved", {"--training.steps", "10000", "--checkpoint.save_on_stop", "false"}, true, out) == 0);
+  CHECK(checkpoint::committed_steps(dir.file("unsaved") + "/checkpoint").empty());
+}

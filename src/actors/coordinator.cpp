@@ -192,8 +192,11 @@ void save(self_ptr self, int64_t step, std::function<void()> then) {
           [=](caf::error& err) { save_failed(self, step, reason(err)); });
 }
 
+// A stop asked during the step saves it too (preemption: SLURM's SIGTERM comes before the kill).
 bool save_due(const coordinator_state& st, int64_t step) {
-  return !st.writers.empty() && (st.checkpoint_requested || step % st.checkpoint.interval == 0 || step == st.steps);
+  const bool stopping = !st.stop_reason.empty() && st.checkpoint.save_on_stop;
+  return !st.writers.empty() &&
+         (st.checkpoint_requested || stopping || step % st.checkpoint.interval == 0 || step == st.steps);
 }
 
 void run_step(self_ptr self, int64_t step);

@@ -350,6 +350,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(checkpoint, initial_load_path), needs_checkpoint_enabled(empty_or_existing_directory())},
       {TROUPE_KEY(checkpoint, initial_load_model_only), {}},
       {TROUPE_KEY(checkpoint, last_save_model_only), {}},
+      {TROUPE_KEY(checkpoint, save_on_stop), {}},
       {TROUPE_KEY(checkpoint, export_dtype), one_of({"float32", "bfloat16", "float16"})},
       {TROUPE_KEY(checkpoint, exclude_from_loading),
        each_one_of({"model", "optimizer", "lr_scheduler", "dataloader", "train_state", "rng"})},

@@ -95,6 +95,9 @@ struct CheckpointSection {
   std::string initial_load_path = "";  // a checkpoint (folder or step-N) to start from when the folder has none
   bool initial_load_model_only = true;
   bool last_save_model_only = true;  // the final step saves the model alone, in export_dtype
+  // A stop (SIGTERM before a preemption, SIGINT, the console) saves the full state after the
+  // running step before the job ends.
+  bool save_on_stop = true;
   std::string export_dtype = "float32";  // float32 | bfloat16 | float16
   // State parts not restored: model, optimizer, lr_scheduler, dataloader, train_state, rng.
   std::vector<std::string> exclude_from_loading;
