@@ -16,6 +16,7 @@
 #include <set>
 #include <thread>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "checkpoint/checkpoint_folder.h"
@@ -42,6 +43,7 @@
 #include "parallel/parallelize.h"
 #include "parallel/placement.h"
 #include "parallel/pipeline_schedule.h"
+#include "runtime/crash_report.h"
 #include "runtime/exit_codes.h"
 #include "runtime/node_placement.h"
 #include "train/adamw.h"
@@ -1176,4 +1178,68 @@ TEST_CASE("a node that never joins is named by node 0, which waited for it", "[p
   INFO(out);
   CHECK(code == 1);
   CHECK_THAT(out, Catch::Contains("[nodes that never joined: 1]"));
+}
+
+TEST_CASE("nodes started with different configs both stop at rendezvous, naming the keys and the nodes",
+          "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  const auto config = dir.write("job.toml", job_toml(dir, tokens, 2, "differ", 5, 5));
+  const auto rdzv = "127.0.0.1:" + std::to_string(listen_port(7));
+  auto args = [&](int node, std::vector<std::string> extra) {
+    std::vector<std::string> a{troupe_binary(), "train", "--config", config, "--nnodes", "2",
+                               "--node-rank", std::to_string(node), "--rdzv", rdzv};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  const auto started = std::chrono::steady_clock::now();
+  // A node-local key (where it writes) may differ; what is trained may not.
+  ChildProcess node0(args(0, {}));
+  ChildProcess node1(args(1, {"--optimizer.lr", "0.5", "--training.seq_len", "16", "--job.dump_folder",
+                              dir.file("elsewhere")}));
+  std::string out0, out1;
+  const int code0 = node0.wait(60, out0), code1 = node1.wait(60, out1);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  INFO(out0 << "\n---\n" << out1);
+  CHECK(code0 == runtime::exit_code::bad_config);
+  CHECK(code1 == runtime::exit_code::bad_config);
+  for (const auto* out : {&out0, &out1}) {
+    CHECK_THAT(*out, Catch::Contains("the nodes were started with different configs") &&
+                         Catch::Contains("optimizer.lr = ") && Catch::Contains("training.seq_len = 32 on node 0, 16 on node 1 (host "));
+    CHECK_THAT(*out, !Catch::Contains("job.dump_folder ="));
+  }
+  CHECK(took < 30);
+}
+
+TEST_CASE("gloo communicator: ranks that disagree on a collective's size end with an error, not an abort",
+          "[parallel]") {
+  // (A broadcast into a larger buffer passes Gloo unnoticed: the config check at rendezvous is
+  // what keeps the nodes' jobs the same.)
+  for (const std::string op : {"all_reduce", "all_gather", "reduce_scatter"}) {
+    INFO(op);
+    const auto child = run_in_child([&] {
+      runtime::install_crash_report();
+      std::string error;
+      try {
+        on_ranks(2, [&](int r, comm::CommunicatorPtr c) {
+          const int64_t n = r == 0 ? 4 : 8;
+          auto t = at::ones({n});
+          if (op == "all_reduce") c->all_reduce(t, comm::ReduceOp::sum)->wait();
+          if (op == "reduce_scatter") c->reduce_scatter(at::empty({n / 2}), t, comm::ReduceOp::sum)->wait();
+          if (op == "all_gather") c->all_gather(at::empty({2 * n}), t)->wait();
+        }, std::chrono::seconds(5));
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      std::cerr << "caught: " << error << std::endl;
+      _exit(error.empty() ? 0 : 7);
+    });
+    INFO(child.stderr_text);
+    CHECK(!WIFSIGNALED(child.wait_status));
+    REQUIRE(WIFEXITED(child.wait_status));
+    // Gloo finds the mismatch on its network thread: a clear line and exit 1.
+    CHECK(WEXITSTATUS(child.wait_status) == runtime::exit_code::failed);
+    CHECK_THAT(child.stderr_text, Catch::Contains("troupe: the ranks disagree on the size of a collective") &&
+                                      Catch::Contains("Received data size doesn't match"));
+  }
 }

@@ -17,13 +17,13 @@
 #include "comm/flight_recorder.h"
 #include "comm/rendezvous.h"
 #include "parallel/device_mesh.h"
+#include "train/job_model.h"
 #include "train/trainer.h"
+#include "runtime/node_placement.h"
 
 #include <torch/cuda.h>
 
 #include <algorithm>
-#include <unistd.h>
-#include <cstring>
 #include <map>
 #include <functional>
 #include <iostream>
@@ -55,6 +55,7 @@ struct supervisor_state {
   std::vector<std::pair<int, std::shared_ptr<comm::FlightRecorder>>> flight_recorders;  // by local rank
   std::string traces_folder, traces_prefix;  // where a failed job writes them: prefix + rank + ".json"
   uint64_t quits_seen = runtime::quit_signals();
+  config::KeyValues fingerprint;  // node 0: what every other node must match (train::job_fingerprint)
 };
 
 using self_ptr = caf::stateful_actor<supervisor_state>*;
@@ -199,6 +200,7 @@ caf::behavior supervise(self_ptr self, config::JobConfig cfg, models::Architectu
   auto me = caf::actor_cast<caf::actor>(self);
   const auto& place = links.placement;
   const bool node0 = place.node_rank == 0;
+  if (node0 && place.nnodes > 1) st.fingerprint = train::job_fingerprint(cfg, *model);
   st.traces_folder = cfg.job.dump_folder + "/" + cfg.comm.save_traces_folder;
   st.traces_prefix = st.traces_folder + "/" + cfg.comm.save_traces_file_prefix;
   // Ranks are numbered node by node; each stage connects its communicators while it starts,
@@ -262,9 +264,7 @@ caf::behavior supervise(self_ptr self, config::JobConfig cfg, models::Architectu
     if (place.nnodes == 1) st.spawn_coordinator();
   } else {
     self->monitor(links.node0);
-    char host[256] = {};
-    if (gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "unknown");
-    self->send(links.node0, join_atom::value, place.node_rank, std::string(host), stages, writers);
+    self->send(links.node0, join_atom::value, place.node_rank, runtime::host_name(), stages, writers);
     self->send(self, tick_atom::value);
   }
   // Any actor of the job that dies before the job has ended is a failure, whatever its reason:
@@ -306,7 +306,23 @@ caf::behavior supervise(self_ptr self, config::JobConfig cfg, models::Architectu
         else if (s.links.node0) self->send(s.links.node0, stop_atom::value, std::move(reason));
         else end_job(self, {runtime::exit_code::ok, "stopped by " + reason + " before every node joined", {}});
       },
-      [=](rdzv_atom) { return self->state.links.key_value_store; },
+      [=](rdzv_atom, int node, std::string host, std::vector<std::string> fingerprint) {
+        auto& s = self->state;
+        s.status->on_message(self);
+        const auto differ = config::disagreement(s.fingerprint, "node 0", config::unflatten(fingerprint),
+                                                 "node " + std::to_string(node) + " (host " + host + ")");
+        std::string refusal;
+        if (!differ.empty() && !s.ended) {
+          refusal = "the nodes were started with different configs: " + differ;
+          // Node 0's process ends with the job: the refusal goes out first.
+          self->delayed_send(self, std::chrono::milliseconds(500), refuse_atom::value, refusal);
+        }
+        return std::make_tuple(s.links.key_value_store, refusal);
+      },
+      [=](refuse_atom, std::string why) {
+        self->state.status->on_message(self);
+        end_job(self, {runtime::exit_code::bad_config, std::move(why), {}});
+      },
       // Controls from the inspection endpoint: node 0 applies them, other nodes pass them on.
       [=](pause_atom) { forward_control(self, caf::make_message(pause_atom::value)); },
       [=](resume_atom) { forward_control(self, caf::make_message(resume_atom::value)); },

@@ -14,8 +14,14 @@ namespace troupe::actors {
 using children_atom = caf::atom_constant<caf::atom("children")>;  // (children_atom) -> std::vector<caf::actor>
 
 // Between nodes (node 0's supervisor is published at the rendezvous port):
-// node R -> node 0, before spawning anything: (rdzv_atom) -> caf::actor, the key-value store
+// node R -> node 0, before spawning anything: (rdzv_atom, int node_rank, std::string host,
+// std::vector<std::string> fingerprint) -> (caf::actor key_value_store, std::string refusal). The
+// fingerprint is train::job_fingerprint flattened; a refusal (not empty) names the keys in which
+// the two nodes differ, and node 0 ends the job with it.
 using rdzv_atom = caf::atom_constant<caf::atom("rdzv")>;
+// (refuse_atom, std::string why): node 0's own timer, ending a job whose nodes disagree once the
+// refusal has had time to reach the node that asked
+using refuse_atom = caf::atom_constant<caf::atom("refuse")>;
 // node R -> node 0, once its ranks exist: (join_atom, int node_rank, std::string host, std::vector<caf::actor> stages,
 // std::vector<caf::actor> writers); the coordinator starts once every node has joined
 using join_atom = caf::atom_constant<caf::atom("join")>;

@@ -49,12 +49,17 @@ caf::actor connect_to_node0(caf::actor_system& sys, const NodePlacement& place, 
                            std::to_string(timeout.count()) + " s): " + last_error);
 }
 
-caf::actor ask_key_value_store(caf::actor_system& sys, const caf::actor& node0, std::chrono::seconds timeout) {
+// Node 0 hands out its store to a node whose job is the same as its own (train::job_fingerprint).
+caf::actor ask_key_value_store(caf::actor_system& sys, const caf::actor& node0, const NodePlacement& place,
+                               const config::KeyValues& fingerprint, std::chrono::seconds timeout) {
   caf::scoped_actor self{sys};
   caf::actor kv;
-  std::string error;
-  self->request(node0, timeout, actors::rdzv_atom::value)
-      .receive([&](caf::actor a) { kv = std::move(a); }, [&](caf::error& err) { error = sys.render(err); });
+  std::string error, refusal;
+  self->request(node0, timeout, actors::rdzv_atom::value, place.node_rank, runtime::host_name(),
+                config::flatten(fingerprint))
+      .receive([&](caf::actor a, std::string refused) { kv = std::move(a), refusal = std::move(refused); },
+               [&](caf::error& err) { error = sys.render(err); });
+  if (!refusal.empty()) throw config::ConfigError(refusal);
   if (!kv) throw std::runtime_error("node 0 did not hand out its rendezvous store: " + error);
   return kv;
 }
@@ -72,7 +77,8 @@ TrainOutcome run_actors(caf::actor_system_config& sys_cfg, const config::JobConf
     links.key_value_store = actors::spawn_key_value_store(sys);
   } else if (several_nodes) {
     links.node0 = connect_to_node0(sys, placement, init_timeout);
-    links.key_value_store = ask_key_value_store(sys, links.node0, init_timeout);
+    links.key_value_store =
+        ask_key_value_store(sys, links.node0, placement, train::job_fingerprint(cfg, *model), init_timeout);
   }
   auto promise = std::make_shared<std::promise<TrainOutcome>>();
   auto result = promise->get_future();

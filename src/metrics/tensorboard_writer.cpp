@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "runtime/node_placement.h"
+
 namespace troupe::metrics {
 
 namespace {
@@ -119,8 +121,7 @@ TensorBoardWriter::TensorBoardWriter(const std::string& folder, const std::strin
   std::error_code ec;
   std::filesystem::create_directories(folder, ec);
   if (ec) throw std::runtime_error("cannot create " + folder + ": " + ec.message());
-  char host[256] = {};
-  if (gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "localhost");
+  const auto host = runtime::host_name();
   const double now = unix_seconds();
   path_ = (std::filesystem::path(folder) /
            ("events.out.tfevents." + std::to_string(static_cast<int64_t>(now)) + "." + host + "." +

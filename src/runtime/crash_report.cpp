@@ -6,11 +6,16 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <ctime>
+#include <exception>
+#include <string>
+
+#include "runtime/exit_codes.h"
 
 namespace troupe::runtime {
 
@@ -120,6 +125,32 @@ extern "C" void on_fatal_signal(int sig, siginfo_t* info, void*) {
   raise(sig);
 }
 
+// An exception that leaves a thread Troupe does not own ends the process here, not by abort():
+// Gloo's network thread throws when two ranks disagree on a collective's size (ranks started
+// with different configs or code), and the job is to end with that said, as a failure.
+[[noreturn]] void on_terminate() {
+  std::string what = "std::terminate was called without an exception";
+  if (const auto thrown = std::current_exception()) {
+    try {
+      std::rethrow_exception(thrown);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+      what = "an exception that is not a std::exception";
+    }
+  }
+  std::replace(what.begin(), what.end(), '\n', ' ');
+  const bool size_mismatch = what.find("Received data size doesn't match") != std::string::npos;
+  const std::string line =
+      size_mismatch ? "troupe: the ranks disagree on the size of a collective, so the job cannot go on (were they "
+                      "started with different configs or builds?): " + what + "\n"
+                    : "troupe: an exception escaped a thread, ending the process: " + what + "\n";
+  say(line.c_str());
+  say("troupe: the thread's stack:\n");
+  say_thread_and_stack("):\n");
+  std::_Exit(exit_code::failed);
+}
+
 }  // namespace
 
 void dump_thread_stacks(const char* why, bool once) {
@@ -174,6 +205,7 @@ void install_crash_report() {
   quit.sa_flags = SA_RESTART;
   sigemptyset(&quit.sa_mask);
   sigaction(SIGQUIT, &quit, nullptr);
+  std::set_terminate(on_terminate);
 }
 
 }  // namespace troupe::runtime

@@ -5,6 +5,10 @@
 // On SIGQUIT (`kill -QUIT <pid>`, `timeout -s QUIT`) print every thread's native stack and go on:
 // where each rank's thread, actor and watchdog is when a job hangs. One process drives several
 // GPUs, so a rank stuck in a CUDA call can hold up another's collective; the stacks show which.
+//
+// An uncaught exception (std::terminate) prints what it was and the thread's stack, and ends the
+// process with exit code 1 rather than SIGABRT: a collective whose ranks disagree on its size
+// throws on Gloo's own network thread, out of every caller's reach.
 #pragma once
 #include <cstdint>
 

@@ -1,5 +1,7 @@
 #include "runtime/node_placement.h"
 
+#include <unistd.h>
+
 #include <stdexcept>
 
 namespace troupe::runtime {
@@ -98,6 +100,12 @@ int64_t local_ranks_under(const NodePlacement& placement, int64_t configured) {
                                 " tasks in this step, more than its nodes: each task hosts one rank (drop "
                                 "job.local_ranks, or launch one task per node)");
   return placement.ranks_per_node;
+}
+
+std::string host_name() {
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) return "unknown";
+  return host;
 }
 
 }  // namespace troupe::runtime

@@ -38,4 +38,7 @@ std::string first_slurm_host(const std::string& nodelist);
 // fixes it; std::invalid_argument when the two disagree.
 int64_t local_ranks_under(const NodePlacement& placement, int64_t configured);
 
+// This machine's host name ("unknown" if the system will not say).
+std::string host_name();
+
 }  // namespace troupe::runtime

@@ -72,4 +72,11 @@ models::ArchitecturePtr job_model(const config::JobConfig& cfg) {
   return job_model(cfg, data::Tokenizer::load(cfg.model.tokenizer_path).vocab_size());
 }
 
+config::KeyValues job_fingerprint(const config::JobConfig& cfg, const models::Architecture& model) {
+  auto kv = config::shared_key_values(cfg);
+  kv.emplace_back("model (built).family", model.family());
+  for (const auto& [key, value] : model.dimensions()) kv.emplace_back("model (built)." + key, value);
+  return kv;
+}
+
 }  // namespace troupe::train

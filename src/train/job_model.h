@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "checkpoint/checkpoint_metadata.h"
+#include "config/job_agreement.h"
 #include "config/job_config.h"
 #include "models/architecture.h"
 
@@ -24,5 +25,9 @@ models::ArchitecturePtr checkpoint_model(const checkpoint::ModelEntry& recorded)
 // their families; empty when they are the same model.
 std::string model_difference(const models::Architecture& a, const std::string& a_name, const models::Architecture& b,
                              const std::string& b_name);
+
+// What the nodes of a job compare at rendezvous: the shared keys and the model as built (its
+// vocabulary comes from each node's own tokenizer file), as "model (built).<dimension>".
+config::KeyValues job_fingerprint(const config::JobConfig& cfg, const models::Architecture& model);
 
 }  // namespace troupe::train
