@@ -406,6 +406,14 @@ TEST_CASE("troupe train: a layout that does not fit the world exits 2 at once; a
   CHECK(run({"--job.local_ranks", "2", "--training.global_batch_size", "24"}, out) == 2);
   CHECK_THAT(out, Catch::Contains("training.global_batch_size 24 is not a multiple of local_batch_size x "
                                   "data-parallel degree = 16"));
+  // A sequence longer than the model's, or one whose activations cannot fit, names training.seq_len.
+  out.clear();
+  CHECK(run({"--training.seq_len", "100000000"}, out) == 2);
+  CHECK_THAT(out, Catch::Contains("training.seq_len = 100000000 is more than llama3's longest sequence, 131072 positions"));
+  out.clear();
+  CHECK(run({"--training.seq_len", "131072", "--training.local_batch_size", "4096"}, out) == 2);
+  CHECK_THAT(out, Catch::Contains("training.seq_len = 131072 with training.local_batch_size = 4096: the activations") &&
+                      Catch::Contains("GiB of this machine; lower either"));
   CHECK(!std::filesystem::exists(dir.file("dump") + "/metrics.jsonl"));
 
   // A stage that never starts: no step can finish, and SIGTERM still ends the process

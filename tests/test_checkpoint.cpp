@@ -29,6 +29,7 @@ config::JobConfig checkpoint_config(const testing::TempDir& dir) {
   auto c = testing::small_job_config(dir);
   c.checkpoint.enable = true;
   c.checkpoint.interval = 3;
+  c.checkpoint.last_save_model_only = true;
   return c;
 }
 
@@ -638,4 +639,43 @@ TEST_CASE("a stop (SIGTERM before a preemption) saves the state after the runnin
   out.clear();
   CHECK(run("unsaved", {"--training.steps", "10000", "--checkpoint.save_on_stop", "false"}, true, out) == 0);
   CHECK(checkpoint::committed_steps(dir.file("unsaved") + "/checkpoint").empty());
+}
+
+TEST_CASE("a finished run extended with more steps continues its whole state; a model-only final save says what restarts",
+          "[checkpoint-cli]") {
+  testing::TempDir dir;
+  auto run = [&](const std::string& dump, int steps, std::vector<std::string> extra) {
+    std::vector<std::string> argv{testing::troupe_binary(), "train", "--config",
+                                  testing::source_dir() + "/configs/llama3_debug.toml", "--model.tokenizer_path",
+                                  testing::source_dir() + "/data/kjv/tokenizer.json", "--job.dump_folder", dir.file(dump),
+                                  "--inspect.enable", "false", "--checkpoint.enable", "--checkpoint.interval", "1000",
+                                  "--metrics.log_freq", "1", "--training.local_batch_size", "2",
+                                  "--training.seq_len", "64", "--training.steps", std::to_string(steps)};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    testing::ChildProcess p(argv);
+    std::string out;
+    CHECK(p.wait(120, out) == 0);
+    return out;
+  };
+  // The final save keeps everything by default (the debug config says false; the key unset is the same).
+  const auto first = run("kept", 3, {});
+  INFO(first);
+  CHECK_THAT(first, Contains("checkpoint: step 3 is the last; it keeps the whole training state"));
+  const auto folder = dir.file("kept") + "/checkpoint";
+  CHECK_FALSE(checkpoint::read_metadata(folder + "/step-3").model_only);
+  const auto extended = run("kept", 5, {});
+  INFO(extended);
+  CHECK_THAT(extended, Contains("checkpoint: loaded " + folder + "/step-3 (model, optimizer, lr_scheduler, dataloader, "
+                                "train_state, rng)"));
+  CHECK_THAT(extended, Contains("step:     4"));
+  CHECK_THAT(extended, !Contains("step:     1  loss"));
+
+  // Asked for the model alone: extending says, in its load line, what starts over.
+  run("alone", 3, {"--checkpoint.last_save_model_only", "true"});
+  const auto alone = dir.file("alone") + "/checkpoint";
+  CHECK(checkpoint::read_metadata(alone + "/step-3").model_only);
+  const auto restarted = run("alone", 5, {"--checkpoint.last_save_model_only", "true"});
+  INFO(restarted);
+  CHECK_THAT(restarted, Contains("starting fresh: optimizer, lr_scheduler, dataloader, rng (warning: step-3 holds the "
+                                 "model alone"));
 }

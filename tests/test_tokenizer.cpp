@@ -247,3 +247,23 @@ TEST_CASE("a file that is neither tokenizer.json nor a rank file is named as suc
   const auto ranks = dir.write("ranks.model", "IQ== 0\nIg== 1\nnot a rank line\n");
   CHECK_THROWS_WITH(troupe::data::Tokenizer::load(ranks), Catch::Contains("line 3"));
 }
+
+TEST_CASE("a tokenizer whose ids have holes is reported with its size and the holes", "[tokenizer]") {
+  const auto bundled = Tokenizer::load(kBundled);
+  CHECK(bundled.unused_ids().empty());
+  CHECK(troupe::data::unused_ids_note(bundled, kBundled).empty());
+  // The two added tokens moved up: ids 2046..2099 and 2101..2199 name nothing.
+  auto doc = nlohmann::json::parse(slurp(kBundled));
+  doc["added_tokens"][0]["id"] = 2100;
+  doc["added_tokens"][1]["id"] = 2200;
+  Scratch scratch;
+  const auto path = scratch.write("holes.json", doc.dump());
+  const auto holey = Tokenizer::load(path);
+  CHECK(holey.vocab_size() == 2201);
+  using Range = std::pair<int64_t, int64_t>;
+  CHECK(holey.unused_ids() == std::vector<Range>{{2046, 2099}, {2101, 2199}});
+  CHECK(troupe::data::unused_ids_note(holey, path) ==
+        "tokenizer " + path + " has ids 0-2200, of which 153 name no token (2046-2099, 2101-2199); the model's "
+        "vocabulary still counts them");
+  CHECK(holey.encode("<|end_of_text|>") == std::vector<int32_t>{2200});
+}

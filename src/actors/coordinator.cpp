@@ -168,6 +168,10 @@ void save(self_ptr self, int64_t step, std::function<void()> then) {
   }
   const bool model_only = step == 0 || (step == st.steps && st.checkpoint.last_save_model_only);
   const auto dtype = model_only && step > 0 ? st.checkpoint.export_dtype : std::string();
+  if (step == st.steps && !model_only)
+    log(self, "checkpoint: step " + std::to_string(step) +
+                  " is the last; it keeps the whole training state, so a run with more training.steps continues "
+                  "from it (checkpoint.last_save_model_only = true saves the model alone, in export_dtype)");
   st.saving = running_save{step, checkpoint::new_tmp_dir(st.checkpoint_folder, step), {}, 0, clock::now()};
   st.status->set_state("snapshot");
   const auto tmp_dir = st.saving->tmp_dir;

@@ -42,6 +42,7 @@ struct stage_state {
   // one sees the same batches and losses are comparable across steps (and across runs).
   std::unique_ptr<data::BatchSource> validation;
   data::DataPosition validation_start;
+  std::string memory_hint;  // what an allocation failure adds: the keys that size the buffers
 };
 
 // Batches received and not yet consumed, for the inspection console.
@@ -53,8 +54,8 @@ void publish_held_bytes(stage_state& st) {
 
 // A failed request: the status shows the error; the reply names this stage and why (the
 // coordinator, which asked, says what failed: "step 3 failed: stage[1]: ...").
-caf::error failed(actors::StatusEntry& status, const std::exception& e) {
-  const auto text = runtime::error_text(e);
+caf::error failed(actors::StatusEntry& status, const std::exception& e, const std::string& memory_hint) {
+  const auto text = runtime::error_text(e) + (runtime::out_of_memory(e) ? memory_hint : "");
   status.set_error(text);
   return caf::make_error(caf::sec::runtime_error, status.name() + ": " + text);
 }
@@ -84,7 +85,7 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
     st.status->set_state("idle");
     job.promise.deliver(stats);
   } catch (const std::exception& e) {
-    job.promise.deliver(failed(*st.status, e));
+    job.promise.deliver(failed(*st.status, e, st.memory_hint));
   }
 }
 
@@ -97,6 +98,9 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
   end_on_exception(self, "stage[" + std::to_string(rank_id) + "]");
   st.status->set_flight_recorder(rank.flight_recorder);
   st.loader = loader;
+  st.memory_hint = " (the buffers are sized by training.seq_len = " + std::to_string(cfg.training.seq_len) +
+                   " and training.local_batch_size = " + std::to_string(cfg.training.local_batch_size) +
+                   ": lower either, or set activation_checkpoint.mode)";
   try {
     runtime::failpoint("stage.start", rank_id);
     st.status->set_state("building");
@@ -129,7 +133,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
                caf::actor_cast<caf::actor>(self));
   } catch (const std::exception& e) {
     st.trainer.reset();  // a failed restore leaves nothing half-loaded to train on
-    st.init_error = runtime::error_text(e);
+    st.init_error = runtime::error_text(e) + (runtime::out_of_memory(e) ? st.memory_hint : "");
     st.status->set_error(st.init_error);
     self->send(supervisor, failure_atom::value, "stage: " + st.init_error);
   }
@@ -165,7 +169,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
           s.status->set_state("idle");
           return sum / static_cast<double>(cfg.validation.steps);
         } catch (const std::exception& e) {
-          return failed(*s.status, e);
+          return failed(*s.status, e, s.memory_hint);
         }
       },
       [=](restored_atom) -> caf::result<int64_t, std::string> {
@@ -190,7 +194,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
           s.status->set_state("idle");
           return blocked;
         } catch (const std::exception& e) {
-          return failed(*s.status, e);
+          return failed(*s.status, e, "");
         }
       },
       [=](status_atom) {

@@ -20,6 +20,7 @@
 #include "runtime/teardown_deadline.h"
 #include "runtime/thread_exit.h"
 #include "actors/stage_protocol.h"
+#include "data/tokenizer.h"
 #include "train/job_model.h"
 #include "train/trainer_checkpoint.h"
 #include "train/trainer.h"
@@ -168,7 +169,10 @@ TrainOutcome run_training(const config::JobConfig& cfg, const RunHooks& hooks, c
   // Fail here, not inside an actor, on what can be checked up front.
   train::resolve_device(cfg.job.device);
   // The model, its vocabulary sized by the tokenizer as in torchtitan.
-  const auto model = train::job_model(cfg);
+  const auto tokenizer = data::Tokenizer::load(cfg.model.tokenizer_path);
+  if (const auto note = data::unused_ids_note(tokenizer, cfg.model.tokenizer_path); !note.empty())
+    std::cerr << "troupe: warning: " << note << std::endl;
+  const auto model = train::job_model(cfg, tokenizer.vocab_size());
   try {
     train::check_layout(cfg, train::local_rank_count(cfg) * placement.nnodes, *model);
   } catch (const std::invalid_argument& e) {

@@ -94,7 +94,9 @@ struct CheckpointSection {
   int64_t load_step = -1;  // -1: resume from the newest committed step
   std::string initial_load_path = "";  // a checkpoint (folder or step-N) to start from when the folder has none
   bool initial_load_model_only = true;
-  bool last_save_model_only = true;  // the final step saves the model alone, in export_dtype
+  // The final step saves the model alone, in export_dtype. torchtitan's default is true; Troupe's
+  // keeps the whole state, so that a run extended with more training.steps continues exactly.
+  bool last_save_model_only = false;
   // A stop (SIGTERM before a preemption, SIGINT, the console) saves the full state after the
   // running step before the job ends.
   bool save_on_stop = true;

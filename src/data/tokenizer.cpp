@@ -702,6 +702,33 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->bytes.size()); }
+
+std::vector<std::pair<int64_t, int64_t>> Tokenizer::unused_ids() const {
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  const auto& bytes = impl_->bytes;
+  for (int64_t id = 0; id < static_cast<int64_t>(bytes.size()); ++id) {
+    if (bytes[id]) continue;
+    if (!ranges.empty() && ranges.back().second == id - 1) ranges.back().second = id;
+    else ranges.emplace_back(id, id);
+  }
+  return ranges;
+}
+
+std::string unused_ids_note(const Tokenizer& tokenizer, const std::string& path) {
+  const auto ranges = tokenizer.unused_ids();
+  if (ranges.empty()) return {};
+  int64_t unused = 0;
+  for (const auto& [first, last] : ranges) unused += last - first + 1;
+  std::string shown;
+  constexpr size_t kShown = 5;
+  for (size_t i = 0; i < std::min(ranges.size(), kShown); ++i) {
+    const auto& [first, last] = ranges[i];
+    shown += (i ? ", " : "") + std::to_string(first) + (last > first ? "-" + std::to_string(last) : "");
+  }
+  if (ranges.size() > kShown) shown += ", ... (" + std::to_string(ranges.size()) + " ranges)";
+  return "tokenizer " + path + " has ids 0-" + std::to_string(tokenizer.vocab_size() - 1) + ", of which " +
+         std::to_string(unused) + " name no token (" + shown + "); the model's vocabulary still counts them";
+}
 std::optional<int32_t> Tokenizer::bos_id() const {
   return impl_->first_token_of({"<|begin_of_text|>", "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<s>"});
 }

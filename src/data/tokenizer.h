@@ -30,6 +30,9 @@ class Tokenizer {
   std::string decode(const std::vector<int32_t>& ids) const;
 
   int64_t vocab_size() const;  // max id + 1, added/special tokens included
+  // Ids below vocab_size() that name no token, as [first, last] ranges: each is still a row of
+  // the model's embedding and output.
+  std::vector<std::pair<int64_t, int64_t>> unused_ids() const;
   // Begin/end of text as the family spells them (Llama 3 <|begin_of_text|>, DeepSeek
   // <｜begin▁of▁sentence｜>, Qwen <|endoftext|> as EOS and no BOS); nullopt when absent.
   std::optional<int32_t> bos_id() const;
@@ -46,6 +49,10 @@ class Tokenizer {
   friend Tokenizer make_tokenizer(std::shared_ptr<const Impl> impl);
   std::shared_ptr<const Impl> impl_;  // immutable once built, so copies share it
 };
+
+// Empty when the ids are contiguous; else one line naming the tokenizer's size, how many ids are
+// unused and the first of their ranges.
+std::string unused_ids_note(const Tokenizer& tokenizer, const std::string& path);
 
 struct BpeTrainOptions {
   int vocab_size = 2048;  // byte tokens + merges + special tokens

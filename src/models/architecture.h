@@ -50,6 +50,9 @@ class Architecture {
   virtual int64_t hidden_dim() const = 0;  // activations between units: [batch, seq, hidden_dim]
   virtual int64_t n_blocks() const = 0;     // units between the embedding and the head
   virtual int64_t vocab_size() const = 0;
+  // The longest sequence the model is made for (its trained positions); training.seq_len above
+  // it is refused.
+  virtual int64_t max_seq_len() const = 0;
   virtual bool tie_embeddings() const = 0;
   virtual int64_t num_params() const = 0;                // every parameter, tied ones once
   virtual int64_t num_non_embedding_params() const = 0;  // torchtitan's N for MFU

@@ -4,6 +4,8 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <cuda_runtime_api.h>
 
+#include <unistd.h>
+
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -19,6 +21,18 @@ double peak_bf16_flops(const std::string& gpu_name) {
   for (const auto& [name, flops] : table)
     if (gpu_name.find(name) != std::string::npos) return flops;
   return 0.0;
+}
+
+uint64_t device_memory_bytes(const std::string& device) {
+  if (!device.starts_with("cuda")) {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+  }
+  const int index = device.size() > 5 ? std::stoi(device.substr(5)) : 0;
+  cudaDeviceProp prop{};
+  const auto err = cudaGetDeviceProperties(&prop, index);
+  if (err != cudaSuccess) throw std::runtime_error(std::string("cudaGetDeviceProperties: ") + cudaGetErrorString(err));
+  return prop.totalGlobalMem;
 }
 
 std::string cuda_device_name(int device) {

@@ -15,6 +15,9 @@ struct GpuMemoryPeaks {
 };
 
 std::string cuda_device_name(int device);
+// The memory a rank on `device` ("cpu", "cuda", "cuda:N") can have at most: the machine's RAM, or
+// the GPU's total.
+uint64_t device_memory_bytes(const std::string& device);
 // Peaks of the caching allocator since the last reset.
 void reset_gpu_memory_peaks(int device);
 GpuMemoryPeaks gpu_memory_peaks(int device);

@@ -8,4 +8,7 @@ namespace troupe::runtime {
 
 std::string error_text(const std::exception& e);
 
+// An allocation that failed: a GPU's out-of-memory error, the CPU allocator's, std::bad_alloc.
+bool out_of_memory(const std::exception& e);
+
 }  // namespace troupe::runtime

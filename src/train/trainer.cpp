@@ -71,6 +71,29 @@ void check_layout(const config::JobConfig& cfg, int world, const models::Archite
                                 " is not a multiple of local_batch_size x data-parallel degree = " +
                                 std::to_string(per_step));
   adam_options(cfg.optimizer);
+  const auto seq = cfg.training.seq_len;
+  if (seq > model.max_seq_len())
+    throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " is more than " + model.family() +
+                                "'s longest sequence, " + std::to_string(model.max_seq_len()) + " positions");
+  // A floor on memory, not an estimate: each block keeps at least its input for the backward pass.
+  const auto device = resolve_device(cfg.job.device);
+  const int64_t pp = dims.of(parallel::MeshDim::pp);
+  const int64_t rows = pp > 1 ? cfg.parallelism.pipeline_parallel_microbatch_size : cfg.training.local_batch_size;
+  const int64_t blocks = (model.n_blocks() + pp - 1) / pp;
+  const double element = device == "cuda" && cfg.training.mixed_precision_param == "bfloat16" ? 2 : 4;
+  const double kept = static_cast<double>(blocks * rows) * static_cast<double>(seq) *
+                      static_cast<double>(model.hidden_dim()) * element;
+  const double available = static_cast<double>(runtime::device_memory_bytes(device));
+  if (available > 0 && kept > available) {
+    char sizes[96];
+    std::snprintf(sizes, sizeof sizes, "%.1f GiB, more than the %.1f GiB of this %s", kept / (1 << 30),
+                  available / (1 << 30), device == "cuda" ? "GPU" : "machine");
+    throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " with " +
+                                (pp > 1 ? "parallelism.pipeline_parallel_microbatch_size = "
+                                        : "training.local_batch_size = ") +
+                                std::to_string(rows) + ": the activations the blocks keep for the backward pass alone "
+                                "need " + sizes + "; lower either");
+  }
   precision("mixed_precision_param", cfg.training.mixed_precision_param);
   precision("mixed_precision_reduce", cfg.training.mixed_precision_reduce);
 }

@@ -205,6 +205,10 @@ Restored restore_trainer(Trainer& trainer, const config::JobConfig& cfg, int ran
   out.step = parts.contains("train_state") ? meta.step : 0;
   trainer.set_lr_schedule_offset(parts.contains("lr_scheduler") ? out.step - meta.lr_schedule_step : out.step);
   out.message = describe(source->step_dir, parts);
+  if (meta.model_only && meta.step > 0 && !source->initial)
+    out.message += " (warning: step-" + std::to_string(meta.step) +
+                   " holds the model alone, the final save of a run with checkpoint.last_save_model_only = true: "
+                   "the optimizer's moments, the data position and the RNG start over)";
   return out;
 }
 

@@ -22,6 +22,7 @@ class DecoderArchitecture : public Architecture {
 
   int64_t hidden_dim() const override { return args_.dim; }
   int64_t n_blocks() const override { return args_.n_layers; }
+  int64_t max_seq_len() const override { return args_.max_seq_len; }
   int64_t vocab_size() const override { return args_.vocab_size; }
   bool tie_embeddings() const override { return args_.tie_embeddings; }
   int64_t num_params() const override { return args_.num_params(); }

@@ -24,6 +24,9 @@ struct DecoderArgs {
   int64_t rope_original_max_positions = 8192;
   bool qk_norm = false;  // RMSNorm over each head's q and k before the rotary embedding (Qwen3)
   bool tie_embeddings = false;
+  // The family's longest sequence (not a dimension: no weight depends on it). Llama 3.1's 128K
+  // context, torchtitan's max_seq_len; Qwen3's max_position_embeddings.
+  int64_t max_seq_len = 131072;
 
   int64_t num_params() const;                // every parameter, tied ones once
   int64_t num_non_embedding_params() const;  // torchtitan's N for MFU: minus the token embedding

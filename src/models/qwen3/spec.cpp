@@ -30,6 +30,7 @@ DecoderArgs make(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, i
   a.norm_eps = 1e-6;
   a.rope_theta = 1e6;
   a.qk_norm = true;
+  a.max_seq_len = 40960;
   a.tie_embeddings = tied;
   return a;
 }
