@@ -126,6 +126,12 @@ void compare_with_hf(const models::ArchitecturePtr& model_arch, const std::strin
              std::to_string(a.rope_low_freq_factor) + " --high_freq_factor " + std::to_string(a.rope_high_freq_factor) +
              " --original_max_pos " + std::to_string(a.rope_original_max_positions);
   if (a.tie_embeddings) flags += " --tied";
+  if (a.num_experts > 0) {
+    flags += " --experts " + std::to_string(a.num_experts) + " --top_k " + std::to_string(a.top_k) + " --moe_inter " +
+             std::to_string(a.moe_inter_dim) + " --sparse_step " + std::to_string(a.moe_every) + " --dense_layers " +
+             std::to_string(a.n_dense_layers) + " --aux_coef " + std::to_string(a.aux_loss_coeff);
+    if (a.route_norm) flags += " --norm_topk";
+  }
   const auto cmd = "python3 " + testing::source_dir() + "/tests/oracle/hf_decoder_oracle.py run " + dir.path().string() +
                    " --dim " + std::to_string(a.dim) + " --layers " + std::to_string(a.n_layers) + " --heads " +
                    std::to_string(a.n_heads) + " --kv_heads " + std::to_string(a.n_kv_heads) + " --ffn " +
@@ -136,15 +142,31 @@ void compare_with_hf(const models::ArchitecturePtr& model_arch, const std::strin
   auto hf = checkpoint::read_safetensors(dir.file("hf_model.safetensors"));
   auto io = checkpoint::read_safetensors(dir.file("batch.safetensors"));
   std::ifstream loss_file(dir.file("loss.json"));
-  const double hf_loss = nlohmann::json::parse(loss_file)["loss"].get<double>();
+  const auto hf_losses = nlohmann::json::parse(loss_file);
+  const double hf_loss = hf_losses["loss"].get<double>();
 
   auto model = model_arch->build(at::TensorOptions().dtype(at::kFloat), seq);
   checkpoint::load_parameters(*model, model_arch->from_hf(hf));
   torch::NoGradGuard no_grad;
   const auto logits = model->logits(io.at("tokens"));
-  const auto loss = model->loss({io.at("tokens"), io.at("targets")}).item<double>();
+  models::AuxValues aux;
+  const auto loss = model->loss({io.at("tokens"), io.at("targets"), {}, &aux}).item<double>();
   CHECK(testing::relative_error(logits, io.at("logits")) < 1e-5);
   CHECK(std::abs(loss - hf_loss) / hf_loss < 1e-5);
+  if (a.num_experts > 0) {
+    // Every token reached top_k experts in every MoE block.
+    for (int64_t i = 0; i < a.n_layers; ++i) {
+      const auto name = "moe.layers." + std::to_string(i) + ".tokens_per_expert";
+      CHECK(aux.values().contains(name) == a.moe_block(i));
+      if (a.moe_block(i)) CHECK(aux.values().at(name).sum().item<double>() == double(batch * seq * a.top_k));
+    }
+  }
+  // HF's load-balancing loss pools its layers; with one MoE block it is that block's.
+  if (a.aux_loss_coeff > 0 && a.moe_blocks() == 1) {
+    REQUIRE(aux.values().contains("moe.aux_loss"));
+    const double hf_aux = hf_losses["aux_loss"].get<double>();
+    CHECK(aux.values().at("moe.aux_loss").item<double>() == Approx(hf_aux).epsilon(1e-5));
+  }
   // And back: exporting our parameters under HF names reproduces HF's tensors exactly.
   auto round_trip = model_arch->to_hf(checkpoint::parameters_of(*model));
   CHECK(round_trip.size() == hf.size());
@@ -174,6 +196,23 @@ TEST_CASE("Qwen3 with tied embeddings and head_dim != dim / n_heads matches Hugg
                        {{"dim", "96"}, {"n_layers", "2"}, {"n_heads", "4"}, {"n_kv_heads", "2"}, {"head_dim", "40"},
                         {"ffn_hidden_dim", "160"}, {"vocab_size", "300"}, {"tie_embeddings", "true"}}),
                   "qwen3", 3, 40);
+}
+
+TEST_CASE("Qwen3 MoE matches Hugging Face Qwen3MoeForCausalLM: routing, experts, a dense first layer, aux loss",
+          "[oracle]") {
+  // One dense block, then one MoE block of 8 experts, top 2, renormalised: its load-balancing
+  // loss is HF's.
+  compare_with_hf(arch("qwen3_moe", "debugmodel",
+                       {{"dim", "64"}, {"n_layers", "2"}, {"n_heads", "4"}, {"n_kv_heads", "2"}, {"head_dim", "16"},
+                        {"ffn_hidden_dim", "96"}, {"moe_inter_dim", "32"}, {"vocab_size", "300"},
+                        {"n_dense_layers", "1"}}),
+                  "qwen3_moe", 2, 24);
+  // Every block MoE, top 3 of 6 without renormalising, tied embeddings.
+  compare_with_hf(arch("qwen3_moe", "debugmodel",
+                       {{"dim", "48"}, {"n_layers", "2"}, {"n_heads", "4"}, {"n_kv_heads", "2"}, {"head_dim", "16"},
+                        {"num_experts", "6"}, {"top_k", "3"}, {"moe_inter_dim", "40"}, {"route_norm", "false"},
+                        {"vocab_size", "300"}, {"tie_embeddings", "true"}}),
+                  "qwen3_moe", 2, 20);
 }
 
 namespace {

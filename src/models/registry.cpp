@@ -5,11 +5,12 @@
 
 #include "models/llama3/spec.h"
 #include "models/qwen3/spec.h"
+#include "models/qwen3_moe/spec.h"
 
 namespace troupe::models {
 
 const std::vector<ModelSpec>& model_specs() {
-  static const std::vector<ModelSpec> specs = {llama3::spec(), qwen3::spec()};
+  static const std::vector<ModelSpec> specs = {llama3::spec(), qwen3::spec(), qwen3_moe::spec()};
   return specs;
 }
 

@@ -36,6 +36,9 @@ struct UnitBatch {
   // slice of each sequence); undefined: 0 .. seq-1.
   at::Tensor positions;
   AuxValues* aux = nullptr;  // where units report auxiliary values; null: nowhere
+  // What the backward multiplies this micro-batch's loss by (1 / micro-batches per step): an
+  // auxiliary loss a unit adds to the backward is scaled alike.
+  double loss_scale = 1.0;
 };
 
 class Unit : public torch::nn::Module {

@@ -311,14 +311,16 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   int64_t micro = 0;
   for (const auto& b : micro_batches) {
     if (m.progress) m.progress(++micro);
-    models::UnitBatch ub{to_device(b->tokens, dev), to_device(b->targets, dev), {}, &m.aux};
+    models::UnitBatch ub{to_device(b->tokens, dev), to_device(b->targets, dev), {}, &m.aux,
+                         1.0 / static_cast<double>(m.accumulation)};
     if (m.parallelized.pipeline) {
       const auto n = m.parallelized.pipeline->schedule().microbatches;
       const auto rows = ub.tokens.size(0) / n;
       std::vector<models::UnitBatch> parts;
       for (int64_t i = 0; i < n; ++i)
-        parts.push_back({ub.tokens.narrow(0, i * rows, rows), ub.targets.narrow(0, i * rows, rows), {}, &m.aux});
-      for (auto& l : m.parallelized.pipeline->run(parts, 1.0 / static_cast<double>(n * m.accumulation))) losses.push_back(l);
+        parts.push_back({ub.tokens.narrow(0, i * rows, rows), ub.targets.narrow(0, i * rows, rows), {}, &m.aux,
+                         1.0 / static_cast<double>(n * m.accumulation)});
+      for (auto& l : m.parallelized.pipeline->run(parts, parts.front().loss_scale)) losses.push_back(l);
     } else {
       losses.push_back(m.parallelized.executor->forward(ub));
       m.parallelized.executor->backward(1.0 / static_cast<double>(m.accumulation));
@@ -340,8 +342,18 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   const auto both = to_host(at::stack({loss.reshape({}), norm.to(at::kDouble).reshape({})}));
   stats.loss = both[0].item<double>();
   stats.grad_norm = both[1].item<double>();
-  for (const auto& [name, sum] : m.aux.values())
-    stats.aux.emplace_back(name, sum.to(at::kDouble).sum().item<double>() / static_cast<double>(micro));
+  for (const auto& [name, sum] : m.aux.values()) {
+    const auto per_micro = sum.to(at::kDouble).cpu() / static_cast<double>(micro);
+    if (per_micro.numel() == 1) {
+      stats.aux.emplace_back(name, per_micro.item<double>());
+      continue;
+    }
+    // A count per member (tokens per expert): its largest, its mean, and the largest's share.
+    const double most = per_micro.max().item<double>(), total = per_micro.sum().item<double>();
+    stats.aux.emplace_back(name + ".max", most);
+    stats.aux.emplace_back(name + ".mean", total / static_cast<double>(per_micro.numel()));
+    stats.aux.emplace_back(name + ".busiest_share", total > 0 ? most / total : 0.0);
+  }
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats.model_flops = m.flops_per_token * static_cast<double>(stats.tokens);
   stats.peak_flops_per_second = m.peak_flops;

@@ -26,6 +26,9 @@ def model_class(family):
     if family == "qwen3":
         from transformers import Qwen3Config, Qwen3ForCausalLM
         return Qwen3Config, Qwen3ForCausalLM
+    if family == "qwen3_moe":
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+        return Qwen3MoeConfig, Qwen3MoeForCausalLM
     raise SystemExit("unknown family " + family)
 
 
@@ -55,6 +58,13 @@ def run(argv):
     p.add_argument("--original_max_pos", type=int, default=8192)
     p.add_argument("--tied", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--experts", type=int, default=0, help="qwen3_moe: routed experts")
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--moe_inter", type=int, default=0)
+    p.add_argument("--norm_topk", action="store_true")
+    p.add_argument("--sparse_step", type=int, default=1)
+    p.add_argument("--dense_layers", type=int, default=0, help="the first N layers keep a dense MLP")
+    p.add_argument("--aux_coef", type=float, default=0.0)
     a = p.parse_args(argv)
 
     torch.manual_seed(a.seed)
@@ -73,6 +83,11 @@ def run(argv):
         fields["head_dim"] = a.head_dim
     if a.family == "llama":
         fields["mlp_bias"] = False
+    if a.family == "qwen3_moe":
+        fields.update(num_experts=a.experts, num_experts_per_tok=a.top_k, moe_intermediate_size=a.moe_inter,
+                      norm_topk_prob=a.norm_topk, decoder_sparse_step=a.sparse_step,
+                      mlp_only_layers=list(range(a.dense_layers)), router_aux_loss_coef=a.aux_coef,
+                      output_router_logits=a.aux_coef > 0)
     config = config_class(**fields)
     config._attn_implementation = "eager"
     model = model_type(config).float().eval()
@@ -85,19 +100,31 @@ def run(argv):
     tokens = torch.randint(0, a.vocab, (a.batch, a.seq))
     targets = torch.randint(0, a.vocab, (a.batch, a.seq))
     with torch.no_grad():
-        logits = model(input_ids=tokens).logits.float()
+        out = model(input_ids=tokens)
+        logits = out.logits.float()
     loss = F.cross_entropy(logits.reshape(-1, a.vocab), targets.reshape(-1))
+    aux_loss = float(out.aux_loss) if getattr(out, "aux_loss", None) is not None else None
 
     from safetensors.torch import save_file
     os.makedirs(a.out_dir, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    # transformers 5 fuses each layer's experts (gate_up_proj [E, 2I, D], down_proj [E, D, I]);
+    # checkpoints keep one tensor per expert, which is what Troupe reads and writes.
+    for name in [k for k in state if k.endswith("mlp.experts.gate_up_proj")]:
+        prefix = name[: -len("gate_up_proj")]
+        gate_up, down = state.pop(name), state.pop(prefix + "down_proj")
+        inter = gate_up.shape[1] // 2
+        for e in range(gate_up.shape[0]):
+            state[f"{prefix}{e}.gate_proj.weight"] = gate_up[e, :inter].contiguous()
+            state[f"{prefix}{e}.up_proj.weight"] = gate_up[e, inter:].contiguous()
+            state[f"{prefix}{e}.down_proj.weight"] = down[e].contiguous()
     if a.tied:
         state.pop("lm_head.weight", None)
     save_file(state, os.path.join(a.out_dir, "hf_model.safetensors"))
     save_file({"tokens": tokens, "targets": targets, "logits": logits.contiguous()},
               os.path.join(a.out_dir, "batch.safetensors"))
     with open(os.path.join(a.out_dir, "loss.json"), "w") as f:
-        json.dump({"loss": loss.item()}, f)
+        json.dump({"loss": loss.item(), "aux_loss": aux_loss}, f)
 
 
 if __name__ == "__main__":

@@ -6,36 +6,12 @@
 #include <cmath>
 
 #include "kernels/ops.h"
+#include "models/common/layers.h"
+#include "models/common/moe.h"
 
 namespace troupe::models {
 
 namespace {
-
-class Projection : public torch::nn::Module {
- public:
-  Projection(int64_t in, int64_t out, const at::TensorOptions& o, const kernels::WeightServices* services)
-      : weight(register_parameter("weight", torch::empty({out, in}, o))), services(services) {}
-  // Mixed precision: the fp32 master weight is cast to the activations' dtype; its gradient
-  // arrives in fp32 (kernels::linear).
-  at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
-    return kernels::linear(x, weight, recipe, services);
-  }
-  at::Tensor weight;
-  const kernels::WeightServices* services;
-};
-
-class RMSNorm : public torch::nn::Module {
- public:
-  RMSNorm(int64_t dim, double eps, const at::TensorOptions& o, const kernels::WeightServices* services)
-      : weight(register_parameter("weight", torch::ones({dim}, o))), services(services), eps_(eps) {}
-  at::Tensor forward(const at::Tensor& x) const { return kernels::rms_norm(x, weight, eps_, services); }
-  double eps() const { return eps_; }
-  at::Tensor weight;
-  const kernels::WeightServices* services;
-
- private:
-  double eps_;
-};
 
 class Attention : public torch::nn::Module {
  public:
@@ -84,25 +60,6 @@ class Attention : public torch::nn::Module {
   int64_t n_heads_, n_kv_heads_, head_dim_;
 };
 
-class FeedForward : public torch::nn::Module {
- public:
-  FeedForward(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s) : services(s) {
-    const auto hidden = a.ffn_hidden_dim;
-    w1 = register_module("w1", std::make_shared<Projection>(a.dim, hidden, o, s));
-    w2 = register_module("w2", std::make_shared<Projection>(hidden, a.dim, o, s));
-    w3 = register_module("w3", std::make_shared<Projection>(a.dim, hidden, o, s));
-  }
-  // `recipe` given: the projections keep neither x nor SwiGLU's output but recompute them.
-  at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
-    auto gate_up = kernels::linear_group(x, {w1->weight, w3->weight}, recipe, services);
-    auto act = kernels::swiglu(gate_up[0], gate_up[1]);
-    if (recipe.op == kernels::InputRecipe::Op::none) return w2->forward(act);
-    return w2->forward(act, kernels::InputRecipe::swiglu(gate_up[0], gate_up[1]));
-  }
-  std::shared_ptr<Projection> w1, w2, w3;
-  const kernels::WeightServices* services;
-};
-
 class EmbeddingUnit : public Unit {
  public:
   EmbeddingUnit(const DecoderArgs& a, const at::TensorOptions& o)
@@ -124,7 +81,10 @@ class TransformerBlock : public Unit {
                    const at::TensorOptions& o, const kernels::WeightServices* s)
       : layer_id(layer_id), rope_(std::move(rope)) {
     attention = register_module("attention", std::make_shared<Attention>(a, o, s));
-    feed_forward = register_module("feed_forward", std::make_shared<FeedForward>(a, o, s));
+    if (a.moe_block(layer_id))
+      moe = register_module("moe", std::make_shared<MoE>(a, o, s));
+    else
+      feed_forward = register_module("feed_forward", std::make_shared<FeedForward>(a.dim, a.ffn_hidden_dim, o, s));
     attention_norm = register_module("attention_norm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o, s));
     ffn_norm = register_module("ffn_norm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o, s));
   }
@@ -141,6 +101,7 @@ class TransformerBlock : public Unit {
                                             ffn_norm->weight, ffn_norm->eps(), ffn_norm->services);
     const auto ffn_recipe =
         recompute_elementwise ? InputRecipe::rms_norm(h, ffn_norm->weight, ffn_norm->eps()) : InputRecipe{};
+    if (moe) return h + moe->forward(ffn_in, batch, layer_id);
     return h + feed_forward->forward(ffn_in, ffn_recipe);
   }
 
@@ -149,7 +110,8 @@ class TransformerBlock : public Unit {
   // recomputes the norms' outputs and SwiGLU's in the backward.
   bool recompute_elementwise = false;
   std::shared_ptr<Attention> attention;
-  std::shared_ptr<FeedForward> feed_forward;
+  std::shared_ptr<FeedForward> feed_forward;  // null in a MoE block
+  std::shared_ptr<MoE> moe;                   // null in a dense block
   std::shared_ptr<RMSNorm> attention_norm, ffn_norm;
 
  private:
@@ -260,7 +222,7 @@ std::vector<std::pair<size_t, size_t>> DecoderModel::borrowed_units() const {
 }
 
 at::Tensor DecoderModel::logits(const at::Tensor& tokens) {
-  UnitBatch batch{tokens, {}};
+  UnitBatch batch{tokens, {}};  // reports nothing
   at::Tensor h;
   for (size_t i = 0; i + 1 < units_.size(); ++i) h = units_[i]->forward(h, batch);
   return dynamic_cast<HeadUnit&>(*units_.back()).logits(h);
@@ -299,9 +261,21 @@ void DecoderModel::init_weights(uint64_t seed) {
     init(b.attention->wk->weight, 0.02, 2.0);
     init(b.attention->wv->weight, 0.02, 2.0);
     init(b.attention->wo->weight, depth_std, 2.0);
-    init(b.feed_forward->w1->weight, 0.02, 2.0);
-    init(b.feed_forward->w2->weight, depth_std, 2.0);
-    init(b.feed_forward->w3->weight, depth_std, 2.0);
+    auto init_ffn = [&](FeedForward& f) {
+      init(f.w1->weight, 0.02, 2.0);
+      init(f.w2->weight, depth_std, 2.0);
+      init(f.w3->weight, depth_std, 2.0);
+    };
+    if (b.feed_forward) init_ffn(*b.feed_forward);
+    if (b.moe) {
+      // torchtitan's: the router and the experts' w2, w3 depth-scaled, w1 at 0.02.
+      init(b.moe->router->gate->weight, depth_std, 2.0);
+      init(b.moe->experts->w1, 0.02, 2.0);
+      init(b.moe->experts->w2, depth_std, 2.0);
+      init(b.moe->experts->w3, depth_std, 2.0);
+      if (b.moe->shared_experts) init_ffn(*b.moe->shared_experts);
+      b.moe->expert_bias.zero_();
+    }
     if (b.attention->q_norm) {
       b.attention->q_norm->weight.fill_(1.0);
       b.attention->k_norm->weight.fill_(1.0);

@@ -22,6 +22,19 @@ std::vector<DimensionField<DecoderArgs>> decoder_fields(const std::vector<std::s
       {"rope_original_max_positions", &DecoderArgs::rope_original_max_positions},
       {"qk_norm", &DecoderArgs::qk_norm},
       {"tie_embeddings", &DecoderArgs::tie_embeddings},
+      {"num_experts", &DecoderArgs::num_experts},
+      {"top_k", &DecoderArgs::top_k},
+      {"moe_inter_dim", &DecoderArgs::moe_inter_dim},
+      {"num_shared_experts", &DecoderArgs::num_shared_experts},
+      {"n_dense_layers", &DecoderArgs::n_dense_layers},
+      {"moe_every", &DecoderArgs::moe_every},
+      {"sigmoid_scores", &DecoderArgs::sigmoid_scores},
+      {"route_norm", &DecoderArgs::route_norm},
+      {"route_scale", &DecoderArgs::route_scale},
+      {"n_expert_groups", &DecoderArgs::n_expert_groups},
+      {"n_limited_groups", &DecoderArgs::n_limited_groups},
+      {"load_balance_coeff", &DecoderArgs::load_balance_coeff},
+      {"aux_loss_coeff", &DecoderArgs::aux_loss_coeff},
   };
   std::vector<DimensionField<DecoderArgs>> out;
   for (const auto& k : keys)
@@ -38,6 +51,17 @@ ShardingPlan DecoderArchitecture::sharding_plan() const {
                               "feed_forward.w3.weight", "tok_embeddings.weight", "output.weight"})
     plan.tensor_parallel.push_back({colwise, 0});
   for (const char* rowwise : {"attention.wo.weight", "feed_forward.w2.weight"}) plan.tensor_parallel.push_back({rowwise, 1});
+  if (args_.num_experts > 0) {
+    // Shared experts as a feed-forward; routed ones split along their hidden width (torchtitan's
+    // expert-tensor split), and over ep by their leading (expert) dimension.
+    for (const char* colwise : {"moe.shared_experts.w1.weight", "moe.shared_experts.w3.weight"})
+      plan.tensor_parallel.push_back({colwise, 0});
+    plan.tensor_parallel.push_back({"moe.shared_experts.w2.weight", 1});
+    plan.tensor_parallel.push_back({"moe.experts.w1", 1});
+    plan.tensor_parallel.push_back({"moe.experts.w3", 1});
+    plan.tensor_parallel.push_back({"moe.experts.w2", 2});
+    plan.experts = {"moe.experts.w1", "moe.experts.w2", "moe.experts.w3"};
+  }
   return plan;
 }
 

@@ -10,16 +10,27 @@ int64_t DecoderArgs::num_params() const {
   const int64_t attention = dim * n_heads * head_dim + 2 * dim * n_kv_heads * head_dim + n_heads * head_dim * dim;
   const int64_t qk_norms = qk_norm ? 2 * head_dim : 0;
   const int64_t ffn = 3 * dim * ffn_hidden_dim;
-  const int64_t block = attention + qk_norms + ffn + 2 * dim;
+  const int64_t moe = num_experts * dim + (num_experts + num_shared_experts) * 3 * dim * moe_inter_dim;
+  const int64_t block = attention + qk_norms + 2 * dim;
   const int64_t embedding = vocab_size * dim;
   const int64_t output = tie_embeddings ? 0 : vocab_size * dim;
-  return embedding + n_layers * block + dim + output;
+  return embedding + n_layers * block + (n_layers - moe_blocks()) * ffn + moe_blocks() * moe + dim + output;
+}
+
+int64_t DecoderArgs::moe_blocks() const {
+  int64_t n = 0;
+  for (int64_t i = 0; i < n_layers; ++i) n += moe_block(i);
+  return n;
 }
 
 int64_t DecoderArgs::num_non_embedding_params() const { return num_params() - vocab_size * dim; }
 
+int64_t DecoderArgs::num_active_non_embedding_params() const {
+  return num_non_embedding_params() - moe_blocks() * (num_experts - top_k) * 3 * dim * moe_inter_dim;
+}
+
 double DecoderArgs::flops_per_token(int64_t seq_len) const {
-  return 6.0 * static_cast<double>(num_non_embedding_params()) +
+  return 6.0 * static_cast<double>(num_active_non_embedding_params()) +
          12.0 * static_cast<double>(n_layers * n_heads * head_dim * seq_len);
 }
 
@@ -35,6 +46,23 @@ void DecoderArgs::validate() const {
                                          std::to_string(n_heads) + ")");
   require(norm_eps > 0, "norm_eps must be positive");
   require(rope_theta > 0, "rope_theta must be positive");
+  if (num_experts > 0) {
+    require(top_k >= 1 && top_k <= num_experts, "top_k must be in 1..num_experts (" + std::to_string(num_experts) +
+                                                    "), got " + std::to_string(top_k));
+    require(moe_inter_dim > 0, "moe_inter_dim must be positive, got " + std::to_string(moe_inter_dim));
+    require(moe_every >= 1, "moe_every must be at least 1, got " + std::to_string(moe_every));
+    require(n_dense_layers >= 0, "n_dense_layers must not be negative");
+    require(num_shared_experts >= 0, "num_shared_experts must not be negative");
+    require(n_expert_groups >= 1 && num_experts % n_expert_groups == 0,
+            "n_expert_groups (" + std::to_string(n_expert_groups) + ") must divide num_experts (" +
+                std::to_string(num_experts) + ")");
+    require(n_limited_groups >= 1 && n_limited_groups <= n_expert_groups,
+            "n_limited_groups must be in 1..n_expert_groups, got " + std::to_string(n_limited_groups));
+    require(top_k <= n_limited_groups * (num_experts / n_expert_groups),
+            "top_k (" + std::to_string(top_k) + ") is more than the experts of n_limited_groups groups");
+    require(route_scale > 0, "route_scale must be positive");
+    require(load_balance_coeff >= 0 && aux_loss_coeff >= 0, "load_balance_coeff and aux_loss_coeff must not be negative");
+  }
   require(rope_scaling_factor == 0 || (rope_scaling_factor > 0 && rope_high_freq_factor > rope_low_freq_factor &&
                                        rope_original_max_positions > 0),
           "rope_scaling_factor must be 0 (none) or positive, with high_freq_factor above low_freq_factor");

@@ -28,9 +28,39 @@ struct DecoderArgs {
   // context, torchtitan's max_seq_len; Qwen3's max_position_embeddings.
   int64_t max_seq_len = 131072;
 
+  // Mixture of experts in place of the feed-forward (torchtitan's MoE; num_experts 0: every block
+  // dense). Block i is a MoE block when i >= n_dense_layers and (i + 1) % moe_every == 0 (Qwen3's
+  // decoder_sparse_step); the others keep the dense feed-forward of ffn_hidden_dim.
+  int64_t num_experts = 0;
+  int64_t top_k = 0;             // routed experts per token
+  int64_t moe_inter_dim = 0;     // each expert's hidden width
+  int64_t num_shared_experts = 0;  // always-on experts of moe_inter_dim each, as one feed-forward
+  int64_t n_dense_layers = 0;
+  int64_t moe_every = 1;
+  bool sigmoid_scores = false;   // the router's scores: softmax over experts (false) or sigmoid
+  bool route_norm = false;       // the top-k scores divided by their sum
+  double route_scale = 1.0;
+  // Group-limited routing: experts in n_expert_groups groups, tokens choose among the
+  // n_limited_groups best (a group's score: its best expert's, or with sigmoid scores its best two's).
+  int64_t n_expert_groups = 1;
+  int64_t n_limited_groups = 1;
+  // Auxiliary-loss-free balancing: after each step every expert's bias moves by this much towards
+  // the mean load (0: no bias).
+  double load_balance_coeff = 0;
+  // The load-balancing loss (Switch / Qwen3 MoE), mean over the MoE blocks, times this.
+  double aux_loss_coeff = 0;
+
+  bool moe_block(int64_t layer) const {
+    return num_experts > 0 && layer >= n_dense_layers && (layer + 1) % moe_every == 0;
+  }
+  int64_t moe_blocks() const;
+
   int64_t num_params() const;                // every parameter, tied ones once
   int64_t num_non_embedding_params() const;  // torchtitan's N for MFU: minus the token embedding
-  // torchtitan's: 6 N + 12 layers x heads x head_dim x seq_len (attention's two matmuls).
+  // The parameters one token computes with: all but the routed experts it does not choose.
+  int64_t num_active_non_embedding_params() const;
+  // torchtitan's: 6 N + 12 layers x heads x head_dim x seq_len (attention's two matmuls), N the
+  // active parameters.
   double flops_per_token(int64_t seq_len) const;
   void validate() const;  // std::invalid_argument naming the bad dimension
 };

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <stdexcept>
 
 namespace troupe::models {
@@ -11,6 +12,7 @@ namespace {
 struct NamePair {
   std::string hf, native;
   int64_t rotary_heads = 0;  // > 0: permute rows between the two rotary layouts
+  int64_t expert = -1;       // >= 0: the HF tensor is this expert's slice of the native stack
 };
 
 std::vector<NamePair> name_pairs(const DecoderArgs& a) {
@@ -27,9 +29,25 @@ std::vector<NamePair> name_pairs(const DecoderArgs& a) {
       pairs.push_back({hf + "self_attn.q_norm.weight", native + "attention.q_norm.weight", 1});
       pairs.push_back({hf + "self_attn.k_norm.weight", native + "attention.k_norm.weight", 1});
     }
-    pairs.push_back({hf + "mlp.gate_proj.weight", native + "feed_forward.w1.weight"});
-    pairs.push_back({hf + "mlp.down_proj.weight", native + "feed_forward.w2.weight"});
-    pairs.push_back({hf + "mlp.up_proj.weight", native + "feed_forward.w3.weight"});
+    if (a.moe_block(i)) {
+      // HF keeps one tensor per expert (the checkpoints' layout, which transformers 5 fuses on load).
+      pairs.push_back({hf + "mlp.gate.weight", native + "moe.router.gate.weight"});
+      for (int64_t e = 0; e < a.num_experts; ++e) {
+        const auto expert = hf + "mlp.experts." + std::to_string(e) + ".";
+        pairs.push_back({expert + "gate_proj.weight", native + "moe.experts.w1", 0, e});
+        pairs.push_back({expert + "down_proj.weight", native + "moe.experts.w2", 0, e});
+        pairs.push_back({expert + "up_proj.weight", native + "moe.experts.w3", 0, e});
+      }
+      if (a.num_shared_experts > 0) {
+        pairs.push_back({hf + "mlp.shared_experts.gate_proj.weight", native + "moe.shared_experts.w1.weight"});
+        pairs.push_back({hf + "mlp.shared_experts.down_proj.weight", native + "moe.shared_experts.w2.weight"});
+        pairs.push_back({hf + "mlp.shared_experts.up_proj.weight", native + "moe.shared_experts.w3.weight"});
+      }
+    } else {
+      pairs.push_back({hf + "mlp.gate_proj.weight", native + "feed_forward.w1.weight"});
+      pairs.push_back({hf + "mlp.down_proj.weight", native + "feed_forward.w2.weight"});
+      pairs.push_back({hf + "mlp.up_proj.weight", native + "feed_forward.w3.weight"});
+    }
     pairs.push_back({hf + "input_layernorm.weight", native + "attention_norm.weight"});
     pairs.push_back({hf + "post_attention_layernorm.weight", native + "ffn_norm.weight"});
   }
@@ -77,10 +95,27 @@ checkpoint::TensorMap renamed(const checkpoint::TensorMap& in, const DecoderArgs
   const auto pairs = name_pairs(args);
   reject_extras(in, pairs, from_hf);
   checkpoint::TensorMap out;
+  std::map<std::string, std::vector<at::Tensor>> stacks;  // HF -> native: each expert's slice, in order
   for (const auto& p : pairs) {
     const auto& [source, target] = from_hf ? std::pair{p.hf, p.native} : std::pair{p.native, p.hf};
     const auto& w = require(in, source, from_hf ? "Hugging Face" : "Troupe");
-    out[target] = p.rotary_heads ? permuted(w, p.rotary_heads, from_hf, source) : w;
+    if (p.expert >= 0 && from_hf) {
+      stacks[target].push_back(w);
+    } else if (p.expert >= 0) {
+      if (w.dim() < 1 || w.size(0) <= p.expert)
+        throw std::runtime_error("tensor '" + source + "' has shape " + c10::str(w.sizes()) + ", no expert " +
+                                 std::to_string(p.expert));
+      out[target] = w[p.expert].contiguous();
+    } else {
+      out[target] = p.rotary_heads ? permuted(w, p.rotary_heads, from_hf, source) : w;
+    }
+  }
+  for (auto& [name, slices] : stacks) {
+    for (const auto& s : slices)
+      if (s.sizes() != slices.front().sizes())
+        throw std::runtime_error("the experts of '" + name + "' differ in shape: " + c10::str(s.sizes()) + " and " +
+                                 c10::str(slices.front().sizes()));
+    out[name] = at::stack(slices);
   }
   return out;
 }

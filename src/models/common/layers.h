@@ -1,0 +1,55 @@
+// The modules the decoder's blocks are made of, shared by the dense feed-forward and the mixture
+// of experts: a projection, an RMSNorm, a SwiGLU feed-forward. Each hands its model's weight
+// services to the ops of its parameters (kernels/weight_services.h).
+#pragma once
+#include <torch/nn/module.h>
+
+#include "kernels/ops.h"
+
+namespace troupe::models {
+
+class Projection : public torch::nn::Module {
+ public:
+  Projection(int64_t in, int64_t out, const at::TensorOptions& o, const kernels::WeightServices* services)
+      : weight(register_parameter("weight", at::empty({out, in}, o))), services(services) {}
+  // Mixed precision: the fp32 master weight is cast to the activations' dtype; its gradient
+  // arrives in fp32 (kernels::linear).
+  at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
+    return kernels::linear(x, weight, recipe, services);
+  }
+  at::Tensor weight;
+  const kernels::WeightServices* services;
+};
+
+class RMSNorm : public torch::nn::Module {
+ public:
+  RMSNorm(int64_t dim, double eps, const at::TensorOptions& o, const kernels::WeightServices* services)
+      : weight(register_parameter("weight", at::ones({dim}, o))), services(services), eps_(eps) {}
+  at::Tensor forward(const at::Tensor& x) const { return kernels::rms_norm(x, weight, eps_, services); }
+  double eps() const { return eps_; }
+  at::Tensor weight;
+  const kernels::WeightServices* services;
+
+ private:
+  double eps_;
+};
+
+class FeedForward : public torch::nn::Module {
+ public:
+  FeedForward(int64_t dim, int64_t hidden, const at::TensorOptions& o, const kernels::WeightServices* s) : services(s) {
+    w1 = register_module("w1", std::make_shared<Projection>(dim, hidden, o, s));
+    w2 = register_module("w2", std::make_shared<Projection>(hidden, dim, o, s));
+    w3 = register_module("w3", std::make_shared<Projection>(dim, hidden, o, s));
+  }
+  // `recipe` given: the projections keep neither x nor SwiGLU's output but recompute them.
+  at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
+    auto gate_up = kernels::linear_group(x, {w1->weight, w3->weight}, recipe, services);
+    auto act = kernels::swiglu(gate_up[0], gate_up[1]);
+    if (recipe.op == kernels::InputRecipe::Op::none) return w2->forward(act);
+    return w2->forward(act, kernels::InputRecipe::swiglu(gate_up[0], gate_up[1]));
+  }
+  std::shared_ptr<Projection> w1, w2, w3;
+  const kernels::WeightServices* services;
+};
+
+}  // namespace troupe::models

@@ -1,0 +1,74 @@
+// Mixture of experts in place of a block's feed-forward (torchtitan's MoE, DeepSeek V3's and
+// Qwen3 MoE's routing): a router chooses top_k of num_experts SwiGLU experts per token, their
+// outputs are weighted by the router's scores and added, with always-on shared experts beside
+// them. Dropless: every token reaches every expert it chose. Parameter names are torchtitan's:
+// moe.router.gate.weight [experts, dim], moe.experts.w1/w3 [experts, inter, dim],
+// moe.experts.w2 [experts, dim, inter], moe.shared_experts.w{1,2,3}.weight; the buffer
+// moe.expert_bias [experts] (auxiliary-loss-free balancing).
+#pragma once
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+
+#include "models/common/decoder_args.h"
+#include "models/common/layers.h"
+#include "models/unit.h"
+
+namespace troupe::models {
+
+// Which experts each token goes to, and with what weight.
+struct Routing {
+  at::Tensor experts;  // [tokens, top_k] int64
+  at::Tensor weights;  // [tokens, top_k] fp32: the chosen scores, normalised and scaled
+  at::Tensor scores;   // [tokens, experts] fp32: softmax or sigmoid of the router's logits
+};
+
+// The routing of `logits` [tokens, experts] as `a` describes it; `bias` [experts] (may be
+// undefined) shifts the choice but not the weights.
+Routing route(const at::Tensor& logits, const at::Tensor& bias, const DecoderArgs& a);
+
+// The load-balancing loss of one MoE block (Switch Transformer's, as Qwen3 MoE's): experts x
+// sum over experts of (share of the top_k choices it got) x (its mean normalised score). 1 when
+// balanced with top_k 1, top_k when balanced in general.
+at::Tensor load_balancing_loss(const Routing& r, int64_t num_experts);
+
+class Router : public torch::nn::Module {
+ public:
+  Router(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s) {
+    gate = register_module("gate", std::make_shared<Projection>(a.dim, a.num_experts, o, s));
+  }
+  std::shared_ptr<Projection> gate;
+};
+
+class GroupedExperts : public torch::nn::Module {
+ public:
+  GroupedExperts(const DecoderArgs& a, const at::TensorOptions& o)
+      : w1(register_parameter("w1", at::empty({a.num_experts, a.moe_inter_dim, a.dim}, o))),
+        w2(register_parameter("w2", at::empty({a.num_experts, a.dim, a.moe_inter_dim}, o))),
+        w3(register_parameter("w3", at::empty({a.num_experts, a.moe_inter_dim, a.dim}, o))) {}
+  // x: [rows, dim], rows grouped by expert, `counts` rows each (on the host); SwiGLU per group.
+  at::Tensor forward(const at::Tensor& x, const std::vector<int64_t>& counts) const;
+  at::Tensor w1, w2, w3;
+};
+
+class MoE : public torch::nn::Module {
+ public:
+  MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s);
+
+  // x: [batch, seq, dim]. With `batch.aux`, reports this block's tokens per expert
+  // ("moe.layers.<layer>.tokens_per_expert") and, with aux_loss_coeff > 0, its share of the
+  // load-balancing loss ("moe.aux_loss"), whose gradient (times the coefficient and
+  // batch.loss_scale) joins the backward through the returned tensor.
+  at::Tensor forward(const at::Tensor& x, const UnitBatch& batch, int64_t layer) const;
+
+  std::shared_ptr<Router> router;
+  std::shared_ptr<GroupedExperts> experts;
+  std::shared_ptr<FeedForward> shared_experts;  // null without shared experts
+  at::Tensor expert_bias;                       // [experts] fp32, zeros until balancing moves it
+
+ private:
+  DecoderArgs args_;
+};
+
+}  // namespace troupe::models
