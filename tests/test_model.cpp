@@ -5,10 +5,12 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <set>
 
 #include "checkpoint/module_state.h"
 #include "checkpoint/safetensors.h"
 #include "models/common/decoder_architecture.h"
+#include "models/common/moe.h"
 #include "models/model.h"
 #include "models/registry.h"
 #include "test_support.h"
@@ -420,4 +422,132 @@ TEST_CASE("units report auxiliary values on the step's side channel, once per fo
   aux.clear();
   exec.forward({batch.tokens, batch.targets});
   CHECK(aux.values().empty());
+}
+
+TEST_CASE("a MoE block's gradients, the load-balancing loss's included, are its finite differences in fp64",
+          "[model]") {
+  // Every routing feature at once: sigmoid scores, 4 groups of which 2 are eligible, a bias in the
+  // choice, renormalised and scaled weights, a shared expert, and the auxiliary loss.
+  models::DecoderArgs a;
+  a.dim = 16;
+  a.n_layers = 1;
+  a.num_experts = 8;
+  a.top_k = 3;
+  a.moe_inter_dim = 12;
+  a.num_shared_experts = 1;
+  a.sigmoid_scores = true;
+  a.route_norm = true;
+  a.route_scale = 2.5;
+  a.n_expert_groups = 4;
+  a.n_limited_groups = 2;
+  a.load_balance_coeff = 0.1;
+  a.aux_loss_coeff = 0.3;
+  torch::manual_seed(3);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  models::MoE moe(a, f64, nullptr);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : moe.parameters()) p.copy_(at::randn(p.sizes(), f64) * 0.3);
+    moe.expert_bias.copy_(at::randn({a.num_experts}, f64.dtype(at::kFloat)) * 0.05);
+  }
+  auto x = at::randn({2, 5, a.dim}, f64).requires_grad_(true);
+  const auto r = at::randn({2, 5, a.dim}, f64);
+  auto objective = [&](models::AuxValues& aux) {
+    const auto out = moe.forward(x, {{}, {}, {}, &aux}, 0);
+    return (out * r).sum();
+  };
+  models::AuxValues aux;
+  objective(aux).backward();
+  REQUIRE(aux.values().contains("moe.aux_loss"));
+  // f = sum(out * r) + coeff * aux: the value the backward differentiated.
+  auto value = [&] {
+    torch::NoGradGuard no_grad;
+    models::AuxValues probe;
+    const double main = objective(probe).item<double>();
+    return main + a.aux_loss_coeff * probe.values().at("moe.aux_loss").item<double>();
+  };
+  std::vector<std::pair<std::string, at::Tensor>> checked = {{"x", x}};
+  for (const auto& item : moe.named_parameters()) checked.emplace_back(item.key(), item.value());
+  const double h = 1e-6;
+  for (auto& [name, t] : checked) {
+    INFO(name);
+    REQUIRE(t.grad().defined());
+    const auto flat = t.detach().view({-1});
+    const auto grad = t.grad().view({-1});
+    for (int64_t i : {int64_t{0}, flat.numel() / 3, flat.numel() - 1}) {
+      const double keep = flat[i].item<double>();
+      flat[i] = keep + h;
+      const double up = value();
+      flat[i] = keep - h;
+      const double down = value();
+      flat[i] = keep;
+      const double numeric = (up - down) / (2 * h);
+      CHECK(grad[i].item<double>() == Approx(numeric).epsilon(1e-6).margin(1e-9));
+    }
+  }
+}
+
+TEST_CASE("routing: softmax and sigmoid scores, group limits and the bias choose as written", "[model]") {
+  models::DecoderArgs a;
+  a.num_experts = 4;
+  a.top_k = 2;
+  const auto logits = torch::tensor({2.0f, 1.0f, 0.5f, 3.0f}).view({1, 4});
+  auto r = models::route(logits, {}, a);
+  CHECK(r.experts[0][0].item<int64_t>() == 3);
+  CHECK(r.experts[0][1].item<int64_t>() == 0);
+  const auto p = at::softmax(logits, -1);
+  CHECK(r.weights[0][0].item<float>() == Approx(p[0][3].item<float>()));
+  // The bias changes the choice, not the weight: expert 2 now beats expert 0.
+  r = models::route(logits, torch::tensor({0.f, 0.f, 2.f, 0.f}), a);
+  CHECK(r.experts[0][0].item<int64_t>() == 2);
+  CHECK(r.experts[0][1].item<int64_t>() == 3);
+  CHECK(r.weights[0][0].item<float>() == Approx(p[0][2].item<float>()));
+  // Two groups {0,1} {2,3}, one eligible: group {2,3} holds the best (3), so expert 0 is out.
+  a.n_expert_groups = 2;
+  a.n_limited_groups = 1;
+  r = models::route(logits, {}, a);
+  CHECK(std::set<int64_t>{r.experts[0][0].item<int64_t>(), r.experts[0][1].item<int64_t>()} == std::set<int64_t>{2, 3});
+  // Sigmoid, renormalised and scaled: the two weights add up to route_scale.
+  a = models::DecoderArgs{};
+  a.num_experts = 4;
+  a.top_k = 2;
+  a.sigmoid_scores = true;
+  a.route_norm = true;
+  a.route_scale = 2.0;
+  r = models::route(logits, {}, a);
+  CHECK(r.weights.sum().item<float>() == Approx(2.0));
+}
+
+TEST_CASE("auxiliary-loss-free balancing moves a skewed load towards the mean", "[model]") {
+  const auto a = arch("qwen3_moe", "debugmodel", {{"n_layers", "1"}, {"load_balance_coeff", "0.05"}, {"vocab_size", "256"}});
+  auto model = a->build(at::TensorOptions().dtype(at::kFloat), 32);
+  model->init_weights(7);
+  {
+    // A bias far off balance: expert 0 is every token's choice.
+    torch::NoGradGuard no_grad;
+    for (const auto& item : model->named_buffers())
+      if (item.key() == "layers.0.moe.expert_bias") item.value()[0].fill_(1.0);
+  }
+  torch::manual_seed(5);
+  const auto tokens = at::randint(0, 256, {4, 32}, at::kLong);
+  auto load = [&] {
+    torch::NoGradGuard no_grad;
+    models::AuxValues aux;
+    model->loss({tokens, tokens, {}, &aux});
+    return aux;
+  };
+  auto first = load();
+  const auto& counts = first.values().at("moe.layers.0.tokens_per_expert");
+  const double start = counts.max().item<double>();
+  REQUIRE(start > 2 * counts.mean().item<double>());  // skewed indeed
+  REQUIRE(model->balances_experts());
+  auto step = first;
+  for (int i = 0; i < 60; ++i) {
+    model->balance_experts(step);
+    step = load();
+  }
+  const auto& last = step.values().at("moe.layers.0.tokens_per_expert");
+  INFO("busiest expert: " << start << " tokens at first, " << last.max().item<double>() << " after");
+  CHECK(last.max().item<double>() < 0.6 * start);
+  CHECK(last.sum().item<double>() == counts.sum().item<double>());  // dropless: every choice served
 }

@@ -34,6 +34,12 @@ class Model : public torch::nn::Module {
   // unit's values do not depend on which others are materialised.
   virtual void init_weights(uint64_t seed) = 0;
 
+  // After each optimizer step: auxiliary-loss-free balancing moves each MoE block's expert bias
+  // towards the step's mean load. `step` holds the step's units' reports, tokens per expert
+  // summed over its micro-batches (and averaged over the data-parallel ranks).
+  virtual void balance_experts(const AuxValues& step) { (void)step; }
+  virtual bool balances_experts() const { return false; }
+
   // Units that compute with another unit's parameters, as (borrower, owner): a head tied to the
   // embedding. Data parallelism gathers the owner's parameters for the borrower too.
   virtual std::vector<std::pair<size_t, size_t>> borrowed_units() const { return {}; }

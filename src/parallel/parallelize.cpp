@@ -140,6 +140,11 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   for (const auto& [name, t] : named_parameters(model))
     if (kept.contains(t.unsafeGetTensorImpl())) owned.emplace_back(name, t);
   for (const auto& [name, t] : owned) out.parameters.push_back(t);
+  std::set<const void*> kept_buffers;
+  for (const auto& u : out.units)
+    for (const auto& b : u->buffers()) kept_buffers.insert(b.unsafeGetTensorImpl());
+  for (const auto& item : model.named_buffers())
+    if (kept_buffers.contains(item.value().unsafeGetTensorImpl())) out.buffers.emplace_back(item.key(), item.value());
 
   // 2. The model's own plan.
   const auto plan_placements = apply_model_plan(arch.sharding_plan(), owned, mesh);

@@ -63,6 +63,9 @@ struct ParallelModel {
   std::vector<models::UnitPtr> units;
   std::vector<PlacedTensor> trained;  // what the optimizer updates: whole parameters or shards
   std::vector<at::Tensor> parameters;  // the units' own (gathered views under FSDP)
+  // State the units keep beside their parameters and nothing trains (a MoE block's expert
+  // bias), by the model's names: whole on every rank of the units' stage, checkpointed.
+  std::vector<std::pair<std::string, at::Tensor>> buffers;
   // What the gradient norm's squares are summed across: the groups of the mesh dimensions the
   // trained tensors are split over (from their placements), then the pipeline's stages.
   std::vector<comm::CommunicatorPtr> norm_groups;

@@ -260,6 +260,31 @@ struct Trainer::Impl {
   int64_t lr_offset = 0;
   int gpu = -1;  // CUDA device index, -1 on the CPU
   double peak_flops = 0, flops_per_token = 0;
+
+  // Hands the model the step's loads (tokens per expert), averaged over the data-parallel ranks
+  // in one collective, so that every replica moves its expert biases alike.
+  void balance_experts() {
+    if (!model->balances_experts()) return;
+    std::vector<std::pair<std::string, at::Tensor>> loads;
+    for (const auto& [name, v] : aux.values())
+      if (name.ends_with(".tokens_per_expert")) loads.emplace_back(name, v);
+    if (loads.empty()) return;
+    models::AuxValues step;
+    if (parallelized.sharded) {
+      std::vector<at::Tensor> parts;
+      for (const auto& [name, v] : loads) parts.push_back(v.reshape({-1}));
+      auto all = at::cat(parts);
+      parallelized.sharded->average_over_data_parallel(all);
+      int64_t offset = 0;
+      for (const auto& [name, v] : loads) {
+        step.add(name, all.narrow(0, offset, v.numel()).view_as(v));
+        offset += v.numel();
+      }
+    } else {
+      for (const auto& [name, v] : loads) step.add(name, v);
+    }
+    model->balance_experts(step);
+  }
 };
 
 Trainer::Trainer(const config::JobConfig& cfg, models::ArchitecturePtr architecture, parallel::RankContext rank)
@@ -337,6 +362,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   m.optimizer->step(stats.lr, parallel::clip_divisor(norm, m.max_norm, dev), m.prefetched_pieces, [&](size_t k) {
     m.parallelized.sharded->prefetch(k);
   });
+  m.balance_experts();
   if (m.parallelized.pipeline && !m.trace_path.empty()) m.save_trace();
   if (m.activity) m.activity("reading back the loss", -1);  // the host waits for the step's device work here
   const auto both = to_host(at::stack({loss.reshape({}), norm.to(at::kDouble).reshape({})}));
@@ -396,6 +422,8 @@ std::vector<checkpoint::LiveTensor> Trainer::restorable_state(bool model_only) c
     for (const char* key : {"exp_avg.", "exp_avg_sq."})
       out.push_back({"optim." + std::string(key) + t.name, state.at(key + t.name), t.placement.global_shape, box});
   }
+  for (const auto& [name, t] : impl_->parallelized.buffers)
+    out.push_back({"buffer." + name, t, t.sizes().vec(), checkpoint::whole_box(t.sizes().vec())});
   if (!model_only) {
     const auto& step = state.at("step");
     out.push_back({"optim.step", step, step.sizes().vec(), checkpoint::whole_box(step.sizes().vec())});
@@ -417,6 +445,8 @@ std::vector<checkpoint::LiveTensor> Trainer::checkpoint_state(bool model_only) c
   };
   auto out = restorable_state(model_only);
   std::erase_if(out, [&](const checkpoint::LiveTensor& t) {
+    // A stage's buffers are its own: saved by its first data-parallel rank.
+    if (t.name.starts_with("buffer.")) return !parallel::Placement::whole(t.global_shape).saved_by(mesh);
     const auto* p = placement_of(t.name);
     if (!p) return !parallel::Placement::whole(t.global_shape).saved_by(mesh) || mesh.coord(parallel::MeshDim::pp) != 0;
     return !p->saved_by(mesh);
@@ -426,9 +456,11 @@ std::vector<checkpoint::LiveTensor> Trainer::checkpoint_state(bool model_only) c
 
 void Trainer::load_checkpoint_state(const checkpoint::TensorMap& tensors) {
   checkpoint::TensorMap model, optim;
+  torch::NoGradGuard no_grad;
   for (const auto& [name, t] : tensors) {
     if (name.starts_with("model.")) model[name.substr(6)] = t;
     else if (name.starts_with("optim.")) optim[name.substr(6)] = t;
+    else if (name.starts_with("buffer.")) copy_buffer(name.substr(7), t);
     else throw std::runtime_error("checkpoint tensor '" + name + "' belongs to neither the model nor the optimizer");
   }
   if (!model.empty()) {
@@ -449,6 +481,18 @@ void Trainer::load_checkpoint_state(const checkpoint::TensorMap& tensors) {
     if (impl_->parallelized.sharded) impl_->parallelized.sharded->release_all();  // nothing gathered may outlive the new values
   }
   if (!optim.empty()) impl_->optimizer->load_state(optim);
+}
+
+void Trainer::copy_buffer(const std::string& name, const at::Tensor& value) {
+  for (auto& [own, t] : impl_->parallelized.buffers) {
+    if (own != name) continue;
+    if (value.sizes() != t.sizes())
+      throw std::runtime_error("checkpoint tensor 'buffer." + name + "' has shape " + c10::str(value.sizes()) +
+                               ", the model's is " + c10::str(t.sizes()));
+    t.copy_(value);
+    return;
+  }
+  throw std::runtime_error("checkpoint tensor 'buffer." + name + "' is not one of this rank's");
 }
 
 void Trainer::set_lr_schedule_offset(int64_t offset) { impl_->lr_offset = offset; }

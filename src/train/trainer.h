@@ -50,7 +50,8 @@ class Trainer {
   const models::Architecture& architecture() const;
   std::string device() const;
 
-  // Checkpoints. The model's parameters as "model.<name>" and, unless model_only, the
+  // Checkpoints. The model's parameters as "model.<name>", its units' buffers (a MoE block's
+  // expert bias) as "buffer.<name>" and, unless model_only, the
   // optimizer's state as "optim.<key>": live tensors on the training device, to be copied, each
   // with its box in the whole tensor (this rank's FSDP chunk when sharded). Replicated state
   // is listed by one rank only (the first replica), so each piece is saved once.
@@ -66,6 +67,7 @@ class Trainer {
   int64_t lr_schedule_offset() const;
 
  private:
+  void copy_buffer(const std::string& name, const at::Tensor& value);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -165,7 +165,12 @@ Restored restore_trainer(Trainer& trainer, const config::JobConfig& cfg, int ran
 
   std::vector<WantedTensor> wanted;
   for (const auto& t : trainer.restorable_state(!parts.contains("optimizer")))
-    if (parts.contains("model") || !t.name.starts_with("model.")) wanted.push_back({t.name, t.global_shape, t.box});
+    if (t.name.starts_with("buffer.")) {
+      // With the model; a checkpoint without them (a seed, an import) leaves them as built.
+      if (parts.contains("model") && meta.tensors.contains(t.name)) wanted.push_back({t.name, t.global_shape, t.box});
+    } else if (parts.contains("model") || !t.name.starts_with("model.")) {
+      wanted.push_back({t.name, t.global_shape, t.box});
+    }
   trainer.load_checkpoint_state(read_tensors(source->step_dir, meta, wanted));
 
   Restored out;

@@ -229,6 +229,19 @@ at::Tensor DecoderModel::logits(const at::Tensor& tokens) {
 }
 
 
+void DecoderModel::balance_experts(const AuxValues& step) {
+  if (args_.load_balance_coeff <= 0) return;
+  torch::NoGradGuard no_grad;
+  for (auto& unit : units_) {
+    auto* block = dynamic_cast<TransformerBlock*>(unit.get());
+    if (!block || !block->moe) continue;
+    const auto it = step.values().find("moe.layers." + std::to_string(block->layer_id) + ".tokens_per_expert");
+    if (it == step.values().end()) continue;  // another stage's block
+    const auto load = it->second.to(block->moe->expert_bias.device(), at::kFloat);
+    block->moe->expert_bias.add_(at::sign(load.mean() - load) * args_.load_balance_coeff);
+  }
+}
+
 void DecoderModel::init_weights(uint64_t seed) {
   torch::NoGradGuard no_grad;
   at::Generator gen;

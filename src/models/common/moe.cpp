@@ -29,7 +29,9 @@ class WithAuxLoss : public torch::autograd::Function<WithAuxLoss> {
 
 Routing route(const at::Tensor& logits, const at::Tensor& bias, const DecoderArgs& a) {
   Routing r;
-  r.scores = a.sigmoid_scores ? at::sigmoid(logits.to(at::kFloat)) : at::softmax(logits.to(at::kFloat), -1);
+  // In fp32 (fp64 for an fp64 model), as HF's routers.
+  const auto wide = logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat);
+  r.scores = a.sigmoid_scores ? at::sigmoid(wide) : at::softmax(wide, -1);
   at::Tensor choice = bias.defined() ? r.scores + bias : r.scores;
   if (a.n_expert_groups > 1) {
     // Only the experts of each token's n_limited_groups best groups stay eligible (DeepSeek's
