@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <functional>
 #include <optional>
+#include <set>
+#include <string>
 
 #include "actors/checkpoint_writer_protocol.h"
 #include "actors/coordinator_protocol.h"
@@ -89,11 +91,17 @@ void ask_all(self_ptr self, Request request, Done done, Fail fail) {
 }
 
 // The job's view of a step: the loss, norm and rate are rank 0's (already averaged over the
-// data-parallel ranks); work is summed, times and memory are the slowest or largest rank's.
+// data-parallel ranks); work is summed, times and memory are the slowest or largest rank's; the
+// units' reports are rank 0's and, for units rank 0 does not run (other pipeline stages), those
+// of the first rank that does.
 train::StepStats combine(const std::vector<train::StepStats>& ranks) {
   auto out = ranks.front();
+  std::set<std::string> reported;
+  for (const auto& [name, value] : out.aux) reported.insert(name);
   for (size_t r = 1; r < ranks.size(); ++r) {
     const auto& s = ranks[r];
+    for (const auto& [name, value] : s.aux)
+      if (reported.insert(name).second) out.aux.emplace_back(name, value);
     out.tokens += s.tokens;
     out.model_flops += s.model_flops;
     out.peak_flops_per_second += s.peak_flops_per_second;

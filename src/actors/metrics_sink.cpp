@@ -38,6 +38,32 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 // MFU over the logged interval: model FLOPs done / (time × the device's peak).
 double mfu(double flops, double seconds, double peak) { return peak > 0 && seconds > 0 ? flops / seconds / peak : 0; }
 
+// A mixture of experts' load at a glance: the busiest expert's share of its block's tokens, in
+// the block where it is largest, and the load-balancing loss (the blocks' shares added).
+std::string moe_summary(const train::StepStats& s) {
+  const std::string share = ".tokens_per_expert.busiest_share", loss = ".aux_loss";
+  double busiest = -1, aux = 0;
+  bool any_aux = false;
+  std::string where;
+  for (const auto& [name, value] : s.aux) {
+    if (name.ends_with(share) && value > busiest) {
+      busiest = value;
+      where = name.substr(0, name.size() - share.size());
+    }
+    if (name.starts_with("moe.") && name.ends_with(loss)) aux += value, any_aux = true;
+  }
+  if (busiest < 0) return {};
+  if (where.starts_with("moe.layers.")) where = "layer " + where.substr(11);
+  char line[128];
+  std::snprintf(line, sizeof line, "  moe: busiest expert %.0f%% (%s)", 100.0 * busiest, where.c_str());
+  std::string out = line;
+  if (any_aux) {
+    std::snprintf(line, sizeof line, "  aux_loss: %.4f", aux);
+    out += line;
+  }
+  return out;
+}
+
 std::string console_line(const train::StepStats& s, double tps, double interval_mfu, uint64_t rss) {
   char memory[96];
   if (s.gpu_peak_reserved_bytes > 0)
@@ -53,6 +79,7 @@ std::string console_line(const train::StepStats& s, double tps, double interval_
     std::snprintf(line, sizeof line, "  mfu: %.2f%%", 100.0 * interval_mfu);
     out += line;
   }
+  out += moe_summary(s);
   return out;
 }
 

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "kernels/ops.h"
+
 #include <stdexcept>
 
 namespace troupe::models {
@@ -60,17 +62,24 @@ at::Tensor load_balancing_loss(const Routing& r, int64_t num_experts) {
   return static_cast<double>(num_experts) * (share * normalised.mean(0)).sum();
 }
 
-at::Tensor GroupedExperts::forward(const at::Tensor& x, const std::vector<int64_t>& counts) const {
+at::Tensor GroupedExperts::forward(const at::Tensor& x, const at::Tensor& counts) const {
   const auto dtype = x.scalar_type();
   const auto a = w1.to(dtype), b = w2.to(dtype), c = w3.to(dtype);
+  if (dtype != at::kDouble) {
+    const auto ends = at::cumsum(counts, 0).to(at::kInt);
+    const auto gate = at::_grouped_mm(x, a.transpose(1, 2), ends);
+    const auto up = at::_grouped_mm(x, c.transpose(1, 2), ends);
+    return at::_grouped_mm(kernels::swiglu(gate, up), b.transpose(1, 2), ends);
+  }
+  const auto host = counts.to(at::kCPU);
   std::vector<at::Tensor> outs;
   int64_t offset = 0;
-  for (size_t e = 0; e < counts.size(); ++e) {
-    if (counts[e] == 0) continue;
-    const auto rows = x.narrow(0, offset, counts[e]);
-    const auto i = static_cast<int64_t>(e);
-    outs.push_back(at::mm(at::silu(at::mm(rows, a[i].t())) * at::mm(rows, c[i].t()), b[i].t()));
-    offset += counts[e];
+  for (int64_t e = 0; e < host.numel(); ++e) {
+    const auto n = host[e].item<int64_t>();
+    if (n == 0) continue;
+    const auto rows = x.narrow(0, offset, n);
+    outs.push_back(at::mm(kernels::swiglu(at::mm(rows, a[e].t()), at::mm(rows, c[e].t())), b[e].t()));
+    offset += n;
   }
   return outs.empty() ? at::zeros_like(x) : at::cat(outs);
 }
@@ -93,9 +102,7 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
   // Token copies in expert order: the k-th choice of token t is row t * top_k + k.
   const auto choices = r.experts.reshape({-1});
   const auto order = std::get<1>(at::sort(choices, std::optional<bool>(true), 0, false));
-  const auto counts_tensor = at::bincount(choices, {}, args_.num_experts);
-  const auto counts_host = counts_tensor.to(at::kCPU);
-  const std::vector<int64_t> counts(counts_host.data_ptr<int64_t>(), counts_host.data_ptr<int64_t>() + args_.num_experts);
+  const auto counts = at::bincount(choices, {}, args_.num_experts);
   const auto token_of = at::floor_divide(order, args_.top_k);
   auto routed = experts->forward(flat.index_select(0, token_of), counts);
   routed = routed * r.weights.reshape({-1}).index_select(0, order).unsqueeze(1).to(routed.scalar_type());
@@ -104,13 +111,13 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
   out = out.view(shape);
 
   if (batch.aux)
-    batch.aux->add("moe.layers." + std::to_string(layer) + ".tokens_per_expert", counts_tensor.to(at::kFloat));
+    batch.aux->add("moe.layers." + std::to_string(layer) + ".tokens_per_expert", counts.to(at::kFloat));
   // The loss's gradient joins every forward that will be differentiated, a recomputed one too
   // (which reports nothing: the first forward did).
   const bool differentiated = at::GradMode::is_enabled();
   if (args_.aux_loss_coeff > 0 && (batch.aux || differentiated)) {
     const auto loss = load_balancing_loss(r, args_.num_experts) / static_cast<double>(args_.moe_blocks());
-    if (batch.aux) batch.aux->add("moe.aux_loss", loss);
+    if (batch.aux) batch.aux->add("moe.layers." + std::to_string(layer) + ".aux_loss", loss);
     if (differentiated) out = WithAuxLoss::apply(out, loss, args_.aux_loss_coeff * batch.loss_scale);
   }
   return out;

@@ -47,8 +47,10 @@ class GroupedExperts : public torch::nn::Module {
       : w1(register_parameter("w1", at::empty({a.num_experts, a.moe_inter_dim, a.dim}, o))),
         w2(register_parameter("w2", at::empty({a.num_experts, a.dim, a.moe_inter_dim}, o))),
         w3(register_parameter("w3", at::empty({a.num_experts, a.moe_inter_dim, a.dim}, o))) {}
-  // x: [rows, dim], rows grouped by expert, `counts` rows each (on the host); SwiGLU per group.
-  at::Tensor forward(const at::Tensor& x, const std::vector<int64_t>& counts) const;
+  // x: [rows, dim], rows grouped by expert, counts[e] rows each ([experts] int64, on x's
+  // device); SwiGLU per group. One grouped GEMM per projection over all experts (libtorch's
+  // _grouped_mm: CUTLASS on Hopper, no host sync); fp64, which it lacks, runs expert by expert.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& counts) const;
   at::Tensor w1, w2, w3;
 };
 
@@ -58,7 +60,7 @@ class MoE : public torch::nn::Module {
 
   // x: [batch, seq, dim]. With `batch.aux`, reports this block's tokens per expert
   // ("moe.layers.<layer>.tokens_per_expert") and, with aux_loss_coeff > 0, its share of the
-  // load-balancing loss ("moe.aux_loss"), whose gradient (times the coefficient and
+  // load-balancing loss ("moe.layers.<layer>.aux_loss": the loss is their sum), whose gradient (times the coefficient and
   // batch.loss_scale) joins the backward through the returned tensor.
   at::Tensor forward(const at::Tensor& x, const UnitBatch& batch, int64_t layer) const;
 
