@@ -400,14 +400,15 @@ TEST_CASE("SIGKILL during a save: the restart resumes from the last committed st
 
 TEST_CASE("Hugging Face export loads in transformers with the same logits; import gives the same tensors",
           "[checkpoint-cli]") {
-  // Llama 3, and Qwen3 tied with its q/k norms: the export, transformers and the import are
-  // the family's, through one path.
-  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3");
+  // Llama 3, Qwen3 tied with its q/k norms, and Qwen3 MoE (a dense first block, then experts,
+  // one HF tensor each): the export, transformers and the import are the family's, through one path.
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3", "qwen3_moe");
   INFO(family);
   testing::TempDir dir;
   auto c = checkpoint_config(dir);
   c.model.name = family;
   if (family == "qwen3") c.model.dimensions = {{"tie_embeddings", "true", "test"}, {"n_layers", "3", "test"}};
+  if (family == "qwen3_moe") c.model.dimensions = {{"n_layers", "2", "test"}, {"n_dense_layers", "1", "test"}};
   c.training.steps = 2;
   c.checkpoint.interval = 2;
   REQUIRE(testing::run_with_timeout(c).exit_code == 0);
@@ -456,7 +457,7 @@ TEST_CASE("Hugging Face export loads in transformers with the same logits; impor
     testing::ChildProcess p({testing::troupe_binary(), "checkpoint", "info", dir.file("imported"), "--verify"});
     std::string out;
     CHECK(p.wait(60, out) == 0);
-    const auto wq = family == "qwen3" ? "[512,256]" : "[256,256]";  // 16 heads of 32 over dim 256
+    const auto wq = family != "llama3" ? "[512,256]" : "[256,256]";  // 16 heads of 32 over dim 256
     CHECK_THAT(out, Contains("model.layers.0.attention.wq.weight | F32 | " + std::string(wq) + " | 0 rank0.safetensors [0,0]+" +
                              wq) &&
                         Contains("verified"));
@@ -479,13 +480,14 @@ TEST_CASE("Hugging Face export loads in transformers with the same logits; impor
   }
   // A config.json that disagrees with the weights beside it is refused, naming the tensor.
   auto config = nlohmann::json::parse(checkpoint::read_file(hf + "/config.json"));
-  config["num_hidden_layers"] = 2;
+  const int layers = config["num_hidden_layers"].get<int>() - 1;
+  config["num_hidden_layers"] = layers;
   checkpoint::write_file_durably(hf + "/config.json", config.dump());
   import_argv[6] = dir.file("imported2");
   testing::ChildProcess p(import_argv);
   std::string out;
   CHECK(p.wait(60, out) == 1);
-  CHECK_THAT(out, Contains("unexpected tensor 'model.layers.2."));
+  CHECK_THAT(out, Contains("unexpected tensor 'model.layers." + std::to_string(layers) + "."));
   CHECK_FALSE(fs::exists(dir.file("imported2") + "/step-0"));
 }
 

@@ -691,8 +691,9 @@ TEST_CASE("attention on CUDA runs cuDNN's kernel for grouped-query heads and mat
 
 TEST_CASE("the debug model on CUDA in fp32 computes the CPU model's loss and gradients", "[gpu]") {
   REQUIRE(torch::cuda::is_available());
-  // Both families: Qwen3 adds the norms on each head's q and k (head_dim 32 there).
-  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3");
+  // The families: Qwen3 adds the norms on each head's q and k (head_dim 32 there), Qwen3 MoE the
+  // router and the grouped expert GEMMs.
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3", "qwen3_moe");
   INFO(family);
   const auto args = models::model_spec(family).configure("debugmodel", {});
   auto cpu = args->build(at::TensorOptions().dtype(at::kFloat), 128);
@@ -775,7 +776,10 @@ TEST_CASE("bf16 training of the debug model on CUDA lowers the loss", "[gpu]") {
 
 TEST_CASE("the first 20 bf16 losses of the debug model on CUDA track the fp32 CPU run", "[gpu]") {
   REQUIRE(torch::cuda::is_available());
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3_moe");
+  INFO(family);
   config::JobConfig c;
+  c.model.name = family;
   c.model.tokenizer_path = testing::source_dir() + "/data/kjv/tokenizer.json";
   c.training.local_batch_size = 8;
   c.training.seq_len = 256;
