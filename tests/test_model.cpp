@@ -504,7 +504,8 @@ TEST_CASE("routing: softmax and sigmoid scores, group limits and the bias choose
   CHECK(r.experts[0][0].item<int64_t>() == 2);
   CHECK(r.experts[0][1].item<int64_t>() == 3);
   CHECK(r.weights[0][0].item<float>() == Approx(p[0][2].item<float>()));
-  // Two groups {0,1} {2,3}, one eligible: group {2,3} holds the best (3), so expert 0 is out.
+  // Two groups {0,1} {2,3}, one eligible: group {2,3} has the larger sum of its best two, so
+  // expert 0 is out though it is the second best.
   a.n_expert_groups = 2;
   a.n_limited_groups = 1;
   r = models::route(logits, {}, a);

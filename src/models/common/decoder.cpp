@@ -238,7 +238,8 @@ void DecoderModel::balance_experts(const AuxValues& step) {
     const auto it = step.values().find("moe.layers." + std::to_string(block->layer_id) + ".tokens_per_expert");
     if (it == step.values().end()) continue;  // another stage's block
     const auto load = it->second.to(block->moe->expert_bias.device(), at::kFloat);
-    block->moe->expert_bias.add_(at::sign(load.mean() - load) * args_.load_balance_coeff);
+    auto delta = at::sign(load.mean() - load) * args_.load_balance_coeff;
+    block->moe->expert_bias.add_(delta - delta.mean());
   }
 }
 

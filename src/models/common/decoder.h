@@ -36,7 +36,8 @@ class DecoderModel : public Model {
   // residual stream, unit-normal embedding, norms at one.
   void init_weights(uint64_t seed) override;
   std::vector<std::pair<size_t, size_t>> borrowed_units() const override;
-  // bias += load_balance_coeff * sign(mean load - load), per block (DeepSeek V3's update).
+  // bias += delta - mean(delta), delta = load_balance_coeff * sign(mean load - load), per block
+  // (DeepSeek V3's update, centred as torchtitan's).
   void balance_experts(const AuxValues& step) override;
   bool balances_experts() const override { return args_.num_experts > 0 && args_.load_balance_coeff > 0; }
 

@@ -41,11 +41,11 @@ struct DecoderArgs {
   bool route_norm = false;       // the top-k scores divided by their sum
   double route_scale = 1.0;
   // Group-limited routing: experts in n_expert_groups groups, tokens choose among the
-  // n_limited_groups best (a group's score: its best expert's, or with sigmoid scores its best two's).
+  // n_limited_groups best (a group's score: the sum of its best two experts').
   int64_t n_expert_groups = 1;
   int64_t n_limited_groups = 1;
   // Auxiliary-loss-free balancing: after each step every expert's bias moves by this much towards
-  // the mean load (0: no bias).
+  // the mean load, the moves centred on zero (0: no bias).
   double load_balance_coeff = 0;
   // The load-balancing loss (Switch / Qwen3 MoE), mean over the MoE blocks, times this.
   double aux_loss_coeff = 0;

@@ -4,6 +4,7 @@
 
 #include "kernels/ops.h"
 
+#include <limits>
 #include <stdexcept>
 
 namespace troupe::models {
@@ -37,14 +38,15 @@ Routing route(const at::Tensor& logits, const at::Tensor& bias, const DecoderArg
   at::Tensor choice = bias.defined() ? r.scores + bias : r.scores;
   if (a.n_expert_groups > 1) {
     // Only the experts of each token's n_limited_groups best groups stay eligible (DeepSeek's
-    // node-limited routing): a group scores its best expert, or with sigmoid scores its best two.
+    // node-limited routing): a group scores the sum of its best two experts (one in a group of one).
     const auto tokens = choice.size(0);
-    const auto grouped = choice.detach().view({tokens, a.n_expert_groups, a.num_experts / a.n_expert_groups});
-    const auto group_score =
-        a.sigmoid_scores ? std::get<0>(grouped.topk(2, -1)).sum(-1) : std::get<0>(grouped.max(-1));
+    const auto per_group = a.num_experts / a.n_expert_groups;
+    const auto grouped = choice.detach().view({tokens, a.n_expert_groups, per_group});
+    const auto group_score = std::get<0>(grouped.topk(std::min<int64_t>(2, per_group), -1)).sum(-1);
     const auto best = std::get<1>(group_score.topk(a.n_limited_groups, -1, true, false));
     const auto keep = at::zeros_like(group_score, at::kBool).scatter_(1, best, true);
-    choice = choice.masked_fill(keep.unsqueeze(-1).expand_as(grouped).reshape_as(choice).logical_not(), 0.0);
+    choice = choice.masked_fill(keep.unsqueeze(-1).expand_as(grouped).reshape_as(choice).logical_not(),
+                                -std::numeric_limits<double>::infinity());
   }
   r.experts = std::get<1>(choice.detach().topk(a.top_k, -1));
   r.weights = r.scores.gather(1, r.experts);
