@@ -134,6 +134,15 @@ void compare_with_hf(const models::ArchitecturePtr& model_arch, const std::strin
              std::to_string(a.n_dense_layers) + " --aux_coef " + std::to_string(a.aux_loss_coeff);
     if (a.route_norm) flags += " --norm_topk";
   }
+  if (a.mla()) {
+    char yarn[160];
+    std::snprintf(yarn, sizeof yarn, " --route_scale %.17g --yarn_factor %.17g --yarn_mscale %.17g --original_max_pos %lld",
+                  a.route_scale, a.rope_yarn_factor, a.rope_mscale, static_cast<long long>(a.rope_original_max_positions));
+    flags += " --q_lora " + std::to_string(a.q_lora_rank) + " --kv_lora " + std::to_string(a.kv_lora_rank) + " --nope " +
+             std::to_string(a.qk_nope_head_dim) + " --rope_dim " + std::to_string(a.qk_rope_head_dim) + " --v_dim " +
+             std::to_string(a.v_head_dim) + " --shared " + std::to_string(a.num_shared_experts) + " --n_group " +
+             std::to_string(a.n_expert_groups) + " --topk_group " + std::to_string(a.n_limited_groups) + yarn;
+  }
   const auto cmd = "python3 " + testing::source_dir() + "/tests/oracle/hf_decoder_oracle.py run " + dir.path().string() +
                    " --dim " + std::to_string(a.dim) + " --layers " + std::to_string(a.n_layers) + " --heads " +
                    std::to_string(a.n_heads) + " --kv_heads " + std::to_string(a.n_kv_heads) + " --ffn " +
@@ -200,6 +209,25 @@ TEST_CASE("Qwen3 with tied embeddings and head_dim != dim / n_heads matches Hugg
                        {{"dim", "96"}, {"n_layers", "2"}, {"n_heads", "4"}, {"n_kv_heads", "2"}, {"head_dim", "40"},
                         {"ffn_hidden_dim", "160"}, {"vocab_size", "300"}, {"tie_embeddings", "true"}}),
                   "qwen3", 3, 40);
+}
+
+TEST_CASE("DeepSeek V3 matches Hugging Face DeepseekV3ForCausalLM: latent attention, YaRN, shared experts, groups",
+          "[oracle]") {
+  // A dense first block, then a MoE block: sigmoid scores in 4 groups of which 2 are eligible,
+  // renormalised and scaled by 2.5, one shared expert; q projected directly, then through its
+  // latent; YaRN over a 64-position original context.
+  for (const std::string q_lora : {"0", "48"}) {
+    INFO("q_lora_rank " << q_lora);
+    compare_with_hf(arch("deepseek_v3", "debugmodel",
+                         {{"dim", "64"}, {"n_layers", "2"}, {"n_heads", "4"}, {"ffn_hidden_dim", "96"},
+                          {"moe_inter_dim", "32"}, {"num_experts", "8"}, {"top_k", "2"}, {"num_shared_experts", "1"},
+                          {"q_lora_rank", q_lora}, {"kv_lora_rank", "32"}, {"qk_nope_head_dim", "32"},
+                          {"qk_rope_head_dim", "16"}, {"v_head_dim", "24"}, {"sigmoid_scores", "true"},
+                          {"route_norm", "true"}, {"route_scale", "2.5"}, {"n_expert_groups", "4"},
+                          {"n_limited_groups", "2"}, {"vocab_size", "300"}, {"rope_original_max_positions", "64"},
+                          {"rope_mscale", "1.0"}}),
+                    "deepseek_v3", 2, 24);
+  }
 }
 
 TEST_CASE("Qwen3 MoE matches Hugging Face Qwen3MoeForCausalLM: routing, experts, a dense first layer, aux loss",

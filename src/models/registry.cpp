@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "models/deepseek_v3/spec.h"
 #include "models/llama3/spec.h"
 #include "models/qwen3/spec.h"
 #include "models/qwen3_moe/spec.h"
@@ -10,7 +11,7 @@
 namespace troupe::models {
 
 const std::vector<ModelSpec>& model_specs() {
-  static const std::vector<ModelSpec> specs = {llama3::spec(), qwen3::spec(), qwen3_moe::spec()};
+  static const std::vector<ModelSpec> specs = {llama3::spec(), qwen3::spec(), qwen3_moe::spec(), deepseek_v3::spec()};
   return specs;
 }
 

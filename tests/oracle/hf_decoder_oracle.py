@@ -26,6 +26,9 @@ def model_class(family):
     if family == "qwen3":
         from transformers import Qwen3Config, Qwen3ForCausalLM
         return Qwen3Config, Qwen3ForCausalLM
+    if family == "deepseek_v3":
+        from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+        return DeepseekV3Config, DeepseekV3ForCausalLM
     if family == "qwen3_moe":
         from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
         return Qwen3MoeConfig, Qwen3MoeForCausalLM
@@ -65,6 +68,17 @@ def run(argv):
     p.add_argument("--sparse_step", type=int, default=1)
     p.add_argument("--dense_layers", type=int, default=0, help="the first N layers keep a dense MLP")
     p.add_argument("--aux_coef", type=float, default=0.0)
+    p.add_argument("--q_lora", type=int, default=0, help="deepseek_v3: multi-head latent attention")
+    p.add_argument("--kv_lora", type=int, default=0)
+    p.add_argument("--nope", type=int, default=0)
+    p.add_argument("--rope_dim", type=int, default=0)
+    p.add_argument("--v_dim", type=int, default=0)
+    p.add_argument("--shared", type=int, default=0)
+    p.add_argument("--n_group", type=int, default=1)
+    p.add_argument("--topk_group", type=int, default=1)
+    p.add_argument("--route_scale", type=float, default=1.0)
+    p.add_argument("--yarn_factor", type=float, default=0.0)
+    p.add_argument("--yarn_mscale", type=float, default=1.0)
     a = p.parse_args(argv)
 
     torch.manual_seed(a.seed)
@@ -83,6 +97,21 @@ def run(argv):
         fields["head_dim"] = a.head_dim
     if a.family == "llama":
         fields["mlp_bias"] = False
+    if a.family == "deepseek_v3":
+        rope = {"rope_type": "default", "rope_theta": a.rope_theta}
+        if a.yarn_factor > 0:
+            rope = {"rope_type": "yarn", "rope_theta": a.rope_theta, "factor": a.yarn_factor,
+                    "original_max_position_embeddings": a.original_max_pos, "beta_fast": 32.0, "beta_slow": 1.0,
+                    "mscale": a.yarn_mscale, "mscale_all_dim": a.yarn_mscale}
+        fields = dict(hidden_size=a.dim, intermediate_size=a.ffn, moe_intermediate_size=a.moe_inter,
+                      num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.heads,
+                      n_shared_experts=a.shared, n_routed_experts=a.experts, routed_scaling_factor=a.route_scale,
+                      kv_lora_rank=a.kv_lora, q_lora_rank=a.q_lora or None, qk_rope_head_dim=a.rope_dim,
+                      v_head_dim=a.v_dim, qk_nope_head_dim=a.nope, n_group=a.n_group, topk_group=a.topk_group,
+                      num_experts_per_tok=a.top_k, first_k_dense_replace=a.dense_layers, norm_topk_prob=a.norm_topk,
+                      rope_interleave=True, rope_parameters=rope, vocab_size=a.vocab, rms_norm_eps=a.norm_eps,
+                      tie_word_embeddings=a.tied, max_position_embeddings=max(a.seq, a.original_max_pos * 4),
+                      attention_bias=False)
     if a.family == "qwen3_moe":
         fields.update(num_experts=a.experts, num_experts_per_tok=a.top_k, moe_intermediate_size=a.moe_inter,
                       norm_topk_prob=a.norm_topk, decoder_sparse_step=a.sparse_step,
@@ -107,7 +136,8 @@ def run(argv):
 
     from safetensors.torch import save_file
     os.makedirs(a.out_dir, exist_ok=True)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k in params or "experts" in k}
     # transformers 5 fuses each layer's experts (gate_up_proj [E, 2I, D], down_proj [E, D, I]);
     # checkpoints keep one tensor per expert, which is what Troupe reads and writes.
     for name in [k for k in state if k.endswith("mlp.experts.gate_up_proj")]:

@@ -13,7 +13,23 @@ namespace troupe::models {
 
 namespace {
 
-class Attention : public torch::nn::Module {
+// Self-attention over a block's normed input: grouped-query or multi-head latent.
+class AttentionModule : public torch::nn::Module {
+ public:
+  // `recipe`: how x is recomputed, when the projections are not to keep it.
+  virtual at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const at::Tensor& positions,
+                             const kernels::InputRecipe& recipe) const = 0;
+  // Initialisation (torchtitan's): input projections at 0.02, the output at `out_std`, norms at one.
+  virtual void init(const std::function<void(at::Tensor&, double)>& normal, double out_std) = 0;
+};
+
+// Rows of the rotary tables for these tokens' positions; without positions the first S rows.
+std::pair<at::Tensor, at::Tensor> rotary_rows(const RotaryTables& rope, const at::Tensor& positions) {
+  if (!positions.defined()) return {rope.cos, rope.sin};
+  return {rope.cos.index_select(0, positions), rope.sin.index_select(0, positions)};
+}
+
+class Attention : public AttentionModule {
  public:
   Attention(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s)
       : services(s), n_heads_(a.n_heads), n_kv_heads_(a.n_kv_heads), head_dim_(a.head_dim) {
@@ -27,9 +43,8 @@ class Attention : public torch::nn::Module {
     }
   }
 
-  // `recipe`: how x is recomputed, when the projections are not to keep it.
   at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const at::Tensor& positions,
-                     const kernels::InputRecipe& recipe = {}) const {
+                     const kernels::InputRecipe& recipe) const override {
     const auto B = x.size(0), S = x.size(1);
     auto qkv = kernels::linear_group(x, {wq->weight, wk->weight, wv->weight}, recipe, services);
     auto q = qkv[0].view({B, S, n_heads_, head_dim_});
@@ -38,9 +53,7 @@ class Attention : public torch::nn::Module {
       q = q_norm->forward(q);
       k = k_norm->forward(k);
     }
-    // Rows of the tables for these tokens' positions; without positions the first S rows.
-    const auto cos = positions.defined() ? rope.cos.index_select(0, positions) : rope.cos;
-    const auto sin = positions.defined() ? rope.sin.index_select(0, positions) : rope.sin;
+    const auto [cos, sin] = rotary_rows(rope, positions);
     q = kernels::rotary(q, cos, sin);
     k = kernels::rotary(k, cos, sin);
     auto v = qkv[2].view({B, S, n_kv_heads_, head_dim_});
@@ -52,12 +65,83 @@ class Attention : public torch::nn::Module {
     return wo->forward(out.transpose(1, 2).reshape({B, S, n_heads_ * head_dim_}));
   }
 
+  void init(const std::function<void(at::Tensor&, double)>& normal, double out_std) override {
+    for (auto* w : {&wq->weight, &wk->weight, &wv->weight}) normal(*w, 0.02);
+    normal(wo->weight, out_std);
+    if (q_norm) {
+      q_norm->weight.fill_(1.0);
+      k_norm->weight.fill_(1.0);
+    }
+  }
+
   std::shared_ptr<Projection> wq, wk, wv, wo;
   std::shared_ptr<RMSNorm> q_norm, k_norm;  // null without qk_norm
   const kernels::WeightServices* services;
 
  private:
   int64_t n_heads_, n_kv_heads_, head_dim_;
+};
+
+// Multi-head latent attention (DeepSeek V2/V3), torchtitan's names: q from x (wq) or from a
+// normed low-rank latent (wq_a, q_norm, wq_b); k and v from one latent of x (wkv_a: kv_lora_rank
+// latent, then the rotary part of k that all heads share), normed (kv_norm) and expanded per head
+// (wkv_b: each head's k without position, then its v). Rotary parts use Meta's interleaved pairs,
+// as DeepSeek's checkpoints store them.
+class LatentAttention : public AttentionModule {
+ public:
+  // The latents' norms keep DeepSeek's own epsilon whatever norm_eps is (its reference code and
+  // HF's DeepseekV3 build them without one).
+  static constexpr double kLatentNormEps = 1e-6;
+  LatentAttention(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s)
+      : services(s), a_(a) {
+    const auto qk = a.qk_nope_head_dim + a.qk_rope_head_dim;
+    if (a.q_lora_rank > 0) {
+      wq_a = register_module("wq_a", std::make_shared<Projection>(a.dim, a.q_lora_rank, o, s));
+      q_norm = register_module("q_norm", std::make_shared<RMSNorm>(a.q_lora_rank, kLatentNormEps, o, s));
+      wq_b = register_module("wq_b", std::make_shared<Projection>(a.q_lora_rank, a.n_heads * qk, o, s));
+    } else {
+      wq = register_module("wq", std::make_shared<Projection>(a.dim, a.n_heads * qk, o, s));
+    }
+    wkv_a = register_module("wkv_a", std::make_shared<Projection>(a.dim, a.kv_lora_rank + a.qk_rope_head_dim, o, s));
+    kv_norm = register_module("kv_norm", std::make_shared<RMSNorm>(a.kv_lora_rank, kLatentNormEps, o, s));
+    wkv_b = register_module(
+        "wkv_b", std::make_shared<Projection>(a.kv_lora_rank, a.n_heads * (a.qk_nope_head_dim + a.v_head_dim), o, s));
+    wo = register_module("wo", std::make_shared<Projection>(a.n_heads * a.v_head_dim, a.dim, o, s));
+  }
+
+  at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const at::Tensor& positions,
+                     const kernels::InputRecipe& recipe) const override {
+    const auto B = x.size(0), S = x.size(1), H = a_.n_heads;
+    const auto nope = a_.qk_nope_head_dim, pe = a_.qk_rope_head_dim, latent = a_.kv_lora_rank;
+    auto first = kernels::linear_group(x, {wq ? wq->weight : wq_a->weight, wkv_a->weight}, recipe, services);
+    auto q = wq ? first[0] : wq_b->forward(q_norm->forward(first[0]));
+    q = q.view({B, S, H, nope + pe});
+    const auto [cos, sin] = rotary_rows(rope, positions);
+    const auto q_pe = kernels::rotary(q.narrow(-1, nope, pe).contiguous(), cos, sin);
+    const auto k_pe = kernels::rotary(first[1].narrow(-1, latent, pe).contiguous().view({B, S, 1, pe}), cos, sin);
+    const auto kv = wkv_b->forward(kv_norm->forward(first[1].narrow(-1, 0, latent))).view({B, S, H, nope + a_.v_head_dim});
+    const auto query = at::cat({q.narrow(-1, 0, nope), q_pe}, -1);
+    const auto key = at::cat({kv.narrow(-1, 0, nope), k_pe.expand({B, S, H, pe})}, -1);
+    const auto value = kv.narrow(-1, nope, a_.v_head_dim);
+    auto out = at::scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                                std::nullopt, 0.0, /*is_causal=*/true, a_.attention_scale());
+    return wo->forward(out.transpose(1, 2).reshape({B, S, H * a_.v_head_dim}));
+  }
+
+  void init(const std::function<void(at::Tensor&, double)>& normal, double out_std) override {
+    for (const auto& p : {wq, wq_a, wq_b, wkv_a, wkv_b})
+      if (p) normal(p->weight, 0.02);
+    normal(wo->weight, out_std);
+    if (q_norm) q_norm->weight.fill_(1.0);
+    kv_norm->weight.fill_(1.0);
+  }
+
+  std::shared_ptr<Projection> wq, wq_a, wq_b, wkv_a, wkv_b, wo;  // wq, or wq_a and wq_b
+  std::shared_ptr<RMSNorm> q_norm, kv_norm;
+  const kernels::WeightServices* services;
+
+ private:
+  DecoderArgs a_;
 };
 
 class EmbeddingUnit : public Unit {
@@ -80,7 +164,10 @@ class TransformerBlock : public Unit {
   TransformerBlock(const DecoderArgs& a, int64_t layer_id, std::shared_ptr<const RotaryTables> rope,
                    const at::TensorOptions& o, const kernels::WeightServices* s)
       : layer_id(layer_id), rope_(std::move(rope)) {
-    attention = register_module("attention", std::make_shared<Attention>(a, o, s));
+    if (a.mla())
+      attention = register_module("attention", std::make_shared<LatentAttention>(a, o, s));
+    else
+      attention = register_module("attention", std::make_shared<Attention>(a, o, s));
     if (a.moe_block(layer_id))
       moe = register_module("moe", std::make_shared<MoE>(a, o, s));
     else
@@ -109,7 +196,7 @@ class TransformerBlock : public Unit {
   // activation_checkpoint's "op" policy: the block keeps its matmul and attention outputs and
   // recomputes the norms' outputs and SwiGLU's in the backward.
   bool recompute_elementwise = false;
-  std::shared_ptr<Attention> attention;
+  std::shared_ptr<AttentionModule> attention;
   std::shared_ptr<FeedForward> feed_forward;  // null in a MoE block
   std::shared_ptr<MoE> moe;                   // null in a dense block
   std::shared_ptr<RMSNorm> attention_norm, ffn_norm;
@@ -163,8 +250,22 @@ RotaryTables make_rotary_tables(const DecoderArgs& a, int64_t max_seq_len, const
   // Computed like Hugging Face's reference (fp32 unless the model is fp64), so logits agree.
   const auto dtype = options.dtype() == at::kDouble ? at::kDouble : at::kFloat;
   auto cpu = at::TensorOptions().dtype(dtype);
-  const auto hd = a.head_dim;
+  const auto hd = a.rotary_dim();
   auto inv_freq = 1.0 / at::pow(a.rope_theta, at::arange(0, hd, 2, at::kLong).to(dtype) / static_cast<double>(hd));
+  if (a.rope_yarn_factor > 1) {
+    // YaRN: pair i keeps its frequency up to the pair that turns beta_fast times over the original
+    // context, takes it divided by the factor from the one that turns beta_slow times, and blends
+    // linearly between (the cut-offs rounded outwards, as DeepSeek's and HF's).
+    const double original = static_cast<double>(a.rope_original_max_positions);
+    auto pair_of = [&](double rotations) {
+      return static_cast<double>(hd) * std::log(original / (rotations * 2.0 * M_PI)) / (2.0 * std::log(a.rope_theta));
+    };
+    const double low = std::max(std::floor(pair_of(a.rope_beta_fast)), 0.0);
+    double high = std::min(std::ceil(pair_of(a.rope_beta_slow)), static_cast<double>(hd - 1));
+    if (high == low) high += 0.001;
+    const auto ramp = ((at::arange(hd / 2, at::TensorOptions().dtype(dtype)) - low) / (high - low)).clamp(0, 1);
+    inv_freq = inv_freq / a.rope_yarn_factor * ramp + inv_freq * (1 - ramp);
+  }
   if (a.rope_scaling_factor > 0) {
     const double original = static_cast<double>(a.rope_original_max_positions);
     const double low_wavelen = original / a.rope_low_freq_factor;
@@ -271,10 +372,7 @@ void DecoderModel::init_weights(uint64_t seed) {
     unit_generator(i);
     // Depth-scaled init of the projections that write into the residual stream.
     const double depth_std = 0.02 / std::sqrt(2.0 * static_cast<double>(b.layer_id + 1));
-    init(b.attention->wq->weight, 0.02, 2.0);
-    init(b.attention->wk->weight, 0.02, 2.0);
-    init(b.attention->wv->weight, 0.02, 2.0);
-    init(b.attention->wo->weight, depth_std, 2.0);
+    b.attention->init([&](at::Tensor& w, double std) { init(w, std, 2.0); }, depth_std);
     auto init_ffn = [&](FeedForward& f) {
       init(f.w1->weight, 0.02, 2.0);
       init(f.w2->weight, depth_std, 2.0);
@@ -289,10 +387,6 @@ void DecoderModel::init_weights(uint64_t seed) {
       init(b.moe->experts->w3, depth_std, 2.0);
       if (b.moe->shared_experts) init_ffn(*b.moe->shared_experts);
       b.moe->expert_bias.zero_();
-    }
-    if (b.attention->q_norm) {
-      b.attention->q_norm->weight.fill_(1.0);
-      b.attention->k_norm->weight.fill_(1.0);
     }
     b.attention_norm->weight.fill_(1.0);
     b.ffn_norm->weight.fill_(1.0);

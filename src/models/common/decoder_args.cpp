@@ -1,5 +1,6 @@
 #include "models/common/decoder_args.h"
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -7,7 +8,12 @@
 namespace troupe::models {
 
 int64_t DecoderArgs::num_params() const {
-  const int64_t attention = dim * n_heads * head_dim + 2 * dim * n_kv_heads * head_dim + n_heads * head_dim * dim;
+  const int64_t qk = qk_nope_head_dim + qk_rope_head_dim;
+  const int64_t attention =
+      mla() ? (q_lora_rank > 0 ? dim * q_lora_rank + q_lora_rank + q_lora_rank * n_heads * qk : dim * n_heads * qk) +
+                  dim * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank +
+                  kv_lora_rank * n_heads * (qk_nope_head_dim + v_head_dim) + n_heads * v_head_dim * dim
+            : dim * n_heads * head_dim + 2 * dim * n_kv_heads * head_dim + n_heads * head_dim * dim;
   const int64_t qk_norms = qk_norm ? 2 * head_dim : 0;
   const int64_t ffn = 3 * dim * ffn_hidden_dim;
   const int64_t moe = num_experts * dim + (num_experts + num_shared_experts) * 3 * dim * moe_inter_dim;
@@ -30,8 +36,21 @@ int64_t DecoderArgs::num_active_non_embedding_params() const {
 }
 
 double DecoderArgs::flops_per_token(int64_t seq_len) const {
+  // Attention's two matmuls per head: q·k over the q/k width, the weights·v over v's.
+  const double widths = mla() ? static_cast<double>(qk_nope_head_dim + qk_rope_head_dim + v_head_dim) / 2.0
+                              : static_cast<double>(head_dim);
   return 6.0 * static_cast<double>(num_active_non_embedding_params()) +
-         12.0 * static_cast<double>(n_layers * n_heads * head_dim * seq_len);
+         12.0 * static_cast<double>(n_layers * n_heads * seq_len) * widths;
+}
+
+double DecoderArgs::attention_scale() const {
+  const double width = mla() ? static_cast<double>(qk_nope_head_dim + qk_rope_head_dim) : static_cast<double>(head_dim);
+  double scale = 1.0 / std::sqrt(width);
+  if (rope_yarn_factor > 1) {
+    const double m = 0.1 * rope_mscale * std::log(rope_yarn_factor) + 1.0;
+    scale *= m * m;
+  }
+  return scale;
 }
 
 void DecoderArgs::validate() const {
@@ -42,6 +61,15 @@ void DecoderArgs::validate() const {
                                 {head_dim, "head_dim"}, {ffn_hidden_dim, "ffn_hidden_dim"}, {vocab_size, "vocab_size"}})
     require(v > 0, std::string(name) + " must be positive, got " + std::to_string(v));
   require(head_dim % 2 == 0, "head_dim must be even for rotary embeddings, got " + std::to_string(head_dim));
+  if (mla()) {
+    require(qk_nope_head_dim > 0 && v_head_dim > 0 && q_lora_rank >= 0,
+            "qk_nope_head_dim and v_head_dim must be positive, q_lora_rank not negative, with kv_lora_rank");
+    require(qk_rope_head_dim > 0 && qk_rope_head_dim % 2 == 0,
+            "qk_rope_head_dim must be even and positive, got " + std::to_string(qk_rope_head_dim));
+  }
+  require(rope_yarn_factor == 0 || (rope_yarn_factor > 1 && rope_beta_fast > rope_beta_slow && rope_beta_slow > 0 &&
+                                    rope_original_max_positions > 0),
+          "rope_yarn_factor must be 0 (none) or above 1, with rope_beta_fast above rope_beta_slow above 0");
   require(n_heads % n_kv_heads == 0, "n_kv_heads (" + std::to_string(n_kv_heads) + ") must divide n_heads (" +
                                          std::to_string(n_heads) + ")");
   require(norm_eps > 0, "norm_eps must be positive");

@@ -23,6 +23,25 @@ struct DecoderArgs {
   double rope_high_freq_factor = 4.0;
   int64_t rope_original_max_positions = 8192;
   bool qk_norm = false;  // RMSNorm over each head's q and k before the rotary embedding (Qwen3)
+  // Multi-head latent attention (DeepSeek V2/V3) when kv_lora_rank > 0: k and v from a shared
+  // low-rank latent (and q from one when q_lora_rank > 0), each head's q and k a part without
+  // position (qk_nope_head_dim) and a rotary part (qk_rope_head_dim, k's shared by the heads),
+  // values of v_head_dim. head_dim and n_kv_heads are then unused.
+  int64_t q_lora_rank = 0;
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
+  // YaRN (rope_yarn_factor > 1): the rotary frequencies between the beta_fast and beta_slow
+  // rotations over rope_original_max_positions blend towards theirs divided by the factor, and
+  // the attention's scale grows by (0.1 rope_mscale ln(factor) + 1)^2.
+  double rope_yarn_factor = 0;
+  double rope_beta_fast = 32;
+  double rope_beta_slow = 1;
+  double rope_mscale = 1.0;
+  bool mla() const { return kv_lora_rank > 0; }
+  int64_t rotary_dim() const { return mla() ? qk_rope_head_dim : head_dim; }
+  double attention_scale() const;
   bool tie_embeddings = false;
   // The family's longest sequence (not a dimension: no weight depends on it). Llama 3.1's 128K
   // context, torchtitan's max_seq_len; Qwen3's max_position_embeddings.

@@ -21,9 +21,23 @@ std::vector<NamePair> name_pairs(const DecoderArgs& a) {
   for (int64_t i = 0; i < a.n_layers; ++i) {
     const auto hf = "model.layers." + std::to_string(i) + ".";
     const auto native = "layers." + std::to_string(i) + ".";
-    pairs.push_back({hf + "self_attn.q_proj.weight", native + "attention.wq.weight", a.n_heads});
-    pairs.push_back({hf + "self_attn.k_proj.weight", native + "attention.wk.weight", a.n_kv_heads});
-    pairs.push_back({hf + "self_attn.v_proj.weight", native + "attention.wv.weight"});
+    if (a.mla()) {
+      // DeepSeek's checkpoints keep the rotary parts in interleaved pairs (rope_interleave): no permutation.
+      if (a.q_lora_rank > 0) {
+        pairs.push_back({hf + "self_attn.q_a_proj.weight", native + "attention.wq_a.weight"});
+        pairs.push_back({hf + "self_attn.q_a_layernorm.weight", native + "attention.q_norm.weight"});
+        pairs.push_back({hf + "self_attn.q_b_proj.weight", native + "attention.wq_b.weight"});
+      } else {
+        pairs.push_back({hf + "self_attn.q_proj.weight", native + "attention.wq.weight"});
+      }
+      pairs.push_back({hf + "self_attn.kv_a_proj_with_mqa.weight", native + "attention.wkv_a.weight"});
+      pairs.push_back({hf + "self_attn.kv_a_layernorm.weight", native + "attention.kv_norm.weight"});
+      pairs.push_back({hf + "self_attn.kv_b_proj.weight", native + "attention.wkv_b.weight"});
+    } else {
+      pairs.push_back({hf + "self_attn.q_proj.weight", native + "attention.wq.weight", a.n_heads});
+      pairs.push_back({hf + "self_attn.k_proj.weight", native + "attention.wk.weight", a.n_kv_heads});
+      pairs.push_back({hf + "self_attn.v_proj.weight", native + "attention.wv.weight"});
+    }
     pairs.push_back({hf + "self_attn.o_proj.weight", native + "attention.wo.weight"});
     if (a.qk_norm) {
       pairs.push_back({hf + "self_attn.q_norm.weight", native + "attention.q_norm.weight", 1});
@@ -133,6 +147,16 @@ checkpoint::TensorMap decoder_to_hf(const checkpoint::TensorMap& native, const D
 nlohmann::json decoder_hf_config(const DecoderArgs& a, const std::string& torch_dtype, int64_t max_positions) {
   nlohmann::json rope = {{"rope_type", "default"}, {"rope_theta", a.rope_theta}};
   nlohmann::json scaling = nullptr;  // older transformers read the scaling from rope_scaling
+  if (a.rope_yarn_factor > 1) {
+    scaling = {{"rope_type", "yarn"},
+               {"factor", a.rope_yarn_factor},
+               {"original_max_position_embeddings", a.rope_original_max_positions},
+               {"beta_fast", a.rope_beta_fast},
+               {"beta_slow", a.rope_beta_slow},
+               {"mscale", a.rope_mscale},
+               {"mscale_all_dim", a.rope_mscale}};
+    rope.update(scaling);
+  }
   if (a.rope_scaling_factor > 0) {
     scaling = {{"rope_type", "llama3"},
                {"factor", a.rope_scaling_factor},
@@ -206,8 +230,16 @@ void HfConfigReader::rope(DecoderArgs& a) const {
     a.rope_low_freq_factor = r.number("low_freq_factor");
     a.rope_high_freq_factor = r.number("high_freq_factor");
     a.rope_original_max_positions = r.integer("original_max_position_embeddings");
+  } else if (type == "yarn") {
+    a.rope_yarn_factor = r.number("factor");
+    a.rope_original_max_positions = r.integer("original_max_position_embeddings");
+    a.rope_beta_fast = r.number("beta_fast", 32);
+    a.rope_beta_slow = r.number("beta_slow", 1);
+    a.rope_mscale = r.number("mscale_all_dim", r.number("mscale", 1.0));
+    // The cos/sin factor mscale / mscale_all_dim is one in DeepSeek's configs; other values are not built.
+    if (r.number("mscale", a.rope_mscale) != a.rope_mscale) fail("yarn mscale differs from mscale_all_dim");
   } else if (type != "default") {
-    fail("rope_type '" + type + "' is not supported (default, llama3)");
+    fail("rope_type '" + type + "' is not supported (default, llama3, yarn)");
   }
 }
 
