@@ -506,7 +506,7 @@ TEST_CASE("[model] dimension keys: from the file and the command line, checked b
   CHECK_THAT(model_error("[model]\nn_layers = 2.5\n"), StartsWith(path + ":2:12: model.n_layers must be an integer"));
   CHECK(model_error("", {{"model.n_heads", "5"}}) == "--model.n_heads: model.n_heads (5) must divide dim (256) unless head_dim is set");
   CHECK(model_error("", {{"model.n_kv_heads", "5"}}) == "--model.n_kv_heads: model.n_kv_heads (5) must divide n_heads (16)");
-  CHECK(model_error("", {{"model.name", "gpt2"}}) == "model.name: unknown model 'gpt2' (known: llama3, qwen3)");
+  CHECK(model_error("", {{"model.name", "gpt2"}}) == "model.name: unknown model 'gpt2' (known: llama3, qwen3, qwen3_moe, deepseek_v3)");
   CHECK_THAT(model_error("", {{"model.flavor", "2B"}}),
              Contains("unknown llama3 flavor '2B'") && Contains("debugmodel, ") && Contains("405B"));
   CHECK_THAT(model_error("", {{"model.name", "qwen3"}, {"model.flavor", "3B"}}),
