@@ -606,3 +606,51 @@ TEST_CASE("a MoE model trains alike with no, full and op activation checkpointin
   CHECK(runs[1] == runs[0]);
   CHECK(runs[2] == runs[0]);
 }
+
+TEST_CASE("multi-token prediction adds its weighted mean cross-entropy, differentiates exactly, counts its parameters",
+          "[model]") {
+  const models::Dimensions small = {{"dim", "32"},          {"n_layers", "2"},        {"n_heads", "2"},
+                                    {"ffn_hidden_dim", "48"}, {"moe_inter_dim", "16"}, {"num_experts", "4"},
+                                    {"top_k", "2"},         {"kv_lora_rank", "16"},   {"qk_nope_head_dim", "8"},
+                                    {"qk_rope_head_dim", "8"}, {"v_head_dim", "8"},    {"vocab_size", "64"},
+                                    {"mtp_layers", "2"}};
+  auto with_weight = [&](const std::string& w) {
+    auto dims = small;
+    dims.emplace_back("mtp_loss_weight", w);
+    return arch("deepseek_v3", "debugmodel", dims);
+  };
+  const auto a = with_weight("0.3");
+  CHECK(count_on_meta(*a) == a->num_params());
+  auto model = a->build(at::TensorOptions().dtype(at::kDouble), 16);
+  model->init_weights(4);
+  auto unweighted = with_weight("0")->build(at::TensorOptions().dtype(at::kDouble), 16);
+  checkpoint::load_parameters(*unweighted, checkpoint::parameters_of(*model));
+  torch::manual_seed(9);
+  const auto tokens = at::randint(0, 64, {2, 16}, at::kLong), targets = at::randint(0, 64, {2, 16}, at::kLong);
+  models::AuxValues aux;
+  const auto loss = model->loss({tokens, targets, {}, &aux});
+  const double plain = unweighted->loss({tokens, targets}).item<double>();
+  REQUIRE(aux.values().contains("mtp.loss"));
+  CHECK(loss.item<double>() == Approx(plain + 0.3 * aux.values().at("mtp.loss").item<double>()).epsilon(1e-12));
+  // fp64 finite differences on the prediction blocks' own parameters.
+  loss.backward();
+  std::map<std::string, at::Tensor> params;
+  for (const auto& item : model->named_parameters()) params[item.key()] = item.value();
+  for (const std::string name : {"mtp_layers.0.eh_proj.weight", "mtp_layers.1.enorm.weight",
+                                 "mtp_layers.1.attention.wkv_b.weight", "mtp_layers.0.moe.experts.w2"}) {
+    INFO(name);
+    REQUIRE(params.count(name) == 1);
+    auto flat = params.at(name).detach().view({-1});
+    const auto grad = params.at(name).grad().view({-1});
+    for (int64_t i : {int64_t{0}, flat.numel() / 2}) {
+      const double keep = flat[i].item<double>(), h = 1e-6;
+      torch::NoGradGuard no_grad;
+      flat[i] = keep + h;
+      const double up = model->loss({tokens, targets}).item<double>();
+      flat[i] = keep - h;
+      const double down = model->loss({tokens, targets}).item<double>();
+      flat[i] = keep;
+      CHECK(grad[i].item<double>() == Approx((up - down) / (2 * h)).epsilon(1e-5).margin(1e-9));
+    }
+  }
+}

@@ -205,30 +205,80 @@ class TransformerBlock : public Unit {
   std::shared_ptr<const RotaryTables> rope_;
 };
 
+// A multi-token prediction block (DeepSeek V3, torchtitan's names under mtp_layers.<k>): the
+// last block's kind over eh_proj([enorm(embedding); hnorm(previous)]), normed by mtp_norm for the
+// shared output head.
+class MtpBlock : public TransformerBlock {
+ public:
+  MtpBlock(const DecoderArgs& a, int64_t layer_id, std::shared_ptr<const RotaryTables> rope, const at::TensorOptions& o,
+           const kernels::WeightServices* s)
+      : TransformerBlock(a, layer_id, std::move(rope), o, s) {
+    enorm = register_module("enorm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o, s));
+    hnorm = register_module("hnorm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o, s));
+    eh_proj = register_module("eh_proj", std::make_shared<Projection>(2 * a.dim, a.dim, o, s));
+    mtp_norm = register_module("mtp_norm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o, s));
+  }
+  // The block's output (before mtp_norm): what the next prediction block continues from.
+  at::Tensor predict(const at::Tensor& previous, const at::Tensor& embedded, const UnitBatch& batch) {
+    return forward(eh_proj->forward(at::cat({enorm->forward(embedded), hnorm->forward(previous)}, -1)), batch);
+  }
+  std::shared_ptr<RMSNorm> enorm, hnorm, mtp_norm;
+  std::shared_ptr<Projection> eh_proj;
+};
+
 class HeadUnit : public Unit {
  public:
-  HeadUnit(const DecoderArgs& a, const at::TensorOptions& o, std::shared_ptr<EmbeddingUnit> tied_to,
-           const kernels::WeightServices* s)
-      : services_(s) {
+  HeadUnit(const DecoderArgs& a, const at::TensorOptions& o, std::shared_ptr<EmbeddingUnit> embedding,
+           std::shared_ptr<const RotaryTables> rope, const kernels::WeightServices* s)
+      : embedding_(std::move(embedding)), services_(s), mtp_loss_weight_(a.mtp_loss_weight) {
     norm = register_module("norm", std::make_shared<RMSNorm>(a.dim, a.norm_eps, o, s));
-    if (tied_to)
-      tied_ = std::move(tied_to);
-    else
-      output = register_module("output", std::make_shared<Projection>(a.dim, a.vocab_size, o, s));
+    if (!a.tie_embeddings) output = register_module("output", std::make_shared<Projection>(a.dim, a.vocab_size, o, s));
+    for (int64_t k = 0; k < a.mtp_layers; ++k) {
+      auto block = std::make_shared<MtpBlock>(a, a.n_layers + k, rope, o, s);
+      mtp->push_back(block);
+      mtp_blocks.push_back(block);
+    }
+    if (a.mtp_layers > 0) register_module("mtp_layers", mtp);
   }
-  const at::Tensor& weight() const { return output ? output->weight : tied_->weight; }
+  const at::Tensor& weight() const { return output ? output->weight : embedding_->weight; }
   at::Tensor logits(const at::Tensor& x) const { return at::linear(norm->forward(x), weight().to(x.scalar_type())); }
-  // The loss is taken in fp32 (or fp64) whatever the compute dtype.
+  // The loss is taken in fp32 (or fp64) whatever the compute dtype. Prediction block k sees the
+  // sequence's first S - k positions: position i the token i + k and the state of position i one
+  // block earlier, and is scored against the target i + k (causal attention makes the cut exact).
   at::Tensor forward(const at::Tensor& x, const UnitBatch& batch) override {
-    return kernels::linear_cross_entropy(norm->forward(x), weight(), batch.targets, services_);
+    auto loss = kernels::linear_cross_entropy(norm->forward(x), weight(), batch.targets, services_);
+    if (mtp_blocks.empty()) return loss;
+    const auto S = x.size(1);
+    at::Tensor previous = x, sum;
+    int64_t used = 0;
+    for (size_t k = 0; k < mtp_blocks.size(); ++k) {
+      const int64_t ahead = static_cast<int64_t>(k) + 1, n = S - ahead;
+      if (n <= 0) break;
+      UnitBatch part{batch.tokens.narrow(1, ahead, n), batch.targets.narrow(1, ahead, n),
+                     batch.positions.defined() ? batch.positions.narrow(0, 0, n) : at::Tensor(), batch.aux,
+                     batch.loss_scale};
+      const auto embedded = at::embedding(embedding_->weight, part.tokens).to(x.scalar_type());
+      previous = mtp_blocks[k]->predict(previous.narrow(1, 0, n), embedded, part);
+      const auto l = kernels::linear_cross_entropy(mtp_blocks[k]->mtp_norm->forward(previous), weight(), part.targets,
+                                                   services_);
+      sum = sum.defined() ? sum + l : l;
+      ++used;
+    }
+    if (!used) return loss;
+    const auto mtp_loss = sum / static_cast<double>(used);
+    if (batch.aux) batch.aux->add("mtp.loss", mtp_loss);
+    return loss + mtp_loss_weight_ * mtp_loss;
   }
 
   std::shared_ptr<RMSNorm> norm;
   std::shared_ptr<Projection> output;  // null when tied to the embedding
+  torch::nn::ModuleList mtp;
+  std::vector<std::shared_ptr<MtpBlock>> mtp_blocks;
 
  private:
-  std::shared_ptr<EmbeddingUnit> tied_;
+  std::shared_ptr<EmbeddingUnit> embedding_;  // its table is the output when tied, and MTP's input
   const kernels::WeightServices* services_;
+  double mtp_loss_weight_;
 };
 
 void trunc_normal_(at::Tensor& t, double std, double a, double b, at::Generator& gen) {
@@ -301,10 +351,10 @@ DecoderModel::DecoderModel(const DecoderArgs& args, const at::TensorOptions& opt
     units_.push_back(block);
   }
   register_module("layers", layers);
-  auto head = std::make_shared<HeadUnit>(args_, options_of(units_.size()), args_.tie_embeddings ? embedding : nullptr,
-                                         services_.get());
+  auto head = std::make_shared<HeadUnit>(args_, options_of(units_.size()), embedding, rope, services_.get());
   register_module("norm", head->norm);
   if (head->output) register_module("output", head->output);
+  if (!head->mtp_blocks.empty()) register_module("mtp_layers", head->mtp);
   units_.push_back(head);
 }
 
@@ -318,7 +368,8 @@ void DecoderModel::recompute_elementwise(bool on) {
 }
 
 std::vector<std::pair<size_t, size_t>> DecoderModel::borrowed_units() const {
-  if (!args_.tie_embeddings) return {};
+  // A tied output is the embedding's table; prediction blocks embed tokens with it.
+  if (!args_.tie_embeddings && args_.mtp_layers == 0) return {};
   return {{units_.size() - 1, 0}};
 }
 
@@ -333,9 +384,12 @@ at::Tensor DecoderModel::logits(const at::Tensor& tokens) {
 void DecoderModel::balance_experts(const AuxValues& step) {
   if (args_.load_balance_coeff <= 0) return;
   torch::NoGradGuard no_grad;
-  for (auto& unit : units_) {
-    auto* block = dynamic_cast<TransformerBlock*>(unit.get());
-    if (!block || !block->moe) continue;
+  std::vector<TransformerBlock*> blocks;
+  for (auto& unit : units_)
+    if (auto* block = dynamic_cast<TransformerBlock*>(unit.get())) blocks.push_back(block);
+  for (auto& m : dynamic_cast<HeadUnit&>(*units_.back()).mtp_blocks) blocks.push_back(m.get());
+  for (auto* block : blocks) {
+    if (!block->moe) continue;
     const auto it = step.values().find("moe.layers." + std::to_string(block->layer_id) + ".tokens_per_expert");
     if (it == step.values().end()) continue;  // another stage's block
     const auto load = it->second.to(block->moe->expert_bias.device(), at::kFloat);
@@ -367,11 +421,10 @@ void DecoderModel::init_weights(uint64_t seed) {
     auto host = torch::empty(emb.sizes(), emb.options().device(at::kCPU)).normal_(0.0, 1.0, gen);
     emb.copy_(host);
   }
-  for (size_t i = 1; i + 1 < units_.size(); ++i) {
-    auto& b = dynamic_cast<TransformerBlock&>(*units_[i]);
-    unit_generator(i);
-    // Depth-scaled init of the projections that write into the residual stream.
-    const double depth_std = 0.02 / std::sqrt(2.0 * static_cast<double>(b.layer_id + 1));
+  // Depth-scaled init of the projections that write into the residual stream; prediction blocks
+  // take the last block's depth, as torchtitan's copies of its config.
+  auto init_block = [&](TransformerBlock& b, int64_t depth) {
+    const double depth_std = 0.02 / std::sqrt(2.0 * static_cast<double>(depth + 1));
     b.attention->init([&](at::Tensor& w, double std) { init(w, std, 2.0); }, depth_std);
     auto init_ffn = [&](FeedForward& f) {
       init(f.w1->weight, 0.02, 2.0);
@@ -390,11 +443,21 @@ void DecoderModel::init_weights(uint64_t seed) {
     }
     b.attention_norm->weight.fill_(1.0);
     b.ffn_norm->weight.fill_(1.0);
+  };
+  for (size_t i = 1; i + 1 < units_.size(); ++i) {
+    auto& b = dynamic_cast<TransformerBlock&>(*units_[i]);
+    unit_generator(i);
+    init_block(b, b.layer_id);
   }
   auto& head = dynamic_cast<HeadUnit&>(*units_.back());
   unit_generator(units_.size() - 1);
   head.norm->weight.fill_(1.0);
   if (head.output) init(head.output->weight, output_std, 3.0 * output_std);
+  for (auto& m : head.mtp_blocks) {
+    init_block(*m, args_.n_layers - 1);
+    init(m->eh_proj->weight, 0.02, 2.0);
+    for (auto* norm : {&m->enorm, &m->hnorm, &m->mtp_norm}) (*norm)->weight.fill_(1.0);
+  }
 }
 
 }  // namespace troupe::models

@@ -31,6 +31,8 @@ std::vector<DimensionField<DecoderArgs>> decoder_fields(const std::vector<std::s
       {"rope_beta_fast", &DecoderArgs::rope_beta_fast},
       {"rope_beta_slow", &DecoderArgs::rope_beta_slow},
       {"rope_mscale", &DecoderArgs::rope_mscale},
+      {"mtp_layers", &DecoderArgs::mtp_layers},
+      {"mtp_loss_weight", &DecoderArgs::mtp_loss_weight},
       {"num_experts", &DecoderArgs::num_experts},
       {"top_k", &DecoderArgs::top_k},
       {"moe_inter_dim", &DecoderArgs::moe_inter_dim},

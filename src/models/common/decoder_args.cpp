@@ -20,7 +20,9 @@ int64_t DecoderArgs::num_params() const {
   const int64_t block = attention + qk_norms + 2 * dim;
   const int64_t embedding = vocab_size * dim;
   const int64_t output = tie_embeddings ? 0 : vocab_size * dim;
-  return embedding + n_layers * block + (n_layers - moe_blocks()) * ffn + moe_blocks() * moe + dim + output;
+  // A prediction block: a last block's own, two norms and the projection of both halves.
+  const int64_t mtp = mtp_layers * (block + (moe_block(n_layers - 1) ? moe : ffn) + 3 * dim + 2 * dim * dim);
+  return embedding + n_layers * block + (n_layers - moe_blocks()) * ffn + moe_blocks() * moe + dim + output + mtp;
 }
 
 int64_t DecoderArgs::moe_blocks() const {
@@ -32,7 +34,8 @@ int64_t DecoderArgs::moe_blocks() const {
 int64_t DecoderArgs::num_non_embedding_params() const { return num_params() - vocab_size * dim; }
 
 int64_t DecoderArgs::num_active_non_embedding_params() const {
-  return num_non_embedding_params() - moe_blocks() * (num_experts - top_k) * 3 * dim * moe_inter_dim;
+  const int64_t experts_blocks = moe_blocks() + (moe_block(n_layers - 1) ? mtp_layers : 0);
+  return num_non_embedding_params() - experts_blocks * (num_experts - top_k) * 3 * dim * moe_inter_dim;
 }
 
 double DecoderArgs::flops_per_token(int64_t seq_len) const {
@@ -67,6 +70,7 @@ void DecoderArgs::validate() const {
     require(qk_rope_head_dim > 0 && qk_rope_head_dim % 2 == 0,
             "qk_rope_head_dim must be even and positive, got " + std::to_string(qk_rope_head_dim));
   }
+  require(mtp_layers >= 0 && mtp_loss_weight >= 0, "mtp_layers and mtp_loss_weight must not be negative");
   require(rope_yarn_factor == 0 || (rope_yarn_factor > 1 && rope_beta_fast > rope_beta_slow && rope_beta_slow > 0 &&
                                     rope_original_max_positions > 0),
           "rope_yarn_factor must be 0 (none) or above 1, with rope_beta_fast above rope_beta_slow above 0");

@@ -39,6 +39,11 @@ struct DecoderArgs {
   double rope_beta_fast = 32;
   double rope_beta_slow = 1;
   double rope_mscale = 1.0;
+  // Multi-token prediction (DeepSeek V3): mtp_layers blocks after the last, block k predicting the
+  // token k + 2 ahead from block k - 1's output (the last block's for k = 1) and the embedding of
+  // the token k ahead; the loss adds mtp_loss_weight times their mean cross-entropy.
+  int64_t mtp_layers = 0;
+  double mtp_loss_weight = 0.3;
   bool mla() const { return kv_lora_rank > 0; }
   int64_t rotary_dim() const { return mla() ? qk_rope_head_dim : head_dim; }
   double attention_scale() const;

@@ -18,7 +18,8 @@ const std::vector<std::string>& keys() {
       "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",      "rope_yarn_factor",  "rope_original_max_positions",
       "rope_beta_fast",   "rope_beta_slow",   "rope_mscale",     "num_experts",       "top_k",
       "moe_inter_dim",    "num_shared_experts", "n_dense_layers", "sigmoid_scores",   "route_norm",
-      "route_scale",      "n_expert_groups",  "n_limited_groups", "load_balance_coeff", "aux_loss_coeff"};
+      "route_scale",      "n_expert_groups",  "n_limited_groups", "load_balance_coeff", "aux_loss_coeff",
+      "mtp_layers",       "mtp_loss_weight"};
   return k;
 }
 
