@@ -811,14 +811,15 @@ TEST_CASE("an output tied to the embedding trains under FSDP and DDP as on one r
   }
 }
 
-TEST_CASE("Qwen3 and Qwen3 MoE under FSDP 2, HSDP 2x2 and pp 2 (1F1B, ZBVZeroBubble) train as one rank does and "
-          "resume exactly",
+TEST_CASE("Qwen3, Qwen3 MoE and DeepSeek V3 under FSDP 2, HSDP 2x2 and pp 2 (1F1B, ZBVZeroBubble) train as one "
+          "rank does and resume exactly",
           "[parallel]") {
-  // The debug flavors cut to 4 blocks (head_dim 32 over dim 256, q/k norms), through the same
+  // The debug flavors cut to 4 blocks (head_dim 32 over dim 256, q/k norms; DeepSeek's latent
+  // attention, a dense first block, shared experts), through the same
   // layouts as Llama: the trainer, FSDP and the pipeline never name the family. The MoE's expert
   // biases move every step (averaged loads across replicas: as one rank's) and are checkpointed;
   // its load-balancing loss, a product of per-batch means, differs with the batch split, so it is off.
-  const std::string family = GENERATE(std::string("qwen3"), std::string("qwen3_moe"));
+  const std::string family = GENERATE(std::string("qwen3"), std::string("qwen3_moe"), std::string("deepseek_v3"));
   INFO(family);
   TempDir dir;
   const auto tokens = prepare_tokens(dir);
@@ -826,7 +827,7 @@ TEST_CASE("Qwen3 and Qwen3 MoE under FSDP 2, HSDP 2x2 and pp 2 (1F1B, ZBVZeroBub
     c.model.name = family;
     c.model.flavor = "debugmodel";
     c.model.dimensions = {{"n_layers", "4", "test"}};
-    if (family == "qwen3_moe")
+    if (family != "qwen3")
       c.model.dimensions.push_back({"load_balance_coeff", "0.01", "test"}),
           c.model.dimensions.push_back({"aux_loss_coeff", "0", "test"});
     c.training.steps = 10;
@@ -838,8 +839,9 @@ TEST_CASE("Qwen3 and Qwen3 MoE under FSDP 2, HSDP 2x2 and pp 2 (1F1B, ZBVZeroBub
   REQUIRE(one.steps.size() == 10);
   CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
   const auto reference = final_model(one_cfg);
-  CHECK(reference.count("model.layers.3.attention.q_norm.weight") == 1);
-  if (family == "qwen3_moe") {
+  CHECK(reference.count(family == "deepseek_v3" ? "model.layers.3.attention.kv_norm.weight"
+                                                : "model.layers.3.attention.q_norm.weight") == 1);
+  if (family != "qwen3") {
     const auto step5 = checkpoint::checkpoint_folder(one_cfg) + "/step-5";
     const auto bias = checkpoint::read_whole_tensors(step5, checkpoint::read_metadata(step5), "buffer.");
     REQUIRE(bias.count("buffer.layers.3.moe.expert_bias") == 1);
