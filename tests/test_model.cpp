@@ -472,6 +472,8 @@ TEST_CASE("a MoE block's gradients, the load-balancing loss's included, are its 
   a.n_limited_groups = 2;
   a.load_balance_coeff = 0.1;
   a.aux_loss_coeff = 0.3;
+  a.aux_loss_per_sequence = GENERATE(false, true);
+  INFO("aux loss per sequence: " << a.aux_loss_per_sequence);
   torch::manual_seed(3);
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
   models::MoE moe(a, f64, nullptr);
@@ -547,6 +549,15 @@ TEST_CASE("routing: softmax and sigmoid scores, group limits and the bias choose
   a.route_scale = 2.0;
   r = models::route(logits, {}, a);
   CHECK(r.weights.sum().item<float>() == Approx(2.0));
+  // The sequence-wise loss is the mean of each sequence's own.
+  torch::manual_seed(2);
+  const auto two = torch::randn({2 * 5, 4});
+  const auto both = models::route(two, {}, a);
+  const double per_sequence = models::load_balancing_loss(both, 4, 2).item<double>();
+  const double first = models::load_balancing_loss(models::route(two.narrow(0, 0, 5), {}, a), 4).item<double>();
+  const double second = models::load_balancing_loss(models::route(two.narrow(0, 5, 5), {}, a), 4).item<double>();
+  CHECK(per_sequence == Approx((first + second) / 2));
+  CHECK(models::load_balancing_loss(both, 4).item<double>() != Approx(per_sequence));
 }
 
 TEST_CASE("auxiliary-loss-free balancing moves a skewed load towards the mean", "[model]") {

@@ -46,6 +46,7 @@ std::vector<DimensionField<DecoderArgs>> decoder_fields(const std::vector<std::s
       {"n_limited_groups", &DecoderArgs::n_limited_groups},
       {"load_balance_coeff", &DecoderArgs::load_balance_coeff},
       {"aux_loss_coeff", &DecoderArgs::aux_loss_coeff},
+      {"aux_loss_per_sequence", &DecoderArgs::aux_loss_per_sequence},
   };
   std::vector<DimensionField<DecoderArgs>> out;
   for (const auto& k : keys)

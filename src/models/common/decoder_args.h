@@ -71,8 +71,10 @@ struct DecoderArgs {
   // Auxiliary-loss-free balancing: after each step every expert's bias moves by this much towards
   // the mean load, the moves centred on zero (0: no bias).
   double load_balance_coeff = 0;
-  // The load-balancing loss (Switch / Qwen3 MoE), mean over the MoE blocks, times this.
+  // The load-balancing loss (Switch / Qwen3 MoE), mean over the MoE blocks, times this; over each
+  // micro-batch's tokens, or per sequence and averaged (DeepSeek V3's sequence-wise form).
   double aux_loss_coeff = 0;
+  bool aux_loss_per_sequence = false;
 
   bool moe_block(int64_t layer) const {
     return num_experts > 0 && layer >= n_dense_layers && (layer + 1) % moe_every == 0;

@@ -55,13 +55,14 @@ Routing route(const at::Tensor& logits, const at::Tensor& bias, const DecoderArg
   return r;
 }
 
-at::Tensor load_balancing_loss(const Routing& r, int64_t num_experts) {
-  const auto tokens = static_cast<double>(r.scores.size(0));
-  const auto chosen = at::zeros({num_experts}, r.scores.options())
-                          .scatter_add_(0, r.experts.reshape(-1), at::ones({r.experts.numel()}, r.scores.options()));
-  const auto share = chosen / tokens;
-  const auto normalised = r.scores / r.scores.sum(-1, true);
-  return static_cast<double>(num_experts) * (share * normalised.mean(0)).sum();
+at::Tensor load_balancing_loss(const Routing& r, int64_t num_experts, int64_t sequences) {
+  const auto tokens = r.scores.size(0) / sequences;
+  const auto experts = r.experts.view({sequences, -1});
+  const auto chosen = at::zeros({sequences, num_experts}, r.scores.options())
+                          .scatter_add_(1, experts, at::ones(experts.sizes(), r.scores.options()));
+  const auto share = chosen / static_cast<double>(tokens);
+  const auto normalised = (r.scores / r.scores.sum(-1, true)).view({sequences, tokens, num_experts});
+  return static_cast<double>(num_experts) * (share * normalised.mean(1)).sum(-1).mean();
 }
 
 at::Tensor GroupedExperts::forward(const at::Tensor& x, const at::Tensor& counts) const {
@@ -118,7 +119,9 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
   // (which reports nothing: the first forward did).
   const bool differentiated = at::GradMode::is_enabled();
   if (args_.aux_loss_coeff > 0 && (batch.aux || differentiated)) {
-    const auto loss = load_balancing_loss(r, args_.num_experts) / static_cast<double>(args_.moe_blocks());
+    const auto sequences = args_.aux_loss_per_sequence ? shape.front() : int64_t{1};
+    const auto loss =
+        load_balancing_loss(r, args_.num_experts, sequences) / static_cast<double>(args_.moe_blocks());
     if (batch.aux) batch.aux->add("moe.layers." + std::to_string(layer) + ".aux_loss", loss);
     if (differentiated) out = WithAuxLoss::apply(out, loss, args_.aux_loss_coeff * batch.loss_scale);
   }

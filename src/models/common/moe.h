@@ -30,8 +30,10 @@ Routing route(const at::Tensor& logits, const at::Tensor& bias, const DecoderArg
 
 // The load-balancing loss of one MoE block (Switch Transformer's, as Qwen3 MoE's): experts x
 // sum over experts of (share of the top_k choices it got) x (its mean normalised score). 1 when
-// balanced with top_k 1, top_k when balanced in general.
-at::Tensor load_balancing_loss(const Routing& r, int64_t num_experts);
+// balanced with top_k 1, top_k when balanced in general. With `sequences` > 1 the tokens are that
+// many sequences of equal length, and the loss is the mean of each sequence's (DeepSeek V3's
+// sequence-wise balance, in Switch's scale).
+at::Tensor load_balancing_loss(const Routing& r, int64_t num_experts, int64_t sequences = 1);
 
 class Router : public torch::nn::Module {
  public:

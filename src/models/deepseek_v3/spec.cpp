@@ -19,7 +19,7 @@ const std::vector<std::string>& keys() {
       "rope_beta_fast",   "rope_beta_slow",   "rope_mscale",     "num_experts",       "top_k",
       "moe_inter_dim",    "num_shared_experts", "n_dense_layers", "sigmoid_scores",   "route_norm",
       "route_scale",      "n_expert_groups",  "n_limited_groups", "load_balance_coeff", "aux_loss_coeff",
-      "mtp_layers",       "mtp_loss_weight"};
+      "mtp_layers",       "mtp_loss_weight",  "aux_loss_per_sequence"};
   return k;
 }
 

@@ -14,7 +14,8 @@ const std::vector<std::string>& keys() {
   static const std::vector<std::string> k = {
       "dim",         "n_layers",   "n_heads",        "n_kv_heads",     "head_dim",      "ffn_hidden_dim",
       "vocab_size",  "norm_eps",   "rope_theta",     "tie_embeddings", "num_experts",   "top_k",
-      "moe_inter_dim", "moe_every", "n_dense_layers", "route_norm",    "aux_loss_coeff", "load_balance_coeff"};
+      "moe_inter_dim", "moe_every", "n_dense_layers", "route_norm",    "aux_loss_coeff", "load_balance_coeff",
+      "aux_loss_per_sequence"};
   return k;
 }
 
