@@ -55,6 +55,12 @@ std::vector<DimensionField<DecoderArgs>> decoder_fields(const std::vector<std::s
   return out;
 }
 
+std::vector<std::string> flavor_names(const DecoderFlavors& flavors) {
+  std::vector<std::string> names;
+  for (const auto& [name, args] : flavors) names.push_back(name);
+  return names;
+}
+
 DecoderArchitecture::DecoderArchitecture(const DecoderArgs& args) : args_(args) { args_.validate(); }
 
 ShardingPlan DecoderArchitecture::sharding_plan() const {

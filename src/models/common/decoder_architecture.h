@@ -3,6 +3,9 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "models/architecture.h"
@@ -39,6 +42,27 @@ class DecoderArchitecture : public Architecture {
  private:
   DecoderArgs args_;
 };
+
+// A family's flavors, by name, in the order `troupe models` lists them.
+using DecoderFlavors = std::vector<std::pair<std::string, DecoderArgs>>;
+std::vector<std::string> flavor_names(const DecoderFlavors& flavors);
+
+// `flavor` of `family` with the `overrides` of its dimension `keys` applied, made an `Arch`;
+// std::invalid_argument naming the key, or the flavor and the known ones.
+template <class Arch>
+ArchitecturePtr configure_decoder(const DecoderFlavors& flavors, const std::string& family,
+                                  const std::vector<std::string>& keys, const std::string& flavor,
+                                  const Dimensions& overrides) {
+  for (const auto& [name, a] : flavors) {
+    if (name != flavor) continue;
+    auto args = a;
+    apply_dimensions(args, decoder_fields(keys), overrides, family);
+    return std::make_shared<Arch>(args);
+  }
+  std::string known;
+  for (const auto& n : flavor_names(flavors)) known += (known.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("model.flavor: unknown " + family + " flavor '" + flavor + "' (known: " + known + ")");
+}
 
 // The model a Hugging Face config.json of `model_type` describes: `base` (the family's fixed
 // choices, such as Qwen3's q/k norms) with config.json's sizes read over it, made an `Arch`.

@@ -16,7 +16,15 @@ struct NamePair {
 };
 
 std::vector<NamePair> name_pairs(const DecoderArgs& a) {
-  std::vector<NamePair> pairs{{"model.embed_tokens.weight", "tok_embeddings.weight"}, {"model.norm.weight", "norm.weight"}};
+  std::vector<NamePair> pairs;
+  // A SwiGLU feed-forward: HF's gate, down and up projections are w1, w2 and w3 (`suffix` after
+  // each native name: ".weight", or none for a slice of the experts' stacks).
+  auto swiglu = [&](const std::string& hf, const std::string& native, const std::string& suffix, int64_t expert) {
+    pairs.push_back({hf + "gate_proj.weight", native + "w1" + suffix, 0, expert});
+    pairs.push_back({hf + "down_proj.weight", native + "w2" + suffix, 0, expert});
+    pairs.push_back({hf + "up_proj.weight", native + "w3" + suffix, 0, expert});
+  };
+  pairs = {{"model.embed_tokens.weight", "tok_embeddings.weight"}, {"model.norm.weight", "norm.weight"}};
   if (!a.tie_embeddings) pairs.push_back({"lm_head.weight", "output.weight"});
   for (int64_t i = 0; i < a.n_layers; ++i) {
     const auto hf = "model.layers." + std::to_string(i) + ".";
@@ -46,21 +54,11 @@ std::vector<NamePair> name_pairs(const DecoderArgs& a) {
     if (a.moe_block(i)) {
       // HF keeps one tensor per expert (the checkpoints' layout, which transformers 5 fuses on load).
       pairs.push_back({hf + "mlp.gate.weight", native + "moe.router.gate.weight"});
-      for (int64_t e = 0; e < a.num_experts; ++e) {
-        const auto expert = hf + "mlp.experts." + std::to_string(e) + ".";
-        pairs.push_back({expert + "gate_proj.weight", native + "moe.experts.w1", 0, e});
-        pairs.push_back({expert + "down_proj.weight", native + "moe.experts.w2", 0, e});
-        pairs.push_back({expert + "up_proj.weight", native + "moe.experts.w3", 0, e});
-      }
-      if (a.num_shared_experts > 0) {
-        pairs.push_back({hf + "mlp.shared_experts.gate_proj.weight", native + "moe.shared_experts.w1.weight"});
-        pairs.push_back({hf + "mlp.shared_experts.down_proj.weight", native + "moe.shared_experts.w2.weight"});
-        pairs.push_back({hf + "mlp.shared_experts.up_proj.weight", native + "moe.shared_experts.w3.weight"});
-      }
+      for (int64_t e = 0; e < a.num_experts; ++e)
+        swiglu(hf + "mlp.experts." + std::to_string(e) + ".", native + "moe.experts.", "", e);
+      if (a.num_shared_experts > 0) swiglu(hf + "mlp.shared_experts.", native + "moe.shared_experts.", ".weight", -1);
     } else {
-      pairs.push_back({hf + "mlp.gate_proj.weight", native + "feed_forward.w1.weight"});
-      pairs.push_back({hf + "mlp.down_proj.weight", native + "feed_forward.w2.weight"});
-      pairs.push_back({hf + "mlp.up_proj.weight", native + "feed_forward.w3.weight"});
+      swiglu(hf + "mlp.", native + "feed_forward.", ".weight", -1);
     }
     pairs.push_back({hf + "input_layernorm.weight", native + "attention_norm.weight"});
     pairs.push_back({hf + "post_attention_layernorm.weight", native + "ffn_norm.weight"});

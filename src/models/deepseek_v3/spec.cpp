@@ -73,20 +73,14 @@ DecoderArgs make(const Sizes& s) {
 }
 
 // torchtitan's flavors (its deepseekv3_configs).
-const std::vector<std::pair<std::string, DecoderArgs>>& registry() {
-  static const std::vector<std::pair<std::string, DecoderArgs>> flavors = {
+const DecoderFlavors& registry() {
+  static const DecoderFlavors flavors = {
       {"debugmodel", make({2048, 256, 1024, 256, 6, 1, 16, 8, 2, 3, false, false, 1.0, 1, 1, 0, 0.70})},
       {"16B", make({102400, 2048, 10944, 1408, 27, 1, 16, 64, 2, 6, false, false, 1.0, 1, 1, 0, 0.70})},
       {"236B", make({102400, 5120, 12288, 1536, 60, 1, 128, 160, 2, 6, false, false, 16.0, 8, 3, 1536, 1.0})},
       {"671B", make({129280, 7168, 18432, 2048, 61, 3, 128, 256, 1, 8, true, true, 2.5, 8, 4, 1536, 1.0})},
   };
   return flavors;
-}
-
-std::vector<std::string> flavor_names() {
-  std::vector<std::string> names;
-  for (const auto& [n, a] : registry()) names.push_back(n);
-  return names;
 }
 
 class DeepSeekV3 : public DecoderArchitecture {
@@ -127,15 +121,7 @@ class DeepSeekV3 : public DecoderArchitecture {
 };
 
 ArchitecturePtr configure(const std::string& flavor, const Dimensions& overrides) {
-  for (const auto& [name, a] : registry()) {
-    if (name != flavor) continue;
-    auto args = a;
-    apply_dimensions(args, decoder_fields(keys()), overrides, "deepseek_v3");
-    return std::make_shared<DeepSeekV3>(args);
-  }
-  std::string known;
-  for (const auto& n : flavor_names()) known += (known.empty() ? "" : ", ") + n;
-  throw std::invalid_argument("model.flavor: unknown deepseek_v3 flavor '" + flavor + "' (known: " + known + ")");
+  return configure_decoder<DeepSeekV3>(registry(), "deepseek_v3", keys(), flavor, overrides);
 }
 
 ArchitecturePtr from_hf_config(const nlohmann::json& config, const std::string& path) {
@@ -165,6 +151,6 @@ ArchitecturePtr from_hf_config(const nlohmann::json& config, const std::string& 
 
 }  // namespace
 
-ModelSpec spec() { return {"deepseek_v3", flavor_names(), "deepseek_v3", configure, from_hf_config}; }
+ModelSpec spec() { return {"deepseek_v3", flavor_names(registry()), "deepseek_v3", configure, from_hf_config}; }
 
 }  // namespace troupe::models::deepseek_v3

@@ -37,8 +37,8 @@ DecoderArgs make(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, i
 
 // The published config.json of each size (Qwen/Qwen3-*), and a debug model for a 2048-token
 // tokenizer whose head_dim (32) is not dim / n_heads (16), as in the small published sizes.
-const std::vector<std::pair<std::string, DecoderArgs>>& registry() {
-  static const std::vector<std::pair<std::string, DecoderArgs>> flavors = {
+const DecoderFlavors& registry() {
+  static const DecoderFlavors flavors = {
       {"debugmodel", make(256, 6, 16, 8, 32, 768, false, 2048)},
       {"0.6B", make(1024, 28, 16, 8, 128, 3072, true)},
       {"1.7B", make(2048, 28, 16, 8, 128, 6144, true)},
@@ -48,12 +48,6 @@ const std::vector<std::pair<std::string, DecoderArgs>>& registry() {
       {"32B", make(5120, 64, 64, 8, 128, 25600, false)},
   };
   return flavors;
-}
-
-std::vector<std::string> flavor_names() {
-  std::vector<std::string> names;
-  for (const auto& [n, a] : registry()) names.push_back(n);
-  return names;
 }
 
 class Qwen3 : public DecoderArchitecture {
@@ -73,15 +67,7 @@ class Qwen3 : public DecoderArchitecture {
 };
 
 ArchitecturePtr configure(const std::string& flavor, const Dimensions& overrides) {
-  for (const auto& [name, a] : registry()) {
-    if (name != flavor) continue;
-    auto args = a;
-    apply_dimensions(args, decoder_fields(keys()), overrides, "qwen3");
-    return std::make_shared<Qwen3>(args);
-  }
-  std::string known;
-  for (const auto& n : flavor_names()) known += (known.empty() ? "" : ", ") + n;
-  throw std::invalid_argument("model.flavor: unknown qwen3 flavor '" + flavor + "' (known: " + known + ")");
+  return configure_decoder<Qwen3>(registry(), "qwen3", keys(), flavor, overrides);
 }
 
 ArchitecturePtr from_hf_config(const nlohmann::json& config, const std::string& path) {
@@ -95,6 +81,6 @@ ArchitecturePtr from_hf_config(const nlohmann::json& config, const std::string& 
 
 }  // namespace
 
-ModelSpec spec() { return {"qwen3", flavor_names(), "qwen3", configure, from_hf_config}; }
+ModelSpec spec() { return {"qwen3", flavor_names(registry()), "qwen3", configure, from_hf_config}; }
 
 }  // namespace troupe::models::qwen3

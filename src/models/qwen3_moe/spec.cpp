@@ -46,19 +46,13 @@ DecoderArgs make(const Sizes& s) {
 
 // The published config.json of each size (Qwen/Qwen3-30B-A3B, Qwen/Qwen3-235B-A22B), and a debug
 // model for the bundled 2048-token tokenizer.
-const std::vector<std::pair<std::string, DecoderArgs>>& registry() {
-  static const std::vector<std::pair<std::string, DecoderArgs>> flavors = {
+const DecoderFlavors& registry() {
+  static const DecoderFlavors flavors = {
       {"debugmodel", make({256, 4, 16, 8, 32, 768, 8, 2, 128, 2048})},
       {"30B-A3B", make({2048, 48, 32, 4, 128, 6144, 128, 8, 768})},
       {"235B-A22B", make({4096, 94, 64, 4, 128, 12288, 128, 8, 1536})},
   };
   return flavors;
-}
-
-std::vector<std::string> flavor_names() {
-  std::vector<std::string> names;
-  for (const auto& [n, a] : registry()) names.push_back(n);
-  return names;
 }
 
 class Qwen3Moe : public DecoderArchitecture {
@@ -89,15 +83,7 @@ class Qwen3Moe : public DecoderArchitecture {
 };
 
 ArchitecturePtr configure(const std::string& flavor, const Dimensions& overrides) {
-  for (const auto& [name, a] : registry()) {
-    if (name != flavor) continue;
-    auto args = a;
-    apply_dimensions(args, decoder_fields(keys()), overrides, "qwen3_moe");
-    return std::make_shared<Qwen3Moe>(args);
-  }
-  std::string known;
-  for (const auto& n : flavor_names()) known += (known.empty() ? "" : ", ") + n;
-  throw std::invalid_argument("model.flavor: unknown qwen3_moe flavor '" + flavor + "' (known: " + known + ")");
+  return configure_decoder<Qwen3Moe>(registry(), "qwen3_moe", keys(), flavor, overrides);
 }
 
 ArchitecturePtr from_hf_config(const nlohmann::json& config, const std::string& path) {
@@ -128,6 +114,6 @@ ArchitecturePtr from_hf_config(const nlohmann::json& config, const std::string& 
 
 }  // namespace
 
-ModelSpec spec() { return {"qwen3_moe", flavor_names(), "qwen3_moe", configure, from_hf_config}; }
+ModelSpec spec() { return {"qwen3_moe", flavor_names(registry()), "qwen3_moe", configure, from_hf_config}; }
 
 }  // namespace troupe::models::qwen3_moe
