@@ -109,7 +109,10 @@ train::StepStats combine(const std::vector<train::StepStats>& ranks) {
     out.data_wait_seconds = std::max(out.data_wait_seconds, s.data_wait_seconds);
     out.gpu_peak_active_bytes = std::max(out.gpu_peak_active_bytes, s.gpu_peak_active_bytes);
     out.gpu_peak_reserved_bytes = std::max(out.gpu_peak_reserved_bytes, s.gpu_peak_reserved_bytes);
+    out.rss_bytes = std::max(out.rss_bytes, s.rss_bytes);
   }
+  out.aux_counts.clear();  // the page's, kept per rank (StepRecord)
+  out.pipeline.clear();
   return out;
 }
 
@@ -288,8 +291,9 @@ void run_step(self_ptr self, int64_t step) {
   ask_all<train::StepStats>(
       self, [=](size_t r) { return self->request(self->state.stages[r], caf::infinite, step_atom::value, step); },
           [=](std::vector<train::StepStats> per_rank) {
-            auto stats = combine(per_rank);
             auto& s = self->state;
+            s.board->steps().add_rank_steps(per_rank);
+            auto stats = combine(per_rank);
             s.running = false;
             stats.wall_seconds = std::chrono::duration<double>(clock::now() - s.step_started).count();
             s.history.push_back(stats);

@@ -126,9 +126,18 @@ void write_tensorboard(sink_state& st, int64_t step, const std::vector<std::pair
   if (st.tensorboard) st.tensorboard->add_scalars(step, scalars);
 }
 
+// A step's row of the page's charts: its metrics.jsonl record's values.
+void add_history(actors::StepRecord& steps, const nlohmann::json& r) {
+  const bool gpu = r.value("gpu_peak_reserved_bytes", 0.0) > 0;
+  steps.add_step({r.value("step", 0.0), r.value("loss", 0.0), r.value("tps", 0.0), r.value("mfu", 0.0), r.value("lr", 0.0),
+                  r.value("grad_norm", 0.0), gpu ? r.value("gpu_peak_active_bytes", 0.0) : r.value("rss_bytes", 0.0)},
+                 gpu ? "gpu_active" : "rss");
+}
+
 // Before the job's first step (s) is written: the records of steps s and later that an earlier
 // run left are dropped, so a resumed run (or a new one in a used folder) leaves one record per
 // step. The file is rewritten under a temporary name and renamed over the old one.
+// The kept records also start the page's history, so that it shows the whole run.
 void start_at(sink_state& st, int64_t first_step) {
   if (st.tensorboard) st.tensorboard->start_at(first_step);
   if (st.jsonl_path.empty()) return;
@@ -140,7 +149,12 @@ void start_at(sink_state& st, int64_t first_step) {
     for (std::string line; std::getline(in, line); ++lines) {
       const auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (!record.is_object() || !record.contains("step") || !record["step"].is_number_integer()) continue;
-      if (record["step"].get<int64_t>() < first_step) kept.push_back(line);
+      const auto step = record["step"].get<int64_t>();
+      if (step >= first_step) continue;
+      kept.push_back(line);
+      if (record.contains("loss") && record["loss"].is_number()) add_history(st.board->steps(), record);
+      if (record.contains("validation_loss") && record["validation_loss"].is_number())
+        st.board->steps().add_validation(step, record["validation_loss"].get<double>());
     }
   }
   if (kept.size() == lines) return;
@@ -180,9 +194,8 @@ void publish_job(sink_state& s, const train::StepStats& stats) {
     j.tokens_per_second = tps;
     j.mfu = mfu(stats.model_flops, stats.wall_seconds, stats.peak_flops_per_second);
     j.gpu_peak_active_bytes = stats.gpu_peak_active_bytes;
-    j.history.push_back({static_cast<double>(stats.step), stats.loss, tps});
-    constexpr size_t kKept = 2000;
-    if (j.history.size() > kKept) j.history.erase(j.history.begin(), j.history.end() - kKept);
+    j.lr = stats.lr;
+    j.grad_norm = stats.grad_norm;
     j.eta_seconds = static_cast<double>(j.steps - stats.step) * stats.wall_seconds;
   });
 }
@@ -230,8 +243,10 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
           start_at(s, stats.step);
           s.started = true;
         }
-        if (s.jsonl.is_open()) write_line(s, record(stats, rss).dump());
+        const auto line = record(stats, rss);
+        if (s.jsonl.is_open()) write_line(s, line.dump());
         write_tensorboard(s, stats.step, tensorboard_scalars(stats, rss));
+        add_history(s.board->steps(), line);
         publish_job(s, stats);
         if (stats.step == 1 || stats.step % s.log_freq == 0 || stats.step == s.last_step) {
           std::cout << console_line(stats, s.tokens_since_log / s.seconds_since_log,
@@ -245,6 +260,7 @@ caf::behavior metrics_sink(caf::stateful_actor<sink_state>* self, config::JobCon
         auto& s = self->state;
         s.status->on_message(self);
         const double perplexity = std::exp(loss);
+        s.board->steps().add_validation(step, loss);
         if (s.jsonl.is_open())
           write_line(s, nlohmann::json{{"step", step}, {"validation_loss", loss}, {"validation_perplexity", perplexity}}
                             .dump());

@@ -43,6 +43,7 @@ struct stage_state {
   std::unique_ptr<data::BatchSource> validation;
   data::DataPosition validation_start;
   std::string memory_hint;  // what an allocation failure adds: the keys that size the buffers
+  int64_t node = 0;
 };
 
 // Batches received and not yet consumed, for the inspection console.
@@ -82,6 +83,7 @@ void run_if_ready(caf::stateful_actor<stage_state>* self) {
   try {
     auto stats = st.trainer->step(job.step, micro);
     stats.data_wait_seconds = waited;
+    stats.node = st.node;
     st.status->set_state("idle");
     job.promise.deliver(stats);
   } catch (const std::exception& e) {
@@ -98,6 +100,7 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
   end_on_exception(self, "stage[" + std::to_string(rank_id) + "]");
   st.status->set_flight_recorder(rank.flight_recorder);
   st.loader = loader;
+  st.node = board->node();
   st.memory_hint = " (the buffers are sized by training.seq_len = " + std::to_string(cfg.training.seq_len) +
                    " and training.local_batch_size = " + std::to_string(cfg.training.local_batch_size) +
                    ": lower either, or set activation_checkpoint.mode)";

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "actors/status_protocol.h"
+#include "actors/step_record.h"
 #include "comm/flight_recorder.h"
 
 namespace troupe::actors {
@@ -112,8 +113,7 @@ struct JobStatus {
   int64_t log_freq = 0;
   std::string last_checkpoint;  // "step-N" once committed
   int64_t nodes = 1, ranks = 1;
-  // The last few hundred steps, for plots: (step, loss, tokens/s).
-  std::vector<std::array<double, 3>> history;
+  double lr = 0, grad_norm = 0;
 };
 
 class StatusBoard {
@@ -135,6 +135,9 @@ class StatusBoard {
   void update_job(const std::function<void(JobStatus&)>& change);
   JobStatus job() const;
   int64_t node() const { return node_; }
+  // The steps as the page plots them (node 0's).
+  StepRecord& steps() { return steps_; }
+  const StepRecord& steps() const { return steps_; }
 
  private:
   int64_t node_;
@@ -143,6 +146,7 @@ class StatusBoard {
   std::vector<int> threads_;
   std::map<int64_t, std::vector<actors::actor_status>> remote_;
   JobStatus job_;
+  StepRecord steps_;
 };
 
 }  // namespace troupe::actors

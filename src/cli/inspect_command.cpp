@@ -37,8 +37,10 @@ class Endpoint {
     if (!token.empty()) client_->set_bearer_token_auth(token);
   }
 
-  nlohmann::json status() {
-    auto res = client_->Get("/api/status");
+  nlohmann::json status() { return get("/api/status"); }
+
+  nlohmann::json get(const char* path) {
+    auto res = client_->Get(path);
     if (!res) throw std::runtime_error("cannot reach troupe at " + address_ + ": " + httplib::to_string(res.error()));
     if (res->status != 200)
       throw std::runtime_error(address_ + " answered " + std::to_string(res->status) + ": " + res->body);
@@ -71,6 +73,12 @@ std::string prompt(int row, const std::string& question) {
   return buf;
 }
 
+// The MoE loads when the job has newer ones than the view.
+void update_moe(Endpoint& endpoint, InspectView& view, const nlohmann::json& status) {
+  const auto step = status.at("job").value("moe_step", int64_t{0});
+  if (step > 0 && step != view.moe_step()) view.update_moe(endpoint.get("/api/moe"));
+}
+
 int console(Endpoint& endpoint) {
   InspectView view;
   std::string message, error;
@@ -88,7 +96,9 @@ int console(Endpoint& endpoint) {
     if (std::chrono::steady_clock::now() - last >= std::chrono::seconds(1)) {
       last = std::chrono::steady_clock::now();
       try {
-        view.update(endpoint.status());
+        const auto status = endpoint.status();
+        view.update(status);
+        update_moe(endpoint, view, status);
         error.clear();
       } catch (const std::exception& e) {
         error = e.what();
@@ -158,6 +168,8 @@ int run_inspect(const InspectOptions& o) {
     view.update(status);
     std::cout << view.job_line() << '\n' << view.header() << '\n';
     for (const auto& row : view.rows()) std::cout << row << '\n';
+    update_moe(endpoint, view, status);
+    for (const auto& line : view.moe_heat_map()) std::cout << line << '\n';
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "troupe inspect: " << e.what() << '\n';

@@ -3,7 +3,9 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <sstream>
 #include <thread>
 
@@ -28,7 +30,64 @@ nlohmann::json job_json(const JobStatus& j) {
           {"log_freq", j.log_freq},
           {"last_checkpoint", j.last_checkpoint},
           {"nodes", j.nodes},
-          {"ranks", j.ranks}};
+          {"ranks", j.ranks},
+          {"lr", j.lr},
+          {"grad_norm", j.grad_norm}};
+}
+
+// A rank's last step, split as the page shows it: compute is what is left of the trainer's
+// step once the waits for collectives and the optimizer are taken out.
+nlohmann::json rank_json(const actors::RankStep& r) {
+  const auto& s = r.last;
+  const bool gpu = s.gpu_peak_active_bytes > 0;
+  return {{"rank", s.rank},
+          {"node", s.node},
+          {"step", s.step},
+          {"step_seconds", s.compute_seconds + s.data_wait_seconds},
+          {"compute_seconds", std::max(0.0, s.compute_seconds - s.comm_wait_seconds - s.optimizer_seconds)},
+          {"comm_wait_seconds", s.comm_wait_seconds},
+          {"data_wait_seconds", s.data_wait_seconds},
+          {"optimizer_seconds", s.optimizer_seconds},
+          {"memory_bytes", gpu ? s.gpu_peak_active_bytes : s.rss_bytes},
+          {"memory_kind", gpu ? "gpu_active" : "rss"},
+          {"recent_step_seconds", r.recent_step_seconds},
+          {"recent_memory_bytes", r.recent_memory_bytes}};
+}
+
+nlohmann::json history_json(const actors::StepRecord& steps, double after) {
+  const auto h = steps.history_after(after);
+  nlohmann::json validation = nlohmann::json::array();
+  for (const auto& [step, loss] : h.validation) validation.push_back({step, loss});
+  return {{"columns", {"step", "loss", "tokens_per_second", "mfu", "lr", "grad_norm", "memory_bytes"}},
+          {"memory_kind", h.memory_kind},
+          {"rows", h.rows},
+          {"validation", validation}};
+}
+
+nlohmann::json moe_json(const actors::StepRecord& steps) {
+  const auto [step, loads] = steps.moe_loads();
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& [name, counts] : loads) {
+    // "moe.layers.3.tokens_per_expert" -> "layers.3"
+    std::string layer = name;
+    if (layer.starts_with("moe.")) layer = layer.substr(4);
+    if (const auto dot = layer.rfind(".tokens_per_expert"); dot != std::string::npos) layer = layer.substr(0, dot);
+    layers.push_back({{"name", layer}, {"tokens_per_expert", counts}});
+  }
+  return {{"step", step}, {"layers", layers}};
+}
+
+nlohmann::json pipeline_json(const actors::StepRecord& steps) {
+  const auto [step, per_rank] = steps.pipeline();
+  nlohmann::json ranks = nlohmann::json::array();
+  for (const auto& [rank, spans] : per_rank) {
+    nlohmann::json actions = nlohmann::json::array();
+    for (const auto& a : spans)
+      actions.push_back({{"op", a.op.starts_with("send") ? "send" : a.op.starts_with("recv") ? "recv" : a.op}, {"stage", a.stage}, {"microbatch", a.microbatch}, {"start_ms", a.start_ms},
+                         {"end_ms", a.end_ms}});
+    ranks.push_back({{"rank", rank}, {"actions", actions}});
+  }
+  return {{"step", step}, {"ranks", ranks}};
 }
 
 nlohmann::json actor_json(const actors::actor_status& a) {
@@ -62,8 +121,15 @@ std::string labels(const actors::actor_status& a) {
 std::string status_json(const StatusBoard& board) {
   nlohmann::json actors = nlohmann::json::array();
   for (const auto& a : board.snapshot()) actors.push_back(actor_json(a));
+  nlohmann::json ranks = nlohmann::json::array();
+  for (const auto& r : board.steps().rank_steps()) ranks.push_back(rank_json(r));
+  auto job = job_json(board.job());
+  const auto validation = board.steps().last_validation_loss();
+  job["validation_loss"] = validation ? nlohmann::json(*validation) : nlohmann::json();
+  job["moe_step"] = board.steps().moe_step();
+  job["timeline_step"] = board.steps().pipeline_step();
   const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  return nlohmann::json{{"time", now}, {"job", job_json(board.job())}, {"actors", actors}}.dump();
+  return nlohmann::json{{"time", now}, {"job", job}, {"rank_steps", ranks}, {"actors", actors}}.dump();
 }
 
 std::string prometheus_text(const StatusBoard& board) {
@@ -131,16 +197,38 @@ InspectServer::InspectServer(const config::JobConfig& cfg, std::shared_ptr<Statu
   svr.Get("/api/status", [board](const httplib::Request&, httplib::Response& res) {
     res.set_content(status_json(*board), "application/json");
   });
-  svr.Get("/api/history", [board](const httplib::Request&, httplib::Response& res) {
-    nlohmann::json rows = nlohmann::json::array();
-    for (const auto& h : board->job().history) rows.push_back({h[0], h[1], h[2]});
-    res.set_content(nlohmann::json{{"columns", {"step", "loss", "tokens_per_second"}}, {"rows", rows}}.dump(),
-                    "application/json");
+  svr.Get("/api/history", [board](const httplib::Request& req, httplib::Response& res) {
+    double after = -1;
+    if (req.has_param("after")) {
+      const auto text = req.get_param_value("after");
+      char* end = nullptr;
+      after = std::strtod(text.c_str(), &end);
+      if (text.empty() || *end != '\0') {
+        res.status = 400;
+        res.set_content(nlohmann::json{{"error", "after needs a step number, got '" + text + "'"}}.dump(),
+                        "application/json");
+        return;
+      }
+    }
+    res.set_content(history_json(board->steps(), after).dump(), "application/json");
+  });
+  svr.Get("/api/moe", [board](const httplib::Request&, httplib::Response& res) {
+    res.set_content(moe_json(board->steps()).dump(), "application/json");
+  });
+  svr.Get("/api/timeline", [board](const httplib::Request&, httplib::Response& res) {
+    res.set_content(pipeline_json(board->steps()).dump(), "application/json");
   });
   svr.Get("/metrics", [board](const httplib::Request&, httplib::Response& res) {
     res.set_content(prometheus_text(*board), "text/plain; version=0.0.4");
   });
-  svr.Get("/", [](const httplib::Request&, httplib::Response& res) { res.set_content(kInspectPage, "text/html"); });
+  auto serve = [&svr](const char* path, std::string_view body, const char* type) {
+    svr.Get(path, [body, type](const httplib::Request&, httplib::Response& res) {
+      res.set_content(body.data(), body.size(), type);
+    });
+  };
+  serve("/", kInspectPage, "text/html; charset=utf-8");
+  serve("/dygraph.min.js", kDygraphJs, "application/javascript; charset=utf-8");
+  serve("/dygraph.min.css", kDygraphCss, "text/css; charset=utf-8");
   auto accept = [](httplib::Response& res, const std::string& action) {
     res.status = 202;
     res.set_content(nlohmann::json{{"accepted", action}}.dump(), "application/json");

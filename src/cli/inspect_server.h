@@ -1,7 +1,9 @@
-// The inspection endpoint of a `troupe` process (HTTP, [inspect] keys): the job line and every
-// actor's status as JSON (/api/status), the recent loss and rate (/api/history), Prometheus
-// text (/metrics), the web page (/), and controls (POST /api/pause, /api/resume,
-// /api/checkpoint, /api/log_freq?value=N). It reads only the StatusBoard, so a request never
+// The inspection endpoint of a `troupe` process (HTTP, [inspect] keys): the job line, each
+// rank's last step and every actor's status as JSON (/api/status), the run's history
+// (/api/history?after=STEP), the last MoE load per layer and expert (/api/moe), the last
+// recorded pipeline step (/api/timeline), Prometheus text (/metrics), the web page (/) with its
+// charting library, and controls (POST /api/pause, /api/resume, /api/checkpoint,
+// /api/log_freq?value=N). It reads only the StatusBoard, so a request never
 // waits for an actor that is computing; controls become messages to the node supervisor.
 #pragma once
 #include <cstdint>

@@ -164,6 +164,43 @@ std::vector<std::string> InspectView::detail(const std::string& name) const {
   out.emplace_back("  timeline (state changes seen by this console, newest last):");
   if (auto it = timeline_.find(name); it != timeline_.end())
     for (const auto& e : it->second) out.push_back("  " + e);
+  if (name.starts_with("stage[")) {
+    const auto map = moe_heat_map();
+    if (!map.empty()) out.emplace_back("");
+    for (const auto& line : map) out.push_back("  " + line);
+  }
+  return out;
+}
+
+void InspectView::update_moe(const nlohmann::json& moe) { moe_ = moe; }
+
+std::vector<std::string> InspectView::moe_heat_map() const {
+  if (!moe_.is_object() || !moe_.contains("layers") || moe_["layers"].empty()) return {};
+  // Shades from an idle expert to one that took a quarter or more of its layer's tokens.
+  static const std::string shades = " .:-=+*#%@";
+  constexpr double kFull = 0.25;
+  size_t name_width = 5;
+  for (const auto& l : moe_["layers"]) name_width = std::max(name_width, l.value("name", std::string()).size());
+  std::vector<std::string> out;
+  char line[160];
+  std::snprintf(line, sizeof line, "MoE load, step %lld: a column per expert, '%s' from none to >= %.0f%% of the layer's tokens",
+                static_cast<long long>(moe_step()), shades.c_str(), 100 * kFull);
+  out.emplace_back(line);
+  for (const auto& l : moe_["layers"]) {
+    const auto counts = l.value("tokens_per_expert", std::vector<double>{});
+    double total = 0, most = 0;
+    for (double c : counts) total += c, most = std::max(most, c);
+    std::string row = l.value("name", std::string());
+    row.resize(name_width, ' ');
+    row += " |";
+    for (double c : counts) {
+      const double share = total > 0 ? c / total : 0;
+      const auto level = std::min(shades.size() - 1, static_cast<size_t>(share / kFull * static_cast<double>(shades.size() - 1) + 0.5));
+      row += shades[c > 0 ? std::max<size_t>(level, 1) : 0];
+    }
+    std::snprintf(line, sizeof line, "| busiest %.0f%% of %.0f tokens", total > 0 ? 100 * most / total : 0.0, total);
+    out.push_back(row + line);
+  }
   return out;
 }
 

@@ -21,8 +21,17 @@ class InspectView {
   std::string header() const;
   // Rows in the current order and filter; `names` gets each row's actor name.
   std::vector<std::string> rows(std::vector<std::string>* names = nullptr) const;
-  // The selected actor: its fields, and its sampled timeline (newest last).
+  // The selected actor: its fields, and its sampled timeline (newest last); a stage's also shows
+  // the MoE load heat map when the job has one.
   std::vector<std::string> detail(const std::string& name) const;
+
+  // Feeds one /api/moe document; moe_step() is the step of the last one fed (0: none), so that
+  // the console asks again only when the job's moe_step moves.
+  void update_moe(const nlohmann::json& moe);
+  int64_t moe_step() const { return moe_.is_object() ? moe_.value("step", int64_t{0}) : 0; }
+  // The last step's tokens per expert of each MoE layer: a row per layer, a character per
+  // expert, darker for a larger share of the layer's tokens; empty when there is none.
+  std::vector<std::string> moe_heat_map() const;
 
   // Sort columns: name, kind, node, rank, state, step, mailbox, msgs/s, busy%, bytes.
   void next_sort();
@@ -36,7 +45,7 @@ class InspectView {
     nlohmann::json actor;
     double rate = 0, busy = 0;
   };
-  nlohmann::json job_;
+  nlohmann::json job_, moe_;
   std::vector<Row> rows_;
   std::map<std::string, nlohmann::json> previous_;
   std::map<std::string, std::deque<std::string>> timeline_;  // per actor: "hh:mm:ss state step"

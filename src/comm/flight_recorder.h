@@ -46,6 +46,10 @@ class FlightRecorder {
   void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
   // Marks the entry finished (or failed); an id the ring has dropped is ignored.
   void ended(uint64_t id, bool failed = false);
+  // Host time the rank's threads spent blocked in waits for its collectives: a CPU rank's
+  // exposed communication (Gloo). A NCCL wait is the stream's and adds nothing here.
+  void add_wait(std::chrono::nanoseconds blocked) { waited_ns_.fetch_add(blocked.count(), std::memory_order_relaxed); }
+  double waited_seconds() const { return 1e-9 * static_cast<double>(waited_ns_.load(std::memory_order_relaxed)); }
   // Oldest first.
   std::vector<Entry> entries() const;
   std::vector<Group> groups() const;
@@ -65,6 +69,7 @@ class FlightRecorder {
   std::deque<Entry> ring_;
   uint64_t next_id_ = 1;
   std::atomic<int64_t> step_{0};
+  std::atomic<int64_t> waited_ns_{0};
   std::vector<Group> groups_;  // few: a vector beats a map
   Group& group(const std::string& name);  // under mutex_
 };

@@ -44,8 +44,10 @@ class GlooWork : public Work {
   }
   void wait() override {
     if (!work_) return;
+    const auto began = std::chrono::steady_clock::now();
     try {
       work_->wait(timeout_);
+      if (recorder_) recorder_->add_wait(std::chrono::steady_clock::now() - began);
     } catch (const std::exception& e) {
       if (recorder_) recorder_->ended(record_, /*failed=*/true);
       throw CommError(what_ + " failed: " + runtime::error_text(e));

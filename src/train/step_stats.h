@@ -7,6 +7,14 @@
 
 namespace troupe::train {
 
+// One pipeline action as it ran: op is F, B, I, W, send or recv; times in ms on the rank's
+// steady clock (ranks of one process share it).
+struct PipelineSpan {
+  std::string op;
+  int64_t stage = 0, microbatch = 0;
+  double start_ms = 0, end_ms = 0;
+};
+
 struct StepStats {
   int64_t step = 0;
   double loss = 0;        // mean over the step's micro-batches
@@ -23,6 +31,19 @@ struct StepStats {
   // The units' auxiliary values (models::AuxValues), each the mean over the step's micro-batches:
   // "aux/<name>" in metrics.jsonl and TensorBoard.
   std::vector<std::pair<std::string, double>> aux;
+  // The units' per-member counts (tokens per expert of each MoE layer), the step's sum over its
+  // micro-batches: the inspection page's heat map.
+  std::vector<std::pair<std::string, std::vector<double>>> aux_counts;
+
+  // Where this rank's step went (host clocks; on a GPU the host runs ahead, so these split the
+  // host's time and the device's shows as the wait for the loss at the end, in compute).
+  int64_t rank = 0, node = 0;
+  double optimizer_seconds = 0;  // the optimizer step and expert balancing
+  double comm_wait_seconds = 0;  // blocked in waits for collectives (Gloo); NCCL's waits are the stream's
+  int64_t rss_bytes = 0;         // the rank's process, at the end of the step
+  // With pipelines and profiling.enable_profiling: this step's actions on this rank (the first
+  // traced steps only, as the Chrome trace).
+  std::vector<PipelineSpan> pipeline;
 };
 
 }  // namespace troupe::train

@@ -24,6 +24,7 @@
 #include "parallel/grad_norm.h"
 
 #include "runtime/device_info.h"
+#include "runtime/process_memory.h"
 #include "train/adamw.h"
 #include "train/lr_schedule.h"
 
@@ -212,14 +213,17 @@ struct Trainer::Impl {
   }
 
   // The recorded actions of the first traced steps, rewritten after each step so that a
-  // crashed run keeps its trace.
-  void save_trace() {
+  // crashed run keeps its trace; returns this step's (the inspection page's timeline).
+  std::vector<PipelineSpan> save_trace() {
     constexpr int64_t kTracedSteps = 20;
     if (traced_steps >= kTracedSteps) {
       parallelized.pipeline->record(false);
-      return;
+      return {};
     }
     auto recorded = parallelized.pipeline->take_recorded();
+    std::vector<PipelineSpan> spans;
+    for (const auto& r : recorded)
+      spans.push_back({parallel::pp::op_name(r.action.op), r.action.stage, r.action.microbatch, 1e-3 * r.start, 1e-3 * r.end});
     trace.insert(trace.end(), recorded.begin(), recorded.end());
     ++traced_steps;
     parallel::pp::Timeline t;
@@ -234,6 +238,7 @@ struct Trainer::Impl {
     if (!f || ec) throw std::runtime_error("profiling: cannot write " + tmp + (ec ? ": " + ec.message() : ""));
     std::filesystem::rename(tmp, path, ec);
     if (ec) throw std::runtime_error("profiling: cannot rename " + tmp + " to " + path.string() + ": " + ec.message());
+    return spans;
   }
 
   std::string device;
@@ -322,8 +327,11 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     throw std::invalid_argument("step needs " + std::to_string(m.accumulation) + " micro-batches, got " +
                                 std::to_string(micro_batches.size()));
   const auto start = std::chrono::steady_clock::now();
+  const auto waited = [&] { return m.rank.flight_recorder ? m.rank.flight_recorder->waited_seconds() : 0.0; };
+  const double waited_before = waited();
   StepStats stats;
   stats.step = step;
+  stats.rank = m.rank.rank;
   if (m.rank.flight_recorder) m.rank.flight_recorder->set_step(step);  // its collectives from here on
   stats.lr = m.schedule.lr(step - m.lr_offset);
   m.aux.clear();
@@ -359,11 +367,15 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   if (m.parallelized.sharded) m.parallelized.sharded->average_over_data_parallel(loss);
   const auto norm = m.grad_norm();
   if (m.activity) m.activity("optimizer", -1);
+  const auto optimizer_start = std::chrono::steady_clock::now();
+  const double waited_before_optimizer = waited();
   m.optimizer->step(stats.lr, parallel::clip_divisor(norm, m.max_norm, dev), m.prefetched_pieces, [&](size_t k) {
     m.parallelized.sharded->prefetch(k);
   });
   m.balance_experts();
-  if (m.parallelized.pipeline && !m.trace_path.empty()) m.save_trace();
+  stats.optimizer_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - optimizer_start).count() -
+                            (waited() - waited_before_optimizer);
+  if (m.parallelized.pipeline && !m.trace_path.empty()) stats.pipeline = m.save_trace();
   if (m.activity) m.activity("reading back the loss", -1);  // the host waits for the step's device work here
   const auto both = to_host(at::stack({loss.reshape({}), norm.to(at::kDouble).reshape({})}));
   stats.loss = both[0].item<double>();
@@ -379,8 +391,12 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     stats.aux.emplace_back(name + ".max", most);
     stats.aux.emplace_back(name + ".mean", total / static_cast<double>(per_micro.numel()));
     stats.aux.emplace_back(name + ".busiest_share", total > 0 ? most / total : 0.0);
+    const auto summed = sum.to(at::kDouble).cpu().contiguous();
+    stats.aux_counts.emplace_back(name, std::vector<double>(summed.data_ptr<double>(), summed.data_ptr<double>() + summed.numel()));
   }
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  stats.comm_wait_seconds = waited() - waited_before;
+  stats.rss_bytes = static_cast<int64_t>(runtime::resident_bytes());
   stats.model_flops = m.flops_per_token * static_cast<double>(stats.tokens);
   stats.peak_flops_per_second = m.peak_flops;
   if (m.gpu >= 0) {
