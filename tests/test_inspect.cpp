@@ -6,7 +6,9 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <fstream>
 #include <future>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -15,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "actors/step_record.h"
 #include "checkpoint/checkpoint_folder.h"
 #include "cli/inspect_view.h"
 #include "test_support.h"
@@ -85,6 +88,22 @@ json wait_until(httplib::Client& c, Pred pred, const char* what) {
   return {};
 }
 
+// The losses of metrics.jsonl by step.
+std::map<int64_t, double> jsonl_losses(const std::string& path) {
+  std::map<int64_t, double> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    const auto r = json::parse(line);
+    if (r.contains("loss")) out[r["step"].get<int64_t>()] = r["loss"].get<double>();
+  }
+  return out;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
 }  // namespace
 
 TEST_CASE("inspection endpoint: every rank's actors, pause, resume, checkpoint now, log_freq, bad requests",
@@ -147,10 +166,53 @@ TEST_CASE("inspection endpoint: every rank's actors, pause, resume, checkpoint n
   CHECK_THAT(res->body, Catch::Contains("# TYPE troupe_step gauge") && Catch::Contains("troupe_loss ") &&
                             Catch::Contains("troupe_actor_mailbox{name=\"stage[1]\",kind=\"stage\",node=\"0\",rank=\"1\"}") &&
                             Catch::Contains("# TYPE troupe_actor_quiet_seconds gauge\ntroupe_actor_quiet_seconds{"));
-  // The web page is served from the binary.
+  // The web page is served from the binary, and the charting library it draws with is Debian's
+  // file as packaged.
   res = c.Get("/");
   REQUIRE(res);
   CHECK_THAT(res->body, Catch::Contains("/api/status"));
+  for (const auto& [path, type] : {std::pair{"dygraph.min.js", "application/javascript"}, {"dygraph.min.css", "text/css"}}) {
+    res = c.Get((std::string("/") + path).c_str());
+    REQUIRE(res);
+    CHECK(res->get_header_value("Content-Type").starts_with(type));
+    CHECK(res->body == read_file(std::string("/usr/share/javascript/dygraphs/") + path));
+  }
+
+  // Each rank's last step, split: every part is a share of the step, and two Gloo ranks wait
+  // for their gradients' reductions.
+  s = get_status(c);
+  REQUIRE(s["rank_steps"].size() == 2);
+  for (int r = 0; r < 2; ++r) {
+    const auto& row = s["rank_steps"][r];
+    CHECK(row["rank"] == r);
+    const double step = row["step_seconds"];
+    double parts = 0;
+    for (const char* part : {"compute_seconds", "comm_wait_seconds", "data_wait_seconds", "optimizer_seconds"}) {
+      CHECK(row[part].get<double>() >= 0);
+      parts += row[part].get<double>();
+    }
+    CHECK(parts == Approx(step).epsilon(1e-6));
+    CHECK(row["comm_wait_seconds"].get<double>() > 0);
+    CHECK(row["memory_kind"] == "rss");
+    CHECK(row["memory_bytes"].get<double>() > 0);
+    CHECK(row["recent_step_seconds"].size() == std::min<size_t>(row["step"].get<size_t>(), actors::StepRecord::kRecent));
+  }
+  CHECK(s["job"]["moe_step"] == 0);  // a dense model
+  CHECK(s["job"]["timeline_step"] == 0);  // no pipeline
+
+  // The history is every step so far, as metrics.jsonl has it; ?after gives the newer ones only.
+  const auto losses = jsonl_losses(cfg.job.dump_folder + "/metrics.jsonl");
+  auto history = json::parse(c.Get("/api/history")->body);
+  CHECK(history["columns"].size() == 7);
+  REQUIRE(history["rows"].size() >= losses.size());
+  for (size_t i = 0; i < losses.size(); ++i) {
+    const auto& row = history["rows"][i];
+    CHECK(row[0].get<int64_t>() == static_cast<int64_t>(i + 1));
+    CHECK(row[1].get<double>() == losses.at(static_cast<int64_t>(i + 1)));
+  }
+  const auto last = history["rows"].back()[0].get<double>();
+  CHECK(json::parse(c.Get(("/api/history?after=" + std::to_string(last - 1)).c_str())->body)["rows"].size() == 1);
+  CHECK(c.Get("/api/history?after=x")->status == 400);
 
   const auto outcome = job.stop();
   CHECK(outcome.exit_code == 0);
@@ -283,4 +345,92 @@ TEST_CASE("troupe inspect: the console under tmux shows the actor table; --once 
                          Catch::Contains("2 rank(s)") && Catch::Contains("WHAT IT BEGAN LAST"));
   CHECK_THAT(screen, Catch::Contains(" of unit ") || Catch::Contains("optimizer") ||
                          Catch::Contains("reading back the loss"));
+}
+
+TEST_CASE("the page's step record: a long run thins its start and keeps its end, a resumed run replaces steps, "
+          "MoE loads and pipeline times", "[inspect]") {
+  actors::StepRecord record;
+  const size_t steps = 3 * actors::StepRecord::kMaxRows;
+  for (size_t s = 1; s <= steps; ++s) record.add_step({static_cast<double>(s), 1.0 / static_cast<double>(s)}, "rss");
+  auto rows = record.history_after(-1).rows;
+  CHECK(rows.size() <= actors::StepRecord::kMaxRows);
+  CHECK(rows.front()[0] == 1);
+  CHECK(rows.back()[0] == static_cast<double>(steps));
+  for (size_t i = 1; i < rows.size(); ++i) CHECK(rows[i][0] > rows[i - 1][0]);
+  // The last thousand steps are whole.
+  CHECK(record.history_after(static_cast<double>(steps - 1000)).rows.size() == 1000);
+  // A run resumed from step 100 of an earlier one: its steps replace the later ones.
+  actors::StepRecord resumed;
+  for (int s = 1; s <= 150; ++s) resumed.add_step({static_cast<double>(s), 1.0}, "rss");
+  resumed.add_step({101, 2.0}, "gpu_active");
+  rows = resumed.history_after(-1).rows;
+  CHECK(rows.size() == 101);
+  CHECK(rows.back()[1] == 2.0);
+  CHECK(resumed.history_after(-1).memory_kind == "gpu_active");
+  resumed.add_validation(50, 3.0);
+  resumed.add_validation(100, 2.5);
+  resumed.add_validation(50, 2.9);
+  CHECK(resumed.history_after(-1).validation == std::vector<std::pair<int64_t, double>>{{50, 2.9}});
+
+  // MoE loads: of each layer the first rank's that reports it (pipeline stages hold different
+  // layers); pipeline actions from the step's first.
+  std::vector<train::StepStats> ranks(2);
+  ranks[0].step = ranks[1].step = 7;
+  ranks[1].rank = 1;
+  ranks[0].aux_counts = {{"moe.layers.0.tokens_per_expert", {3, 1}}};
+  ranks[1].aux_counts = {{"moe.layers.1.tokens_per_expert", {0, 4}}, {"moe.layers.0.tokens_per_expert", {9, 9}}};
+  ranks[0].pipeline = {{"F", 0, 0, 1000.0, 1002.5}};
+  ranks[1].pipeline = {{"F", 1, 0, 1003.0, 1004.0}};
+  record.add_rank_steps(ranks);
+  const auto [moe_step, loads] = record.moe_loads();
+  CHECK(moe_step == 7);
+  CHECK(loads == actors::StepRecord::Loads{{"moe.layers.0.tokens_per_expert", {3, 1}}, {"moe.layers.1.tokens_per_expert", {0, 4}}});
+  const auto [pipeline_step, pipeline] = record.pipeline();
+  CHECK(pipeline_step == 7);
+  REQUIRE(pipeline.size() == 2);
+  CHECK(pipeline[0].second[0].start_ms == 0);
+  CHECK(pipeline[1].second[0].start_ms == 3.0);
+  CHECK(pipeline[1].second[0].end_ms == 4.0);
+  CHECK(record.rank_steps()[1].last.rank == 1);
+  // A later step without them keeps the last ones shown.
+  for (auto& r : ranks) r.step = 8, r.aux_counts.clear(), r.pipeline.clear();
+  record.add_rank_steps(ranks);
+  CHECK(record.moe_step() == 7);
+  CHECK(record.pipeline_step() == 7);
+  CHECK(record.rank_steps()[0].recent_step_seconds.size() == 2);
+}
+
+TEST_CASE("troupe inspect's MoE heat map: a row per layer, a column per expert, darker for a larger share", "[inspect]") {
+  cli::InspectView view;
+  CHECK(view.moe_heat_map().empty());
+  view.update_moe(json::parse(R"({"step": 12, "layers": [{"name": "layers.1", "tokens_per_expert": [0, 10, 30, 60]},
+                                                         {"name": "layers.2", "tokens_per_expert": [25, 25, 25, 25]}]})"));
+  CHECK(view.moe_step() == 12);
+  const auto map = view.moe_heat_map();
+  REQUIRE(map.size() == 3);
+  CHECK_THAT(map[0], Catch::Contains("step 12"));
+  CHECK(map[1] == "layers.1 | =@@| busiest 60% of 100 tokens");
+  CHECK(map[2] == "layers.2 |@@@@| busiest 25% of 100 tokens");
+}
+
+TEST_CASE("inspection endpoint: a resumed run's history starts at the run's first step", "[inspect]") {
+  TempDir dir;
+  auto first = small_job_config(dir);
+  first.checkpoint.enable = true;
+  first.checkpoint.interval = 3;
+  first.training.steps = 3;
+  REQUIRE(run_with_timeout(first, {}).exit_code == 0);
+  const int port = listen_port(1);
+  auto cfg = long_job(dir, port);
+  cfg.job.local_ranks = 1;
+  cfg.training.global_batch_size = first.training.global_batch_size;
+  RunningJob job(cfg);
+  httplib::Client c("127.0.0.1", port);
+  wait_until(c, [](const json& s) { return s["job"]["step"].get<int>() >= 5; }, "step 5");
+  const auto rows = json::parse(c.Get("/api/history")->body)["rows"];
+  REQUIRE(rows.size() >= 5);
+  for (size_t i = 0; i < 5; ++i) CHECK(rows[i][0].get<int>() == static_cast<int>(i + 1));
+  const auto losses = jsonl_losses(cfg.job.dump_folder + "/metrics.jsonl");
+  CHECK(rows[0][1].get<double>() == losses.at(1));
+  CHECK(rows[3][1].get<double>() == losses.at(4));
 }

@@ -8,11 +8,12 @@ every --validation-freq steps, a MoE load (4 layers x 8 experts) and a 1F1B pipe
 its ranks (4 micro-batches), both refreshed every few steps. --dump DIR writes DIR/metrics.jsonl as
 the real metrics sink does, so tests/oracle/inspect_page_check.py --base URL --dump DIR can check
 the loss chart against it. GET /mock/requests lists the requests served (time, method, path), to
-check how the page polls.
+check how the page polls. --proxy URL serves the page file as it is now but takes every /api/ and
+/metrics request to a real job's endpoint (a page edit shows without rebuilding the binary).
 
   python3 tests/oracle/inspect_page_mock.py --port 8765 [--cpu] [--slow-rank 1] [--quiet-rank 1]
 """
-import argparse, json, math, os, random, threading, time
+import argparse, json, math, os, random, threading, time, urllib.error, urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -259,6 +260,8 @@ def make_handler(job, a):
                 del job.requests[:-5000]
             if not self.authorized(params):
                 return self.json({"error": "missing or wrong token"}, 401)
+            if a.proxy and (u.path.startswith("/api/") or u.path == "/metrics"):
+                return self.forward(method)
             if method == "GET":
                 if u.path == "/":
                     with open(page_path, "rb") as f:
@@ -312,6 +315,18 @@ def make_handler(job, a):
                 return self.json({"accepted": action}, 202)
             return self.json({"error": "not found"}, 404)
 
+        def forward(self, method):
+            req = urllib.request.Request(a.proxy.rstrip("/") + self.path, method=method, data=b"" if method == "POST" else None)
+            if self.headers.get("Authorization"):
+                req.add_header("Authorization", self.headers["Authorization"])
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return self.send(r.status, r.read(), r.headers.get("Content-Type", "application/json"))
+            except urllib.error.HTTPError as e:
+                return self.send(e.code, e.read(), e.headers.get("Content-Type", "application/json"))
+            except OSError as e:
+                return self.json({"error": f"proxy: {e}"}, 502)
+
         def do_GET(self):
             self.route("GET")
 
@@ -327,6 +342,7 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--page", default=os.path.join(ROOT, "src/cli/inspect_page.html"))
     ap.add_argument("--token", default="")
+    ap.add_argument("--proxy", help="a real endpoint (http://127.0.0.1:8470) to take /api/ requests to")
     ap.add_argument("--dump", help="write DIR/metrics.jsonl like the real metrics sink")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--ranks-per-node", type=int, default=8)
@@ -344,9 +360,10 @@ def main():
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
     job = Job(a)
-    for _ in range(a.prefill):
-        job.advance()
-    threading.Thread(target=job.run, daemon=True).start()
+    if not a.proxy:
+        for _ in range(a.prefill):
+            job.advance()
+        threading.Thread(target=job.run, daemon=True).start()
     server = ThreadingHTTPServer((a.host, a.port), make_handler(job, a))
     server.daemon_threads = True
     print(f"mock inspect endpoint: http://{a.host}:{server.server_port}/" + (f"?token={a.token}" if a.token else ""), flush=True)
