@@ -1,9 +1,11 @@
-// Tokens/s with the inspection console attached vs not, in one run: a client polls /api/status
-// every second (as `troupe inspect` does) and /api/history every two (as the web page does)
+// Tokens/s with the inspection console attached vs not, in one run: a client polls as the web
+// page does (/api/status every second, the new rows of /api/history every two, /api/moe and
+// /api/timeline when the status says they moved)
 // during alternate windows of `window` seconds; each step counts for the window it ran in (its
 // time reconstructed from the step durations back from the end of the run), steps near a window
 // edge and the warm-up are left out.
 #include <httplib.h>
+#include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -27,10 +29,23 @@ int inspect_overhead(const config::JobConfig& base, double window) {
   int64_t polls = 0;
   std::thread console([&] {
     httplib::Client c("127.0.0.1", static_cast<int>(cfg.inspect.port));
+    double last_step = -1;
+    int64_t moe_step = 0, timeline_step = 0;
     for (int tick = 0; !done; ++tick) {
       if (attached_at(since_start(clock::now()))) {
-        if (c.Get("/api/status")) ++polls;
-        if (tick % 2 == 0) c.Get("/api/history");
+        auto status = c.Get("/api/status");
+        if (status && status->status == 200) {
+          ++polls;
+          const auto job = nlohmann::json::parse(status->body)["job"];
+          if (job.value("moe_step", int64_t{0}) != moe_step && c.Get("/api/moe")) moe_step = job["moe_step"];
+          if (job.value("timeline_step", int64_t{0}) != timeline_step && c.Get("/api/timeline"))
+            timeline_step = job["timeline_step"];
+        }
+        if (tick % 2 == 0)
+          if (auto h = c.Get(("/api/history?after=" + std::to_string(last_step)).c_str()); h && h->status == 200) {
+            const auto rows = nlohmann::json::parse(h->body)["rows"];
+            if (!rows.empty()) last_step = rows.back()[0];
+          }
       }
       std::this_thread::sleep_for(std::chrono::seconds(1));
     }
