@@ -9,7 +9,7 @@ apt-get install -y -qq --no-install-recommends \
   libcaf-dev libgloo-dev libtomlplusplus-dev catch2 nlohmann-json3-dev libcli11-dev \
   libxxhash-dev libpcre2-dev libutf8proc-dev \
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libncurses-dev \
-  tmux chromium chromium-driver >/dev/null
+  tmux chromium chromium-driver libjs-dygraphs >/dev/null
 PIP="python3 -m pip"
 PIP_FLAGS="--quiet --disable-pip-version-check"
 # Debian's system Python refuses global installs (PEP 668); pyenv/venv Pythons do not.
