@@ -434,3 +434,50 @@ TEST_CASE("inspection endpoint: a resumed run's history starts at the run's firs
   CHECK(rows[0][1].get<double>() == losses.at(1));
   CHECK(rows[3][1].get<double>() == losses.at(4));
 }
+
+TEST_CASE("inspection endpoint: a MoE model's load per layer and expert, a profiled pipeline's timeline", "[inspect]") {
+  TempDir dir;
+  const int port = listen_port(2);
+  auto cfg = long_job(dir, port);
+  cfg.checkpoint.enable = false;
+  cfg.model.name = "qwen3_moe";
+  cfg.model.flavor = "debugmodel";  // 4 MoE blocks of 8 experts, top 2
+  cfg.parallelism.pipeline_parallel_degree = 2;
+  cfg.parallelism.pipeline_parallel_microbatch_size = 1;
+  cfg.training.global_batch_size = 4;
+  cfg.profiling.enable_profiling = true;
+  RunningJob job(cfg);
+  httplib::Client c("127.0.0.1", port);
+  const auto s = wait_until(c, [](const json& s) { return s["job"]["moe_step"].get<int>() >= 2; }, "MoE loads");
+  CHECK(s["job"]["timeline_step"].get<int>() >= 1);
+
+  // Every block's routed tokens: the step's tokens (4 x 32), twice each (top 2); the blocks
+  // come from both stages.
+  const auto moe = json::parse(c.Get("/api/moe")->body);
+  REQUIRE(moe["layers"].size() == 4);
+  std::set<std::string> names;
+  for (const auto& l : moe["layers"]) {
+    names.insert(l["name"].get<std::string>());
+    REQUIRE(l["tokens_per_expert"].size() == 8);
+    double total = 0;
+    for (const auto& n : l["tokens_per_expert"]) total += n.get<double>();
+    CHECK(total == 4 * 32 * 2);
+  }
+  CHECK(names == std::set<std::string>{"layers.0", "layers.1", "layers.2", "layers.3"});
+
+  // Each rank's actions: a forward and a backward per micro-batch of its stage, in time order.
+  const auto timeline = json::parse(c.Get("/api/timeline")->body);
+  REQUIRE(timeline["ranks"].size() == 2);
+  for (const auto& r : timeline["ranks"]) {
+    int forwards = 0, backwards = 0;
+    for (const auto& a : r["actions"]) {
+      if (a["op"] == "F" || a["op"] == "B") CHECK(a["stage"] == r["rank"]);  // a transfer's is the receiver's
+      CHECK(a["end_ms"].get<double>() >= a["start_ms"].get<double>());
+      CHECK(a["start_ms"].get<double>() >= 0);
+      forwards += a["op"] == "F";
+      backwards += a["op"] == "B";
+    }
+    CHECK(forwards == 4);
+    CHECK(backwards == 4);
+  }
+}
