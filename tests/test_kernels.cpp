@@ -12,6 +12,8 @@
 #include "kernels/adamw.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/gradient_sink.h"
+#include "kernels/moe_ops.h"
+#include "kernels/moe_routing.h"
 #include "kernels/ops.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rotary.h"
@@ -98,7 +100,83 @@ std::vector<at::Tensor> run_op(Op op, std::vector<at::Tensor> inputs, const at::
 
 double rel(const at::Tensor& a, const at::Tensor& b) { return testing::relative_error(a.cpu(), b.cpu()); }
 
+// The routing references' results for fp32 CPU logits.
+kernels::RouteChoice route_ref(at::Tensor logits, const at::Tensor& bias, kernels::RouteShape shape) {
+  logits = logits.to(torch::kFloat).contiguous();
+  shape.tokens = logits.size(0);
+  kernels::RouteChoice r{torch::empty_like(logits), torch::empty({shape.tokens, shape.top_k}, torch::kLong),
+                         torch::zeros({shape.experts}, torch::kLong)};
+  auto b = bias.defined() ? bias.contiguous() : at::Tensor();
+  kernels::moe_route_ref(f32(logits), b.defined() ? b.data_ptr<float>() : nullptr, f32(r.scores),
+                         r.experts.data_ptr<int64_t>(), r.counts.data_ptr<int64_t>(), shape);
+  return r;
+}
+
+// Permute and unpermute with their backwards through the references: {copies, dx} and
+// {out, dy, dweights}.
+struct MoveRef {
+  at::Tensor copies, dx, out, dy, dweights;
+};
+MoveRef move_ref(at::Tensor x, at::Tensor y, at::Tensor weights, const at::Tensor& positions, at::Tensor dcopies,
+                 at::Tensor dout) {
+  x = x.to(torch::kFloat).contiguous(), y = y.to(torch::kFloat).contiguous();
+  weights = weights.contiguous(), dcopies = dcopies.to(torch::kFloat).contiguous(), dout = dout.to(torch::kFloat).contiguous();
+  const auto tokens = weights.size(0), top_k = weights.size(1), dim = x.size(1);
+  const auto* pos = positions.data_ptr<int64_t>();
+  MoveRef r{torch::empty({tokens * top_k, dim}), torch::empty_like(x), torch::empty({tokens, dim}), torch::empty_like(y),
+            torch::empty_like(weights)};
+  kernels::moe_permute_ref(f32(r.copies), f32(x), pos, tokens, top_k, dim);
+  kernels::moe_permute_backward_ref(f32(r.dx), f32(dcopies), pos, tokens, top_k, dim);
+  kernels::moe_unpermute_ref(f32(r.out), f32(y), f32(weights), pos, tokens, top_k, dim);
+  kernels::moe_unpermute_backward_ref(f32(r.dy), f32(r.dweights), f32(dout), f32(y), f32(weights), pos, tokens, top_k, dim);
+  return r;
+}
+
+// The share of tokens whose chosen experts (as sets) are the same.
+double same_choices(const at::Tensor& a, const at::Tensor& b) {
+  const auto sa = std::get<0>(a.cpu().sort(-1)), sb = std::get<0>(b.cpu().sort(-1));
+  return (sa == sb).all(-1).to(torch::kDouble).mean().item<double>();
+}
+
 }  // namespace
+
+TEST_CASE("MoE routing and token movement: the CPU references agree with the ATen compositions", "[kernels]") {
+  torch::manual_seed(11);
+  struct Case {
+    int64_t experts, top_k, groups, kept;
+    bool sigmoid, bias;
+  };
+  for (const auto& c : std::vector<Case>{{16, 4, 1, 1, false, false}, {16, 3, 4, 2, true, true}, {8, 2, 8, 3, true, true},
+                                         {64, 6, 1, 1, false, true}}) {
+    INFO("experts " << c.experts << " top " << c.top_k << " groups " << c.groups << " kept " << c.kept);
+    kernels::RouteShape shape{0, c.experts, c.top_k, c.groups, c.kept, c.sigmoid};
+    const auto logits = torch::randn({50, c.experts});
+    const auto bias = c.bias ? 0.1 * torch::randn({c.experts}) : at::Tensor();
+    const auto got = kernels::route_choice(logits, bias, shape);  // the CPU composition
+    const auto want = route_ref(logits, bias, shape);
+    CHECK(rel(got.scores, want.scores) < 1e-6);
+    CHECK(torch::equal(got.experts, want.experts));  // both best first
+    CHECK(torch::equal(got.counts, want.counts));
+    CHECK(want.counts.sum().item<int64_t>() == 50 * c.top_k);
+
+    // The copies in expert order and back, forward and backward.
+    const int64_t dim = 24;
+    const auto perm = kernels::permutation(got.experts, got.counts);
+    const auto x = torch::randn({50, dim}), y = torch::randn({50 * c.top_k, dim});
+    const auto weights = torch::rand({50, c.top_k}), dcopies = torch::randn({50 * c.top_k, dim}), dout = torch::randn({50, dim});
+    auto copies = run_op([&](auto& in) { return kernels::permute(in[0], perm); }, {x}, dcopies);
+    auto out = run_op([&](auto& in) { return kernels::unpermute(in[0], in[1], perm); }, {y, weights}, dout);
+    const auto ref = move_ref(x, y, weights, perm.positions, dcopies, dout);
+    CHECK(rel(copies[0], ref.copies) < 1e-6);
+    CHECK(rel(copies[1], ref.dx) < 1e-6);
+    CHECK(rel(out[0], ref.out) < 1e-6);
+    CHECK(rel(out[1], ref.dy) < 1e-6);
+    CHECK(rel(out[2], ref.dweights) < 1e-6);
+    // Grouped by expert: each expert's rows are its tokens, in token order.
+    const auto experts_of_rows = got.experts.reshape({-1}).index_select(0, perm.order);
+    CHECK(torch::equal(experts_of_rows, std::get<0>(got.experts.reshape({-1}).sort())));
+  }
+}
 
 TEST_CASE("CPU references agree with ATen autograd in float64", "[kernels]") {
   torch::manual_seed(11);
@@ -693,7 +771,7 @@ TEST_CASE("the debug model on CUDA in fp32 computes the CPU model's loss and gra
   REQUIRE(torch::cuda::is_available());
   // The families: Qwen3 adds the norms on each head's q and k (head_dim 32 there), Qwen3 MoE the
   // router and the grouped expert GEMMs.
-  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3", "qwen3_moe");
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3", "qwen3_moe", "deepseek_v3");
   INFO(family);
   const auto args = models::model_spec(family).configure("debugmodel", {});
   auto cpu = args->build(at::TensorOptions().dtype(at::kFloat), 128);
@@ -776,7 +854,7 @@ TEST_CASE("bf16 training of the debug model on CUDA lowers the loss", "[gpu]") {
 
 TEST_CASE("the first 20 bf16 losses of the debug model on CUDA track the fp32 CPU run", "[gpu]") {
   REQUIRE(torch::cuda::is_available());
-  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3_moe");
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3_moe", "deepseek_v3");
   INFO(family);
   config::JobConfig c;
   c.model.name = family;
@@ -805,4 +883,61 @@ TEST_CASE("the first 20 bf16 losses of the debug model on CUDA track the fp32 CP
   INFO("worst relative difference over 20 steps " << worst << "; step 20: cpu " << cpu.back() << " gpu " << gpu.back());
   CHECK(worst < 3e-2);
   CHECK(cpu.back() < cpu.front() - 1.0);  // the runs moved: agreeing means something
+}
+
+TEST_CASE("MoE routing and token-movement kernels on CUDA match their CPU references", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  torch::manual_seed(12);
+  struct Case {
+    int64_t tokens, experts, top_k, groups, kept, dim;
+    bool sigmoid, bias;
+  };
+  // Qwen3 30B-A3B's routing (128 of top 8, softmax), DeepSeek V3 16B's (64, top 6) and 671B's
+  // (256 in 8 groups keeping 4, top 8, sigmoid with the bias), ragged widths.
+  for (const auto& c : std::vector<Case>{{4096, 128, 8, 1, 1, 2048, false, false},
+                                         {3000, 64, 6, 1, 1, 2048, false, true},
+                                         {2048, 256, 8, 8, 4, 1024, true, true},
+                                         {77, 8, 2, 8, 3, 100, true, true},
+                                         {5, 1000, 3, 1, 1, 6, false, false}}) {
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      INFO("tokens " << c.tokens << " experts " << c.experts << " top " << c.top_k << " groups " << c.groups
+                     << " dim " << c.dim << " " << c10::toString(dtype));
+      kernels::RouteShape shape{0, c.experts, c.top_k, c.groups, c.kept, c.sigmoid};
+      const auto logits = torch::randn({c.tokens, c.experts});
+      const auto bias = c.bias ? 0.05 * torch::randn({c.experts}) : at::Tensor();
+      auto lg = on_gpu(logits, dtype).requires_grad_();
+      const auto got = kernels::route_choice(lg, bias.defined() ? bias.cuda() : bias, shape);
+      const auto want = route_ref(as_seen(logits, dtype), bias, shape);
+      CHECK(rel(got.scores, want.scores) < 1e-5);
+      // expf against exp in fp64 may flip a near tie: almost every token chooses the same.
+      CHECK(same_choices(got.experts, want.experts) > 0.999);
+      CHECK(torch::equal(got.counts.cpu(), at::bincount(got.experts.cpu().reshape({-1}), {}, c.experts)));
+      // The scores' gradient is softmax's or sigmoid's backward.
+      const auto ds = torch::randn({c.tokens, c.experts});
+      got.scores.backward(ds.cuda());
+      auto lw = as_seen(logits, dtype).to(torch::kDouble).requires_grad_();
+      (c.sigmoid ? torch::sigmoid(lw) : torch::softmax(lw, -1)).backward(ds.to(torch::kDouble));
+      CHECK(rel(lg.grad(), lw.grad()) < bound(dtype));
+
+      const auto perm = kernels::permutation(got.experts, got.counts);
+      const auto x = torch::randn({c.tokens, c.dim}), y = torch::randn({c.tokens * c.top_k, c.dim});
+      const auto weights = torch::rand({c.tokens, c.top_k});
+      const auto dcopies = torch::randn({c.tokens * c.top_k, c.dim}), dout = torch::randn({c.tokens, c.dim});
+      auto copies = run_op([&](auto& in) { return kernels::permute(in[0], perm); }, {on_gpu(x, dtype)}, on_gpu(dcopies, dtype));
+      auto out = run_op([&](auto& in) { return kernels::unpermute(in[0], in[1], perm); },
+                        {on_gpu(y, dtype), weights.cuda()}, on_gpu(dout, dtype));
+      const auto ref = move_ref(as_seen(x, dtype), as_seen(y, dtype), weights, perm.positions.cpu(),
+                                as_seen(dcopies, dtype), as_seen(dout, dtype));
+      CHECK(rel(copies[0], ref.copies) == 0);  // a copy
+      CHECK(rel(copies[1], ref.dx) < bound(dtype));
+      CHECK(rel(out[0], ref.out) < bound(dtype));
+      CHECK(rel(out[1], ref.dy) < bound(dtype));
+      CHECK(rel(out[2], ref.dweights) < bound(dtype));
+      // No atomics in the sums: a second run gives the same bits.
+      auto again = run_op([&](auto& in) { return kernels::unpermute(in[0], in[1], perm); },
+                          {on_gpu(y, dtype), weights.cuda()}, on_gpu(dout, dtype));
+      CHECK(torch::equal(again[0], out[0]));
+      CHECK(torch::equal(again[2], out[2]));
+    }
+  }
 }

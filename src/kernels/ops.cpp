@@ -14,6 +14,7 @@
 #include "kernels/swiglu.h"
 #endif
 #include "kernels/gradient_sink.h"
+#include "kernels/kernel_tensors.h"
 #include "kernels/weight_copies.h"
 
 namespace troupe::kernels {
@@ -58,18 +59,6 @@ const WeightServices* saved_services(AutogradContext* ctx) {
 
 #ifdef TROUPE_WITH_CUDA
 
-Dtype kernel_dtype(const at::Tensor& t) {
-  if (t.scalar_type() == at::kFloat) return Dtype::f32;
-  if (t.scalar_type() == at::kBFloat16) return Dtype::bf16;
-  throw std::invalid_argument(std::string("CUDA kernels take float32 or bfloat16, got ") +
-                              std::string(c10::toString(t.scalar_type())));
-}
-
-bool use_kernels(const at::Tensor& x) {
-  return x.is_cuda() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
-}
-
-cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
 // RMSNorm on the kernels. With `residual`, normalises h = x + residual and writes h to `sum`.
 at::Tensor norm_forward(const at::Tensor& x, const at::Tensor& w, double eps, at::Tensor& rstd,

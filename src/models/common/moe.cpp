@@ -2,9 +2,9 @@
 
 #include <torch/torch.h>
 
+#include "kernels/moe_ops.h"
 #include "kernels/ops.h"
 
-#include <limits>
 #include <stdexcept>
 
 namespace troupe::models {
@@ -31,24 +31,14 @@ class WithAuxLoss : public torch::autograd::Function<WithAuxLoss> {
 }  // namespace
 
 Routing route(const at::Tensor& logits, const at::Tensor& bias, const DecoderArgs& a) {
-  Routing r;
-  // In fp32 (fp64 for an fp64 model), as HF's routers.
-  const auto wide = logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat);
-  r.scores = a.sigmoid_scores ? at::sigmoid(wide) : at::softmax(wide, -1);
-  at::Tensor choice = bias.defined() ? r.scores + bias : r.scores;
-  if (a.n_expert_groups > 1) {
-    // Only the experts of each token's n_limited_groups best groups stay eligible (DeepSeek's
-    // node-limited routing): a group scores the sum of its best two experts (one in a group of one).
-    const auto tokens = choice.size(0);
-    const auto per_group = a.num_experts / a.n_expert_groups;
-    const auto grouped = choice.detach().view({tokens, a.n_expert_groups, per_group});
-    const auto group_score = std::get<0>(grouped.topk(std::min<int64_t>(2, per_group), -1)).sum(-1);
-    const auto best = std::get<1>(group_score.topk(a.n_limited_groups, -1, true, false));
-    const auto keep = at::zeros_like(group_score, at::kBool).scatter_(1, best, true);
-    choice = choice.masked_fill(keep.unsqueeze(-1).expand_as(grouped).reshape_as(choice).logical_not(),
-                                -std::numeric_limits<double>::infinity());
-  }
-  r.experts = std::get<1>(choice.detach().topk(a.top_k, -1));
+  kernels::RouteShape shape;
+  shape.experts = a.num_experts;
+  shape.top_k = a.top_k;
+  shape.groups = std::max<int64_t>(1, a.n_expert_groups);
+  shape.groups_kept = a.n_expert_groups > 1 ? a.n_limited_groups : 1;
+  shape.sigmoid = a.sigmoid_scores;
+  auto choice = kernels::route_choice(logits, bias, shape);
+  Routing r{choice.experts, {}, choice.scores, choice.counts};
   r.weights = r.scores.gather(1, r.experts);
   if (a.route_norm) r.weights = r.weights / (r.weights.sum(-1, true) + 1e-20);
   if (a.route_scale != 1.0) r.weights = r.weights * a.route_scale;
@@ -102,19 +92,14 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
   const auto flat = x.reshape({-1, dim});
   const auto r = route(router->gate->forward(flat), args_.load_balance_coeff > 0 ? expert_bias : at::Tensor(), args_);
 
-  // Token copies in expert order: the k-th choice of token t is row t * top_k + k.
-  const auto choices = r.experts.reshape({-1});
-  const auto order = std::get<1>(at::sort(choices, std::optional<bool>(true), 0, false));
-  const auto counts = at::bincount(choices, {}, args_.num_experts);
-  const auto token_of = at::floor_divide(order, args_.top_k);
-  auto routed = experts->forward(flat.index_select(0, token_of), counts);
-  routed = routed * r.weights.reshape({-1}).index_select(0, order).unsqueeze(1).to(routed.scalar_type());
-  auto out = at::zeros_like(flat).index_add(0, token_of, routed);
+  // The token copies grouped by expert, through the experts, weighted and added back per token.
+  const auto perm = kernels::permutation(r.experts, r.counts);
+  auto out = kernels::unpermute(experts->forward(kernels::permute(flat, perm), perm.counts), r.weights, perm);
   if (shared_experts) out = out + shared_experts->forward(flat);
   out = out.view(shape);
 
   if (batch.aux)
-    batch.aux->add("moe.layers." + std::to_string(layer) + ".tokens_per_expert", counts.to(at::kFloat));
+    batch.aux->add("moe.layers." + std::to_string(layer) + ".tokens_per_expert", r.counts.to(at::kFloat));
   // The loss's gradient joins every forward that will be differentiated, a recomputed one too
   // (which reports nothing: the first forward did).
   const bool differentiated = at::GradMode::is_enabled();

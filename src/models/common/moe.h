@@ -22,6 +22,7 @@ struct Routing {
   at::Tensor experts;  // [tokens, top_k] int64
   at::Tensor weights;  // [tokens, top_k] fp32: the chosen scores, normalised and scaled
   at::Tensor scores;   // [tokens, experts] fp32: softmax or sigmoid of the router's logits
+  at::Tensor counts;   // [experts] int64: tokens per expert
 };
 
 // The routing of `logits` [tokens, experts] as `a` describes it; `bias` [experts] (may be

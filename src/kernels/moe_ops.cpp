@@ -1,0 +1,157 @@
+#include "kernels/moe_ops.h"
+
+#include <torch/torch.h>
+
+#include <limits>
+
+#include "kernels/kernel_tensors.h"
+
+namespace troupe::kernels {
+
+namespace {
+
+RouteChoice route_choice_reference(const at::Tensor& logits, const at::Tensor& bias, const RouteShape& s) {
+  RouteChoice c;
+  // In fp32 (fp64 for an fp64 model), as HF's routers.
+  const auto wide = logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat);
+  c.scores = s.sigmoid ? at::sigmoid(wide) : at::softmax(wide, -1);
+  auto choice = (bias.defined() ? c.scores + bias : c.scores).detach();
+  if (s.groups > 1) {
+    // Only the experts of each token's groups_kept best groups stay eligible (DeepSeek's
+    // node-limited routing): a group scores the sum of its best two experts (one in a group of one).
+    const auto per_group = s.experts / s.groups;
+    const auto grouped = choice.view({s.tokens, s.groups, per_group});
+    const auto group_score = std::get<0>(grouped.topk(std::min<int64_t>(2, per_group), -1)).sum(-1);
+    const auto best = std::get<1>(group_score.topk(s.groups_kept, -1, true, false));
+    const auto keep = at::zeros_like(group_score, at::kBool).scatter_(1, best, true);
+    choice = choice.masked_fill(keep.unsqueeze(-1).expand_as(grouped).reshape_as(choice).logical_not(),
+                                -std::numeric_limits<double>::infinity());
+  }
+  c.experts = std::get<1>(choice.topk(s.top_k, -1));
+  c.counts = at::bincount(c.experts.reshape({-1}), {}, s.experts);
+  return c;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+#ifdef TROUPE_WITH_CUDA
+
+// The kernel chooses; the scores' gradient is softmax's or sigmoid's backward.
+struct RouteFn : torch::autograd::Function<RouteFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& bias,
+                               RouteShape shape) {
+    auto l = logits.contiguous();
+    auto scores = at::empty({shape.tokens, shape.experts}, l.options().dtype(at::kFloat));
+    auto experts = at::empty({shape.tokens, shape.top_k}, l.options().dtype(at::kLong));
+    auto counts = at::zeros({shape.experts}, l.options().dtype(at::kLong));
+    const auto b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+    moe_route(kernel_dtype(l), l.data_ptr(), b.defined() ? b.data_ptr<float>() : nullptr, scores.data_ptr<float>(),
+              experts.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), shape, stream());
+    ctx->save_for_backward({scores});
+    ctx->saved_data["sigmoid"] = shape.sigmoid;
+    ctx->saved_data["dtype"] = static_cast<int64_t>(logits.scalar_type());
+    ctx->mark_non_differentiable({experts, counts});
+    return {scores, experts, counts};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables()[0];
+    const auto ds = grads[0].defined() ? grads[0].to(at::kFloat) : at::zeros_like(s);
+    const auto dlogits = ctx->saved_data["sigmoid"].toBool() ? ds * s * (1 - s) : s * (ds - (ds * s).sum(-1, true));
+    return {dlogits.to(static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt())), at::Tensor(), at::Tensor()};
+  }
+};
+
+struct PermuteFn : torch::autograd::Function<PermuteFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& positions, int64_t top_k) {
+    auto in = x.contiguous();
+    const auto tokens = in.size(0), dim = in.size(1);
+    auto out = at::empty({tokens * top_k, dim}, in.options());
+    moe_permute(kernel_dtype(in), out.data_ptr(), in.data_ptr(), positions.data_ptr<int64_t>(), tokens, top_k, dim,
+                stream());
+    ctx->save_for_backward({positions});
+    ctx->saved_data["top_k"] = top_k;
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto positions = ctx->get_saved_variables()[0];
+    const auto top_k = ctx->saved_data["top_k"].toInt();
+    auto dout = grads[0].contiguous();
+    const auto tokens = dout.size(0) / top_k, dim = dout.size(1);
+    auto dx = at::empty({tokens, dim}, dout.options());
+    moe_permute_backward(kernel_dtype(dout), dx.data_ptr(), dout.data_ptr(), positions.data_ptr<int64_t>(), tokens,
+                         top_k, dim, stream());
+    return {dx, at::Tensor(), at::Tensor()};
+  }
+};
+
+struct UnpermuteFn : torch::autograd::Function<UnpermuteFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const at::Tensor& weights,
+                            const at::Tensor& positions) {
+    auto in = y.contiguous();
+    auto w = weights.to(at::kFloat).contiguous();
+    const auto tokens = w.size(0), top_k = w.size(1), dim = in.size(1);
+    auto out = at::empty({tokens, dim}, in.options());
+    moe_unpermute(kernel_dtype(in), out.data_ptr(), in.data_ptr(), w.data_ptr<float>(), positions.data_ptr<int64_t>(),
+                  tokens, top_k, dim, stream());
+    ctx->save_for_backward({in, w, positions});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &y = saved[0], &w = saved[1], &positions = saved[2];
+    auto dout = grads[0].to(y.scalar_type()).contiguous();
+    const auto tokens = w.size(0), top_k = w.size(1), dim = y.size(1);
+    auto dy = at::empty_like(y);
+    auto dw = at::empty_like(w);
+    moe_unpermute_backward(kernel_dtype(y), dy.data_ptr(), dw.data_ptr<float>(), dout.data_ptr(), y.data_ptr(),
+                           w.data_ptr<float>(), positions.data_ptr<int64_t>(), tokens, top_k, dim, stream());
+    return {dy, dw, at::Tensor()};
+  }
+};
+
+#endif
+
+}  // namespace
+
+RouteChoice route_choice(const at::Tensor& logits, const at::Tensor& bias, RouteShape shape) {
+  shape.tokens = logits.size(0);
+  if (shape.groups < 1 || shape.experts % shape.groups != 0 || shape.groups_kept < 1 || shape.groups_kept > shape.groups)
+    throw std::invalid_argument("moe routing: " + std::to_string(shape.experts) + " experts in " +
+                                std::to_string(shape.groups) + " groups, keeping " + std::to_string(shape.groups_kept));
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(logits) && shape.experts <= kMaxRoutedExperts && shape.groups <= 32) {
+    auto out = RouteFn::apply(logits, bias, shape);
+    return {out[0], out[1], out[2]};
+  }
+#endif
+  return route_choice_reference(logits, bias, shape);
+}
+
+Permutation permutation(const at::Tensor& experts, const at::Tensor& counts) {
+  Permutation p;
+  p.top_k = experts.size(1);
+  const auto choices = experts.reshape({-1});
+  p.order = std::get<1>(at::sort(choices, std::optional<bool>(true), 0, false));
+  p.positions = at::empty_like(p.order).scatter_(0, p.order, at::arange(p.order.numel(), p.order.options()));
+  p.counts = counts;
+  return p;
+}
+
+at::Tensor permute(const at::Tensor& x, const Permutation& p) {
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(x)) return PermuteFn::apply(x, p.positions, p.top_k);
+#endif
+  return x.index_select(0, at::floor_divide(p.order, p.top_k));
+}
+
+at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weights, const Permutation& p) {
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(y)) return UnpermuteFn::apply(y, weights, p.positions);
+#endif
+  const auto tokens = weights.size(0);
+  const auto weighted = y * weights.reshape({-1}).index_select(0, p.order).unsqueeze(1).to(y.scalar_type());
+  return at::zeros({tokens, y.size(1)}, y.options()).index_add(0, at::floor_divide(p.order, p.top_k), weighted);
+}
+
+}  // namespace troupe::kernels
