@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# MoE on the GPU machine: PHASE=tests builds the CUDA variant, runs the MoE kernel and model tests
+# and profiles a Qwen3 30B-A3B step (cut to 2 layers) by kernel category; PHASE=bench runs
+# torchtitan's anchors and Troupe on the same shapes (both in this call). Logs in $OUT.
+set -uo pipefail
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+source .device/gpu-env.sh
+export LD_LIBRARY_PATH=/opt/deps/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
+QWEN="--config configs/qwen3_1.7b.toml --model.name qwen3_moe --model.flavor 30B-A3B --model.n_layers 2
+  --model.aux_loss_coeff 0 --model.load_balance_coeff 0.001 --activation_checkpoint.mode none
+  --model.tokenizer_path .device/qwen3.tokenizer.json"
+DS="--config configs/qwen3_1.7b.toml --model.name deepseek_v3 --model.flavor 16B --model.n_layers 4
+  --model.vocab_size 129280 --optimizer.lr 2.2e-4 --activation_checkpoint.mode none
+  --model.tokenizer_path .device/deepseek_v3.tokenizer.json"
+if [ "${PHASE:-tests}" = tests ]; then
+  OUT=$out TARGETS="troupe troupe_tests troupe_bench" bash tools/bench/gpu_build.sh || exit 1
+  build-gpu/tests/troupe_tests "${TESTS:-MoE routing and token-movement*,the debug model on CUDA in fp32*,the first 20 bf16 losses*}" \
+    > "$out/tests.log" 2>&1
+  tail -5 "$out/tests.log"
+  build-gpu/troupe_bench step-profile $QWEN --vocab 151936 --steps 3 > "$out/profile-qwen3moe.log" 2>&1
+  python3 tools/bench/kernel_breakdown.py < "$out/profile-qwen3moe.log" | tee "$out/breakdown-qwen3moe.md"
+  build-gpu/troupe_bench step-profile $DS --vocab 129280 --steps 3 > "$out/profile-ds16b.log" 2>&1
+  python3 tools/bench/kernel_breakdown.py < "$out/profile-ds16b.log" | tee "$out/breakdown-ds16b.md"
+else
+  grep -q qwen3_30b_a3b_short .device/torchtitan/anchors.py || cat tools/bench/torchtitan_qwen3_moe_anchor.py >> .device/torchtitan/anchors.py
+  bash .device/torchtitan/setup.sh data/kjv/kjv.txt .device > "$out/tt-setup.log" 2>&1
+  build-gpu/troupe train $QWEN --training.steps 30 \
+    --metrics.log_freq 5 --job.dump_folder /tmp/q > "$out/troupe-q30b.log" 2>&1
+  grep "step:" "$out/troupe-q30b.log" | tail -3
+  TT_TIMEOUT=240 .device/torchtitan/run.sh qwen3_30b_a3b_short "$out/tt-q30b.log" --training.steps 30 > /dev/null 2>&1
+  grep -E "step: +(25|30)" "$out/tt-q30b.log" | tail -2
+  if [ -n "${DEEPSEEK:-}" ]; then
+    build-gpu/troupe train $DS --training.steps 30 \
+      --metrics.log_freq 5 --job.dump_folder /tmp/d > "$out/troupe-ds16b.log" 2>&1
+    grep "step:" "$out/troupe-ds16b.log" | tail -3
+    TT_TIMEOUT=240 .device/torchtitan/run.sh deepseek_v3_16b_short "$out/tt-ds16b.log" --training.steps 30 > /dev/null 2>&1
+    grep -E "step: +(25|30)" "$out/tt-ds16b.log" | tail -2
+  fi
+fi
