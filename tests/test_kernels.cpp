@@ -140,6 +140,33 @@ double same_choices(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
+TEST_CASE("the routed experts' grouped SwiGLU: fp32 grouped GEMMs and their backward match fp64 expert by expert, "
+          "with and without recomputing", "[kernels]") {
+  torch::manual_seed(13);
+  const int64_t tokens = 40, experts = 6, top_k = 2, dim = 16, inter = 24;
+  // Expert 4 gets no token: its weights' gradients are zero.
+  auto logits = torch::randn({tokens, experts});
+  logits.select(1, 4).fill_(-100);
+  const auto choice = kernels::route_choice(logits, {}, {0, experts, top_k, 1, 1, false});
+  REQUIRE(choice.counts[4].item<int64_t>() == 0);
+  const auto perm = kernels::permutation(choice.experts, choice.counts);
+  const auto flat = torch::randn({tokens, dim}), w1 = torch::randn({experts, inter, dim}) / 4,
+             w2 = torch::randn({experts, dim, inter}) / 4, w3 = torch::randn({experts, inter, dim}) / 4;
+  const auto dy = torch::randn({tokens * top_k, dim});
+  auto run = [&](at::ScalarType dtype, bool recompute) {
+    return run_op([&](auto& in) { return kernels::grouped_swiglu(in[0], perm, in[1], in[2], in[3], recompute); },
+                  {flat.to(dtype), w1.to(dtype), w2.to(dtype), w3.to(dtype)}, dy.to(dtype));
+  };
+  const auto want = run(at::kDouble, false);
+  const auto kept = run(at::kFloat, false), recomputed = run(at::kFloat, true);
+  for (size_t i = 0; i < want.size(); ++i) {
+    INFO("result " << i << " (out, d flat, d w1, d w2, d w3)");
+    CHECK(rel(kept[i], want[i]) < 1e-5);
+    CHECK(torch::equal(recomputed[i], kept[i]));
+  }
+  CHECK(kept[2][4].abs().max().item<float>() == 0);
+}
+
 TEST_CASE("MoE routing and token movement: the CPU references agree with the ATen compositions", "[kernels]") {
   torch::manual_seed(11);
   struct Case {
@@ -938,6 +965,30 @@ TEST_CASE("MoE routing and token-movement kernels on CUDA match their CPU refere
                           {on_gpu(y, dtype), weights.cuda()}, on_gpu(dout, dtype));
       CHECK(torch::equal(again[0], out[0]));
       CHECK(torch::equal(again[2], out[2]));
+
+      if (c.dim % 8 != 0 || c.experts > 256) continue;  // the grouped GEMMs' row alignment
+      INFO("grouped SwiGLU");
+      const int64_t inter = 256;
+      const auto w1 = torch::randn({c.experts, inter, c.dim}) / 16, w2 = torch::randn({c.experts, c.dim, inter}) / 16,
+                 w3 = torch::randn({c.experts, inter, c.dim}) / 16;
+      const auto dy = torch::randn({c.tokens * c.top_k, c.dim});
+      auto experts = [&](bool recompute) {
+        return [&, recompute](auto& in) { return kernels::grouped_swiglu(in[0], perm, in[1], in[2], in[3], recompute); };
+      };
+      auto gpu = run_op(experts(false), {on_gpu(x, dtype), on_gpu(w1, dtype), on_gpu(w2, dtype), on_gpu(w3, dtype)},
+                        on_gpu(dy, dtype));
+      auto gpu_recomputed = run_op(experts(true), {on_gpu(x, dtype), on_gpu(w1, dtype), on_gpu(w2, dtype),
+                                                   on_gpu(w3, dtype)}, on_gpu(dy, dtype));
+      const auto cpu_perm = kernels::permutation(got.experts.cpu(), got.counts.cpu());
+      auto fp64 = run_op([&](auto& in) { return kernels::grouped_swiglu(in[0], cpu_perm, in[1], in[2], in[3], false); },
+                         {as_seen(x, dtype).to(torch::kDouble), as_seen(w1, dtype).to(torch::kDouble),
+                          as_seen(w2, dtype).to(torch::kDouble), as_seen(w3, dtype).to(torch::kDouble)},
+                         as_seen(dy, dtype).to(torch::kDouble));
+      for (size_t i = 0; i < fp64.size(); ++i) {
+        INFO("result " << i << " (out, d x, d w1, d w2, d w3)");
+        CHECK(rel(gpu[i], fp64[i]) < (dtype == at::kBFloat16 ? 2e-2 : 1e-4));
+        CHECK(torch::equal(gpu_recomputed[i], gpu[i]));
+      }
     }
   }
 }

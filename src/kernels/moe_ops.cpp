@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "kernels/kernel_tensors.h"
+#include "kernels/ops.h"
 
 namespace troupe::kernels {
 
@@ -112,7 +113,89 @@ struct UnpermuteFn : torch::autograd::Function<UnpermuteFn> {
 
 #endif
 
+// permute and its backward outside autograd (grouped_swiglu's own backward calls them).
+at::Tensor permute_rows(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& order, int64_t top_k) {
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(x)) {
+    auto in = x.contiguous();
+    auto out = at::empty({in.size(0) * top_k, in.size(1)}, in.options());
+    moe_permute(kernel_dtype(in), out.data_ptr(), in.data_ptr(), positions.data_ptr<int64_t>(), in.size(0), top_k,
+                in.size(1), stream());
+    return out;
+  }
+#endif
+  return x.index_select(0, at::floor_divide(order, top_k));
+}
+
+at::Tensor add_copies(const at::Tensor& dcopies, const at::Tensor& positions, const at::Tensor& order, int64_t top_k) {
+  const auto tokens = dcopies.size(0) / top_k, dim = dcopies.size(1);
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(dcopies)) {
+    auto d = dcopies.contiguous();
+    auto dx = at::empty({tokens, dim}, d.options());
+    moe_permute_backward(kernel_dtype(d), dx.data_ptr(), d.data_ptr(), positions.data_ptr<int64_t>(), tokens, top_k,
+                         dim, stream());
+    return dx;
+  }
+#endif
+  return at::zeros({tokens, dim}, dcopies.options()).index_add(0, at::floor_divide(order, top_k), dcopies);
+}
+
+// y = _grouped_mm(x, w.transpose(1, 2), ends) has dx = _grouped_mm(dy, w, ends) and
+// dw[e] = dy_eᵀ x_e = _grouped_mm(dy.t(), x, ends) (the groups along the shared rows).
+struct GroupedSwigluFn : torch::autograd::Function<GroupedSwigluFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& flat, const at::Tensor& w1, const at::Tensor& w2,
+                            const at::Tensor& w3, const at::Tensor& positions, const at::Tensor& order,
+                            const at::Tensor& ends, int64_t top_k, bool recompute) {
+    const auto x = permute_rows(flat, positions, order, top_k);
+    const auto gate = at::_grouped_mm(x, w1.transpose(1, 2), ends);
+    const auto up = at::_grouped_mm(x, w3.transpose(1, 2), ends);
+    const auto h = swiglu(gate, up);
+    auto y = at::_grouped_mm(h, w2.transpose(1, 2), ends);
+    ctx->save_for_backward({flat, w1, w2, w3, positions, order, ends, gate, up, recompute ? at::Tensor() : x,
+                            recompute ? at::Tensor() : h});
+    ctx->saved_data["top_k"] = top_k;
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const auto &flat = s[0], &w1 = s[1], &w2 = s[2], &w3 = s[3], &positions = s[4], &order = s[5], &ends = s[6];
+    const auto &gate = s[7], &up = s[8];
+    const auto top_k = ctx->saved_data["top_k"].toInt();
+    const auto x = s[9].defined() ? s[9] : permute_rows(flat, positions, order, top_k);
+    const auto h = s[10].defined() ? s[10] : swiglu(gate, up);
+    const auto dy = grads[0].contiguous();
+    const auto dh = at::_grouped_mm(dy, w2, ends);
+    const auto dw2 = at::_grouped_mm(dy.t(), h, ends);
+    const auto [dgate, dup] = swiglu_backward(dh, gate, up);
+    const auto dx = at::_grouped_mm(dgate, w1, ends) + at::_grouped_mm(dup, w3, ends);
+    const auto dw1 = at::_grouped_mm(dgate.t(), x, ends), dw3 = at::_grouped_mm(dup.t(), x, ends);
+    return {add_copies(dx, positions, order, top_k), dw1, dw2, dw3, {}, {}, {}, {}, {}};
+  }
+};
+
 }  // namespace
+
+at::Tensor grouped_swiglu(const at::Tensor& flat, const Permutation& p, const at::Tensor& w1, const at::Tensor& w2,
+                          const at::Tensor& w3, bool recompute) {
+  if (flat.scalar_type() != at::kDouble) {
+    const auto ends = at::cumsum(p.counts, 0).to(at::kInt);
+    return GroupedSwigluFn::apply(flat, w1, w2, w3, p.positions, p.order, ends, p.top_k, recompute);
+  }
+  // fp64, which _grouped_mm lacks: expert by expert, through autograd.
+  const auto x = permute(flat, p);
+  const auto host = p.counts.to(at::kCPU);
+  std::vector<at::Tensor> outs;
+  int64_t offset = 0;
+  for (int64_t e = 0; e < host.numel(); ++e) {
+    const auto n = host[e].item<int64_t>();
+    if (n == 0) continue;
+    const auto rows = x.narrow(0, offset, n);
+    outs.push_back(at::mm(swiglu(at::mm(rows, w1[e].t()), at::mm(rows, w3[e].t())), w2[e].t()));
+    offset += n;
+  }
+  return outs.empty() ? at::zeros_like(x) : at::cat(outs);
+}
 
 RouteChoice route_choice(const at::Tensor& logits, const at::Tensor& bias, RouteShape shape) {
   shape.tokens = logits.size(0);

@@ -421,6 +421,21 @@ at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) {
 InputRecipe InputRecipe::rms_norm(const at::Tensor& input, const at::Tensor& weight, double eps) {
   return {Op::rms_norm, input, weight, eps};
 }
+std::pair<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& dout, const at::Tensor& gate, const at::Tensor& up) {
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(gate)) {
+    auto d = dout.contiguous(), g = gate.contiguous(), u = up.contiguous();
+    auto dgate = at::empty_like(g), dup = at::empty_like(u);
+    swiglu_backward(kernel_dtype(d), dgate.data_ptr(), dup.data_ptr(), d.data_ptr(), g.data_ptr(), u.data_ptr(),
+                    d.numel(), stream());
+    return {dgate, dup};
+  }
+#endif
+  // d silu(g)/dg = s (1 + g (1 - s)), s = sigmoid(g)
+  const auto sig = at::sigmoid(gate);
+  return {dout * up * sig * (1 + gate * (1 - sig)), dout * gate * sig};
+}
+
 InputRecipe InputRecipe::swiglu(const at::Tensor& gate, const at::Tensor& up) { return {Op::swiglu, gate, up, 0}; }
 
 std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights, const InputRecipe& recipe,

@@ -31,6 +31,8 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Te
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up);
+// SwiGLU's backward outside autograd (for ops that recompute it): {d gate, d up}.
+std::pair<at::Tensor, at::Tensor> swiglu_backward(const at::Tensor& dout, const at::Tensor& gate, const at::Tensor& up);
 
 // What a projection keeps for its backward under activation checkpointing's "op" policy (keep
 // the matmul and attention outputs, recompute the element-wise ops): instead of its input x,

@@ -188,7 +188,7 @@ class TransformerBlock : public Unit {
                                             ffn_norm->weight, ffn_norm->eps(), ffn_norm->services);
     const auto ffn_recipe =
         recompute_elementwise ? InputRecipe::rms_norm(h, ffn_norm->weight, ffn_norm->eps()) : InputRecipe{};
-    if (moe) return h + moe->forward(ffn_in, batch, layer_id);
+    if (moe) return h + moe->forward(ffn_in, batch, layer_id, ffn_recipe);
     return h + feed_forward->forward(ffn_in, ffn_recipe);
   }
 

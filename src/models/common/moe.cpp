@@ -55,26 +55,10 @@ at::Tensor load_balancing_loss(const Routing& r, int64_t num_experts, int64_t se
   return static_cast<double>(num_experts) * (share * normalised.mean(1)).sum(-1).mean();
 }
 
-at::Tensor GroupedExperts::forward(const at::Tensor& x, const at::Tensor& counts) const {
-  const auto dtype = x.scalar_type();
-  const auto a = w1.to(dtype), b = w2.to(dtype), c = w3.to(dtype);
-  if (dtype != at::kDouble) {
-    const auto ends = at::cumsum(counts, 0).to(at::kInt);
-    const auto gate = at::_grouped_mm(x, a.transpose(1, 2), ends);
-    const auto up = at::_grouped_mm(x, c.transpose(1, 2), ends);
-    return at::_grouped_mm(kernels::swiglu(gate, up), b.transpose(1, 2), ends);
-  }
-  const auto host = counts.to(at::kCPU);
-  std::vector<at::Tensor> outs;
-  int64_t offset = 0;
-  for (int64_t e = 0; e < host.numel(); ++e) {
-    const auto n = host[e].item<int64_t>();
-    if (n == 0) continue;
-    const auto rows = x.narrow(0, offset, n);
-    outs.push_back(at::mm(kernels::swiglu(at::mm(rows, a[e].t()), at::mm(rows, c[e].t())), b[e].t()));
-    offset += n;
-  }
-  return outs.empty() ? at::zeros_like(x) : at::cat(outs);
+at::Tensor GroupedExperts::forward(const at::Tensor& flat, const kernels::Permutation& p,
+                                   bool recompute_elementwise) const {
+  const auto dtype = flat.scalar_type();
+  return kernels::grouped_swiglu(flat, p, w1.to(dtype), w2.to(dtype), w3.to(dtype), recompute_elementwise);
 }
 
 MoE::MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s) : args_(a) {
@@ -86,7 +70,8 @@ MoE::MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::Weight
   expert_bias = register_buffer("expert_bias", at::zeros({a.num_experts}, o.dtype(at::kFloat)));
 }
 
-at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t layer) const {
+at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t layer,
+                        const kernels::InputRecipe& recipe) const {
   const auto shape = x.sizes().vec();
   const auto dim = shape.back();
   const auto flat = x.reshape({-1, dim});
@@ -94,8 +79,9 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
 
   // The token copies grouped by expert, through the experts, weighted and added back per token.
   const auto perm = kernels::permutation(r.experts, r.counts);
-  auto out = kernels::unpermute(experts->forward(kernels::permute(flat, perm), perm.counts), r.weights, perm);
-  if (shared_experts) out = out + shared_experts->forward(flat);
+  const bool recompute = recipe.op != kernels::InputRecipe::Op::none;
+  auto out = kernels::unpermute(experts->forward(flat, perm, recompute), r.weights, perm);
+  if (shared_experts) out = out + shared_experts->forward(flat, recipe);
   out = out.view(shape);
 
   if (batch.aux)

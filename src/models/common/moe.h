@@ -12,6 +12,8 @@
 #include <string>
 
 #include "models/common/decoder_args.h"
+#include "kernels/moe_ops.h"
+#include "kernels/ops.h"
 #include "models/common/layers.h"
 #include "models/unit.h"
 
@@ -50,10 +52,9 @@ class GroupedExperts : public torch::nn::Module {
       : w1(register_parameter("w1", at::empty({a.num_experts, a.moe_inter_dim, a.dim}, o))),
         w2(register_parameter("w2", at::empty({a.num_experts, a.dim, a.moe_inter_dim}, o))),
         w3(register_parameter("w3", at::empty({a.num_experts, a.moe_inter_dim, a.dim}, o))) {}
-  // x: [rows, dim], rows grouped by expert, counts[e] rows each ([experts] int64, on x's
-  // device); SwiGLU per group. One grouped GEMM per projection over all experts (libtorch's
-  // _grouped_mm: CUTLASS on Hopper, no host sync); fp64, which it lacks, runs expert by expert.
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& counts) const;
+  // flat [tokens, dim] -> the copies' outputs [tokens * top_k, dim] grouped by expert
+  // (kernels::grouped_swiglu, its weights cast to flat's dtype).
+  at::Tensor forward(const at::Tensor& flat, const kernels::Permutation& p, bool recompute_elementwise) const;
   at::Tensor w1, w2, w3;
 };
 
@@ -61,11 +62,13 @@ class MoE : public torch::nn::Module {
  public:
   MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s);
 
-  // x: [batch, seq, dim]. With `batch.aux`, reports this block's tokens per expert
+  // x: [batch, seq, dim]; `recipe` set: activation checkpointing's "op" policy (the experts and
+  // shared experts keep their GEMM outputs and recompute the element-wise ops). With `batch.aux`, reports this block's tokens per expert
   // ("moe.layers.<layer>.tokens_per_expert") and, with aux_loss_coeff > 0, its share of the
   // load-balancing loss ("moe.layers.<layer>.aux_loss": the loss is their sum), whose gradient (times the coefficient and
   // batch.loss_scale) joins the backward through the returned tensor.
-  at::Tensor forward(const at::Tensor& x, const UnitBatch& batch, int64_t layer) const;
+  at::Tensor forward(const at::Tensor& x, const UnitBatch& batch, int64_t layer,
+                     const kernels::InputRecipe& recipe = {}) const;
 
   std::shared_ptr<Router> router;
   std::shared_ptr<GroupedExperts> experts;
