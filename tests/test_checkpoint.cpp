@@ -400,15 +400,20 @@ TEST_CASE("SIGKILL during a save: the restart resumes from the last committed st
 
 TEST_CASE("Hugging Face export loads in transformers with the same logits; import gives the same tensors",
           "[checkpoint-cli]") {
-  // Llama 3, Qwen3 tied with its q/k norms, and Qwen3 MoE (a dense first block, then experts,
-  // one HF tensor each): the export, transformers and the import are the family's, through one path.
-  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3", "qwen3_moe");
+  // Llama 3, Qwen3 tied with its q/k norms, Qwen3 MoE (a dense first block, then experts, one HF
+  // tensor each) and DeepSeek V3 with a multi-token prediction block (numbered after the last
+  // layer, as DeepSeek's checkpoints do; transformers loads the rest): the export, transformers
+  // and the import are the family's, through one path.
+  const std::string family = GENERATE(as<std::string>{}, "llama3", "qwen3", "qwen3_moe", "deepseek_v3");
   INFO(family);
   testing::TempDir dir;
   auto c = checkpoint_config(dir);
   c.model.name = family;
   if (family == "qwen3") c.model.dimensions = {{"tie_embeddings", "true", "test"}, {"n_layers", "3", "test"}};
   if (family == "qwen3_moe") c.model.dimensions = {{"n_layers", "2", "test"}, {"n_dense_layers", "1", "test"}};
+  if (family == "deepseek_v3")
+    c.model.dimensions = {{"n_layers", "2", "test"}, {"n_dense_layers", "1", "test"}, {"sigmoid_scores", "true", "test"},
+                          {"mtp_layers", "1", "test"}};
   c.training.steps = 2;
   c.checkpoint.interval = 2;
   REQUIRE(testing::run_with_timeout(c).exit_code == 0);
@@ -457,7 +462,8 @@ TEST_CASE("Hugging Face export loads in transformers with the same logits; impor
     testing::ChildProcess p({testing::troupe_binary(), "checkpoint", "info", dir.file("imported"), "--verify"});
     std::string out;
     CHECK(p.wait(60, out) == 0);
-    const auto wq = family != "llama3" ? "[512,256]" : "[256,256]";  // 16 heads of 32 over dim 256
+    const auto& q = params.at("layers.0.attention.wq.weight");
+    const auto wq = "[" + std::to_string(q.size(0)) + "," + std::to_string(q.size(1)) + "]";
     CHECK_THAT(out, Contains("model.layers.0.attention.wq.weight | F32 | " + std::string(wq) + " | 0 rank0.safetensors [0,0]+" +
                              wq) &&
                         Contains("verified"));

@@ -37,11 +37,17 @@ def main():
 
     params = dict(model.named_parameters())
     covered = set()
-    count = 0
+    count = mtp = 0
+    layers = model.config.num_hidden_layers
+    layer = re.compile(r"model\.layers\.(\d+)\.")
     expert = re.compile(r"(.*\.mlp\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
     with safe_open(f"{a.hf_dir}/model.safetensors", framework="pt") as f:
         for name in f.keys():
             t = f.get_tensor(name)
+            n = layer.match(name)
+            if n and int(n.group(1)) >= layers and name not in params:
+                mtp += 1  # DeepSeek V3's multi-token prediction blocks, which transformers does not model
+                continue
             loaded, where = params.get(name), name
             m = expert.match(name)
             if loaded is None and m and m.group(1) + "gate_up_proj" in params:
@@ -60,7 +66,8 @@ def main():
             covered.add(where)
             count += 1
     expected = len(params)
-    print(f"safetensors read {count} tensors, covering {len(covered)} of the model's {expected} parameters")
+    print(f"safetensors read {count} tensors, covering {len(covered)} of the model's {expected} parameters"
+          + (f", and {mtp} of multi-token prediction blocks after its last layer" if mtp else ""))
     if len(covered) != expected:
         sys.exit(1)
 

@@ -13,6 +13,7 @@ struct NamePair {
   std::string hf, native;
   int64_t rotary_heads = 0;  // > 0: permute rows between the two rotary layouts
   int64_t expert = -1;       // >= 0: the HF tensor is this expert's slice of the native stack
+  bool shared_copy = false;  // an HF copy of a tensor the model shares (exported, skipped on import)
 };
 
 std::vector<NamePair> name_pairs(const DecoderArgs& a) {
@@ -26,9 +27,9 @@ std::vector<NamePair> name_pairs(const DecoderArgs& a) {
   };
   pairs = {{"model.embed_tokens.weight", "tok_embeddings.weight"}, {"model.norm.weight", "norm.weight"}};
   if (!a.tie_embeddings) pairs.push_back({"lm_head.weight", "output.weight"});
-  for (int64_t i = 0; i < a.n_layers; ++i) {
+  // A block: layer i of HF's numbering, under `native`.
+  auto block = [&](int64_t i, const std::string& native) {
     const auto hf = "model.layers." + std::to_string(i) + ".";
-    const auto native = "layers." + std::to_string(i) + ".";
     if (a.mla()) {
       // DeepSeek's checkpoints keep the rotary parts in interleaved pairs (rope_interleave): no permutation.
       if (a.q_lora_rank > 0) {
@@ -62,6 +63,20 @@ std::vector<NamePair> name_pairs(const DecoderArgs& a) {
     }
     pairs.push_back({hf + "input_layernorm.weight", native + "attention_norm.weight"});
     pairs.push_back({hf + "post_attention_layernorm.weight", native + "ffn_norm.weight"});
+  };
+  for (int64_t i = 0; i < a.n_layers; ++i) block(i, "layers." + std::to_string(i) + ".");
+  // Multi-token prediction: DeepSeek V3's checkpoints number its blocks after the last layer,
+  // with their norms and projection, and copies of the embedding and output head they share.
+  for (int64_t k = 0; k < a.mtp_layers; ++k) {
+    const auto i = a.n_layers + k;
+    const auto hf = "model.layers." + std::to_string(i) + ".", native = "mtp_layers." + std::to_string(k) + ".";
+    block(i, native);
+    pairs.push_back({hf + "enorm.weight", native + "enorm.weight"});
+    pairs.push_back({hf + "hnorm.weight", native + "hnorm.weight"});
+    pairs.push_back({hf + "eh_proj.weight", native + "eh_proj.weight"});
+    pairs.push_back({hf + "shared_head.norm.weight", native + "mtp_norm.weight"});
+    pairs.push_back({hf + "embed_tokens.weight", "tok_embeddings.weight", 0, -1, true});
+    pairs.push_back({hf + "shared_head.head.weight", a.tie_embeddings ? "tok_embeddings.weight" : "output.weight", 0, -1, true});
   }
   return pairs;
 }
@@ -109,6 +124,7 @@ checkpoint::TensorMap renamed(const checkpoint::TensorMap& in, const DecoderArgs
   checkpoint::TensorMap out;
   std::map<std::string, std::vector<at::Tensor>> stacks;  // HF -> native: each expert's slice, in order
   for (const auto& p : pairs) {
+    if (from_hf && p.shared_copy) continue;
     const auto& [source, target] = from_hf ? std::pair{p.hf, p.native} : std::pair{p.native, p.hf};
     const auto& w = require(in, source, from_hf ? "Hugging Face" : "Troupe");
     if (p.expert >= 0 && from_hf) {

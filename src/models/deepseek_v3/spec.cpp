@@ -110,6 +110,7 @@ class DeepSeekV3 : public DecoderArchitecture {
     c["topk_group"] = a.n_limited_groups;
     c["norm_topk_prob"] = a.route_norm;
     c["routed_scaling_factor"] = a.route_scale;
+    c["num_nextn_predict_layers"] = a.mtp_layers;
     return c;
   }
   checkpoint::TensorMap to_hf(const checkpoint::TensorMap& native) const override {
@@ -142,6 +143,7 @@ ArchitecturePtr from_hf_config(const nlohmann::json& config, const std::string& 
   base.route_norm = r.flag("norm_topk_prob", true);
   base.route_scale = r.number("routed_scaling_factor", 1.0);
   base.sigmoid_scores = true;
+  base.mtp_layers = r.integer("num_nextn_predict_layers", 0);
   base.rope_yarn_factor = 0;
   base.max_seq_len = r.integer("max_position_embeddings", base.max_seq_len);
   if (!r.flag("rope_interleave", true)) r.fail("rope_interleave = false is not supported");
