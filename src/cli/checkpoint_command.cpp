@@ -116,6 +116,8 @@ int run_export(const CheckpointOptions& o, const std::vector<std::string>& extra
   const auto type = train::export_dtype(o.dtype);
   checkpoint::TensorMap native;
   for (auto& [name, t] : checkpoint::read_whole_tensors(dir, meta, "model.")) native[name.substr(6)] = t.to(type);
+  // The model's buffers (DeepSeek V3's expert biases) keep their fp32, as DeepSeek's checkpoints do.
+  for (auto& [name, t] : checkpoint::read_whole_tensors(dir, meta, "buffer.")) native[name.substr(7)] = t;
   fs::create_directories(o.hf);
   const auto hf = model->to_hf(native);
   checkpoint::write_safetensors((fs::path(o.hf) / "model.safetensors").string(), hf, {{"format", "pt"}});
@@ -177,6 +179,12 @@ int run_import(const CheckpointOptions& o, const std::vector<std::string>& extra
                                ", config.json's model needs " + c10::str(item.value().sizes()));
     auto shape = t.sizes().vec();
     seed.tensors.push_back({"model." + item.key(), t.contiguous(), shape, checkpoint::whole_box(shape)});
+  }
+  for (const auto& item : shapes->named_buffers()) {
+    const auto it = native.find(item.key());
+    if (it == native.end()) continue;  // HF has none (Qwen3 MoE's bias): training starts it at zero
+    auto shape = it->second.sizes().vec();
+    seed.tensors.push_back({"buffer." + item.key(), it->second.to(at::kFloat).contiguous(), shape, checkpoint::whole_box(shape)});
   }
   seed.meta.model_only = true;
   seed.meta.model = {model->family(), "", model->vocab_size(), cfg.training.seq_len, model->dimensions()};

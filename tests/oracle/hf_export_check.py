@@ -36,6 +36,7 @@ def main():
         sys.exit(1)
 
     params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())  # DeepSeek V3's gate bias is one
     covered = set()
     count = mtp = 0
     layers = model.config.num_hidden_layers
@@ -49,6 +50,12 @@ def main():
                 mtp += 1  # DeepSeek V3's multi-token prediction blocks, which transformers does not model
                 continue
             loaded, where = params.get(name), name
+            if loaded is None and name in buffers:
+                if not torch.equal(t.float(), buffers[name].float()):
+                    print(f"buffer {name} differs from what transformers loaded")
+                    sys.exit(1)
+                count += 1
+                continue
             m = expert.match(name)
             if loaded is None and m and m.group(1) + "gate_up_proj" in params:
                 # transformers 5 fuses a layer's experts: [E, 2I, D] gate then up, [E, D, I] down.

@@ -55,6 +55,8 @@ std::vector<NamePair> name_pairs(const DecoderArgs& a) {
     if (a.moe_block(i)) {
       // HF keeps one tensor per expert (the checkpoints' layout, which transformers 5 fuses on load).
       pairs.push_back({hf + "mlp.gate.weight", native + "moe.router.gate.weight"});
+      // DeepSeek V3's gate carries the auxiliary-loss-free balancing bias (the model's buffer).
+      if (a.sigmoid_scores) pairs.push_back({hf + "mlp.gate.e_score_correction_bias", native + "moe.expert_bias"});
       for (int64_t e = 0; e < a.num_experts; ++e)
         swiglu(hf + "mlp.experts." + std::to_string(e) + ".", native + "moe.experts.", "", e);
       if (a.num_shared_experts > 0) swiglu(hf + "mlp.shared_experts.", native + "moe.shared_experts.", ".weight", -1);
@@ -105,8 +107,10 @@ void reject_extras(const checkpoint::TensorMap& m, const std::vector<NamePair>& 
   for (const auto& [name, t] : m) {
     bool known = false;
     for (const auto& p : pairs) known = known || (hf_side ? p.hf : p.native) == name;
-    // Tied HF checkpoints sometimes still carry lm_head.weight: it equals the embedding.
-    if (!known && !(hf_side && name == "lm_head.weight")) throw std::runtime_error("unexpected tensor '" + name + "'");
+    // Tied HF checkpoints sometimes still carry lm_head.weight: it equals the embedding. HF's Qwen3
+    // MoE has no balancing bias: a family without its pair leaves it out.
+    if (!known && !(hf_side && name == "lm_head.weight") && !(!hf_side && name.ends_with("moe.expert_bias")))
+      throw std::runtime_error("unexpected tensor '" + name + "'");
   }
 }
 
