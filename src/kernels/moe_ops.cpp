@@ -46,8 +46,8 @@ struct RouteFn : torch::autograd::Function<RouteFn> {
     auto scores = at::empty({shape.tokens, shape.experts}, l.options().dtype(at::kFloat));
     auto experts = at::empty({shape.tokens, shape.top_k}, l.options().dtype(at::kLong));
     auto counts = at::zeros({shape.experts}, l.options().dtype(at::kLong));
-    const auto b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
-    moe_route(kernel_dtype(l), l.data_ptr(), b.defined() ? b.data_ptr<float>() : nullptr, scores.data_ptr<float>(),
+    const auto b = bias.to(at::kFloat).contiguous();  // empty: no bias
+    moe_route(kernel_dtype(l), l.data_ptr(), b.numel() > 0 ? b.data_ptr<float>() : nullptr, scores.data_ptr<float>(),
               experts.data_ptr<int64_t>(), counts.data_ptr<int64_t>(), shape, stream());
     ctx->save_for_backward({scores});
     ctx->saved_data["sigmoid"] = shape.sigmoid;
@@ -204,7 +204,9 @@ RouteChoice route_choice(const at::Tensor& logits, const at::Tensor& bias, Route
                                 std::to_string(shape.groups) + " groups, keeping " + std::to_string(shape.groups_kept));
 #ifdef TROUPE_WITH_CUDA
   if (use_kernels(logits) && shape.experts <= kMaxRoutedExperts && shape.groups <= 32) {
-    auto out = RouteFn::apply(logits, bias, shape);
+    // An undefined input would break autograd's bookkeeping of a custom function: no bias is an
+    // empty one.
+    auto out = RouteFn::apply(logits, bias.defined() ? bias : at::empty({0}, logits.options().dtype(at::kFloat)), shape);
     return {out[0], out[1], out[2]};
   }
 #endif

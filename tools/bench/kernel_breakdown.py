@@ -5,7 +5,8 @@ token movement, element-wise and norms, optimizer, the rest. Reads the profile's
 import re, sys
 
 CATEGORIES = [
-    ("grouped GEMMs (experts)", r"grouped|GroupedGemm|cutlass.*Grouped|_grouped_mm|sm90_gemm_grouped|ptr_array"),
+    # libtorch's _grouped_mm is CUTLASS 3's GemmUniversal over a grouped problem shape.
+    ("grouped GEMMs (experts)", r"grouped|Grouped|enable_3x_kernel_for_sm9x|GemmUniversal|ptr_array"),
     ("attention", r"flash|fmha|cudnn|sdpa|attention|xmma_fprop|sm90_flash|fprop_|dgrad_"),
     ("routing and token movement", r"route_kernel|permute_kernel|gather_sum_kernel|unpermute|radix|sort|Sort|bincount|index_select|index_add|scatter|gather|cumsum|topk|Topk|mbtopk|histogram"),
     ("optimizer", r"adamw|multi_tensor|foreach"),
