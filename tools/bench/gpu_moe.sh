@@ -18,6 +18,7 @@ if [ "${PHASE:-tests}" = tests ]; then
   build-gpu/tests/troupe_tests "${TESTS:-MoE routing and token-movement*,the debug model on CUDA in fp32*,the first 20 bf16 losses*}" \
     > "$out/tests.log" 2>&1
   tail -5 "$out/tests.log"
+  [ -n "${NO_PROFILE:-}" ] && exit 0
   build-gpu/troupe_bench step-profile $QWEN --vocab 151936 --steps 3 > "$out/profile-qwen3moe.log" 2>&1
   python3 tools/bench/kernel_breakdown.py < "$out/profile-qwen3moe.log" | tee "$out/breakdown-qwen3moe.md"
   build-gpu/troupe_bench step-profile $DS --vocab 129280 --steps 3 > "$out/profile-ds16b.log" 2>&1
