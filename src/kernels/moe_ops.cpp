@@ -6,6 +6,7 @@
 
 #include "kernels/kernel_tensors.h"
 #include "kernels/ops.h"
+#include "kernels/weight_copies.h"
 
 namespace troupe::kernels {
 
@@ -143,10 +144,19 @@ at::Tensor add_copies(const at::Tensor& dcopies, const at::Tensor& positions, co
 
 // y = _grouped_mm(x, w.transpose(1, 2), ends) has dx = _grouped_mm(dy, w, ends) and
 // dw[e] = dy_eᵀ x_e = _grouped_mm(dy.t(), x, ends) (the groups along the shared rows).
+// The weights are the masters: their compute-dtype copies come from the model's services (kept
+// from one optimizer step to the next, as the dense projections' are), and their gradients are
+// returned in the masters' dtype.
 struct GroupedSwigluFn : torch::autograd::Function<GroupedSwigluFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& flat, const at::Tensor& w1, const at::Tensor& w2,
-                            const at::Tensor& w3, const at::Tensor& positions, const at::Tensor& order,
-                            const at::Tensor& ends, int64_t top_k, bool recompute) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& flat, const at::Tensor& master1,
+                            const at::Tensor& master2, const at::Tensor& master3, const at::Tensor& positions,
+                            const at::Tensor& order, const at::Tensor& ends, int64_t top_k, bool recompute,
+                            int64_t services) {
+    const auto* s = reinterpret_cast<const WeightServices*>(services);
+    const auto dtype = flat.scalar_type();
+    const auto w1 = compute_weight(master1, dtype, s), w2 = compute_weight(master2, dtype, s),
+               w3 = compute_weight(master3, dtype, s);
+    ctx->saved_data["weight_dtype"] = static_cast<int64_t>(master1.scalar_type());
     const auto x = permute_rows(flat, positions, order, top_k);
     const auto gate = at::_grouped_mm(x, w1.transpose(1, 2), ends);
     const auto up = at::_grouped_mm(x, w3.transpose(1, 2), ends);
@@ -170,18 +180,24 @@ struct GroupedSwigluFn : torch::autograd::Function<GroupedSwigluFn> {
     const auto [dgate, dup] = swiglu_backward(dh, gate, up);
     const auto dx = at::_grouped_mm(dgate, w1, ends) + at::_grouped_mm(dup, w3, ends);
     const auto dw1 = at::_grouped_mm(dgate.t(), x, ends), dw3 = at::_grouped_mm(dup.t(), x, ends);
-    return {add_copies(dx, positions, order, top_k), dw1, dw2, dw3, {}, {}, {}, {}, {}};
+    const auto master = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
+    return {add_copies(dx, positions, order, top_k), dw1.to(master), dw2.to(master), dw3.to(master), {}, {}, {}, {},
+            {}, {}};
   }
 };
 
 }  // namespace
 
-at::Tensor grouped_swiglu(const at::Tensor& flat, const Permutation& p, const at::Tensor& w1, const at::Tensor& w2,
-                          const at::Tensor& w3, bool recompute) {
+at::Tensor grouped_swiglu(const at::Tensor& flat, const Permutation& p, const at::Tensor& master1,
+                          const at::Tensor& master2, const at::Tensor& master3, bool recompute,
+                          const WeightServices* services) {
   if (flat.scalar_type() != at::kDouble) {
     const auto ends = at::cumsum(p.counts, 0).to(at::kInt);
-    return GroupedSwigluFn::apply(flat, w1, w2, w3, p.positions, p.order, ends, p.top_k, recompute);
+    return GroupedSwigluFn::apply(flat, master1, master2, master3, p.positions, p.order, ends, p.top_k, recompute,
+                                  reinterpret_cast<int64_t>(services));
   }
+  const auto dtype = flat.scalar_type();
+  const auto w1 = master1.to(dtype), w2 = master2.to(dtype), w3 = master3.to(dtype);
   // fp64, which _grouped_mm lacks: expert by expert, through autograd.
   const auto x = permute(flat, p);
   const auto host = p.counts.to(at::kCPU);

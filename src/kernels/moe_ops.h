@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/moe_routing.h"
+#include "kernels/weight_services.h"
 
 namespace troupe::kernels {
 
@@ -35,11 +36,12 @@ at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weights, const Permu
 
 // The routed experts over the token copies: for the rows of each expert e,
 // swiglu(x w1[e]ᵀ, x w3[e]ᵀ) w2[e]ᵀ, with x = permute(flat, p); w1, w3 [experts, inter, dim] and
-// w2 [experts, dim, inter] in flat's dtype; one grouped GEMM per projection over all experts
-// (libtorch's _grouped_mm: no host sync). Returns the rows [tokens * top_k, dim] grouped by
+// w2 [experts, dim, inter], the masters, cast to flat's dtype through `services` (their kept
+// copies, kernels/weight_copies.h); one grouped GEMM per projection over all experts (libtorch's
+// _grouped_mm: no host sync). Returns the rows [tokens * top_k, dim] grouped by
 // expert. With `recompute` (activation checkpointing's "op" policy) the backward recomputes the
 // copies and SwiGLU's output rather than keeping them: the GEMM outputs are what is kept.
 at::Tensor grouped_swiglu(const at::Tensor& flat, const Permutation& p, const at::Tensor& w1, const at::Tensor& w2,
-                          const at::Tensor& w3, bool recompute);
+                          const at::Tensor& w3, bool recompute, const WeightServices* services = nullptr);
 
 }  // namespace troupe::kernels

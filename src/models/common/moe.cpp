@@ -57,13 +57,12 @@ at::Tensor load_balancing_loss(const Routing& r, int64_t num_experts, int64_t se
 
 at::Tensor GroupedExperts::forward(const at::Tensor& flat, const kernels::Permutation& p,
                                    bool recompute_elementwise) const {
-  const auto dtype = flat.scalar_type();
-  return kernels::grouped_swiglu(flat, p, w1.to(dtype), w2.to(dtype), w3.to(dtype), recompute_elementwise);
+  return kernels::grouped_swiglu(flat, p, w1, w2, w3, recompute_elementwise, services);
 }
 
 MoE::MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s) : args_(a) {
   router = register_module("router", std::make_shared<Router>(a, o, s));
-  experts = register_module("experts", std::make_shared<GroupedExperts>(a, o));
+  experts = register_module("experts", std::make_shared<GroupedExperts>(a, o, s));
   if (a.num_shared_experts > 0)
     shared_experts = register_module(
         "shared_experts", std::make_shared<FeedForward>(a.dim, a.num_shared_experts * a.moe_inter_dim, o, s));

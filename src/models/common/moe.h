@@ -48,14 +48,16 @@ class Router : public torch::nn::Module {
 
 class GroupedExperts : public torch::nn::Module {
  public:
-  GroupedExperts(const DecoderArgs& a, const at::TensorOptions& o)
+  GroupedExperts(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s)
       : w1(register_parameter("w1", at::empty({a.num_experts, a.moe_inter_dim, a.dim}, o))),
         w2(register_parameter("w2", at::empty({a.num_experts, a.dim, a.moe_inter_dim}, o))),
-        w3(register_parameter("w3", at::empty({a.num_experts, a.moe_inter_dim, a.dim}, o))) {}
+        w3(register_parameter("w3", at::empty({a.num_experts, a.moe_inter_dim, a.dim}, o))),
+        services(s) {}
   // flat [tokens, dim] -> the copies' outputs [tokens * top_k, dim] grouped by expert
-  // (kernels::grouped_swiglu, its weights cast to flat's dtype).
+  // (kernels::grouped_swiglu).
   at::Tensor forward(const at::Tensor& flat, const kernels::Permutation& p, bool recompute_elementwise) const;
   at::Tensor w1, w2, w3;
+  const kernels::WeightServices* services;
 };
 
 class MoE : public torch::nn::Module {
