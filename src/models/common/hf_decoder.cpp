@@ -14,6 +14,7 @@ struct NamePair {
   int64_t rotary_heads = 0;  // > 0: permute rows between the two rotary layouts
   int64_t expert = -1;       // >= 0: the HF tensor is this expert's slice of the native stack
   bool shared_copy = false;  // an HF copy of a tensor the model shares (exported, skipped on import)
+  bool optional = false;     // may be absent on either side (a buffer: as built when imported without it)
 };
 
 std::vector<NamePair> name_pairs(const DecoderArgs& a) {
@@ -56,7 +57,8 @@ std::vector<NamePair> name_pairs(const DecoderArgs& a) {
       // HF keeps one tensor per expert (the checkpoints' layout, which transformers 5 fuses on load).
       pairs.push_back({hf + "mlp.gate.weight", native + "moe.router.gate.weight"});
       // DeepSeek V3's gate carries the auxiliary-loss-free balancing bias (the model's buffer).
-      if (a.sigmoid_scores) pairs.push_back({hf + "mlp.gate.e_score_correction_bias", native + "moe.expert_bias"});
+      if (a.sigmoid_scores)
+        pairs.push_back({hf + "mlp.gate.e_score_correction_bias", native + "moe.expert_bias", 0, -1, false, true});
       for (int64_t e = 0; e < a.num_experts; ++e)
         swiglu(hf + "mlp.experts." + std::to_string(e) + ".", native + "moe.experts.", "", e);
       if (a.num_shared_experts > 0) swiglu(hf + "mlp.shared_experts.", native + "moe.shared_experts.", ".weight", -1);
@@ -129,6 +131,7 @@ checkpoint::TensorMap renamed(const checkpoint::TensorMap& in, const DecoderArgs
   std::map<std::string, std::vector<at::Tensor>> stacks;  // HF -> native: each expert's slice, in order
   for (const auto& p : pairs) {
     if (from_hf && p.shared_copy) continue;
+    if (p.optional && !in.contains(from_hf ? p.hf : p.native)) continue;
     const auto& [source, target] = from_hf ? std::pair{p.hf, p.native} : std::pair{p.native, p.hf};
     const auto& w = require(in, source, from_hf ? "Hugging Face" : "Troupe");
     if (p.expert >= 0 && from_hf) {
