@@ -9,7 +9,7 @@ source .device/gpu-env.sh
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1
 # CMAKE_ARGS: extra configure arguments. The default covers what the GPU machine lacks: brotli's
 # headers (Debian's cpp-httplib is built with it) and ncurses on the linker's path (its deb
-# unpacks to /opt/deps/lib). fetch-debs.sh also needs EXTRA_DEBS="libutf8proc-dev libutf8proc2".
+# unpacks to /opt/deps/lib). fetch-debs.sh also needs EXTRA_DEBS="libutf8proc-dev libutf8proc2 libjs-dygraphs".
 CMAKE_ARGS=${CMAKE_ARGS-"-DCMAKE_CXX_FLAGS=-UCPPHTTPLIB_BROTLI_SUPPORT -DCMAKE_EXE_LINKER_FLAGS=-L/opt/deps/lib/x86_64-linux-gnu"}
 export LD_LIBRARY_PATH=/opt/deps/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
 { time cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DTROUPE_GPU_TESTS=ON $CMAKE_ARGS \
