@@ -37,6 +37,34 @@ RouteChoice route_choice_reference(const at::Tensor& logits, const at::Tensor& b
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// permute and its backward outside autograd (PermuteFn and grouped_swiglu's backward call them).
+at::Tensor permute_rows(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& order, int64_t top_k) {
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(x)) {
+    auto in = x.contiguous();
+    auto out = at::empty({in.size(0) * top_k, in.size(1)}, in.options());
+    moe_permute(kernel_dtype(in), out.data_ptr(), in.data_ptr(), positions.data_ptr<int64_t>(), in.size(0), top_k,
+                in.size(1), stream());
+    return out;
+  }
+#endif
+  return x.index_select(0, at::floor_divide(order, top_k));
+}
+
+at::Tensor add_copies(const at::Tensor& dcopies, const at::Tensor& positions, const at::Tensor& order, int64_t top_k) {
+  const auto tokens = dcopies.size(0) / top_k, dim = dcopies.size(1);
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(dcopies)) {
+    auto d = dcopies.contiguous();
+    auto dx = at::empty({tokens, dim}, d.options());
+    moe_permute_backward(kernel_dtype(d), dx.data_ptr(), d.data_ptr(), positions.data_ptr<int64_t>(), tokens, top_k,
+                         dim, stream());
+    return dx;
+  }
+#endif
+  return at::zeros({tokens, dim}, dcopies.options()).index_add(0, at::floor_divide(order, top_k), dcopies);
+}
+
 #ifdef TROUPE_WITH_CUDA
 
 // The kernel chooses; the scores' gradient is softmax's or sigmoid's backward.
@@ -65,25 +93,16 @@ struct RouteFn : torch::autograd::Function<RouteFn> {
 };
 
 struct PermuteFn : torch::autograd::Function<PermuteFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& positions, int64_t top_k) {
-    auto in = x.contiguous();
-    const auto tokens = in.size(0), dim = in.size(1);
-    auto out = at::empty({tokens * top_k, dim}, in.options());
-    moe_permute(kernel_dtype(in), out.data_ptr(), in.data_ptr(), positions.data_ptr<int64_t>(), tokens, top_k, dim,
-                stream());
-    ctx->save_for_backward({positions});
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& positions,
+                            const at::Tensor& order, int64_t top_k) {
+    ctx->save_for_backward({positions, order});
     ctx->saved_data["top_k"] = top_k;
-    return out;
+    return permute_rows(x, positions, order, top_k);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto positions = ctx->get_saved_variables()[0];
-    const auto top_k = ctx->saved_data["top_k"].toInt();
-    auto dout = grads[0].contiguous();
-    const auto tokens = dout.size(0) / top_k, dim = dout.size(1);
-    auto dx = at::empty({tokens, dim}, dout.options());
-    moe_permute_backward(kernel_dtype(dout), dx.data_ptr(), dout.data_ptr(), positions.data_ptr<int64_t>(), tokens,
-                         top_k, dim, stream());
-    return {dx, at::Tensor(), at::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    return {add_copies(grads[0], saved[0], saved[1], ctx->saved_data["top_k"].toInt()), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -113,34 +132,6 @@ struct UnpermuteFn : torch::autograd::Function<UnpermuteFn> {
 };
 
 #endif
-
-// permute and its backward outside autograd (grouped_swiglu's own backward calls them).
-at::Tensor permute_rows(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& order, int64_t top_k) {
-#ifdef TROUPE_WITH_CUDA
-  if (use_kernels(x)) {
-    auto in = x.contiguous();
-    auto out = at::empty({in.size(0) * top_k, in.size(1)}, in.options());
-    moe_permute(kernel_dtype(in), out.data_ptr(), in.data_ptr(), positions.data_ptr<int64_t>(), in.size(0), top_k,
-                in.size(1), stream());
-    return out;
-  }
-#endif
-  return x.index_select(0, at::floor_divide(order, top_k));
-}
-
-at::Tensor add_copies(const at::Tensor& dcopies, const at::Tensor& positions, const at::Tensor& order, int64_t top_k) {
-  const auto tokens = dcopies.size(0) / top_k, dim = dcopies.size(1);
-#ifdef TROUPE_WITH_CUDA
-  if (use_kernels(dcopies)) {
-    auto d = dcopies.contiguous();
-    auto dx = at::empty({tokens, dim}, d.options());
-    moe_permute_backward(kernel_dtype(d), dx.data_ptr(), d.data_ptr(), positions.data_ptr<int64_t>(), tokens, top_k,
-                         dim, stream());
-    return dx;
-  }
-#endif
-  return at::zeros({tokens, dim}, dcopies.options()).index_add(0, at::floor_divide(order, top_k), dcopies);
-}
 
 // y = _grouped_mm(x, w.transpose(1, 2), ends) has dx = _grouped_mm(dy, w, ends) and
 // dw[e] = dy_eᵀ x_e = _grouped_mm(dy.t(), x, ends) (the groups along the shared rows).
@@ -241,9 +232,9 @@ Permutation permutation(const at::Tensor& experts, const at::Tensor& counts) {
 
 at::Tensor permute(const at::Tensor& x, const Permutation& p) {
 #ifdef TROUPE_WITH_CUDA
-  if (use_kernels(x)) return PermuteFn::apply(x, p.positions, p.top_k);
+  if (use_kernels(x)) return PermuteFn::apply(x, p.positions, p.order, p.top_k);
 #endif
-  return x.index_select(0, at::floor_divide(p.order, p.top_k));
+  return permute_rows(x, p.positions, p.order, p.top_k);  // index_select, through autograd
 }
 
 at::Tensor unpermute(const at::Tensor& y, const at::Tensor& weights, const Permutation& p) {

@@ -219,13 +219,7 @@ void moe_permute(Dtype dtype, void* out, const void* x, const int64_t* positions
 
 void moe_permute_backward(Dtype dtype, void* dx, const void* dout, const int64_t* positions, int64_t tokens,
                           int64_t top_k, int64_t dim, cudaStream_t stream) {
-  if (tokens == 0) return;
-  with_pack(dtype, dim, {dx, dout}, [&](auto t, auto p) {
-    using T = decltype(t);
-    gather_sum_kernel<T, decltype(p)::value><<<grid_of(tokens), kRowThreads, 0, stream>>>(
-        static_cast<T*>(dx), static_cast<const T*>(dout), nullptr, positions, top_k, dim);
-  });
-  TROUPE_CUDA_CHECK_LAUNCH();
+  moe_unpermute(dtype, dx, dout, nullptr, positions, tokens, top_k, dim, stream);
 }
 
 void moe_unpermute(Dtype dtype, void* out, const void* y, const float* weights, const int64_t* positions,

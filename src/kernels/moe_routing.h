@@ -37,7 +37,8 @@ void moe_permute(Dtype dtype, void* out, const void* x, const int64_t* positions
 // dx[t] = sum over j of dout[positions[t * top_k + j]].
 void moe_permute_backward(Dtype dtype, void* dx, const void* dout, const int64_t* positions, int64_t tokens,
                           int64_t top_k, int64_t dim, cudaStream_t stream);
-// out[t] = sum over j of weights[t, j] * y[positions[t * top_k + j]]; weights fp32.
+// out[t] = sum over j of weights[t, j] * y[positions[t * top_k + j]]; weights fp32 (null: all 1,
+// which is permute's backward).
 void moe_unpermute(Dtype dtype, void* out, const void* y, const float* weights, const int64_t* positions,
                    int64_t tokens, int64_t top_k, int64_t dim, cudaStream_t stream);
 // dy[positions[t * top_k + j]] = weights[t, j] * dout[t]; dweights[t, j] = dout[t] . y[positions[...]].

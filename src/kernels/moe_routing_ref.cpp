@@ -54,12 +54,7 @@ void moe_permute_ref(float* out, const float* x, const int64_t* positions, int64
 
 void moe_permute_backward_ref(float* dx, const float* dout, const int64_t* positions, int64_t tokens, int64_t top_k,
                               int64_t dim) {
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t d = 0; d < dim; ++d) {
-      double sum = 0;
-      for (int64_t j = 0; j < top_k; ++j) sum += dout[positions[t * top_k + j] * dim + d];
-      dx[t * dim + d] = static_cast<float>(sum);
-    }
+  moe_unpermute_ref(dx, dout, nullptr, positions, tokens, top_k, dim);
 }
 
 void moe_unpermute_ref(float* out, const float* y, const float* weights, const int64_t* positions, int64_t tokens,
@@ -68,7 +63,7 @@ void moe_unpermute_ref(float* out, const float* y, const float* weights, const i
     for (int64_t d = 0; d < dim; ++d) {
       double sum = 0;
       for (int64_t j = 0; j < top_k; ++j)
-        sum += static_cast<double>(weights[t * top_k + j]) * y[positions[t * top_k + j] * dim + d];
+        sum += (weights ? static_cast<double>(weights[t * top_k + j]) : 1.0) * y[positions[t * top_k + j] * dim + d];
       out[t * dim + d] = static_cast<float>(sum);
     }
 }

@@ -381,7 +381,8 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   stats.loss = both[0].item<double>();
   stats.grad_norm = both[1].item<double>();
   for (const auto& [name, sum] : m.aux.values()) {
-    const auto per_micro = sum.to(at::kDouble).cpu() / static_cast<double>(micro);
+    const auto summed = sum.to(at::kDouble).cpu().contiguous();  // one copy to the host per value
+    const auto per_micro = summed / static_cast<double>(micro);
     if (per_micro.numel() == 1) {
       stats.aux.emplace_back(name, per_micro.item<double>());
       continue;
@@ -391,7 +392,6 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
     stats.aux.emplace_back(name + ".max", most);
     stats.aux.emplace_back(name + ".mean", total / static_cast<double>(per_micro.numel()));
     stats.aux.emplace_back(name + ".busiest_share", total > 0 ? most / total : 0.0);
-    const auto summed = sum.to(at::kDouble).cpu().contiguous();
     stats.aux_counts.emplace_back(name, std::vector<double>(summed.data_ptr<double>(), summed.data_ptr<double>() + summed.numel()));
   }
   stats.compute_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
