@@ -30,6 +30,16 @@ if(TROUPE_CUDA)
     set(TROUPE_CUDART CUDA::cudart)
   endif()
   message(STATUS "Troupe: CUDA runtime ${TROUPE_CUDART}")
+  # cuBLASLt for the FP8 GEMMs: the wheel's copy, the one libtorch loads (one per process).
+  execute_process(COMMAND python3 -c
+                  "import glob, nvidia; print(([f for p in nvidia.__path__ for f in sorted(glob.glob(p + '/*/lib/libcublasLt.so.*'))] + [''])[0])"
+                  OUTPUT_VARIABLE TROUPE_CUBLASLT_WHEEL OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+  if(TROUPE_CUBLASLT_WHEEL)
+    set(TROUPE_CUBLASLT ${TROUPE_CUBLASLT_WHEEL})
+  else()
+    set(TROUPE_CUBLASLT CUDA::cublasLt)
+  endif()
+  message(STATUS "Troupe: cuBLASLt ${TROUPE_CUBLASLT}")
   message(STATUS "Troupe: CUDA kernels ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, sm ${CMAKE_CUDA_ARCHITECTURES})")
 else()
   message(STATUS "Troupe: CUDA kernels OFF")

@@ -52,6 +52,7 @@ std::string quote(std::string_view s) {
 }
 
 std::string show(int64_t v) { return std::to_string(v); }
+std::string show(bool v) { return v ? "true" : "false"; }
 std::string show(const std::string& v) { return quote(v); }
 std::string show(double v) {
   std::ostringstream os;
@@ -118,6 +119,9 @@ FieldRef field_of(JobConfig& cfg) {
 // Names a field once: gives the section and key strings and the accessor for KeySpec.
 #define TROUPE_KEY(section, key) \
   #section, #key, &field_of<&JobConfig::section, &decltype(JobConfig::section)::key>
+// The same for a section whose TOML name is dotted ([quantize.linear.float8]).
+#define TROUPE_KEY_IN(name, section, key) \
+  name, #key, &field_of<&JobConfig::section, &decltype(JobConfig::section)::key>
 
 // A rule from a predicate on the value: "<key> must be <what>, got <value>".
 template <class T, class Pred>
@@ -292,6 +296,27 @@ Rule selective_ac_option_rule() {
   };
 }
 
+bool converts_float8(const JobConfig& cfg) {
+  return std::ranges::find(cfg.model.converters, "quantize.linear.float8") != cfg.model.converters.end();
+}
+
+// A [quantize.linear.float8] recipe other than the default without the converter would be ignored.
+Rule float8_needs_converter() {
+  return must_be<std::string>("left at tensorwise unless model.converters has \"quantize.linear.float8\"",
+                              [](const std::string& v, const JobConfig& cfg) {
+                                return v == "tensorwise" || converts_float8(cfg);
+                              });
+}
+
+// FP8 all-gather is not built yet: on with sharded data parallelism, it is refused rather than
+// ignored (one rank, or replicas only, gather nothing).
+Rule fsdp_float8_rule() {
+  return must_be<bool>("false while data_parallel_shard_degree is above 1 (FP8 all-gather is not implemented yet)",
+                       [](bool v, const JobConfig& cfg) {
+                         return !v || !converts_float8(cfg) || cfg.parallelism.data_parallel_shard_degree == 1;
+                       });
+}
+
 // Rules run in this order, so a rule that reads another key comes after that key's own rule.
 const std::vector<KeySpec>& key_specs() {
   static const std::vector<KeySpec> specs = {
@@ -305,6 +330,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(model, name), not_empty()},
       {TROUPE_KEY(model, flavor), {}},
       {TROUPE_KEY(model, tokenizer_path), existing_file()},
+      {TROUPE_KEY(model, converters), each_one_of({"quantize.linear.float8"})},
 
       {TROUPE_KEY(optimizer, name), one_of({"AdamW", "Adam"})},
       {TROUPE_KEY(optimizer, lr), positive_number()},
@@ -396,11 +422,18 @@ const std::vector<KeySpec>& key_specs() {
 
       {TROUPE_KEY(activation_checkpoint, mode), one_of({"none", "full", "selective"})},
       {TROUPE_KEY(activation_checkpoint, selective_ac_option), selective_ac_option_rule()},
+
+      {TROUPE_KEY_IN("quantize.linear.float8", float8, recipe_name),
+       both(one_of({"tensorwise", "rowwise", "rowwise_with_gw_hp", "blockwise"}), float8_needs_converter())},
+      {TROUPE_KEY_IN("quantize.linear.float8", float8, filter_fqns), {}},
+      {TROUPE_KEY_IN("quantize.linear.float8", float8, enable_fsdp_float8_all_gather), fsdp_float8_rule()},
+      {TROUPE_KEY_IN("quantize.linear.float8", float8, precompute_float8_dynamic_scale_for_fsdp), fsdp_float8_rule()},
   };
   return specs;
 }
 
 #undef TROUPE_KEY
+#undef TROUPE_KEY_IN
 
 std::vector<std::string> section_names() {
   std::vector<std::string> names;
@@ -625,23 +658,42 @@ class Loader {
              return std::string_view(k).substr(k.find('.') + 1);
            }));
     }
-    if (!std::ranges::any_of(key_specs(), [&](const KeySpec& s) { return s.section == section.str(); }))
-      fail(at_line(path, section.source()) + ": unknown section " + quote(section.str()) +
-           did_you_mean(section.str(), section_names()));
-    for (const auto& [key, value] : in_file_order(*table)) {
-      const std::string name = std::string(section.str()) + "." + std::string(key->str());
-      const KeySpec* spec = find_key(name);
-      if (!spec && is_model_dimension(name)) {
-        const auto where = at_column(path, value->source());
-        const auto text = dimension_text(*value);
-        if (!text) fail(where + ": " + name + " must be a number or true or false, got " + describe(*value));
-        set_dimension(std::string(key->str()), *text, where);
+    read_table(path, std::string(section.str()), section.source(), *table);
+  }
+
+  // `name` is a section, or a part of a dotted one ("quantize" of [quantize.linear.float8]).
+  void read_table(const std::string& path, const std::string& name, const toml::source_region& where,
+                  const toml::table& table) {
+    const bool is_section = std::ranges::any_of(key_specs(), [&](const KeySpec& s) { return s.section == name; });
+    const bool is_prefix =
+        std::ranges::any_of(key_specs(), [&](const KeySpec& s) { return s.section.starts_with(name + "."); });
+    if (!is_section && !is_prefix)
+      fail(at_line(path, where) + ": unknown section " + quote(name) + did_you_mean(name, section_names()));
+    for (const auto& [key, value] : in_file_order(table)) {
+      if (const auto* inner = value->as_table(); inner && !is_section) {
+        read_table(path, name + "." + std::string(key->str()), key->source(), *inner);
         continue;
       }
-      if (!spec) fail(at_line(path, key->source()) + ": " + unknown_key(name));
-      origins_[name] = at_column(path, value->source());
-      assign(*spec, cfg_, *value, origins_[name]);
+      if (!is_section)
+        fail(at_line(path, key->source()) + ": key " + quote(std::string(key->str())) + " in " + quote(name) +
+             " belongs in a section" + did_you_mean(name + "." + std::string(key->str()), section_names()));
+      read_key(path, name, *key, *value);
     }
+  }
+
+  void read_key(const std::string& path, const std::string& section, const toml::key& key, const toml::node& value) {
+    const std::string name = section + "." + std::string(key.str());
+    const KeySpec* spec = find_key(name);
+    if (!spec && is_model_dimension(name)) {
+      const auto where = at_column(path, value.source());
+      const auto text = dimension_text(value);
+      if (!text) fail(where + ": " + name + " must be a number or true or false, got " + describe(value));
+      set_dimension(std::string(key.str()), *text, where);
+      return;
+    }
+    if (!spec) fail(at_line(path, key.source()) + ": " + unknown_key(name));
+    origins_[name] = at_column(path, value.source());
+    assign(*spec, cfg_, value, origins_[name]);
   }
 
   void set_dimension(const std::string& key, const std::string& value, const std::string& origin) {

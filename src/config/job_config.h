@@ -33,6 +33,8 @@ struct ModelSection {
   // import --hf`, or the job's own).
   std::string flavor = "debugmodel";
   std::string tokenizer_path = "data/kjv/tokenizer.json";
+  // Applied over the built model, before parallelism: "quantize.linear.float8" (FP8 projections).
+  std::vector<std::string> converters;
   std::vector<ModelDimension> dimensions;
 };
 
@@ -150,6 +152,18 @@ struct InspectSection {
   std::string token = "";          // when set, every request must carry it
 };
 
+// torchtitan's [quantize.linear.float8], read when model.converters names it.
+struct Float8Section {
+  std::string recipe_name = "tensorwise";  // tensorwise | rowwise | rowwise_with_gw_hp | blockwise
+  // Projections kept in bf16: a name part ("output", "attention.wq", "layers.0.") any projection
+  // whose name contains it; "auto_filter_small_kn": those too small to gain (printed at start-up).
+  std::vector<std::string> filter_fqns = {"output"};
+  // FSDP gathers the FP8 weight with its scales (half the bytes of bf16), the scales computed for
+  // every unit in one pass after the optimizer step.
+  bool enable_fsdp_float8_all_gather = false;
+  bool precompute_float8_dynamic_scale_for_fsdp = false;
+};
+
 struct ActivationCheckpointSection {
   std::string mode = "none";  // none | full | selective
   std::string selective_ac_option = "2";  // selective: recompute every Nth transformer block
@@ -169,6 +183,7 @@ struct JobConfig {
   InspectSection inspect;
   ActivationCheckpointSection activation_checkpoint;
   ProfilingSection profiling;
+  Float8Section float8;  // [quantize.linear.float8]
 };
 
 // One line that says what is wrong and where (file:line:column where there is one).

@@ -72,23 +72,31 @@ bool GradientSinks::gradient(const void* weight_key, const at::Tensor& grad) {
   return true;
 }
 
-bool GradientSinks::product(const void* weight_key, const at::Tensor& a, const at::Tensor& b) {
+bool GradientSinks::write_into(const void* weight_key,
+                               const std::function<void(const at::Tensor& dest, bool add)>& write) {
   const auto sink = open_sink(weight_key);
   if (!sink) return false;
-  auto& dest = sink->dest;
-  const auto dtype = dest.scalar_type();
-  if (dtype == a.scalar_type()) {
-    if (sink->written) at::addmm_out(dest, dest, a, b);
-    else at::mm_out(dest, a, b);
-  } else if (a.is_cuda() && dtype == at::kFloat) {  // cuBLAS accumulates in fp32 and writes it so
-    if (sink->written) at::addmm_out(dest, dest, a, b, dtype);
-    else at::mm_out(dest, a, b, dtype);
-  } else {
-    write(*sink, at::mm(a, b));
-    return true;
-  }
+  write(sink->dest, sink->written);
   sink->written = true;
   return true;
+}
+
+bool GradientSinks::product(const void* weight_key, const at::Tensor& a, const at::Tensor& b) {
+  return write_into(weight_key, [&](const at::Tensor& d, bool add) {
+    auto dest = d;  // the out= overloads take a non-const reference
+    const auto dtype = dest.scalar_type();
+    if (dtype == a.scalar_type()) {
+      if (add) at::addmm_out(dest, dest, a, b);
+      else at::mm_out(dest, a, b);
+    } else if (a.is_cuda() && dtype == at::kFloat) {  // cuBLAS accumulates in fp32 and writes it so
+      if (add) at::addmm_out(dest, dest, a, b, dtype);
+      else at::mm_out(dest, a, b, dtype);
+    } else if (add) {
+      dest.add_(at::mm(a, b));
+    } else {
+      dest.copy_(at::mm(a, b));
+    }
+  });
 }
 
 }  // namespace troupe::kernels

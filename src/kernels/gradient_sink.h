@@ -7,6 +7,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -35,6 +36,9 @@ class GradientSinks {
   bool product(const void* weight_key, const at::Tensor& a, const at::Tensor& b);
   // The same for a gradient computed already (the weight's shape).
   bool gradient(const void* weight_key, const at::Tensor& grad);
+  // The same for a gradient `write` produces itself into the sink's destination (overwriting it,
+  // or adding to it when `add`), such as a GEMM's output.
+  bool write_into(const void* weight_key, const std::function<void(const at::Tensor& dest, bool add)>& write);
 
  private:
   struct Sink;
@@ -47,6 +51,10 @@ class GradientSinks {
 // The services' sinks, when they have them and one is open for the weight.
 inline bool sink_product(const WeightServices* s, const void* key, const at::Tensor& a, const at::Tensor& b) {
   return s && s->sinks && s->sinks->product(key, a, b);
+}
+inline bool sink_write(const WeightServices* s, const void* key,
+                       const std::function<void(const at::Tensor& dest, bool add)>& write) {
+  return s && s->sinks && s->sinks->write_into(key, write);
 }
 inline bool sink_gradient(const WeightServices* s, const void* key, const at::Tensor& grad) {
   return s && s->sinks && s->sinks->gradient(key, grad);

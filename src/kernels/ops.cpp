@@ -13,6 +13,7 @@
 #include "kernels/rotary.h"
 #include "kernels/swiglu.h"
 #endif
+#include "kernels/float8_linear.h"
 #include "kernels/gradient_sink.h"
 #include "kernels/kernel_tensors.h"
 #include "kernels/weight_copies.h"
@@ -440,6 +441,25 @@ InputRecipe InputRecipe::swiglu(const at::Tensor& gate, const at::Tensor& up) { 
 
 std::vector<at::Tensor> linear_group(const at::Tensor& x, at::TensorList weights, const InputRecipe& recipe,
                                      const WeightServices* services) {
+  // FP8 projections (kernels/float8_linear.h) keep their input's transpose in FP8, smaller than
+  // the bf16 input a recipe would spare. A group with some FP8 weights is split in two.
+  if (services && services->float8) {
+    std::vector<at::Tensor> fp8, plain;
+    std::vector<bool> is_fp8;
+    for (const auto& w : weights) {
+      is_fp8.push_back(services->float8->has(w));
+      (is_fp8.back() ? fp8 : plain).push_back(w);
+    }
+    if (!fp8.empty()) {
+      auto fp8_out = float8_linear_group(x, fp8, services);
+      if (plain.empty()) return fp8_out;
+      auto plain_out = linear_group(x, plain, recipe, services);
+      std::vector<at::Tensor> out;
+      size_t f = 0, p = 0;
+      for (bool b : is_fp8) out.push_back(b ? fp8_out[f++] : plain_out[p++]);
+      return out;
+    }
+  }
   // Weights in fp32 (masters) or already in x's dtype (gathered FSDP shards), all alike: the
   // backward gives every weight gradient the first weight's dtype.
   const auto wdtype = weights.empty() ? at::kFloat : weights.front().scalar_type();

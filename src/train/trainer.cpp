@@ -13,6 +13,7 @@
 #include <stdexcept>
 
 #include "data/batch.h"
+#include "kernels/float8_linear.h"
 #include "kernels/ops.h"
 #include "kernels/weight_copies.h"
 #include "models/model.h"
@@ -26,6 +27,7 @@
 #include "runtime/device_info.h"
 #include "runtime/process_memory.h"
 #include "train/adamw.h"
+#include "train/float8_converter.h"
 #include "train/lr_schedule.h"
 
 namespace troupe::train {
@@ -97,6 +99,18 @@ void check_layout(const config::JobConfig& cfg, int world, const models::Archite
   }
   precision("mixed_precision_param", cfg.training.mixed_precision_param);
   precision("mixed_precision_reduce", cfg.training.mixed_precision_reduce);
+  if (converts_float8(cfg)) {
+    const auto recipe = kernels::parse_float8_recipe(cfg.float8.recipe_name);
+    if (const auto problem = kernels::float8_device_problem(device == "cuda" ? "cuda:0" : device, recipe); !problem.empty())
+      throw std::invalid_argument("model.converters has \"quantize.linear.float8\": " + problem);
+    if (recipe == kernels::Float8Recipe::blockwise && (rows * seq) % 4)
+      throw std::invalid_argument("quantize.linear.float8.recipe_name = blockwise needs the tokens of a micro-batch "
+                                  "(rows x training.seq_len = " + std::to_string(rows * seq) + ") to be a multiple of 4");
+  }
+}
+
+bool converts_float8(const config::JobConfig& cfg) {
+  return std::ranges::find(cfg.model.converters, "quantize.linear.float8") != cfg.model.converters.end();
 }
 
 std::string resolve_device(const std::string& requested) {
@@ -162,6 +176,11 @@ struct Trainer::Impl {
     }
     flops_per_token = arch->flops_per_token(cfg.training.seq_len);
     check_layout(cfg, rank.world, *arch);
+    if (converts_float8(cfg)) {
+      float8 = std::make_unique<kernels::Float8Linears>(kernels::parse_float8_recipe(cfg.float8.recipe_name));
+      const auto conversion = convert_to_float8(*model, cfg.float8, *float8);
+      if (rank.rank == 0) std::cerr << "troupe: " << conversion.describe(float8->recipe()) << std::endl;
+    }
     const auto global = cfg.training.global_batch_size;
     accumulation = global < 0 ? 1 : global / (cfg.training.local_batch_size * dims.dp());
     counts_tokens = parallel::DeviceMesh(dims, rank.rank).coord(parallel::MeshDim::pp) == 0;
@@ -247,6 +266,7 @@ struct Trainer::Impl {
   models::ArchitecturePtr arch;
   std::optional<parallel::PipelinePlan> plan;  // with pipeline parallelism
   std::shared_ptr<models::Model> model;
+  std::unique_ptr<kernels::Float8Linears> float8;  // with model.converters' FP8; the model's services point here
   LrSchedule schedule;
   double max_norm;
   // Before the optimizer and the sharded units, which keep pointers to it.

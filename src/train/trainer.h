@@ -76,6 +76,8 @@ class Trainer {
 // starts: the parallel degrees against `world`, the pipeline's split and schedule, the global
 // batch, the optimizer and the precisions. Throws std::invalid_argument naming the key.
 void check_layout(const config::JobConfig& cfg, int world, const models::Architecture& model);
+// Whether model.converters turns the projections to FP8 (train/float8_converter.h).
+bool converts_float8(const config::JobConfig& cfg);
 
 // "auto" picks CUDA when a GPU is present.
 std::string resolve_device(const std::string& requested);
