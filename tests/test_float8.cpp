@@ -304,7 +304,7 @@ at::Tensor gpu_bytes(const at::Tensor& t) { return t.cpu(); }
 TEST_CASE("FP8 quantize kernels on CUDA write the reference's bytes and scales", "[gpu]") {
   REQUIRE(torch::cuda::is_available());
   torch::manual_seed(11);
-  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{256, 512}, {200, 272}, {130, 1040}, {1000, 144}})
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{256, 512}, {200, 272}, {130, 1040}, {1000, 144}, {96, 100}, {33, 50}})
     for (auto dtype : {torch::kBFloat16, torch::kFloat})
       for (auto g : {ScaleGranularity::tensor, ScaleGranularity::row, ScaleGranularity::tile, ScaleGranularity::block})
         for (auto f : {Fp8Format::e4m3, Fp8Format::e5m2})
@@ -476,6 +476,37 @@ TEST_CASE("200 steps of the debug model with each FP8 recipe track bf16", "[gpu]
     CHECK(std::abs(fp8 - bf16) / bf16 < 0.03);
   }
   CHECK(bf16 < 5.0);  // it trained: agreeing means something
+}
+
+TEST_CASE("a run saved with FP8 resumes with FP8 or without it (checkpoints hold no FP8 state)", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  testing::TempDir dir;
+  auto c = testing::small_job_config(dir);
+  c.job.device = "cuda";
+  c.checkpoint.enable = true;
+  c.checkpoint.interval = 3;
+  c.model.converters = {"quantize.linear.float8"};
+  c.float8.recipe_name = "rowwise";
+  const auto whole = testing::run_with_timeout(c);
+  REQUIRE(whole.exit_code == 0);
+  REQUIRE(whole.steps.size() == 6);
+  auto resume = [&](bool fp8) {
+    auto r = c;
+    r.checkpoint.load_step = 3;
+    if (!fp8) r.model.converters.clear(), r.float8.recipe_name = "tensorwise";
+    const auto out = testing::run_with_timeout(r);
+    REQUIRE(out.exit_code == 0);
+    REQUIRE(out.steps.size() == 3);
+    return out;
+  };
+  const auto with = resume(true), without = resume(false);
+  for (size_t i = 0; i < 3; ++i) {
+    INFO("step " << i + 4 << ": whole " << whole.steps[i + 3].loss << ", resumed with FP8 " << with.steps[i].loss
+                 << ", without " << without.steps[i].loss);
+    CHECK(with.steps[i].step == static_cast<int64_t>(i + 4));
+    CHECK(std::abs(with.steps[i].loss - whole.steps[i + 3].loss) < 1e-3 * whole.steps[i + 3].loss);
+    CHECK(std::abs(without.steps[i].loss - whole.steps[i + 3].loss) < 3e-2 * whole.steps[i + 3].loss);
+  }
 }
 
 #endif  // TROUPE_WITH_CUDA

@@ -51,7 +51,7 @@ __device__ __forceinline__ int64_t scale_index(ScaleGranularity g, int64_t rows,
 }
 
 // kAmax: only gather the maxima into row_amax[rows] / col_amax[cols] (tensor: row_amax[0]).
-template <class T, bool kAmax>
+template <class T, bool kAmax, bool kVec, bool kVec4>
 __global__ void __launch_bounds__(kThreads) quantize_tiles(Fp8QuantizeArgs a, float* row_amax, float* col_amax) {
   extern __shared__ float shared[];
   float* tile = shared;                   // [kT][kPitch]
@@ -64,10 +64,20 @@ __global__ void __launch_bounds__(kThreads) quantize_tiles(Fp8QuantizeArgs a, fl
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const T* in = static_cast<const T*>(a.in);
 
-  for (int i = tid; i < kT * kT; i += kThreads) {
-    const int rr = i / kT, cc = i % kT;
+  // Loads by 16-byte packs where the rows allow (kVec: cols a multiple of the pack, `in` aligned).
+  constexpr int P = kVec ? Pack<T>::size : 1;
+  for (int i = tid; i < kT * (kT / P); i += kThreads) {
+    const int rr = i / (kT / P), cc = (i % (kT / P)) * P;
     const int64_t r = r0 + rr, c = c0 + cc;
-    tile[rr * kPitch + cc] = (r < a.rows && c < a.cols) ? to_float(in[r * a.cols + c]) : 0.f;
+    float f[P];
+    if (r < a.rows && c + P <= a.cols) {
+      load_floats<P>(in + r * a.cols + c, f);
+    } else {
+#pragma unroll
+      for (int j = 0; j < P; ++j) f[j] = (r < a.rows && c + j < a.cols) ? to_float(in[r * a.cols + c + j]) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < P; ++j) tile[rr * kPitch + cc + j] = f[j];
   }
   __syncthreads();
   // Row runs: each warp 16 rows, a lane 4 columns of each.
@@ -133,43 +143,77 @@ __global__ void __launch_bounds__(kThreads) quantize_tiles(Fp8QuantizeArgs a, fl
       if (a.out_t_scale && own_col && c < a.cols) a.out_t_scale[scale_index(g, a.cols, a.ld_t, c, r0)] = cs;
     }
     __syncthreads();
+    // Stores by 4 bytes where the rows allow (kVec4: cols and ld_t multiples of 4).
     if (a.out) {
-      for (int i = tid; i < kT * kT; i += kThreads) {
-        const int rr = i / kT, cc = i % kT;
+      for (int i = tid; i < kT * kT / 4; i += kThreads) {
+        const int rr = i / (kT / 4), cc = (i % (kT / 4)) * 4;
         const int64_t r = r0 + rr, c = c0 + cc;
-        if (r < a.rows && c < a.cols) a.out[r * a.cols + c] = to_fp8(__fmul_rn(tile[rr * kPitch + cc], row_inv[rr]), a.format);
+        if (r >= a.rows) continue;
+        uint8_t q[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) q[j] = to_fp8(__fmul_rn(tile[rr * kPitch + cc + j], row_inv[rr]), a.format);
+        if (kVec4 && c + 4 <= a.cols) {
+          *reinterpret_cast<uint32_t*>(a.out + r * a.cols + c) =
+              q[0] | (uint32_t(q[1]) << 8) | (uint32_t(q[2]) << 16) | (uint32_t(q[3]) << 24);
+        } else {
+          for (int j = 0; j < 4 && c + j < a.cols; ++j) a.out[r * a.cols + c + j] = q[j];
+        }
       }
     }
     if (a.out_t) {
-      for (int i = tid; i < kT * kT; i += kThreads) {
-        const int cc = i / kT, rr = i % kT;
+      for (int i = tid; i < kT * kT / 4; i += kThreads) {
+        const int cc = i / (kT / 4), rr = (i % (kT / 4)) * 4;
         const int64_t r = r0 + rr, c = c0 + cc;
-        if (c < a.cols && r < a.ld_t)
-          a.out_t[c * a.ld_t + r] = r < a.rows ? to_fp8(__fmul_rn(tile[rr * kPitch + cc], col_inv[cc]), a.format) : 0;
+        if (c >= a.cols || r >= a.ld_t) continue;
+        uint8_t q[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          q[j] = r + j < a.rows ? to_fp8(__fmul_rn(tile[(rr + j) * kPitch + cc], col_inv[cc]), a.format) : 0;
+        if (kVec4 && r + 4 <= a.ld_t) {
+          *reinterpret_cast<uint32_t*>(a.out_t + c * a.ld_t + r) =
+              q[0] | (uint32_t(q[1]) << 8) | (uint32_t(q[2]) << 16) | (uint32_t(q[3]) << 24);
+        } else {
+          for (int j = 0; j < 4 && r + j < a.ld_t; ++j) a.out_t[c * a.ld_t + r + j] = q[j];
+        }
       }
     }
   }
+}
+
+template <class T, bool kVec, bool kVec4>
+void launch_with(const Fp8QuantizeArgs& a, const dim3& grid, float* row_amax, float* col_amax, bool needs_amax,
+                 cudaStream_t stream) {
+  // Above the default 48 KiB of shared memory; set per launch (cheap), as the attribute is per device.
+  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(quantize_tiles<T, true, kVec, kVec4>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
+  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(quantize_tiles<T, false, kVec, kVec4>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
+  if (needs_amax) {
+    quantize_tiles<T, true, kVec, kVec4><<<grid, kThreads, kSharedBytes, stream>>>(a, row_amax, col_amax);
+    TROUPE_CUDA_CHECK_LAUNCH();
+  }
+  quantize_tiles<T, false, kVec, kVec4><<<grid, kThreads, kSharedBytes, stream>>>(a, row_amax, col_amax);
+  TROUPE_CUDA_CHECK_LAUNCH();
 }
 
 template <class T>
 void launch(const Fp8QuantizeArgs& a, float* workspace, cudaStream_t stream) {
   const int64_t row_tiles = ceil_div(a.out_t ? std::max(a.rows, a.ld_t) : a.rows, kT);
   const dim3 grid(static_cast<unsigned>(ceil_div(a.cols, kT)), static_cast<unsigned>(row_tiles));
-  // Above the default 48 KiB of shared memory; set per launch (cheap), as the attribute is per device.
-  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(quantize_tiles<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(kSharedBytes)));
-  TROUPE_CUDA_CHECK(cudaFuncSetAttribute(quantize_tiles<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(kSharedBytes)));
   float *row_amax = workspace, *col_amax = workspace ? workspace + a.rows : nullptr;
   const bool needs_amax = a.granularity == ScaleGranularity::tensor || a.granularity == ScaleGranularity::row;
   if (needs_amax) {
     if (!workspace) throw std::invalid_argument("fp8_quantize: tensor and row scales need a workspace");
     TROUPE_CUDA_CHECK(cudaMemsetAsync(workspace, 0, sizeof(float) * fp8_quantize_workspace(a), stream));
-    quantize_tiles<T, true><<<grid, kThreads, kSharedBytes, stream>>>(a, row_amax, col_amax);
-    TROUPE_CUDA_CHECK_LAUNCH();
   }
-  quantize_tiles<T, false><<<grid, kThreads, kSharedBytes, stream>>>(a, row_amax, col_amax);
-  TROUPE_CUDA_CHECK_LAUNCH();
+  const bool vec = a.cols % Pack<T>::size == 0 && pack_aligned({a.in});
+  const auto aligned4 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 4 == 0; };
+  const bool vec4 = a.cols % 4 == 0 && (!a.out_t || a.ld_t % 4 == 0) && (!a.out || aligned4(a.out)) &&
+                    (!a.out_t || aligned4(a.out_t));
+  if (vec && vec4) launch_with<T, true, true>(a, grid, row_amax, col_amax, needs_amax, stream);
+  else if (vec) launch_with<T, true, false>(a, grid, row_amax, col_amax, needs_amax, stream);
+  else if (vec4) launch_with<T, false, true>(a, grid, row_amax, col_amax, needs_amax, stream);
+  else launch_with<T, false, false>(a, grid, row_amax, col_amax, needs_amax, stream);
 }
 
 }  // namespace
