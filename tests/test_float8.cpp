@@ -16,6 +16,7 @@
 #include "data/batch_source.h"
 #include "kernels/float8.h"
 #include "kernels/float8_linear.h"
+#include "kernels/gradient_sink.h"
 #include "models/model.h"
 #include "train/float8_converter.h"
 #include "train/job_model.h"
@@ -438,6 +439,26 @@ TEST_CASE("an FP8 projection's output and gradients match bf16's within each rec
   CHECK(err(fp8.dw2, exact.dw2) < tol_grad);
   // It did compute in FP8: further from fp64 than bf16 is.
   CHECK(err(fp8.y1, exact.y1) > 2 * err(bf16.y1, exact.y1));
+  // Under FSDP the weights arrive gathered in bf16 and their gradients go to fp32 sinks: the FP8
+  // weight-gradient GEMM writes there (twice: the second use adds), autograd gets none.
+  {
+    auto wb = w1.detach().to(torch::kBFloat16).set_requires_grad(true);
+    kernels::Float8Linears bf16_linears(recipe);
+    bf16_linears.add(wb);
+    kernels::GradientSinks sinks;
+    kernels::WeightServices sunk{nullptr, &sinks, &bf16_linears};
+    sinks.add(wb);
+    auto sink = torch::full({1536, 1024}, NAN, torch::dtype(torch::kFloat).device(torch::kCUDA));
+    sinks.open(wb, sink);
+    for (int use = 0; use < 2; ++use) {
+      auto x = x0.detach().set_requires_grad(true);
+      kernels::linear_group(x, {wb}, {}, &sunk)[0].backward(dy1);
+    }
+    CHECK(sinks.close(wb));
+    CHECK(!wb.grad().defined());
+    INFO("sink " << err(sink.cpu().to(torch::kDouble), 2 * exact.dw1));
+    CHECK(err(sink.cpu().to(torch::kDouble), 2 * exact.dw1) < tol_grad);
+  }
   if (recipe == kernels::Float8Recipe::rowwise_with_gw_hp)
     CHECK(err(fp8.dw1, exact.dw1) < 2 * err(bf16.dw1, exact.dw1) + 1e-3);  // the weight gradient in bf16
   else
