@@ -20,7 +20,7 @@ if [ "${SHAPE:-1p5b}" = 8b8 ]; then
 fi
 case "${PHASE:-tests}" in
 tests)
-  build-gpu/tests/troupe_tests "${TESTS:-FP8*,an FP8 projection*,200 steps of the debug model with each FP8*}" > "$out/tests.log" 2>&1
+  build-gpu/tests/troupe_tests "${TESTS:-FP8*,an FP8 projection*,a run saved with FP8*,200 steps of the debug model with each FP8*}" > "$out/tests.log" 2>&1
   tail -5 "$out/tests.log"
   ;;
 bench)
