@@ -6,7 +6,7 @@ import re, sys
 
 CATEGORIES = [
     ("FP8 quantize (amax, scale, cast, transpose)", r"quantize_tiles"),
-    ("FP8 GEMMs", r"e4m3|e5m2|fp8|f8f8|_qq"),
+    ("FP8 GEMMs", r"e4m3|e5m2|fp8|f8f8|nvjet_sm90_q[qr]"),
     # libtorch's _grouped_mm is CUTLASS 3's GemmUniversal over a grouped problem shape.
     ("grouped GEMMs (experts)", r"grouped|Grouped|enable_3x_kernel_for_sm9x|GemmUniversal|ptr_array"),
     ("attention", r"flash|fmha|cudnn|sdpa|attention|xmma_fprop|sm90_flash|fprop_|dgrad_"),
