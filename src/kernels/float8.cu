@@ -19,8 +19,10 @@ namespace {
 
 constexpr int kT = 128;
 constexpr int kThreads = 256;
-constexpr int kPitch = kT + 1;  // shared rows padded: a column read touches 32 banks
-constexpr size_t kSharedBytes = sizeof(float) * (kT * kPitch + 4 * kT + 1);
+constexpr int kPitch = kT + 2;  // shared rows padded: the transposed reads spread over the banks
+constexpr int kRunFloats = 4 * kT + 4;  // the run maxima, the multipliers, the block's max (16-byte multiple)
+template <class T>
+constexpr size_t shared_bytes() { return sizeof(float) * kRunFloats + sizeof(T) * kT * kPitch; }
 
 __device__ __forceinline__ float scale_of(float amax, float fmt_max, bool pow2) {
   float s = __fdiv_rn(fmaxf(amax, kFp8AmaxFloor), fmt_max);
@@ -50,61 +52,92 @@ __device__ __forceinline__ int64_t scale_index(ScaleGranularity g, int64_t rows,
   }
 }
 
+// The largest magnitude of n elements into *amax (zeroed by the caller): tensor scales need no
+// tile, only a reduction at the bandwidth of one read.
+template <class T, bool kVec>
+__global__ void __launch_bounds__(kThreads) tensor_amax(const T* in, int64_t n, float* amax) {
+  constexpr int P = kVec ? Pack<T>::size : 1;
+  __shared__ float warp_max[kThreads / 32];
+  float m = 0.f;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads * P;
+  for (int64_t i = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * P; i < n; i += stride) {
+    if (kVec && i + P <= n) {
+      const auto k = load_pack(in + i);
+#pragma unroll
+      for (int j = 0; j < P; ++j) m = fmaxf(m, fabsf(to_float(k.v[j])));
+    } else {
+      for (int64_t j = i; j < n && j < i + P; ++j) m = fmaxf(m, fabsf(to_float(in[j])));
+    }
+  }
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kThreads / 32; ++w) m = fmaxf(m, warp_max[w]);
+    atomic_max_nonneg(amax, m);
+  }
+}
+
 // kAmax: only gather the maxima into row_amax[rows] / col_amax[cols] (tensor: row_amax[0]).
 template <class T, bool kAmax, bool kVec, bool kVec4>
 __global__ void __launch_bounds__(kThreads) quantize_tiles(Fp8QuantizeArgs a, float* row_amax, float* col_amax) {
-  extern __shared__ float shared[];
-  float* tile = shared;                   // [kT][kPitch]
-  float* row_run = tile + kT * kPitch;    // per tile row: amax of its 128 columns here
-  float* col_run = row_run + kT;          // per tile column: amax of its 128 rows here
-  float* row_inv = col_run + kT;          // the multipliers out's rows use
-  float* col_inv = row_inv + kT;          // the multipliers out_t's rows (our columns) use
+  // The tile is kept in the input's own type (bf16: half the shared memory, twice the blocks per SM).
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  float* row_run = reinterpret_cast<float*>(shared_raw);  // per tile row: amax of its 128 columns here
+  float* col_run = row_run + kT;                          // per tile column: amax of its 128 rows here
+  float* row_inv = col_run + kT;                          // the multipliers out's rows use
+  float* col_inv = row_inv + kT;                          // the multipliers out_t's rows (our columns) use
   float* block_max = col_inv + kT;
+  T* tile = reinterpret_cast<T*>(row_run + kRunFloats);   // [kT][kPitch]
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kT, c0 = static_cast<int64_t>(blockIdx.x) * kT;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const T* in = static_cast<const T*>(a.in);
+  const auto g = a.granularity;
 
   // Loads by 16-byte packs where the rows allow (kVec: cols a multiple of the pack, `in` aligned).
   constexpr int P = kVec ? Pack<T>::size : 1;
   for (int i = tid; i < kT * (kT / P); i += kThreads) {
     const int rr = i / (kT / P), cc = (i % (kT / P)) * P;
     const int64_t r = r0 + rr, c = c0 + cc;
-    float f[P];
-    if (r < a.rows && c + P <= a.cols) {
-      load_floats<P>(in + r * a.cols + c, f);
+    T* dst = tile + rr * kPitch + cc;
+    if (kVec && r < a.rows && c + P <= a.cols) {
+      const auto k = load_pack(in + r * a.cols + c);
+#pragma unroll
+      for (int j = 0; j < P; ++j) dst[j] = k.v[j];
     } else {
 #pragma unroll
-      for (int j = 0; j < P; ++j) f[j] = (r < a.rows && c + j < a.cols) ? to_float(in[r * a.cols + c + j]) : 0.f;
+      for (int j = 0; j < P; ++j) dst[j] = (r < a.rows && c + j < a.cols) ? in[r * a.cols + c + j] : from_float<T>(0.f);
     }
-#pragma unroll
-    for (int j = 0; j < P; ++j) tile[rr * kPitch + cc + j] = f[j];
   }
   __syncthreads();
-  // Row runs: each warp 16 rows, a lane 4 columns of each.
-  for (int rr = warp * 16; rr < warp * 16 + 16; ++rr) {
-    float m = 0.f;
-    for (int cc = lane; cc < kT; cc += 32) m = fmaxf(m, fabsf(tile[rr * kPitch + cc]));
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    if (lane == 0) row_run[rr] = m;
-  }
-  // Column runs: two threads a column, half the rows each.
-  {
-    const int cc = tid % kT, half = tid / kT;
-    float m = 0.f;
-    for (int rr = half * 64; rr < half * 64 + 64; ++rr) m = fmaxf(m, fabsf(tile[rr * kPitch + cc]));
-    if (half == 1) row_inv[cc] = m;  // scratch until the multipliers are written
+  // The maxima: tile and block scales come from the tile; tensor and row scales from the amax
+  // pass (then the quantize pass needs none here).
+  const bool runs = kAmax || g == ScaleGranularity::tile || g == ScaleGranularity::block;
+  if (runs) {
+    // Row runs: each warp 16 rows, a lane 4 columns of each.
+    for (int rr = warp * 16; rr < warp * 16 + 16; ++rr) {
+      float m = 0.f;
+      for (int cc = lane; cc < kT; cc += 32) m = fmaxf(m, fabsf(to_float(tile[rr * kPitch + cc])));
+      for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      if (lane == 0) row_run[rr] = m;
+    }
+    // Column runs: two threads a column, half the rows each.
+    {
+      const int cc = tid % kT, half = tid / kT;
+      float m = 0.f;
+      for (int rr = half * 64; rr < half * 64 + 64; ++rr) m = fmaxf(m, fabsf(to_float(tile[rr * kPitch + cc])));
+      if (half == 1) row_inv[cc] = m;  // scratch until the multipliers are written
+      __syncthreads();
+      if (half == 0) col_run[cc] = fmaxf(m, row_inv[cc]);
+    }
     __syncthreads();
-    if (half == 0) col_run[cc] = fmaxf(m, row_inv[cc]);
+    if (warp == 0) {
+      float m = fmaxf(fmaxf(row_run[lane], row_run[lane + 32]), fmaxf(row_run[lane + 64], row_run[lane + 96]));
+      for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+      if (lane == 0) *block_max = m;
+    }
+    __syncthreads();
   }
-  __syncthreads();
-  if (warp == 0) {
-    float m = fmaxf(fmaxf(row_run[lane], row_run[lane + 32]), fmaxf(row_run[lane + 64], row_run[lane + 96]));
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    if (lane == 0) *block_max = m;
-  }
-  __syncthreads();
-
-  const auto g = a.granularity;
   if constexpr (kAmax) {
     if (g == ScaleGranularity::tensor) {
       if (tid == 0) atomic_max_nonneg(row_amax, *block_max);
@@ -151,7 +184,7 @@ __global__ void __launch_bounds__(kThreads) quantize_tiles(Fp8QuantizeArgs a, fl
         if (r >= a.rows) continue;
         uint8_t q[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) q[j] = to_fp8(__fmul_rn(tile[rr * kPitch + cc + j], row_inv[rr]), a.format);
+        for (int j = 0; j < 4; ++j) q[j] = to_fp8(__fmul_rn(to_float(tile[rr * kPitch + cc + j]), row_inv[rr]), a.format);
         if (kVec4 && c + 4 <= a.cols) {
           *reinterpret_cast<uint32_t*>(a.out + r * a.cols + c) =
               q[0] | (uint32_t(q[1]) << 8) | (uint32_t(q[2]) << 16) | (uint32_t(q[3]) << 24);
@@ -168,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) quantize_tiles(Fp8QuantizeArgs a, fl
         uint8_t q[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          q[j] = r + j < a.rows ? to_fp8(__fmul_rn(tile[(rr + j) * kPitch + cc], col_inv[cc]), a.format) : 0;
+          q[j] = r + j < a.rows ? to_fp8(__fmul_rn(to_float(tile[(rr + j) * kPitch + cc]), col_inv[cc]), a.format) : 0;
         if (kVec4 && r + 4 <= a.ld_t) {
           *reinterpret_cast<uint32_t*>(a.out_t + c * a.ld_t + r) =
               q[0] | (uint32_t(q[1]) << 8) | (uint32_t(q[2]) << 16) | (uint32_t(q[3]) << 24);
@@ -185,14 +218,19 @@ void launch_with(const Fp8QuantizeArgs& a, const dim3& grid, float* row_amax, fl
                  cudaStream_t stream) {
   // Above the default 48 KiB of shared memory; set per launch (cheap), as the attribute is per device.
   TROUPE_CUDA_CHECK(cudaFuncSetAttribute(quantize_tiles<T, true, kVec, kVec4>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes<T>())));
   TROUPE_CUDA_CHECK(cudaFuncSetAttribute(quantize_tiles<T, false, kVec, kVec4>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
-  if (needs_amax) {
-    quantize_tiles<T, true, kVec, kVec4><<<grid, kThreads, kSharedBytes, stream>>>(a, row_amax, col_amax);
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes<T>())));
+  if (needs_amax && a.granularity == ScaleGranularity::tensor) {
+    const int64_t n = a.rows * a.cols, per_block = int64_t{kThreads} * (kVec ? Pack<T>::size : 1);
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, per_block), 8 * device_sm_count()));
+    tensor_amax<T, kVec><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(a.in), n, row_amax);
+    TROUPE_CUDA_CHECK_LAUNCH();
+  } else if (needs_amax) {
+    quantize_tiles<T, true, kVec, kVec4><<<grid, kThreads, shared_bytes<T>(), stream>>>(a, row_amax, col_amax);
     TROUPE_CUDA_CHECK_LAUNCH();
   }
-  quantize_tiles<T, false, kVec, kVec4><<<grid, kThreads, kSharedBytes, stream>>>(a, row_amax, col_amax);
+  quantize_tiles<T, false, kVec, kVec4><<<grid, kThreads, shared_bytes<T>(), stream>>>(a, row_amax, col_amax);
   TROUPE_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Source on the GPU machine to run binaries built here instead of building there (saves the
+# build's minutes of device time): the local CUDA build (sm 90) links the same wheels. Here:
+#   mkdir -p .device-bin && echo /.device-bin/ >> .git/info/exclude
+#   strip --strip-debug -o .device-bin/troupe_tests build/tests/troupe_tests   (and troupe_bench, troupe)
+# and carry .device-bin with .device/debs and .device/gpu-env.sh. There: `source
+# tools/bench/gpu_prebuilt.sh`, then run .device-bin/troupe_tests, or the bench scripts (which
+# find the binaries in build-gpu/ and skip their build).
+source .device/gpu-env.sh > /dev/null
+torch_lib=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib
+nvidia_dir=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])')
+export LD_LIBRARY_PATH=$torch_lib:$nvidia_dir/cu13/lib:$nvidia_dir/nccl/lib:/opt/deps/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
+mkdir -p build-gpu/tests
+for b in troupe troupe_bench; do [ -x .device-bin/$b ] && cp .device-bin/$b build-gpu/; done
+[ -x .device-bin/troupe_tests ] && cp .device-bin/troupe_tests build-gpu/tests/
+true
