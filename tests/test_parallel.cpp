@@ -1259,3 +1259,64 @@ TEST_CASE("gloo communicator: ranks that disagree on a collective's size end wit
                                       Catch::Contains("Received data size doesn't match"));
   }
 }
+
+TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 ranks, with FSDP and with a pipeline, "
+          "trains as one rank does",
+          "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  const std::string family = GENERATE(std::string("llama3"), std::string("qwen3"));
+  INFO(family);
+  auto with_family = [&](config::JobConfig c) {
+    c.model.name = family;
+    c.model.dimensions = {{"n_layers", "4", "test"}};
+    if (family == "qwen3") c.model.dimensions.push_back({"n_kv_heads", "4", "test"});  // GQA: 16 q heads over 4
+    c.training.steps = 10;
+    c.checkpoint.interval = 5;
+    c.validation.enable = false;
+    return c;
+  };
+  const auto one_cfg = with_family(dp_job(dir, tokens, 1, 1, "one"));
+  const auto one = run_with_timeout(one_cfg);
+  REQUIRE(one.steps.size() == 10);
+  CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
+  const auto reference = final_model(one_cfg);
+  struct Layout {
+    const char* name;
+    int ranks, dp, pp, tp;
+  };
+  for (const auto& l : {Layout{"tp2", 2, 1, 1, 2}, Layout{"tp4", 4, 1, 1, 4}, Layout{"fsdp2_tp2", 4, 2, 1, 2},
+                        Layout{"pp2_tp2", 4, 1, 2, 2}}) {
+    SECTION(l.name) {
+      auto cfg = with_family(l.pp > 1 ? pp_job(dir, tokens, l.pp, l.pp, "1F1B", l.name) : dp_job(dir, tokens, l.dp, 1, l.name));
+      cfg.job.local_ranks = l.ranks;
+      cfg.parallelism.tensor_parallel_degree = l.tp;
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      REQUIRE(run.exit_code == 0);
+      check_same_run(run, one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+}
+
+TEST_CASE("tensor parallelism: a degree that does not divide the heads, or a family without a plan, is refused up "
+          "front",
+          "[parallel]") {
+  config::JobConfig c;
+  c.model.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
+  c.training.seq_len = 32;
+  c.parallelism.tensor_parallel_degree = 3;
+  CHECK_THROWS_WITH(train::check_layout(c, 3, *train::job_model(c)),
+                    Catch::Contains("parallelism.tensor_parallel_degree = 3 does not divide the model's n_heads (16)"));
+  c.parallelism.tensor_parallel_degree = 2;
+  c.training.seq_len = 33;
+  CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
+                    Catch::Contains("training.seq_len = 33 must be a multiple of parallelism.tensor_parallel_degree"));
+  c.training.seq_len = 32;
+  c.model.name = "qwen3_moe";
+  CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
+                    Catch::Contains("tensor parallelism of mixture-of-experts blocks is not implemented yet"));
+  CHECK_THROWS_WITH(config::load_job_config("", {{"parallelism.enable_async_tensor_parallel", "true"}}),
+                    Catch::Contains("asynchronous tensor parallelism is not implemented yet"));
+}

@@ -384,7 +384,12 @@ const std::vector<KeySpec>& key_specs() {
 
       {TROUPE_KEY(parallelism, data_parallel_replicate_degree), at_least(1)},
       {TROUPE_KEY(parallelism, data_parallel_shard_degree), positive_or_fill()},
-      {TROUPE_KEY(parallelism, tensor_parallel_degree), not_built_yet()},
+      {TROUPE_KEY(parallelism, tensor_parallel_degree), at_least(1)},
+      {TROUPE_KEY(parallelism, disable_loss_parallel),
+       must_be<bool>("false (the loss is computed on the vocabulary-sharded logits under tensor parallelism)",
+                     [](bool v, auto&) { return !v; })},
+      {TROUPE_KEY(parallelism, enable_async_tensor_parallel),
+       must_be<bool>("false (asynchronous tensor parallelism is not implemented yet)", [](bool v, auto&) { return !v; })},
       {TROUPE_KEY(parallelism, pipeline_parallel_degree), at_least(1)},
       {TROUPE_KEY(parallelism, context_parallel_degree), not_built_yet()},
       {TROUPE_KEY(parallelism, fsdp_reshard_after_forward), one_of({"default", "always", "never"})},

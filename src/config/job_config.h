@@ -109,11 +109,15 @@ struct CheckpointSection {
 };
 
 // torchtitan's [parallelism]. The degrees multiply to the world size
-// (data_parallel_shard_degree = -1 fills the rest); tensor and context parallelism must be 1.
+// (data_parallel_shard_degree = -1 fills the rest); context parallelism must be 1.
 struct ParallelismSection {
   int64_t data_parallel_replicate_degree = 1;
   int64_t data_parallel_shard_degree = -1;
   int64_t tensor_parallel_degree = 1;
+  // Loss parallel (the loss on the vocabulary-sharded logits) is Troupe's one way under TP; true
+  // is refused. Async TP (transfers overlapped with the GEMMs) is not built: true is refused.
+  bool disable_loss_parallel = false;
+  bool enable_async_tensor_parallel = false;
   int64_t pipeline_parallel_degree = 1;
   int64_t context_parallel_degree = 1;
   std::string fsdp_reshard_after_forward = "default";  // default | always | never

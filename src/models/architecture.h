@@ -59,6 +59,11 @@ class Architecture {
   // Training FLOPs per token at this sequence length (torchtitan's formula: 6N + attention).
   virtual double flops_per_token(int64_t seq_len) const = 0;
   virtual ShardingPlan sharding_plan() const = 0;
+  // Why the model cannot be split over `tp` tensor-parallel ranks (a message naming
+  // parallelism.tensor_parallel_degree and the dimension), or empty.
+  virtual std::string tensor_parallel_problem(int64_t tp) const {
+    return tp > 1 ? "parallelism.tensor_parallel_degree: " + family() + " has no tensor-parallel plan" : "";
+  }
 
   // The plain model: unsharded shapes, as units. `options` picks dtype and device (meta builds
   // shapes without memory); units `materialize` rejects (another pipeline stage's) are built on

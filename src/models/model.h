@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/weight_services.h"
+#include "models/tensor_parallel.h"
 #include "models/unit.h"
 
 namespace troupe::models {
@@ -39,6 +40,14 @@ class Model : public torch::nn::Module {
   // summed over its micro-batches (and averaged over the data-parallel ranks).
   virtual void balance_experts(const AuxValues& step) { (void)step; }
   virtual bool balances_experts() const { return false; }
+
+  // Tensor (and sequence) parallelism over `group`: each parameter its family's plan splits
+  // (Architecture::sharding_plan) keeps this rank's part, and the units' forwards exchange
+  // activations over the group. std::invalid_argument if the family or its dimensions cannot.
+  virtual void apply_tensor_parallel(TensorParallelGroupPtr group) {
+    (void)group;
+    throw std::invalid_argument("this model family has no tensor-parallel plan");
+  }
 
   // Units that compute with another unit's parameters, as (borrower, owner): a head tied to the
   // embedding. Data parallelism gathers the owner's parameters for the borrower too.

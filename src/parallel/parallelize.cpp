@@ -10,6 +10,7 @@
 #include "comm/gloo_communicator.h"
 #include "comm/nccl_communicator.h"
 #include "comm/replica_communicator.h"
+#include "parallel/tensor_parallel.h"
 
 namespace troupe::parallel {
 
@@ -53,7 +54,7 @@ PipelinePlan split_and_schedule(const config::JobConfig& cfg, const DeviceMesh& 
 std::map<std::string, Placement> apply_model_plan(const models::ShardingPlan& plan,
                                                   const std::vector<std::pair<std::string, at::Tensor>>& parameters,
                                                   const DeviceMesh& mesh) {
-  for (auto d : {MeshDim::tp, MeshDim::cp})
+  for (auto d : {MeshDim::cp})
     if (mesh.dims().of(d) != 1)
       throw std::invalid_argument(std::string("parallelism: ") + dim_name(d) +
                                   " degree > 1 is not implemented yet (the model's sharding plan has no engine)");
@@ -146,11 +147,19 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   for (const auto& item : model.named_buffers())
     if (kept_buffers.contains(item.value().unsafeGetTensorImpl())) out.buffers.emplace_back(item.key(), item.value());
 
-  // 2. The model's own plan.
+  // 2. The model's own plan: the placements from the whole shapes, then tensor parallelism cuts
+  // the parameters (in place: `owned` sees their new shapes).
   const auto plan_placements = apply_model_plan(arch.sharding_plan(), owned, mesh);
+  if (dims.of(MeshDim::tp) > 1) {
+    out.tp = connect(rank, mesh, {MeshDim::tp}, cuda);
+    model.apply_tensor_parallel(make_tensor_parallel_group(out.tp));
+  }
 
   // 3. Activation checkpointing.
   const auto recompute = apply_activation_checkpointing(model, out.unit_ids, cfg.activation_checkpoint);
+
+  // The groups of the mesh dimensions a trained tensor may be split over.
+  std::map<MeshDim, comm::CommunicatorPtr> groups{{MeshDim::tp, out.tp}};
 
   // 4. Data parallelism; without it every parameter is trained whole.
   if (dims.dp() > 1 || rank.shard_alone_as > 0) {
@@ -175,16 +184,21 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
       out.trained.push_back({s.name, s.master, plan_placements.at(s.name).split(MeshDim::dp_shard, 0, s.index, s.parts),
                              s.unit});
     }
-    const std::map<MeshDim, comm::CommunicatorPtr> groups{{MeshDim::dp_shard, o.shard}, {MeshDim::dp_replicate, o.replicate}};
-    std::set<MeshDim> split;
-    for (const auto& t : out.trained)
-      for (auto d : t.placement.split_dims()) split.insert(d);
-    // A split with no group is of one part (tp until its engine exists): nothing to sum across.
-    for (auto d : split)
-      if (const auto it = groups.find(d); it != groups.end() && it->second) out.norm_groups.push_back(it->second);
+    groups[MeshDim::dp_shard] = o.shard;
+    groups[MeshDim::dp_replicate] = o.replicate;
   } else {
     for (const auto& [name, t] : owned) out.trained.push_back({name, t, plan_placements.at(name)});
   }
+  std::set<MeshDim> split;
+  for (const auto& t : out.trained) {
+    const auto dims_split = t.placement.split_dims();
+    for (auto d : dims_split) split.insert(d);
+    if (out.tp && std::find(dims_split.begin(), dims_split.end(), MeshDim::tp) == dims_split.end())
+      out.tp_replicated.push_back(t.tensor);
+  }
+  // A split with no group is of one part: nothing to sum across.
+  for (auto d : split)
+    if (const auto it = groups.find(d); it != groups.end() && it->second) out.norm_groups.push_back(it->second);
 
   // 5. The executors.
   out.executor = std::make_unique<UnitExecutor>(out.units, recompute, out.sharded.get());
@@ -192,8 +206,9 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
     out.stages = connect(rank, mesh, {MeshDim::pp}, cuda);
     out.pipeline = std::make_unique<pp::PipelineExecutor>(
         plan->schedule, out.stages->rank(), plan->split, *out.executor, out.stages,
-        std::vector<int64_t>{cfg.training.local_batch_size / plan->schedule.microbatches, cfg.training.seq_len,
-                             arch.hidden_dim()},
+        // Between stages the residual stream is sequence-parallel: 1/tp of the sequence.
+        std::vector<int64_t>{cfg.training.local_batch_size / plan->schedule.microbatches,
+                             cfg.training.seq_len / dims.of(MeshDim::tp), arch.hidden_dim()},
         at::TensorOptions().dtype(compute_dtype).device(torch::Device(device)));
   }
   return out;

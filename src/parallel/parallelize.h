@@ -69,6 +69,10 @@ struct ParallelModel {
   // What the gradient norm's squares are summed across: the groups of the mesh dimensions the
   // trained tensors are split over (from their placements), then the pipeline's stages.
   std::vector<comm::CommunicatorPtr> norm_groups;
+  // Tensor parallelism's group (null without it), and the trained tensors every tp rank holds
+  // whole (the norms), whose gradients are partial per rank until summed over the group.
+  comm::CommunicatorPtr tp;
+  std::vector<at::Tensor> tp_replicated;
   std::unique_ptr<ShardedUnits> sharded;  // null without data parallelism
   std::unique_ptr<UnitExecutor> executor;
   comm::CommunicatorPtr stages;  // the pipeline group; null without a pipeline

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 #include <optional>
@@ -23,6 +24,7 @@
 #include "parallel/parallelize.h"
 #include "parallel/pipeline_render.h"
 #include "parallel/grad_norm.h"
+#include "parallel/tensor_parallel.h"
 
 #include "runtime/device_info.h"
 #include "runtime/process_memory.h"
@@ -75,6 +77,12 @@ void check_layout(const config::JobConfig& cfg, int world, const models::Archite
                                 std::to_string(per_step));
   adam_options(cfg.optimizer);
   const auto seq = cfg.training.seq_len;
+  const int64_t tp = dims.of(parallel::MeshDim::tp);
+  if (const auto problem = model.tensor_parallel_problem(tp); !problem.empty()) throw std::invalid_argument(problem);
+  if (seq % tp)
+    throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " must be a multiple of "
+                                "parallelism.tensor_parallel_degree = " + std::to_string(tp) +
+                                " (sequence parallelism gives each rank an equal part)");
   if (seq > model.max_seq_len())
     throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " is more than " + model.family() +
                                 "'s longest sequence, " + std::to_string(model.max_seq_len()) + " positions");
@@ -183,7 +191,9 @@ struct Trainer::Impl {
     }
     const auto global = cfg.training.global_batch_size;
     accumulation = global < 0 ? 1 : global / (cfg.training.local_batch_size * dims.dp());
-    counts_tokens = parallel::DeviceMesh(dims, rank.rank).coord(parallel::MeshDim::pp) == 0;
+    // A pipeline's first stage and a tensor-parallel group's first rank count the tokens, once.
+    const parallel::DeviceMesh mesh(dims, rank.rank);
+    counts_tokens = mesh.coord(parallel::MeshDim::pp) == 0 && mesh.coord(parallel::MeshDim::tp) == 0;
 
     parallelized = parallel::parallelize(*model, *arch, plan, cfg, rank, dims, device, compute, reduce);
 
@@ -216,6 +226,17 @@ struct Trainer::Impl {
     std::vector<at::Tensor> grads;
     for (const auto& t : parallelized.trained)
       if (t.tensor.grad().defined()) grads.push_back(t.tensor.grad());
+    if (parallelized.tp) {
+      // The norm is summed over the tp group too: what every tp rank holds whole counts once
+      // (its square a tp-th on each rank).
+      const double share = 1.0 / std::sqrt(static_cast<double>(parallelized.tp->size()));
+      std::set<const void*> whole;
+      for (const auto& t : parallelized.tp_replicated) whole.insert(t.unsafeGetTensorImpl());
+      grads.clear();
+      for (const auto& t : parallelized.trained)
+        if (t.tensor.grad().defined())
+          grads.push_back(whole.contains(t.tensor.unsafeGetTensorImpl()) ? t.tensor.grad() * share : t.tensor.grad());
+    }
     std::vector<comm::Communicator*> groups;
     for (const auto& g : parallelized.norm_groups) groups.push_back(g.get());
     groups.push_back(parallelized.stages.get());
@@ -277,7 +298,7 @@ struct Trainer::Impl {
   std::function<void(int64_t)> progress;
   std::function<void(const char*, int64_t)> activity;
   models::AuxValues aux;  // the running step's side channel
-  bool counts_tokens = true;  // a pipeline's first stage reports the tokens, the others 0
+  bool counts_tokens = true;  // one rank of each data-parallel replica reports the tokens, the others 0
   std::string trace_path;     // profiling.enable_profiling: this rank's pipeline actions
   std::vector<parallel::pp::TimedAction> trace;
   int64_t traced_steps = 0;
@@ -383,6 +404,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   }
   // The loss is averaged before the optimizer so that its reduction does not queue behind the
   // next step's first gathers.
+  if (m.parallelized.tp) parallel::sum_partial_gradients(m.parallelized.tp_replicated, *m.parallelized.tp);
   auto loss = m.on_every_stage(losses.empty() ? at::Tensor() : at::stack(losses).to(at::kDouble).mean());
   if (m.parallelized.sharded) m.parallelized.sharded->average_over_data_parallel(loss);
   const auto norm = m.grad_norm();

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "kernels/ops.h"
+#include "kernels/vocab_parallel_loss.h"
 #include "models/common/layers.h"
 #include "models/common/moe.h"
 
@@ -21,6 +22,8 @@ class AttentionModule : public torch::nn::Module {
                              const kernels::InputRecipe& recipe) const = 0;
   // Initialisation (torchtitan's): input projections at 0.02, the output at `out_std`, norms at one.
   virtual void init(const std::function<void(at::Tensor&, double)>& normal, double out_std) = 0;
+  // Tensor parallelism over `group` (DecoderModel::apply_tensor_parallel checks the family first).
+  virtual void shard(TensorParallelGroup& group) = 0;
 };
 
 // Rows of the rotary tables for these tokens' positions; without positions the first S rows.
@@ -43,8 +46,13 @@ class Attention : public AttentionModule {
     }
   }
 
-  at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const at::Tensor& positions,
-                     const kernels::InputRecipe& recipe) const override {
+  // Under tensor parallelism x is this rank's part of the sequence and the projections hold this
+  // rank's heads: the whole sequence is gathered for them (and kept), and wo's partial sums are
+  // added up over the ranks as each takes its part of the sequence back.
+  at::Tensor forward(const at::Tensor& x_in, const RotaryTables& rope, const at::Tensor& positions,
+                     const kernels::InputRecipe& recipe_in) const override {
+    const auto x = tp ? gather_sequence(x_in, *tp) : x_in;
+    const auto recipe = tp ? kernels::InputRecipe{} : recipe_in;
     const auto B = x.size(0), S = x.size(1);
     auto qkv = kernels::linear_group(x, {wq->weight, wk->weight, wv->weight}, recipe, services);
     auto q = qkv[0].view({B, S, n_heads_, head_dim_});
@@ -62,7 +70,19 @@ class Attention : public AttentionModule {
     auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                 std::nullopt, 0.0, /*is_causal=*/true, std::nullopt,
                                                 /*enable_gqa=*/n_kv_heads_ != n_heads_);
-    return wo->forward(out.transpose(1, 2).reshape({B, S, n_heads_ * head_dim_}));
+    auto y = wo->forward(out.transpose(1, 2).reshape({B, S, n_heads_ * head_dim_}));
+    return tp ? scatter_sequence_sum(y, *tp) : y;
+  }
+
+  // Tensor parallelism: this rank's heads (q's and k/v's, consecutive, so each q head keeps its
+  // k/v head) in wq, wk, wv's rows and wo's columns.
+  void shard(TensorParallelGroup& group) override {
+    const int64_t r = group.rank(), n = group.size();
+    for (auto* w : {&wq->weight, &wk->weight, &wv->weight}) keep_chunk(*w, 0, r, n);
+    keep_chunk(wo->weight, 1, r, n);
+    n_heads_ /= n;
+    n_kv_heads_ /= n;
+    tp = &group;
   }
 
   void init(const std::function<void(at::Tensor&, double)>& normal, double out_std) override {
@@ -77,6 +97,7 @@ class Attention : public AttentionModule {
   std::shared_ptr<Projection> wq, wk, wv, wo;
   std::shared_ptr<RMSNorm> q_norm, k_norm;  // null without qk_norm
   const kernels::WeightServices* services;
+  TensorParallelGroup* tp = nullptr;  // set by shard()
 
  private:
   int64_t n_heads_, n_kv_heads_, head_dim_;
@@ -136,6 +157,10 @@ class LatentAttention : public AttentionModule {
     kv_norm->weight.fill_(1.0);
   }
 
+  void shard(TensorParallelGroup&) override {
+    throw std::invalid_argument("tensor parallelism of multi-head latent attention is not implemented yet");
+  }
+
   std::shared_ptr<Projection> wq, wq_a, wq_b, wkv_a, wkv_b, wo;  // wq, or wq_a and wq_b
   std::shared_ptr<RMSNorm> q_norm, kv_norm;
   const kernels::WeightServices* services;
@@ -149,11 +174,24 @@ class EmbeddingUnit : public Unit {
   EmbeddingUnit(const DecoderArgs& a, const at::TensorOptions& o)
       : weight(register_parameter("weight", torch::empty({a.vocab_size, a.dim}, o))),
         compute_dtype(o.dtype().toScalarType()) {}
+  // Under tensor parallelism the table holds this rank's rows of the vocabulary: other tokens
+  // look up zeros, and the ranks' lookups are added up as each takes its part of the sequence.
   at::Tensor forward(const at::Tensor&, const UnitBatch& batch) override {
-    return at::embedding(weight, batch.tokens).to(compute_dtype);
+    if (!tp) return at::embedding(weight, batch.tokens).to(compute_dtype);
+    const auto rows = weight.size(0), first = rows * tp->rank();
+    const auto local = batch.tokens - first;
+    const auto mine = local.ge(0).logical_and(local.lt(rows)).unsqueeze(-1);
+    const auto looked_up = at::embedding(weight, local.clamp(0, rows - 1)) * mine.to(weight.scalar_type());
+    return scatter_sequence_sum(looked_up.to(compute_dtype), *tp);
   }
-  at::Tensor lookup_table() const override { return weight; }
+  // A sharded table's rows are not the unit's output: no row-wise gradient then.
+  at::Tensor lookup_table() const override { return tp ? at::Tensor() : weight; }
+  void shard(TensorParallelGroup& group) {
+    keep_chunk(weight, 0, group.rank(), group.size());
+    tp = &group;
+  }
   at::Tensor weight;
+  TensorParallelGroup* tp = nullptr;  // set by shard()
   // Every later unit computes in the dtype of the activations it receives, so this one choice
   // sets the model's compute precision.
   at::ScalarType compute_dtype;
@@ -246,6 +284,11 @@ class HeadUnit : public Unit {
   // sequence's first S - k positions: position i the token i + k and the state of position i one
   // block earlier, and is scored against the target i + k (causal attention makes the cut exact).
   at::Tensor forward(const at::Tensor& x, const UnitBatch& batch) override {
+    if (tp_) {
+      // Loss parallel: the whole sequence, this rank's rows of the vocabulary.
+      return kernels::vocab_parallel_cross_entropy(gather_sequence(norm->forward(x), *tp_), weight(), batch.targets,
+                                                   weight().size(0) * tp_->rank(), reduce_, services_);
+    }
     auto loss = kernels::linear_cross_entropy(norm->forward(x), weight(), batch.targets, services_);
     if (mtp_blocks.empty()) return loss;
     const auto S = x.size(1);
@@ -270,12 +313,22 @@ class HeadUnit : public Unit {
     return loss + mtp_loss_weight_ * mtp_loss;
   }
 
+  // Tensor parallelism: the output keeps this rank's rows of the vocabulary (a tied one is the
+  // embedding's table, sharded with it).
+  void shard(TensorParallelGroup& group) {
+    if (output) keep_chunk(output->weight, 0, group.rank(), group.size());
+    tp_ = &group;
+    reduce_ = [g = &group](at::Tensor& t, bool max) { g->all_reduce(t, max); };
+  }
+
   std::shared_ptr<RMSNorm> norm;
   std::shared_ptr<Projection> output;  // null when tied to the embedding
   torch::nn::ModuleList mtp;
   std::vector<std::shared_ptr<MtpBlock>> mtp_blocks;
 
  private:
+  TensorParallelGroup* tp_ = nullptr;
+  kernels::GroupAllReduce reduce_;
   std::shared_ptr<EmbeddingUnit> embedding_;  // its table is the output when tied, and MTP's input
   const kernels::WeightServices* services_;
   double mtp_loss_weight_;
@@ -373,7 +426,39 @@ std::vector<std::pair<size_t, size_t>> DecoderModel::borrowed_units() const {
   return {{units_.size() - 1, 0}};
 }
 
+void DecoderModel::apply_tensor_parallel(TensorParallelGroupPtr group) {
+  if (const auto problem = tensor_parallel_problem(args_, group->size()); !problem.empty())
+    throw std::invalid_argument(problem);
+  tp_ = std::move(group);
+  auto& g = *tp_;
+  dynamic_cast<EmbeddingUnit&>(*units_.front()).shard(g);
+  for (size_t i = 1; i + 1 < units_.size(); ++i) {
+    auto& b = dynamic_cast<TransformerBlock&>(*units_[i]);
+    b.attention->shard(g);
+    b.feed_forward->shard(g);
+  }
+  dynamic_cast<HeadUnit&>(*units_.back()).shard(g);
+}
+
+std::string tensor_parallel_problem(const DecoderArgs& a, int64_t tp) {
+  if (tp <= 1) return {};
+  const auto degree = "parallelism.tensor_parallel_degree = " + std::to_string(tp);
+  if (a.mla()) return degree + ": tensor parallelism of multi-head latent attention (DeepSeek V3) is not implemented yet";
+  if (a.num_experts > 0) return degree + ": tensor parallelism of mixture-of-experts blocks is not implemented yet";
+  if (a.mtp_layers > 0) return degree + ": tensor parallelism with multi-token prediction is not implemented yet";
+  auto must_divide = [&](const char* what, int64_t value) -> std::string {
+    if (value % tp == 0) return {};
+    return degree + " does not divide the model's " + what + " (" + std::to_string(value) + ")";
+  };
+  for (const auto& problem : {must_divide("n_heads", a.n_heads), must_divide("n_kv_heads", a.n_kv_heads),
+                              must_divide("feed-forward hidden size", a.ffn_hidden_dim),
+                              must_divide("vocab_size", a.vocab_size)})
+    if (!problem.empty()) return problem;
+  return {};
+}
+
 at::Tensor DecoderModel::logits(const at::Tensor& tokens) {
+  if (tp_) throw std::logic_error("DecoderModel::logits: the model is sharded for tensor parallelism");
   UnitBatch batch{tokens, {}};  // reports nothing
   at::Tensor h;
   for (size_t i = 0; i + 1 < units_.size(); ++i) h = units_[i]->forward(h, batch);

@@ -83,6 +83,10 @@ ShardingPlan DecoderArchitecture::sharding_plan() const {
   return plan;
 }
 
+std::string DecoderArchitecture::tensor_parallel_problem(int64_t tp) const {
+  return models::tensor_parallel_problem(args_, tp);
+}
+
 std::shared_ptr<Model> DecoderArchitecture::build(const at::TensorOptions& options, int64_t max_seq_len,
                                                   const std::function<bool(size_t)>& materialize) const {
   return std::make_shared<DecoderModel>(args_, options, max_seq_len, materialize);

@@ -34,6 +34,7 @@ class DecoderArchitecture : public Architecture {
   // torchtitan's plan for Llama and Qwen3: q, k, v, w1, w3 and the output column-wise, wo and w2
   // row-wise, the embedding by vocabulary rows; the norms (q/k norms too) whole.
   ShardingPlan sharding_plan() const override;
+  std::string tensor_parallel_problem(int64_t tp) const override;
   std::shared_ptr<Model> build(const at::TensorOptions& options, int64_t max_seq_len,
                                const std::function<bool(size_t)>& materialize) const override;
   checkpoint::TensorMap to_hf(const checkpoint::TensorMap& native) const override;

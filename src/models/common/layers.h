@@ -1,3 +1,10 @@
+// A parameter cut to its part `index` of `parts` along `dim` (tensor parallelism), in place: the
+// parameter stays the same tensor, so the modules and the optimizer keep pointing at it.
+inline void keep_chunk(at::Tensor& parameter, int64_t dim, int64_t index, int64_t parts) {
+  at::NoGradGuard no_grad;
+  parameter.set_data(parameter.detach().chunk(parts, dim)[index].contiguous().clone());
+}
+
 // The modules the decoder's blocks are made of, shared by the dense feed-forward and the mixture
 // of experts: a projection, an RMSNorm, a SwiGLU feed-forward. Each hands its model's weight
 // services to the ops of its parameters (kernels/weight_services.h).
@@ -5,6 +12,7 @@
 #include <torch/nn/module.h>
 
 #include "kernels/ops.h"
+#include "models/tensor_parallel.h"
 
 namespace troupe::models {
 
@@ -42,14 +50,30 @@ class FeedForward : public torch::nn::Module {
     w3 = register_module("w3", std::make_shared<Projection>(dim, hidden, o, s));
   }
   // `recipe` given: the projections keep neither x nor SwiGLU's output but recompute them.
+  // Under tensor parallelism x is this rank's part of the sequence: the whole sequence is
+  // gathered for w1 and w3 (this rank's hidden columns), and w2's partial sums are added up
+  // over the ranks as each takes its part of the sequence back (the gathered x is kept).
   at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
+    if (tp) {
+      auto gate_up = kernels::linear_group(gather_sequence(x, *tp), {w1->weight, w3->weight}, {}, services);
+      return scatter_sequence_sum(w2->forward(kernels::swiglu(gate_up[0], gate_up[1])), *tp);
+    }
     auto gate_up = kernels::linear_group(x, {w1->weight, w3->weight}, recipe, services);
     auto act = kernels::swiglu(gate_up[0], gate_up[1]);
     if (recipe.op == kernels::InputRecipe::Op::none) return w2->forward(act);
     return w2->forward(act, kernels::InputRecipe::swiglu(gate_up[0], gate_up[1]));
   }
+  // Tensor parallelism: w1 and w3 keep this rank's rows (hidden units), w2 its columns.
+  void shard(TensorParallelGroup& group) {
+    const int64_t r = group.rank(), n = group.size();
+    keep_chunk(w1->weight, 0, r, n);
+    keep_chunk(w3->weight, 0, r, n);
+    keep_chunk(w2->weight, 1, r, n);
+    tp = &group;
+  }
   std::shared_ptr<Projection> w1, w2, w3;
   const kernels::WeightServices* services;
+  TensorParallelGroup* tp = nullptr;  // set by shard()
 };
 
 }  // namespace troupe::models

@@ -1,0 +1,66 @@
+#include <torch/torch.h>
+
+#include "models/tensor_parallel.h"
+
+namespace troupe::models {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// [n, B, s, ...] (rank-major, as the collectives lay it out) <-> [B, n * s, ...].
+at::Tensor rank_major_to_sequence(const at::Tensor& stacked) {
+  auto moved = stacked.movedim(0, 1);  // [B, n, s, ...]
+  auto shape = moved.sizes().vec();
+  shape[1] *= shape[2];
+  shape.erase(shape.begin() + 2);
+  return moved.reshape(shape);
+}
+at::Tensor sequence_to_rank_major(const at::Tensor& x, int64_t n) {
+  auto shape = x.sizes().vec();
+  TORCH_CHECK(shape.size() >= 2 && shape[1] % n == 0, "sequence parallelism: the sequence (", shape[1],
+              ") must split into ", n, " equal parts");
+  shape[1] /= n;
+  shape.insert(shape.begin() + 1, n);
+  return x.reshape(shape).movedim(1, 0).contiguous();  // [n, B, s, ...]
+}
+
+TensorParallelGroup& group_of(AutogradContext* ctx) {
+  return *reinterpret_cast<TensorParallelGroup*>(ctx->saved_data["group"].toInt());
+}
+
+struct GatherSequence : torch::autograd::Function<GatherSequence> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group) {
+    ctx->saved_data["group"] = group;
+    auto& g = *reinterpret_cast<TensorParallelGroup*>(group);
+    return rank_major_to_sequence(g.all_gather(x.contiguous()));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto& g = group_of(ctx);
+    return {g.reduce_scatter(sequence_to_rank_major(grads[0], g.size())), at::Tensor()};
+  }
+};
+
+struct ScatterSequenceSum : torch::autograd::Function<ScatterSequenceSum> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group) {
+    ctx->saved_data["group"] = group;
+    auto& g = *reinterpret_cast<TensorParallelGroup*>(group);
+    return g.reduce_scatter(sequence_to_rank_major(x, g.size()));
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {rank_major_to_sequence(group_of(ctx).all_gather(grads[0].contiguous())), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor gather_sequence(const at::Tensor& x, TensorParallelGroup& group) {
+  return GatherSequence::apply(x, reinterpret_cast<int64_t>(&group));
+}
+
+at::Tensor scatter_sequence_sum(const at::Tensor& x, TensorParallelGroup& group) {
+  return ScatterSequenceSum::apply(x, reinterpret_cast<int64_t>(&group));
+}
+
+}  // namespace troupe::models

@@ -1,0 +1,18 @@
+// Tensor parallelism's side in parallel/: the models::TensorParallelGroup the units exchange
+// activations over (a Communicator of the tp mesh dimension), and the sum over the tp ranks of
+// the gradients of the parameters they all hold whole (the norms: each rank's gradient covers
+// its part of the sequence, or its heads).
+#pragma once
+#include <vector>
+
+#include "comm/communicator.h"
+#include "models/tensor_parallel.h"
+
+namespace troupe::parallel {
+
+models::TensorParallelGroupPtr make_tensor_parallel_group(comm::CommunicatorPtr tp);
+
+// grad += the other tp ranks' grads, for each tensor's grad (one all-reduce for all of them).
+void sum_partial_gradients(const std::vector<at::Tensor>& tensors, comm::Communicator& tp);
+
+}  // namespace troupe::parallel
