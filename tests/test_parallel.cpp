@@ -1281,20 +1281,49 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
   REQUIRE(one.steps.size() == 10);
   CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
   const auto reference = final_model(one_cfg);
+  auto layout = [&](const std::string& name, int ranks, int dp, int replicate, int pp, int tp) {
+    auto cfg = with_family(pp > 1 ? pp_job(dir, tokens, pp * dp, pp, "1F1B", name) : dp_job(dir, tokens, dp, replicate, name));
+    cfg.job.local_ranks = ranks;
+    cfg.parallelism.tensor_parallel_degree = tp;
+    return cfg;
+  };
   struct Layout {
     const char* name;
-    int ranks, dp, pp, tp;
+    int ranks, dp, replicate, pp, tp;
   };
-  for (const auto& l : {Layout{"tp2", 2, 1, 1, 2}, Layout{"tp4", 4, 1, 1, 4}, Layout{"fsdp2_tp2", 4, 2, 1, 2},
-                        Layout{"pp2_tp2", 4, 1, 2, 2}}) {
+  std::vector<Layout> layouts = {{"tp2", 2, 1, 1, 1, 2}, {"tp4", 4, 1, 1, 1, 4}, {"fsdp2_tp2", 4, 2, 1, 1, 2},
+                                 {"pp2_tp2", 4, 1, 1, 2, 2}};
+  if (family == "llama3") {
+    layouts.push_back({"hsdp2x1_tp2", 4, 2, 2, 1, 2});
+    layouts.push_back({"pp2_fsdp2_tp2", 8, 2, 1, 2, 2});
+  }
+  for (const auto& l : layouts) {
     SECTION(l.name) {
-      auto cfg = with_family(l.pp > 1 ? pp_job(dir, tokens, l.pp, l.pp, "1F1B", l.name) : dp_job(dir, tokens, l.dp, 1, l.name));
-      cfg.job.local_ranks = l.ranks;
-      cfg.parallelism.tensor_parallel_degree = l.tp;
+      const auto cfg = layout(l.name, l.ranks, l.dp, l.replicate, l.pp, l.tp);
       const auto run = run_with_timeout(cfg);
       INFO(run.message);
       REQUIRE(run.exit_code == 0);
       check_same_run(run, one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+  SECTION("a checkpoint of FSDP 2 x TP 2 resumes exactly there, on one rank, as FSDP 4 and as TP 4") {
+    const auto saved = layout("saved", 4, 2, 1, 1, 2);
+    REQUIRE(run_with_timeout(saved).exit_code == 0);
+    const auto step5 = checkpoint::checkpoint_folder(saved) + "/step-5";
+    struct Resume {
+      const char* name;
+      int ranks, dp, tp;
+    };
+    for (const auto& r : {Resume{"same", 4, 2, 2}, Resume{"one", 1, 1, 1}, Resume{"fsdp4", 4, 4, 1},
+                          Resume{"tp4", 4, 1, 4}}) {
+      INFO("resumed as " << r.name);
+      auto cfg = layout(std::string("resumed_") + r.name, r.ranks, r.dp, 1, 1, r.tp);
+      cfg.checkpoint.initial_load_path = step5;
+      cfg.checkpoint.initial_load_model_only = false;
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      check_same_run(run, one, 6);
       check_same_model(final_model(cfg), reference);
     }
   }

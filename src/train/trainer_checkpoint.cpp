@@ -11,6 +11,7 @@
 #include "checkpoint/rng_state.h"
 #include "checkpoint/shard_file.h"
 #include "models/model.h"
+#include "parallel/device_mesh.h"
 #include "train/job_model.h"
 #include "train/trainer.h"
 
@@ -105,9 +106,13 @@ data::DataPosition reshard_token_position(const data::DataPosition& saved, int f
 }
 
 // The pipeline degree of the job that wrote a checkpoint (1 for checkpoints from before it was recorded).
-static int pipeline_degree(const CheckpointMetadata& meta) {
-  for (const auto& [key, value] : meta.config)
-    if (key == "parallelism.pipeline_parallel_degree") return std::max(1, std::stoi(value));
+static int degree_in(const CheckpointMetadata& meta, const std::string& key);
+static int pipeline_degree(const CheckpointMetadata& meta) { return degree_in(meta, "parallelism.pipeline_parallel_degree"); }
+
+// A degree the job that wrote a checkpoint recorded (1 where it recorded none).
+static int degree_in(const CheckpointMetadata& meta, const std::string& key) {
+  for (const auto& [k, value] : meta.config)
+    if (k == key) return std::max(1, std::stoi(value));
   return 1;
 }
 
@@ -161,7 +166,12 @@ Restored restore_trainer(Trainer& trainer, const config::JobConfig& cfg, int ran
   const auto meta = read_metadata(source->step_dir);
   const auto parts = parts_to_load(cfg, meta, source->initial);
   const auto meta_path = source->step_dir + "/metadata.json";
-  if (parts.contains("model")) refuse_another_model(meta_path, meta, trainer.architecture(), trainer.model());
+  if (parts.contains("model")) {
+    // The whole model's shapes: the trainer's own may be one tensor-parallel rank's parts.
+    const auto shapes = trainer.architecture().build(at::TensorOptions().device(at::kMeta).dtype(at::kFloat),
+                                                     cfg.training.seq_len);
+    refuse_another_model(meta_path, meta, trainer.architecture(), *shapes);
+  }
 
   std::vector<WantedTensor> wanted;
   for (const auto& t : trainer.restorable_state(!parts.contains("optimizer")))
@@ -174,12 +184,19 @@ Restored restore_trainer(Trainer& trainer, const config::JobConfig& cfg, int ran
   trainer.load_checkpoint_state(read_tensors(source->step_dir, meta, wanted));
 
   Restored out;
-  // Data positions belong to data-parallel ranks: the stages of one pipeline read the same
-  // batches. The pipeline is the mesh's outermost dimension, so rank r reads share r mod dp.
+  // Data positions belong to data-parallel ranks: the stages of one pipeline and the ranks of one
+  // tensor-parallel group read the same batches. In the mesh (pp, dp_replicate, dp_shard, cp, tp)
+  // the ranks of data-parallel index d are those with d between the pipeline and the tp x cp
+  // ranks; the saved rank read for it is its first.
   const int saved_world = static_cast<int>(meta.ranks.size());
-  const int saved_dp = std::max(saved_world / pipeline_degree(meta), 1);
-  const int dp = world / static_cast<int>(cfg.parallelism.pipeline_parallel_degree);
-  const int source_rank = saved_world == world ? rank : (rank % dp) % saved_dp;
+  const int saved_inner = degree_in(meta, "parallelism.tensor_parallel_degree") *
+                          degree_in(meta, "parallelism.context_parallel_degree");
+  const int saved_dp = std::max(saved_world / (pipeline_degree(meta) * saved_inner), 1);
+  const auto dims = parallel::ParallelDims::resolve(cfg.parallelism, world);
+  const int dp = static_cast<int>(dims.dp());
+  const int d = parallel::DeviceMesh(dims, rank).rank_in({parallel::MeshDim::dp_replicate, parallel::MeshDim::dp_shard});
+  const bool same_layout = saved_world == world && saved_dp == dp;
+  const int source_rank = same_layout ? rank : (d % saved_dp) * saved_inner;
   const auto mine =
       std::find_if(meta.ranks.begin(), meta.ranks.end(), [&](const auto& r) { return r.rank == source_rank; });
   const bool per_rank = parts.contains("dataloader") || parts.contains("rng");
@@ -189,7 +206,7 @@ Restored restore_trainer(Trainer& trainer, const config::JobConfig& cfg, int ran
                              " ranks); set checkpoint.exclude_from_loading = [\"dataloader\", \"rng\"] to load it");
   if (parts.contains("rng")) restore_rng(mine->rng, meta_path);
   if (parts.contains("dataloader") && mine->dataloader) {
-    if (saved_world == world || saved_dp == dp) {
+    if (saved_dp == dp) {
       out.dataloader = mine->dataloader;
     } else if (cfg.training.dataset == "tokens") {
       const auto per_batch = cfg.training.local_batch_size;
