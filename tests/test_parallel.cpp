@@ -94,6 +94,14 @@ TEST_CASE("device mesh: coordinates, groups and names in torchtitan's order", "[
   // Every rank of a group computes the same name.
   CHECK(parallel::DeviceMesh(dims, 7).group_name({MeshDim::dp_shard}) == mesh.group_name({MeshDim::dp_shard}));
   CHECK(parallel::DeviceMesh(dims, 1).group_name({MeshDim::dp_shard}) != mesh.group_name({MeshDim::dp_shard}));
+  CHECK(mesh.coordinates() == "dp_replicate 1/2, dp_shard 1/4");
+  config::ParallelismSection p;
+  p.tensor_parallel_degree = 2;
+  p.pipeline_parallel_degree = 2;
+  const parallel::DeviceMesh tp_mesh(parallel::ParallelDims::resolve(p, 8), 7);  // tp varies fastest
+  CHECK(tp_mesh.coordinates() == "pp 1/2, dp_shard 1/2, tp 1/2");
+  CHECK(tp_mesh.group({MeshDim::tp}) == std::vector<int>{6, 7});
+  CHECK(parallel::DeviceMesh(parallel::ParallelDims::resolve({}, 1), 0).coordinates() == "one rank");
 }
 
 TEST_CASE("parallel degrees are checked against the world size", "[parallel]") {

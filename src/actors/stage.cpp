@@ -1,4 +1,6 @@
 #include "actors/stage.h"
+
+#include "parallel/device_mesh.h"
 #include "actors/actor_failure.h"
 
 #include <chrono>
@@ -109,6 +111,8 @@ caf::behavior stage(caf::stateful_actor<stage_state>* self, config::JobConfig cf
     st.status->set_state("building");
     const int world = rank.world;
     st.status->set_state(world > 1 ? "connecting" : "building");
+    st.status->set_detail("mesh: " + parallel::DeviceMesh(parallel::ParallelDims::resolve(cfg.parallelism, world), rank_id)
+                                         .coordinates());
     st.trainer = std::make_unique<train::Trainer>(cfg, std::move(model), std::move(rank));
     st.trainer->on_micro_batch([status = st.status](int64_t m) { status->set_micro_batch(m); });
     st.trainer->on_pipeline_action([status = st.status](const char* what, int64_t micro_batch) {

@@ -106,4 +106,13 @@ std::string DeviceMesh::group_name(const std::vector<MeshDim>& dims) const {
   return name + "[" + fixed + "]";
 }
 
+std::string DeviceMesh::coordinates() const {
+  std::string out;
+  for (auto d : kAll)
+    if (dims_.of(d) > 1)
+      out += (out.empty() ? "" : ", ") + std::string(dim_name(d)) + " " + std::to_string(coord(d)) + "/" +
+             std::to_string(dims_.of(d));
+  return out.empty() ? "one rank" : out;
+}
+
 }  // namespace troupe::parallel

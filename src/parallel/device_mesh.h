@@ -37,6 +37,9 @@ class DeviceMesh {
   int rank_in(const std::vector<MeshDim>& dims) const;
   // Unique per group across the job, the same on every member: e.g. "dp_shard[pp0,dp_replicate1,cp0,tp0]".
   std::string group_name(const std::vector<MeshDim>& dims) const;
+  // This rank's place on the dimensions of degree above 1, as "pp 0/2, dp_shard 1/2, tp 1/2"
+  // (the console shows it), or "one rank".
+  std::string coordinates() const;
 
  private:
   int index(const std::array<int64_t, 5>& coord) const;
