@@ -41,9 +41,10 @@ class Model : public torch::nn::Module {
   virtual void balance_experts(const AuxValues& step) { (void)step; }
   virtual bool balances_experts() const { return false; }
 
-  // Tensor (and sequence) parallelism over `group`: each parameter its family's plan splits
-  // (Architecture::sharding_plan) keeps this rank's part, and the units' forwards exchange
-  // activations over the group. std::invalid_argument if the family or its dimensions cannot.
+  // Tensor (and sequence) parallelism over `group`: the units' forwards compute with this rank's
+  // part of each parameter the family's plan splits (Architecture::sharding_plan; parallelize
+  // cuts the parameters by it right after) and exchange activations over the group.
+  // std::invalid_argument if the family or its dimensions cannot.
   virtual void apply_tensor_parallel(TensorParallelGroupPtr group) {
     (void)group;
     throw std::invalid_argument("this model family has no tensor-parallel plan");

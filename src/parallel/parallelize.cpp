@@ -147,12 +147,14 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   for (const auto& item : model.named_buffers())
     if (kept_buffers.contains(item.value().unsafeGetTensorImpl())) out.buffers.emplace_back(item.key(), item.value());
 
-  // 2. The model's own plan: the placements from the whole shapes, then tensor parallelism cuts
-  // the parameters (in place: `owned` sees their new shapes).
+  // 2. The model's own plan: the placements from the whole shapes; with tensor parallelism the
+  // units switch to their tensor-parallel forwards (the family refuses what it cannot split) and
+  // each parameter keeps this rank's piece of its placement.
   const auto plan_placements = apply_model_plan(arch.sharding_plan(), owned, mesh);
   if (dims.of(MeshDim::tp) > 1) {
     out.tp = connect(rank, mesh, {MeshDim::tp}, cuda);
     model.apply_tensor_parallel(make_tensor_parallel_group(out.tp));
+    for (auto& [name, t] : owned) keep_piece(t, plan_placements.at(name));
   }
 
   // 3. Activation checkpointing.

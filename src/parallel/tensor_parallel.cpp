@@ -40,6 +40,15 @@ models::TensorParallelGroupPtr make_tensor_parallel_group(comm::CommunicatorPtr 
   return std::make_shared<CommunicatorGroup>(std::move(tp));
 }
 
+void keep_piece(at::Tensor& parameter, const Placement& placement) {
+  if (placement.splits.empty()) return;
+  at::NoGradGuard no_grad;
+  const auto box = placement.box();
+  auto piece = parameter.detach();
+  for (size_t d = 0; d < box.offsets.size(); ++d) piece = piece.narrow(static_cast<int64_t>(d), box.offsets[d], box.lengths[d]);
+  parameter.set_data(piece.contiguous().clone());
+}
+
 void sum_partial_gradients(const std::vector<at::Tensor>& tensors, comm::Communicator& tp) {
   std::vector<at::Tensor> grads;
   for (const auto& t : tensors)

@@ -7,10 +7,15 @@
 
 #include "comm/communicator.h"
 #include "models/tensor_parallel.h"
+#include "parallel/placement.h"
 
 namespace troupe::parallel {
 
 models::TensorParallelGroupPtr make_tensor_parallel_group(comm::CommunicatorPtr tp);
+
+// `parameter` cut in place to this rank's piece of its placement (the sharding plan's split):
+// it stays the same tensor, so the modules, `owned` and later FSDP see the new shape.
+void keep_piece(at::Tensor& parameter, const Placement& placement);
 
 // grad += the other tp ranks' grads, for each tensor's grad (one all-reduce for all of them).
 void sum_partial_gradients(const std::vector<at::Tensor>& tensors, comm::Communicator& tp);

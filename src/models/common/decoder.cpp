@@ -77,9 +77,7 @@ class Attention : public AttentionModule {
   // Tensor parallelism: this rank's heads (q's and k/v's, consecutive, so each q head keeps its
   // k/v head) in wq, wk, wv's rows and wo's columns.
   void shard(TensorParallelGroup& group) override {
-    const int64_t r = group.rank(), n = group.size();
-    for (auto* w : {&wq->weight, &wk->weight, &wv->weight}) keep_chunk(*w, 0, r, n);
-    keep_chunk(wo->weight, 1, r, n);
+    const int64_t n = group.size();
     n_heads_ /= n;
     n_kv_heads_ /= n;
     tp = &group;
@@ -186,12 +184,8 @@ class EmbeddingUnit : public Unit {
   }
   // A sharded table's rows are not the unit's output: no row-wise gradient then.
   at::Tensor lookup_table() const override { return tp ? at::Tensor() : weight; }
-  void shard(TensorParallelGroup& group) {
-    keep_chunk(weight, 0, group.rank(), group.size());
-    tp = &group;
-  }
   at::Tensor weight;
-  TensorParallelGroup* tp = nullptr;  // set by shard()
+  TensorParallelGroup* tp = nullptr;  // tensor parallelism: the table holds this rank's rows
   // Every later unit computes in the dtype of the activations it receives, so this one choice
   // sets the model's compute precision.
   at::ScalarType compute_dtype;
@@ -313,10 +307,9 @@ class HeadUnit : public Unit {
     return loss + mtp_loss_weight_ * mtp_loss;
   }
 
-  // Tensor parallelism: the output keeps this rank's rows of the vocabulary (a tied one is the
+  // Tensor parallelism: the output holds this rank's rows of the vocabulary (a tied one is the
   // embedding's table, sharded with it).
   void shard(TensorParallelGroup& group) {
-    if (output) keep_chunk(output->weight, 0, group.rank(), group.size());
     tp_ = &group;
     reduce_ = [g = &group](at::Tensor& t, bool max) { g->all_reduce(t, max); };
   }
@@ -431,11 +424,11 @@ void DecoderModel::apply_tensor_parallel(TensorParallelGroupPtr group) {
     throw std::invalid_argument(problem);
   tp_ = std::move(group);
   auto& g = *tp_;
-  dynamic_cast<EmbeddingUnit&>(*units_.front()).shard(g);
+  dynamic_cast<EmbeddingUnit&>(*units_.front()).tp = &g;
   for (size_t i = 1; i + 1 < units_.size(); ++i) {
     auto& b = dynamic_cast<TransformerBlock&>(*units_[i]);
     b.attention->shard(g);
-    b.feed_forward->shard(g);
+    b.feed_forward->tp = &g;
   }
   dynamic_cast<HeadUnit&>(*units_.back()).shard(g);
 }

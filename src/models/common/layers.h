@@ -1,10 +1,3 @@
-// A parameter cut to its part `index` of `parts` along `dim` (tensor parallelism), in place: the
-// parameter stays the same tensor, so the modules and the optimizer keep pointing at it.
-inline void keep_chunk(at::Tensor& parameter, int64_t dim, int64_t index, int64_t parts) {
-  at::NoGradGuard no_grad;
-  parameter.set_data(parameter.detach().chunk(parts, dim)[index].contiguous().clone());
-}
-
 // The modules the decoder's blocks are made of, shared by the dense feed-forward and the mixture
 // of experts: a projection, an RMSNorm, a SwiGLU feed-forward. Each hands its model's weight
 // services to the ops of its parameters (kernels/weight_services.h).
@@ -63,17 +56,11 @@ class FeedForward : public torch::nn::Module {
     if (recipe.op == kernels::InputRecipe::Op::none) return w2->forward(act);
     return w2->forward(act, kernels::InputRecipe::swiglu(gate_up[0], gate_up[1]));
   }
-  // Tensor parallelism: w1 and w3 keep this rank's rows (hidden units), w2 its columns.
-  void shard(TensorParallelGroup& group) {
-    const int64_t r = group.rank(), n = group.size();
-    keep_chunk(w1->weight, 0, r, n);
-    keep_chunk(w3->weight, 0, r, n);
-    keep_chunk(w2->weight, 1, r, n);
-    tp = &group;
-  }
   std::shared_ptr<Projection> w1, w2, w3;
   const kernels::WeightServices* services;
-  TensorParallelGroup* tp = nullptr;  // set by shard()
+  // Tensor parallelism (Model::apply_tensor_parallel): w1 and w3 hold this rank's rows (hidden
+  // units), w2 its columns.
+  TensorParallelGroup* tp = nullptr;
 };
 
 }  // namespace troupe::models
