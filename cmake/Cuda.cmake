@@ -18,27 +18,24 @@ if(TROUPE_CUDA)
   set(CMAKE_CUDA_STANDARD 17)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   find_package(CUDAToolkit REQUIRED)
-  # The CUDA runtime of torch's wheels (nvidia-cuda-runtime), the copy libtorch and cuDNN were
-  # built against, so the process holds that one: with the toolkit's (older) runtime loaded
-  # first, cuDNN's attention failed to start (CUDNN_STATUS_INTERNAL_ERROR). Else the toolkit's.
-  execute_process(COMMAND python3 -c
-                  "import glob, nvidia; print(([f for p in nvidia.__path__ for f in sorted(glob.glob(p + '/*/lib/libcudart.so.*'))] + [''])[0])"
-                  OUTPUT_VARIABLE TROUPE_CUDART_WHEEL OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-  if(TROUPE_CUDART_WHEEL)
-    set(TROUPE_CUDART ${TROUPE_CUDART_WHEEL})
-  else()
-    set(TROUPE_CUDART CUDA::cudart)
-  endif()
+  # A library of torch's nvidia-* wheels (the copy libtorch itself loads, so the process holds
+  # one), else the toolkit's target.
+  function(troupe_wheel_library var soname fallback)
+    execute_process(COMMAND python3 -c
+                    "import glob, nvidia; print(([f for p in nvidia.__path__ for f in sorted(glob.glob(p + '/*/lib/${soname}.so.*'))] + [''])[0])"
+                    OUTPUT_VARIABLE wheel OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+    if(wheel)
+      set(${var} ${wheel} PARENT_SCOPE)
+    else()
+      set(${var} ${fallback} PARENT_SCOPE)
+    endif()
+  endfunction()
+  # The CUDA runtime libtorch and cuDNN were built against: with the toolkit's (older) runtime
+  # loaded first, cuDNN's attention failed to start (CUDNN_STATUS_INTERNAL_ERROR).
+  troupe_wheel_library(TROUPE_CUDART libcudart CUDA::cudart)
   message(STATUS "Troupe: CUDA runtime ${TROUPE_CUDART}")
-  # cuBLASLt for the FP8 GEMMs: the wheel's copy, the one libtorch loads (one per process).
-  execute_process(COMMAND python3 -c
-                  "import glob, nvidia; print(([f for p in nvidia.__path__ for f in sorted(glob.glob(p + '/*/lib/libcublasLt.so.*'))] + [''])[0])"
-                  OUTPUT_VARIABLE TROUPE_CUBLASLT_WHEEL OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-  if(TROUPE_CUBLASLT_WHEEL)
-    set(TROUPE_CUBLASLT ${TROUPE_CUBLASLT_WHEEL})
-  else()
-    set(TROUPE_CUBLASLT CUDA::cublasLt)
-  endif()
+  # cuBLASLt for the FP8 GEMMs.
+  troupe_wheel_library(TROUPE_CUBLASLT libcublasLt CUDA::cublasLt)
   message(STATUS "Troupe: cuBLASLt ${TROUPE_CUBLASLT}")
   message(STATUS "Troupe: CUDA kernels ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, sm ${CMAKE_CUDA_ARCHITECTURES})")
 else()

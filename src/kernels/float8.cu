@@ -1,9 +1,10 @@
-// The quantize kernels of float8.h. One block takes a 128 x 128 tile into shared memory (fp32),
-// finds the tile's row-run and column-run maxima, and writes the tile quantized both ways: row
-// by row into `out`, column by column into `out_t` (a tile transpose in shared memory, so both
-// writes are coalesced). `tile` and `block` scales come from the tile itself: one pass. `tensor`
-// and `row` scales need the whole row or column first: a pass of the same kernel gathers the
-// maxima (atomic max on the float bits, which orders like the values for non-negatives).
+// The quantize kernels of float8.h. One block takes a 128 x 128 tile into shared memory (in the
+// input's type), finds the tile's row-run and column-run maxima where the scales come from the
+// tile (`tile`, `block`: one pass), and writes the tile quantized both ways: row by row into
+// `out`, column by column into `out_t` (a tile transpose in shared memory, so both writes are
+// coalesced). `tensor` scales take a plain amax reduction first; `row` scales a first pass of
+// the tile kernel that gathers the row and column maxima (atomic max on the float bits, which
+// orders like the values for non-negatives).
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(kThreads) tensor_amax(const T* in, int64_t n, 
   }
 }
 
-// kAmax: only gather the maxima into row_amax[rows] / col_amax[cols] (tensor: row_amax[0]).
+// kAmax: only gather the maxima into row_amax[rows] / col_amax[cols] (row scales).
 template <class T, bool kAmax, bool kVec, bool kVec4>
 __global__ void __launch_bounds__(kThreads) quantize_tiles(Fp8QuantizeArgs a, float* row_amax, float* col_amax) {
   // The tile is kept in the input's own type (bf16: half the shared memory, twice the blocks per SM).
@@ -138,10 +139,8 @@ __global__ void __launch_bounds__(kThreads) quantize_tiles(Fp8QuantizeArgs a, fl
     }
     __syncthreads();
   }
-  if constexpr (kAmax) {
-    if (g == ScaleGranularity::tensor) {
-      if (tid == 0) atomic_max_nonneg(row_amax, *block_max);
-    } else if (tid < kT) {
+  if constexpr (kAmax) {  // row scales' first pass (tensor scales take tensor_amax)
+    if (tid < kT) {
       if (r0 + tid < a.rows) atomic_max_nonneg(row_amax + r0 + tid, row_run[tid]);
       if (c0 + tid < a.cols) atomic_max_nonneg(col_amax + c0 + tid, col_run[tid]);
     }

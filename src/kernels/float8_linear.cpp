@@ -86,17 +86,13 @@ size_t Float8Linears::size() const {
 
 namespace {
 
-struct Quantizing {
-  at::Tensor q, scale, q_t, scale_t;
-};
-
 // `t` [rows, cols] quantized as it is (`plain`) and transposed into [cols, ld_t] (`transposed`).
-Quantizing quantize(const at::Tensor& t, ScaleGranularity g, Fp8Format f, bool pow2, bool plain, bool transposed,
+Float8Linears::Quantized quantize(const at::Tensor& t, ScaleGranularity g, Fp8Format f, bool pow2, bool plain, bool transposed,
                     int64_t ld_t) {
   const auto rows = t.size(0), cols = t.size(1);
   const auto bytes = t.options().dtype(at::kByte);
   const auto floats = t.options().dtype(at::kFloat);
-  Quantizing out;
+  Float8Linears::Quantized out;
   Fp8QuantizeArgs a{kernel_dtype(t), t.data_ptr(), rows, cols, g, f, pow2};
   if (plain) {
     out.q = at::empty({rows, cols}, bytes);
@@ -224,8 +220,7 @@ Float8Linears::Quantized Float8Linears::quantized(const at::Tensor& weight) {
   const auto sc = float8_scaling(recipe_);
   auto make = [&] {
     auto w = weight.detach().contiguous();
-    auto q = quantize(w, sc.weight, Fp8Format::e4m3, sc.pow2, true, true, w.size(0));
-    return Quantized{q.q, q.scale, q.q_t, q.scale_t};
+    return quantize(w, sc.weight, Fp8Format::e4m3, sc.pow2, true, true, w.size(0));
   };
   if (weight.scalar_type() != at::kFloat || !weight.is_contiguous()) return make();
   std::lock_guard lock(mutex_);

@@ -223,20 +223,15 @@ struct Trainer::Impl {
   // The norm of the whole model's gradient: this rank's trained tensors, summed over the groups
   // they are split across (their placements) and over the pipeline's stages.
   at::Tensor grad_norm() const {
+    // Under tensor parallelism the norm is summed over the tp group too: what every tp rank
+    // holds whole counts once (its square a tp-th on each rank).
+    std::set<const void*> whole;
+    for (const auto& t : parallelized.tp_replicated) whole.insert(t.unsafeGetTensorImpl());
+    const double share = parallelized.tp ? 1.0 / std::sqrt(static_cast<double>(parallelized.tp->size())) : 1.0;
     std::vector<at::Tensor> grads;
     for (const auto& t : parallelized.trained)
-      if (t.tensor.grad().defined()) grads.push_back(t.tensor.grad());
-    if (parallelized.tp) {
-      // The norm is summed over the tp group too: what every tp rank holds whole counts once
-      // (its square a tp-th on each rank).
-      const double share = 1.0 / std::sqrt(static_cast<double>(parallelized.tp->size()));
-      std::set<const void*> whole;
-      for (const auto& t : parallelized.tp_replicated) whole.insert(t.unsafeGetTensorImpl());
-      grads.clear();
-      for (const auto& t : parallelized.trained)
-        if (t.tensor.grad().defined())
-          grads.push_back(whole.contains(t.tensor.unsafeGetTensorImpl()) ? t.tensor.grad() * share : t.tensor.grad());
-    }
+      if (t.tensor.grad().defined())
+        grads.push_back(whole.contains(t.tensor.unsafeGetTensorImpl()) ? t.tensor.grad() * share : t.tensor.grad());
     std::vector<comm::Communicator*> groups;
     for (const auto& g : parallelized.norm_groups) groups.push_back(g.get());
     groups.push_back(parallelized.stages.get());
@@ -404,9 +399,9 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   }
   // The loss is averaged before the optimizer so that its reduction does not queue behind the
   // next step's first gathers.
-  if (m.parallelized.tp) parallel::sum_partial_gradients(m.parallelized.tp_replicated, *m.parallelized.tp);
   auto loss = m.on_every_stage(losses.empty() ? at::Tensor() : at::stack(losses).to(at::kDouble).mean());
   if (m.parallelized.sharded) m.parallelized.sharded->average_over_data_parallel(loss);
+  if (m.parallelized.tp) parallel::sum_partial_gradients(m.parallelized.tp_replicated, *m.parallelized.tp);
   const auto norm = m.grad_norm();
   if (m.activity) m.activity("optimizer", -1);
   const auto optimizer_start = std::chrono::steady_clock::now();

@@ -105,11 +105,8 @@ data::DataPosition reshard_token_position(const data::DataPosition& saved, int f
   return out;
 }
 
-// The pipeline degree of the job that wrote a checkpoint (1 for checkpoints from before it was recorded).
-static int degree_in(const CheckpointMetadata& meta, const std::string& key);
-static int pipeline_degree(const CheckpointMetadata& meta) { return degree_in(meta, "parallelism.pipeline_parallel_degree"); }
-
-// A degree the job that wrote a checkpoint recorded (1 where it recorded none).
+// A degree the job that wrote a checkpoint recorded (1 where it recorded none: the pipeline
+// degree of checkpoints from before it was recorded).
 static int degree_in(const CheckpointMetadata& meta, const std::string& key) {
   for (const auto& [k, value] : meta.config)
     if (k == key) return std::max(1, std::stoi(value));
@@ -191,7 +188,7 @@ Restored restore_trainer(Trainer& trainer, const config::JobConfig& cfg, int ran
   const int saved_world = static_cast<int>(meta.ranks.size());
   const int saved_inner = degree_in(meta, "parallelism.tensor_parallel_degree") *
                           degree_in(meta, "parallelism.context_parallel_degree");
-  const int saved_dp = std::max(saved_world / (pipeline_degree(meta) * saved_inner), 1);
+  const int saved_dp = std::max(saved_world / (degree_in(meta, "parallelism.pipeline_parallel_degree") * saved_inner), 1);
   const auto dims = parallel::ParallelDims::resolve(cfg.parallelism, world);
   const int dp = static_cast<int>(dims.dp());
   const int d = parallel::DeviceMesh(dims, rank).rank_in({parallel::MeshDim::dp_replicate, parallel::MeshDim::dp_shard});
