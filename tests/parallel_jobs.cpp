@@ -87,13 +87,30 @@ void check_damaged_token_ends_job(const std::string& device) {
                          Catch::Contains("rank 0: ") && Catch::Contains("rank 1: issued up to #"));
 }
 
-std::string prepare_tokens(const TempDir& dir) {
+std::string prepare_tokens(const TempDir& dir, const std::string& corpus) {
   data::PrepareOptions prep;
-  prep.files = {corpus_slice(dir)};
+  prep.files = {corpus.empty() ? corpus_slice(dir) : corpus};
   prep.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
   prep.output_dir = dir.file("tokens");
   data::prepare_shards(prep, [](const data::PrepareProgress&) {}, nullptr);
   return prep.output_dir;
+}
+
+std::string short_documents(const TempDir& dir) {
+  std::ifstream in(source_dir() + "/data/kjv/kjv.txt");
+  std::string line, text;
+  for (int lines = 0; lines < 600 && std::getline(in, line); ++lines) {
+    size_t start = 0;
+    while (start < line.size()) {
+      auto end = line.find_first_of(",;:", start);
+      if (end == std::string::npos) end = line.size();
+      if (end > start + 1) text += line.substr(start, end - start) + "\n\n";
+      start = end + 1;
+    }
+  }
+  const auto path = dir.file("short_documents.txt");
+  std::ofstream(path) << text;
+  return path;
 }
 
 checkpoint::TensorMap final_model(const config::JobConfig& c) {

@@ -29,8 +29,11 @@ std::string job_toml(const TempDir& dir, const std::string& tokens, int local_ra
 // `device` must exit 1 within the collective timeout, naming the file and the position.
 void check_damaged_token_ends_job(const std::string& device);
 
-// The corpus slice tokenized into dir/tokens (its path).
-std::string prepare_tokens(const TempDir& dir);
+// The corpus slice (or the text file `corpus`) tokenized into dir/tokens (its path).
+std::string prepare_tokens(const TempDir& dir, const std::string& corpus = "");
+// A corpus of short documents (the clauses of the first verses), so that 32-token windows hold
+// several and documents cross the chunks that context parallelism cuts: its path.
+std::string short_documents(const TempDir& dir);
 // The model tensors of the run's last checkpoint, whole.
 checkpoint::TensorMap final_model(const config::JobConfig& c);
 // step -> validation loss, from the run's metrics.jsonl.

@@ -90,6 +90,16 @@ TEST_CASE("text is packed as torchtitan packs it: BOS/EOS per document, windows 
         REQUIRE(tokens[r][t].item<int64_t>() == stream[at + t]);
         REQUIRE(targets[r][t].item<int64_t>() == stream[at + t + 1]);
       }
+    // block_causal's documents: a row's count of EOS tokens before each token.
+    const auto eos = *data::Tokenizer::load(kTokenizer).eos_id();
+    REQUIRE(batch.documents.defined());
+    for (int64_t r = 0; r < 2; ++r) {
+      int64_t doc = 0;
+      for (int64_t t = 0; t < 16; ++t) {
+        REQUIRE(batch.documents[r][t].item<int64_t>() == doc);
+        if (tokens[r][t].item<int64_t>() == eos) ++doc;
+      }
+    }
   }
 }
 

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "kernels/adamw.h"
+#include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/gradient_sink.h"
 #include "kernels/moe_ops.h"
@@ -139,6 +140,104 @@ double same_choices(const at::Tensor& a, const at::Tensor& b) {
 }
 
 }  // namespace
+
+namespace {
+
+// Dense fp64 attention under an explicit boolean mask [B, Sq, Sk], kv heads repeated: the output
+// and the log-sum-exp of each query's visible scores, differentiable by autograd.
+std::pair<at::Tensor, at::Tensor> dense_masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                         const at::Tensor& visible, double scale) {
+  const auto groups = q.size(2) / k.size(2);
+  const auto qh = q.transpose(1, 2), kh = k.repeat_interleave(groups, 2).transpose(1, 2),
+             vh = v.repeat_interleave(groups, 2).transpose(1, 2);
+  auto scores = at::matmul(qh, kh.transpose(-1, -2)) * scale;
+  scores = scores.masked_fill(visible.unsqueeze(1).logical_not(), -std::numeric_limits<double>::infinity());
+  return {at::matmul(at::softmax(scores, -1), vh).transpose(1, 2), at::logsumexp(scores, -1)};
+}
+
+}  // namespace
+
+TEST_CASE("masked attention: output, log-sum-exp and gradients match a dense fp64 reference; parts merge exactly",
+          "[kernels]") {
+  torch::manual_seed(7);
+  const int64_t B = 2, S = 24, H = 4, Hkv = 2, D = 8, Dv = 6;
+  const double scale = 0.3;
+  auto opts = torch::TensorOptions().dtype(torch::kDouble);
+  auto q = torch::randn({B, S, H, D}, opts).requires_grad_(), k = torch::randn({B, S, Hkv, D}, opts).requires_grad_(),
+       v = torch::randn({B, S, Hkv, Dv}, opts).requires_grad_();
+  // The queries in a load-balanced order (chunks 0, 3, 1, 2 of 6 tokens), the keys in order;
+  // documents of different lengths per row, crossing the chunks.
+  const auto q_pos = torch::cat({torch::arange(0, 6), torch::arange(18, 24), torch::arange(6, 18)});
+  const auto k_pos = torch::arange(S);
+  const auto ends = torch::zeros({B, S}, torch::kLong);
+  for (int64_t p : {4, 9, 10, 19}) ends[0][p] = 1;
+  for (int64_t p : {13}) ends[1][p] = 1;
+  const auto docs = ends.cumsum(1) - ends;  // as data::document_ids
+  const auto q_docs = docs.index_select(1, q_pos);
+  const auto visible = k_pos.unsqueeze(0).le(q_pos.unsqueeze(1)).unsqueeze(0).logical_and(
+      q_docs.unsqueeze(2).eq(docs.unsqueeze(1)));
+  const auto [want_out, want_lse] = dense_masked_attention(q, k, v, visible, scale);
+  const auto dout = torch::randn({B, S, H, Dv}, opts);
+  const auto want = torch::autograd::grad({want_out}, {q, k, v}, {dout});
+
+  const kernels::AttentionMask mask{q_pos, k_pos, q_docs, docs};
+  for (int64_t chunk_scores : {int64_t{1} << 26, int64_t{B * H * S * 5}}) {  // one chunk of rows; chunks of 5
+    INFO("chunk scores " << chunk_scores);
+    const auto part = kernels::attention_part(q.detach(), k.detach(), v.detach(), mask, scale, chunk_scores);
+    CHECK(torch::allclose(part.out, want_out, 1e-12, 1e-12));
+    CHECK(torch::allclose(part.lse, want_lse, 1e-12, 1e-12));
+    auto [dq, dk, dv] = kernels::attention_part_backward(dout, q.detach(), k.detach(), v.detach(), part.out, part.lse,
+                                                         mask, scale, chunk_scores);
+    CHECK(torch::allclose(dq, want[0], 1e-10, 1e-12));
+    CHECK(torch::allclose(dk, want[1], 1e-10, 1e-12));
+    CHECK(torch::allclose(dv, want[2], 1e-10, 1e-12));
+  }
+  SECTION("the differentiable op") {
+    const auto out = kernels::masked_attention(q, k, v, mask, scale);
+    const auto got = torch::autograd::grad({out}, {q, k, v}, {dout});
+    CHECK(torch::allclose(out, want_out, 1e-12, 1e-12));
+    for (int i = 0; i < 3; ++i) CHECK(torch::allclose(got[i], want[i], 1e-10, 1e-12));
+  }
+  SECTION("two blocks of keys, attended apart and merged by log-sum-exp, give the whole; their gradients add up") {
+    // Keys 16.. come first, so some queries see nothing in the first block (lse -inf).
+    const auto order = torch::cat({torch::arange(16, 24), torch::arange(0, 16)});
+    kernels::AttentionPart merged;
+    std::vector<std::pair<at::Tensor, kernels::AttentionMask>> blocks;
+    for (auto [first, n] : {std::pair<int64_t, int64_t>{0, 8}, {8, 16}}) {
+      const auto keys = order.narrow(0, first, n);
+      const kernels::AttentionMask m{q_pos, keys, q_docs, docs.index_select(1, keys)};
+      const auto part = kernels::attention_part(q.detach(), k.detach().index_select(1, keys),
+                                                v.detach().index_select(1, keys), m, scale);
+      if (first == 0) CHECK(torch::isinf(part.lse).any().item<bool>());
+      kernels::merge_attention(merged, part);
+      blocks.emplace_back(keys, m);
+    }
+    CHECK(torch::allclose(merged.out, want_out, 1e-12, 1e-12));
+    CHECK(torch::allclose(merged.lse, want_lse, 1e-12, 1e-12));
+    auto dq = torch::zeros_like(q), dk = torch::zeros_like(k), dv = torch::zeros_like(v);
+    for (const auto& [keys, m] : blocks) {
+      auto [dq_b, dk_b, dv_b] = kernels::attention_part_backward(dout, q.detach(), k.detach().index_select(1, keys),
+                                                                 v.detach().index_select(1, keys), merged.out,
+                                                                 merged.lse, m, scale);
+      dq += dq_b;
+      dk.index_add_(1, keys, dk_b);
+      dv.index_add_(1, keys, dv_b);
+    }
+    CHECK(torch::allclose(dq, want[0], 1e-10, 1e-12));
+    CHECK(torch::allclose(dk, want[1], 1e-10, 1e-12));
+    CHECK(torch::allclose(dv, want[2], 1e-10, 1e-12));
+  }
+  SECTION("without documents, in order, it is scaled_dot_product_attention's causal attention") {
+    const auto q32 = q.detach().to(torch::kFloat), k32 = k.detach().to(torch::kFloat),
+               v32 = k.detach().to(torch::kFloat);
+    const auto got = kernels::masked_attention(q32, k32, v32, {k_pos, k_pos}, scale);
+    const auto sdpa = at::scaled_dot_product_attention(q32.transpose(1, 2), k32.transpose(1, 2), v32.transpose(1, 2),
+                                                       std::nullopt, 0.0, true, scale, /*enable_gqa=*/true)
+                          .transpose(1, 2);
+    CHECK(got.scalar_type() == torch::kFloat);
+    CHECK(torch::allclose(got, sdpa, 1e-5, 1e-6));
+  }
+}
 
 TEST_CASE("the routed experts' grouped SwiGLU: fp32 grouped GEMMs and their backward match fp64 expert by expert, "
           "with and without recomputing", "[kernels]") {
@@ -791,6 +890,44 @@ TEST_CASE("attention on CUDA runs cuDNN's kernel for grouped-query heads and mat
   for (size_t i = 0; i < got.size(); ++i) {
     INFO("result " << i << " (out, dq, dk, dv)");
     CHECK(rel(got[i], want[i]) < 1e-2);
+  }
+}
+
+TEST_CASE("block_causal attention on CUDA: flash attention over the documents matches the masked attention in fp64, "
+          "and the masked attention (context parallelism's) runs there too",
+          "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  torch::manual_seed(9);
+  const int64_t B = 2, S = 384, H = 8, Hkv = 2, D = 64;
+  auto q = torch::randn({B, S, H, D}), k = torch::randn({B, S, Hkv, D}), v = torch::randn({B, S, Hkv, D});
+  auto dout = torch::randn({B, S, H, D});
+  auto ends = torch::zeros({B, S}, torch::kLong);
+  for (int64_t p : {0, 50, 51, 200, 383}) ends[0][p] = 1;  // one-token documents; an EOS that ends the row
+  for (int64_t p : {130}) ends[1][p] = 1;
+  const auto docs = ends.cumsum(1) - ends;
+  const auto packed = kernels::document_offsets(docs);
+  CHECK(packed.offsets.numel() == 5 + 2 + 1);  // row 0 holds 5 documents, row 1 two
+  CHECK(packed.longest == S - 131);
+  const auto pos = torch::arange(S);
+  const double scale = 0.125;
+  const auto bf16 = at::kBFloat16;
+  REQUIRE(kernels::fused_document_attention_fits(on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)));
+  const auto offsets = kernels::DocumentOffsets{packed.offsets.to(torch::kCUDA), packed.longest};
+  auto fused = [&](auto& in) { return kernels::document_attention(in[0], in[1], in[2], offsets, scale); };
+  auto masked_on = [&](torch::Device d) {
+    return [&, d](auto& in) {
+      return kernels::masked_attention(in[0], in[1], in[2], {pos.to(d), pos.to(d), docs.to(d), docs.to(d)}, scale);
+    };
+  };
+  auto seen = [&](const at::Tensor& t) { return as_seen(t, bf16).to(torch::kDouble); };
+  const auto want = run_op(masked_on(torch::kCPU), {seen(q), seen(k), seen(v)}, seen(dout));
+  const auto got = run_op(fused, {on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)}, on_gpu(dout, bf16));
+  const auto dense =
+      run_op(masked_on(torch::kCUDA), {on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)}, on_gpu(dout, bf16));
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("result " << i << " (out, dq, dk, dv)");
+    CHECK(rel(got[i], want[i]) < 1e-2);
+    CHECK(rel(dense[i], want[i]) < 1e-2);
   }
 }
 

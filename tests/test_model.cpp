@@ -437,7 +437,7 @@ class ReportingUnit : public models::Unit {
 TEST_CASE("units report auxiliary values on the step's side channel, once per forward even when recomputed", "[model]") {
   std::vector<models::UnitPtr> units{std::make_shared<ReportingUnit>(), std::make_shared<ReportingUnit>()};
   models::AuxValues aux;
-  const models::UnitBatch batch{torch::full({1, 2}, 3, torch::kLong), torch::zeros({1, 2}, torch::kLong), {}, &aux};
+  const models::UnitBatch batch{.tokens = torch::full({1, 2}, 3, torch::kLong), .targets = torch::zeros({1, 2}, torch::kLong), .aux = &aux};
   for (bool recompute : {false, true}) {
     INFO(recompute);
     aux.clear();

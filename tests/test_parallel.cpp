@@ -1165,7 +1165,7 @@ TEST_CASE("parallelize: every trained tensor's placement carries the model's ten
       for (const auto& t : p.trained) by_name[t.name] = &t.placement;
       auto split_of = [&](const std::string& name, parallel::MeshDim d) -> int64_t {
         for (const auto& s : by_name.at(name)->splits)
-          if (s.mesh == d) return s.dim;
+          if (s.mesh == std::vector{d}) return s.dim;
         return -1;
       };
       CHECK(split_of("layers.0.attention.wq.weight", parallel::MeshDim::tp) == 0);
@@ -1335,6 +1335,116 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
       check_same_model(final_model(cfg), reference);
     }
   }
+}
+
+TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 2 and 4 ranks, with FSDP, TP and a "
+          "pipeline, trains as one rank does, and its checkpoints move to and from one rank",
+          "[parallel]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir, short_documents(dir));
+  const std::string mask = GENERATE(std::string("causal"), std::string("block_causal"));
+  INFO(mask);
+  auto with_mask = [&](config::JobConfig c) {
+    c.training.attention_mask = mask;
+    c.model.dimensions = {{"n_layers", "4", "test"}};
+    c.training.steps = 10;
+    c.checkpoint.interval = 5;
+    c.validation.enable = false;
+    return c;
+  };
+  const auto one_cfg = with_mask(dp_job(dir, tokens, 1, 1, "one"));
+  const auto one = run_with_timeout(one_cfg);
+  REQUIRE(one.steps.size() == 10);
+  const auto reference = final_model(one_cfg);
+  struct Layout {
+    const char* name;
+    int ranks, dp, pp, tp, cp;
+    const char* method;
+  };
+  auto layout = [&](const Layout& l) {
+    auto cfg = with_mask(l.pp > 1 ? pp_job(dir, tokens, l.pp * l.dp, l.pp, "1F1B", l.name) : dp_job(dir, tokens, l.dp, 1, l.name));
+    cfg.model.dimensions = {{"n_layers", "4", "test"}};
+    cfg.validation.enable = false;
+    cfg.job.local_ranks = l.ranks;
+    cfg.parallelism.tensor_parallel_degree = l.tp;
+    cfg.parallelism.context_parallel_degree = l.cp;
+    cfg.parallelism.context_parallel_rotate_method = l.method;
+    return cfg;
+  };
+  std::vector<Layout> layouts = {{"cp2_allgather", 2, 1, 1, 1, 2, "allgather"}, {"cp2_ring", 2, 1, 1, 1, 2, "ring"},
+                                 {"cp4_allgather", 4, 1, 1, 1, 4, "allgather"}, {"cp4_ring", 4, 1, 1, 1, 4, "ring"}};
+  if (mask == "causal") {
+    layouts.push_back({"fsdp2_cp2_ring", 4, 2, 1, 1, 2, "ring"});
+    layouts.push_back({"pp2_cp2_allgather", 4, 1, 2, 1, 2, "allgather"});
+  } else {
+    layouts.push_back({"cp2_tp2_ring", 4, 1, 1, 2, 2, "ring"});
+    layouts.push_back({"pp2_cp2_ring", 4, 1, 2, 1, 2, "ring"});
+  }
+  for (const auto& l : layouts) {
+    SECTION(l.name) {
+      const auto cfg = layout(l);
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      REQUIRE(run.exit_code == 0);
+      check_same_run(run, one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+  SECTION("a CP 2 checkpoint resumes on one rank, and one rank's resumes as CP 2") {
+    const auto saved = layout({"saved", 2, 1, 1, 1, 2, "ring"});
+    REQUIRE(run_with_timeout(saved).exit_code == 0);
+    for (const auto& [from, as] : {std::pair<std::string, Layout>{checkpoint::checkpoint_folder(saved), {"resumed_one", 1, 1, 1, 1, 1, "ring"}},
+                                   {checkpoint::checkpoint_folder(one_cfg), {"resumed_cp2", 2, 1, 1, 1, 2, "allgather"}}}) {
+      INFO("resumed as " << as.name);
+      auto cfg = layout(as);
+      cfg.checkpoint.initial_load_path = from + "/step-5";
+      cfg.checkpoint.initial_load_model_only = false;
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      check_same_run(run, one, 6);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+}
+
+TEST_CASE("context parallelism: a sequence that does not cut into 2 x cp chunks, multi-token prediction, an unknown "
+          "rotate method or mask, and block_causal without an EOS token are refused up front",
+          "[parallel]") {
+  config::JobConfig c;
+  c.model.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
+  c.training.seq_len = 36;
+  c.parallelism.context_parallel_degree = 4;
+  CHECK_THROWS_WITH(train::check_layout(c, 4, *train::job_model(c)),
+                    Catch::Contains("training.seq_len = 36 must be a multiple of 2 x parallelism.context_parallel_degree = 8"));
+  c.training.seq_len = 36;
+  c.parallelism.context_parallel_degree = 2;
+  c.parallelism.tensor_parallel_degree = 4;
+  CHECK_THROWS_WITH(train::check_layout(c, 8, *train::job_model(c)),
+                    Catch::Contains("training.seq_len = 36 must be a multiple of parallelism.context_parallel_degree x "
+                                    "parallelism.tensor_parallel_degree = 8"));
+  c.training.seq_len = 32;
+  c.parallelism.tensor_parallel_degree = 1;
+  c.model.name = "deepseek_v3";
+  c.model.dimensions = {{"mtp_layers", "1", "test"}};
+  CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
+                    Catch::Contains("context parallelism with multi-token prediction (mtp_layers) is not implemented yet"));
+  CHECK_THROWS_WITH(config::load_job_config("", {{"parallelism.context_parallel_rotate_method", "alltoall"}}),
+                    Catch::Contains("parallelism.context_parallel_rotate_method") && Catch::Contains("alltoall"));
+  CHECK_THROWS_WITH(config::load_job_config("", {{"training.attention_mask", "sliding"}}),
+                    Catch::Contains("training.attention_mask") && Catch::Contains("sliding"));
+  // A batch without documents (a tokenizer without EOS leaves them out) under block_causal.
+  config::JobConfig one;
+  one.job.device = "cpu";
+  one.model.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
+  one.training.seq_len = 16;
+  one.training.local_batch_size = 1;
+  one.training.attention_mask = "block_causal";
+  train::Trainer trainer(one, train::job_model(one));
+  auto batch = std::make_shared<data::Batch>();
+  batch->tokens = torch::zeros({1, 16}, torch::kLong);
+  batch->targets = torch::zeros({1, 16}, torch::kLong);
+  CHECK_THROWS_WITH(trainer.step(1, {batch}), Catch::Contains("training.attention_mask = \"block_causal\" needs "
+                                                              "documents, but the tokenizer"));
 }
 
 TEST_CASE("tensor parallelism: a degree that does not divide the heads, or a family without a plan, is refused up "

@@ -58,9 +58,30 @@ class Communicator {
   virtual WorkPtr broadcast(at::Tensor t, int root) = 0;
   virtual WorkPtr send(at::Tensor t, int peer) = 0;
   virtual WorkPtr recv(at::Tensor t, int peer) = 0;
+  // `out` sent to rank `to` while `in` is received from rank `from`, as one operation: a ring of
+  // ranks that each send to the next and receive from the previous cannot deadlock (NCCL: one
+  // group). Here: a send and a receive, both waited for.
+  virtual WorkPtr send_recv(at::Tensor out, int to, at::Tensor in, int from);
   virtual void barrier() = 0;
 };
 using CommunicatorPtr = std::shared_ptr<Communicator>;
+
+class BothWork : public Work {
+ public:
+  BothWork(WorkPtr a, WorkPtr b) : a_(std::move(a)), b_(std::move(b)) {}
+  void wait() override {
+    a_->wait();
+    b_->wait();
+  }
+
+ private:
+  WorkPtr a_, b_;
+};
+
+inline WorkPtr Communicator::send_recv(at::Tensor out, int to, at::Tensor in, int from) {
+  auto sent = send(std::move(out), to);
+  return std::make_unique<BothWork>(std::move(sent), recv(std::move(in), from));
+}
 
 // The grouped operations' shapes: as many `whole` tensors as `parts`, each holding `size` times
 // its part's elements. What is wrong, or empty when they fit.

@@ -157,6 +157,17 @@ class NcclCommunicator : public Communicator {
     });
   }
 
+  WorkPtr send_recv(at::Tensor out, int to, at::Tensor in, int from) override {
+    require(out.scalar_type() == in.scalar_type(), "send_recv: the sent and received tensors differ in dtype");
+    return issue("send to rank " + std::to_string(to) + ", recv from rank " + std::to_string(from), {out, in},
+                 [&](cudaStream_t s) {
+                   return grouped(2, [&](size_t k) {
+                     return k == 0 ? ncclSend(out.data_ptr(), out.numel(), nccl_type(out.scalar_type()), to, comm_, s)
+                                   : ncclRecv(in.data_ptr(), in.numel(), nccl_type(in.scalar_type()), from, comm_, s);
+                   });
+                 });
+  }
+
   void barrier() override {
     c10::cuda::CUDAGuard guard(device_);
     auto one = at::ones({1}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, device_));

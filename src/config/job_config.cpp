@@ -175,11 +175,6 @@ Rule existing_file() {
   return [](std::string_view key, FieldRef field, const JobConfig&) { return missing_file(key, *std::get<std::string*>(field)); };
 }
 
-// Tensor, pipeline and context parallelism are not built yet.
-Rule not_built_yet() {
-  return must_be<int64_t>("1 (this parallelism is not implemented yet)", [](int64_t v, auto&) { return v == 1; });
-}
-
 Rule positive_or_fill() {
   return must_be<int64_t>("-1 or at least 1", [](int64_t v, auto&) { return v == -1 || v >= 1; });
 }
@@ -353,6 +348,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(training, dataset_path), empty_or_existing_dataset_path()},
       {TROUPE_KEY(training, dataset_text_field), not_empty()},
       {TROUPE_KEY(training, deterministic), {}},
+      {TROUPE_KEY(training, attention_mask), one_of({"causal", "block_causal"})},
       {TROUPE_KEY(training, mixed_precision_param), one_of({"bfloat16", "float32"})},
       // Gradients are reduced across ranks only once there are several; fp32 is the one choice now.
       {TROUPE_KEY(training, mixed_precision_reduce), one_of({"float32"})},
@@ -391,7 +387,8 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(parallelism, enable_async_tensor_parallel),
        must_be<bool>("false (asynchronous tensor parallelism is not implemented yet)", [](bool v, auto&) { return !v; })},
       {TROUPE_KEY(parallelism, pipeline_parallel_degree), at_least(1)},
-      {TROUPE_KEY(parallelism, context_parallel_degree), not_built_yet()},
+      {TROUPE_KEY(parallelism, context_parallel_degree), at_least(1)},
+      {TROUPE_KEY(parallelism, context_parallel_rotate_method), one_of({"allgather", "ring"})},
       {TROUPE_KEY(parallelism, fsdp_reshard_after_forward), one_of({"default", "always", "never"})},
       {TROUPE_KEY(parallelism, pipeline_parallel_schedule),
        one_of({"GPipe", "1F1B", "Interleaved1F1B", "ZBVZeroBubble", "InterleavedZeroBubble"})},

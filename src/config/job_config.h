@@ -64,6 +64,9 @@ struct TrainingSection {
   std::string dataset_path = "";  // a file, a directory (its files, recursively) or a glob
   std::string dataset_text_field = "text";  // jsonl: the key whose string is the document
   bool deterministic = false;
+  // causal: a token attends to every earlier token of its row; block_causal: only to those of
+  // its own document (documents end after the tokenizer's EOS token).
+  std::string attention_mask = "causal";
   // Compute dtype on CUDA (fp32 master weights and optimizer state either way). CPU runs
   // compute in fp32: bf16 matmuls are slower there on CPUs without AMX.
   std::string mixed_precision_param = "bfloat16";  // bfloat16 | float32
@@ -109,7 +112,7 @@ struct CheckpointSection {
 };
 
 // torchtitan's [parallelism]. The degrees multiply to the world size
-// (data_parallel_shard_degree = -1 fills the rest); context parallelism must be 1.
+// (data_parallel_shard_degree = -1 fills the rest).
 struct ParallelismSection {
   int64_t data_parallel_replicate_degree = 1;
   int64_t data_parallel_shard_degree = -1;
@@ -119,7 +122,10 @@ struct ParallelismSection {
   bool disable_loss_parallel = false;
   bool enable_async_tensor_parallel = false;
   int64_t pipeline_parallel_degree = 1;
+  // Each sequence split over the cp ranks, load-balanced (rank i holds chunks i and 2cp-1-i);
+  // attention over the group by `allgather` (keys and values gathered whole) or `ring`.
   int64_t context_parallel_degree = 1;
+  std::string context_parallel_rotate_method = "allgather";
   std::string fsdp_reshard_after_forward = "default";  // default | always | never
   // GPipe | 1F1B | Interleaved1F1B | ZBVZeroBubble | InterleavedZeroBubble
   std::string pipeline_parallel_schedule = "1F1B";

@@ -19,8 +19,8 @@ int default_workers() {
   return std::max(1, cores - 1);  // one core stays with the loader and the trainer
 }
 
-std::unique_ptr<WindowStream> make_windows(const DatasetSpec& spec, DataShare share, SkipLog log) {
-  auto tokenizer = Tokenizer::load(spec.tokenizer_path);
+std::unique_ptr<WindowStream> make_windows(const DatasetSpec& spec, const Tokenizer& tokenizer, DataShare share,
+                                           SkipLog log) {
   if (spec.kind == "tokens") return std::make_unique<ShardWindows>(dataset_files(spec.path), tokenizer.vocab_size(), share, spec.seq_len);
   TextFormat format;
   std::string path = spec.path;
@@ -36,7 +36,7 @@ std::unique_ptr<WindowStream> make_windows(const DatasetSpec& spec, DataShare sh
   }
   if (path.empty()) throw std::invalid_argument("dataset '" + spec.kind + "' needs a dataset_path");
   auto reader = std::make_unique<DocumentReader>(dataset_files(path), format, spec.text_field, std::move(log));
-  return std::make_unique<PackedTextWindows>(std::move(reader), std::move(tokenizer), share, spec.seq_len,
+  return std::make_unique<PackedTextWindows>(std::move(reader), tokenizer, share, spec.seq_len,
                                              spec.workers > 0 ? spec.workers : default_workers());
 }
 
@@ -52,12 +52,22 @@ DatasetSpec DatasetSpec::validation(const config::JobConfig& cfg) {
           cfg.training.local_batch_size, cfg.training.seq_len, 0};
 }
 
+at::Tensor document_ids(const at::Tensor& tokens, int64_t eos) {
+  // A token's document is the number of EOS tokens before it in its row.
+  const auto ends = tokens.eq(eos).to(at::kLong);
+  return ends.cumsum(1) - ends;
+}
+
 void log_skip_to_stderr(const std::string& message) { std::cerr << "data: " << message << '\n'; }
 
 BatchSource::BatchSource(const config::JobConfig& cfg, DataShare share) : BatchSource(DatasetSpec::training(cfg), share) {}
 
 BatchSource::BatchSource(const DatasetSpec& spec, DataShare share, SkipLog log)
-    : windows_(make_windows(spec, share, std::move(log))), batch_size_(spec.batch_size), seq_len_(spec.seq_len) {}
+    : batch_size_(spec.batch_size), seq_len_(spec.seq_len) {
+  const auto tokenizer = Tokenizer::load(spec.tokenizer_path);
+  eos_ = tokenizer.eos_id();
+  windows_ = make_windows(spec, tokenizer, share, std::move(log));
+}
 
 BatchSource::~BatchSource() = default;
 
@@ -69,6 +79,7 @@ Batch BatchSource::next() {
   Batch batch;
   batch.tokens = window.narrow(1, 0, seq_len_).contiguous();
   batch.targets = window.narrow(1, 1, seq_len_).contiguous();
+  if (eos_) batch.documents = document_ids(batch.tokens, *eos_);
   batch.sequence = produced_++;
   batch.next = position();
   return batch;

@@ -4,6 +4,7 @@
 // owns one; the benchmark's plain loop and the tests use one directly.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "config/job_config.h"
@@ -47,6 +48,7 @@ class BatchSource {
 
  private:
   std::unique_ptr<WindowStream> windows_;
+  std::optional<int32_t> eos_;  // where documents end
   int64_t batch_size_, seq_len_, produced_ = 0;
 };
 

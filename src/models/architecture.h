@@ -64,6 +64,11 @@ class Architecture {
   virtual std::string tensor_parallel_problem(int64_t tp) const {
     return tp > 1 ? "parallelism.tensor_parallel_degree: " + family() + " has no tensor-parallel plan" : "";
   }
+  // Why the model cannot attend over `cp` context-parallel ranks (naming
+  // parallelism.context_parallel_degree), or empty.
+  virtual std::string context_parallel_problem(int64_t cp) const {
+    return cp > 1 ? "parallelism.context_parallel_degree: " + family() + " has no context-parallel attention" : "";
+  }
 
   // The plain model: unsharded shapes, as units. `options` picks dtype and device (meta builds
   // shapes without memory); units `materialize` rejects (another pipeline stage's) are built on

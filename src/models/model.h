@@ -8,7 +8,8 @@
 #include <vector>
 
 #include "kernels/weight_services.h"
-#include "models/tensor_parallel.h"
+#include "models/context_parallel.h"
+#include "models/rank_group.h"
 #include "models/unit.h"
 
 namespace troupe::models {
@@ -45,9 +46,16 @@ class Model : public torch::nn::Module {
   // part of each parameter the family's plan splits (Architecture::sharding_plan; parallelize
   // cuts the parameters by it right after) and exchange activations over the group.
   // std::invalid_argument if the family or its dimensions cannot.
-  virtual void apply_tensor_parallel(TensorParallelGroupPtr group) {
+  virtual void apply_tensor_parallel(RankGroupPtr group) {
     (void)group;
     throw std::invalid_argument("this model family has no tensor-parallel plan");
+  }
+
+  // Context parallelism: the units' attention runs over `cp`'s group (every other op is per
+  // token and needs nothing). std::invalid_argument if the family cannot.
+  virtual void apply_context_parallel(const ContextParallel& cp) {
+    (void)cp;
+    throw std::invalid_argument("this model family has no context-parallel attention");
   }
 
   // Units that compute with another unit's parameters, as (borrower, owner): a head tied to the

@@ -39,6 +39,18 @@ struct UnitBatch {
   // What the backward multiplies this micro-batch's loss by (1 / micro-batches per step): an
   // auxiliary loss a unit adds to the backward is scaled alike.
   double loss_scale = 1.0;
+  // training.attention_mask = "block_causal": [batch, seq] int64, each token's document within
+  // its row, and a token attends only to its own document's earlier tokens. Undefined
+  // ("causal"): to every earlier token of its row.
+  at::Tensor documents;
+  // Context parallelism: the whole sequence's positions [seq x cp] and documents [batch, seq x
+  // cp] in the order the cp ranks' parts are gathered (rank-major): whom the keys other ranks
+  // hold belong to. Undefined without it.
+  at::Tensor all_positions, all_documents;
+  // block_causal on CUDA without context parallelism: the documents as variable-length
+  // sequences for the fused attention (kernels::document_offsets), the offsets on the device.
+  at::Tensor document_offsets;
+  int64_t longest_document = 0;
 };
 
 class Unit : public torch::nn::Module {

@@ -48,8 +48,6 @@ ParallelDims ParallelDims::resolve(const config::ParallelismSection& p, int64_t 
                                 " = " + std::to_string(dims.world()) + ", but the world has " + std::to_string(world) +
                                 " ranks");
   }
-  if (dims.of(MeshDim::cp) > 1)
-    throw std::invalid_argument("parallelism: cp degree > 1 is not implemented yet (pp, dp_replicate, dp_shard and tp are)");
   return dims;
 }
 

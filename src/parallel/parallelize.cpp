@@ -10,6 +10,7 @@
 #include "comm/gloo_communicator.h"
 #include "comm/nccl_communicator.h"
 #include "comm/replica_communicator.h"
+#include "parallel/rank_group.h"
 #include "parallel/tensor_parallel.h"
 
 namespace troupe::parallel {
@@ -48,16 +49,11 @@ PipelinePlan split_and_schedule(const config::JobConfig& cfg, const DeviceMesh& 
 }
 
 // Step 2: the model's own plan. Each parameter's placement starts with its tensor-parallel
-// split (a rule may name a parameter the model lacks: a tied model has no output). The
-// engines that split the tensors and communicate inside the units over tp, cp and ep come with
-// those parallelisms: until then their degrees must be 1, and a tp split is one part.
+// split (a rule may name a parameter the model lacks: a tied model has no output). Context
+// parallelism splits activations only: every cp rank holds the parameters alike.
 std::map<std::string, Placement> apply_model_plan(const models::ShardingPlan& plan,
                                                   const std::vector<std::pair<std::string, at::Tensor>>& parameters,
                                                   const DeviceMesh& mesh) {
-  for (auto d : {MeshDim::cp})
-    if (mesh.dims().of(d) != 1)
-      throw std::invalid_argument(std::string("parallelism: ") + dim_name(d) +
-                                  " degree > 1 is not implemented yet (the model's sharding plan has no engine)");
   std::map<std::string, Placement> placements;
   for (const auto& [name, t] : parameters) {
     auto placement = Placement::whole(t.sizes().vec());
@@ -153,18 +149,26 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   const auto plan_placements = apply_model_plan(arch.sharding_plan(), owned, mesh);
   if (dims.of(MeshDim::tp) > 1) {
     out.tp = connect(rank, mesh, {MeshDim::tp}, cuda);
-    model.apply_tensor_parallel(make_tensor_parallel_group(out.tp));
+    model.apply_tensor_parallel(make_rank_group(out.tp));
     for (auto& [name, t] : owned) keep_piece(t, plan_placements.at(name));
+  }
+  if (dims.of(MeshDim::cp) > 1) {
+    out.cp = connect(rank, mesh, {MeshDim::cp}, cuda);
+    model.apply_context_parallel({make_rank_group(out.cp), models::parse_rotate_method(cfg.parallelism.context_parallel_rotate_method)});
   }
 
   // 3. Activation checkpointing.
   const auto recompute = apply_activation_checkpointing(model, out.unit_ids, cfg.activation_checkpoint);
 
   // The groups of the mesh dimensions a trained tensor may be split over.
-  std::map<MeshDim, comm::CommunicatorPtr> groups{{MeshDim::tp, out.tp}};
+  std::map<std::vector<MeshDim>, comm::CommunicatorPtr> groups{{{MeshDim::tp}, out.tp}};
 
-  // 4. Data parallelism; without it every parameter is trained whole.
-  if (dims.dp() > 1 || rank.shard_alone_as > 0) {
+  // 4. Data parallelism; without it every parameter is trained whole. FSDP shards over dp_shard
+  // x cp, as torchtitan's: the cp ranks' gradients (of their parts of the sequences) are averaged
+  // with the data-parallel ones'.
+  const std::vector<MeshDim> shard_dims =
+      dims.of(MeshDim::cp) > 1 ? std::vector{MeshDim::dp_shard, MeshDim::cp} : std::vector{MeshDim::dp_shard};
+  if (dims.dp() * dims.of(MeshDim::cp) > 1 || rank.shard_alone_as > 0) {
     DataParallelOptions o;
     // A tied head computes with the embedding's weight: the embedding's unit is gathered with
     // it, and the weight's gradient collects both uses before the embedding's reduction.
@@ -174,7 +178,7 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
       return static_cast<size_t>(it - out.unit_ids.begin());
     };
     for (const auto& [borrower, owner] : model.borrowed_units()) o.borrows.push_back({local(borrower), local(owner)});
-    o.shard = connect(rank, mesh, {MeshDim::dp_shard}, cuda);
+    o.shard = connect(rank, mesh, shard_dims, cuda);
     o.replicate = connect(rank, mesh, {MeshDim::dp_replicate}, cuda);
     o.compute_dtype = compute_dtype;
     o.reduce_dtype = reduce_dtype;
@@ -183,20 +187,18 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
     model.weight_services().sinks = &out.sharded->gradient_sinks();
     for (const auto& s : out.sharded->shards()) {
       if (s.master.numel() == 0) continue;  // a chunk past the end of a short parameter
-      out.trained.push_back({s.name, s.master, plan_placements.at(s.name).split(MeshDim::dp_shard, 0, s.index, s.parts),
+      out.trained.push_back({s.name, s.master, plan_placements.at(s.name).split(shard_dims, 0, s.index, s.parts),
                              s.unit});
     }
-    groups[MeshDim::dp_shard] = o.shard;
-    groups[MeshDim::dp_replicate] = o.replicate;
+    groups[shard_dims] = o.shard;
+    groups[{MeshDim::dp_replicate}] = o.replicate;
   } else {
     for (const auto& [name, t] : owned) out.trained.push_back({name, t, plan_placements.at(name)});
   }
-  std::set<MeshDim> split;
+  std::set<std::vector<MeshDim>> split;
   for (const auto& t : out.trained) {
-    const auto dims_split = t.placement.split_dims();
-    for (auto d : dims_split) split.insert(d);
-    if (out.tp && std::find(dims_split.begin(), dims_split.end(), MeshDim::tp) == dims_split.end())
-      out.tp_replicated.push_back(t.tensor);
+    for (const auto& g : t.placement.split_groups()) split.insert(g);
+    if (out.tp && !t.placement.split_over(MeshDim::tp)) out.tp_replicated.push_back(t.tensor);
   }
   // A split with no group is of one part: nothing to sum across.
   for (auto d : split)
@@ -208,9 +210,10 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
     out.stages = connect(rank, mesh, {MeshDim::pp}, cuda);
     out.pipeline = std::make_unique<pp::PipelineExecutor>(
         plan->schedule, out.stages->rank(), plan->split, *out.executor, out.stages,
-        // Between stages the residual stream is sequence-parallel: 1/tp of the sequence.
+        // Between stages the residual stream is this cp rank's part of the sequence, and of it
+        // (sequence parallelism) 1/tp.
         std::vector<int64_t>{cfg.training.local_batch_size / plan->schedule.microbatches,
-                             cfg.training.seq_len / dims.of(MeshDim::tp), arch.hidden_dim()},
+                             cfg.training.seq_len / dims.of(MeshDim::cp) / dims.of(MeshDim::tp), arch.hidden_dim()},
         at::TensorOptions().dtype(compute_dtype).device(torch::Device(device)));
   }
   return out;

@@ -73,6 +73,7 @@ struct ParallelModel {
   // whole (the norms), whose gradients are partial per rank until summed over the group.
   comm::CommunicatorPtr tp;
   std::vector<at::Tensor> tp_replicated;
+  comm::CommunicatorPtr cp;  // context parallelism's group; null without it
   std::unique_ptr<ShardedUnits> sharded;  // null without data parallelism
   std::unique_ptr<UnitExecutor> executor;
   comm::CommunicatorPtr stages;  // the pipeline group; null without a pipeline

@@ -5,12 +5,12 @@
 
 namespace troupe::parallel {
 
-Placement Placement::split(MeshDim mesh, int64_t dim, int64_t index, int64_t parts) const {
+Placement Placement::split(std::vector<MeshDim> mesh, int64_t dim, int64_t index, int64_t parts) const {
   if (dim < 0 || dim >= static_cast<int64_t>(global_shape.size()))
     throw std::logic_error("a placement cannot split dimension " + std::to_string(dim) + " of a " +
                            std::to_string(global_shape.size()) + "-d tensor");
   auto out = *this;
-  out.splits.push_back({mesh, dim, index, parts});
+  out.splits.push_back({std::move(mesh), dim, index, parts});
   return out;
 }
 
@@ -29,12 +29,12 @@ checkpoint::ShardBox Placement::box() const {
 
 bool Placement::split_over(MeshDim d) const {
   for (const auto& s : splits)
-    if (s.mesh == d) return true;
+    if (std::find(s.mesh.begin(), s.mesh.end(), d) != s.mesh.end()) return true;
   return false;
 }
 
-std::vector<MeshDim> Placement::split_dims() const {
-  std::vector<MeshDim> out;
+std::vector<std::vector<MeshDim>> Placement::split_groups() const {
+  std::vector<std::vector<MeshDim>> out;
   for (const auto& s : splits)
     if (std::find(out.begin(), out.end(), s.mesh) == out.end()) out.push_back(s.mesh);
   return out;

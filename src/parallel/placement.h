@@ -14,7 +14,9 @@ namespace troupe::parallel {
 
 struct Placement {
   struct Split {
-    MeshDim mesh;
+    // The mesh dimensions whose ranks (flattened, in mesh order) cut the piece: one, or FSDP's
+    // dp_shard and cp together.
+    std::vector<MeshDim> mesh;
     int64_t dim;
     int64_t index;  // this rank's chunk (torch.chunk sizes) ...
     int64_t parts;  // ... of this many
@@ -24,13 +26,17 @@ struct Placement {
 
   static Placement whole(std::vector<int64_t> shape) { return {std::move(shape), {}}; }
   // This placement split once more: `mesh` cuts tensor dim `dim` of the piece it has so far.
-  Placement split(MeshDim mesh, int64_t dim, int64_t index, int64_t parts) const;
+  Placement split(std::vector<MeshDim> mesh, int64_t dim, int64_t index, int64_t parts) const;
+  Placement split(MeshDim mesh, int64_t dim, int64_t index, int64_t parts) const {
+    return split(std::vector<MeshDim>{mesh}, dim, index, parts);
+  }
 
   // This rank's piece of the whole tensor (empty lengths where a chunk is past the end).
   checkpoint::ShardBox box() const;
   bool split_over(MeshDim d) const;
-  // The mesh dimensions a reduction over the whole tensor (its squared norm) must sum across.
-  std::vector<MeshDim> split_dims() const;
+  // The groups (of mesh dimensions, as the splits name them) a reduction over the whole tensor
+  // (its squared norm) must sum across.
+  std::vector<std::vector<MeshDim>> split_groups() const;
   // Of the ranks holding the same piece, whether this one writes it to a checkpoint: the one at
   // coordinate 0 of every data-parallel, context and tensor dimension the piece is not split over.
   bool saved_by(const DeviceMesh& mesh) const;

@@ -1,17 +1,14 @@
-// Tensor parallelism's side in parallel/: the models::TensorParallelGroup the units exchange
-// activations over (a Communicator of the tp mesh dimension), and the sum over the tp ranks of
-// the gradients of the parameters they all hold whole (the norms: each rank's gradient covers
-// its part of the sequence, or its heads).
+// Tensor parallelism's side in parallel/: the cut of each parameter to this rank's piece, and
+// the sum over the tp ranks of the gradients of the parameters they all hold whole (the norms:
+// each rank's gradient covers its part of the sequence, or its heads).
 #pragma once
 #include <vector>
 
 #include "comm/communicator.h"
-#include "models/tensor_parallel.h"
+#include "models/rank_group.h"
 #include "parallel/placement.h"
 
 namespace troupe::parallel {
-
-models::TensorParallelGroupPtr make_tensor_parallel_group(comm::CommunicatorPtr tp);
 
 // `parameter` cut in place to this rank's piece of its placement (the sharding plan's split):
 // it stays the same tensor, so the modules, `owned` and later FSDP see the new shape.

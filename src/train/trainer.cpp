@@ -14,12 +14,14 @@
 #include <stdexcept>
 
 #include "data/batch.h"
+#include "kernels/attention.h"
 #include "kernels/float8_linear.h"
 #include "kernels/ops.h"
 #include "kernels/weight_copies.h"
 #include "models/model.h"
 #include <c10/cuda/CUDAFunctions.h>
 
+#include "parallel/context_parallel.h"
 #include "parallel/device_mesh.h"
 #include "parallel/parallelize.h"
 #include "parallel/pipeline_render.h"
@@ -77,11 +79,18 @@ void check_layout(const config::JobConfig& cfg, int world, const models::Archite
                                 std::to_string(per_step));
   adam_options(cfg.optimizer);
   const auto seq = cfg.training.seq_len;
-  const int64_t tp = dims.of(parallel::MeshDim::tp);
+  const int64_t tp = dims.of(parallel::MeshDim::tp), cp = dims.of(parallel::MeshDim::cp);
   if (const auto problem = model.tensor_parallel_problem(tp); !problem.empty()) throw std::invalid_argument(problem);
-  if (seq % tp)
-    throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " must be a multiple of "
-                                "parallelism.tensor_parallel_degree = " + std::to_string(tp) +
+  if (const auto problem = model.context_parallel_problem(cp); !problem.empty()) throw std::invalid_argument(problem);
+  models::parse_rotate_method(cfg.parallelism.context_parallel_rotate_method);
+  if (cp > 1 && seq % (2 * cp))
+    throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " must be a multiple of 2 x "
+                                "parallelism.context_parallel_degree = " + std::to_string(2 * cp) +
+                                " (each cp rank holds two equal chunks of every sequence)");
+  if ((seq / cp) % tp)
+    throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " must be a multiple of " +
+                                (cp > 1 ? "parallelism.context_parallel_degree x " : "") +
+                                "parallelism.tensor_parallel_degree = " + std::to_string(cp * tp) +
                                 " (sequence parallelism gives each rank an equal part)");
   if (seq > model.max_seq_len())
     throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " is more than " + model.family() +
@@ -193,7 +202,10 @@ struct Trainer::Impl {
     accumulation = global < 0 ? 1 : global / (cfg.training.local_batch_size * dims.dp());
     // A pipeline's first stage and a tensor-parallel group's first rank count the tokens, once.
     const parallel::DeviceMesh mesh(dims, rank.rank);
-    counts_tokens = mesh.coord(parallel::MeshDim::pp) == 0 && mesh.coord(parallel::MeshDim::tp) == 0;
+    counts_tokens = mesh.coord(parallel::MeshDim::pp) == 0 && mesh.coord(parallel::MeshDim::tp) == 0 &&
+                    mesh.coord(parallel::MeshDim::cp) == 0;
+    cp_rank = mesh.coord(parallel::MeshDim::cp);
+    block_causal = cfg.training.attention_mask == "block_causal";
 
     parallelized = parallel::parallelize(*model, *arch, plan, cfg, rank, dims, device, compute, reduce);
 
@@ -294,6 +306,34 @@ struct Trainer::Impl {
   std::function<void(const char*, int64_t)> activity;
   models::AuxValues aux;  // the running step's side channel
   bool counts_tokens = true;  // one rank of each data-parallel replica reports the tokens, the others 0
+  bool block_causal = false;  // training.attention_mask: documents attend within themselves
+  int64_t cp_rank = 0;        // this rank's coordinate in the context-parallel group
+
+  // What the units read of rows [first, first + rows) of a batch: on the device, with the
+  // documents under block_causal, and cut to this rank's part of the sequences under context
+  // parallelism.
+  models::UnitBatch unit_batch(const data::Batch& b, int64_t first, int64_t rows, models::AuxValues* aux_values,
+                               double loss_scale) const {
+    const auto dev = torch::Device(device);
+    models::UnitBatch ub{.tokens = to_device(b.tokens.narrow(0, first, rows), dev),
+                         .targets = to_device(b.targets.narrow(0, first, rows), dev),
+                         .aux = aux_values,
+                         .loss_scale = loss_scale};
+    const auto cp = dims.of(parallel::MeshDim::cp);
+    if (block_causal) {
+      if (!b.documents.defined())
+        throw std::invalid_argument("training.attention_mask = \"block_causal\" needs documents, but the tokenizer "
+                                    "(model.tokenizer_path) has no end-of-sequence token to end them at");
+      const auto documents = b.documents.narrow(0, first, rows);
+      ub.documents = to_device(documents, dev);
+      if (dev.is_cuda() && cp == 1) {
+        auto packed = kernels::document_offsets(documents);
+        ub.document_offsets = to_device(packed.offsets, dev);
+        ub.longest_document = packed.longest;
+      }
+    }
+    return cp > 1 ? parallel::context_parallel_part(ub, cp_rank, cp) : ub;
+  }
   std::string trace_path;     // profiling.enable_profiling: this rank's pipeline actions
   std::vector<parallel::pp::TimedAction> trace;
   int64_t traced_steps = 0;
@@ -380,18 +420,17 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   int64_t micro = 0;
   for (const auto& b : micro_batches) {
     if (m.progress) m.progress(++micro);
-    models::UnitBatch ub{to_device(b->tokens, dev), to_device(b->targets, dev), {}, &m.aux,
-                         1.0 / static_cast<double>(m.accumulation)};
+    const auto batch_rows = b->tokens.size(0);
     if (m.parallelized.pipeline) {
       const auto n = m.parallelized.pipeline->schedule().microbatches;
-      const auto rows = ub.tokens.size(0) / n;
+      const auto rows = batch_rows / n;
       std::vector<models::UnitBatch> parts;
       for (int64_t i = 0; i < n; ++i)
-        parts.push_back({ub.tokens.narrow(0, i * rows, rows), ub.targets.narrow(0, i * rows, rows), {}, &m.aux,
-                         1.0 / static_cast<double>(n * m.accumulation)});
+        parts.push_back(m.unit_batch(*b, i * rows, rows, &m.aux, 1.0 / static_cast<double>(n * m.accumulation)));
       for (auto& l : m.parallelized.pipeline->run(parts, parts.front().loss_scale)) losses.push_back(l);
     } else {
-      losses.push_back(m.parallelized.executor->forward(ub));
+      losses.push_back(m.parallelized.executor->forward(
+          m.unit_batch(*b, 0, batch_rows, &m.aux, 1.0 / static_cast<double>(m.accumulation))));
       m.parallelized.executor->backward(1.0 / static_cast<double>(m.accumulation));
     }
     if (m.parallelized.sharded) m.parallelized.sharded->finish_gradients();
@@ -447,8 +486,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
 double Trainer::evaluate(const data::Batch& batch) {
   torch::NoGradGuard no_grad;
   auto& m = *impl_;
-  const auto dev = torch::Device(m.device);
-  const models::UnitBatch ub{to_device(batch.tokens, dev), to_device(batch.targets, dev)};
+  const auto ub = m.unit_batch(batch, 0, batch.tokens.size(0), nullptr, 1.0);
   if (!m.parallelized.sharded && !m.parallelized.pipeline) return to_host(m.model->loss(ub).to(at::kDouble)).item<double>();
   at::Tensor loss;
   if (m.parallelized.pipeline) {

@@ -5,8 +5,10 @@
 
 #include <cmath>
 
+#include "kernels/attention.h"
 #include "kernels/ops.h"
 #include "kernels/vocab_parallel_loss.h"
+#include "models/context_parallel.h"
 #include "models/common/layers.h"
 #include "models/common/moe.h"
 
@@ -18,13 +20,36 @@ namespace {
 class AttentionModule : public torch::nn::Module {
  public:
   // `recipe`: how x is recomputed, when the projections are not to keep it.
-  virtual at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const at::Tensor& positions,
+  virtual at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const UnitBatch& batch,
                              const kernels::InputRecipe& recipe) const = 0;
   // Initialisation (torchtitan's): input projections at 0.02, the output at `out_std`, norms at one.
   virtual void init(const std::function<void(at::Tensor&, double)>& normal, double out_std) = 0;
   // Tensor parallelism over `group` (DecoderModel::apply_tensor_parallel checks the family first).
-  virtual void shard(TensorParallelGroup& group) = 0;
+  virtual void shard(RankGroup& group) = 0;
+  // Context parallelism (DecoderModel::apply_context_parallel): null without it.
+  const ContextParallel* cp = nullptr;
 };
+
+// Attention of q [B, S, H, D] over k, v [B, S, Hkv, *] as the batch's mask says: causal over the
+// row (scaled_dot_product_attention's fused kernels), causal within each document, or over the
+// context-parallel group. `scale` unset: 1/sqrt(D).
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, std::optional<double> scale,
+                  const UnitBatch& batch, const ContextParallel* cp) {
+  const double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  if (cp) return context_parallel_attention(q, k, v, batch, s, *cp);
+  if (batch.document_offsets.defined() && kernels::fused_document_attention_fits(q, k, v))
+    return kernels::document_attention(q, k, v, {batch.document_offsets, batch.longest_document}, s);
+  if (batch.documents.defined()) {
+    const auto positions = batch.positions.defined() ? batch.positions
+                                                     : at::arange(q.size(1), q.options().dtype(at::kLong));
+    return kernels::masked_attention(q, k, v, {positions, positions, batch.documents, batch.documents}, s);
+  }
+  // Grouped-query attention inside SDPA (each kv head serves n_heads/n_kv_heads consecutive
+  // q heads) instead of materialising the repeated k and v.
+  return at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), std::nullopt, 0.0,
+                                          /*is_causal=*/true, scale, /*enable_gqa=*/k.size(2) != q.size(2))
+      .transpose(1, 2);
+}
 
 // Rows of the rotary tables for these tokens' positions; without positions the first S rows.
 std::pair<at::Tensor, at::Tensor> rotary_rows(const RotaryTables& rope, const at::Tensor& positions) {
@@ -49,7 +74,7 @@ class Attention : public AttentionModule {
   // Under tensor parallelism x is this rank's part of the sequence and the projections hold this
   // rank's heads: the whole sequence is gathered for them (and kept), and wo's partial sums are
   // added up over the ranks as each takes its part of the sequence back.
-  at::Tensor forward(const at::Tensor& x_in, const RotaryTables& rope, const at::Tensor& positions,
+  at::Tensor forward(const at::Tensor& x_in, const RotaryTables& rope, const UnitBatch& batch,
                      const kernels::InputRecipe& recipe_in) const override {
     const auto x = tp ? gather_sequence(x_in, *tp) : x_in;
     const auto recipe = tp ? kernels::InputRecipe{} : recipe_in;
@@ -61,22 +86,18 @@ class Attention : public AttentionModule {
       q = q_norm->forward(q);
       k = k_norm->forward(k);
     }
-    const auto [cos, sin] = rotary_rows(rope, positions);
+    const auto [cos, sin] = rotary_rows(rope, batch.positions);
     q = kernels::rotary(q, cos, sin);
     k = kernels::rotary(k, cos, sin);
     auto v = qkv[2].view({B, S, n_kv_heads_, head_dim_});
-    // Grouped-query attention inside SDPA (each kv head serves n_heads/n_kv_heads consecutive
-    // q heads) instead of materialising the repeated k and v.
-    auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                std::nullopt, 0.0, /*is_causal=*/true, std::nullopt,
-                                                /*enable_gqa=*/n_kv_heads_ != n_heads_);
-    auto y = wo->forward(out.transpose(1, 2).reshape({B, S, n_heads_ * head_dim_}));
+    auto out = attend(q, k, v, std::nullopt, batch, cp);
+    auto y = wo->forward(out.reshape({B, S, n_heads_ * head_dim_}));
     return tp ? scatter_sequence_sum(y, *tp) : y;
   }
 
   // Tensor parallelism: this rank's heads (q's and k/v's, consecutive, so each q head keeps its
   // k/v head) in wq, wk, wv's rows and wo's columns.
-  void shard(TensorParallelGroup& group) override {
+  void shard(RankGroup& group) override {
     const int64_t n = group.size();
     n_heads_ /= n;
     n_kv_heads_ /= n;
@@ -95,7 +116,7 @@ class Attention : public AttentionModule {
   std::shared_ptr<Projection> wq, wk, wv, wo;
   std::shared_ptr<RMSNorm> q_norm, k_norm;  // null without qk_norm
   const kernels::WeightServices* services;
-  TensorParallelGroup* tp = nullptr;  // set by shard()
+  RankGroup* tp = nullptr;  // set by shard()
 
  private:
   int64_t n_heads_, n_kv_heads_, head_dim_;
@@ -128,23 +149,22 @@ class LatentAttention : public AttentionModule {
     wo = register_module("wo", std::make_shared<Projection>(a.n_heads * a.v_head_dim, a.dim, o, s));
   }
 
-  at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const at::Tensor& positions,
+  at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const UnitBatch& batch,
                      const kernels::InputRecipe& recipe) const override {
     const auto B = x.size(0), S = x.size(1), H = a_.n_heads;
     const auto nope = a_.qk_nope_head_dim, pe = a_.qk_rope_head_dim, latent = a_.kv_lora_rank;
     auto first = kernels::linear_group(x, {wq ? wq->weight : wq_a->weight, wkv_a->weight}, recipe, services);
     auto q = wq ? first[0] : wq_b->forward(q_norm->forward(first[0]));
     q = q.view({B, S, H, nope + pe});
-    const auto [cos, sin] = rotary_rows(rope, positions);
+    const auto [cos, sin] = rotary_rows(rope, batch.positions);
     const auto q_pe = kernels::rotary(q.narrow(-1, nope, pe).contiguous(), cos, sin);
     const auto k_pe = kernels::rotary(first[1].narrow(-1, latent, pe).contiguous().view({B, S, 1, pe}), cos, sin);
     const auto kv = wkv_b->forward(kv_norm->forward(first[1].narrow(-1, 0, latent))).view({B, S, H, nope + a_.v_head_dim});
     const auto query = at::cat({q.narrow(-1, 0, nope), q_pe}, -1);
     const auto key = at::cat({kv.narrow(-1, 0, nope), k_pe.expand({B, S, H, pe})}, -1);
     const auto value = kv.narrow(-1, nope, a_.v_head_dim);
-    auto out = at::scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                                std::nullopt, 0.0, /*is_causal=*/true, a_.attention_scale());
-    return wo->forward(out.transpose(1, 2).reshape({B, S, H * a_.v_head_dim}));
+    auto out = attend(query, key, value, a_.attention_scale(), batch, cp);
+    return wo->forward(out.reshape({B, S, H * a_.v_head_dim}));
   }
 
   void init(const std::function<void(at::Tensor&, double)>& normal, double out_std) override {
@@ -155,7 +175,7 @@ class LatentAttention : public AttentionModule {
     kv_norm->weight.fill_(1.0);
   }
 
-  void shard(TensorParallelGroup&) override {
+  void shard(RankGroup&) override {
     throw std::invalid_argument("tensor parallelism of multi-head latent attention is not implemented yet");
   }
 
@@ -185,7 +205,7 @@ class EmbeddingUnit : public Unit {
   // A sharded table's rows are not the unit's output: no row-wise gradient then.
   at::Tensor lookup_table() const override { return tp ? at::Tensor() : weight; }
   at::Tensor weight;
-  TensorParallelGroup* tp = nullptr;  // tensor parallelism: the table holds this rank's rows
+  RankGroup* tp = nullptr;  // tensor parallelism: the table holds this rank's rows
   // Every later unit computes in the dtype of the activations it receives, so this one choice
   // sets the model's compute precision.
   at::ScalarType compute_dtype;
@@ -216,7 +236,7 @@ class TransformerBlock : public Unit {
     const auto attn_recipe = recompute_elementwise
                                  ? InputRecipe::rms_norm(x_through, attention_norm->weight, attention_norm->eps())
                                  : InputRecipe{};
-    auto [h, ffn_in] = kernels::add_rms_norm(x_through, attention->forward(attn_in, *rope_, batch.positions, attn_recipe),
+    auto [h, ffn_in] = kernels::add_rms_norm(x_through, attention->forward(attn_in, *rope_, batch, attn_recipe),
                                             ffn_norm->weight, ffn_norm->eps(), ffn_norm->services);
     const auto ffn_recipe =
         recompute_elementwise ? InputRecipe::rms_norm(h, ffn_norm->weight, ffn_norm->eps()) : InputRecipe{};
@@ -291,9 +311,12 @@ class HeadUnit : public Unit {
     for (size_t k = 0; k < mtp_blocks.size(); ++k) {
       const int64_t ahead = static_cast<int64_t>(k) + 1, n = S - ahead;
       if (n <= 0) break;
-      UnitBatch part{batch.tokens.narrow(1, ahead, n), batch.targets.narrow(1, ahead, n),
-                     batch.positions.defined() ? batch.positions.narrow(0, 0, n) : at::Tensor(), batch.aux,
-                     batch.loss_scale};
+      UnitBatch part{.tokens = batch.tokens.narrow(1, ahead, n),
+                     .targets = batch.targets.narrow(1, ahead, n),
+                     .positions = batch.positions.defined() ? batch.positions.narrow(0, 0, n) : at::Tensor(),
+                     .aux = batch.aux,
+                     .loss_scale = batch.loss_scale,
+                     .documents = batch.documents.defined() ? batch.documents.narrow(1, 0, n) : at::Tensor()};
       const auto embedded = at::embedding(embedding_->weight, part.tokens).to(x.scalar_type());
       previous = mtp_blocks[k]->predict(previous.narrow(1, 0, n), embedded, part);
       const auto l = kernels::linear_cross_entropy(mtp_blocks[k]->mtp_norm->forward(previous), weight(), part.targets,
@@ -309,7 +332,7 @@ class HeadUnit : public Unit {
 
   // Tensor parallelism: the output holds this rank's rows of the vocabulary (a tied one is the
   // embedding's table, sharded with it).
-  void shard(TensorParallelGroup& group) {
+  void shard(RankGroup& group) {
     tp_ = &group;
     reduce_ = [g = &group](at::Tensor& t, bool max) { g->all_reduce(t, max); };
   }
@@ -320,7 +343,7 @@ class HeadUnit : public Unit {
   std::vector<std::shared_ptr<MtpBlock>> mtp_blocks;
 
  private:
-  TensorParallelGroup* tp_ = nullptr;
+  RankGroup* tp_ = nullptr;
   kernels::GroupAllReduce reduce_;
   std::shared_ptr<EmbeddingUnit> embedding_;  // its table is the output when tied, and MTP's input
   const kernels::WeightServices* services_;
@@ -419,7 +442,7 @@ std::vector<std::pair<size_t, size_t>> DecoderModel::borrowed_units() const {
   return {{units_.size() - 1, 0}};
 }
 
-void DecoderModel::apply_tensor_parallel(TensorParallelGroupPtr group) {
+void DecoderModel::apply_tensor_parallel(RankGroupPtr group) {
   if (const auto problem = tensor_parallel_problem(args_, group->size()); !problem.empty())
     throw std::invalid_argument(problem);
   tp_ = std::move(group);
@@ -450,8 +473,24 @@ std::string tensor_parallel_problem(const DecoderArgs& a, int64_t tp) {
   return {};
 }
 
+void DecoderModel::apply_context_parallel(const ContextParallel& cp) {
+  if (const auto problem = context_parallel_problem(args_, cp.group->size()); !problem.empty())
+    throw std::invalid_argument(problem);
+  cp_ = std::make_unique<ContextParallel>(cp);
+  for (size_t i = 1; i + 1 < units_.size(); ++i) dynamic_cast<TransformerBlock&>(*units_[i]).attention->cp = cp_.get();
+}
+
+std::string context_parallel_problem(const DecoderArgs& a, int64_t cp) {
+  if (cp <= 1) return {};
+  // A prediction block reads the tokens ahead of each position, which another rank may hold.
+  if (a.mtp_layers > 0)
+    return "parallelism.context_parallel_degree = " + std::to_string(cp) +
+           ": context parallelism with multi-token prediction (mtp_layers) is not implemented yet";
+  return {};
+}
+
 at::Tensor DecoderModel::logits(const at::Tensor& tokens) {
-  if (tp_) throw std::logic_error("DecoderModel::logits: the model is sharded for tensor parallelism");
+  if (tp_ || cp_) throw std::logic_error("DecoderModel::logits: the model is split over ranks (tensor or context parallelism)");
   UnitBatch batch{tokens, {}};  // reports nothing
   at::Tensor h;
   for (size_t i = 0; i + 1 < units_.size(); ++i) h = units_[i]->forward(h, batch);

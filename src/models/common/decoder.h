@@ -12,7 +12,7 @@
 
 #include "models/common/decoder_args.h"
 #include "models/model.h"
-#include "models/tensor_parallel.h"
+#include "models/rank_group.h"
 
 namespace troupe::models {
 
@@ -41,16 +41,20 @@ class DecoderModel : public Model {
   // (DeepSeek V3's update, centred as torchtitan's).
   void balance_experts(const AuxValues& step) override;
   bool balances_experts() const override { return args_.num_experts > 0 && args_.load_balance_coeff > 0; }
-  void apply_tensor_parallel(TensorParallelGroupPtr group) override;
+  void apply_tensor_parallel(RankGroupPtr group) override;
+  void apply_context_parallel(const ContextParallel& cp) override;
 
  private:
   DecoderArgs args_;
   std::vector<UnitPtr> units_;
-  TensorParallelGroupPtr tp_;  // with tensor parallelism
+  RankGroupPtr tp_;  // with tensor parallelism
+  std::unique_ptr<ContextParallel> cp_;  // with context parallelism; the attentions point at it
 };
 
 // Why the decoder described by `args` cannot be split over `tp` tensor-parallel ranks (a message
 // naming parallelism.tensor_parallel_degree and the dimension), or empty.
 std::string tensor_parallel_problem(const DecoderArgs& args, int64_t tp);
+// Why it cannot attend over `cp` context-parallel ranks, or empty.
+std::string context_parallel_problem(const DecoderArgs& args, int64_t cp);
 
 }  // namespace troupe::models

@@ -87,6 +87,10 @@ std::string DecoderArchitecture::tensor_parallel_problem(int64_t tp) const {
   return models::tensor_parallel_problem(args_, tp);
 }
 
+std::string DecoderArchitecture::context_parallel_problem(int64_t cp) const {
+  return models::context_parallel_problem(args_, cp);
+}
+
 std::shared_ptr<Model> DecoderArchitecture::build(const at::TensorOptions& options, int64_t max_seq_len,
                                                   const std::function<bool(size_t)>& materialize) const {
   return std::make_shared<DecoderModel>(args_, options, max_seq_len, materialize);

@@ -5,7 +5,7 @@
 #include <torch/nn/module.h>
 
 #include "kernels/ops.h"
-#include "models/tensor_parallel.h"
+#include "models/rank_group.h"
 
 namespace troupe::models {
 
@@ -60,7 +60,7 @@ class FeedForward : public torch::nn::Module {
   const kernels::WeightServices* services;
   // Tensor parallelism (Model::apply_tensor_parallel): w1 and w3 hold this rank's rows (hidden
   // units), w2 its columns.
-  TensorParallelGroup* tp = nullptr;
+  RankGroup* tp = nullptr;
 };
 
 }  // namespace troupe::models

@@ -1,6 +1,6 @@
 #include <torch/torch.h>
 
-#include "models/tensor_parallel.h"
+#include "models/rank_group.h"
 
 namespace troupe::models {
 
@@ -26,14 +26,14 @@ at::Tensor sequence_to_rank_major(const at::Tensor& x, int64_t n) {
   return x.reshape(shape).movedim(1, 0).contiguous();  // [n, B, s, ...]
 }
 
-TensorParallelGroup& group_of(AutogradContext* ctx) {
-  return *reinterpret_cast<TensorParallelGroup*>(ctx->saved_data["group"].toInt());
+RankGroup& group_of(AutogradContext* ctx) {
+  return *reinterpret_cast<RankGroup*>(ctx->saved_data["group"].toInt());
 }
 
 struct GatherSequence : torch::autograd::Function<GatherSequence> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group) {
     ctx->saved_data["group"] = group;
-    auto& g = *reinterpret_cast<TensorParallelGroup*>(group);
+    auto& g = *reinterpret_cast<RankGroup*>(group);
     return rank_major_to_sequence(g.all_gather(x.contiguous()));
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -45,7 +45,7 @@ struct GatherSequence : torch::autograd::Function<GatherSequence> {
 struct ScatterSequenceSum : torch::autograd::Function<ScatterSequenceSum> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group) {
     ctx->saved_data["group"] = group;
-    auto& g = *reinterpret_cast<TensorParallelGroup*>(group);
+    auto& g = *reinterpret_cast<RankGroup*>(group);
     return g.reduce_scatter(sequence_to_rank_major(x, g.size()));
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -55,11 +55,11 @@ struct ScatterSequenceSum : torch::autograd::Function<ScatterSequenceSum> {
 
 }  // namespace
 
-at::Tensor gather_sequence(const at::Tensor& x, TensorParallelGroup& group) {
+at::Tensor gather_sequence(const at::Tensor& x, RankGroup& group) {
   return GatherSequence::apply(x, reinterpret_cast<int64_t>(&group));
 }
 
-at::Tensor scatter_sequence_sum(const at::Tensor& x, TensorParallelGroup& group) {
+at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group) {
   return ScatterSequenceSum::apply(x, reinterpret_cast<int64_t>(&group));
 }
 

@@ -1,0 +1,74 @@
+// Attention under a mask given by positions and documents, returning the log-sum-exp of each
+// query's scores beside its output: what context parallelism merges partial results by, and
+// what document masking (block_causal) needs where scaled_dot_product_attention's causal flag
+// cannot say it. An ATen composition on every device (fp32 or fp64 inside whatever the inputs'
+// dtype), the query rows taken in chunks so that the scores of one chunk exist at a time.
+//
+// Shapes: q [B, Sq, H, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv], with each kv head serving
+// H / Hkv consecutive q heads (grouped-query attention); out [B, Sq, H, Dv]; lse [B, H, Sq].
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace troupe::kernels {
+
+// Query i sees key j iff k_positions[j] <= q_positions[i] and, with documents, both are of the
+// same document of their row. Positions are int64 [Sq] and [Sk] (the same for every row);
+// documents int64 [B, Sq] and [B, Sk], or both undefined (one document per row).
+struct AttentionMask {
+  at::Tensor q_positions, k_positions;
+  at::Tensor q_documents, k_documents;
+
+  // Which keys each of the query rows [first, first + rows) sees: bool [B or 1, rows, Sk].
+  at::Tensor visible(int64_t first, int64_t rows) const;
+};
+
+// One part of an attention (all keys, or one block of them): the output in fp32 (fp64 for fp64
+// inputs) and the log-sum-exp, -inf for a query that sees no key here (its output is zero).
+struct AttentionPart {
+  at::Tensor out;  // [B, Sq, H, Dv]
+  at::Tensor lse;  // [B, H, Sq]
+};
+
+// `chunk_scores`: about how many scores (over batch, heads and keys) one chunk of query rows
+// computes at a time.
+AttentionPart attention_part(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionMask& mask,
+                             double scale, int64_t chunk_scores = int64_t{1} << 26);
+
+// `acc` becomes the attention over both parts' keys (exact: each output weighted by its share
+// of the exponentials); an undefined `acc` takes `part`.
+void merge_attention(AttentionPart& acc, const AttentionPart& part);
+
+// The gradients of one part's q, k and v given the whole attention's output `out` and `lse`
+// (the flash-attention backward: P = exp(S - lse) is the part's share of the whole softmax), in
+// the accumulation dtype; the parts' gradients add up to the whole attention's.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_part_backward(const at::Tensor& dout, const at::Tensor& q,
+                                                                       const at::Tensor& k, const at::Tensor& v,
+                                                                       const at::Tensor& out, const at::Tensor& lse,
+                                                                       const AttentionMask& mask, double scale,
+                                                                       int64_t chunk_scores = int64_t{1} << 26);
+
+// The whole masked attention as a differentiable op (one part), in q's dtype.
+at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionMask& mask,
+                            double scale);
+
+// Documents as variable-length sequences, for the fused kernel below: the offsets where each
+// (row, document) of `documents` [B, S] (host, int64, ascending along each row) starts in the
+// flattened [B x S] tokens, and where the last ends: int32 [documents + 1], and the longest.
+struct DocumentOffsets {
+  at::Tensor offsets;
+  int64_t longest = 0;
+};
+DocumentOffsets document_offsets(const at::Tensor& documents);
+
+// Whether document_attention runs these operands (CUDA, bf16 or fp16, one head size for q, k and
+// v that flash attention takes).
+bool fused_document_attention_fits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+// Causal attention within each document, the documents packed as variable-length sequences
+// (flash attention over cumulative offsets, `offsets` on q's device): masked_attention's result
+// for in-order positions, without scores in memory. Differentiable.
+at::Tensor document_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const DocumentOffsets& offsets, double scale);
+
+}  // namespace troupe::kernels

@@ -1,0 +1,47 @@
+// What a model's units need of a group of ranks they exchange activations with inside their
+// forwards (DESIGN §4): the tensor-parallel group (Model::apply_tensor_parallel) and the
+// context-parallel one (Model::apply_context_parallel). parallel/ implements it over a
+// Communicator of the mesh dimension; models/ sees only this interface.
+// Tensor parallelism's sequence parallelism is always on with TP, as in torchtitan: between the regions that need the
+// whole sequence (attention and the feed-forward's projections, the loss), a rank holds its
+// 1/n of the sequence of the residual stream.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+
+namespace troupe::models {
+
+class RankGroup {
+ public:
+  virtual ~RankGroup() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // [size, in...]: every rank's `in`, in rank order.
+  virtual at::Tensor all_gather(const at::Tensor& in) = 0;
+  // `in` is [size, rest...]: the sum over the ranks of its slice [rank], shape [rest...].
+  virtual at::Tensor reduce_scatter(const at::Tensor& in) = 0;
+  // In place over every rank: the sum, or the maximum.
+  virtual void all_reduce(at::Tensor& t, bool max) = 0;
+
+  // A transfer around the ring of ranks, running while the caller computes.
+  class RingTransfer {
+   public:
+    virtual ~RingTransfer() = default;
+    // What the previous rank (rank - 1 mod size) sent, shaped as what this rank sent.
+    virtual at::Tensor wait() = 0;
+  };
+  // Sends `t` to the next rank (rank + 1 mod size) and receives the previous rank's.
+  virtual std::unique_ptr<RingTransfer> ring_shift(const at::Tensor& t) = 0;
+};
+using RankGroupPtr = std::shared_ptr<RankGroup>;
+
+// Sequence parallelism's two region boundaries, differentiable:
+// x [B, S/n, ...] -> [B, S, ...], every rank's part in rank order; its gradient is the
+// reduce-scatter of the incoming one (each rank's use of the whole sequence adds up).
+at::Tensor gather_sequence(const at::Tensor& x, RankGroup& group);
+// x [B, S, ...], one rank's partial sum (a row-parallel projection's output) -> [B, S/n, ...] of
+// the sum over the ranks; its gradient is the all-gather of the incoming one.
+at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group);
+
+}  // namespace troupe::models

@@ -1,0 +1,63 @@
+#include "parallel/rank_group.h"
+
+#include <ATen/ATen.h>
+
+namespace troupe::parallel {
+
+namespace {
+
+class Transfer : public models::RankGroup::RingTransfer {
+ public:
+  Transfer(comm::WorkPtr work, at::Tensor received) : work_(std::move(work)), received_(std::move(received)) {}
+  at::Tensor wait() override {
+    work_->wait();
+    return received_;
+  }
+
+ private:
+  comm::WorkPtr work_;
+  at::Tensor received_;
+};
+
+class CommunicatorGroup : public models::RankGroup {
+ public:
+  explicit CommunicatorGroup(comm::CommunicatorPtr c) : c_(std::move(c)) {}
+  int rank() const override { return c_->rank(); }
+  int size() const override { return c_->size(); }
+  at::Tensor all_gather(const at::Tensor& in) override {
+    auto src = in.contiguous();
+    auto shape = src.sizes().vec();
+    shape.insert(shape.begin(), size());
+    auto out = at::empty(shape, src.options());
+    c_->all_gather(out.view({-1}), src.view({-1}))->wait();  // the engines take flat buffers
+    return out;
+  }
+  at::Tensor reduce_scatter(const at::Tensor& in) override {
+    auto src = in.contiguous();
+    auto out = at::empty(src.sizes().slice(1), src.options());
+    c_->reduce_scatter(out.view({-1}), src.view({-1}), comm::ReduceOp::sum)->wait();
+    return out;
+  }
+  void all_reduce(at::Tensor& t, bool max) override {
+    if (!t.is_contiguous()) throw std::invalid_argument("rank-group all-reduce: a contiguous tensor is needed");
+    c_->all_reduce(t, max ? comm::ReduceOp::max : comm::ReduceOp::sum)->wait();
+  }
+  std::unique_ptr<RingTransfer> ring_shift(const at::Tensor& t) override {
+    auto out = t.contiguous();
+    auto in = at::empty_like(out);
+    const int n = size(), r = rank();
+    auto work = c_->send_recv(out, (r + 1) % n, in, (r + n - 1) % n);
+    return std::make_unique<Transfer>(std::move(work), std::move(in));
+  }
+
+ private:
+  comm::CommunicatorPtr c_;
+};
+
+}  // namespace
+
+models::RankGroupPtr make_rank_group(comm::CommunicatorPtr group) {
+  return std::make_shared<CommunicatorGroup>(std::move(group));
+}
+
+}  // namespace troupe::parallel
