@@ -239,6 +239,50 @@ TEST_CASE("masked attention: output, log-sum-exp and gradients match a dense fp6
   }
 }
 
+TEST_CASE("attention segments list, for every query, exactly the keys the mask lets it see, its own last", "[kernels]") {
+  const int64_t B = 2, S = 48, c = 6;  // cp 4: 8 chunks of 6
+  auto ends = torch::zeros({B, S}, torch::kLong);
+  for (int64_t p : {3, 4, 20, 40}) ends[0][p] = 1;
+  const auto docs = ends.cumsum(1) - ends;
+  const auto chunk = [&](int64_t i) { return torch::arange(i * c, (i + 1) * c); };
+  const auto rank_major = torch::cat({chunk(0), chunk(7), chunk(1), chunk(6), chunk(2), chunk(5), chunk(3), chunk(4)});
+  for (int64_t rank = 0; rank < 4; ++rank) {
+    for (bool documents : {false, true}) {
+      INFO("rank " << rank << (documents ? ", documents" : ""));
+      const auto q_pos = torch::cat({chunk(rank), chunk(7 - rank)});
+      kernels::AttentionMask mask{q_pos, rank_major};
+      if (documents) mask = {q_pos, rank_major, docs.index_select(1, q_pos), docs.index_select(1, rank_major)};
+      const auto seg = kernels::causal_segments(mask, B);
+      const auto visible = mask.visible(0, q_pos.numel()).expand({B, -1, -1});
+      const auto qo = seg.q_offsets.to(torch::kLong), ko = seg.k_offsets.to(torch::kLong);
+      const int64_t Sq = q_pos.numel();
+      REQUIRE(qo[-1].item<int64_t>() == B * Sq);
+      int64_t covered = 0;
+      for (int64_t g = 0; g + 1 < qo.numel(); ++g) {
+        const auto q0 = qo[g].item<int64_t>(), q1 = qo[g + 1].item<int64_t>();
+        const auto k0 = ko[g].item<int64_t>(), k1 = ko[g + 1].item<int64_t>();
+        const auto keys = seg.k_index.narrow(0, k0, k1 - k0);
+        const auto Lq = q1 - q0, Lk = k1 - k0;
+        REQUIRE(Lk >= Lq);
+        // Query i of the segment sees the first Lk - Lq + i + 1 of its keys (causal, aligned at
+        // the end), and the mask agrees, key by key.
+        for (int64_t i = 0; i < Lq; ++i) {
+          const auto row = (q0 + i) / Sq, local = (q0 + i) % Sq;
+          const auto seen = keys.narrow(0, 0, Lk - Lq + i + 1);
+          CHECK((seen.div(S, "floor") == row).all().item<bool>());
+          auto got = torch::zeros({S}, torch::kBool);
+          got.index_fill_(0, rank_major.index_select(0, seen.remainder(S)), true);
+          auto want = torch::zeros({S}, torch::kBool);
+          want.index_fill_(0, rank_major.masked_select(visible[row][local]), true);
+          REQUIRE(torch::equal(got, want));
+        }
+        covered += Lq;
+      }
+      CHECK(covered == B * Sq);
+    }
+  }
+}
+
 TEST_CASE("the routed experts' grouped SwiGLU: fp32 grouped GEMMs and their backward match fp64 expert by expert, "
           "with and without recomputing", "[kernels]") {
   torch::manual_seed(13);
@@ -893,41 +937,48 @@ TEST_CASE("attention on CUDA runs cuDNN's kernel for grouped-query heads and mat
   }
 }
 
-TEST_CASE("block_causal attention on CUDA: flash attention over the documents matches the masked attention in fp64, "
-          "and the masked attention (context parallelism's) runs there too",
+TEST_CASE("flash attention over the mask's segments on CUDA matches the masked attention in fp64: block_causal, and "
+          "a context-parallel rank's queries over the gathered keys, causal and block_causal",
           "[gpu]") {
   REQUIRE(torch::cuda::is_available());
   torch::manual_seed(9);
   const int64_t B = 2, S = 384, H = 8, Hkv = 2, D = 64;
-  auto q = torch::randn({B, S, H, D}), k = torch::randn({B, S, Hkv, D}), v = torch::randn({B, S, Hkv, D});
-  auto dout = torch::randn({B, S, H, D});
   auto ends = torch::zeros({B, S}, torch::kLong);
   for (int64_t p : {0, 50, 51, 200, 383}) ends[0][p] = 1;  // one-token documents; an EOS that ends the row
   for (int64_t p : {130}) ends[1][p] = 1;
   const auto docs = ends.cumsum(1) - ends;
-  const auto packed = kernels::document_offsets(docs);
-  CHECK(packed.offsets.numel() == 5 + 2 + 1);  // row 0 holds 5 documents, row 1 two
-  CHECK(packed.longest == S - 131);
-  const auto pos = torch::arange(S);
+  // rank 1 of cp 4: chunks 1 and 6 of 8; the keys rank-major (ranks 0..3, two chunks each).
+  const auto chunk = [](int64_t i) { return torch::arange(i * 48, (i + 1) * 48); };
+  const auto rank_major = torch::cat({chunk(0), chunk(7), chunk(1), chunk(6), chunk(2), chunk(5), chunk(3), chunk(4)});
+  struct Layout {
+    const char* name;
+    at::Tensor q_pos, k_pos;
+    bool documents;
+  };
   const double scale = 0.125;
   const auto bf16 = at::kBFloat16;
-  REQUIRE(kernels::fused_document_attention_fits(on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)));
-  const auto offsets = kernels::DocumentOffsets{packed.offsets.to(torch::kCUDA), packed.longest};
-  auto fused = [&](auto& in) { return kernels::document_attention(in[0], in[1], in[2], offsets, scale); };
-  auto masked_on = [&](torch::Device d) {
-    return [&, d](auto& in) {
-      return kernels::masked_attention(in[0], in[1], in[2], {pos.to(d), pos.to(d), docs.to(d), docs.to(d)}, scale);
-    };
-  };
-  auto seen = [&](const at::Tensor& t) { return as_seen(t, bf16).to(torch::kDouble); };
-  const auto want = run_op(masked_on(torch::kCPU), {seen(q), seen(k), seen(v)}, seen(dout));
-  const auto got = run_op(fused, {on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)}, on_gpu(dout, bf16));
-  const auto dense =
-      run_op(masked_on(torch::kCUDA), {on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)}, on_gpu(dout, bf16));
-  for (size_t i = 0; i < got.size(); ++i) {
-    INFO("result " << i << " (out, dq, dk, dv)");
-    CHECK(rel(got[i], want[i]) < 1e-2);
-    CHECK(rel(dense[i], want[i]) < 1e-2);
+  for (const auto& l : {Layout{"block_causal", torch::arange(S), torch::arange(S), true},
+                        Layout{"cp causal", torch::cat({chunk(1), chunk(6)}), rank_major, false},
+                        Layout{"cp block_causal", torch::cat({chunk(1), chunk(6)}), rank_major, true}}) {
+    INFO(l.name);
+    const auto Sq = l.q_pos.numel();
+    auto q = torch::randn({B, Sq, H, D}), k = torch::randn({B, S, Hkv, D}), v = torch::randn({B, S, Hkv, D});
+    auto dout = torch::randn({B, Sq, H, D});
+    kernels::AttentionMask mask{l.q_pos, l.k_pos};
+    if (l.documents) mask = {l.q_pos, l.k_pos, docs.index_select(1, l.q_pos), docs.index_select(1, l.k_pos)};
+    const auto segments = kernels::causal_segments(mask, B);
+    CHECK(segments.k_index.defined() == (Sq != S));  // keys gathered, or the queries themselves
+    REQUIRE(kernels::fused_attention_fits(on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)));
+    const auto on_device = segments.to(torch::kCUDA);
+    auto fused = [&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], on_device, scale); };
+    auto masked = [&](auto& in) { return kernels::masked_attention(in[0], in[1], in[2], mask, scale); };
+    auto seen = [&](const at::Tensor& t) { return as_seen(t, bf16).to(torch::kDouble); };
+    const auto want = run_op(masked, {seen(q), seen(k), seen(v)}, seen(dout));
+    const auto got = run_op(fused, {on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)}, on_gpu(dout, bf16));
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO("result " << i << " (out, dq, dk, dv)");
+      CHECK(rel(got[i], want[i]) < 1e-2);
+    }
   }
 }
 

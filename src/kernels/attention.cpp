@@ -2,8 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <limits>
 #include <stdexcept>
+#include <vector>
 
 namespace troupe::kernels {
 
@@ -165,38 +167,80 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
                                 present(mask.k_documents), scale);
 }
 
-DocumentOffsets document_offsets(const at::Tensor& documents) {
-  const auto docs = documents.to(at::kCPU, at::kLong).contiguous();
-  const auto B = docs.size(0), S = docs.size(1);
-  const auto* d = docs.data_ptr<int64_t>();
-  std::vector<int32_t> offsets;
-  DocumentOffsets out;
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t i = 0; i < S; ++i)
-      if (i == 0 || d[b * S + i] != d[b * S + i - 1]) offsets.push_back(static_cast<int32_t>(b * S + i));
-  offsets.push_back(static_cast<int32_t>(B * S));
-  for (size_t k = 0; k + 1 < offsets.size(); ++k)
-    out.longest = std::max<int64_t>(out.longest, offsets[k + 1] - offsets[k]);
-  out.offsets = at::tensor(offsets, at::TensorOptions().dtype(at::kInt));
+AttentionSegments AttentionSegments::to(const at::Device& device) const {
+  auto moved = *this;
+  // From pinned memory, so that the copy does not hold the host thread (see train/trainer.cpp).
+  for (auto* t : {&moved.q_offsets, &moved.k_offsets, &moved.k_index})
+    if (t->defined()) *t = device.is_cuda() ? t->pin_memory().to(device, /*non_blocking=*/true) : t->to(device);
+  return moved;
+}
+
+AttentionSegments causal_segments(const AttentionMask& mask, int64_t batch) {
+  const auto host = [](const at::Tensor& t) { return t.to(at::kCPU, at::kLong).contiguous(); };
+  const auto qp = host(mask.q_positions), kp = host(mask.k_positions);
+  const auto Sq = qp.numel(), Sk = kp.numel();
+  const auto* q_pos = qp.data_ptr<int64_t>();
+  const auto* k_pos = kp.data_ptr<int64_t>();
+  const bool documents = mask.q_documents.defined();
+  const auto qd = documents ? host(mask.q_documents) : at::Tensor(), kd = documents ? host(mask.k_documents) : at::Tensor();
+  const int64_t last = Sq > 0 ? *std::max_element(q_pos, q_pos + Sq) : -1;
+  // The key slot of each position up to the queries' last.
+  std::vector<int64_t> slot(static_cast<size_t>(last + 1), -1);
+  for (int64_t j = 0; j < Sk; ++j)
+    if (k_pos[j] >= 0 && k_pos[j] <= last) slot[static_cast<size_t>(k_pos[j])] = j;
+  for (int64_t p = 0; p <= last; ++p)
+    if (slot[static_cast<size_t>(p)] < 0)
+      throw std::invalid_argument("attention segments: the keys lack position " + std::to_string(p));
+  std::vector<int32_t> q_offsets{0}, k_offsets{0};
+  std::vector<int64_t> k_index;
+  std::vector<int64_t> doc_start(static_cast<size_t>(last + 1));
+  AttentionSegments out;
+  for (int64_t b = 0; b < batch; ++b) {
+    auto key_doc = [&](int64_t p) { return documents ? kd.data_ptr<int64_t>()[b * Sk + slot[static_cast<size_t>(p)]] : 0; };
+    for (int64_t p = 0; p <= last; ++p)
+      doc_start[static_cast<size_t>(p)] = p > 0 && key_doc(p) == key_doc(p - 1) ? doc_start[static_cast<size_t>(p - 1)] : p;
+    const auto* q_doc = documents ? qd.data_ptr<int64_t>() + b * Sq : nullptr;
+    for (int64_t i = 0; i < Sq;) {
+      int64_t e = i + 1;
+      while (e < Sq && q_pos[e] == q_pos[e - 1] + 1 && (!q_doc || q_doc[e] == q_doc[e - 1])) ++e;
+      for (int64_t p = doc_start[static_cast<size_t>(q_pos[i])]; p <= q_pos[e - 1]; ++p)
+        k_index.push_back(b * Sk + slot[static_cast<size_t>(p)]);
+      q_offsets.push_back(static_cast<int32_t>(b * Sq + e));
+      k_offsets.push_back(static_cast<int32_t>(k_index.size()));
+      out.longest_q = std::max(out.longest_q, e - i);
+      out.longest_k = std::max<int64_t>(out.longest_k, k_offsets.back() - k_offsets[k_offsets.size() - 2]);
+      i = e;
+    }
+  }
+  const auto int32 = at::TensorOptions().dtype(at::kInt);
+  out.q_offsets = at::tensor(q_offsets, int32);
+  out.k_offsets = at::tensor(k_offsets, int32);
+  bool identity = q_offsets == k_offsets;
+  for (size_t j = 0; identity && j < k_index.size(); ++j) identity = k_index[j] == static_cast<int64_t>(j);
+  if (!identity) out.k_index = at::tensor(k_index, at::TensorOptions().dtype(at::kLong));
   return out;
 }
 
-bool fused_document_attention_fits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+bool fused_attention_fits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const auto d = q.size(3);
   return q.is_cuda() && (q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf) && k.size(3) == d &&
-         v.size(3) == d && d % 8 == 0 && d <= 256;
+         v.size(3) == d && d % 8 == 0 && d <= 256 && !at::globalContext().deterministicAlgorithms();
 }
 
-at::Tensor document_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                              const DocumentOffsets& offsets, double scale) {
-  const auto B = q.size(0), S = q.size(1);
-  auto flat = [&](const at::Tensor& t) { return t.reshape({B * S, t.size(2), t.size(3)}); };
+at::Tensor segment_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const AttentionSegments& segments, double scale) {
+  const auto B = q.size(0), Sq = q.size(1), Sk = k.size(1);
+  auto keys = [&](const at::Tensor& t) {
+    auto flat = t.reshape({B * Sk, t.size(2), t.size(3)});
+    return segments.k_index.defined() ? flat.index_select(0, segments.k_index) : flat;
+  };
   // Grouped-query heads as flash attention takes them: each kv head serves H / Hkv consecutive
-  // q heads. Causal within a sequence of the packing is causal within a document.
-  auto out = std::get<0>(at::_flash_attention_forward(flat(q), flat(k), flat(v), offsets.offsets, offsets.offsets,
-                                                      offsets.longest, offsets.longest, 0.0, /*is_causal=*/true,
+  // q heads.
+  auto out = std::get<0>(at::_flash_attention_forward(q.reshape({B * Sq, q.size(2), q.size(3)}), keys(k), keys(v),
+                                                      segments.q_offsets, segments.k_offsets, segments.longest_q,
+                                                      segments.longest_k, 0.0, /*is_causal=*/true,
                                                       /*return_debug_mask=*/false, scale));
-  return out.view({B, S, q.size(2), v.size(3)});
+  return out.view({B, Sq, q.size(2), v.size(3)});
 }
 
 }  // namespace troupe::kernels

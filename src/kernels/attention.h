@@ -53,22 +53,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_part_backward(const at:
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionMask& mask,
                             double scale);
 
-// Documents as variable-length sequences, for the fused kernel below: the offsets where each
-// (row, document) of `documents` [B, S] (host, int64, ascending along each row) starts in the
-// flattened [B x S] tokens, and where the last ends: int32 [documents + 1], and the longest.
-struct DocumentOffsets {
-  at::Tensor offsets;
-  int64_t longest = 0;
-};
-DocumentOffsets document_offsets(const at::Tensor& documents);
+// Causal attention as variable-length sequences for flash attention: the query rows (flattened
+// [B x Sq]) cut into segments, each a run of consecutive positions of one document, and for each
+// segment the keys it sees in position order (indices into the flattened [B x Sk] keys): its
+// document's keys from the document's start up to the segment's last position. Causal flash
+// attention aligns a segment's queries with the end of its keys, which are the segment's own
+// positions, so it computes exactly the mask's attention without scores in memory.
+struct AttentionSegments {
+  at::Tensor q_offsets, k_offsets;  // int32 [segments + 1]
+  at::Tensor k_index;               // int64 [k_offsets' last]; undefined: the keys are the queries
+  int64_t longest_q = 0, longest_k = 0;
 
-// Whether document_attention runs these operands (CUDA, bf16 or fp16, one head size for q, k and
-// v that flash attention takes).
-bool fused_document_attention_fits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
-// Causal attention within each document, the documents packed as variable-length sequences
-// (flash attention over cumulative offsets, `offsets` on q's device): masked_attention's result
-// for in-order positions, without scores in memory. Differentiable.
-at::Tensor document_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                              const DocumentOffsets& offsets, double scale);
+  bool defined() const { return q_offsets.defined(); }
+  AttentionSegments to(const at::Device& device) const;
+};
+
+// From a mask on the host whose keys hold every position up to the queries' last (the whole
+// sequence, in any order); std::invalid_argument otherwise.
+AttentionSegments causal_segments(const AttentionMask& mask, int64_t batch);
+
+// Whether segment_attention runs these operands: CUDA, bf16 or fp16, one head size for q, k and
+// v that flash attention takes, and not under deterministic algorithms (the gather of the keys
+// adds its gradient with atomics).
+bool fused_attention_fits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+// The mask's attention by flash attention over `segments` (built from the same mask, on q's
+// device). Differentiable.
+at::Tensor segment_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const AttentionSegments& segments, double scale);
 
 }  // namespace troupe::kernels

@@ -7,7 +7,8 @@
 //    travels, the partial results merged by their log-sum-exp; the backward passes the blocks
 //    around again with their gradients, which arrive home after a full turn.
 // The mask comes from positions and documents (kernels::AttentionMask), so a rank's part need not
-// be contiguous and documents may cross the parts.
+// be contiguous and documents may cross the parts. On CUDA, allgather runs flash attention over
+// the mask's segments (kernels::segment_attention); ring's blocks run the ATen masked attention.
 #pragma once
 #include <ATen/core/Tensor.h>
 

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/attention.h"
+
 namespace troupe::models {
 
 // A step's side channel: named values units report beside their outputs (a mixture of
@@ -47,10 +49,9 @@ struct UnitBatch {
   // cp] in the order the cp ranks' parts are gathered (rank-major): whom the keys other ranks
   // hold belong to. Undefined without it.
   at::Tensor all_positions, all_documents;
-  // block_causal on CUDA without context parallelism: the documents as variable-length
-  // sequences for the fused attention (kernels::document_offsets), the offsets on the device.
-  at::Tensor document_offsets;
-  int64_t longest_document = 0;
+  // On CUDA, where the mask is not plain causal over the row (documents, or context
+  // parallelism's gathered keys): the mask as segments for flash attention, on the device.
+  kernels::AttentionSegments attention_segments;
 };
 
 class Unit : public torch::nn::Module {

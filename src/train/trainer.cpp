@@ -206,6 +206,7 @@ struct Trainer::Impl {
                     mesh.coord(parallel::MeshDim::cp) == 0;
     cp_rank = mesh.coord(parallel::MeshDim::cp);
     block_causal = cfg.training.attention_mask == "block_causal";
+    ring_attention = models::parse_rotate_method(cfg.parallelism.context_parallel_rotate_method) == models::RotateMethod::ring;
 
     parallelized = parallel::parallelize(*model, *arch, plan, cfg, rank, dims, device, compute, reduce);
 
@@ -308,6 +309,7 @@ struct Trainer::Impl {
   bool counts_tokens = true;  // one rank of each data-parallel replica reports the tokens, the others 0
   bool block_causal = false;  // training.attention_mask: documents attend within themselves
   int64_t cp_rank = 0;        // this rank's coordinate in the context-parallel group
+  bool ring_attention = false;  // context_parallel_rotate_method = ring
 
   // What the units read of rows [first, first + rows) of a batch: on the device, with the
   // documents under block_causal, and cut to this rank's part of the sequences under context
@@ -320,17 +322,29 @@ struct Trainer::Impl {
                          .aux = aux_values,
                          .loss_scale = loss_scale};
     const auto cp = dims.of(parallel::MeshDim::cp);
+    at::Tensor documents;
     if (block_causal) {
       if (!b.documents.defined())
         throw std::invalid_argument("training.attention_mask = \"block_causal\" needs documents, but the tokenizer "
                                     "(model.tokenizer_path) has no end-of-sequence token to end them at");
-      const auto documents = b.documents.narrow(0, first, rows);
+      documents = b.documents.narrow(0, first, rows);
       ub.documents = to_device(documents, dev);
-      if (dev.is_cuda() && cp == 1) {
-        auto packed = kernels::document_offsets(documents);
-        ub.document_offsets = to_device(packed.offsets, dev);
-        ub.longest_document = packed.longest;
+    }
+    // Flash attention's segments, from the host's positions and documents: for block_causal, and
+    // for context parallelism's gathered keys (the ring's blocks run the masked attention).
+    if (dev.is_cuda() && (cp > 1 ? !ring_attention : block_causal)) {
+      const auto seq = b.tokens.size(1);
+      kernels::AttentionMask mask{at::arange(seq, at::kLong), at::arange(seq, at::kLong)};
+      if (cp > 1) {
+        std::vector<at::Tensor> parts;
+        for (int64_t r = 0; r < cp; ++r) parts.push_back(parallel::context_parallel_positions(seq, r, cp));
+        mask = {parts[cp_rank], at::cat(parts)};
       }
+      if (documents.defined()) {
+        mask.q_documents = documents.index_select(1, mask.q_positions);
+        mask.k_documents = documents.index_select(1, mask.k_positions);
+      }
+      ub.attention_segments = kernels::causal_segments(mask, rows).to(dev);
     }
     return cp > 1 ? parallel::context_parallel_part(ub, cp_rank, cp) : ub;
   }

@@ -1,5 +1,7 @@
 // Benchmarks of `troupe_bench`; each prints a markdown table.
 #pragma once
+#include <ATen/core/Tensor.h>
+
 #include <string>
 
 #include "config/job_config.h"
@@ -22,6 +24,11 @@ int inspect_overhead(const config::JobConfig& cfg, double window);
 // on every local rank (job.local_ranks), per GPU. `shard_alone_as` > 0: one rank under FSDP as
 // rank 0 of that many (parallel::RankContext::shard_alone_as).
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, int shard_alone_as);
+                 const std::string& trace_path, int shard_alone_as, int64_t document_tokens = 0);
+// [rows, seq] documents of 1 .. 2n-1 tokens (n on average), the same on every call.
+at::Tensor random_documents(int64_t rows, int64_t seq, int64_t n);
+// One context-parallel rank's share of attention against the whole sequence's (forward and
+// backward, bf16 on the GPU): every rank's time and the load balance.
+int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_tokens, int64_t rounds);
 
 }  // namespace troupe::bench

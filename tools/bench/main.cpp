@@ -75,9 +75,24 @@ int main(int argc, char** argv) {
   profile->add_option("--fsdp-as", shard_alone_as,
                       "one rank under FSDP as rank 0 of N: N=1 a real one-rank group (what FSDP itself costs); "
                       "N>1 replicas of it stand in for the others (one rank of an N-GPU job's memory and compute)");
+  int64_t document_tokens = 0;
+  profile->add_option("--document-tokens", document_tokens,
+                      "random documents of this many tokens on average (with --training.attention_mask block_causal)");
   benchmarks.push_back({profile, [&](const config::JobConfig& cfg) {
                           return bench::step_profile(cfg, profile_vocab, profile_warmup, profile_steps, trace_path,
-                                                     shard_alone_as);
+                                                     shard_alone_as, document_tokens);
+                        }});
+
+  int64_t share_cp = 8, share_rounds = 5;
+  auto* share = add_benchmark(app, "attention-share",
+                              "one context-parallel rank's attention (forward + backward) against the whole sequence's, "
+                              "per rank: the model's heads, training.seq_len and local_batch_size",
+                              config_path);
+  share->add_option("--cp", share_cp, "context-parallel degree")->capture_default_str();
+  share->add_option("--document-tokens", document_tokens, "random documents of this many tokens on average; 0: causal");
+  share->add_option("--rounds", share_rounds, "timed rounds (the best is kept)")->capture_default_str();
+  benchmarks.push_back({share, [&](const config::JobConfig& cfg) {
+                          return bench::attention_share(cfg, share_cp, document_tokens, share_rounds);
                         }});
 
   int saves = 5;

@@ -107,7 +107,7 @@ void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, i
 }  // namespace
 
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, int shard_alone_as) {
+                 const std::string& trace_path, int shard_alone_as, int64_t document_tokens) {
   const int ranks = train::local_rank_count(cfg);
   if (shard_alone_as > 0 && ranks > 1) throw std::invalid_argument("--fsdp-as profiles one rank: set job.local_ranks 1");
   auto rendezvous = ranks > 1 || shard_alone_as > 0 ? comm::Rendezvous::in_process(std::chrono::minutes(5)) : nullptr;
@@ -130,6 +130,7 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
     auto batch = std::make_shared<data::Batch>();
     batch->tokens = tokens.narrow(1, 0, S).contiguous();
     batch->targets = tokens.narrow(1, 1, S).contiguous();
+    if (document_tokens > 0) batch->documents = random_documents(B, S, document_tokens);
     const std::shared_ptr<const data::Batch> b = std::move(batch);
     int64_t step = 0;
     double seconds = 0;

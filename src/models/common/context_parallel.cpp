@@ -103,6 +103,8 @@ at::Tensor context_parallel_attention(const at::Tensor& q, const at::Tensor& k, 
     return RingAttention::apply(q, k, v, reinterpret_cast<int64_t>(&batch), reinterpret_cast<int64_t>(&group), scale);
   // allgather: the whole sequence's keys and values, rank-major as all_positions.
   const auto k_all = gather_sequence(k, group), v_all = gather_sequence(v, group);
+  if (batch.attention_segments.defined() && kernels::fused_attention_fits(q, k, v))
+    return kernels::segment_attention(q, k_all, v_all, batch.attention_segments, scale);
   kernels::AttentionMask mask{batch.positions, batch.all_positions, batch.documents, batch.all_documents};
   return kernels::masked_attention(q, k_all, v_all, mask, scale);
 }

@@ -1,0 +1,139 @@
+// Context parallelism's load balance, measured on one GPU: the attention (forward and backward)
+// of the whole sequence, then each cp rank's share of it as the rank computes it under the
+// allgather method (its two chunks of queries over the gathered keys, flash attention over the
+// mask's segments), with the model's heads in bf16. A rank's time against 1/cp of the whole's
+// says how evenly causal load balancing splits the work.
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <map>
+
+#include "bench/benchmarks.h"
+#include "kernels/attention.h"
+#include "kernels/ops.h"
+#include "parallel/context_parallel.h"
+#include "runtime/device_info.h"
+#include "train/job_model.h"
+
+namespace troupe::bench {
+
+namespace {
+
+struct Timing {
+  double ms = 0;
+  double peak_gib = 0;
+};
+
+// Best of `rounds` forward + backward passes of `attention` over fresh leaves of `inputs`.
+Timing time_attention(const std::function<at::Tensor(std::vector<at::Tensor>&)>& attention,
+                      const std::vector<at::Tensor>& inputs, int64_t rounds) {
+  Timing t{1e30, 0};
+  const int gpu = c10::cuda::current_device();
+  for (int64_t i = 0; i < rounds + 1; ++i) {  // the first warms up
+    std::vector<at::Tensor> leaves;
+    for (const auto& x : inputs) leaves.push_back(x.detach().requires_grad_(true));
+    torch::cuda::synchronize();
+    runtime::reset_gpu_memory_peaks(gpu);
+    const auto start = std::chrono::steady_clock::now();
+    auto out = attention(leaves);
+    out.backward(torch::ones_like(out));
+    torch::cuda::synchronize();
+    const double ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (i > 0) t.ms = std::min(t.ms, ms);
+    t.peak_gib = static_cast<double>(runtime::gpu_memory_peaks(gpu).active_bytes) / (1 << 30);
+  }
+  return t;
+}
+
+int64_t dimension(const models::Dimensions& dims, const std::string& key, int64_t otherwise) {
+  for (const auto& [k, v] : dims)
+    if (k == key) return std::stoll(v);
+  return otherwise;
+}
+
+}  // namespace
+
+at::Tensor random_documents(int64_t rows, int64_t seq, int64_t n) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(1234);
+  auto docs = torch::empty({rows, seq}, torch::kLong);
+  auto* d = docs.data_ptr<int64_t>();
+  for (int64_t b = 0; b < rows; ++b) {
+    int64_t doc = 0, left = 0;
+    for (int64_t t = 0; t < seq; ++t) {
+      if (left == 0) {
+        left = torch::randint(1, 2 * n, {1}, gen).item<int64_t>();
+        ++doc;
+      }
+      d[b * seq + t] = doc;
+      --left;
+    }
+  }
+  return docs;
+}
+
+int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_tokens, int64_t rounds) {
+  if (!torch::cuda::is_available()) throw std::runtime_error("attention-share measures on a GPU; none is available");
+  const auto arch = train::job_model(cfg, 128256);
+  const auto dims = arch->dimensions();
+  const int64_t H = dimension(dims, "n_heads", 32), Hkv = dimension(dims, "n_kv_heads", H),
+                D = dimension(dims, "head_dim", dimension(dims, "dim", 4096) / H);
+  const int64_t B = cfg.training.local_batch_size, S = cfg.training.seq_len;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  kernels::prefer_cudnn_attention(torch::kCUDA);
+  const auto opts = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+  const auto q = torch::randn({B, S, H, D}, opts), k = torch::randn({B, S, Hkv, D}, opts),
+             v = torch::randn({B, S, Hkv, D}, opts);
+  const auto docs = document_tokens > 0 ? random_documents(B, S, document_tokens) : at::Tensor();
+  const auto whole_positions = torch::arange(S, torch::kLong);
+
+  // The whole sequence, as one rank computes it: causal SDPA (cuDNN), or flash attention over
+  // the documents.
+  Timing whole;
+  if (docs.defined()) {
+    const auto segments =
+        kernels::causal_segments({whole_positions, whole_positions, docs, docs}, B).to(torch::Device(torch::kCUDA));
+    whole = time_attention([&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], segments, scale); },
+                           {q, k, v}, rounds);
+  } else {
+    whole = time_attention(
+        [&](auto& in) {
+          return at::scaled_dot_product_attention(in[0].transpose(1, 2), in[1].transpose(1, 2), in[2].transpose(1, 2),
+                                                  std::nullopt, 0.0, true, scale, /*enable_gqa=*/Hkv != H);
+        },
+        {q, k, v}, rounds);
+  }
+  std::printf("attention of %lld x %lld tokens, %lld q heads over %lld kv heads of %lld, %s, bf16 on %s\n",
+              static_cast<long long>(B), static_cast<long long>(S), static_cast<long long>(H),
+              static_cast<long long>(Hkv), static_cast<long long>(D),
+              docs.defined() ? ("block_causal (documents of " + std::to_string(document_tokens) + " tokens on average)").c_str()
+                             : "causal",
+              runtime::cuda_device_name(c10::cuda::current_device()).c_str());
+  std::printf("whole sequence: %.2f ms forward + backward, %.2f GiB peak\n\n", whole.ms, whole.peak_gib);
+  std::printf("| cp rank (allgather) | ms | x (whole / %lld) | peak GiB |\n|---|---|---|---|\n", static_cast<long long>(cp));
+  std::vector<at::Tensor> parts;
+  for (int64_t r = 0; r < cp; ++r) parts.push_back(parallel::context_parallel_positions(S, r, cp));
+  const auto rank_major = torch::cat(parts);
+  const auto k_all = k.index_select(1, rank_major.to(torch::kCUDA)), v_all = v.index_select(1, rank_major.to(torch::kCUDA));
+  double slowest = 0, fastest = 1e30;
+  for (int64_t r = 0; r < cp; ++r) {
+    kernels::AttentionMask mask{parts[r], rank_major};
+    if (docs.defined()) mask = {parts[r], rank_major, docs.index_select(1, parts[r]), docs.index_select(1, rank_major)};
+    const auto segments = kernels::causal_segments(mask, B).to(torch::Device(torch::kCUDA));
+    const auto q_local = q.index_select(1, parts[r].to(torch::kCUDA));
+    const auto t = time_attention(
+        [&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], segments, scale); }, {q_local, k_all, v_all},
+        rounds);
+    slowest = std::max(slowest, t.ms);
+    fastest = std::min(fastest, t.ms);
+    std::printf("| %lld | %.2f | %.3f | %.2f |\n", static_cast<long long>(r), t.ms, t.ms / (whole.ms / cp), t.peak_gib);
+  }
+  std::printf("\nslowest rank / (whole / cp) = %.3f; slowest / fastest = %.3f\n", slowest / (whole.ms / cp),
+              slowest / fastest);
+  return 0;
+}
+
+}  // namespace troupe::bench

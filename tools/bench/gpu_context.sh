@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Context parallelism and document masking on one GPU (binaries from tools/bench/gpu_prebuilt.sh
+# or build-gpu/). PHASE=tests: the [gpu] tests. PHASE=share: one cp rank's attention against the
+# whole sequence's (8B heads, seq 131072, cp 8; causal and block_causal). PHASE=long: the 8B
+# blocks x 16 layers with block_causal masking as one rank's share of FSDP over 8 (--fsdp-as 8)
+# at growing sequence lengths (LENGTHS), under AC (AC=full or op), until one does not fit.
+set -u
+out=${OUT:-/tmp/gpu_context}
+mkdir -p "$out"
+bench=build-gpu/troupe_bench
+case "${PHASE:-tests}" in
+  tests)
+    build-gpu/tests/troupe_tests "[gpu]" 2>&1 | tail -40 > "$out/gpu-tests.log"
+    tail -5 "$out/gpu-tests.log" ;;
+  share)
+    for docs in 0 2048; do
+      $bench attention-share --config configs/llama3_debug.toml --model.flavor 8B --training.seq_len 131072 \
+        --training.local_batch_size 1 --cp 8 --document-tokens $docs --rounds 3 2>&1 | tee "$out/share-docs$docs.log"
+    done ;;
+  long)
+    ac_args=(--activation_checkpoint.mode full)
+    [ "${AC:-full}" = op ] && ac_args=(--activation_checkpoint.mode selective --activation_checkpoint.selective_ac_option op)
+    for seq in ${LENGTHS:-8192 32768 65536 131072}; do
+      echo "== seq $seq, AC ${AC:-full}" | tee -a "$out/long-${AC:-full}.log"
+      timeout 300 $bench step-profile --config configs/llama3_debug.toml --model.flavor 8B --model.n_layers 16 \
+        --model.tokenizer_path .device/llama3_1.tokenizer.json --job.device cuda \
+        --training.local_batch_size 1 --training.seq_len $seq --training.attention_mask block_causal \
+        --document-tokens 2048 --fsdp-as 8 --vocab 128256 --warmup 1 --steps 1 "${ac_args[@]}" 2>&1 \
+        | grep -E "plain loop|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/long-${AC:-full}.log"
+    done ;;
+esac
