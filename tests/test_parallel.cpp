@@ -1337,8 +1337,9 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
   }
 }
 
-TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 2 and 4 ranks, with FSDP, TP and a "
-          "pipeline, trains as one rank does, and its checkpoints move to and from one rank",
+TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 2 and 4 ranks, with FSDP, TP, a "
+          "pipeline and activation checkpointing, trains and validates as one rank does, and its checkpoints move to "
+          "and from one rank",
           "[parallel]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir, short_documents(dir));
@@ -1349,7 +1350,11 @@ TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 
     c.model.dimensions = {{"n_layers", "4", "test"}};
     c.training.steps = 10;
     c.checkpoint.interval = 5;
-    c.validation.enable = false;
+    c.validation.enable = true;
+    c.validation.dataset = "tokens";
+    c.validation.dataset_path = tokens;
+    c.validation.freq = 5;
+    c.validation.steps = 2;
     return c;
   };
   const auto one_cfg = with_mask(dp_job(dir, tokens, 1, 1, "one"));
@@ -1360,19 +1365,25 @@ TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 
     const char* name;
     int ranks, dp, pp, tp, cp;
     const char* method;
+    const char* ac = "none";  // activation_checkpoint.mode; "op": selective, the op policy
   };
   auto layout = [&](const Layout& l) {
     auto cfg = with_mask(l.pp > 1 ? pp_job(dir, tokens, l.pp * l.dp, l.pp, "1F1B", l.name) : dp_job(dir, tokens, l.dp, 1, l.name));
     cfg.model.dimensions = {{"n_layers", "4", "test"}};
-    cfg.validation.enable = false;
     cfg.job.local_ranks = l.ranks;
     cfg.parallelism.tensor_parallel_degree = l.tp;
     cfg.parallelism.context_parallel_degree = l.cp;
     cfg.parallelism.context_parallel_rotate_method = l.method;
+    if (std::string(l.ac) == "op") {
+      cfg.activation_checkpoint.mode = "selective";
+      cfg.activation_checkpoint.selective_ac_option = "op";
+    } else {
+      cfg.activation_checkpoint.mode = l.ac;
+    }
     return cfg;
   };
-  std::vector<Layout> layouts = {{"cp2_allgather", 2, 1, 1, 1, 2, "allgather"}, {"cp2_ring", 2, 1, 1, 1, 2, "ring"},
-                                 {"cp4_allgather", 4, 1, 1, 1, 4, "allgather"}, {"cp4_ring", 4, 1, 1, 1, 4, "ring"}};
+  std::vector<Layout> layouts = {{"cp2_allgather", 2, 1, 1, 1, 2, "allgather"}, {"cp2_ring", 2, 1, 1, 1, 2, "ring", "full"},
+                                 {"cp4_allgather", 4, 1, 1, 1, 4, "allgather", "op"}, {"cp4_ring", 4, 1, 1, 1, 4, "ring"}};
   if (mask == "causal") {
     layouts.push_back({"fsdp2_cp2_ring", 4, 2, 1, 1, 2, "ring"});
     layouts.push_back({"pp2_cp2_allgather", 4, 1, 2, 1, 2, "allgather"});
@@ -1388,6 +1399,7 @@ TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 
       REQUIRE(run.exit_code == 0);
       check_same_run(run, one);
       check_same_model(final_model(cfg), reference);
+      check_same_validation(cfg, one_cfg);
     }
   }
   SECTION("a CP 2 checkpoint resumes on one rank, and one rank's resumes as CP 2") {
