@@ -819,8 +819,8 @@ TEST_CASE("an output tied to the embedding trains under FSDP and DDP as on one r
   }
 }
 
-TEST_CASE("Qwen3, Qwen3 MoE and DeepSeek V3 under FSDP 2, HSDP 2x2 and pp 2 (1F1B, ZBVZeroBubble) train as one "
-          "rank does and resume exactly",
+TEST_CASE("Qwen3, Qwen3 MoE and DeepSeek V3 under FSDP 2, HSDP 2x2, pp 2 (1F1B, ZBVZeroBubble) and cp 2 train as "
+          "one rank does and resume exactly",
           "[parallel]") {
   // The debug flavors cut to 4 blocks (head_dim 32 over dim 256, q/k norms; DeepSeek's latent
   // attention, a dense first block, shared experts), through the same
@@ -868,6 +868,19 @@ TEST_CASE("Qwen3, Qwen3 MoE and DeepSeek V3 under FSDP 2, HSDP 2x2 and pp 2 (1F1
       auto cfg = qwen3(pp_job(dir, tokens, 2, 2, schedule, std::string("pp") + schedule));
       cfg.validation.enable = false;
       INFO(schedule);
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      check_same_run(run, one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+  SECTION("context parallelism: cp 2 (ring) and cp 2 x fsdp 2 (allgather)") {
+    for (const auto& [ranks, method] : {std::pair<int, std::string>{2, "ring"}, {4, "allgather"}}) {
+      auto cfg = qwen3(dp_job(dir, tokens, ranks / 2, 1, "cp_" + method));
+      cfg.job.local_ranks = ranks;
+      cfg.parallelism.context_parallel_degree = 2;
+      cfg.parallelism.context_parallel_rotate_method = method;
+      INFO(method);
       const auto run = run_with_timeout(cfg);
       INFO(run.message);
       check_same_run(run, one);
