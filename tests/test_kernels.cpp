@@ -239,46 +239,60 @@ TEST_CASE("masked attention: output, log-sum-exp and gradients match a dense fp6
   }
 }
 
-TEST_CASE("attention segments list, for every query, exactly the keys the mask lets it see, its own last", "[kernels]") {
+TEST_CASE("attention segments list, for every query, exactly the keys the mask lets it see: all keys gathered, and "
+          "each ring block apart",
+          "[kernels]") {
   const int64_t B = 2, S = 48, c = 6;  // cp 4: 8 chunks of 6
   auto ends = torch::zeros({B, S}, torch::kLong);
   for (int64_t p : {3, 4, 20, 40}) ends[0][p] = 1;
   const auto docs = ends.cumsum(1) - ends;
   const auto chunk = [&](int64_t i) { return torch::arange(i * c, (i + 1) * c); };
-  const auto rank_major = torch::cat({chunk(0), chunk(7), chunk(1), chunk(6), chunk(2), chunk(5), chunk(3), chunk(4)});
+  const auto block = [&](int64_t r) { return torch::cat({chunk(r), chunk(7 - r)}); };
+  const auto rank_major = torch::cat({block(0), block(1), block(2), block(3)});
   for (int64_t rank = 0; rank < 4; ++rank) {
+    const auto q_pos = block(rank);
+    const int64_t Sq = q_pos.numel();
     for (bool documents : {false, true}) {
-      INFO("rank " << rank << (documents ? ", documents" : ""));
-      const auto q_pos = torch::cat({chunk(rank), chunk(7 - rank)});
-      kernels::AttentionMask mask{q_pos, rank_major};
-      if (documents) mask = {q_pos, rank_major, docs.index_select(1, q_pos), docs.index_select(1, rank_major)};
-      const auto seg = kernels::causal_segments(mask, B);
-      const auto visible = mask.visible(0, q_pos.numel()).expand({B, -1, -1});
-      const auto qo = seg.q_offsets.to(torch::kLong), ko = seg.k_offsets.to(torch::kLong);
-      const int64_t Sq = q_pos.numel();
-      REQUIRE(qo[-1].item<int64_t>() == B * Sq);
-      int64_t covered = 0;
-      for (int64_t g = 0; g + 1 < qo.numel(); ++g) {
-        const auto q0 = qo[g].item<int64_t>(), q1 = qo[g + 1].item<int64_t>();
-        const auto k0 = ko[g].item<int64_t>(), k1 = ko[g + 1].item<int64_t>();
-        const auto keys = seg.k_index.narrow(0, k0, k1 - k0);
-        const auto Lq = q1 - q0, Lk = k1 - k0;
-        REQUIRE(Lk >= Lq);
-        // Query i of the segment sees the first Lk - Lq + i + 1 of its keys (causal, aligned at
-        // the end), and the mask agrees, key by key.
-        for (int64_t i = 0; i < Lq; ++i) {
-          const auto row = (q0 + i) / Sq, local = (q0 + i) % Sq;
-          const auto seen = keys.narrow(0, 0, Lk - Lq + i + 1);
-          CHECK((seen.div(S, "floor") == row).all().item<bool>());
-          auto got = torch::zeros({S}, torch::kBool);
-          got.index_fill_(0, rank_major.index_select(0, seen.remainder(S)), true);
-          auto want = torch::zeros({S}, torch::kBool);
-          want.index_fill_(0, rank_major.masked_select(visible[row][local]), true);
-          REQUIRE(torch::equal(got, want));
+      for (int64_t owner = -1; owner < 4; ++owner) {  // -1: every rank's keys, gathered
+        INFO("rank " << rank << ", keys " << (owner < 0 ? std::string("all") : "of rank " + std::to_string(owner))
+                     << (documents ? ", documents" : ""));
+        const auto keys = owner < 0 ? rank_major : block(owner);
+        const int64_t Sk = keys.numel();
+        kernels::AttentionMask mask{q_pos, keys};
+        if (documents) mask = {q_pos, keys, docs.index_select(1, q_pos), docs.index_select(1, keys)};
+        const auto seg = kernels::attention_segments(mask, B);
+        if (owner < 0) CHECK(seg.full.empty());  // the whole sequence: every query's own keys are there
+        const auto visible = mask.visible(0, Sq).expand({B, -1, -1});
+        auto listed = torch::zeros({B * Sq}, torch::kLong);
+        for (const auto* set : {&seg.causal, &seg.full}) {
+          if (set->empty()) continue;
+          const auto qo = set->q_offsets.to(torch::kLong), ko = set->k_offsets.to(torch::kLong);
+          const auto rows = set->q_index.defined() ? set->q_index : torch::arange(B * Sq);
+          const auto k_index = set->k_index.defined() ? set->k_index : torch::arange(B * Sk);
+          for (int64_t g = 0; g + 1 < qo.numel(); ++g) {
+            const auto q0 = qo[g].item<int64_t>(), q1 = qo[g + 1].item<int64_t>();
+            const auto k0 = ko[g].item<int64_t>(), k1 = ko[g + 1].item<int64_t>();
+            const auto seg_keys = k_index.narrow(0, k0, k1 - k0);
+            const auto Lq = q1 - q0, Lk = k1 - k0;
+            if (set == &seg.causal) REQUIRE(Lk >= Lq);
+            // Causal: query i sees the first Lk - Lq + i + 1 keys (aligned at the end); full: all.
+            for (int64_t i = 0; i < Lq; ++i) {
+              const auto flat = rows[q0 + i].item<int64_t>();
+              const auto row = flat / Sq, local = flat % Sq;
+              listed[flat] += 1;
+              const auto seen = set == &seg.causal ? seg_keys.narrow(0, 0, Lk - Lq + i + 1) : seg_keys;
+              CHECK((seen.div(Sk, "floor") == row).all().item<bool>());
+              auto got = torch::zeros({S}, torch::kBool);
+              got.index_fill_(0, keys.index_select(0, seen.remainder(Sk)), true);
+              auto want = torch::zeros({S}, torch::kBool);
+              want.index_fill_(0, keys.masked_select(visible[row][local]), true);
+              REQUIRE(torch::equal(got, want));
+            }
+          }
         }
-        covered += Lq;
+        // A query is listed once where it sees some key here, and nowhere where it sees none.
+        CHECK(torch::equal(listed, visible.any(-1).reshape({-1}).to(torch::kLong)));
       }
-      CHECK(covered == B * Sq);
     }
   }
 }
@@ -937,8 +951,8 @@ TEST_CASE("attention on CUDA runs cuDNN's kernel for grouped-query heads and mat
   }
 }
 
-TEST_CASE("flash attention over the mask's segments on CUDA matches the masked attention in fp64: block_causal, and "
-          "a context-parallel rank's queries over the gathered keys, causal and block_causal",
+TEST_CASE("flash attention over the mask's segments on CUDA matches the masked attention in fp64: block_causal, a "
+          "context-parallel rank's queries over the gathered keys, and over each ring block merged by log-sum-exp",
           "[gpu]") {
   REQUIRE(torch::cuda::is_available());
   torch::manual_seed(9);
@@ -947,9 +961,10 @@ TEST_CASE("flash attention over the mask's segments on CUDA matches the masked a
   for (int64_t p : {0, 50, 51, 200, 383}) ends[0][p] = 1;  // one-token documents; an EOS that ends the row
   for (int64_t p : {130}) ends[1][p] = 1;
   const auto docs = ends.cumsum(1) - ends;
-  // rank 1 of cp 4: chunks 1 and 6 of 8; the keys rank-major (ranks 0..3, two chunks each).
+  // cp 4: rank r holds chunks r and 7-r of 8; the gathered keys are rank-major.
   const auto chunk = [](int64_t i) { return torch::arange(i * 48, (i + 1) * 48); };
-  const auto rank_major = torch::cat({chunk(0), chunk(7), chunk(1), chunk(6), chunk(2), chunk(5), chunk(3), chunk(4)});
+  const auto block = [&](int64_t r) { return torch::cat({chunk(r), chunk(7 - r)}); };
+  const auto rank_major = torch::cat({block(0), block(1), block(2), block(3)});
   struct Layout {
     const char* name;
     at::Tensor q_pos, k_pos;
@@ -957,28 +972,55 @@ TEST_CASE("flash attention over the mask's segments on CUDA matches the masked a
   };
   const double scale = 0.125;
   const auto bf16 = at::kBFloat16;
+  auto seen = [&](const at::Tensor& t) { return as_seen(t, bf16).to(torch::kDouble); };
   for (const auto& l : {Layout{"block_causal", torch::arange(S), torch::arange(S), true},
-                        Layout{"cp causal", torch::cat({chunk(1), chunk(6)}), rank_major, false},
-                        Layout{"cp block_causal", torch::cat({chunk(1), chunk(6)}), rank_major, true}}) {
+                        Layout{"cp causal", block(1), rank_major, false},
+                        Layout{"cp block_causal", block(1), rank_major, true}}) {
     INFO(l.name);
     const auto Sq = l.q_pos.numel();
     auto q = torch::randn({B, Sq, H, D}), k = torch::randn({B, S, Hkv, D}), v = torch::randn({B, S, Hkv, D});
     auto dout = torch::randn({B, Sq, H, D});
-    kernels::AttentionMask mask{l.q_pos, l.k_pos};
-    if (l.documents) mask = {l.q_pos, l.k_pos, docs.index_select(1, l.q_pos), docs.index_select(1, l.k_pos)};
-    const auto segments = kernels::causal_segments(mask, B);
-    CHECK(segments.k_index.defined() == (Sq != S));  // keys gathered, or the queries themselves
+    auto mask_over = [&](const at::Tensor& keys) {
+      kernels::AttentionMask m{l.q_pos, keys};
+      if (l.documents) m = {l.q_pos, keys, docs.index_select(1, l.q_pos), docs.index_select(1, keys)};
+      return m;
+    };
+    const auto mask = mask_over(l.k_pos);
+    const auto segments = kernels::attention_segments(mask, B);
+    CHECK(segments.causal.k_index.defined() == (Sq != S));  // keys gathered, or the queries themselves
     REQUIRE(kernels::fused_attention_fits(on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)));
     const auto on_device = segments.to(torch::kCUDA);
     auto fused = [&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], on_device, scale); };
     auto masked = [&](auto& in) { return kernels::masked_attention(in[0], in[1], in[2], mask, scale); };
-    auto seen = [&](const at::Tensor& t) { return as_seen(t, bf16).to(torch::kDouble); };
     const auto want = run_op(masked, {seen(q), seen(k), seen(v)}, seen(dout));
     const auto got = run_op(fused, {on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)}, on_gpu(dout, bf16));
     for (size_t i = 0; i < got.size(); ++i) {
       INFO("result " << i << " (out, dq, dk, dv)");
       CHECK(rel(got[i], want[i]) < 1e-2);
     }
+    if (Sq == S) continue;
+    // The ring: rank 1's queries over each rank's block (k and v rank-major: block r at r x 96).
+    const auto qg = on_gpu(q, bf16), kg = on_gpu(k, bf16), vg = on_gpu(v, bf16), dg = on_gpu(dout, bf16);
+    kernels::AttentionPart merged;
+    std::vector<kernels::AttentionSegments> blocks;
+    for (int64_t r = 0; r < 4; ++r) {
+      blocks.push_back(kernels::attention_segments(mask_over(block(r)), B).to(torch::kCUDA));
+      kernels::merge_attention(merged, kernels::segment_attention_part(qg, kg.narrow(1, r * 96, 96),
+                                                                       vg.narrow(1, r * 96, 96), blocks.back(), scale));
+    }
+    CHECK(rel(merged.out, want[0]) < 1e-2);
+    auto dq = torch::zeros_like(want[1]), dk = torch::zeros_like(want[2]), dv = torch::zeros_like(want[3]);
+    for (int64_t r = 0; r < 4; ++r) {
+      auto [dq_r, dk_r, dv_r] = kernels::segment_attention_part_backward(
+          dg, qg, kg.narrow(1, r * 96, 96).contiguous(), vg.narrow(1, r * 96, 96).contiguous(), merged.out, merged.lse,
+          blocks[r], scale);
+      dq += dq_r.cpu().to(torch::kDouble);
+      dk.narrow(1, r * 96, 96) += dk_r.cpu().to(torch::kDouble);
+      dv.narrow(1, r * 96, 96) += dv_r.cpu().to(torch::kDouble);
+    }
+    CHECK(rel(dq, want[1]) < 1e-2);
+    CHECK(rel(dk, want[2]) < 1e-2);
+    CHECK(rel(dv, want[3]) < 1e-2);
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <map>
 #include <stdexcept>
 #include <vector>
 
@@ -170,12 +171,52 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
 AttentionSegments AttentionSegments::to(const at::Device& device) const {
   auto moved = *this;
   // From pinned memory, so that the copy does not hold the host thread (see train/trainer.cpp).
-  for (auto* t : {&moved.q_offsets, &moved.k_offsets, &moved.k_index})
-    if (t->defined()) *t = device.is_cuda() ? t->pin_memory().to(device, /*non_blocking=*/true) : t->to(device);
+  for (auto* set : {&moved.causal, &moved.full})
+    for (auto* t : {&set->q_index, &set->q_offsets, &set->k_offsets, &set->k_index})
+      if (t->defined()) *t = device.is_cuda() ? t->pin_memory().to(device, /*non_blocking=*/true) : t->to(device);
   return moved;
 }
 
-AttentionSegments causal_segments(const AttentionMask& mask, int64_t batch) {
+namespace {
+
+// A SegmentSet being built on the host.
+struct SetBuilder {
+  std::vector<int64_t> q_index, k_index;
+  std::vector<int32_t> q_offsets{0}, k_offsets{0};
+  int64_t longest_q = 0, longest_k = 0;
+
+  void add(int64_t first_row, int64_t rows, const std::vector<int64_t>& keys) {
+    for (int64_t i = 0; i < rows; ++i) q_index.push_back(first_row + i);
+    k_index.insert(k_index.end(), keys.begin(), keys.end());
+    q_offsets.push_back(static_cast<int32_t>(q_index.size()));
+    k_offsets.push_back(static_cast<int32_t>(k_index.size()));
+    longest_q = std::max(longest_q, rows);
+    longest_k = std::max<int64_t>(longest_k, static_cast<int64_t>(keys.size()));
+  }
+
+  // Index tensors left out where they are the identity (every row; the keys are the queries).
+  SegmentSet done(int64_t all_rows) const {
+    SegmentSet s;
+    const auto int32 = at::TensorOptions().dtype(at::kInt), int64 = at::TensorOptions().dtype(at::kLong);
+    s.q_offsets = at::tensor(q_offsets, int32);
+    s.k_offsets = at::tensor(k_offsets, int32);
+    s.longest_q = longest_q;
+    s.longest_k = longest_k;
+    auto identity = [](const std::vector<int64_t>& v) {
+      for (size_t j = 0; j < v.size(); ++j)
+        if (v[j] != static_cast<int64_t>(j)) return false;
+      return true;
+    };
+    const bool every_row = static_cast<int64_t>(q_index.size()) == all_rows && identity(q_index);
+    if (!every_row) s.q_index = at::tensor(q_index, int64);
+    if (!(every_row && q_offsets == k_offsets && identity(k_index))) s.k_index = at::tensor(k_index, int64);
+    return s;
+  }
+};
+
+}  // namespace
+
+AttentionSegments attention_segments(const AttentionMask& mask, int64_t batch) {
   const auto host = [](const at::Tensor& t) { return t.to(at::kCPU, at::kLong).contiguous(); };
   const auto qp = host(mask.q_positions), kp = host(mask.k_positions);
   const auto Sq = qp.numel(), Sk = kp.numel();
@@ -183,42 +224,39 @@ AttentionSegments causal_segments(const AttentionMask& mask, int64_t batch) {
   const auto* k_pos = kp.data_ptr<int64_t>();
   const bool documents = mask.q_documents.defined();
   const auto qd = documents ? host(mask.q_documents) : at::Tensor(), kd = documents ? host(mask.k_documents) : at::Tensor();
-  const int64_t last = Sq > 0 ? *std::max_element(q_pos, q_pos + Sq) : -1;
-  // The key slot of each position up to the queries' last.
-  std::vector<int64_t> slot(static_cast<size_t>(last + 1), -1);
-  for (int64_t j = 0; j < Sk; ++j)
-    if (k_pos[j] >= 0 && k_pos[j] <= last) slot[static_cast<size_t>(k_pos[j])] = j;
-  for (int64_t p = 0; p <= last; ++p)
-    if (slot[static_cast<size_t>(p)] < 0)
-      throw std::invalid_argument("attention segments: the keys lack position " + std::to_string(p));
-  std::vector<int32_t> q_offsets{0}, k_offsets{0};
-  std::vector<int64_t> k_index;
-  std::vector<int64_t> doc_start(static_cast<size_t>(last + 1));
-  AttentionSegments out;
+  SetBuilder causal, full;
   for (int64_t b = 0; b < batch; ++b) {
-    auto key_doc = [&](int64_t p) { return documents ? kd.data_ptr<int64_t>()[b * Sk + slot[static_cast<size_t>(p)]] : 0; };
-    for (int64_t p = 0; p <= last; ++p)
-      doc_start[static_cast<size_t>(p)] = p > 0 && key_doc(p) == key_doc(p - 1) ? doc_start[static_cast<size_t>(p - 1)] : p;
+    // Each document's keys in position order, as (position, flattened key index).
+    std::map<int64_t, std::vector<std::pair<int64_t, int64_t>>> keys_of;
+    for (int64_t j = 0; j < Sk; ++j)
+      keys_of[documents ? kd.data_ptr<int64_t>()[b * Sk + j] : 0].emplace_back(k_pos[j], b * Sk + j);
+    for (auto& [doc, keys] : keys_of) std::sort(keys.begin(), keys.end());
     const auto* q_doc = documents ? qd.data_ptr<int64_t>() + b * Sq : nullptr;
+    std::vector<int64_t> seen;
     for (int64_t i = 0; i < Sq;) {
       int64_t e = i + 1;
       while (e < Sq && q_pos[e] == q_pos[e - 1] + 1 && (!q_doc || q_doc[e] == q_doc[e - 1])) ++e;
-      for (int64_t p = doc_start[static_cast<size_t>(q_pos[i])]; p <= q_pos[e - 1]; ++p)
-        k_index.push_back(b * Sk + slot[static_cast<size_t>(p)]);
-      q_offsets.push_back(static_cast<int32_t>(b * Sq + e));
-      k_offsets.push_back(static_cast<int32_t>(k_index.size()));
-      out.longest_q = std::max(out.longest_q, e - i);
-      out.longest_k = std::max<int64_t>(out.longest_k, k_offsets.back() - k_offsets[k_offsets.size() - 2]);
+      const auto first = q_pos[i], last = q_pos[e - 1];
+      seen.clear();
+      int64_t own = 0;  // keys at the segment's own positions
+      if (const auto it = keys_of.find(q_doc ? q_doc[i] : 0); it != keys_of.end())
+        for (const auto& [p, slot] : it->second) {
+          if (p > last) break;
+          seen.push_back(slot);
+          if (p >= first) ++own;
+        }
+      if (own == e - i) {
+        causal.add(b * Sq + i, e - i, seen);
+      } else if (own == 0 && !seen.empty()) {
+        full.add(b * Sq + i, e - i, seen);
+      } else if (own != 0) {
+        throw std::invalid_argument("attention segments: the keys hold some of positions " + std::to_string(first) +
+                                    ".." + std::to_string(last) + " of a segment of queries but not all");
+      }
       i = e;
     }
   }
-  const auto int32 = at::TensorOptions().dtype(at::kInt);
-  out.q_offsets = at::tensor(q_offsets, int32);
-  out.k_offsets = at::tensor(k_offsets, int32);
-  bool identity = q_offsets == k_offsets;
-  for (size_t j = 0; identity && j < k_index.size(); ++j) identity = k_index[j] == static_cast<int64_t>(j);
-  if (!identity) out.k_index = at::tensor(k_index, at::TensorOptions().dtype(at::kLong));
-  return out;
+  return {causal.done(batch * Sq), full.done(batch * Sq)};
 }
 
 bool fused_attention_fits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -227,20 +265,82 @@ bool fused_attention_fits(const at::Tensor& q, const at::Tensor& k, const at::Te
          v.size(3) == d && d % 8 == 0 && d <= 256 && !at::globalContext().deterministicAlgorithms();
 }
 
-at::Tensor segment_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                             const AttentionSegments& segments, double scale) {
-  const auto B = q.size(0), Sq = q.size(1), Sk = k.size(1);
-  auto keys = [&](const at::Tensor& t) {
-    auto flat = t.reshape({B * Sk, t.size(2), t.size(3)});
-    return segments.k_index.defined() ? flat.index_select(0, segments.k_index) : flat;
-  };
+namespace {
+
+// [B, S, heads, d] -> [B x S, heads, d], the rows of `index` (all when undefined).
+at::Tensor rows_of(const at::Tensor& t, const at::Tensor& index) {
+  auto flat = t.reshape({t.size(0) * t.size(1), t.size(2), t.size(3)});
+  return index.defined() ? flat.index_select(0, index) : flat;
+}
+
+// Flash attention over one set: the packed output [rows, H, Dv] and log-sum-exp [H, rows].
+std::pair<at::Tensor, at::Tensor> flash_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                const SegmentSet& set, bool causal, double scale) {
   // Grouped-query heads as flash attention takes them: each kv head serves H / Hkv consecutive
   // q heads.
-  auto out = std::get<0>(at::_flash_attention_forward(q.reshape({B * Sq, q.size(2), q.size(3)}), keys(k), keys(v),
-                                                      segments.q_offsets, segments.k_offsets, segments.longest_q,
-                                                      segments.longest_k, 0.0, /*is_causal=*/true,
-                                                      /*return_debug_mask=*/false, scale));
-  return out.view({B, Sq, q.size(2), v.size(3)});
+  auto r = at::_flash_attention_forward(rows_of(q, set.q_index), rows_of(k, set.k_index), rows_of(v, set.k_index),
+                                        set.q_offsets, set.k_offsets, set.longest_q, set.longest_k, 0.0, causal,
+                                        /*return_debug_mask=*/false, scale);
+  auto out = std::get<0>(r), lse = std::get<1>(r);
+  TORCH_CHECK(lse.dim() == 2 && lse.size(1) == out.size(0), "flash attention's variable-length log-sum-exp is ",
+              lse.sizes(), ", not [heads, rows]");
+  return {out, lse};
+}
+
+}  // namespace
+
+at::Tensor segment_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const AttentionSegments& segments, double scale) {
+  TORCH_CHECK(segments.full.empty() && !segments.causal.q_index.defined(),
+              "segment_attention: every query must be in a causal segment");
+  const auto& set = segments.causal;
+  auto out = std::get<0>(at::_flash_attention_forward(rows_of(q, {}), rows_of(k, set.k_index), rows_of(v, set.k_index),
+                                                      set.q_offsets, set.k_offsets, set.longest_q, set.longest_k, 0.0,
+                                                      /*is_causal=*/true, /*return_debug_mask=*/false, scale));
+  return out.view({q.size(0), q.size(1), q.size(2), v.size(3)});
+}
+
+AttentionPart segment_attention_part(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const AttentionSegments& segments, double scale) {
+  at::NoGradGuard no_grad;
+  const auto B = q.size(0), Sq = q.size(1), H = q.size(2);
+  auto out = at::zeros({B * Sq, H, v.size(3)}, q.options().dtype(at::kFloat));
+  auto lse = at::full({H, B * Sq}, -std::numeric_limits<double>::infinity(), q.options().dtype(at::kFloat));
+  for (const auto* set : {&segments.causal, &segments.full}) {
+    if (set->empty()) continue;
+    auto [o, l] = flash_forward(q, k, v, *set, set == &segments.causal, scale);
+    const auto rows = set->q_index.defined() ? set->q_index : at::arange(B * Sq, set->q_offsets.options().dtype(at::kLong));
+    out.index_copy_(0, rows, o.to(at::kFloat));
+    lse.index_copy_(1, rows, l);
+  }
+  return {out.view({B, Sq, H, v.size(3)}), lse.view({H, B, Sq}).permute({1, 0, 2}).contiguous()};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_part_backward(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const AttentionSegments& segments, double scale) {
+  at::NoGradGuard no_grad;
+  const auto B = q.size(0), Sq = q.size(1), H = q.size(2);
+  auto dq = at::zeros({B * Sq, H, q.size(3)}, q.options().dtype(at::kFloat));
+  auto dk = at::zeros({B * k.size(1), k.size(2), k.size(3)}, q.options().dtype(at::kFloat));
+  auto dv = at::zeros({B * v.size(1), v.size(2), v.size(3)}, q.options().dtype(at::kFloat));
+  const auto lse_rows = lse.permute({1, 0, 2}).reshape({H, B * Sq});  // flash's layout: [heads, rows]
+  const auto out_q = out.to(q.scalar_type()), dout_q = dout.to(q.scalar_type());
+  const auto no_rng = at::empty({2}, q.options().dtype(at::kLong));
+  for (const auto* set : {&segments.causal, &segments.full}) {
+    if (set->empty()) continue;
+    const auto pick = [&](const at::Tensor& rows) { return set->q_index.defined() ? rows.index_select(1, set->q_index) : rows; };
+    auto r = at::_flash_attention_backward(rows_of(dout_q, set->q_index), rows_of(q, set->q_index),
+                                           rows_of(k, set->k_index), rows_of(v, set->k_index), rows_of(out_q, set->q_index),
+                                           pick(lse_rows).contiguous(), set->q_offsets, set->k_offsets, set->longest_q,
+                                           set->longest_k, 0.0, set == &segments.causal, no_rng, no_rng, scale);
+    const auto q_rows = set->q_index.defined() ? set->q_index : at::arange(B * Sq, set->q_offsets.options().dtype(at::kLong));
+    const auto k_rows = set->k_index.defined() ? set->k_index : q_rows;
+    dq.index_add_(0, q_rows, std::get<0>(r).to(at::kFloat));
+    dk.index_add_(0, k_rows, std::get<1>(r).to(at::kFloat));
+    dv.index_add_(0, k_rows, std::get<2>(r).to(at::kFloat));
+  }
+  return {dq.view({B, Sq, H, q.size(3)}), dk.view(k.sizes()), dv.view(v.sizes())};
 }
 
 }  // namespace troupe::kernels

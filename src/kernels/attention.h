@@ -53,33 +53,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_part_backward(const at:
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const AttentionMask& mask,
                             double scale);
 
-// Causal attention as variable-length sequences for flash attention: the query rows (flattened
-// [B x Sq]) cut into segments, each a run of consecutive positions of one document, and for each
-// segment the keys it sees in position order (indices into the flattened [B x Sk] keys): its
-// document's keys from the document's start up to the segment's last position. Causal flash
-// attention aligns a segment's queries with the end of its keys, which are the segment's own
-// positions, so it computes exactly the mask's attention without scores in memory.
-struct AttentionSegments {
+// The mask's attention as variable-length sequences for flash attention. The query rows
+// (flattened [B x Sq]) are cut into segments, each a run of consecutive positions of one
+// document; a segment's keys are the keys of its document up to its last position, in position
+// order (indices into the flattened [B x Sk] keys). Where the keys include the segment's own
+// positions they end with them, and causal flash attention, which aligns a segment's queries
+// with the end of its keys, computes exactly the mask's attention; where they all precede the
+// segment (a ring block of earlier chunks), attention without a causal mask does. Queries that
+// see no key here are in no segment.
+struct SegmentSet {
+  at::Tensor q_index;               // int64: the query rows in segments, in order; undefined: every row
   at::Tensor q_offsets, k_offsets;  // int32 [segments + 1]
   at::Tensor k_index;               // int64 [k_offsets' last]; undefined: the keys are the queries
   int64_t longest_q = 0, longest_k = 0;
 
-  bool defined() const { return q_offsets.defined(); }
+  bool empty() const { return longest_q == 0; }
+};
+
+struct AttentionSegments {
+  SegmentSet causal, full;
+
+  bool defined() const { return causal.q_offsets.defined(); }
   AttentionSegments to(const at::Device& device) const;
 };
 
-// From a mask on the host whose keys hold every position up to the queries' last (the whole
-// sequence, in any order); std::invalid_argument otherwise.
-AttentionSegments causal_segments(const AttentionMask& mask, int64_t batch);
+// From a mask on the host. std::invalid_argument where a segment's keys hold some of its own
+// positions but not all of them up to its last (no layout that context parallelism makes).
+AttentionSegments attention_segments(const AttentionMask& mask, int64_t batch);
 
-// Whether segment_attention runs these operands: CUDA, bf16 or fp16, one head size for q, k and
-// v that flash attention takes, and not under deterministic algorithms (the gather of the keys
-// adds its gradient with atomics).
+// Whether the segment attentions run these operands: CUDA, bf16 or fp16, one head size for q, k
+// and v that flash attention takes, and not under deterministic algorithms (the gather of the
+// keys adds its gradient with atomics).
 bool fused_attention_fits(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
-// The mask's attention by flash attention over `segments` (built from the same mask, on q's
-// device). Differentiable.
+// The mask's attention by flash attention over `segments` (from the same mask, on q's device),
+// where every query is in a causal segment (the keys hold the whole sequence). Differentiable.
 at::Tensor segment_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const AttentionSegments& segments, double scale);
+
+// attention_part and attention_part_backward by flash attention over `segments`: any block of
+// keys (a ring's), the output zero and the log-sum-exp -inf for queries in no segment. Inputs
+// in bf16 or fp16; `out` and `lse` of the backward are the whole attention's.
+AttentionPart segment_attention_part(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                     const AttentionSegments& segments, double scale);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_part_backward(
+    const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const AttentionSegments& segments, double scale);
 
 }  // namespace troupe::kernels

@@ -50,8 +50,10 @@ struct UnitBatch {
   // hold belong to. Undefined without it.
   at::Tensor all_positions, all_documents;
   // On CUDA, where the mask is not plain causal over the row (documents, or context
-  // parallelism's gathered keys): the mask as segments for flash attention, on the device.
-  kernels::AttentionSegments attention_segments;
+  // parallelism): the mask as segments for flash attention, on the device. One, over the keys
+  // the attention sees (its own, or the cp group's gathered); under the ring method one per
+  // rank whose block of keys it sees, by rank.
+  std::vector<kernels::AttentionSegments> attention_segments;
 };
 
 class Unit : public torch::nn::Module {

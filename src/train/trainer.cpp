@@ -331,20 +331,25 @@ struct Trainer::Impl {
       ub.documents = to_device(documents, dev);
     }
     // Flash attention's segments, from the host's positions and documents: for block_causal, and
-    // for context parallelism's gathered keys (the ring's blocks run the masked attention).
-    if (dev.is_cuda() && (cp > 1 ? !ring_attention : block_causal)) {
+    // for context parallelism's keys (all gathered, or each rank's block of the ring).
+    if (dev.is_cuda() && (block_causal || cp > 1)) {
       const auto seq = b.tokens.size(1);
-      kernels::AttentionMask mask{at::arange(seq, at::kLong), at::arange(seq, at::kLong)};
+      std::vector<at::Tensor> parts{at::arange(seq, at::kLong)};  // each cp rank's positions
       if (cp > 1) {
-        std::vector<at::Tensor> parts;
+        parts.clear();
         for (int64_t r = 0; r < cp; ++r) parts.push_back(parallel::context_parallel_positions(seq, r, cp));
-        mask = {parts[cp_rank], at::cat(parts)};
       }
-      if (documents.defined()) {
-        mask.q_documents = documents.index_select(1, mask.q_positions);
-        mask.k_documents = documents.index_select(1, mask.k_positions);
+      auto add = [&](const at::Tensor& keys) {
+        kernels::AttentionMask mask{parts[cp_rank], keys};
+        if (documents.defined())
+          mask = {parts[cp_rank], keys, documents.index_select(1, parts[cp_rank]), documents.index_select(1, keys)};
+        ub.attention_segments.push_back(kernels::attention_segments(mask, rows).to(dev));
+      };
+      if (cp > 1 && ring_attention) {
+        for (const auto& keys : parts) add(keys);
+      } else {
+        add(at::cat(parts));
       }
-      ub.attention_segments = kernels::causal_segments(mask, rows).to(dev);
     }
     return cp > 1 ? parallel::context_parallel_part(ub, cp_rank, cp) : ub;
   }

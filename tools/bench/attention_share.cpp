@@ -55,6 +55,23 @@ int64_t dimension(const models::Dimensions& dims, const std::string& key, int64_
   return otherwise;
 }
 
+// Best of `rounds` runs of `work` (forward and backward written out), and its peak memory.
+Timing time_work(const std::function<void()>& work, int64_t rounds) {
+  Timing t{1e30, 0};
+  const int gpu = c10::cuda::current_device();
+  for (int64_t i = 0; i < rounds + 1; ++i) {
+    torch::cuda::synchronize();
+    runtime::reset_gpu_memory_peaks(gpu);
+    const auto start = std::chrono::steady_clock::now();
+    work();
+    torch::cuda::synchronize();
+    const double ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (i > 0) t.ms = std::min(t.ms, ms);
+    t.peak_gib = static_cast<double>(runtime::gpu_memory_peaks(gpu).active_bytes) / (1 << 30);
+  }
+  return t;
+}
+
 }  // namespace
 
 at::Tensor random_documents(int64_t rows, int64_t seq, int64_t n) {
@@ -74,6 +91,7 @@ at::Tensor random_documents(int64_t rows, int64_t seq, int64_t n) {
   }
   return docs;
 }
+
 
 int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_tokens, int64_t rounds) {
   if (!torch::cuda::is_available()) throw std::runtime_error("attention-share measures on a GPU; none is available");
@@ -95,7 +113,7 @@ int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_t
   Timing whole;
   if (docs.defined()) {
     const auto segments =
-        kernels::causal_segments({whole_positions, whole_positions, docs, docs}, B).to(torch::Device(torch::kCUDA));
+        kernels::attention_segments({whole_positions, whole_positions, docs, docs}, B).to(torch::Device(torch::kCUDA));
     whole = time_attention([&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], segments, scale); },
                            {q, k, v}, rounds);
   } else {
@@ -122,7 +140,7 @@ int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_t
   for (int64_t r = 0; r < cp; ++r) {
     kernels::AttentionMask mask{parts[r], rank_major};
     if (docs.defined()) mask = {parts[r], rank_major, docs.index_select(1, parts[r]), docs.index_select(1, rank_major)};
-    const auto segments = kernels::causal_segments(mask, B).to(torch::Device(torch::kCUDA));
+    const auto segments = kernels::attention_segments(mask, B).to(torch::Device(torch::kCUDA));
     const auto q_local = q.index_select(1, parts[r].to(torch::kCUDA));
     const auto t = time_attention(
         [&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], segments, scale); }, {q_local, k_all, v_all},
@@ -131,7 +149,44 @@ int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_t
     fastest = std::min(fastest, t.ms);
     std::printf("| %lld | %.2f | %.3f | %.2f |\n", static_cast<long long>(r), t.ms, t.ms / (whole.ms / cp), t.peak_gib);
   }
-  std::printf("\nslowest rank / (whole / cp) = %.3f; slowest / fastest = %.3f\n", slowest / (whole.ms / cp),
+  std::printf("\nallgather: slowest rank / (whole / cp) = %.3f; slowest / fastest = %.3f\n\n", slowest / (whole.ms / cp),
+              slowest / fastest);
+
+  // The ring: each rank's queries over every rank's block of keys (here the blocks are in this
+  // GPU's memory: the transfers are not measured), merged by log-sum-exp, then the backward's
+  // parts with the merged output.
+  std::printf("| cp rank (ring, compute only) | ms | x (whole / %lld) | peak GiB |\n|---|---|---|---|\n",
+              static_cast<long long>(cp));
+  slowest = 0, fastest = 1e30;
+  const auto dout = torch::ones({B, S / cp, H, D}, opts);
+  for (int64_t r = 0; r < cp; ++r) {
+    std::vector<kernels::AttentionSegments> blocks;
+    for (int64_t owner = 0; owner < cp; ++owner) {
+      kernels::AttentionMask mask{parts[r], parts[owner]};
+      if (docs.defined())
+        mask = {parts[r], parts[owner], docs.index_select(1, parts[r]), docs.index_select(1, parts[owner])};
+      blocks.push_back(kernels::attention_segments(mask, B).to(torch::Device(torch::kCUDA)));
+    }
+    const auto q_local = q.index_select(1, parts[r].to(torch::kCUDA));
+    const auto t = time_work(
+        [&] {
+          kernels::AttentionPart merged;
+          const auto part = S / cp;
+          for (int64_t owner = 0; owner < cp; ++owner)
+            kernels::merge_attention(merged, kernels::segment_attention_part(q_local, k_all.narrow(1, owner * part, part),
+                                                                             v_all.narrow(1, owner * part, part),
+                                                                             blocks[owner], scale));
+          for (int64_t owner = 0; owner < cp; ++owner)
+            kernels::segment_attention_part_backward(dout, q_local, k_all.narrow(1, owner * part, part),
+                                                     v_all.narrow(1, owner * part, part), merged.out, merged.lse,
+                                                     blocks[owner], scale);
+        },
+        rounds);
+    slowest = std::max(slowest, t.ms);
+    fastest = std::min(fastest, t.ms);
+    std::printf("| %lld | %.2f | %.3f | %.2f |\n", static_cast<long long>(r), t.ms, t.ms / (whole.ms / cp), t.peak_gib);
+  }
+  std::printf("\nring: slowest rank / (whole / cp) = %.3f; slowest / fastest = %.3f\n", slowest / (whole.ms / cp),
               slowest / fastest);
   return 0;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Context parallelism and document masking on one GPU (binaries from tools/bench/gpu_prebuilt.sh
 # or build-gpu/). PHASE=tests: the [gpu] tests. PHASE=share: one cp rank's attention against the
-# whole sequence's (8B heads, seq 131072, cp 8; causal and block_causal). PHASE=long: the 8B
+# whole sequence's (8B heads, seq 131072, cp 8; causal and block_causal; allgather, and the
+# ring's compute without its transfers). PHASE=long: the 8B
 # blocks x 16 layers with block_causal masking as one rank's share of FSDP over 8 (--fsdp-as 8)
 # at growing sequence lengths (LENGTHS), under AC (AC=full or op), until one does not fit.
 set -u
@@ -10,10 +11,10 @@ mkdir -p "$out"
 bench=build-gpu/troupe_bench
 case "${PHASE:-tests}" in
   tests)
-    build-gpu/tests/troupe_tests "[gpu]" 2>&1 | tail -40 > "$out/gpu-tests.log"
+    build-gpu/tests/troupe_tests "${TESTS:-[gpu]}" 2>&1 | tail -40 > "$out/gpu-tests.log"
     tail -5 "$out/gpu-tests.log" ;;
   share)
-    for docs in 0 2048; do
+    for docs in ${DOCS:-0 2048}; do
       $bench attention-share --config configs/llama3_debug.toml --model.flavor 8B --training.seq_len 131072 \
         --training.local_batch_size 1 --cp 8 --document-tokens $docs --rounds 3 2>&1 | tee "$out/share-docs$docs.log"
     done ;;

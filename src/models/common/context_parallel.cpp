@@ -31,6 +31,40 @@ std::pair<at::Tensor, at::Tensor> unpack(const at::Tensor& kv, const at::Tensor&
           kv.narrow(0, k_like.numel(), v_like.numel()).view(v_like.sizes())};
 }
 
+// The blocks' segments kept for the backward (the batch may be gone by then).
+void save_segments(AutogradContext* ctx, const std::vector<kernels::AttentionSegments>& all) {
+  c10::List<at::Tensor> tensors;
+  std::vector<int64_t> longest;
+  for (const auto& s : all)
+    for (const auto* set : {&s.causal, &s.full}) {
+      for (const auto& t : {set->q_index, set->q_offsets, set->k_offsets, set->k_index}) tensors.push_back(t);
+      longest.push_back(set->longest_q);
+      longest.push_back(set->longest_k);
+    }
+  ctx->saved_data["segment_tensors"] = tensors;
+  ctx->saved_data["segment_longest"] = longest;
+}
+
+std::vector<kernels::AttentionSegments> saved_segments(AutogradContext* ctx) {
+  std::vector<kernels::AttentionSegments> all;
+  if (ctx->saved_data.find("segment_tensors") == ctx->saved_data.end()) return all;
+  const auto tensors = ctx->saved_data["segment_tensors"].toTensorList();
+  const auto longest = ctx->saved_data["segment_longest"].toIntVector();
+  for (size_t i = 0, t = 0, l = 0; i < longest.size() / 4; ++i) {
+    kernels::AttentionSegments s;
+    for (auto* set : {&s.causal, &s.full}) {
+      set->q_index = tensors[t++];
+      set->q_offsets = tensors[t++];
+      set->k_offsets = tensors[t++];
+      set->k_index = tensors[t++];
+      set->longest_q = longest[l++];
+      set->longest_k = longest[l++];
+    }
+    all.push_back(std::move(s));
+  }
+  return all;
+}
+
 struct RingAttention : torch::autograd::Function<RingAttention> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             int64_t batch_address, int64_t group_address, double scale) {
@@ -38,6 +72,8 @@ struct RingAttention : torch::autograd::Function<RingAttention> {
     auto& group = *reinterpret_cast<RankGroup*>(group_address);
     const int n = group.size(), r = group.rank();
     const auto part = k.size(1);
+    // Flash attention per block where the batch carries each block's segments (CUDA).
+    const bool fused = static_cast<int>(batch.attention_segments.size()) == n && kernels::fused_attention_fits(q, k, v);
     kernels::AttentionPart acc;
     auto block = pack(k, v);
     for (int step = 0; step < n; ++step) {
@@ -45,7 +81,8 @@ struct RingAttention : torch::autograd::Function<RingAttention> {
       // The next block travels while this one is attended to.
       auto next = step + 1 < n ? group.ring_shift(block) : nullptr;
       const auto [kb, vb] = unpack(block, k, v);
-      kernels::merge_attention(acc, kernels::attention_part(q, kb, vb, block_mask(batch, owner, part), scale));
+      kernels::merge_attention(acc, fused ? kernels::segment_attention_part(q, kb, vb, batch.attention_segments[owner], scale)
+                                          : kernels::attention_part(q, kb, vb, block_mask(batch, owner, part), scale));
       if (next) block = next->wait();
     }
     auto out = acc.out.to(q.scalar_type());
@@ -53,6 +90,7 @@ struct RingAttention : torch::autograd::Function<RingAttention> {
                             batch.all_documents});
     ctx->saved_data["group"] = group_address;
     ctx->saved_data["scale"] = scale;
+    if (fused) save_segments(ctx, batch.attention_segments);
     return out;
   }
 
@@ -65,6 +103,7 @@ struct RingAttention : torch::autograd::Function<RingAttention> {
     const double scale = ctx->saved_data["scale"].toDouble();
     const int n = group.size(), r = group.rank();
     const auto part = k.size(1);
+    const auto segments = saved_segments(ctx);
     at::Tensor dq;
     auto block = pack(k, v);
     at::Tensor carried;  // the gradient of the block held, travelling with it
@@ -73,7 +112,9 @@ struct RingAttention : torch::autograd::Function<RingAttention> {
       auto next = step + 1 < n ? group.ring_shift(block) : nullptr;
       const auto [kb, vb] = unpack(block, k, v);
       auto [dq_part, dk_part, dv_part] =
-          kernels::attention_part_backward(grads[0], q, kb, vb, out, lse, block_mask(batch, owner, part), scale);
+          segments.empty()
+              ? kernels::attention_part_backward(grads[0], q, kb, vb, out, lse, block_mask(batch, owner, part), scale)
+              : kernels::segment_attention_part_backward(grads[0], q, kb, vb, out, lse, segments[owner], scale);
       dq = dq.defined() ? dq + dq_part : dq_part;
       auto mine = pack(dk_part, dv_part);
       carried = carried.defined() ? carried + mine : mine;
@@ -103,8 +144,8 @@ at::Tensor context_parallel_attention(const at::Tensor& q, const at::Tensor& k, 
     return RingAttention::apply(q, k, v, reinterpret_cast<int64_t>(&batch), reinterpret_cast<int64_t>(&group), scale);
   // allgather: the whole sequence's keys and values, rank-major as all_positions.
   const auto k_all = gather_sequence(k, group), v_all = gather_sequence(v, group);
-  if (batch.attention_segments.defined() && kernels::fused_attention_fits(q, k, v))
-    return kernels::segment_attention(q, k_all, v_all, batch.attention_segments, scale);
+  if (batch.attention_segments.size() == 1 && kernels::fused_attention_fits(q, k, v))
+    return kernels::segment_attention(q, k_all, v_all, batch.attention_segments[0], scale);
   kernels::AttentionMask mask{batch.positions, batch.all_positions, batch.documents, batch.all_documents};
   return kernels::masked_attention(q, k_all, v_all, mask, scale);
 }

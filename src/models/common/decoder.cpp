@@ -37,8 +37,8 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                   const UnitBatch& batch, const ContextParallel* cp) {
   const double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   if (cp) return context_parallel_attention(q, k, v, batch, s, *cp);
-  if (batch.attention_segments.defined() && kernels::fused_attention_fits(q, k, v))
-    return kernels::segment_attention(q, k, v, batch.attention_segments, s);
+  if (batch.attention_segments.size() == 1 && kernels::fused_attention_fits(q, k, v))
+    return kernels::segment_attention(q, k, v, batch.attention_segments[0], s);
   if (batch.documents.defined()) {
     const auto positions = batch.positions.defined() ? batch.positions
                                                      : at::arange(q.size(1), q.options().dtype(at::kLong));
