@@ -130,7 +130,18 @@ int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_t
               docs.defined() ? ("block_causal (documents of " + std::to_string(document_tokens) + " tokens on average)").c_str()
                              : "causal",
               runtime::cuda_device_name(c10::cuda::current_device()).c_str());
-  std::printf("whole sequence: %.2f ms forward + backward, %.2f GiB peak\n\n", whole.ms, whole.peak_gib);
+  std::printf("whole sequence: %.2f ms forward + backward, %.2f GiB peak\n", whole.ms, whole.peak_gib);
+  if (!docs.defined()) {
+    // The same work on the ranks' kernel (flash attention, one segment per row): what a rank's
+    // share is to be compared with to see the load balance alone.
+    const auto segments = kernels::attention_segments({whole_positions, whole_positions}, B).to(torch::Device(torch::kCUDA));
+    const auto flash = time_attention(
+        [&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], segments, scale); }, {q, k, v}, rounds);
+    std::printf("whole sequence on flash attention (the ranks' kernel): %.2f ms; the ranks' x below are against "
+                "the cuDNN figure, x %.3f for flash's\n",
+                flash.ms, whole.ms / flash.ms);
+  }
+  std::printf("\n");
   std::printf("| cp rank (allgather) | ms | x (whole / %lld) | peak GiB |\n|---|---|---|---|\n", static_cast<long long>(cp));
   std::vector<at::Tensor> parts;
   for (int64_t r = 0; r < cp; ++r) parts.push_back(parallel::context_parallel_positions(S, r, cp));
