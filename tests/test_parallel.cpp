@@ -626,7 +626,8 @@ TEST_CASE("FSDP's kept bf16 send casts follow every write to their masters", "[p
   sharded.release_all();
 }
 
-TEST_CASE("a Trainer that shards alone (step-profile --fsdp-as 1) trains as an unsharded one; as 2 it holds half",
+TEST_CASE("a Trainer that shards alone (step-profile --rank-of 1) trains as an unsharded one; as rank 0 of 2 FSDP "
+          "ranks or of a cp pair (replicas) it holds half",
           "[parallel]") {
   TempDir dir;
   const auto c = small_job_config(dir);  // 2 micro-batches of 2 x 32 tokens a step
@@ -642,11 +643,14 @@ TEST_CASE("a Trainer that shards alone (step-profile --fsdp-as 1) trains as an u
   }
   auto run = [&](int as) {
     parallel::RankContext rank;
-    rank.shard_alone_as = as;
-    if (as > 0) rank.rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
+    rank.shard_alone = as == 1;
+    if (as == 1) rank.rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
+    if (as > 1) rank.world = as, rank.replicas = true;
     train::Trainer trainer(c, train::job_model(c, vocab), rank);
+    // As rank 0 of 2 it takes half of the global batch: one of the micro-batches.
+    const std::vector mine(batches.begin(), batches.begin() + trainer.micro_batches_per_step());
     std::vector<train::StepStats> steps;
-    for (int64_t s = 1; s <= 6; ++s) steps.push_back(trainer.step(s, batches));
+    for (int64_t s = 1; s <= 6; ++s) steps.push_back(trainer.step(s, mine));
     // Under FSDP a block's parameters are views of its gathered buffer, emptied after its
     // backward (the optimizer gathers units 0 and 1 again for the next step: unit 3 is not).
     const auto block_weight = trainer.model().units().at(3)->parameters().front();
@@ -671,6 +675,23 @@ TEST_CASE("a Trainer that shards alone (step-profile --fsdp-as 1) trains as an u
   REQUIRE(half.size() == plain.size());
   for (const auto& s : half) CHECK(std::isfinite(s.loss));
   CHECK(half.back().loss < half.front().loss - 0.1);
+  // As rank 0 of a context-parallel pair (step-profile --rank-of 2 with context_parallel_degree 2):
+  // FSDP over dp_shard x cp holds half of every parameter, and it learns its half of the sequences.
+  auto cp = c;
+  cp.parallelism.context_parallel_degree = 2;
+  parallel::RankContext rank;
+  rank.world = 2;
+  rank.replicas = true;
+  train::Trainer trainer(cp, train::job_model(cp, vocab), rank);
+  std::vector<double> losses;
+  for (int64_t s = 1; s <= 6; ++s) losses.push_back(trainer.step(s, batches).loss);  // cp ranks share the batch
+  for (double l : losses) CHECK(std::isfinite(l));
+  CHECK(losses.back() < losses.front() - 0.1);
+  for (const auto& t : trainer.restorable_state(/*model_only=*/true)) {
+    INFO(t.name);
+    const auto rows = t.global_shape.empty() ? 1 : t.global_shape[0];
+    CHECK(t.box.lengths.front() == (rows + 1) / 2);
+  }
 }
 
 TEST_CASE("rendezvous: a missing rank is an error naming the key, not a hang", "[parallel]") {

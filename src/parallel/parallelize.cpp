@@ -102,12 +102,13 @@ std::optional<PipelinePlan> plan_pipeline(const config::JobConfig& cfg, const Pa
 
 comm::CommunicatorPtr connect(const RankContext& rank, const DeviceMesh& mesh, const std::vector<MeshDim>& over,
                               bool cuda) {
-  const bool alone = rank.shard_alone_as > 0 && over == std::vector<MeshDim>{MeshDim::dp_shard};
-  if (alone && rank.shard_alone_as > 1)
-    return comm::make_replica_communicator("dp_shard[replicas]", rank.shard_alone_as, cuda ? rank.local_rank : -1);
+  const bool alone = rank.shard_alone && over == std::vector<MeshDim>{MeshDim::dp_shard};
   int64_t size = 1;
   for (auto d : over) size *= mesh.dims().of(d);
   if (size == 1 && !alone) return nullptr;
+  if (rank.replicas)
+    return comm::make_replica_communicator(mesh.group_name(over) + "[replicas]", static_cast<int>(size),
+                                           cuda ? rank.local_rank : -1);
   if (!rank.rendezvous) throw std::logic_error("a multi-rank Trainer needs a rendezvous");
   const auto name = mesh.group_name(over);
   const int r = mesh.rank_in(over), n = static_cast<int>(size);
@@ -168,7 +169,7 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   // with the data-parallel ones'.
   const std::vector<MeshDim> shard_dims =
       dims.of(MeshDim::cp) > 1 ? std::vector{MeshDim::dp_shard, MeshDim::cp} : std::vector{MeshDim::dp_shard};
-  if (dims.dp() * dims.of(MeshDim::cp) > 1 || rank.shard_alone_as > 0) {
+  if (dims.dp() * dims.of(MeshDim::cp) > 1 || rank.shard_alone) {
     DataParallelOptions o;
     // A tied head computes with the embedding's weight: the embedding's unit is gathered with
     // it, and the weight's gradient collects both uses before the embedding's reduction.

@@ -46,7 +46,8 @@ std::optional<PipelinePlan> plan_pipeline(const config::JobConfig& cfg, const Pa
                                           const models::Architecture& arch);
 
 // This rank's communicator over the mesh dimensions `over` (their product's ranks; null where
-// that is 1, unless the rank shards alone over dp_shard): NCCL on GPUs, Gloo on CPUs.
+// that is 1, unless the rank shards alone over dp_shard): NCCL on GPUs, Gloo on CPUs; replicas of
+// this rank under RankContext::replicas.
 comm::CommunicatorPtr connect(const RankContext& rank, const DeviceMesh& mesh, const std::vector<MeshDim>& over,
                               bool cuda);
 

@@ -13,12 +13,15 @@ struct RankContext {
   int local_rank = 0;  // on this node: its GPU index
   int world = 1;
   std::shared_ptr<comm::Rendezvous> rendezvous;  // null when world == 1
-  // A lone rank that still shards its model, as rank 0 of a dp_shard group of this many (0: it
-  // does not): 1 is a real one-rank group (needs a rendezvous), what FSDP itself costs on one GPU
-  // (its casts, copies and collectives); N > 1 has replicas of this rank stand in for the others
-  // (comm/replica_communicator.h), one rank of an N-GPU job's memory and compute on one GPU.
-  int shard_alone_as = 0;
+  // A lone rank that still shards its model over a real one-rank dp_shard group (needs a
+  // rendezvous): what FSDP itself costs on one GPU (its casts, copies and collectives).
+  bool shard_alone = false;
   std::shared_ptr<comm::FlightRecorder> flight_recorder;  // its communicators' operations; may be null
+  // World > 1 and no other rank: replicas of this one stand in for the others in every group
+  // (comm/replica_communicator.h), so one GPU holds and computes one rank's share of a
+  // `world`-rank layout (FSDP, context and tensor parallelism; not a pipeline, whose stages'
+  // transfers replicas cannot make).
+  bool replicas = false;
 };
 
 }  // namespace troupe::parallel

@@ -21,10 +21,11 @@ int throughput(const config::JobConfig& cfg, int64_t warmup, const runtime::Node
 // of `window` seconds of one run.
 int inspect_overhead(const config::JobConfig& cfg, double window);
 // Plain-loop step time and the GPU kernels of `steps` profiled steps (random tokens of `vocab`),
-// on every local rank (job.local_ranks), per GPU. `shard_alone_as` > 0: one rank under FSDP as
-// rank 0 of that many (parallel::RankContext::shard_alone_as).
+// on every local rank (job.local_ranks), per GPU. `alone_as` = 1: one rank under FSDP over a real
+// one-rank group; N > 1: one rank as rank 0 of a world of N, replicas standing in for the others
+// (parallel::RankContext::replicas).
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, int shard_alone_as, int64_t document_tokens = 0);
+                 const std::string& trace_path, int alone_as, int64_t document_tokens = 0);
 // [rows, seq] documents of 1 .. 2n-1 tokens (n on average), the same on every call.
 at::Tensor random_documents(int64_t rows, int64_t seq, int64_t n);
 // One context-parallel rank's share of attention against the whole sequence's (forward and

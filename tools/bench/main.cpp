@@ -72,9 +72,10 @@ int main(int argc, char** argv) {
   profile->add_option("--warmup", profile_warmup, "steps before the timed ones")->capture_default_str();
   profile->add_option("--steps", profile_steps, "timed steps, then as many profiled")->capture_default_str();
   profile->add_option("--trace", trace_path, "write the Chrome trace here");
-  profile->add_option("--fsdp-as", shard_alone_as,
-                      "one rank under FSDP as rank 0 of N: N=1 a real one-rank group (what FSDP itself costs); "
-                      "N>1 replicas of it stand in for the others (one rank of an N-GPU job's memory and compute)");
+  profile->add_option("--rank-of,--fsdp-as", shard_alone_as,
+                      "one rank as rank 0 of N: N=1 under FSDP over a real one-rank group (what FSDP itself costs); "
+                      "N>1 replicas of it stand in for the other ranks of every group of the config's layout over a "
+                      "world of N (one rank of an N-GPU job's memory and compute: FSDP, cp, tp)");
   int64_t document_tokens = 0;
   profile->add_option("--document-tokens", document_tokens,
                       "random documents of this many tokens on average (with --training.attention_mask block_causal)");

@@ -107,10 +107,12 @@ void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, i
 }  // namespace
 
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, int shard_alone_as, int64_t document_tokens) {
+                 const std::string& trace_path, int alone_as, int64_t document_tokens) {
   const int ranks = train::local_rank_count(cfg);
-  if (shard_alone_as > 0 && ranks > 1) throw std::invalid_argument("--fsdp-as profiles one rank: set job.local_ranks 1");
-  auto rendezvous = ranks > 1 || shard_alone_as > 0 ? comm::Rendezvous::in_process(std::chrono::minutes(5)) : nullptr;
+  if (alone_as > 0 && ranks > 1) throw std::invalid_argument("--rank-of profiles one rank: set job.local_ranks 1");
+  if (alone_as > 1 && cfg.parallelism.pipeline_parallel_degree > 1)
+    throw std::invalid_argument("--rank-of: replicas cannot stand in for a pipeline's other stages");
+  auto rendezvous = ranks > 1 || alone_as == 1 ? comm::Rendezvous::in_process(std::chrono::minutes(5)) : nullptr;
   const auto B = cfg.training.local_batch_size, S = cfg.training.seq_len;
   std::barrier phase(ranks);
   double loop_seconds = 0, profiled_seconds = 0;
@@ -123,9 +125,11 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
 
   auto run_rank_steps = [&](int r) {
     // Recorded as in a job of several ranks (--comm.trace_buf_size 0: not), so its cost shows.
-    const bool recorded = cfg.comm.trace_buf_size > 0 && (ranks > 1 || shard_alone_as == 1);
+    const bool recorded = cfg.comm.trace_buf_size > 0 && (ranks > 1 || alone_as == 1);
     auto recorder = recorded ? std::make_shared<comm::FlightRecorder>(cfg.comm.trace_buf_size) : nullptr;
-    train::Trainer trainer(cfg, train::job_model(cfg, vocab), parallel::RankContext{r, r, ranks, rendezvous, shard_alone_as, recorder});
+    parallel::RankContext rank{r, r, ranks, rendezvous, alone_as == 1, recorder};
+    if (alone_as > 1) rank.world = alone_as, rank.replicas = true;
+    train::Trainer trainer(cfg, train::job_model(cfg, vocab), rank);
     auto tokens = torch::randint(0, vocab, {B, S + 1}, torch::kLong);
     auto batch = std::make_shared<data::Batch>();
     batch->tokens = tokens.narrow(1, 0, S).contiguous();
@@ -174,8 +178,8 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
   for (int r = 0; r < ranks; ++r) threads.push_back(std::async(std::launch::async, run_rank, r));
   for (auto& t : threads) t.get();
 
-  const auto alone = shard_alone_as == 1   ? std::string(" under FSDP over a one-rank group")
-                    : shard_alone_as > 1 ? " under FSDP as rank 0 of " + std::to_string(shard_alone_as) + " (replicas)"
+  const auto alone = alone_as == 1   ? std::string(" under FSDP over a one-rank group")
+                    : alone_as > 1 ? " as rank 0 of " + std::to_string(alone_as) + " (replicas stand in for the others)"
                                          : std::string();
   constexpr double GiB = 1024.0 * 1024.0 * 1024.0;
   std::printf("%d rank(s)%s, plain loop: %.2f ms/step, %.0f tokens/s per rank over %lld steps; "
