@@ -29,4 +29,17 @@ case "${PHASE:-tests}" in
         --document-tokens 2048 --fsdp-as 8 --vocab 128256 --warmup 1 --steps 1 "${ac_args[@]}" 2>&1 \
         | grep -E "plain loop|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/long-${AC:-full}.log"
     done ;;
+  cprank)
+    # One cp rank's share of the whole model (8B blocks x 16 layers, seq 131072, cp 8; replicas
+    # stand in for the other 7 ranks, FSDP over dp_shard x cp = 8).
+    for run in ${RUNS:-"allgather causal" "ring causal" "allgather block_causal"}; do
+      set -- $run
+      echo "== cp 8, $1, $2" | tee -a "$out/cprank.log"
+      timeout 300 $bench step-profile --config configs/llama3_debug.toml --model.flavor 8B --model.n_layers 16 \
+        --model.tokenizer_path .device/llama3_1.tokenizer.json --job.device cuda \
+        --training.local_batch_size 1 --training.seq_len 131072 --training.attention_mask $2 --document-tokens 2048 \
+        --parallelism.context_parallel_degree 8 --parallelism.context_parallel_rotate_method $1 \
+        --activation_checkpoint.mode full --rank-of 8 --vocab 128256 --warmup 1 --steps 1 2>&1 \
+        | grep -E "plain loop|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/cprank.log"
+    done ;;
 esac
