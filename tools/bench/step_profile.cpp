@@ -114,6 +114,7 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
     throw std::invalid_argument("--rank-of: replicas cannot stand in for a pipeline's other stages");
   auto rendezvous = ranks > 1 || alone_as == 1 ? comm::Rendezvous::in_process(std::chrono::minutes(5)) : nullptr;
   const auto B = cfg.training.local_batch_size, S = cfg.training.seq_len;
+  const double cp = static_cast<double>(cfg.parallelism.context_parallel_degree);  // a cp rank's tokens: 1/cp
   std::barrier phase(ranks);
   double loop_seconds = 0, profiled_seconds = 0;
   int64_t peak_active = 0, peak_reserved = 0;  // rank 0's, over the plain loop
@@ -184,7 +185,7 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
   constexpr double GiB = 1024.0 * 1024.0 * 1024.0;
   std::printf("%d rank(s)%s, plain loop: %.2f ms/step, %.0f tokens/s per rank over %lld steps; "
               "rank 0's peak GPU memory %.2f GiB active, %.2f GiB reserved\n",
-              ranks, alone.c_str(), 1e3 * loop_seconds / steps, static_cast<double>(B * S * steps) / loop_seconds,
+              ranks, alone.c_str(), 1e3 * loop_seconds / steps, static_cast<double>(B * S * steps) / cp / loop_seconds,
               static_cast<long long>(steps), static_cast<double>(peak_active) / GiB,
               static_cast<double>(peak_reserved) / GiB);
   if (train::resolve_device(cfg.job.device) == "cuda")
