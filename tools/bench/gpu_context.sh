@@ -5,6 +5,8 @@
 # ring's compute without its transfers). PHASE=long: the 8B
 # blocks x 16 layers with block_causal masking as one rank's share of FSDP over 8 (--fsdp-as 8)
 # at growing sequence lengths (LENGTHS), under AC (AC=full or op), until one does not fit.
+# PHASE=cprank and tprank: one context- or tensor-parallel rank's share of the whole model (the
+# other ranks replicas: step-profile --rank-of 8).
 set -u
 out=${OUT:-/tmp/gpu_context}
 mkdir -p "$out"
@@ -41,5 +43,17 @@ case "${PHASE:-tests}" in
         --parallelism.context_parallel_degree 8 --parallelism.context_parallel_rotate_method $1 \
         --activation_checkpoint.mode full --rank-of 8 --vocab 128256 --warmup 1 --steps 1 2>&1 \
         | grep -E "plain loop|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/cprank.log"
+    done ;;
+  tprank)
+    # One tensor-parallel rank's share (issue 27's benchmark): 8B blocks x 16 layers, batch 1 x
+    # 8192, TP 8 and TP 2 x FSDP 4, replicas standing in for the other 7 ranks.
+    for layout in "8 1" "2 4"; do
+      set -- $layout
+      echo "== tp $1 x dp_shard $2" | tee -a "$out/tprank.log"
+      timeout 300 $bench step-profile --config configs/llama3_debug.toml --model.flavor 8B --model.n_layers 16 \
+        --model.tokenizer_path .device/llama3_1.tokenizer.json --job.device cuda \
+        --training.local_batch_size 1 --training.seq_len 8192 --parallelism.tensor_parallel_degree $1 \
+        --rank-of 8 --vocab 128256 --warmup 1 --steps 2 2>&1 \
+        | grep -E "plain loop|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/tprank.log"
     done ;;
 esac
