@@ -153,6 +153,10 @@ config::JobConfig pp_job(const TempDir& dir, const std::string& tokens, int rank
   c.training.steps = 10;
   c.parallelism.pipeline_parallel_degree = pp;
   c.parallelism.pipeline_parallel_schedule = schedule;
+  return with_validation(c, tokens);
+}
+
+config::JobConfig with_validation(config::JobConfig c, const std::string& tokens) {
   c.validation.enable = true;
   c.validation.dataset = "tokens";
   c.validation.dataset_path = tokens;

@@ -29,6 +29,8 @@ std::string job_toml(const TempDir& dir, const std::string& tokens, int local_ra
 // `device` must exit 1 within the collective timeout, naming the file and the position.
 void check_damaged_token_ends_job(const std::string& device);
 
+// `c` validating on `tokens` after steps 5 and 10, 2 batches each (check_same_validation).
+config::JobConfig with_validation(config::JobConfig c, const std::string& tokens);
 // The corpus slice (or the text file `corpus`) tokenized into dir/tokens (its path).
 std::string prepare_tokens(const TempDir& dir, const std::string& corpus = "");
 // A corpus of short documents (the clauses of the first verses), so that 32-token windows hold

@@ -258,8 +258,7 @@ TEST_CASE("attention segments list, for every query, exactly the keys the mask l
                      << (documents ? ", documents" : ""));
         const auto keys = owner < 0 ? rank_major : block(owner);
         const int64_t Sk = keys.numel();
-        kernels::AttentionMask mask{q_pos, keys};
-        if (documents) mask = {q_pos, keys, docs.index_select(1, q_pos), docs.index_select(1, keys)};
+        const auto mask = kernels::AttentionMask::of(q_pos, keys, documents ? docs : at::Tensor());
         const auto seg = kernels::attention_segments(mask, B);
         if (owner < 0) CHECK(seg.full.empty());  // the whole sequence: every query's own keys are there
         const auto visible = mask.visible(0, Sq).expand({B, -1, -1});
@@ -981,9 +980,7 @@ TEST_CASE("flash attention over the mask's segments on CUDA matches the masked a
     auto q = torch::randn({B, Sq, H, D}), k = torch::randn({B, S, Hkv, D}), v = torch::randn({B, S, Hkv, D});
     auto dout = torch::randn({B, Sq, H, D});
     auto mask_over = [&](const at::Tensor& keys) {
-      kernels::AttentionMask m{l.q_pos, keys};
-      if (l.documents) m = {l.q_pos, keys, docs.index_select(1, l.q_pos), docs.index_select(1, keys)};
-      return m;
+      return kernels::AttentionMask::of(l.q_pos, keys, l.documents ? docs : at::Tensor());
     };
     const auto mask = mask_over(l.k_pos);
     const auto segments = kernels::attention_segments(mask, B);

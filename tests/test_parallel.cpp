@@ -1384,12 +1384,7 @@ TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 
     c.model.dimensions = {{"n_layers", "4", "test"}};
     c.training.steps = 10;
     c.checkpoint.interval = 5;
-    c.validation.enable = true;
-    c.validation.dataset = "tokens";
-    c.validation.dataset_path = tokens;
-    c.validation.freq = 5;
-    c.validation.steps = 2;
-    return c;
+    return with_validation(c, tokens);
   };
   const auto one_cfg = with_mask(dp_job(dir, tokens, 1, 1, "one"));
   const auto one = run_with_timeout(one_cfg);

@@ -90,6 +90,12 @@ struct MaskedAttention : torch::autograd::Function<MaskedAttention> {
 
 }  // namespace
 
+AttentionMask AttentionMask::of(const at::Tensor& q_positions, const at::Tensor& k_positions,
+                                const at::Tensor& documents) {
+  if (!documents.defined()) return {q_positions, k_positions};
+  return {q_positions, k_positions, documents.index_select(1, q_positions), documents.index_select(1, k_positions)};
+}
+
 at::Tensor AttentionMask::visible(int64_t first, int64_t rows) const {
   const auto qp = q_positions.narrow(0, first, rows);
   auto seen = k_positions.unsqueeze(0).le(qp.unsqueeze(1)).unsqueeze(0);  // [1, rows, Sk]
@@ -287,16 +293,18 @@ std::pair<at::Tensor, at::Tensor> flash_forward(const at::Tensor& q, const at::T
   return {out, lse};
 }
 
+// The flattened query rows a set holds, of `all`.
+at::Tensor query_rows(const SegmentSet& set, int64_t all) {
+  return set.q_index.defined() ? set.q_index : at::arange(all, set.q_offsets.options().dtype(at::kLong));
+}
+
 }  // namespace
 
 at::Tensor segment_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const AttentionSegments& segments, double scale) {
   TORCH_CHECK(segments.full.empty() && !segments.causal.q_index.defined(),
               "segment_attention: every query must be in a causal segment");
-  const auto& set = segments.causal;
-  auto out = std::get<0>(at::_flash_attention_forward(rows_of(q, {}), rows_of(k, set.k_index), rows_of(v, set.k_index),
-                                                      set.q_offsets, set.k_offsets, set.longest_q, set.longest_k, 0.0,
-                                                      /*is_causal=*/true, /*return_debug_mask=*/false, scale));
+  const auto out = flash_forward(q, k, v, segments.causal, /*causal=*/true, scale).first;
   return out.view({q.size(0), q.size(1), q.size(2), v.size(3)});
 }
 
@@ -309,7 +317,7 @@ AttentionPart segment_attention_part(const at::Tensor& q, const at::Tensor& k, c
   for (const auto* set : {&segments.causal, &segments.full}) {
     if (set->empty()) continue;
     auto [o, l] = flash_forward(q, k, v, *set, set == &segments.causal, scale);
-    const auto rows = set->q_index.defined() ? set->q_index : at::arange(B * Sq, set->q_offsets.options().dtype(at::kLong));
+    const auto rows = query_rows(*set, B * Sq);
     out.index_copy_(0, rows, o.to(at::kFloat));
     lse.index_copy_(1, rows, l);
   }
@@ -334,7 +342,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> segment_attention_part_backward(
                                            rows_of(k, set->k_index), rows_of(v, set->k_index), rows_of(out_q, set->q_index),
                                            pick(lse_rows).contiguous(), set->q_offsets, set->k_offsets, set->longest_q,
                                            set->longest_k, 0.0, set == &segments.causal, no_rng, no_rng, scale);
-    const auto q_rows = set->q_index.defined() ? set->q_index : at::arange(B * Sq, set->q_offsets.options().dtype(at::kLong));
+    const auto q_rows = query_rows(*set, B * Sq);
     const auto k_rows = set->k_index.defined() ? set->k_index : q_rows;
     dq.index_add_(0, q_rows, std::get<0>(r).to(at::kFloat));
     dk.index_add_(0, k_rows, std::get<1>(r).to(at::kFloat));

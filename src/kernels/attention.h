@@ -22,6 +22,10 @@ struct AttentionMask {
 
   // Which keys each of the query rows [first, first + rows) sees: bool [B or 1, rows, Sk].
   at::Tensor visible(int64_t first, int64_t rows) const;
+
+  // The queries at `q_positions` over the keys at `k_positions` of rows whose tokens' documents
+  // are `documents` [B, seq] (undefined: one document per row).
+  static AttentionMask of(const at::Tensor& q_positions, const at::Tensor& k_positions, const at::Tensor& documents);
 };
 
 // One part of an attention (all keys, or one block of them): the output in fp32 (fp64 for fp64

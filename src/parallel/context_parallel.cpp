@@ -7,24 +7,27 @@
 
 namespace troupe::parallel {
 
-at::Tensor context_parallel_positions(int64_t seq, int64_t rank, int64_t cp) {
+ContextParallelLayout context_parallel_layout(int64_t seq, int64_t cp) {
+  const auto opts = at::TensorOptions().dtype(at::kLong);
+  if (cp == 1) return {{at::arange(seq, opts)}, at::arange(seq, opts)};
   if (seq % (2 * cp) != 0)
     throw std::invalid_argument("a sequence of " + std::to_string(seq) + " tokens does not cut into 2 x " +
                                 std::to_string(cp) + " equal chunks");
   const auto chunk = seq / (2 * cp);
-  const auto opts = at::TensorOptions().dtype(at::kLong);
-  return at::cat({at::arange(rank * chunk, (rank + 1) * chunk, opts),
-                  at::arange((2 * cp - 1 - rank) * chunk, (2 * cp - rank) * chunk, opts)});
+  ContextParallelLayout layout;
+  for (int64_t r = 0; r < cp; ++r)
+    layout.positions.push_back(at::cat({at::arange(r * chunk, (r + 1) * chunk, opts),
+                                        at::arange((2 * cp - 1 - r) * chunk, (2 * cp - r) * chunk, opts)}));
+  layout.rank_major = at::cat(layout.positions);
+  return layout;
 }
 
-models::UnitBatch context_parallel_part(const models::UnitBatch& whole, int64_t rank, int64_t cp) {
-  const auto seq = whole.tokens.size(1);
+models::UnitBatch context_parallel_part(const models::UnitBatch& whole, const ContextParallelLayout& layout,
+                                        int64_t rank) {
   const auto device = whole.tokens.device();
-  std::vector<at::Tensor> parts;
-  for (int64_t r = 0; r < cp; ++r) parts.push_back(context_parallel_positions(seq, r, cp));
   auto out = whole;
-  out.all_positions = at::cat(parts).to(device);
-  out.positions = parts[rank].to(device);
+  out.all_positions = layout.rank_major.to(device);
+  out.positions = layout.positions.at(static_cast<size_t>(rank)).to(device);
   out.tokens = whole.tokens.index_select(1, out.positions);
   out.targets = whole.targets.index_select(1, out.positions);
   if (whole.documents.defined()) {

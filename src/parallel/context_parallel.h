@@ -4,15 +4,24 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 #include "models/unit.h"
 
 namespace troupe::parallel {
 
-// The positions [0, seq) that rank `rank` of `cp` holds, ascending: int64 [seq / cp].
-at::Tensor context_parallel_positions(int64_t seq, int64_t rank, int64_t cp);
+// Which positions of a sequence of `seq` tokens each of `cp` ranks holds (on the host).
+struct ContextParallelLayout {
+  std::vector<at::Tensor> positions;  // rank r's, ascending: int64 [seq / cp]
+  at::Tensor rank_major;              // every rank's in rank order, as a gather lays them: int64 [seq]
+};
+// One rank: the whole sequence in order. std::invalid_argument if seq does not cut into 2 x cp
+// chunks.
+ContextParallelLayout context_parallel_layout(int64_t seq, int64_t cp);
 
 // `whole`'s tokens, targets and documents cut to rank `rank`'s positions, with the positions
 // and the whole sequence's positions and documents rank-major (UnitBatch::all_positions).
-models::UnitBatch context_parallel_part(const models::UnitBatch& whole, int64_t rank, int64_t cp);
+models::UnitBatch context_parallel_part(const models::UnitBatch& whole, const ContextParallelLayout& layout,
+                                        int64_t rank);
 
 }  // namespace troupe::parallel

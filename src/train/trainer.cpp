@@ -207,6 +207,7 @@ struct Trainer::Impl {
     cp_rank = mesh.coord(parallel::MeshDim::cp);
     block_causal = cfg.training.attention_mask == "block_causal";
     ring_attention = models::parse_rotate_method(cfg.parallelism.context_parallel_rotate_method) == models::RotateMethod::ring;
+    cp_layout = parallel::context_parallel_layout(cfg.training.seq_len, dims.of(parallel::MeshDim::cp));
 
     parallelized = parallel::parallelize(*model, *arch, plan, cfg, rank, dims, device, compute, reduce);
 
@@ -310,6 +311,7 @@ struct Trainer::Impl {
   bool block_causal = false;  // training.attention_mask: documents attend within themselves
   int64_t cp_rank = 0;        // this rank's coordinate in the context-parallel group
   bool ring_attention = false;  // context_parallel_rotate_method = ring
+  parallel::ContextParallelLayout cp_layout;  // who holds which positions of a training.seq_len sequence
 
   // What the units read of rows [first, first + rows) of a batch: on the device, with the
   // documents under block_causal, and cut to this rank's part of the sequences under context
@@ -330,28 +332,26 @@ struct Trainer::Impl {
       documents = b.documents.narrow(0, first, rows);
       ub.documents = to_device(documents, dev);
     }
+    const bool segmented = dev.is_cuda() && (block_causal || cp > 1);
+    if (!segmented && cp == 1) return ub;
+    // The job's layout, made once; a batch of another length gets its own.
+    const auto seq = b.tokens.size(1);
+    const auto layout = seq == cp_layout.rank_major.numel() ? cp_layout : parallel::context_parallel_layout(seq, cp);
     // Flash attention's segments, from the host's positions and documents: for block_causal, and
     // for context parallelism's keys (all gathered, or each rank's block of the ring).
-    if (dev.is_cuda() && (block_causal || cp > 1)) {
-      const auto seq = b.tokens.size(1);
-      std::vector<at::Tensor> parts{at::arange(seq, at::kLong)};  // each cp rank's positions
-      if (cp > 1) {
-        parts.clear();
-        for (int64_t r = 0; r < cp; ++r) parts.push_back(parallel::context_parallel_positions(seq, r, cp));
-      }
+    if (segmented) {
+      const auto& mine = layout.positions[static_cast<size_t>(cp_rank)];
       auto add = [&](const at::Tensor& keys) {
-        kernels::AttentionMask mask{parts[cp_rank], keys};
-        if (documents.defined())
-          mask = {parts[cp_rank], keys, documents.index_select(1, parts[cp_rank]), documents.index_select(1, keys)};
-        ub.attention_segments.push_back(kernels::attention_segments(mask, rows).to(dev));
+        ub.attention_segments.push_back(
+            kernels::attention_segments(kernels::AttentionMask::of(mine, keys, documents), rows).to(dev));
       };
       if (cp > 1 && ring_attention) {
-        for (const auto& keys : parts) add(keys);
+        for (const auto& keys : layout.positions) add(keys);
       } else {
-        add(at::cat(parts));
+        add(layout.rank_major);
       }
     }
-    return cp > 1 ? parallel::context_parallel_part(ub, cp_rank, cp) : ub;
+    return cp > 1 ? parallel::context_parallel_part(ub, layout, cp_rank) : ub;
   }
   std::string trace_path;     // profiling.enable_profiling: this rank's pipeline actions
   std::vector<parallel::pp::TimedAction> trace;

@@ -28,34 +28,7 @@ struct Timing {
   double peak_gib = 0;
 };
 
-// Best of `rounds` forward + backward passes of `attention` over fresh leaves of `inputs`.
-Timing time_attention(const std::function<at::Tensor(std::vector<at::Tensor>&)>& attention,
-                      const std::vector<at::Tensor>& inputs, int64_t rounds) {
-  Timing t{1e30, 0};
-  const int gpu = c10::cuda::current_device();
-  for (int64_t i = 0; i < rounds + 1; ++i) {  // the first warms up
-    std::vector<at::Tensor> leaves;
-    for (const auto& x : inputs) leaves.push_back(x.detach().requires_grad_(true));
-    torch::cuda::synchronize();
-    runtime::reset_gpu_memory_peaks(gpu);
-    const auto start = std::chrono::steady_clock::now();
-    auto out = attention(leaves);
-    out.backward(torch::ones_like(out));
-    torch::cuda::synchronize();
-    const double ms = 1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (i > 0) t.ms = std::min(t.ms, ms);
-    t.peak_gib = static_cast<double>(runtime::gpu_memory_peaks(gpu).active_bytes) / (1 << 30);
-  }
-  return t;
-}
-
-int64_t dimension(const models::Dimensions& dims, const std::string& key, int64_t otherwise) {
-  for (const auto& [k, v] : dims)
-    if (k == key) return std::stoll(v);
-  return otherwise;
-}
-
-// Best of `rounds` runs of `work` (forward and backward written out), and its peak memory.
+// Best of `rounds` runs of `work` (the first warms up), and its peak memory.
 Timing time_work(const std::function<void()>& work, int64_t rounds) {
   Timing t{1e30, 0};
   const int gpu = c10::cuda::current_device();
@@ -70,6 +43,47 @@ Timing time_work(const std::function<void()>& work, int64_t rounds) {
     t.peak_gib = static_cast<double>(runtime::gpu_memory_peaks(gpu).active_bytes) / (1 << 30);
   }
   return t;
+}
+
+// A forward + backward pass of `attention` over fresh leaves of `inputs`, timed as time_work.
+Timing time_attention(const std::function<at::Tensor(std::vector<at::Tensor>&)>& attention,
+                      const std::vector<at::Tensor>& inputs, int64_t rounds) {
+  return time_work(
+      [&] {
+        std::vector<at::Tensor> leaves;
+        for (const auto& x : inputs) leaves.push_back(x.detach().requires_grad_(true));
+        auto out = attention(leaves);
+        out.backward(torch::ones_like(out));
+      },
+      rounds);
+}
+
+// One table of the ranks' times against 1/cp of the whole's, and its summary line.
+class RankTable {
+ public:
+  RankTable(const char* method, int64_t cp, double whole_ms) : method_(method), share_ms_(whole_ms / cp) {
+    std::printf("| cp rank (%s) | ms | x (whole / %lld) | peak GiB |\n|---|---|---|---|\n", method,
+                static_cast<long long>(cp));
+  }
+  void add(int64_t rank, const Timing& t) {
+    slowest_ = std::max(slowest_, t.ms);
+    fastest_ = std::min(fastest_, t.ms);
+    std::printf("| %lld | %.2f | %.3f | %.2f |\n", static_cast<long long>(rank), t.ms, t.ms / share_ms_, t.peak_gib);
+  }
+  void summary() const {
+    std::printf("\n%s: slowest rank / (whole / cp) = %.3f; slowest / fastest = %.3f\n\n", method_, slowest_ / share_ms_,
+                slowest_ / fastest_);
+  }
+
+ private:
+  const char* method_;
+  double share_ms_, slowest_ = 0, fastest_ = 1e30;
+};
+
+int64_t dimension(const models::Dimensions& dims, const std::string& key, int64_t otherwise) {
+  for (const auto& [k, v] : dims)
+    if (k == key) return std::stoll(v);
+  return otherwise;
 }
 
 }  // namespace
@@ -113,7 +127,8 @@ int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_t
   Timing whole;
   if (docs.defined()) {
     const auto segments =
-        kernels::attention_segments({whole_positions, whole_positions, docs, docs}, B).to(torch::Device(torch::kCUDA));
+        kernels::attention_segments(kernels::AttentionMask::of(whole_positions, whole_positions, docs), B)
+            .to(torch::Device(torch::kCUDA));
     whole = time_attention([&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], segments, scale); },
                            {q, k, v}, rounds);
   } else {
@@ -142,63 +157,46 @@ int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_t
                 flash.ms, whole.ms / flash.ms);
   }
   std::printf("\n");
-  std::printf("| cp rank (allgather) | ms | x (whole / %lld) | peak GiB |\n|---|---|---|---|\n", static_cast<long long>(cp));
-  std::vector<at::Tensor> parts;
-  for (int64_t r = 0; r < cp; ++r) parts.push_back(parallel::context_parallel_positions(S, r, cp));
-  const auto rank_major = torch::cat(parts);
-  const auto k_all = k.index_select(1, rank_major.to(torch::kCUDA)), v_all = v.index_select(1, rank_major.to(torch::kCUDA));
-  double slowest = 0, fastest = 1e30;
+  const auto layout = parallel::context_parallel_layout(S, cp);
+  const auto cuda = torch::Device(torch::kCUDA);
+  const auto k_all = k.index_select(1, layout.rank_major.to(cuda)), v_all = v.index_select(1, layout.rank_major.to(cuda));
+  auto segments_over = [&](int64_t rank, const at::Tensor& keys) {
+    return kernels::attention_segments(kernels::AttentionMask::of(layout.positions[rank], keys, docs), B).to(cuda);
+  };
+  RankTable allgather("allgather", cp, whole.ms);
   for (int64_t r = 0; r < cp; ++r) {
-    kernels::AttentionMask mask{parts[r], rank_major};
-    if (docs.defined()) mask = {parts[r], rank_major, docs.index_select(1, parts[r]), docs.index_select(1, rank_major)};
-    const auto segments = kernels::attention_segments(mask, B).to(torch::Device(torch::kCUDA));
-    const auto q_local = q.index_select(1, parts[r].to(torch::kCUDA));
-    const auto t = time_attention(
-        [&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], segments, scale); }, {q_local, k_all, v_all},
-        rounds);
-    slowest = std::max(slowest, t.ms);
-    fastest = std::min(fastest, t.ms);
-    std::printf("| %lld | %.2f | %.3f | %.2f |\n", static_cast<long long>(r), t.ms, t.ms / (whole.ms / cp), t.peak_gib);
+    const auto segments = segments_over(r, layout.rank_major);
+    const auto q_local = q.index_select(1, layout.positions[r].to(cuda));
+    allgather.add(r, time_attention([&](auto& in) { return kernels::segment_attention(in[0], in[1], in[2], segments, scale); },
+                                    {q_local, k_all, v_all}, rounds));
   }
-  std::printf("\nallgather: slowest rank / (whole / cp) = %.3f; slowest / fastest = %.3f\n\n", slowest / (whole.ms / cp),
-              slowest / fastest);
-
+  allgather.summary();
   // The ring: each rank's queries over every rank's block of keys (here the blocks are in this
   // GPU's memory: the transfers are not measured), merged by log-sum-exp, then the backward's
   // parts with the merged output.
-  std::printf("| cp rank (ring, compute only) | ms | x (whole / %lld) | peak GiB |\n|---|---|---|---|\n",
-              static_cast<long long>(cp));
-  slowest = 0, fastest = 1e30;
+  RankTable ring("ring, compute only", cp, whole.ms);
   const auto dout = torch::ones({B, S / cp, H, D}, opts);
+  const auto part = S / cp;
   for (int64_t r = 0; r < cp; ++r) {
     std::vector<kernels::AttentionSegments> blocks;
-    for (int64_t owner = 0; owner < cp; ++owner) {
-      kernels::AttentionMask mask{parts[r], parts[owner]};
-      if (docs.defined())
-        mask = {parts[r], parts[owner], docs.index_select(1, parts[r]), docs.index_select(1, parts[owner])};
-      blocks.push_back(kernels::attention_segments(mask, B).to(torch::Device(torch::kCUDA)));
-    }
-    const auto q_local = q.index_select(1, parts[r].to(torch::kCUDA));
-    const auto t = time_work(
-        [&] {
-          kernels::AttentionPart merged;
-          const auto part = S / cp;
-          for (int64_t owner = 0; owner < cp; ++owner)
-            kernels::merge_attention(merged, kernels::segment_attention_part(q_local, k_all.narrow(1, owner * part, part),
-                                                                             v_all.narrow(1, owner * part, part),
-                                                                             blocks[owner], scale));
-          for (int64_t owner = 0; owner < cp; ++owner)
-            kernels::segment_attention_part_backward(dout, q_local, k_all.narrow(1, owner * part, part),
-                                                     v_all.narrow(1, owner * part, part), merged.out, merged.lse,
-                                                     blocks[owner], scale);
-        },
-        rounds);
-    slowest = std::max(slowest, t.ms);
-    fastest = std::min(fastest, t.ms);
-    std::printf("| %lld | %.2f | %.3f | %.2f |\n", static_cast<long long>(r), t.ms, t.ms / (whole.ms / cp), t.peak_gib);
+    for (int64_t owner = 0; owner < cp; ++owner) blocks.push_back(segments_over(r, layout.positions[owner]));
+    const auto q_local = q.index_select(1, layout.positions[r].to(cuda));
+    ring.add(r, time_work(
+                     [&] {
+                       kernels::AttentionPart merged;
+                       for (int64_t owner = 0; owner < cp; ++owner)
+                         kernels::merge_attention(
+                             merged, kernels::segment_attention_part(q_local, k_all.narrow(1, owner * part, part),
+                                                                     v_all.narrow(1, owner * part, part), blocks[owner],
+                                                                     scale));
+                       for (int64_t owner = 0; owner < cp; ++owner)
+                         kernels::segment_attention_part_backward(dout, q_local, k_all.narrow(1, owner * part, part),
+                                                                  v_all.narrow(1, owner * part, part), merged.out,
+                                                                  merged.lse, blocks[owner], scale);
+                     },
+                     rounds));
   }
-  std::printf("\nring: slowest rank / (whole / cp) = %.3f; slowest / fastest = %.3f\n", slowest / (whole.ms / cp),
-              slowest / fastest);
+  ring.summary();
   return 0;
 }
 
