@@ -97,7 +97,7 @@ TEST_CASE("the shipped configs/llama3_debug.toml loads", "[config]") {
 
 TEST_CASE("known_keys lists every section.key once", "[config]") {
   const auto keys = known_keys();
-  CHECK(keys.size() == 82);
+  CHECK(keys.size() == 83);
   CHECK(std::find(keys.begin(), keys.end(), "quantize.linear.float8.recipe_name") != keys.end());
   CHECK(std::find(keys.begin(), keys.end(), "training.steps") != keys.end());
   CHECK(std::find(keys.begin(), keys.end(), "validation.dataset_path") != keys.end());

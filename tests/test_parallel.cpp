@@ -102,6 +102,29 @@ TEST_CASE("device mesh: coordinates, groups and names in torchtitan's order", "[
   CHECK(tp_mesh.coordinates() == "pp 1/2, dp_shard 1/2, tp 1/2");
   CHECK(tp_mesh.group({MeshDim::tp}) == std::vector<int>{6, 7});
   CHECK(parallel::DeviceMesh(parallel::ParallelDims::resolve({}, 1), 0).coordinates() == "one rank");
+
+  // Expert parallelism borrows dp_shard x cp: ep the fastest-varying factor, efsdp the rest.
+  config::ParallelismSection e;
+  e.data_parallel_replicate_degree = 2;
+  e.context_parallel_degree = 2;
+  e.expert_parallel_degree = 4;
+  const auto ep_dims = parallel::ParallelDims::resolve(e, 16);  // dp_shard 4 x cp 2 = efsdp 2 x ep 4
+  CHECK(ep_dims.of(MeshDim::efsdp) == 2);
+  const parallel::DeviceMesh ep_mesh(ep_dims, 13);  // dp_replicate 1, dp_shard 2, cp 1: place 5 of 8
+  CHECK(ep_mesh.coord(MeshDim::ep) == 1);
+  CHECK(ep_mesh.coord(MeshDim::efsdp) == 1);
+  CHECK(ep_mesh.group({MeshDim::ep}) == std::vector<int>{12, 13, 14, 15});
+  CHECK(ep_mesh.group({MeshDim::efsdp}) == std::vector<int>{9, 13});
+  CHECK(ep_mesh.rank_in({MeshDim::ep}) == 1);
+  CHECK(ep_mesh.group_name({MeshDim::ep}) == "ep[pp0,dp_replicate1,efsdp1]");
+  CHECK(parallel::DeviceMesh(ep_dims, 15).group_name({MeshDim::ep}) == ep_mesh.group_name({MeshDim::ep}));
+  CHECK(parallel::DeviceMesh(ep_dims, 9).group_name({MeshDim::efsdp}) == ep_mesh.group_name({MeshDim::efsdp}));
+  CHECK(ep_mesh.coordinates() == "dp_replicate 1/2, dp_shard 2/4, cp 1/2, ep 1/4");
+  // An expert's piece split over ep and efsdp is saved by the first replica only.
+  const auto expert = parallel::Placement::whole({8, 4, 4}).split(MeshDim::ep, 0, 1, 4).split(MeshDim::efsdp, 0, 1, 2);
+  CHECK(expert.box().offsets == std::vector<int64_t>{3, 0, 0});
+  CHECK(!expert.saved_by(ep_mesh));
+  CHECK(expert.saved_by(parallel::DeviceMesh(ep_dims, 5)));
 }
 
 TEST_CASE("parallel degrees are checked against the world size", "[parallel]") {
@@ -109,6 +132,10 @@ TEST_CASE("parallel degrees are checked against the world size", "[parallel]") {
   CHECK_THROWS_WITH(dims_of(2, 2, 8), Catch::Contains("but the world has 8 ranks"));
   CHECK(dims_of(1, -1, 1).world() == 1);
   CHECK_THROWS_WITH(parallel::DeviceMesh(dims_of(1, 2, 2), 2), Catch::Contains("outside a world of 2"));
+  config::ParallelismSection e;
+  e.expert_parallel_degree = 3;
+  CHECK_THROWS_WITH(parallel::ParallelDims::resolve(e, 4),
+                    Catch::Contains("parallelism.expert_parallel_degree 3 does not divide") && Catch::Contains("= 4"));
 }
 
 TEST_CASE("gloo communicator: collectives and transfers match local references", "[parallel]") {
@@ -166,6 +193,24 @@ TEST_CASE("gloo communicator: collectives and transfers match local references",
     c->recv(received, (r + n - 1) % n)->wait();
     sent->wait();
     CHECK(at::equal(received, input_of((r + n - 1) % n)));
+
+    // All-to-all of rows (expert parallelism's dispatch): rank r sends (r + d) % 3 rows to rank
+    // d, rows of [r, d, row] over a 2-wide row, and some ranks none at all.
+    auto rows_to = [](int from, int to) -> int64_t { return (from + to) % 3; };
+    std::vector<int64_t> send, recv;
+    std::vector<at::Tensor> parts, expected;
+    for (int d = 0; d < n; ++d) {
+      send.push_back(rows_to(r, d));
+      recv.push_back(rows_to(d, r));
+      for (int64_t k = 0; k < rows_to(r, d); ++k) parts.push_back(at::tensor({double(r), double(d * 10 + k)}, at::kDouble));
+      for (int64_t k = 0; k < rows_to(d, r); ++k) expected.push_back(at::tensor({double(d), double(r * 10 + k)}, at::kDouble));
+    }
+    auto rows_in = at::stack(parts);
+    auto rows_out = at::empty({static_cast<int64_t>(expected.size()), 2}, at::kDouble);
+    c->all_to_all(rows_out, recv, rows_in, send)->wait();
+    CHECK(at::equal(rows_out, at::stack(expected)));
+    CHECK_THROWS_WITH(c->all_to_all(rows_out, recv, rows_in, std::vector<int64_t>(n, 5)),
+                      Catch::Contains("all_to_all") && Catch::Contains("rows differ from the counts"));
     c->barrier();
   });
 }
@@ -210,6 +255,12 @@ TEST_CASE("replica communicator: rank 0's results of a Gloo group whose ranks al
     CHECK(torch::equal(replica_results[k], group_results[k]));
   }
   CHECK_THROWS_WITH(replicas->send(part, 1), Catch::Contains("replicas") && Catch::Contains("send to rank 1"));
+  // An all-to-all's replicas each send rank 0 what this rank sends it: rank 0's share n times.
+  const auto rows = at::arange(12, f64).view({6, 2});
+  auto got = at::empty({3 * n, 2}, f64);
+  replicas->all_to_all(got, {3, 3, 3}, rows, {3, 1, 2})->wait();
+  CHECK(at::equal(got, rows.narrow(0, 0, 3).repeat({n, 1})));
+  CHECK_THROWS_WITH(replicas->all_to_all(got, {3, 3, 3}, rows, {2, 2, 2}), Catch::Contains("rank 0"));
   auto wrong = at::empty({5}, f64);
   CHECK_THROWS_WITH(replicas->all_gather(wrong, part), Catch::Contains("size x its part"));
 }

@@ -62,6 +62,11 @@ class Communicator {
   // ranks that each send to the next and receive from the previous cannot deadlock (NCCL: one
   // group). Here: a send and a receive, both waited for.
   virtual WorkPtr send_recv(at::Tensor out, int to, at::Tensor in, int from);
+  // Rows to and from every rank (expert parallelism's dispatch and combine): of `in` [rows, ...],
+  // in rank order, in_rows[r] rows go to rank r; `out` receives out_rows[r] rows from rank r, in
+  // rank order. Both contiguous, of one dtype; the counts must match the peers' (exchanged first).
+  virtual WorkPtr all_to_all(at::Tensor out, const std::vector<int64_t>& out_rows, at::Tensor in,
+                             const std::vector<int64_t>& in_rows) = 0;
   virtual void barrier() = 0;
 };
 using CommunicatorPtr = std::shared_ptr<Communicator>;
@@ -91,6 +96,27 @@ inline std::string grouped_shape_error(const std::string& op, const std::vector<
   for (size_t k = 0; k < parts.size(); ++k)
     if (whole[k].numel() != parts[k].numel() * size)
       return op + ": tensor " + std::to_string(k) + " of the group must hold size x its part's elements";
+  return {};
+}
+
+// An all-to-all's operands: what is wrong, or empty when they fit.
+inline std::string all_to_all_error(const at::Tensor& out, const std::vector<int64_t>& out_rows, const at::Tensor& in,
+                                    const std::vector<int64_t>& in_rows, int size) {
+  if (static_cast<int>(out_rows.size()) != size || static_cast<int>(in_rows.size()) != size)
+    return "all_to_all: a row count per rank is needed";
+  if (out.scalar_type() != in.scalar_type()) return "all_to_all: the sent and received tensors differ in dtype";
+  if (!out.is_contiguous() || !in.is_contiguous()) return "all_to_all: tensors must be contiguous";
+  int64_t sent = 0, received = 0;
+  for (int r = 0; r < size; ++r) {
+    if (out_rows[r] < 0 || in_rows[r] < 0) return "all_to_all: a negative row count";
+    sent += in_rows[r];
+    received += out_rows[r];
+  }
+  if (in.dim() == 0 || out.dim() == 0 || in.sizes().slice(1) != out.sizes().slice(1))
+    return "all_to_all: the sent and received rows differ in shape";
+  if (in.size(0) != sent || out.size(0) != received)
+    return "all_to_all: the tensors' rows differ from the counts (" + std::to_string(in.size(0)) + " sent for " +
+           std::to_string(sent) + ", " + std::to_string(out.size(0)) + " received for " + std::to_string(received) + ")";
   return {};
 }
 

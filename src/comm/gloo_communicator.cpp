@@ -151,6 +151,15 @@ class GlooCommunicator : public Communicator {
     return issue("recv from rank " + std::to_string(peer), ts, [&] { return pg_->recv(ts, peer, 0); });
   }
 
+  WorkPtr all_to_all(at::Tensor out, const std::vector<int64_t>& out_rows, at::Tensor in,
+                     const std::vector<int64_t>& in_rows) override {
+    const auto wrong = all_to_all_error(out, out_rows, in, in_rows, size_);
+    check(wrong.empty(), wrong);
+    auto o = out_rows;
+    auto i = in_rows;
+    return issue("all_to_all", {out, in}, [&] { return pg_->alltoall_base(out, in, o, i); });
+  }
+
   void barrier() override {
     issue("barrier", {}, [&] { return pg_->barrier(); })->wait();
   }

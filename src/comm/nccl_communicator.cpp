@@ -10,6 +10,7 @@
 #include <cstring>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -166,6 +167,30 @@ class NcclCommunicator : public Communicator {
                                    : ncclRecv(in.data_ptr(), in.numel(), nccl_type(in.scalar_type()), from, comm_, s);
                    });
                  });
+  }
+
+  // Grouped sends and receives, one pair per peer (none for an empty share): one launch.
+  WorkPtr all_to_all(at::Tensor out, const std::vector<int64_t>& out_rows, at::Tensor in,
+                     const std::vector<int64_t>& in_rows) override {
+    const auto wrong = all_to_all_error(out, out_rows, in, in_rows, size_);
+    require(wrong.empty(), wrong);
+    const int64_t row = in.size(0) > 0 ? in.numel() / in.size(0) : (out.size(0) > 0 ? out.numel() / out.size(0) : 0);
+    const auto bytes = static_cast<int64_t>(in.element_size()) * row;
+    return issue("all_to_all", {out, in}, [&](cudaStream_t s) {
+      std::vector<std::function<ncclResult_t()>> ops;
+      int64_t sent = 0, received = 0;
+      for (int r = 0; r < size_; ++r) {
+        auto* from = static_cast<char*>(in.data_ptr()) + sent * bytes;
+        auto* to = static_cast<char*>(out.data_ptr()) + received * bytes;
+        if (in_rows[r] > 0)
+          ops.push_back([=, this] { return ncclSend(from, in_rows[r] * bytes, ncclUint8, r, comm_, s); });
+        if (out_rows[r] > 0)
+          ops.push_back([=, this] { return ncclRecv(to, out_rows[r] * bytes, ncclUint8, r, comm_, s); });
+        sent += in_rows[r];
+        received += out_rows[r];
+      }
+      return grouped(ops.size(), [&](size_t k) { return ops[k](); });
+    });
   }
 
   void barrier() override {

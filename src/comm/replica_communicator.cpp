@@ -70,6 +70,17 @@ class ReplicaCommunicator : public Communicator {
   WorkPtr send_recv(at::Tensor out, int, at::Tensor in, int) override {
     return issue({out, in}, [&] { in.copy_(out); });
   }
+  // Every peer is a replica of this rank 0: each sends it what this rank sends rank 0.
+  WorkPtr all_to_all(at::Tensor out, const std::vector<int64_t>& out_rows, at::Tensor in,
+                     const std::vector<int64_t>& in_rows) override {
+    require(all_to_all_error(out, out_rows, in, in_rows, size_));
+    for (auto n : out_rows)
+      if (n != in_rows.front()) require("all_to_all: replicas receive what they send rank 0");
+    return issue({out, in}, [&] {
+      const auto mine = in.narrow(0, 0, in_rows.front());
+      for (int r = 0; r < size_; ++r) out.narrow(0, r * in_rows.front(), in_rows.front()).copy_(mine);
+    });
+  }
   void barrier() override {}
 
  private:

@@ -389,6 +389,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(parallelism, pipeline_parallel_degree), at_least(1)},
       {TROUPE_KEY(parallelism, context_parallel_degree), at_least(1)},
       {TROUPE_KEY(parallelism, context_parallel_rotate_method), one_of({"allgather", "ring"})},
+      {TROUPE_KEY(parallelism, expert_parallel_degree), at_least(1)},
       {TROUPE_KEY(parallelism, fsdp_reshard_after_forward), one_of({"default", "always", "never"})},
       {TROUPE_KEY(parallelism, pipeline_parallel_schedule),
        one_of({"GPipe", "1F1B", "Interleaved1F1B", "ZBVZeroBubble", "InterleavedZeroBubble"})},

@@ -126,6 +126,9 @@ struct ParallelismSection {
   // attention over the group by `allgather` (keys and values gathered whole) or `ring`.
   int64_t context_parallel_degree = 1;
   std::string context_parallel_rotate_method = "allgather";
+  // Routed experts split over this many of the dp_shard x cp x tp ranks (torchtitan's
+  // expert_parallel_degree); the rest of those ranks shard each expert FSDP-style.
+  int64_t expert_parallel_degree = 1;
   std::string fsdp_reshard_after_forward = "default";  // default | always | never
   // GPipe | 1F1B | Interleaved1F1B | ZBVZeroBubble | InterleavedZeroBubble
   std::string pipeline_parallel_schedule = "1F1B";

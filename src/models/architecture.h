@@ -70,6 +70,12 @@ class Architecture {
     return cp > 1 ? "parallelism.context_parallel_degree: " + family() + " has no context-parallel attention" : "";
   }
 
+  // Why the routed experts cannot be split over `ep` expert-parallel ranks (naming
+  // parallelism.expert_parallel_degree), or empty.
+  virtual std::string expert_parallel_problem(int64_t ep) const {
+    return ep > 1 ? "parallelism.expert_parallel_degree: " + family() + " has no routed experts" : "";
+  }
+
   // The plain model: unsharded shapes, as units. `options` picks dtype and device (meta builds
   // shapes without memory); units `materialize` rejects (another pipeline stage's) are built on
   // the meta device. Rotary tables cover positions [0, max_seq_len).

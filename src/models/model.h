@@ -58,6 +58,14 @@ class Model : public torch::nn::Module {
     throw std::invalid_argument("this model family has no context-parallel attention");
   }
 
+  // Expert parallelism over `group`: each MoE block computes with this rank's share of the routed
+  // experts (parallelize cuts their parameters by the plan's `experts` right after) and sends
+  // every token copy to its expert's rank and back. std::invalid_argument if the family cannot.
+  virtual void apply_expert_parallel(RankGroupPtr group) {
+    (void)group;
+    throw std::invalid_argument("this model family has no routed experts");
+  }
+
   // Units that compute with another unit's parameters, as (borrower, owner): a head tied to the
   // embedding. Data parallelism gathers the owner's parameters for the borrower too.
   virtual std::vector<std::pair<size_t, size_t>> borrowed_units() const { return {}; }

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <vector>
 
 namespace troupe::models {
 
@@ -33,6 +34,10 @@ class RankGroup {
   };
   // Sends `t` to the next rank (rank + 1 mod size) and receives the previous rank's.
   virtual std::unique_ptr<RingTransfer> ring_shift(const at::Tensor& t) = 0;
+  // Rows of `in` [rows, ...], in rank order, send_rows[r] of them to rank r; returns the rows
+  // received, recv_rows[r] from rank r, in rank order (expert parallelism's dispatch).
+  virtual at::Tensor all_to_all(const at::Tensor& in, const std::vector<int64_t>& send_rows,
+                                const std::vector<int64_t>& recv_rows) = 0;
 };
 using RankGroupPtr = std::shared_ptr<RankGroup>;
 
@@ -43,5 +48,8 @@ at::Tensor gather_sequence(const at::Tensor& x, RankGroup& group);
 // x [B, S, ...], one rank's partial sum (a row-parallel projection's output) -> [B, S/n, ...] of
 // the sum over the ranks; its gradient is the all-gather of the incoming one.
 at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group);
+// RankGroup::all_to_all, differentiable: the gradient goes back the same way, counts swapped.
+at::Tensor exchange_rows(const at::Tensor& x, const std::vector<int64_t>& send_rows,
+                         const std::vector<int64_t>& recv_rows, RankGroup& group);
 
 }  // namespace troupe::models

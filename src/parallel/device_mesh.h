@@ -1,6 +1,9 @@
 // The ranks of a job as a grid over (pp, dp_replicate, dp_shard, cp, tp), torchtitan's order
 // and meaning, tp varying fastest. A rank's groups along one or more dimensions are the ranks
 // that share its coordinates in every other dimension.
+// Expert parallelism borrows its ranks (torchtitan's rule dp_shard x cp x tp = efsdp x ep): of
+// those ranks flattened in mesh order, ep is the fastest-varying factor and efsdp (which shards
+// each expert FSDP-style) the rest. They are two more dimensions, derived, each a group alone.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -11,17 +14,19 @@
 
 namespace troupe::parallel {
 
-enum class MeshDim { pp = 0, dp_replicate = 1, dp_shard = 2, cp = 3, tp = 4 };
+enum class MeshDim { pp = 0, dp_replicate = 1, dp_shard = 2, cp = 3, tp = 4, ep = 5, efsdp = 6 };
 
 struct ParallelDims {
-  std::array<int64_t, 5> degree{1, 1, 1, 1, 1};  // indexed by MeshDim
+  std::array<int64_t, 5> degree{1, 1, 1, 1, 1};  // indexed by MeshDim, pp to tp
+  int64_t expert = 1;                            // ep
 
-  int64_t of(MeshDim d) const { return degree[static_cast<size_t>(d)]; }
+  int64_t of(MeshDim d) const;
   int64_t world() const;
   int64_t dp() const { return of(MeshDim::dp_replicate) * of(MeshDim::dp_shard); }
 
   // data_parallel_shard_degree = -1 takes what the others leave of the world; every other
-  // mismatch throws std::invalid_argument naming the keys and the world size.
+  // mismatch (and an expert_parallel_degree that does not divide dp_shard x cp x tp) throws
+  // std::invalid_argument naming the keys and the world size.
   static ParallelDims resolve(const config::ParallelismSection& p, int64_t world);
 };
 
@@ -31,7 +36,7 @@ class DeviceMesh {
 
   const ParallelDims& dims() const { return dims_; }
   int rank() const { return rank_; }
-  int64_t coord(MeshDim d) const { return coord_[static_cast<size_t>(d)]; }
+  int64_t coord(MeshDim d) const;
   // The global ranks of this rank's group over `dims` (ascending) and this rank's index in it.
   std::vector<int> group(const std::vector<MeshDim>& dims) const;
   int rank_in(const std::vector<MeshDim>& dims) const;
@@ -43,6 +48,9 @@ class DeviceMesh {
 
  private:
   int index(const std::array<int64_t, 5>& coord) const;
+  // This rank's place among the dp_shard x cp x tp ranks, and the coordinates of place f there.
+  int64_t expert_flat() const;
+  std::array<int64_t, 5> with_expert_flat(int64_t f) const;
   ParallelDims dims_;
   int rank_;
   std::array<int64_t, 5> coord_{};

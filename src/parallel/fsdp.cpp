@@ -66,6 +66,9 @@ struct ShardedUnits::Unit {
     }
   };
   std::vector<Param> params;
+  comm::CommunicatorPtr shard;   // the group it is sharded over; null: whole on this rank
+  int64_t shard_rank = 0, shard_size = 1;
+  int64_t divide = 1;            // its gradients' average over the shard (and replicate) groups, divided by this too
   int64_t shard_numel = 0, full_numel = 0;
   at::Tensor master;               // fp32 [shard_numel]
   // fp32 [shard_numel], from the unit's first reduction of a step until the next step starts:
@@ -90,60 +93,89 @@ struct ShardedUnits::Unit {
 ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
                            const std::vector<std::pair<std::string, at::Tensor>>& names, DataParallelOptions options)
     : options_(std::move(options)) {
-  if (options_.shard) {
-    shard_rank_ = options_.shard->rank();
-    shard_size_ = options_.shard->size();
-  }
   std::unordered_map<const void*, std::string> name_of;
   for (const auto& [name, t] : names) name_of[t.unsafeGetTensorImpl()] = name;
   torch::NoGradGuard no_grad;
-  const int64_t S = shard_size_;
   // A diagnostic switch (TROUPE_FSDP_GRADIENT_SINKS=0): every gradient then comes from autograd
   // and is widened into place, as before the sinks, to tell their cost or a fault apart on GPUs.
   const char* sinks_env = std::getenv("TROUPE_FSDP_GRADIENT_SINKS");
   sinks_ = !sinks_env || std::string(sinks_env) != "0";
-  for (const auto& module : units) {
-    auto u = std::make_unique<Unit>();
-    auto params = module->parameters();
-    for (auto& p : params) {
-      Unit::Param q;
-      q.module_param = p;
-      q.rows = p.dim() == 0 ? 1 : p.size(0);
-      q.row_numel = q.rows == 0 ? 0 : p.numel() / q.rows;
-      q.chunk_rows = ceil_div(q.rows, S);
-      q.shard_offset = u->shard_numel;
-      q.full_offset = u->full_numel;
-      u->shard_numel += q.chunk_numel();
-      u->full_numel += S * q.chunk_numel();
-      u->even = u->even && q.rows == S * q.chunk_rows;
-      u->params.push_back(q);
+  for (size_t m = 0; m < units.size(); ++m) {
+    const auto& module = units[m];
+    std::vector<at::Tensor> dense, experts;
+    for (auto& p : module->parameters())
+      (options_.experts.parameters.contains(p.unsafeGetTensorImpl()) ? experts : dense).push_back(p);
+    parts_.emplace_back();
+    for (int part = 0; part < 2; ++part) {
+      const bool expert_part = part == 1;
+      auto& params = expert_part ? experts : dense;
+      if (expert_part && params.empty()) continue;
+      auto u = std::make_unique<Unit>();
+      u->shard = expert_part ? options_.experts.shard : options_.shard;
+      if (u->shard) {
+        u->shard_rank = u->shard->rank();
+        u->shard_size = u->shard->size();
+      }
+      u->divide = expert_part ? options_.experts.ep : 1;
+      const int64_t S = u->shard_size;
+      for (auto& p : params) {
+        Unit::Param q;
+        q.module_param = p;
+        q.rows = p.dim() == 0 ? 1 : p.size(0);
+        q.row_numel = q.rows == 0 ? 0 : p.numel() / q.rows;
+        q.chunk_rows = ceil_div(q.rows, S);
+        q.shard_offset = u->shard_numel;
+        q.full_offset = u->full_numel;
+        u->shard_numel += q.chunk_numel();
+        u->full_numel += S * q.chunk_numel();
+        u->even = u->even && q.rows == S * q.chunk_rows;
+        u->params.push_back(q);
+      }
+      const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
+      const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
+      u->master = at::zeros({u->shard_numel}, f32);
+      u->full = at::empty({u->full_numel}, f32.dtype(options_.compute_dtype));
+      for (auto& q : u->params) {
+        const auto& p = q.module_param;
+        const auto it = name_of.find(p.unsafeGetTensorImpl());
+        if (it == name_of.end()) throw std::logic_error("FSDP: a unit parameter is not among the model's parameters");
+        const auto [first, mine] = q.rows_of(u->shard_rank);
+        auto chunk = u->master.narrow(0, q.shard_offset, q.chunk_rows * q.row_numel).view({q.chunk_rows, q.row_numel});
+        if (mine > 0) chunk.narrow(0, 0, mine).copy_(p.reshape({q.rows, q.row_numel}).narrow(0, first, mine));
+        std::vector<int64_t> chunk_shape = p.sizes().vec();
+        if (!chunk_shape.empty()) chunk_shape[0] = mine;
+        ParameterShard shard{it->second, p.sizes().vec(), u->shard_rank, S, m,
+                             u->master.narrow(0, q.shard_offset, mine * q.row_numel).view(chunk_shape)};
+        q.shard = shards_.size();
+        shards_.push_back(std::move(shard));
+        // The module computes with a view of the gathered buffer from now on.
+        q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
+        if (sinks_) gradient_sinks_.add(q.module_param);
+      }
+      free_storage(u->full);
+      u->lookup = !expert_part && S > 1 && params.size() == 1 && module->lookup_table().defined();
+      parts_.back().push_back(units_.size());
+      units_.push_back(std::move(u));
     }
-    const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
-    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
-    u->master = at::zeros({u->shard_numel}, f32);
-    u->full = at::empty({u->full_numel}, f32.dtype(options_.compute_dtype));
-    for (auto& q : u->params) {
-      const auto& p = q.module_param;
-      const auto it = name_of.find(p.unsafeGetTensorImpl());
-      if (it == name_of.end()) throw std::logic_error("FSDP: a unit parameter is not among the model's parameters");
-      const auto [first, mine] = q.rows_of(shard_rank_);
-      auto chunk = u->master.narrow(0, q.shard_offset, q.chunk_rows * q.row_numel).view({q.chunk_rows, q.row_numel});
-      if (mine > 0) chunk.narrow(0, 0, mine).copy_(p.reshape({q.rows, q.row_numel}).narrow(0, first, mine));
-      std::vector<int64_t> chunk_shape = p.sizes().vec();
-      if (!chunk_shape.empty()) chunk_shape[0] = mine;
-      ParameterShard shard{it->second, p.sizes().vec(), shard_rank_, S, units_.size(),
-                           u->master.narrow(0, q.shard_offset, mine * q.row_numel).view(chunk_shape)};
-      q.shard = shards_.size();
-      shards_.push_back(std::move(shard));
-      // The module computes with a view of the gathered buffer from now on.
-      q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
-      if (sinks_) gradient_sinks_.add(q.module_param);
-    }
-    free_storage(u->full);
-    u->lookup = S > 1 && params.size() == 1 && module->lookup_table().defined();
-    units_.push_back(std::move(u));
   }
-  for (const auto& [user, owner] : options_.borrows) units_.at(owner)->lookup = false;  // tied: dense
+  for (const auto& [user, owner] : options_.borrows) first_part(owner).lookup = false;  // tied: dense
+}
+
+template <class F>
+void ShardedUnits::each_part(size_t unit, F&& f) {
+  for (auto k : parts_.at(unit)) f(*units_[k]);
+}
+
+void ShardedUnits::gather_unit(size_t unit) {
+  each_part(unit, [&](Unit& u) { gather(u); });
+}
+
+void ShardedUnits::wait_unit(size_t unit) {
+  each_part(unit, [&](Unit& u) { wait_gathered(u); });
+}
+
+void ShardedUnits::free_unit(size_t unit) {
+  each_part(unit, [&](Unit& u) { free_gathered(u); });
 }
 
 ShardedUnits::~ShardedUnits() {
@@ -165,13 +197,15 @@ ShardedUnits::~ShardedUnits() {
 void ShardedUnits::keep_send_copies(kernels::WeightCopies& copies) {
   if (options_.compute_dtype != at::kBFloat16) return;  // fp32 gathers send the master itself
   copies_ = &copies;
-  for (const auto& s : shards_) {
-    auto& u = *units_.at(s.unit);
-    if (!u.send.defined()) u.send = at::empty({u.shard_numel}, u.master.options().dtype(options_.compute_dtype));
-    if (s.master.numel() == 0) continue;
-    const auto offset = s.master.storage_offset() - u.master.storage_offset();
-    copies.place(s.master, u.send.narrow(0, offset, s.master.numel()).view(s.master.sizes()));
-    u.placed.push_back(s.master);
+  for (auto& unit : units_) {
+    auto& u = *unit;
+    u.send = at::empty({u.shard_numel}, u.master.options().dtype(options_.compute_dtype));
+    for (const auto& q : u.params) {
+      const auto& master = shards_.at(q.shard).master;
+      if (master.numel() == 0) continue;
+      copies.place(master, u.send.narrow(0, q.shard_offset, master.numel()).view(master.sizes()));
+      u.placed.push_back(master);
+    }
   }
 }
 
@@ -189,11 +223,10 @@ at::Tensor ShardedUnits::send_buffer(Unit& u) {
   return u.send;
 }
 
-void ShardedUnits::gather(size_t i) {
-  auto& u = *units_.at(i);
+void ShardedUnits::gather(Unit& u) {
   if (u.ready || u.in_flight) return;
   allocate_storage(u.full);
-  if (!options_.shard) {  // unsharded (replicas only): the master's layout is the parameters'
+  if (!u.shard) {  // unsharded (replicas only): the master's layout is the parameters'
     torch::NoGradGuard no_grad;
     u.full.copy_(u.master);
     u.ready = true;
@@ -202,13 +235,12 @@ void ShardedUnits::gather(size_t i) {
   // One all-gather per parameter, grouped into one operation, each into the parameter's place: no
   // staging buffer to copy out of (that copy was 1.3% of a step at the 1.50B shapes on one GPU).
   const auto [places, pieces] = per_parameter(u, u.full, send_buffer(u));
-  u.gather_work = options_.shard->all_gather(places, pieces);
+  u.gather_work = u.shard->all_gather(places, pieces);
   u.in_flight = true;
 }
 
-void ShardedUnits::wait_gathered(size_t i) {
-  auto& u = *units_.at(i);
-  if (!u.ready && !u.in_flight) gather(i);
+void ShardedUnits::wait_gathered(Unit& u) {
+  if (!u.ready && !u.in_flight) gather(u);
   if (u.ready) return;
   if (u.gather_work) u.gather_work->wait();
   u.gather_work.reset();
@@ -216,9 +248,8 @@ void ShardedUnits::wait_gathered(size_t i) {
   u.ready = true;
 }
 
-void ShardedUnits::free_gathered(size_t i) {
-  auto& u = *units_.at(i);
-  if (u.in_flight) wait_gathered(i);
+void ShardedUnits::free_gathered(Unit& u) {
+  if (u.in_flight) wait_gathered(u);
   if (!u.ready) return;
   free_storage(u.full);
   u.ready = false;
@@ -226,33 +257,34 @@ void ShardedUnits::free_gathered(size_t i) {
 
 void ShardedUnits::gather_borrowed(size_t i) {
   for (const auto& [user, owner] : options_.borrows)
-    if (user == i) wait_gathered(owner);
+    if (user == i) wait_unit(owner);
 }
 
 void ShardedUnits::before_forward(size_t i) {
   gather_borrowed(i);
-  wait_gathered(i);
-  if (i + 1 < units_.size()) gather(i + 1);  // prefetch: the next unit's gather overlaps this one's compute
+  wait_unit(i);
+  if (i + 1 < parts_.size()) gather_unit(i + 1);  // prefetch: the next unit's gather overlaps this one's compute
 }
 
 void ShardedUnits::after_forward(size_t i) {
   const bool keep = options_.reshard == Reshard::never ||
-                    (options_.reshard == Reshard::default_policy && i + 1 == units_.size());  // its backward is next
-  if (!keep) free_gathered(i);
+                    (options_.reshard == Reshard::default_policy && i + 1 == parts_.size());  // its backward is next
+  if (!keep) free_unit(i);
 }
 
 void ShardedUnits::before_backward(size_t i) {
   gather_borrowed(i);
-  wait_gathered(i);
-  open_gradients(*units_.at(i));
+  wait_unit(i);
+  each_part(i, [&](Unit& u) { open_gradients(u); });
   // The previous unit's gather, ahead of its backward; a table whose gradient goes as rows needs none.
-  if (i > 0 && !(units_[i - 1]->lookup && units_[i - 1]->by_rows)) gather(i - 1);
+  if (i > 0 && !(first_part(i - 1).lookup && first_part(i - 1).by_rows)) gather_unit(i - 1);
 }
 
 bool ShardedUnits::backward_rows(size_t i, const at::Tensor& tokens, const at::Tensor& grad_output) {
-  auto& u = *units_.at(i);
+  auto& u = first_part(i);
+  if (parts_.at(i).size() != 1 || u.params.empty()) return false;
   const auto& q = u.params.front();
-  const int64_t S = shard_size_;
+  const int64_t S = u.shard_size;
   // Rows, when the gathered rows are no more bytes than the table's gradient on the wire.
   const auto row_bytes = S * tokens.numel() * q.row_numel * grad_output.element_size();
   const auto table_bytes = q.rows * q.row_numel * static_cast<int64_t>(c10::elementSize(options_.reduce_dtype));
@@ -264,9 +296,9 @@ bool ShardedUnits::backward_rows(size_t i, const at::Tensor& tokens, const at::T
   const auto rows = grad_output.reshape({-1, q.row_numel}).contiguous();
   u.row_ids = at::empty({S * ids.numel()}, ids.options());
   u.row_grads = at::empty({S * ids.numel(), q.row_numel}, rows.options());
-  u.row_ids_work = options_.shard->all_gather(u.row_ids, ids);
-  u.reduce_work = options_.shard->all_gather(u.row_grads, rows);
-  free_gathered(i);
+  u.row_ids_work = u.shard->all_gather(u.row_ids, ids);
+  u.reduce_work = u.shard->all_gather(u.row_grads, rows);
+  free_gathered(u);
   return true;
 }
 
@@ -275,16 +307,16 @@ at::Tensor ShardedUnits::table_gradient(Unit& u) {
   // embedding_dense_backward drops as padding: all ranks' rows summed in one pass, as the dense
   // backward sums one rank's, and rounded once; then the average over the ranks.
   const auto& q = u.params.front();
-  const auto [first, n] = q.rows_of(shard_rank_);
+  const auto [first, n] = q.rows_of(u.shard_rank);
   auto local = u.row_ids - first;
   local.masked_fill_((local < 0).logical_or_(local >= n), n);
   const auto sums = at::embedding_dense_backward(u.row_grads, local, n + 1, /*padding_idx=*/n,
                                                  /*scale_grad_by_freq=*/false)
                         .narrow(0, 0, n)
                         .to(u.master.scalar_type());
-  if (n == q.chunk_rows) return sums.reshape({-1}).div_(shard_size_);  // no padding rows
+  if (n == q.chunk_rows) return sums.reshape({-1}).div_(u.shard_size);  // no padding rows
   auto grad = at::zeros({u.shard_numel}, u.master.options());
-  grad.narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(sums).div_(shard_size_);
+  grad.narrow(0, 0, n * q.row_numel).view({n, q.row_numel}).copy_(sums).div_(u.shard_size);
   return grad;
 }
 
@@ -294,7 +326,7 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> ShardedUnits::per_pa
   std::vector<at::Tensor> places, pieces;  // each parameter's S chunks in `gathered`, its chunk in `shard`
   for (const auto& q : u.params) {
     if (q.chunk_numel() == 0) continue;
-    places.push_back(gathered.narrow(0, q.full_offset, shard_size_ * q.chunk_numel()));
+    places.push_back(gathered.narrow(0, q.full_offset, u.shard_size * q.chunk_numel()));
     pieces.push_back(shard.narrow(0, q.shard_offset, q.chunk_numel()));
   }
   return {places, pieces};
@@ -312,7 +344,10 @@ void ShardedUnits::open_gradients(Unit& u) {
 }
 
 void ShardedUnits::after_backward(size_t i) {
-  auto& u = *units_.at(i);
+  each_part(i, [&](Unit& u) { reduce_gradients(u); });
+}
+
+void ShardedUnits::reduce_gradients(Unit& u) {
   finish_unit(u);  // a pipeline runs a unit's backward for several micro-batches before the step ends
   open_gradients(u);
   torch::NoGradGuard no_grad;
@@ -333,10 +368,10 @@ void ShardedUnits::after_backward(size_t i) {
     }
   }
   copy_gradients(copies);
-  free_gathered(i);
+  free_gathered(u);
   auto grad_full = std::move(u.grad_full);
   u.grad_full = at::Tensor();
-  if (!options_.shard) {  // one rank's chunk is the whole parameter: the gathered layout is the shard's
+  if (!u.shard) {  // one rank's chunk is the whole parameter: the gathered layout is the shard's
     u.grad_out = grad_full;
     return;
   }
@@ -349,7 +384,7 @@ void ShardedUnits::after_backward(size_t i) {
   // the step ends (for the 8B model that was the model's size in fp32): the communicator keeps it
   // alive while the reduction needs it (NCCL: recorded on its stream; Gloo: held by the work).
   const auto [places, pieces] = per_parameter(u, grad_full, u.grad_out);
-  u.reduce_work = options_.shard->reduce_scatter(pieces, places, comm::ReduceOp::avg);
+  u.reduce_work = u.shard->reduce_scatter(pieces, places, comm::ReduceOp::avg);
 }
 
 void ShardedUnits::copy_gradients(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) const {
@@ -410,6 +445,7 @@ void ShardedUnits::finish_unit(Unit& u) {
   if (u.reduce_work) u.reduce_work->wait();
   u.reduce_work.reset();
   if (options_.replicate) options_.replicate->all_reduce(u.grad_out, comm::ReduceOp::avg)->wait();
+  if (u.divide != 1) u.grad_out.div_(static_cast<double>(u.divide));
   if (!u.grad_out.is_same(u.master_grad)) {
     auto& grad = master_gradient(u);
     if (u.fresh) grad.copy_(u.grad_out);
@@ -428,7 +464,7 @@ void ShardedUnits::finish_gradients() {
 }
 
 void ShardedUnits::release_all() {
-  for (size_t i = 0; i < units_.size(); ++i) free_gathered(i);
+  for (auto& u : units_) free_gathered(*u);
 }
 
 void ShardedUnits::average_over_data_parallel(at::Tensor& scalar) {

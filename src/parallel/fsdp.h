@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,6 +40,18 @@ struct DataParallelOptions {
   // (i, j): unit i's forward also reads unit j's parameters (an output head tied to the
   // embedding), so unit j is gathered whenever unit i runs.
   std::vector<std::pair<size_t, size_t>> borrows;
+  // Expert parallelism: the routed experts' parameters (these, already cut to this rank's
+  // experts) are sharded over `shard` (efsdp; null when its degree is 1) instead, each unit's in
+  // a buffer of their own; replicated over dp_replicate as the rest. Their gradients sum the
+  // tokens of `ep` ranks (the all-to-all brought them), so they are divided by ep as well: the
+  // average over every data-parallel rank, as the other parameters' (torchtitan's
+  // gradient_divide_factor).
+  struct Experts {
+    std::set<const void*> parameters;  // TensorImpl addresses
+    comm::CommunicatorPtr shard;
+    int64_t ep = 1;
+  };
+  Experts experts;
 };
 
 // One rank's piece of a parameter: its dim-0 chunk (rows [first_row, first_row + rows) of
@@ -88,7 +101,7 @@ class ShardedUnits : public parallel::UnitHooks {
   void zero_gradients();
   // Starts gathering unit i for the next forward (the optimizer calls it as soon as unit i's
   // shards are updated, so that the first units' gathers overlap the update of the rest).
-  void prefetch(size_t unit) { gather(unit); }
+  void prefetch(size_t unit) { gather_unit(unit); }
   // After a micro-batch's backward: waits for every reduction and adds the averaged gradient
   // chunks into the masters' grads.
   void finish_gradients();
@@ -99,7 +112,15 @@ class ShardedUnits : public parallel::UnitHooks {
 
  private:
   struct Unit;
-  void gather(size_t unit);
+  // A model unit's parameters are one Unit of the shard group, and one more of the expert
+  // shard group where it has routed experts; these take the model's unit numbers.
+  template <class F>
+  void each_part(size_t unit, F&& f);
+  void gather_unit(size_t unit);
+  void wait_unit(size_t unit);
+  void free_unit(size_t unit);
+  Unit& first_part(size_t unit) { return *units_.at(parts_.at(unit).front()); }
+  void gather(Unit& u);
   at::Tensor send_buffer(Unit& u);
   // The grouped collectives' operands: every parameter's place in a buffer of the gathered layout
   // and its piece of a buffer of the shard's layout.
@@ -108,16 +129,17 @@ class ShardedUnits : public parallel::UnitHooks {
   void open_gradients(Unit& u);
   void copy_gradients(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) const;
   at::Tensor& master_gradient(Unit& u);  // allocated at the unit's first reduction of a step
-  void wait_gathered(size_t unit);
-  void free_gathered(size_t unit);
+  void wait_gathered(Unit& u);
+  void free_gathered(Unit& u);
   void gather_borrowed(size_t unit);
   void finish_unit(Unit& u);
+  void reduce_gradients(Unit& u);  // after its backward
   at::Tensor table_gradient(Unit& u);
   std::vector<std::unique_ptr<Unit>> units_;
+  std::vector<std::vector<size_t>> parts_;  // each model unit's Units
   std::vector<ParameterShard> shards_;
   DataParallelOptions options_;
   kernels::WeightCopies* copies_ = nullptr;
-  int64_t shard_rank_ = 0, shard_size_ = 1;
   bool sinks_ = true;  // the weights' gradients go to sinks (kernels/gradient_sink.h)
   kernels::GradientSinks gradient_sinks_;
 };

@@ -48,15 +48,24 @@ PipelinePlan split_and_schedule(const config::JobConfig& cfg, const DeviceMesh& 
   return plan;
 }
 
+bool is_expert(const models::ShardingPlan& plan, const std::string& name) {
+  return std::ranges::any_of(plan.experts, [&](const std::string& suffix) { return name.ends_with(suffix); });
+}
+
 // Step 2: the model's own plan. Each parameter's placement starts with its tensor-parallel
-// split (a rule may name a parameter the model lacks: a tied model has no output). Context
-// parallelism splits activations only: every cp rank holds the parameters alike.
+// split (a rule may name a parameter the model lacks: a tied model has no output), or with
+// expert parallelism's split of a routed experts' parameter by expert. Context parallelism
+// splits activations only: every cp rank holds the parameters alike.
 std::map<std::string, Placement> apply_model_plan(const models::ShardingPlan& plan,
                                                   const std::vector<std::pair<std::string, at::Tensor>>& parameters,
                                                   const DeviceMesh& mesh) {
   std::map<std::string, Placement> placements;
   for (const auto& [name, t] : parameters) {
     auto placement = Placement::whole(t.sizes().vec());
+    if (mesh.dims().of(MeshDim::ep) > 1 && is_expert(plan, name)) {
+      placements.emplace(name, placement.split(MeshDim::ep, 0, mesh.coord(MeshDim::ep), mesh.dims().of(MeshDim::ep)));
+      continue;
+    }
     for (const auto& rule : plan.tensor_parallel) {
       if (!name.ends_with(rule.suffix)) continue;
       placement = placement.split(MeshDim::tp, rule.dim, mesh.coord(MeshDim::tp), mesh.dims().of(MeshDim::tp));
@@ -147,7 +156,8 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   // 2. The model's own plan: the placements from the whole shapes; with tensor parallelism the
   // units switch to their tensor-parallel forwards (the family refuses what it cannot split) and
   // each parameter keeps this rank's piece of its placement.
-  const auto plan_placements = apply_model_plan(arch.sharding_plan(), owned, mesh);
+  const auto sharding_plan = arch.sharding_plan();
+  const auto plan_placements = apply_model_plan(sharding_plan, owned, mesh);
   if (dims.of(MeshDim::tp) > 1) {
     out.tp = connect(rank, mesh, {MeshDim::tp}, cuda);
     model.apply_tensor_parallel(make_rank_group(out.tp));
@@ -156,6 +166,17 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   if (dims.of(MeshDim::cp) > 1) {
     out.cp = connect(rank, mesh, {MeshDim::cp}, cuda);
     model.apply_context_parallel({make_rank_group(out.cp), models::parse_rotate_method(cfg.parallelism.context_parallel_rotate_method)});
+  }
+
+  std::set<const void*> experts;  // with expert parallelism: the routed experts' parameters
+  if (dims.of(MeshDim::ep) > 1) {
+    out.ep = connect(rank, mesh, {MeshDim::ep}, cuda);
+    model.apply_expert_parallel(make_rank_group(out.ep));
+    for (auto& [name, t] : owned)
+      if (is_expert(sharding_plan, name)) {
+        keep_piece(t, plan_placements.at(name));
+        experts.insert(t.unsafeGetTensorImpl());
+      }
   }
 
   // 3. Activation checkpointing.
@@ -184,12 +205,15 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
     o.compute_dtype = compute_dtype;
     o.reduce_dtype = reduce_dtype;
     o.reshard = parse_reshard(cfg.parallelism.fsdp_reshard_after_forward);
+    if (!experts.empty()) o.experts = {experts, connect(rank, mesh, {MeshDim::efsdp}, cuda), dims.of(MeshDim::ep)};
     out.sharded = std::make_unique<ShardedUnits>(out.units, owned, o);
     model.weight_services().sinks = &out.sharded->gradient_sinks();
     for (const auto& s : out.sharded->shards()) {
       if (s.master.numel() == 0) continue;  // a chunk past the end of a short parameter
-      out.trained.push_back({s.name, s.master, plan_placements.at(s.name).split(shard_dims, 0, s.index, s.parts),
-                             s.unit});
+      const auto& whole = plan_placements.at(s.name);
+      out.trained.push_back(
+          {s.name, s.master, whole.split(whole.split_over(MeshDim::ep) ? std::vector{MeshDim::efsdp} : shard_dims, 0, s.index, s.parts),
+           s.unit});
     }
     groups[shard_dims] = o.shard;
     groups[{MeshDim::dp_replicate}] = o.replicate;
@@ -198,6 +222,9 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   }
   std::set<std::vector<MeshDim>> split;
   for (const auto& t : out.trained) {
+    // An expert's pieces over ep x efsdp are one to a rank of dp_shard x cp (tp is 1 under
+    // expert parallelism): the shard group's sum already covers them once.
+    if (t.placement.split_over(MeshDim::ep)) continue;
     for (const auto& g : t.placement.split_groups()) split.insert(g);
     if (out.tp && !t.placement.split_over(MeshDim::tp)) out.tp_replicated.push_back(t.tensor);
   }

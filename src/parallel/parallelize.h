@@ -3,7 +3,7 @@
 //   1. pipeline stages: which units this rank runs (plan_pipeline, before the model is built,
 //      so that another stage's units are built on the meta device);
 //   2. the model's own sharding plan: tensor, context and expert parallelism over their mesh
-//      dimensions (the plan's slots; their degrees must be 1 until those parallelisms exist);
+//      dimensions;
 //   3. activation checkpointing: which units recompute, and the blocks' element-wise policy;
 //   4. data parallelism: FSDP / DDP / HSDP over the rank's units;
 //   5. the unit executor, and the pipeline executor over it.
@@ -75,6 +75,7 @@ struct ParallelModel {
   comm::CommunicatorPtr tp;
   std::vector<at::Tensor> tp_replicated;
   comm::CommunicatorPtr cp;  // context parallelism's group; null without it
+  comm::CommunicatorPtr ep;  // expert parallelism's group; null without it
   std::unique_ptr<ShardedUnits> sharded;  // null without data parallelism
   std::unique_ptr<UnitExecutor> executor;
   comm::CommunicatorPtr stages;  // the pipeline group; null without a pipeline

@@ -41,7 +41,11 @@ std::vector<std::vector<MeshDim>> Placement::split_groups() const {
 }
 
 bool Placement::saved_by(const DeviceMesh& mesh) const {
-  for (auto d : {MeshDim::dp_replicate, MeshDim::dp_shard, MeshDim::cp, MeshDim::tp})
+  // An expert's piece: ep and efsdp between them cover dp_shard x cp x tp.
+  const auto dims = split_over(MeshDim::ep)
+                        ? std::vector{MeshDim::dp_replicate, MeshDim::efsdp}
+                        : std::vector{MeshDim::dp_replicate, MeshDim::dp_shard, MeshDim::cp, MeshDim::tp};
+  for (auto d : dims)
     if (!split_over(d) && mesh.coord(d) != 0) return false;
   return true;
 }

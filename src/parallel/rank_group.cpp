@@ -49,6 +49,16 @@ class CommunicatorGroup : public models::RankGroup {
     auto work = c_->send_recv(out, (r + 1) % n, in, (r + n - 1) % n);
     return std::make_unique<Transfer>(std::move(work), std::move(in));
   }
+  at::Tensor all_to_all(const at::Tensor& in, const std::vector<int64_t>& send_rows,
+                        const std::vector<int64_t>& recv_rows) override {
+    auto src = in.contiguous();
+    auto shape = src.sizes().vec();
+    shape[0] = 0;
+    for (auto n : recv_rows) shape[0] += n;
+    auto out = at::empty(shape, src.options());
+    c_->all_to_all(out, recv_rows, src, send_rows)->wait();
+    return out;
+  }
 
  private:
   comm::CommunicatorPtr c_;

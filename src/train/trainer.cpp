@@ -82,6 +82,8 @@ void check_layout(const config::JobConfig& cfg, int world, const models::Archite
   const int64_t tp = dims.of(parallel::MeshDim::tp), cp = dims.of(parallel::MeshDim::cp);
   if (const auto problem = model.tensor_parallel_problem(tp); !problem.empty()) throw std::invalid_argument(problem);
   if (const auto problem = model.context_parallel_problem(cp); !problem.empty()) throw std::invalid_argument(problem);
+  if (const auto problem = model.expert_parallel_problem(dims.of(parallel::MeshDim::ep)); !problem.empty())
+    throw std::invalid_argument(problem);
   models::parse_rotate_method(cfg.parallelism.context_parallel_rotate_method);
   if (cp > 1 && seq % (2 * cp))
     throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " must be a multiple of 2 x "

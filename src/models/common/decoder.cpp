@@ -489,8 +489,28 @@ std::string context_parallel_problem(const DecoderArgs& a, int64_t cp) {
   return {};
 }
 
+std::string expert_parallel_problem(const DecoderArgs& a, int64_t ep) {
+  if (ep <= 1) return {};
+  const auto degree = "parallelism.expert_parallel_degree = " + std::to_string(ep);
+  if (a.num_experts == 0) return degree + ": the model has no routed experts to split (a dense model)";
+  if (a.num_experts % ep != 0)
+    return degree + " does not divide the model's " + std::to_string(a.num_experts) + " routed experts";
+  return {};
+}
+
+void DecoderModel::apply_expert_parallel(RankGroupPtr group) {
+  if (const auto problem = expert_parallel_problem(args_, group->size()); !problem.empty())
+    throw std::invalid_argument(problem);
+  ep_ = std::move(group);
+  for (auto& unit : units_)
+    if (auto* block = dynamic_cast<TransformerBlock*>(unit.get()); block && block->moe) block->moe->ep = ep_.get();
+  for (auto& m : dynamic_cast<HeadUnit&>(*units_.back()).mtp_blocks)
+    if (m->moe) m->moe->ep = ep_.get();
+}
+
 at::Tensor DecoderModel::logits(const at::Tensor& tokens) {
-  if (tp_ || cp_) throw std::logic_error("DecoderModel::logits: the model is split over ranks (tensor or context parallelism)");
+  if (tp_ || cp_ || ep_)
+    throw std::logic_error("DecoderModel::logits: the model is split over ranks (tensor, context or expert parallelism)");
   UnitBatch batch{tokens, {}};  // reports nothing
   at::Tensor h;
   for (size_t i = 0; i + 1 < units_.size(); ++i) h = units_[i]->forward(h, batch);

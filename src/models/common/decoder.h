@@ -43,12 +43,14 @@ class DecoderModel : public Model {
   bool balances_experts() const override { return args_.num_experts > 0 && args_.load_balance_coeff > 0; }
   void apply_tensor_parallel(RankGroupPtr group) override;
   void apply_context_parallel(const ContextParallel& cp) override;
+  void apply_expert_parallel(RankGroupPtr group) override;
 
  private:
   DecoderArgs args_;
   std::vector<UnitPtr> units_;
   RankGroupPtr tp_;  // with tensor parallelism
   std::unique_ptr<ContextParallel> cp_;  // with context parallelism; the attentions point at it
+  RankGroupPtr ep_;  // with expert parallelism; the MoE blocks point at it
 };
 
 // Why the decoder described by `args` cannot be split over `tp` tensor-parallel ranks (a message
@@ -56,5 +58,7 @@ class DecoderModel : public Model {
 std::string tensor_parallel_problem(const DecoderArgs& args, int64_t tp);
 // Why it cannot attend over `cp` context-parallel ranks, or empty.
 std::string context_parallel_problem(const DecoderArgs& args, int64_t cp);
+// Why its routed experts cannot be split over `ep` expert-parallel ranks, or empty.
+std::string expert_parallel_problem(const DecoderArgs& args, int64_t ep);
 
 }  // namespace troupe::models

@@ -91,6 +91,10 @@ std::string DecoderArchitecture::context_parallel_problem(int64_t cp) const {
   return models::context_parallel_problem(args_, cp);
 }
 
+std::string DecoderArchitecture::expert_parallel_problem(int64_t ep) const {
+  return models::expert_parallel_problem(args_, ep);
+}
+
 std::shared_ptr<Model> DecoderArchitecture::build(const at::TensorOptions& options, int64_t max_seq_len,
                                                   const std::function<bool(size_t)>& materialize) const {
   return std::make_shared<DecoderModel>(args_, options, max_seq_len, materialize);

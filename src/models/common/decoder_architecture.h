@@ -36,6 +36,7 @@ class DecoderArchitecture : public Architecture {
   ShardingPlan sharding_plan() const override;
   std::string tensor_parallel_problem(int64_t tp) const override;
   std::string context_parallel_problem(int64_t cp) const override;
+  std::string expert_parallel_problem(int64_t ep) const override;
   std::shared_ptr<Model> build(const at::TensorOptions& options, int64_t max_seq_len,
                                const std::function<bool(size_t)>& materialize) const override;
   checkpoint::TensorMap to_hf(const checkpoint::TensorMap& native) const override;

@@ -60,6 +60,39 @@ at::Tensor GroupedExperts::forward(const at::Tensor& flat, const kernels::Permut
   return kernels::grouped_swiglu(flat, p, w1, w2, w3, recompute_elementwise, services);
 }
 
+at::Tensor routed_over_ranks(const at::Tensor& flat, const kernels::Permutation& p, const GroupedExperts& experts,
+                             bool recompute, RankGroup& group, AuxValues* aux) {
+  const int64_t n = group.size(), all = p.counts.numel(), local = all / n;
+  std::vector<int64_t> every(static_cast<size_t>(n), local);
+  // Each rank learns how many copies every peer sends each of its experts: [n, local].
+  const auto incoming = group.all_to_all(p.counts.to(at::kLong).reshape({all, 1}), every, every).view({n, local});
+  const auto host = at::cat({p.counts.to(at::kLong), incoming.reshape({-1})}).cpu();
+  const auto* counts = host.data_ptr<int64_t>();
+  std::vector<int64_t> send(static_cast<size_t>(n), 0), recv(static_cast<size_t>(n), 0);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t e = 0; e < local; ++e) {
+      send[r] += counts[r * local + e];
+      recv[r] += counts[all + r * local + e];
+    }
+  // The copies grouped by expert are grouped by the rank holding it: they go out in that order and
+  // arrive by source rank, then expert; regrouped by this rank's expert for the grouped GEMMs.
+  const auto arrived = exchange_rows(kernels::permute(flat, p), send, recv, group);
+  const auto expert_of_row = at::arange(local, incoming.options()).repeat({n}).repeat_interleave(incoming.reshape({-1}));
+  const auto by_expert = kernels::permutation(expert_of_row.reshape({-1, 1}), incoming.sum(0));
+  const auto computed = experts.forward(arrived, by_expert, recompute);
+  const auto ones = at::ones({arrived.size(0), 1}, arrived.options().dtype(at::kFloat));
+  const auto back = exchange_rows(kernels::unpermute(computed, ones, by_expert), recv, send, group);
+  if (aux) {
+    int64_t sent = 0, received = 0;
+    for (int64_t r = 0; r < n; ++r) sent += send[r], received += recv[r];
+    const auto prefix = "ep.rank" + std::to_string(group.rank());
+    const double row_bytes = static_cast<double>(flat.size(1) * flat.element_size());
+    aux->add(prefix + ".tokens", at::full({}, static_cast<double>(received), at::kDouble));
+    aux->add(prefix + ".all_to_all_bytes", at::full({}, 2.0 * static_cast<double>(sent + received) * row_bytes, at::kDouble));
+  }
+  return back;
+}
+
 MoE::MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s) : args_(a) {
   router = register_module("router", std::make_shared<Router>(a, o, s));
   experts = register_module("experts", std::make_shared<GroupedExperts>(a, o, s));
@@ -79,7 +112,9 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
   // The token copies grouped by expert, through the experts, weighted and added back per token.
   const auto perm = kernels::permutation(r.experts, r.counts);
   const bool recompute = recipe.op != kernels::InputRecipe::Op::none;
-  auto out = kernels::unpermute(experts->forward(flat, perm, recompute), r.weights, perm);
+  const auto routed = ep ? routed_over_ranks(flat, perm, *experts, recompute, *ep, batch.aux)
+                        : experts->forward(flat, perm, recompute);
+  auto out = kernels::unpermute(routed, r.weights, perm);
   if (shared_experts) out = out + shared_experts->forward(flat, recipe);
   out = out.view(shape);
 

@@ -15,6 +15,7 @@
 #include "kernels/moe_ops.h"
 #include "kernels/ops.h"
 #include "models/common/layers.h"
+#include "models/rank_group.h"
 #include "models/unit.h"
 
 namespace troupe::models {
@@ -60,6 +61,16 @@ class GroupedExperts : public torch::nn::Module {
   const kernels::WeightServices* services;
 };
 
+// Expert parallelism's dispatch and combine: the token copies of `flat` grouped by expert (`p`)
+// go by all-to-all to the ranks of `group` holding their experts (rank r the r-th
+// experts.size / group.size of them), through those experts, and back; returns the rows
+// experts.forward would over all the experts. The counts per expert go first (one host sync).
+// With `aux`, reports the rows this rank's experts computed and the bytes it sent and received,
+// per ep rank ("ep.rank<r>.tokens", "ep.rank<r>.all_to_all_bytes": the forward's; the backward
+// moves as many again).
+at::Tensor routed_over_ranks(const at::Tensor& flat, const kernels::Permutation& p, const GroupedExperts& experts,
+                             bool recompute, RankGroup& group, AuxValues* aux);
+
 class MoE : public torch::nn::Module {
  public:
   MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s);
@@ -76,6 +87,9 @@ class MoE : public torch::nn::Module {
   std::shared_ptr<GroupedExperts> experts;
   std::shared_ptr<FeedForward> shared_experts;  // null without shared experts
   at::Tensor expert_bias;                       // [experts] fp32, zeros until balancing moves it
+  // Expert parallelism: `experts` holds rank r's share of the routed experts (the r-th
+  // num_experts / size of them) and every token copy travels to its expert's rank and back.
+  RankGroup* ep = nullptr;
 
  private:
   DecoderArgs args_;

@@ -53,7 +53,26 @@ struct ScatterSequenceSum : torch::autograd::Function<ScatterSequenceSum> {
   }
 };
 
+struct ExchangeRows : torch::autograd::Function<ExchangeRows> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, std::vector<int64_t> send_rows,
+                            std::vector<int64_t> recv_rows, int64_t group) {
+    ctx->saved_data["group"] = group;
+    ctx->saved_data["send"] = send_rows;
+    ctx->saved_data["recv"] = recv_rows;
+    return reinterpret_cast<RankGroup*>(group)->all_to_all(x, send_rows, recv_rows);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto send = ctx->saved_data["send"].toIntVector(), recv = ctx->saved_data["recv"].toIntVector();
+    return {group_of(ctx).all_to_all(grads[0].contiguous(), recv, send), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
+
+at::Tensor exchange_rows(const at::Tensor& x, const std::vector<int64_t>& send_rows,
+                         const std::vector<int64_t>& recv_rows, RankGroup& group) {
+  return ExchangeRows::apply(x, send_rows, recv_rows, reinterpret_cast<int64_t>(&group));
+}
 
 at::Tensor gather_sequence(const at::Tensor& x, RankGroup& group) {
   return GatherSequence::apply(x, reinterpret_cast<int64_t>(&group));
