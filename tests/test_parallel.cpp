@@ -35,6 +35,7 @@
 #include "data/token_shards.h"
 #include "kernels/gradient_sink.h"
 #include "kernels/weight_copies.h"
+#include "models/common/moe.h"
 #include "models/model.h"
 #include "models/registry.h"
 #include "parallel/device_mesh.h"
@@ -42,6 +43,7 @@
 #include "parallel/grad_norm.h"
 #include "parallel/parallelize.h"
 #include "parallel/placement.h"
+#include "parallel/rank_group.h"
 #include "parallel/pipeline_schedule.h"
 #include "runtime/crash_report.h"
 #include "runtime/exit_codes.h"
@@ -1558,4 +1560,147 @@ TEST_CASE("tensor parallelism: a degree that does not divide the heads, or a fam
                     Catch::Contains("tensor parallelism of mixture-of-experts blocks is not implemented yet"));
   CHECK_THROWS_WITH(config::load_job_config("", {{"parallelism.enable_async_tensor_parallel", "true"}}),
                     Catch::Contains("asynchronous tensor parallelism is not implemented yet"));
+
+  // Expert parallelism: a degree that does not divide the experts (8), a dense model, a mesh
+  // without room for it.
+  c.parallelism.tensor_parallel_degree = 1;
+  c.parallelism.expert_parallel_degree = 3;
+  CHECK_THROWS_WITH(train::check_layout(c, 3, *train::job_model(c)),
+                    Catch::Contains("parallelism.expert_parallel_degree = 3 does not divide the model's 8 routed experts"));
+  c.parallelism.expert_parallel_degree = 2;
+  c.model.name = "llama3";
+  CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
+                    Catch::Contains("parallelism.expert_parallel_degree = 2: the model has no routed experts"));
+  c.model.name = "qwen3_moe";
+  c.parallelism.pipeline_parallel_degree = 2;
+  CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
+                    Catch::Contains("parallelism.expert_parallel_degree 2 does not divide data_parallel_shard_degree"));
+}
+
+TEST_CASE("expert parallelism: a MoE block over 2 and 4 Gloo ranks computes as one rank does, a router that sends "
+          "every token to one rank's experts included",
+          "[parallel]") {
+  // Dropless: each rank's tokens reach their experts on whichever rank holds them and come back,
+  // so the outputs, the inputs' gradients and each expert's gradient (every rank's tokens added)
+  // are the one-rank block's, in fp64. The skewed router leaves every rank but the first with
+  // nothing to compute.
+  const int n = GENERATE(2, 4);
+  const bool skewed = GENERATE(false, true);
+  INFO(n << " ranks" << (skewed ? ", skewed" : ""));
+  models::DecoderArgs a;
+  a.dim = 16;
+  a.moe_inter_dim = 8;
+  a.num_experts = 8;
+  a.top_k = 2;
+  a.num_shared_experts = 1;
+  a.route_norm = true;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  auto make = [&] {
+    torch::manual_seed(11);
+    auto m = std::make_shared<models::MoE>(a, f64, nullptr);
+    torch::NoGradGuard no_grad;
+    for (auto& p : m->parameters()) p.normal_(0, 0.3);
+    if (skewed) m->router->gate->weight.narrow(0, 0, 2).normal_(0, 0.01).add_(at::ones({2, a.dim}, f64)), m->router->gate->weight.narrow(0, 2, 6).zero_();
+    return m;
+  };
+  torch::manual_seed(3);
+  const auto x = at::rand({n, 6, a.dim}, f64).add_(0.5);  // positive: the skewed logits favour experts 0 and 1
+  const auto w = at::randn({n, 6, a.dim}, f64);
+  const auto one = make();
+  const auto x_one = x.clone().requires_grad_();
+  const auto out_one = one->forward(x_one, models::UnitBatch{}, 0);
+  (out_one * w).sum().backward();
+
+  std::vector<std::shared_ptr<models::MoE>> blocks;  // made here: the generator is the process's
+  for (int r = 0; r < n; ++r) blocks.push_back(make());
+  on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
+    auto group = parallel::make_rank_group(c);
+    auto m = blocks[r];
+    const int64_t local = a.num_experts / n;
+    {
+      torch::NoGradGuard no_grad;
+      for (auto* t : {&m->experts->w1, &m->experts->w2, &m->experts->w3}) t->set_data(t->narrow(0, r * local, local).clone());
+    }
+    m->ep = group.get();
+    models::AuxValues aux;
+    models::UnitBatch batch;
+    batch.aux = &aux;
+    const auto x_r = x.narrow(0, r, 1).clone().requires_grad_();
+    const auto out = m->forward(x_r, batch, 0);
+    (out * w.narrow(0, r, 1)).sum().backward();
+    CHECK(at::allclose(out, out_one.narrow(0, r, 1), 1e-10, 1e-12));
+    CHECK(at::allclose(x_r.grad(), x_one.grad().narrow(0, r, 1), 1e-10, 1e-12));
+    // A rank no token reached has no gradient for its experts: zeros.
+    auto grad = [](const at::Tensor& t) { return t.grad().defined() ? t.grad() : at::zeros_like(t); };
+    CHECK(at::allclose(grad(m->experts->w1), one->experts->w1.grad().narrow(0, r * local, local), 1e-10, 1e-12));
+    CHECK(at::allclose(grad(m->experts->w2), one->experts->w2.grad().narrow(0, r * local, local), 1e-10, 1e-12));
+    const auto received = aux.values().at("ep.rank" + std::to_string(r) + ".tokens").item<double>();
+    if (skewed && r > 0) CHECK(received == 0);
+    if (skewed && r == 0) CHECK(received == 2.0 * 6 * n);  // every token's two copies
+    CHECK(aux.values().count("ep.rank" + std::to_string(r) + ".all_to_all_bytes") == 1);
+  });
+}
+
+TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Qwen3 MoE and DeepSeek V3 as one rank "
+          "does; an ep 4 checkpoint resumes on ep 2 and on one rank",
+          "[parallel]") {
+  // The debug flavors (8 routed experts) cut to 4 blocks, the expert biases moving every step.
+  // Under ep the routed experts' gradients sum every ep rank's tokens (the all-to-all's backward)
+  // and are divided by ep: the average over the data-parallel ranks, as the other parameters'.
+  const std::string family = GENERATE(std::string("qwen3_moe"), std::string("deepseek_v3"));
+  INFO(family);
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  auto moe = [&](config::JobConfig c, int64_t ep) {
+    c.model.name = family;
+    c.model.flavor = "debugmodel";
+    c.model.dimensions = {{"n_layers", "4", "test"}, {"load_balance_coeff", "0.01", "test"}, {"aux_loss_coeff", "0", "test"}};
+    c.parallelism.expert_parallel_degree = ep;
+    c.training.steps = 10;
+    c.checkpoint.interval = 5;
+    return c;
+  };
+  const auto one_cfg = moe(dp_job(dir, tokens, 1, 1, "one"), 1);
+  const auto one = run_with_timeout(one_cfg);
+  REQUIRE(one.steps.size() == 10);
+  const auto reference = final_model(one_cfg);
+  SECTION("ep 2 (full AC), ep 4 and ep 2 x fsdp 2 (op AC); ep 4's step 5 resumed on ep 2 and on one rank") {
+    for (const auto& [ranks, ep] : {std::pair{2, 2}, std::pair{4, 4}, std::pair{4, 2}}) {
+      auto cfg = moe(dp_job(dir, tokens, ranks, 1, "ep" + std::to_string(ep) + "_of" + std::to_string(ranks)), ep);
+      // Recomputed forwards exchange their tokens again, in the same order on every ep rank.
+      if (ranks == 2) cfg.activation_checkpoint.mode = "full";
+      if (ranks == 4 && ep == 2) cfg.activation_checkpoint.mode = "selective", cfg.activation_checkpoint.selective_ac_option = "op";
+      INFO(cfg.job.dump_folder);
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      check_same_run(run, one);
+      check_same_model(final_model(cfg), reference);
+      // Each ep rank reports the rows its experts computed and the bytes it moved.
+      REQUIRE(!run.steps.empty());
+      std::map<std::string, double> aux(run.steps.back().aux.begin(), run.steps.back().aux.end());
+      double rows = 0;
+      for (int r = 0; r < ep; ++r) {
+        CHECK(aux.count("ep.rank" + std::to_string(r) + ".all_to_all_bytes") == 1);
+        rows += aux["ep.rank" + std::to_string(r) + ".tokens"];
+      }
+      CHECK(rows > 0);
+      if (ranks != 4 || ep != 4) continue;
+      for (const auto& [to_ranks, to_ep] : {std::pair{2, 2}, std::pair{1, 1}}) {
+        auto resumed = moe(dp_job(dir, tokens, to_ranks, 1, "from_ep4_" + std::to_string(to_ranks)), to_ep);
+        resumed.checkpoint.initial_load_path = checkpoint::checkpoint_folder(cfg) + "/step-5";
+        resumed.checkpoint.initial_load_model_only = false;
+        INFO("resumed on " << to_ranks);
+        check_same_run(run_with_timeout(resumed), one, 6);
+        check_same_model(final_model(resumed), reference);
+      }
+    }
+  }
+  SECTION("pp 2 x ep 2 (ZBVZeroBubble: the backward's halves each pass the all-to-alls)") {
+    auto cfg = moe(pp_job(dir, tokens, 4, 2, "ZBVZeroBubble", "pp_ep"), 2);
+    cfg.validation.enable = false;
+    const auto run = run_with_timeout(cfg);
+    INFO(run.message);
+    check_same_run(run, one);
+    check_same_model(final_model(cfg), reference);
+  }
 }

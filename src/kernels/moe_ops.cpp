@@ -201,7 +201,9 @@ at::Tensor grouped_swiglu(const at::Tensor& flat, const Permutation& p, const at
     outs.push_back(at::mm(swiglu(at::mm(rows, w1[e].t()), at::mm(rows, w3[e].t())), w2[e].t()));
     offset += n;
   }
-  return outs.empty() ? at::zeros_like(x) : at::cat(outs);
+  // No rows at all (an expert-parallel rank nobody routed to): still an output of `x`, so that the
+  // backward reaches the collectives before it on every rank.
+  return outs.empty() ? x.mul(0) : at::cat(outs);
 }
 
 RouteChoice route_choice(const at::Tensor& logits, const at::Tensor& bias, RouteShape shape) {
