@@ -21,14 +21,6 @@
 
 namespace troupe::bench {
 
-namespace {
-
-struct Timing {
-  double ms = 0;
-  double peak_gib = 0;
-};
-
-// Best of `rounds` runs of `work` (the first warms up), and its peak memory.
 Timing time_work(const std::function<void()>& work, int64_t rounds) {
   Timing t{1e30, 0};
   const int gpu = c10::cuda::current_device();
@@ -44,6 +36,8 @@ Timing time_work(const std::function<void()>& work, int64_t rounds) {
   }
   return t;
 }
+
+namespace {
 
 // A forward + backward pass of `attention` over fresh leaves of `inputs`, timed as time_work.
 Timing time_attention(const std::function<at::Tensor(std::vector<at::Tensor>&)>& attention,

@@ -2,6 +2,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <string>
 
 #include "config/job_config.h"
@@ -31,5 +32,16 @@ at::Tensor random_documents(int64_t rows, int64_t seq, int64_t n);
 // One context-parallel rank's share of attention against the whole sequence's (forward and
 // backward, bf16 on the GPU): every rank's time and the load balance.
 int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_tokens, int64_t rounds);
+// One expert-parallel rank's share of the routed experts against the whole (forward and backward,
+// bf16 on the GPU, balanced load): its grouped GEMMs against 1/ep of the unsharded experts', the
+// dispatch and combine around them (replicas standing in for the other ep ranks), and memory.
+int expert_share(const config::JobConfig& cfg, int64_t ep, int64_t rounds);
+
+// GPU work timed: the best of `rounds` runs (after one to warm up), and the peak memory.
+struct Timing {
+  double ms = 0;
+  double peak_gib = 0;
+};
+Timing time_work(const std::function<void()>& work, int64_t rounds);
 
 }  // namespace troupe::bench

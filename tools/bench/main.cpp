@@ -96,6 +96,17 @@ int main(int argc, char** argv) {
                           return bench::attention_share(cfg, share_cp, document_tokens, share_rounds);
                         }});
 
+  int64_t expert_ep = 8, expert_rounds = 5;
+  auto* experts = add_benchmark(app, "expert-share",
+                                "one expert-parallel rank's share of a MoE block's routed experts against the whole's "
+                                "(forward + backward, balanced load): the model's experts, local_batch_size x seq_len "
+                                "tokens per rank",
+                                config_path);
+  experts->add_option("--ep", expert_ep, "expert-parallel degree")->capture_default_str();
+  experts->add_option("--rounds", expert_rounds, "timed rounds (the best is kept)")->capture_default_str();
+  benchmarks.push_back(
+      {experts, [&](const config::JobConfig& cfg) { return bench::expert_share(cfg, expert_ep, expert_rounds); }});
+
   int saves = 5;
   auto* blocking = add_benchmark(app, "checkpoint-blocking",
                                  "training time blocked per checkpoint: async snapshots vs a synchronous save", config_path);
