@@ -70,15 +70,28 @@ class ReplicaCommunicator : public Communicator {
   WorkPtr send_recv(at::Tensor out, int, at::Tensor in, int) override {
     return issue({out, in}, [&] { in.copy_(out); });
   }
-  // Every peer is a replica of this rank 0: each sends it what this rank sends rank 0.
+  // Every peer is a replica of this rank 0: each sends it what this rank sends rank 0, the first
+  // in_rows[0] rows. Where the counts say otherwise (an uneven router: the replicas' counts
+  // cannot all match), rank r's chunk is the first out_rows[r] rows of `in`, wrapping around:
+  // the shapes and the bytes of the real exchange, for timing and memory.
   WorkPtr all_to_all(at::Tensor out, const std::vector<int64_t>& out_rows, at::Tensor in,
                      const std::vector<int64_t>& in_rows) override {
     require(all_to_all_error(out, out_rows, in, in_rows, size_));
-    for (auto n : out_rows)
-      if (n != in_rows.front()) require("all_to_all: replicas receive what they send rank 0");
     return issue({out, in}, [&] {
-      const auto mine = in.narrow(0, 0, in_rows.front());
-      for (int r = 0; r < size_; ++r) out.narrow(0, r * in_rows.front(), in_rows.front()).copy_(mine);
+      int64_t offset = 0;
+      for (int r = 0; r < size_; ++r) {
+        auto chunk = out.narrow(0, offset, out_rows[r]);
+        offset += out_rows[r];
+        if (in.size(0) == 0) {
+          chunk.zero_();
+          continue;
+        }
+        for (int64_t done = 0; done < out_rows[r];) {
+          const auto n = std::min(out_rows[r] - done, in.size(0));
+          chunk.narrow(0, done, n).copy_(in.narrow(0, 0, n));
+          done += n;
+        }
+      }
     });
   }
   void barrier() override {}

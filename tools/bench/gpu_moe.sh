@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # MoE on the GPU machine: PHASE=tests builds the CUDA variant, runs the MoE kernel and model tests
 # and profiles a Qwen3 30B-A3B step (cut to 2 layers) by kernel category; PHASE=bench runs
-# torchtitan's anchors and Troupe on the same shapes (both in this call). Logs in $OUT.
+# torchtitan's anchors and Troupe on the same shapes (both in this call). PHASE=ep (binaries
+# from tools/bench/gpu_prebuilt.sh): expert parallelism's [gpu] tests, one ep rank's share of
+# DeepSeek V3 16B's routed experts (expert-share, ep 8), and one rank of 8 under FSDP alone and
+# under ep 8 (step-profile --rank-of 8: replicas stand in for the others). Logs in $OUT.
 set -uo pipefail
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
@@ -23,6 +26,21 @@ if [ "${PHASE:-tests}" = tests ]; then
   python3 tools/bench/kernel_breakdown.py < "$out/profile-qwen3moe.log" | tee "$out/breakdown-qwen3moe.md"
   build-gpu/troupe_bench step-profile $DS --vocab 129280 --steps 3 > "$out/profile-ds16b.log" 2>&1
   python3 tools/bench/kernel_breakdown.py < "$out/profile-ds16b.log" | tee "$out/breakdown-ds16b.md"
+elif [ "${PHASE}" = ep ]; then
+  build-gpu/tests/troupe_tests "expert parallelism on CUDA*,MoE routing and token-movement*" 2>&1 | tail -30 > "$out/ep-tests.log"
+  tail -3 "$out/ep-tests.log"
+  for seq in ${LENGTHS:-4096 8192}; do
+    build-gpu/troupe_bench expert-share $DS --training.local_batch_size 1 --training.seq_len $seq --ep 8 --rounds 5 \
+      2>&1 | tee "$out/expert-share-$seq.md"
+  done
+  for ep in 1 8; do
+    echo "== DeepSeek V3 16B x 4 layers, one rank of 8, expert_parallel_degree $ep" | tee -a "$out/ds16b-rank.log"
+    timeout 300 build-gpu/troupe_bench step-profile $DS --vocab 129280 --job.device cuda --training.local_batch_size 2 \
+      --training.seq_len 4096 --rank-of 8 --parallelism.expert_parallel_degree $ep --warmup 2 --steps 3 \
+      > "$out/ds16b-ep$ep.log" 2>&1
+    grep -E "plain loop|wall|failed|error|out of memory" "$out/ds16b-ep$ep.log" | head -4 | tee -a "$out/ds16b-rank.log"
+    python3 tools/bench/kernel_breakdown.py < "$out/ds16b-ep$ep.log" > "$out/breakdown-ds16b-ep$ep.md" 2>/dev/null
+  done
 else
   grep -q qwen3_30b_a3b_short .device/torchtitan/anchors.py || cat tools/bench/torchtitan_qwen3_moe_anchor.py >> .device/torchtitan/anchors.py
   bash .device/torchtitan/setup.sh data/kjv/kjv.txt .device > "$out/tt-setup.log" 2>&1
