@@ -1688,6 +1688,26 @@ TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Q
       }
       CHECK(rows > 0);
       if (ranks != 4 || ep != 4) continue;
+      // HF export from the ep 4 run's last checkpoint: the one-rank run's weights (Qwen3 MoE: the
+      // DeepSeek debug flavor routes by softmax, which HF's DeepseekV3 cannot).
+      auto export_hf = [&](const config::JobConfig& c, const std::string& name) {
+        const auto hf = dir.file(name);
+        ChildProcess p({troupe_binary(), "checkpoint", "export", "--hf", hf, "--checkpoint",
+                        checkpoint::checkpoint_folder(c)});
+        std::string out;
+        const int code = p.wait(120, out);
+        INFO(out);
+        REQUIRE(code == 0);
+        return checkpoint::read_safetensors(hf + "/model.safetensors");
+      };
+      const auto hf_ep = family == "qwen3_moe" ? export_hf(cfg, "hf_ep4") : checkpoint::TensorMap{};
+      const auto hf_one = family == "qwen3_moe" ? export_hf(one_cfg, "hf_one") : checkpoint::TensorMap{};
+      REQUIRE(hf_ep.size() == hf_one.size());
+      for (const auto& [name, t] : hf_one) {
+        INFO(name);
+        REQUIRE(hf_ep.count(name) == 1);
+        CHECK(at::allclose(hf_ep.at(name).to(at::kFloat), t.to(at::kFloat), 1e-2, 1e-3));  // bf16 exports
+      }
       for (const auto& [to_ranks, to_ep] : {std::pair{2, 2}, std::pair{1, 1}}) {
         auto resumed = moe(dp_job(dir, tokens, to_ranks, 1, "from_ep4_" + std::to_string(to_ranks)), to_ep);
         resumed.checkpoint.initial_load_path = checkpoint::checkpoint_folder(cfg) + "/step-5";
