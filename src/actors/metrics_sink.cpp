@@ -45,6 +45,14 @@ std::string moe_summary(const train::StepStats& s) {
   double busiest = -1, aux = 0;
   bool any_aux = false;
   std::string where;
+  // Expert parallelism: the busiest ep rank's rows against the mean, and the bytes moved.
+  double rank_rows_max = 0, rank_rows_sum = 0, bytes = 0;
+  int ep_ranks = 0;
+  for (const auto& [name, value] : s.aux) {
+    if (!name.starts_with("ep.rank")) continue;
+    if (name.ends_with(".tokens")) rank_rows_max = std::max(rank_rows_max, value), rank_rows_sum += value, ++ep_ranks;
+    if (name.ends_with(".all_to_all_bytes")) bytes += value;
+  }
   for (const auto& [name, value] : s.aux) {
     if (name.ends_with(share) && value > busiest) {
       busiest = value;
@@ -59,6 +67,11 @@ std::string moe_summary(const train::StepStats& s) {
   std::string out = line;
   if (any_aux) {
     std::snprintf(line, sizeof line, "  aux_loss: %.4f", aux);
+    out += line;
+  }
+  if (ep_ranks > 0 && rank_rows_sum > 0) {
+    std::snprintf(line, sizeof line, "  ep: busiest rank %.2fx mean, all-to-all %.1f MB",
+                  rank_rows_max * ep_ranks / rank_rows_sum, 2 * bytes / 1e6);
     out += line;
   }
   return out;
