@@ -8,6 +8,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -25,19 +26,24 @@ class RankGroup {
   // In place over every rank: the sum, or the maximum.
   virtual void all_reduce(at::Tensor& t, bool max) = 0;
 
-  // A transfer around the ring of ranks, running while the caller computes.
-  class RingTransfer {
+  // A transfer between ranks, running while the caller computes.
+  class Transfer {
    public:
-    virtual ~RingTransfer() = default;
-    // What the previous rank (rank - 1 mod size) sent, shaped as what this rank sent.
+    virtual ~Transfer() = default;
+    // What this rank received.
     virtual at::Tensor wait() = 0;
   };
-  // Sends `t` to the next rank (rank + 1 mod size) and receives the previous rank's.
-  virtual std::unique_ptr<RingTransfer> ring_shift(const at::Tensor& t) = 0;
-  // Rows of `in` [rows, ...], in rank order, send_rows[r] of them to rank r; returns the rows
-  // received, recv_rows[r] from rank r, in rank order (expert parallelism's dispatch).
-  virtual at::Tensor all_to_all(const at::Tensor& in, const std::vector<int64_t>& send_rows,
-                                const std::vector<int64_t>& recv_rows) = 0;
+  // Sends `t` to the next rank (rank + 1 mod size) and receives the previous rank's (shaped as
+  // what this rank sent).
+  virtual std::unique_ptr<Transfer> ring_shift(const at::Tensor& t) = 0;
+  // Rows of `in` [rows, ...], in rank order, send_rows[r] of them to rank r; receives the rows
+  // recv_rows[r] from rank r, in rank order (expert parallelism's dispatch and combine).
+  virtual std::unique_ptr<Transfer> start_all_to_all(const at::Tensor& in, const std::vector<int64_t>& send_rows,
+                                                     const std::vector<int64_t>& recv_rows) = 0;
+  at::Tensor all_to_all(const at::Tensor& in, const std::vector<int64_t>& send_rows,
+                        const std::vector<int64_t>& recv_rows) {
+    return start_all_to_all(in, send_rows, recv_rows)->wait();
+  }
 };
 using RankGroupPtr = std::shared_ptr<RankGroup>;
 
@@ -49,7 +55,10 @@ at::Tensor gather_sequence(const at::Tensor& x, RankGroup& group);
 // the sum over the ranks; its gradient is the all-gather of the incoming one.
 at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group);
 // RankGroup::all_to_all, differentiable: the gradient goes back the same way, counts swapped.
+// `between` (may be empty) runs while the rows travel: what the caller can compute meanwhile
+// (the shared experts), recorded by autograd as usual.
 at::Tensor exchange_rows(const at::Tensor& x, const std::vector<int64_t>& send_rows,
-                         const std::vector<int64_t>& recv_rows, RankGroup& group);
+                         const std::vector<int64_t>& recv_rows, RankGroup& group,
+                         const std::function<void()>& between = {});
 
 }  // namespace troupe::models

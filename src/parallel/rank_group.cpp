@@ -6,9 +6,9 @@ namespace troupe::parallel {
 
 namespace {
 
-class Transfer : public models::RankGroup::RingTransfer {
+class PendingWork : public models::RankGroup::Transfer {
  public:
-  Transfer(comm::WorkPtr work, at::Tensor received) : work_(std::move(work)), received_(std::move(received)) {}
+  PendingWork(comm::WorkPtr work, at::Tensor received) : work_(std::move(work)), received_(std::move(received)) {}
   at::Tensor wait() override {
     work_->wait();
     return received_;
@@ -42,22 +42,23 @@ class CommunicatorGroup : public models::RankGroup {
     if (!t.is_contiguous()) throw std::invalid_argument("rank-group all-reduce: a contiguous tensor is needed");
     c_->all_reduce(t, max ? comm::ReduceOp::max : comm::ReduceOp::sum)->wait();
   }
-  std::unique_ptr<RingTransfer> ring_shift(const at::Tensor& t) override {
+  std::unique_ptr<models::RankGroup::Transfer> ring_shift(const at::Tensor& t) override {
     auto out = t.contiguous();
     auto in = at::empty_like(out);
     const int n = size(), r = rank();
     auto work = c_->send_recv(out, (r + 1) % n, in, (r + n - 1) % n);
-    return std::make_unique<Transfer>(std::move(work), std::move(in));
+    return std::make_unique<PendingWork>(std::move(work), std::move(in));
   }
-  at::Tensor all_to_all(const at::Tensor& in, const std::vector<int64_t>& send_rows,
-                        const std::vector<int64_t>& recv_rows) override {
+  std::unique_ptr<models::RankGroup::Transfer> start_all_to_all(const at::Tensor& in,
+                                                                const std::vector<int64_t>& send_rows,
+                                                                const std::vector<int64_t>& recv_rows) override {
     auto src = in.contiguous();
     auto shape = src.sizes().vec();
     shape[0] = 0;
     for (auto n : recv_rows) shape[0] += n;
     auto out = at::empty(shape, src.options());
-    c_->all_to_all(out, recv_rows, src, send_rows)->wait();
-    return out;
+    auto work = c_->all_to_all(out, recv_rows, src, send_rows);
+    return std::make_unique<PendingWork>(std::move(work), std::move(out));
   }
 
  private:

@@ -91,6 +91,34 @@ int expert_share(const config::JobConfig& cfg, int64_t ep, int64_t rounds) {
       },
       rounds);
 
+  // The shared experts beside the routed ones: after the exchange, or while the copies travel.
+  Timing serial, overlapped, shared_alone;
+  const bool has_shared = a.num_shared_experts > 0;
+  if (has_shared) {
+    models::FeedForward shared(a.dim, a.num_shared_experts * a.moe_inter_dim, bf16, nullptr);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& w : shared.parameters()) w.normal_(0, 0.02);
+    }
+    auto run = [&](bool overlap) {
+      auto x = flat.detach().requires_grad_(true);
+      at::Tensor s;
+      auto compute = [&] { s = shared.forward(x); };
+      if (!overlap) compute();
+      auto y = models::routed_over_ranks(x, p, rank_experts, false, *group, nullptr,
+                                         overlap ? std::function<void()>(compute) : std::function<void()>());
+      (y.sum() + s.sum()).backward();
+    };
+    serial = time_work([&] { run(false); }, rounds);
+    overlapped = time_work([&] { run(true); }, rounds);
+    shared_alone = time_work(
+        [&] {
+          auto x = flat.detach().requires_grad_(true);
+          shared.forward(x).sum().backward();
+        },
+        rounds);
+  }
+
   const double share = whole.ms / static_cast<double>(ep);
   std::printf("| what | ms | x (whole / ep) | peak GiB |\n|---|---|---|---|\n");
   std::printf("| whole: %lld experts over %lld tokens | %.2f | %.3f | %.2f |\n", static_cast<long long>(E),
@@ -108,6 +136,10 @@ int expert_share(const config::JobConfig& cfg, int64_t ep, int64_t rounds) {
   std::printf("the rank's grouped GEMMs / (whole / ep) = %.3f; the dispatch and combine add %.2f ms (%.1f%% of the "
               "rank's path) on the compute stream\n",
               rank_gemms.ms / share, path.ms - rank_gemms.ms, 100.0 * (path.ms - rank_gemms.ms) / path.ms);
+  if (has_shared)
+    std::printf("with the %lld shared experts (%.2f ms alone): %.2f ms computed after the dispatch, %.2f ms while it "
+                "travels (replicas: the copies are device-to-device on a side stream, not a link)\n",
+                static_cast<long long>(a.num_shared_experts), shared_alone.ms, serial.ms, overlapped.ms);
   return 0;
 }
 

@@ -61,7 +61,8 @@ at::Tensor GroupedExperts::forward(const at::Tensor& flat, const kernels::Permut
 }
 
 at::Tensor routed_over_ranks(const at::Tensor& flat, const kernels::Permutation& p, const GroupedExperts& experts,
-                             bool recompute, RankGroup& group, AuxValues* aux) {
+                             bool recompute, RankGroup& group, AuxValues* aux,
+                             const std::function<void()>& while_dispatched) {
   const int64_t n = group.size(), all = p.counts.numel(), local = all / n;
   std::vector<int64_t> every(static_cast<size_t>(n), local);
   // Each rank learns how many copies every peer sends each of its experts: [n, local].
@@ -76,7 +77,7 @@ at::Tensor routed_over_ranks(const at::Tensor& flat, const kernels::Permutation&
     }
   // The copies grouped by expert are grouped by the rank holding it: they go out in that order and
   // arrive by source rank, then expert; regrouped by this rank's expert for the grouped GEMMs.
-  const auto arrived = exchange_rows(kernels::permute(flat, p), send, recv, group);
+  const auto arrived = exchange_rows(kernels::permute(flat, p), send, recv, group, while_dispatched);
   const auto expert_of_row = at::arange(local, incoming.options()).repeat({n}).repeat_interleave(incoming.reshape({-1}));
   const auto by_expert = kernels::permutation(expert_of_row.reshape({-1, 1}), incoming.sum(0));
   const auto computed = experts.forward(arrived, by_expert, recompute);
@@ -112,10 +113,17 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
   // The token copies grouped by expert, through the experts, weighted and added back per token.
   const auto perm = kernels::permutation(r.experts, r.counts);
   const bool recompute = recipe.op != kernels::InputRecipe::Op::none;
-  const auto routed = ep ? routed_over_ranks(flat, perm, *experts, recompute, *ep, batch.aux)
+  // Under expert parallelism the shared experts compute while the copies travel.
+  at::Tensor shared;
+  std::function<void()> compute_shared;
+  if (shared_experts) compute_shared = [&] { shared = shared_experts->forward(flat, recipe); };
+  const auto routed = ep ? routed_over_ranks(flat, perm, *experts, recompute, *ep, batch.aux, compute_shared)
                         : experts->forward(flat, perm, recompute);
   auto out = kernels::unpermute(routed, r.weights, perm);
-  if (shared_experts) out = out + shared_experts->forward(flat, recipe);
+  if (shared_experts) {
+    if (!shared.defined()) compute_shared();
+    out = out + shared;
+  }
   out = out.view(shape);
 
   if (batch.aux)

@@ -8,6 +8,7 @@
 #pragma once
 #include <torch/nn/module.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -67,9 +68,11 @@ class GroupedExperts : public torch::nn::Module {
 // experts.forward would over all the experts. The counts per expert go first (one host sync).
 // With `aux`, reports the rows this rank's experts computed and the bytes it sent and received,
 // per ep rank ("ep.rank<r>.tokens", "ep.rank<r>.all_to_all_bytes": the forward's; the backward
-// moves as many again).
+// moves as many again). `while_dispatched` (may be empty) runs while the copies travel to
+// their experts (the block's shared experts).
 at::Tensor routed_over_ranks(const at::Tensor& flat, const kernels::Permutation& p, const GroupedExperts& experts,
-                             bool recompute, RankGroup& group, AuxValues* aux);
+                             bool recompute, RankGroup& group, AuxValues* aux,
+                             const std::function<void()>& while_dispatched = {});
 
 class MoE : public torch::nn::Module {
  public:

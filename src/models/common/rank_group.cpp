@@ -53,25 +53,32 @@ struct ScatterSequenceSum : torch::autograd::Function<ScatterSequenceSum> {
   }
 };
 
+// The rows were sent before the call (so that the caller computes while they travel): the
+// forward waits for them; the backward sends the gradient back the same way, counts swapped.
 struct ExchangeRows : torch::autograd::Function<ExchangeRows> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, std::vector<int64_t> send_rows,
-                            std::vector<int64_t> recv_rows, int64_t group) {
+                            std::vector<int64_t> recv_rows, int64_t group, int64_t pending) {
+    (void)x;
     ctx->saved_data["group"] = group;
     ctx->saved_data["send"] = send_rows;
     ctx->saved_data["recv"] = recv_rows;
-    return reinterpret_cast<RankGroup*>(group)->all_to_all(x, send_rows, recv_rows);
+    return reinterpret_cast<RankGroup::Transfer*>(pending)->wait();
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto send = ctx->saved_data["send"].toIntVector(), recv = ctx->saved_data["recv"].toIntVector();
-    return {group_of(ctx).all_to_all(grads[0].contiguous(), recv, send), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {group_of(ctx).all_to_all(grads[0].contiguous(), recv, send), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
 }  // namespace
 
 at::Tensor exchange_rows(const at::Tensor& x, const std::vector<int64_t>& send_rows,
-                         const std::vector<int64_t>& recv_rows, RankGroup& group) {
-  return ExchangeRows::apply(x, send_rows, recv_rows, reinterpret_cast<int64_t>(&group));
+                         const std::vector<int64_t>& recv_rows, RankGroup& group, const std::function<void()>& between) {
+  auto pending = group.start_all_to_all(x.detach(), send_rows, recv_rows);
+  if (between) between();
+  return ExchangeRows::apply(x, send_rows, recv_rows, reinterpret_cast<int64_t>(&group),
+                             reinterpret_cast<int64_t>(pending.get()));
 }
 
 at::Tensor gather_sequence(const at::Tensor& x, RankGroup& group) {
