@@ -34,7 +34,9 @@ case "${PHASE:-tests}" in
   cprank)
     # One cp rank's share of the whole model (8B blocks x 16 layers, seq 131072, cp 8; replicas
     # stand in for the other 7 ranks, FSDP over dp_shard x cp = 8).
-    for run in ${RUNS:-"allgather causal" "ring causal" "allgather block_causal"}; do
+    # RUNS: "method mask" pairs, comma-separated.
+    IFS=, read -ra runs <<< "${RUNS:-allgather causal,ring causal,allgather block_causal}"
+    for run in "${runs[@]}"; do
       set -- $run
       echo "== cp 8, $1, $2" | tee -a "$out/cprank.log"
       timeout 300 $bench step-profile --config configs/llama3_debug.toml --model.flavor 8B --model.n_layers 16 \
