@@ -1718,6 +1718,20 @@ TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Q
       }
     }
   }
+  SECTION("cp 2 x ep 2 (the ep group is the cp group) and hsdp 2 x ep 2") {
+    auto cp = moe(dp_job(dir, tokens, 1, 1, "cp_ep"), 2);
+    cp.job.local_ranks = 2;
+    cp.parallelism.context_parallel_degree = 2;
+    cp.parallelism.context_parallel_rotate_method = "ring";
+    const auto hsdp = moe(dp_job(dir, tokens, 4, 2, "hsdp_ep"), 2);
+    for (const auto& cfg : {cp, hsdp}) {
+      INFO(cfg.job.dump_folder);
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      check_same_run(run, one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
   SECTION("pp 2 x ep 2 (ZBVZeroBubble: the backward's halves each pass the all-to-alls)") {
     auto cfg = moe(pp_job(dir, tokens, 4, 2, "ZBVZeroBubble", "pp_ep"), 2);
     cfg.validation.enable = false;
