@@ -1359,16 +1359,22 @@ TEST_CASE("gloo communicator: ranks that disagree on a collective's size end wit
 }
 
 TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 ranks, with FSDP and with a pipeline, "
-          "trains as one rank does",
+          "trains Llama 3, Qwen3 and Qwen3 MoE as one rank does",
           "[parallel]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir);
-  const std::string family = GENERATE(std::string("llama3"), std::string("qwen3"));
+  const std::string family = GENERATE(std::string("llama3"), std::string("qwen3"), std::string("qwen3_moe"));
   INFO(family);
   auto with_family = [&](config::JobConfig c) {
     c.model.name = family;
     c.model.dimensions = {{"n_layers", "4", "test"}};
     if (family == "qwen3") c.model.dimensions.push_back({"n_kv_heads", "4", "test"});  // GQA: 16 q heads over 4
+    // The experts' hidden width split over tp, every tp rank routing the whole sequence; the
+    // sequence-wise balance loss (the same whichever rank holds a sequence) and the bias moving.
+    if (family == "qwen3_moe")
+      for (const auto& [key, value] : {std::pair{"aux_loss_coeff", "0.01"}, {"aux_loss_per_sequence", "true"},
+                                       {"load_balance_coeff", "0.01"}})
+        c.model.dimensions.push_back({key, value, "test"});
     c.training.steps = 10;
     c.checkpoint.interval = 5;
     c.validation.enable = false;
@@ -1558,9 +1564,14 @@ TEST_CASE("tensor parallelism: a degree that does not divide the heads, or a fam
   CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
                     Catch::Contains("training.seq_len = 33 must be a multiple of parallelism.tensor_parallel_degree"));
   c.training.seq_len = 32;
-  c.model.name = "qwen3_moe";
+  c.model.name = "deepseek_v3";
   CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
-                    Catch::Contains("tensor parallelism of mixture-of-experts blocks is not implemented yet"));
+                    Catch::Contains("tensor parallelism of multi-head latent attention (DeepSeek V3) is not implemented yet"));
+  c.model.name = "qwen3_moe";
+  c.parallelism.expert_parallel_degree = 2;
+  CHECK_THROWS_WITH(train::check_layout(c, 4, *train::job_model(c)),
+                    Catch::Contains("tensor_parallel_degree > 1") && Catch::Contains("etp) is not implemented yet"));
+  c.parallelism.expert_parallel_degree = 1;
   CHECK_THROWS_WITH(config::load_job_config("", {{"parallelism.enable_async_tensor_parallel", "true"}}),
                     Catch::Contains("asynchronous tensor parallelism is not implemented yet"));
 

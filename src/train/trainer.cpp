@@ -84,6 +84,9 @@ void check_layout(const config::JobConfig& cfg, int world, const models::Archite
   if (const auto problem = model.context_parallel_problem(cp); !problem.empty()) throw std::invalid_argument(problem);
   if (const auto problem = model.expert_parallel_problem(dims.of(parallel::MeshDim::ep)); !problem.empty())
     throw std::invalid_argument(problem);
+  if (dims.of(parallel::MeshDim::ep) > 1 && tp > 1)
+    throw std::invalid_argument("parallelism.expert_parallel_degree with tensor_parallel_degree > 1 (experts split over "
+                                "both, torchtitan's etp) is not implemented yet");
   models::parse_rotate_method(cfg.parallelism.context_parallel_rotate_method);
   if (cp > 1 && seq % (2 * cp))
     throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " must be a multiple of 2 x "

@@ -451,7 +451,8 @@ void DecoderModel::apply_tensor_parallel(RankGroupPtr group) {
   for (size_t i = 1; i + 1 < units_.size(); ++i) {
     auto& b = dynamic_cast<TransformerBlock&>(*units_[i]);
     b.attention->shard(g);
-    b.feed_forward->tp = &g;
+    if (b.feed_forward) b.feed_forward->tp = &g;
+    if (b.moe) b.moe->tp = &g;
   }
   dynamic_cast<HeadUnit&>(*units_.back()).shard(g);
 }
@@ -460,7 +461,6 @@ std::string tensor_parallel_problem(const DecoderArgs& a, int64_t tp) {
   if (tp <= 1) return {};
   const auto degree = "parallelism.tensor_parallel_degree = " + std::to_string(tp);
   if (a.mla()) return degree + ": tensor parallelism of multi-head latent attention (DeepSeek V3) is not implemented yet";
-  if (a.num_experts > 0) return degree + ": tensor parallelism of mixture-of-experts blocks is not implemented yet";
   if (a.mtp_layers > 0) return degree + ": tensor parallelism with multi-token prediction is not implemented yet";
   auto must_divide = [&](const char* what, int64_t value) -> std::string {
     if (value % tp == 0) return {};
@@ -468,6 +468,7 @@ std::string tensor_parallel_problem(const DecoderArgs& a, int64_t tp) {
   };
   for (const auto& problem : {must_divide("n_heads", a.n_heads), must_divide("n_kv_heads", a.n_kv_heads),
                               must_divide("feed-forward hidden size", a.ffn_hidden_dim),
+                              must_divide("moe_inter_dim", a.num_experts > 0 ? a.moe_inter_dim : 0),
                               must_divide("vocab_size", a.vocab_size)})
     if (!problem.empty()) return problem;
   return {};

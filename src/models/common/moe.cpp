@@ -105,9 +105,10 @@ MoE::MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::Weight
 
 at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t layer,
                         const kernels::InputRecipe& recipe) const {
-  const auto shape = x.sizes().vec();
+  const auto whole = tp ? gather_sequence(x, *tp) : x;
+  const auto shape = whole.sizes().vec();
   const auto dim = shape.back();
-  const auto flat = x.reshape({-1, dim});
+  const auto flat = whole.reshape({-1, dim});
   const auto r = route(router->gate->forward(flat), args_.load_balance_coeff > 0 ? expert_bias : at::Tensor(), args_);
 
   // The token copies grouped by expert, through the experts, weighted and added back per token.
@@ -125,6 +126,7 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
     out = out + shared;
   }
   out = out.view(shape);
+  if (tp) out = scatter_sequence_sum(out, *tp);
 
   if (batch.aux)
     batch.aux->add("moe.layers." + std::to_string(layer) + ".tokens_per_expert", r.counts.to(at::kFloat));
@@ -136,7 +138,9 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
     const auto loss =
         load_balancing_loss(r, args_.num_experts, sequences) / static_cast<double>(args_.moe_blocks());
     if (batch.aux) batch.aux->add("moe.layers." + std::to_string(layer) + ".aux_loss", loss);
-    if (differentiated) out = WithAuxLoss::apply(out, loss, args_.aux_loss_coeff * batch.loss_scale);
+    // Every tp rank computes the same loss: each adds its tp-th of the gradient.
+    const double ranks = tp ? static_cast<double>(tp->size()) : 1.0;
+    if (differentiated) out = WithAuxLoss::apply(out, loss, args_.aux_loss_coeff * batch.loss_scale / ranks);
   }
   return out;
 }

@@ -93,6 +93,10 @@ class MoE : public torch::nn::Module {
   // Expert parallelism: `experts` holds rank r's share of the routed experts (the r-th
   // num_experts / size of them) and every token copy travels to its expert's rank and back.
   RankGroup* ep = nullptr;
+  // Tensor parallelism: the routed and shared experts hold this rank's part of their hidden
+  // width; the block gathers the sequence, routes all of it (alike on every tp rank) and adds
+  // its partial sums up as each rank takes its part of the sequence back.
+  RankGroup* tp = nullptr;
 
  private:
   DecoderArgs args_;
