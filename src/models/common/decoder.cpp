@@ -151,9 +151,12 @@ class LatentAttention : public AttentionModule {
 
   at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const UnitBatch& batch,
                      const kernels::InputRecipe& recipe) const override {
-    const auto B = x.size(0), S = x.size(1), H = a_.n_heads;
+    // Under tensor parallelism: the whole sequence, this rank's heads.
+    const auto whole = tp ? gather_sequence(x, *tp) : x;
+    const auto B = whole.size(0), S = whole.size(1), H = a_.n_heads / (tp ? tp->size() : 1);
     const auto nope = a_.qk_nope_head_dim, pe = a_.qk_rope_head_dim, latent = a_.kv_lora_rank;
-    auto first = kernels::linear_group(x, {wq ? wq->weight : wq_a->weight, wkv_a->weight}, recipe, services);
+    auto first = kernels::linear_group(whole, {wq ? wq->weight : wq_a->weight, wkv_a->weight}, tp ? kernels::InputRecipe{} : recipe,
+                                       services);
     auto q = wq ? first[0] : wq_b->forward(q_norm->forward(first[0]));
     q = q.view({B, S, H, nope + pe});
     const auto [cos, sin] = rotary_rows(rope, batch.positions);
@@ -164,7 +167,8 @@ class LatentAttention : public AttentionModule {
     const auto key = at::cat({kv.narrow(-1, 0, nope), k_pe.expand({B, S, H, pe})}, -1);
     const auto value = kv.narrow(-1, nope, a_.v_head_dim);
     auto out = attend(query, key, value, a_.attention_scale(), batch, cp);
-    return wo->forward(out.reshape({B, S, H * a_.v_head_dim}));
+    const auto y = wo->forward(out.reshape({B, S, H * a_.v_head_dim}));
+    return tp ? scatter_sequence_sum(y, *tp) : y;
   }
 
   void init(const std::function<void(at::Tensor&, double)>& normal, double out_std) override {
@@ -175,13 +179,15 @@ class LatentAttention : public AttentionModule {
     kv_norm->weight.fill_(1.0);
   }
 
-  void shard(RankGroup&) override {
-    throw std::invalid_argument("tensor parallelism of multi-head latent attention is not implemented yet");
-  }
+  // Tensor parallelism: this rank's heads in wq's (or wq_b's) and wkv_b's rows and wo's columns;
+  // the latents (wq_a, wkv_a and their norms) are whole on every rank, each rank's gradient of
+  // them partial (summed with the norms').
+  void shard(RankGroup& group) override { tp = &group; }
 
   std::shared_ptr<Projection> wq, wq_a, wq_b, wkv_a, wkv_b, wo;  // wq, or wq_a and wq_b
   std::shared_ptr<RMSNorm> q_norm, kv_norm;
   const kernels::WeightServices* services;
+  RankGroup* tp = nullptr;  // set by shard()
 
  private:
   DecoderArgs a_;
@@ -460,13 +466,13 @@ void DecoderModel::apply_tensor_parallel(RankGroupPtr group) {
 std::string tensor_parallel_problem(const DecoderArgs& a, int64_t tp) {
   if (tp <= 1) return {};
   const auto degree = "parallelism.tensor_parallel_degree = " + std::to_string(tp);
-  if (a.mla()) return degree + ": tensor parallelism of multi-head latent attention (DeepSeek V3) is not implemented yet";
   if (a.mtp_layers > 0) return degree + ": tensor parallelism with multi-token prediction is not implemented yet";
   auto must_divide = [&](const char* what, int64_t value) -> std::string {
     if (value % tp == 0) return {};
     return degree + " does not divide the model's " + what + " (" + std::to_string(value) + ")";
   };
-  for (const auto& problem : {must_divide("n_heads", a.n_heads), must_divide("n_kv_heads", a.n_kv_heads),
+  // Latent attention has no k/v heads of its own: its k and v come per head from the latent.
+  for (const auto& problem : {must_divide("n_heads", a.n_heads), must_divide("n_kv_heads", a.mla() ? 0 : a.n_kv_heads),
                               must_divide("feed-forward hidden size", a.ffn_hidden_dim),
                               must_divide("moe_inter_dim", a.num_experts > 0 ? a.moe_inter_dim : 0),
                               must_divide("vocab_size", a.vocab_size)})

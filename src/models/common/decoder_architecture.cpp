@@ -65,8 +65,10 @@ DecoderArchitecture::DecoderArchitecture(const DecoderArgs& args) : args_(args) 
 
 ShardingPlan DecoderArchitecture::sharding_plan() const {
   ShardingPlan plan;
-  for (const char* colwise : {"attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "feed_forward.w1.weight",
-                              "feed_forward.w3.weight", "tok_embeddings.weight", "output.weight"})
+  // Latent attention: wq (or wq_b) and wkv_b by heads, as wq; its latents' projections whole.
+  for (const char* colwise : {"attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wq_b.weight",
+                              "attention.wkv_b.weight", "feed_forward.w1.weight", "feed_forward.w3.weight",
+                              "tok_embeddings.weight", "output.weight"})
     plan.tensor_parallel.push_back({colwise, 0});
   for (const char* rowwise : {"attention.wo.weight", "feed_forward.w2.weight"}) plan.tensor_parallel.push_back({rowwise, 1});
   if (args_.num_experts > 0) {
