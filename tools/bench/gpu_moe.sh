@@ -41,6 +41,18 @@ elif [ "${PHASE}" = ep ]; then
     grep -E "plain loop|wall|failed|error|out of memory" "$out/ds16b-ep$ep.log" | head -4 | tee -a "$out/ds16b-rank.log"
     python3 tools/bench/kernel_breakdown.py < "$out/ds16b-ep$ep.log" > "$out/breakdown-ds16b-ep$ep.md" 2>/dev/null
   done
+elif [ "${PHASE}" = tp ]; then
+  # Tensor parallelism of the MoE and latent-attention blocks on CUDA: one rank of 8 under FSDP 8,
+  # tp 8 and tp 2 x FSDP 4 (replicas stand in for the others).
+  for layout in "1 1" "8 1" "2 1" "1 8"; do
+    set -- $layout
+    echo "== DeepSeek V3 16B x 4 layers, one rank of 8, tensor_parallel_degree $1, expert_parallel_degree $2" \
+      | tee -a "$out/ds16b-tp.log"
+    timeout 200 build-gpu/troupe_bench step-profile $DS --vocab 129280 --job.device cuda --training.local_batch_size 2 \
+      --training.seq_len 4096 --rank-of 8 --parallelism.tensor_parallel_degree $1 \
+      --parallelism.expert_parallel_degree $2 --warmup 2 --steps 2 2>&1 \
+      | grep -E "plain loop|rank.*failed|error|out of memory" | head -3 | tee -a "$out/ds16b-tp.log"
+  done
 else
   grep -q qwen3_30b_a3b_short .device/torchtitan/anchors.py || cat tools/bench/torchtitan_qwen3_moe_anchor.py >> .device/torchtitan/anchors.py
   bash .device/torchtitan/setup.sh data/kjv/kjv.txt .device > "$out/tt-setup.log" 2>&1
