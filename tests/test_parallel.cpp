@@ -1664,7 +1664,7 @@ TEST_CASE("expert parallelism: a MoE block over 2 and 4 Gloo ranks computes as o
 TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Qwen3 MoE and DeepSeek V3 as one rank "
           "does; an ep 4 checkpoint resumes on ep 2 and on one rank",
           "[parallel]") {
-  // The debug flavors (8 routed experts) cut to 4 blocks, the expert biases moving every step.
+  // The debug flavors (8 routed experts) cut to 4 blocks.
   // Under ep the routed experts' gradients sum every ep rank's tokens (the all-to-all's backward)
   // and are divided by ep: the average over the data-parallel ranks, as the other parameters'.
   const std::string family = GENERATE(std::string("qwen3_moe"), std::string("deepseek_v3"));
@@ -1674,7 +1674,12 @@ TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Q
   auto moe = [&](config::JobConfig c, int64_t ep) {
     c.model.name = family;
     c.model.flavor = "debugmodel";
-    c.model.dimensions = {{"n_layers", "4", "test"}, {"load_balance_coeff", "0.01", "test"}, {"aux_loss_coeff", "0", "test"}};
+    // Both balancing methods: the bias and the sequence-wise loss (the same whichever rank holds a
+    // sequence).
+    c.model.dimensions = {{"n_layers", "4", "test"},
+                          {"load_balance_coeff", "0.01", "test"},
+                          {"aux_loss_coeff", "0.01", "test"},
+                          {"aux_loss_per_sequence", "true", "test"}};
     c.parallelism.expert_parallel_degree = ep;
     c.training.steps = 10;
     c.checkpoint.interval = 5;
@@ -1740,13 +1745,21 @@ TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Q
     cp.job.local_ranks = 2;
     cp.parallelism.context_parallel_degree = 2;
     cp.parallelism.context_parallel_rotate_method = "ring";
+    // A cp rank's balance loss is over its part of each sequence, another loss than one rank's:
+    // off here, and in a one-rank run to compare with.
+    auto one_without = moe(dp_job(dir, tokens, 1, 1, "one_without_loss"), 1);
+    for (auto* c : {&cp, &one_without})
+      for (auto& d : c->model.dimensions)
+        if (d.key == "aux_loss_coeff") d.value = "0";
+    const auto one_cp = run_with_timeout(one_without);
     const auto hsdp = moe(dp_job(dir, tokens, 4, 2, "hsdp_ep"), 2);
-    for (const auto& cfg : {cp, hsdp}) {
+    for (const auto& [cfg, want, want_model] :
+         {std::tuple{cp, one_cp, final_model(one_without)}, std::tuple{hsdp, one, reference}}) {
       INFO(cfg.job.dump_folder);
       const auto run = run_with_timeout(cfg);
       INFO(run.message);
-      check_same_run(run, one);
-      check_same_model(final_model(cfg), reference);
+      check_same_run(run, want);
+      check_same_model(final_model(cfg), want_model);
     }
   }
   SECTION("pp 2 x ep 2 (ZBVZeroBubble: the backward's halves each pass the all-to-alls)") {
