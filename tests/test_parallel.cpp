@@ -1360,7 +1360,7 @@ TEST_CASE("gloo communicator: ranks that disagree on a collective's size end wit
 
 TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 ranks, with FSDP and with a pipeline, "
           "trains Llama 3, Qwen3, Qwen3 MoE and DeepSeek V3 as one rank does",
-          "[parallel]") {
+          "[layouts]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir);
   const std::string family =
@@ -1440,7 +1440,7 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
 TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 2 and 4 ranks, with FSDP, TP, a "
           "pipeline and activation checkpointing, trains and validates as one rank does, and its checkpoints move to "
           "and from one rank",
-          "[parallel]") {
+          "[layouts]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir, short_documents(dir));
   const std::string mask = GENERATE(std::string("causal"), std::string("block_causal"));
@@ -1663,7 +1663,7 @@ TEST_CASE("expert parallelism: a MoE block over 2 and 4 Gloo ranks computes as o
 
 TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Qwen3 MoE and DeepSeek V3 as one rank "
           "does; an ep 4 checkpoint resumes on ep 2 and on one rank",
-          "[parallel]") {
+          "[layouts]") {
   // The debug flavors (8 routed experts) cut to 4 blocks.
   // Under ep the routed experts' gradients sum every ep rank's tokens (the all-to-all's backward)
   // and are divided by ep: the average over the data-parallel ranks, as the other parameters'.
