@@ -1683,7 +1683,7 @@ TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Q
     c.parallelism.expert_parallel_degree = ep;
     c.training.steps = 10;
     c.checkpoint.interval = 5;
-    return c;
+    return with_validation(c, tokens);  // evaluation exchanges tokens too
   };
   const auto one_cfg = moe(dp_job(dir, tokens, 1, 1, "one"), 1);
   const auto one = run_with_timeout(one_cfg);
@@ -1700,6 +1700,7 @@ TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Q
       INFO(run.message);
       check_same_run(run, one);
       check_same_model(final_model(cfg), reference);
+      check_same_validation(cfg, one_cfg);
       // Each ep rank reports the rows its experts computed and the bytes it moved.
       REQUIRE(!run.steps.empty());
       std::map<std::string, double> aux(run.steps.back().aux.begin(), run.steps.back().aux.end());
