@@ -78,18 +78,22 @@ at::Tensor routed_over_ranks(const at::Tensor& flat, const kernels::Permutation&
   // The copies grouped by expert are grouped by the rank holding it: they go out in that order and
   // arrive by source rank, then expert; regrouped by this rank's expert for the grouped GEMMs.
   const auto arrived = exchange_rows(kernels::permute(flat, p), send, recv, group, while_dispatched);
-  const auto expert_of_row = at::arange(local, incoming.options()).repeat({n}).repeat_interleave(incoming.reshape({-1}));
+  int64_t arriving = 0;
+  for (auto r : recv) arriving += r;
+  // With its length given, repeat_interleave needs no second host sync.
+  const auto expert_of_row =
+      at::arange(local, incoming.options()).repeat({n}).repeat_interleave(incoming.reshape({-1}), 0, arriving);
   const auto by_expert = kernels::permutation(expert_of_row.reshape({-1, 1}), incoming.sum(0));
   const auto computed = experts.forward(arrived, by_expert, recompute);
   const auto ones = at::ones({arrived.size(0), 1}, arrived.options().dtype(at::kFloat));
   const auto back = exchange_rows(kernels::unpermute(computed, ones, by_expert), recv, send, group);
   if (aux) {
-    int64_t sent = 0, received = 0;
-    for (int64_t r = 0; r < n; ++r) sent += send[r], received += recv[r];
+    int64_t sent = 0;
+    for (auto r : send) sent += r;
     const auto prefix = "ep.rank" + std::to_string(group.rank());
     const double row_bytes = static_cast<double>(flat.size(1) * flat.element_size());
-    aux->add(prefix + ".tokens", at::full({}, static_cast<double>(received), at::kDouble));
-    aux->add(prefix + ".all_to_all_bytes", at::full({}, 2.0 * static_cast<double>(sent + received) * row_bytes, at::kDouble));
+    aux->add(prefix + ".tokens", at::full({}, static_cast<double>(arriving), at::kDouble));
+    aux->add(prefix + ".all_to_all_bytes", at::full({}, 2.0 * static_cast<double>(sent + arriving) * row_bytes, at::kDouble));
   }
   return back;
 }
