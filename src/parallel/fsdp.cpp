@@ -95,70 +95,70 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
     : options_(std::move(options)) {
   std::unordered_map<const void*, std::string> name_of;
   for (const auto& [name, t] : names) name_of[t.unsafeGetTensorImpl()] = name;
-  torch::NoGradGuard no_grad;
   // A diagnostic switch (TROUPE_FSDP_GRADIENT_SINKS=0): every gradient then comes from autograd
   // and is widened into place, as before the sinks, to tell their cost or a fault apart on GPUs.
   const char* sinks_env = std::getenv("TROUPE_FSDP_GRADIENT_SINKS");
   sinks_ = !sinks_env || std::string(sinks_env) != "0";
   for (size_t m = 0; m < units.size(); ++m) {
-    const auto& module = units[m];
     std::vector<at::Tensor> dense, experts;
-    for (auto& p : module->parameters())
+    for (auto& p : units[m]->parameters())
       (options_.experts.parameters.contains(p.unsafeGetTensorImpl()) ? experts : dense).push_back(p);
     parts_.emplace_back();
-    for (int part = 0; part < 2; ++part) {
-      const bool expert_part = part == 1;
-      auto& params = expert_part ? experts : dense;
-      if (expert_part && params.empty()) continue;
-      auto u = std::make_unique<Unit>();
-      u->shard = expert_part ? options_.experts.shard : options_.shard;
-      if (u->shard) {
-        u->shard_rank = u->shard->rank();
-        u->shard_size = u->shard->size();
-      }
-      u->divide = expert_part ? options_.experts.ep : 1;
-      const int64_t S = u->shard_size;
-      for (auto& p : params) {
-        Unit::Param q;
-        q.module_param = p;
-        q.rows = p.dim() == 0 ? 1 : p.size(0);
-        q.row_numel = q.rows == 0 ? 0 : p.numel() / q.rows;
-        q.chunk_rows = ceil_div(q.rows, S);
-        q.shard_offset = u->shard_numel;
-        q.full_offset = u->full_numel;
-        u->shard_numel += q.chunk_numel();
-        u->full_numel += S * q.chunk_numel();
-        u->even = u->even && q.rows == S * q.chunk_rows;
-        u->params.push_back(q);
-      }
-      const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
-      const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
-      u->master = at::zeros({u->shard_numel}, f32);
-      u->full = at::empty({u->full_numel}, f32.dtype(options_.compute_dtype));
-      for (auto& q : u->params) {
-        const auto& p = q.module_param;
-        const auto it = name_of.find(p.unsafeGetTensorImpl());
-        if (it == name_of.end()) throw std::logic_error("FSDP: a unit parameter is not among the model's parameters");
-        const auto [first, mine] = q.rows_of(u->shard_rank);
-        auto chunk = u->master.narrow(0, q.shard_offset, q.chunk_rows * q.row_numel).view({q.chunk_rows, q.row_numel});
-        if (mine > 0) chunk.narrow(0, 0, mine).copy_(p.reshape({q.rows, q.row_numel}).narrow(0, first, mine));
-        std::vector<int64_t> chunk_shape = p.sizes().vec();
-        if (!chunk_shape.empty()) chunk_shape[0] = mine;
-        ParameterShard shard{it->second, p.sizes().vec(), u->shard_rank, S, m,
-                             u->master.narrow(0, q.shard_offset, mine * q.row_numel).view(chunk_shape)};
-        q.shard = shards_.size();
-        shards_.push_back(std::move(shard));
-        // The module computes with a view of the gathered buffer from now on.
-        q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
-        if (sinks_) gradient_sinks_.add(q.module_param);
-      }
-      free_storage(u->full);
-      u->lookup = !expert_part && S > 1 && params.size() == 1 && module->lookup_table().defined();
-      parts_.back().push_back(units_.size());
-      units_.push_back(std::move(u));
-    }
+    add_unit(dense, options_.shard, 1, m, name_of);
+    first_part(m).lookup = first_part(m).shard_size > 1 && dense.size() == 1 && units[m]->lookup_table().defined();
+    if (!experts.empty()) add_unit(experts, options_.experts.shard, options_.experts.ep, m, name_of);
   }
   for (const auto& [user, owner] : options_.borrows) first_part(owner).lookup = false;  // tied: dense
+}
+
+void ShardedUnits::add_unit(const std::vector<at::Tensor>& params, comm::CommunicatorPtr shard, int64_t divide,
+                            size_t module, const std::unordered_map<const void*, std::string>& name_of) {
+  torch::NoGradGuard no_grad;
+  auto u = std::make_unique<Unit>();
+  u->shard = std::move(shard);
+  if (u->shard) {
+    u->shard_rank = u->shard->rank();
+    u->shard_size = u->shard->size();
+  }
+  u->divide = divide;
+  const int64_t S = u->shard_size;
+  for (const auto& p : params) {
+    Unit::Param q;
+    q.module_param = p;
+    q.rows = p.dim() == 0 ? 1 : p.size(0);
+    q.row_numel = q.rows == 0 ? 0 : p.numel() / q.rows;
+    q.chunk_rows = ceil_div(q.rows, S);
+    q.shard_offset = u->shard_numel;
+    q.full_offset = u->full_numel;
+    u->shard_numel += q.chunk_numel();
+    u->full_numel += S * q.chunk_numel();
+    u->even = u->even && q.rows == S * q.chunk_rows;
+    u->params.push_back(q);
+  }
+  const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
+  u->master = at::zeros({u->shard_numel}, f32);
+  u->full = at::empty({u->full_numel}, f32.dtype(options_.compute_dtype));
+  for (auto& q : u->params) {
+    const auto& p = q.module_param;
+    const auto it = name_of.find(p.unsafeGetTensorImpl());
+    if (it == name_of.end()) throw std::logic_error("FSDP: a unit parameter is not among the model's parameters");
+    const auto [first, mine] = q.rows_of(u->shard_rank);
+    auto chunk = u->master.narrow(0, q.shard_offset, q.chunk_rows * q.row_numel).view({q.chunk_rows, q.row_numel});
+    if (mine > 0) chunk.narrow(0, 0, mine).copy_(p.reshape({q.rows, q.row_numel}).narrow(0, first, mine));
+    std::vector<int64_t> chunk_shape = p.sizes().vec();
+    if (!chunk_shape.empty()) chunk_shape[0] = mine;
+    ParameterShard piece{it->second, p.sizes().vec(), u->shard_rank, S, module,
+                         u->master.narrow(0, q.shard_offset, mine * q.row_numel).view(chunk_shape)};
+    q.shard = shards_.size();
+    shards_.push_back(std::move(piece));
+    // The module computes with a view of the gathered buffer from now on.
+    q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
+    if (sinks_) gradient_sinks_.add(q.module_param);
+  }
+  free_storage(u->full);
+  parts_.at(module).push_back(units_.size());
+  units_.push_back(std::move(u));
 }
 
 template <class F>

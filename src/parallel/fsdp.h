@@ -14,6 +14,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -120,6 +121,10 @@ class ShardedUnits : public parallel::UnitHooks {
   void wait_unit(size_t unit);
   void free_unit(size_t unit);
   Unit& first_part(size_t unit) { return *units_.at(parts_.at(unit).front()); }
+  // A Unit of `params` (of model unit `module`) sharded over `shard`, its gradients' average
+  // divided by `divide` as well.
+  void add_unit(const std::vector<at::Tensor>& params, comm::CommunicatorPtr shard, int64_t divide, size_t module,
+                const std::unordered_map<const void*, std::string>& name_of);
   void gather(Unit& u);
   at::Tensor send_buffer(Unit& u);
   // The grouped collectives' operands: every parameter's place in a buffer of the gathered layout
