@@ -11,6 +11,7 @@
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
+#include "kernels/dense_block_attention.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/gradient_sink.h"
 #include "kernels/moe_ops.h"
@@ -1018,6 +1019,51 @@ TEST_CASE("flash attention over the mask's segments on CUDA matches the masked a
     CHECK(rel(dq, want[1]) < 1e-2);
     CHECK(rel(dk, want[2]) < 1e-2);
     CHECK(rel(dv, want[3]) < 1e-2);
+  }
+}
+
+TEST_CASE("query runs: a context-parallel rank's chunks are runs of consecutive positions; keys past the end give "
+          "none; runs that do not cover the queries are refused",
+          "[kernels]") {
+  const auto q_pos = torch::cat({torch::arange(8, 16), torch::arange(48, 56)});
+  const auto runs = kernels::query_runs(q_pos, 64);
+  REQUIRE(runs.size() == 2);
+  CHECK((runs[0].first == 0 && runs[0].rows == 8 && runs[0].position == 8));
+  CHECK((runs[1].first == 8 && runs[1].rows == 8 && runs[1].position == 48));
+  CHECK(kernels::query_runs(torch::arange(56, 72), 64).empty());
+  CHECK_THROWS_WITH(kernels::dense_block_attention(torch::zeros({1, 4, 2, 8}), torch::zeros({1, 8, 2, 8}),
+                                                   torch::zeros({1, 8, 2, 8}), {{0, 2, 0}}, 1.0),
+                    Catch::Contains("do not cover"));
+}
+
+TEST_CASE("cuDNN's dense blocks of causal attention match the masked attention in fp64: a context-parallel rank's "
+          "two chunks over the keys in position order, and the whole sequence",
+          "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  torch::manual_seed(10);
+  const int64_t B = 2, S = 512, H = 8, Hkv = 2, D = 64;
+  const double scale = 0.125;
+  const auto bf16 = at::kBFloat16;
+  auto seen = [&](const at::Tensor& t) { return as_seen(t, bf16).to(torch::kDouble); };
+  // cp 4: rank r holds chunks r and 7 - r of 8.
+  const auto chunk = [](int64_t i) { return torch::arange(i * 64, (i + 1) * 64); };
+  for (const auto& q_pos : {torch::cat({chunk(1), chunk(6)}), torch::cat({chunk(0), chunk(7)}), torch::arange(S)}) {
+    const auto Sq = q_pos.numel();
+    INFO("queries from position " << q_pos[0].item<int64_t>() << ", " << Sq << " of them");
+    const auto runs = kernels::query_runs(q_pos, S);
+    REQUIRE(runs.size() == (Sq == S ? 1u : 2u));
+    auto q = torch::randn({B, Sq, H, D}), k = torch::randn({B, S, Hkv, D}), v = torch::randn({B, S, Hkv, D});
+    auto dout = torch::randn({B, Sq, H, D});
+    REQUIRE(kernels::dense_block_attention_fits(on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)));
+    const auto mask = kernels::AttentionMask::of(q_pos, torch::arange(S), at::Tensor());
+    auto dense = [&](auto& in) { return kernels::dense_block_attention(in[0], in[1], in[2], runs, scale); };
+    auto masked = [&](auto& in) { return kernels::masked_attention(in[0], in[1], in[2], mask, scale); };
+    const auto want = run_op(masked, {seen(q), seen(k), seen(v)}, seen(dout));
+    const auto got = run_op(dense, {on_gpu(q, bf16), on_gpu(k, bf16), on_gpu(v, bf16)}, on_gpu(dout, bf16));
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO("result " << i << " (out, dq, dk, dv)");
+      CHECK(rel(got[i], want[i]) < 1e-2);
+    }
   }
 }
 

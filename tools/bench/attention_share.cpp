@@ -1,7 +1,7 @@
 // Context parallelism's load balance, measured on one GPU: the attention (forward and backward)
 // of the whole sequence, then each cp rank's share of it as the rank computes it under the
-// allgather method (its two chunks of queries over the gathered keys, flash attention over the
-// mask's segments), with the model's heads in bf16. A rank's time against 1/cp of the whole's
+// allgather method (its two chunks of queries over the gathered keys: flash attention over the
+// mask's segments, and under causal masking cuDNN's dense blocks), with the model's heads in bf16. A rank's time against 1/cp of the whole's
 // says how evenly causal load balancing splits the work.
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -14,6 +14,7 @@
 
 #include "bench/benchmarks.h"
 #include "kernels/attention.h"
+#include "kernels/dense_block_attention.h"
 #include "kernels/ops.h"
 #include "parallel/context_parallel.h"
 #include "runtime/device_info.h"
@@ -165,6 +166,18 @@ int attention_share(const config::JobConfig& cfg, int64_t cp, int64_t document_t
                                     {q_local, k_all, v_all}, rounds));
   }
   allgather.summary();
+  if (!docs.defined()) {
+    // Causal masking: the same shares as cuDNN's dense blocks over the keys in position order
+    // (what the trainer runs under allgather), on the whole sequence's kernel.
+    RankTable dense("allgather, cuDNN dense blocks", cp, whole.ms);
+    for (int64_t r = 0; r < cp; ++r) {
+      const auto runs = kernels::query_runs(layout.positions[r], S);
+      const auto q_local = q.index_select(1, layout.positions[r].to(cuda));
+      dense.add(r, time_attention([&](auto& in) { return kernels::dense_block_attention(in[0], in[1], in[2], runs, scale); },
+                                  {q_local, k, v}, rounds));
+    }
+    dense.summary();
+  }
   // The ring: each rank's queries over every rank's block of keys (here the blocks are in this
   // GPU's memory: the transfers are not measured), merged by log-sum-exp, then the backward's
   // parts with the merged output.
