@@ -1369,7 +1369,8 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
   auto with_family = [&](config::JobConfig c) {
     c.model.name = family;
     c.model.dimensions = {{"n_layers", "4", "test"}};
-    if (family == "qwen3") c.model.dimensions.push_back({"n_kv_heads", "4", "test"});  // GQA: 16 q heads over 4
+    // GQA, 16 q heads over 2 kv heads: under tp 4 each kv head is held by the 2 ranks it serves.
+    if (family == "qwen3") c.model.dimensions.push_back({"n_kv_heads", "2", "test"});
     // The experts' hidden width split over tp, every tp rank routing the whole sequence; the
     // sequence-wise balance loss (the same whichever rank holds a sequence) and the bias moving.
     if (family == "qwen3_moe" || family == "deepseek_v3")
@@ -1554,8 +1555,8 @@ TEST_CASE("context parallelism: a sequence that does not cut into 2 x cp chunks,
                                                               "documents, but the tokenizer"));
 }
 
-TEST_CASE("tensor parallelism: a degree that does not divide the heads, or a family without a plan, is refused up "
-          "front",
+TEST_CASE("tensor parallelism: a degree that does not divide the heads (or, with fewer kv heads, is no multiple of "
+          "them), or a family without a plan, is refused up front",
           "[parallel]") {
   config::JobConfig c;
   c.model.tokenizer_path = source_dir() + "/data/kjv/tokenizer.json";
@@ -1567,6 +1568,18 @@ TEST_CASE("tensor parallelism: a degree that does not divide the heads, or a fam
   c.training.seq_len = 33;
   CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
                     Catch::Contains("training.seq_len = 33 must be a multiple of parallelism.tensor_parallel_degree"));
+  // Fewer kv heads than ranks: each held by tp / n_kv_heads ranks, when that divides.
+  c.model.name = "qwen3";
+  c.model.dimensions = {{"n_kv_heads", "2", "test"}};
+  c.training.seq_len = 32;
+  c.parallelism.tensor_parallel_degree = 8;
+  CHECK_NOTHROW(train::check_layout(c, 8, *train::job_model(c)));
+  c.model.dimensions = {{"n_kv_heads", "4", "test"}};
+  c.parallelism.tensor_parallel_degree = 6;
+  c.training.seq_len = 36;
+  CHECK_THROWS_WITH(train::check_layout(c, 6, *train::job_model(c)),
+                    Catch::Contains("parallelism.tensor_parallel_degree = 6 is not a multiple of the model's n_kv_heads (4)"));
+  c.parallelism.tensor_parallel_degree = 2;
   c.training.seq_len = 32;
   c.model.name = "deepseek_v3";
   c.model.dimensions = {{"mtp_layers", "1", "test"}};

@@ -32,6 +32,10 @@ struct ShardingPlan {
   struct TensorSplit {
     std::string suffix;
     int64_t dim;
+    // 0: one part per tp rank. Otherwise at most this many parts: with more tp ranks than that,
+    // each part is held alike by tp / parts consecutive ranks (k and v of fewer kv heads than
+    // ranks), and their gradients are summed over those ranks.
+    int64_t max_parts = 0;
   };
   std::vector<TensorSplit> tensor_parallel;
   // Expert parallelism: parameters of routed experts, split over ep by their leading (expert)

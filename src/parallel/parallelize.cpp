@@ -68,7 +68,9 @@ std::map<std::string, Placement> apply_model_plan(const models::ShardingPlan& pl
     }
     for (const auto& rule : plan.tensor_parallel) {
       if (!name.ends_with(rule.suffix)) continue;
-      placement = placement.split(MeshDim::tp, rule.dim, mesh.coord(MeshDim::tp), mesh.dims().of(MeshDim::tp));
+      const auto tp = mesh.dims().of(MeshDim::tp);
+      const auto parts = rule.max_parts > 0 ? std::min(tp, rule.max_parts) : tp;
+      placement = placement.split(MeshDim::tp, rule.dim, mesh.coord(MeshDim::tp) / (tp / parts), parts);
       break;
     }
     placements.emplace(name, std::move(placement));
@@ -226,7 +228,13 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
     // expert parallelism): the shard group's sum already covers them once.
     if (t.placement.split_over(MeshDim::ep)) continue;
     for (const auto& g : t.placement.split_groups()) split.insert(g);
-    if (out.tp && !t.placement.split_over(MeshDim::tp)) out.tp_replicated.push_back(t.tensor);
+    if (!out.tp) continue;
+    // Held alike by several tp ranks: whole on every one, or a part on tp / parts of them.
+    const auto tp = dims.of(MeshDim::tp);
+    TpReplicated r{t.tensor, 0, 1};
+    for (const auto& s : t.placement.splits)
+      if (s.mesh == std::vector{MeshDim::tp}) r = {t.tensor, s.index, s.parts};
+    if (r.parts < tp) out.tp_replicated.push_back(r);
   }
   // A split with no group is of one part: nothing to sum across.
   for (auto d : split)

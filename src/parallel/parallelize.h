@@ -28,6 +28,7 @@
 #include "parallel/pipeline_split.h"
 #include "parallel/placement.h"
 #include "parallel/rank_context.h"
+#include "parallel/tensor_parallel.h"
 #include "parallel/unit_executor.h"
 
 namespace troupe::parallel {
@@ -70,10 +71,10 @@ struct ParallelModel {
   // What the gradient norm's squares are summed across: the groups of the mesh dimensions the
   // trained tensors are split over (from their placements), then the pipeline's stages.
   std::vector<comm::CommunicatorPtr> norm_groups;
-  // Tensor parallelism's group (null without it), and the trained tensors every tp rank holds
-  // whole (the norms), whose gradients are partial per rank until summed over the group.
+  // Tensor parallelism's group (null without it), and the trained tensors several tp ranks hold
+  // alike, whose gradients are partial per rank until summed over those ranks.
   comm::CommunicatorPtr tp;
-  std::vector<at::Tensor> tp_replicated;
+  std::vector<TpReplicated> tp_replicated;
   comm::CommunicatorPtr cp;  // context parallelism's group; null without it
   comm::CommunicatorPtr ep;  // expert parallelism's group; null without it
   std::unique_ptr<ShardedUnits> sharded;  // null without data parallelism

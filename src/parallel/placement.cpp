@@ -47,6 +47,12 @@ bool Placement::saved_by(const DeviceMesh& mesh) const {
                         : std::vector{MeshDim::dp_replicate, MeshDim::dp_shard, MeshDim::cp, MeshDim::tp};
   for (auto d : dims)
     if (!split_over(d) && mesh.coord(d) != 0) return false;
+  // A part held alike by several ranks of its dimension (fewer parts than ranks): the first.
+  for (const auto& s : splits)
+    if (s.mesh.size() == 1) {
+      const auto ranks = mesh.dims().of(s.mesh.front());
+      if (s.parts < ranks && mesh.coord(s.mesh.front()) % (ranks / s.parts) != 0) return false;
+    }
   return true;
 }
 

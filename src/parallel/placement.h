@@ -19,7 +19,7 @@ struct Placement {
     std::vector<MeshDim> mesh;
     int64_t dim;
     int64_t index;  // this rank's chunk (torch.chunk sizes) ...
-    int64_t parts;  // ... of this many
+    int64_t parts;  // ... of this many (fewer than the ranks: each held by ranks / parts of them)
   };
   std::vector<int64_t> global_shape;
   std::vector<Split> splits;  // empty: whole on every rank that holds it
@@ -38,7 +38,8 @@ struct Placement {
   // (its squared norm) must sum across.
   std::vector<std::vector<MeshDim>> split_groups() const;
   // Of the ranks holding the same piece, whether this one writes it to a checkpoint: the one at
-  // coordinate 0 of every data-parallel, context and tensor dimension the piece is not split over.
+  // coordinate 0 of every data-parallel, context and tensor dimension the piece is not split over,
+  // and first among the ranks of a split that holds fewer parts than it has ranks.
   bool saved_by(const DeviceMesh& mesh) const;
 };
 

@@ -13,19 +13,30 @@ void keep_piece(at::Tensor& parameter, const Placement& placement) {
   parameter.set_data(piece.contiguous().clone());
 }
 
-void sum_partial_gradients(const std::vector<at::Tensor>& tensors, comm::Communicator& tp) {
-  std::vector<at::Tensor> grads;
+void sum_partial_gradients(const std::vector<TpReplicated>& tensors, comm::Communicator& tp) {
+  std::vector<const TpReplicated*> held;
+  int64_t numel = 0;
   for (const auto& t : tensors)
-    if (t.grad().defined()) grads.push_back(t.grad());
-  if (grads.empty()) return;
-  std::vector<at::Tensor> flat;
-  for (const auto& g : grads) flat.push_back(g.reshape({-1}));
-  auto buffer = at::cat(flat);
-  tp.all_reduce(buffer, comm::ReduceOp::sum)->wait();
+    if (t.tensor.grad().defined()) {
+      held.push_back(&t);
+      numel += t.parts * t.tensor.grad().numel();
+    }
+  if (held.empty()) return;
+  at::NoGradGuard no_grad;
+  const auto& first = held.front()->tensor.grad();
+  auto buffer = at::zeros({numel}, first.options());
   int64_t offset = 0;
-  for (auto& g : grads) {
-    g.copy_(buffer.narrow(0, offset, g.numel()).view(g.sizes()));
-    offset += g.numel();
+  for (const auto* t : held) {
+    const auto& g = t->tensor.grad();
+    buffer.narrow(0, offset + t->part * g.numel(), g.numel()).copy_(g.reshape({-1}));
+    offset += t->parts * g.numel();
+  }
+  tp.all_reduce(buffer, comm::ReduceOp::sum)->wait();
+  offset = 0;
+  for (const auto* t : held) {
+    auto g = t->tensor.grad();
+    g.copy_(buffer.narrow(0, offset + t->part * g.numel(), g.numel()).view(g.sizes()));
+    offset += t->parts * g.numel();
   }
 }
 

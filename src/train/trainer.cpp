@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
+#include <map>
 #include <optional>
 #include <set>
 #include <filesystem>
@@ -242,15 +243,18 @@ struct Trainer::Impl {
   // The norm of the whole model's gradient: this rank's trained tensors, summed over the groups
   // they are split across (their placements) and over the pipeline's stages.
   at::Tensor grad_norm() const {
-    // Under tensor parallelism the norm is summed over the tp group too: what every tp rank
-    // holds whole counts once (its square a tp-th on each rank).
-    std::set<const void*> whole;
-    for (const auto& t : parallelized.tp_replicated) whole.insert(t.unsafeGetTensorImpl());
-    const double share = parallelized.tp ? 1.0 / std::sqrt(static_cast<double>(parallelized.tp->size())) : 1.0;
+    // Under tensor parallelism the norm is summed over the tp group too: what several tp ranks
+    // hold alike counts once (its square a share on each of them).
+    std::map<const void*, double> share;
+    for (const auto& t : parallelized.tp_replicated)
+      share[t.tensor.unsafeGetTensorImpl()] =
+          1.0 / std::sqrt(static_cast<double>(parallelized.tp->size() / t.parts));
     std::vector<at::Tensor> grads;
-    for (const auto& t : parallelized.trained)
-      if (t.tensor.grad().defined())
-        grads.push_back(whole.contains(t.tensor.unsafeGetTensorImpl()) ? t.tensor.grad() * share : t.tensor.grad());
+    for (const auto& t : parallelized.trained) {
+      if (!t.tensor.grad().defined()) continue;
+      const auto it = share.find(t.tensor.unsafeGetTensorImpl());
+      grads.push_back(it == share.end() ? t.tensor.grad() : t.tensor.grad() * it->second);
+    }
     std::vector<comm::Communicator*> groups;
     for (const auto& g : parallelized.norm_groups) groups.push_back(g.get());
     groups.push_back(parallelized.stages.get());

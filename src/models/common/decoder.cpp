@@ -96,11 +96,12 @@ class Attention : public AttentionModule {
   }
 
   // Tensor parallelism: this rank's heads (q's and k/v's, consecutive, so each q head keeps its
-  // k/v head) in wq, wk, wv's rows and wo's columns.
+  // k/v head) in wq, wk, wv's rows and wo's columns. With fewer kv heads than ranks, the one kv
+  // head its q heads share (the sharding plan gives it to each of them).
   void shard(RankGroup& group) override {
     const int64_t n = group.size();
     n_heads_ /= n;
-    n_kv_heads_ /= n;
+    n_kv_heads_ = n_kv_heads_ % n == 0 ? n_kv_heads_ / n : 1;
     tp = &group;
   }
 
@@ -472,7 +473,12 @@ std::string tensor_parallel_problem(const DecoderArgs& a, int64_t tp) {
     return degree + " does not divide the model's " + what + " (" + std::to_string(value) + ")";
   };
   // Latent attention has no k/v heads of its own: its k and v come per head from the latent.
-  for (const auto& problem : {must_divide("n_heads", a.n_heads), must_divide("n_kv_heads", a.mla() ? 0 : a.n_kv_heads),
+  // Fewer kv heads than ranks: each is held by the tp / n_kv_heads ranks whose q heads it serves.
+  const auto kv_heads = a.mla() || (a.n_kv_heads < tp && tp % a.n_kv_heads == 0) ? 0 : a.n_kv_heads;
+  if (kv_heads != 0 && kv_heads < tp)
+    return degree + " is not a multiple of the model's n_kv_heads (" + std::to_string(kv_heads) +
+           "): with fewer kv heads than ranks, each kv head is held by tp / n_kv_heads ranks";
+  for (const auto& problem : {must_divide("n_heads", a.n_heads), must_divide("n_kv_heads", kv_heads),
                               must_divide("feed-forward hidden size", a.ffn_hidden_dim),
                               must_divide("moe_inter_dim", a.num_experts > 0 ? a.moe_inter_dim : 0),
                               must_divide("vocab_size", a.vocab_size)})

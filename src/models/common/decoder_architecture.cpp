@@ -66,10 +66,13 @@ DecoderArchitecture::DecoderArchitecture(const DecoderArgs& args) : args_(args) 
 ShardingPlan DecoderArchitecture::sharding_plan() const {
   ShardingPlan plan;
   // Latent attention: wq (or wq_b) and wkv_b by heads, as wq; its latents' projections whole.
-  for (const char* colwise : {"attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wq_b.weight",
-                              "attention.wkv_b.weight", "feed_forward.w1.weight", "feed_forward.w3.weight",
-                              "tok_embeddings.weight", "output.weight"})
+  for (const char* colwise : {"attention.wq.weight", "attention.wq_b.weight", "attention.wkv_b.weight",
+                              "feed_forward.w1.weight", "feed_forward.w3.weight", "tok_embeddings.weight",
+                              "output.weight"})
     plan.tensor_parallel.push_back({colwise, 0});
+  // Fewer kv heads than tp ranks: each kv head on the ranks whose q heads it serves.
+  for (const char* kv : {"attention.wk.weight", "attention.wv.weight"})
+    plan.tensor_parallel.push_back({kv, 0, args_.n_kv_heads});
   for (const char* rowwise : {"attention.wo.weight", "feed_forward.w2.weight"}) plan.tensor_parallel.push_back({rowwise, 1});
   if (args_.num_experts > 0) {
     // Shared experts as a feed-forward; routed ones split along their hidden width (torchtitan's
