@@ -330,7 +330,7 @@ TEST_CASE("out of range on the command line names the --key", "[config]") {
 
 TEST_CASE("unsupported features are rejected with a reason", "[config]") {
   TempDir dir;
-  CHECK_THAT(override_error(dir, "parallelism.enable_async_tensor_parallel", "true"), Contains("not implemented yet"));
+  CHECK_THAT(override_error(dir, "parallelism.enable_async_tensor_parallel", "maybe"), Contains("true or false"));
   CHECK_THAT(override_error(dir, "parallelism.tensor_parallel_degree", "0"), Contains("at least 1"));
   CHECK_THAT(override_error(dir, "parallelism.context_parallel_degree", "0"), Contains("at least 1"));
   CHECK_THAT(override_error(dir, "parallelism.context_parallel_rotate_method", "alltoall"),

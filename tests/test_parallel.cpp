@@ -13,6 +13,7 @@
 #include <fstream>
 #include <future>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -37,6 +38,7 @@
 #include "kernels/weight_copies.h"
 #include "models/common/moe.h"
 #include "models/model.h"
+#include "models/rank_group.h"
 #include "models/registry.h"
 #include "parallel/device_mesh.h"
 #include "parallel/fsdp.h"
@@ -68,7 +70,23 @@ parallel::ParallelDims dims_of(int64_t replicate, int64_t shard, int64_t world) 
   return parallel::ParallelDims::resolve(p, world);
 }
 
+// Catch2 v2's assertions are not thread-safe (its run context's state is shared): rank threads
+// make theirs one at a time. Unserialised assertions from rank threads corrupted the heap.
+std::mutex& assertion_mutex() {
+  static std::mutex m;
+  return m;
+}
+#define RANK_ASSERT(MACRO, ...)                                     \
+  do {                                                              \
+    std::lock_guard<std::mutex> rank_assertion_lock(assertion_mutex()); \
+    MACRO(__VA_ARGS__);                                             \
+  } while (false)
+#define RANK_CHECK(...) RANK_ASSERT(CHECK, __VA_ARGS__)
+#define RANK_REQUIRE(...) RANK_ASSERT(REQUIRE, __VA_ARGS__)
+#define RANK_CHECK_THROWS_WITH(...) RANK_ASSERT(CHECK_THROWS_WITH, __VA_ARGS__)
+
 // Runs body(rank, communicator) on `n` threads, one Gloo rank each, and rethrows the first failure.
+// The bodies assert with the RANK_ macros above.
 template <class Body>
 void on_ranks(int n, Body body, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
   auto rdzv = comm::Rendezvous::in_process(timeout);
@@ -146,22 +164,22 @@ TEST_CASE("gloo communicator: collectives and transfers match local references",
   CHECK(std::string(std::getenv("TORCH_FR_BUFFER_SIZE")) == "0");
   constexpr int n = 4;
   on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
-    REQUIRE(c->rank() == r);
-    REQUIRE(c->size() == n);
+    RANK_REQUIRE(c->rank() == r);
+    RANK_REQUIRE(c->size() == n);
     // Each rank's input: fixed random values seeded by its rank, so every rank knows them all.
     auto input_of = [](int k) { return at::randn({8}, at::TensorOptions().dtype(at::kDouble)).mul_(0).add_(at::arange(8, at::kDouble) * (k + 1) + 0.25 * k); };
     auto all = at::stack({input_of(0), input_of(1), input_of(2), input_of(3)});
 
     auto gathered = at::empty({n * 8}, at::kDouble);
     c->all_gather(gathered, input_of(r))->wait();
-    CHECK(at::equal(gathered, all.flatten()));
+    RANK_CHECK(at::equal(gathered, all.flatten()));
     // Grouped, as FSDP gathers a unit: inputs of two lengths into their places in one buffer.
     const auto in = input_of(r);
     auto places = at::full({n * 8}, -1.0, at::kDouble);
     c->all_gather({places.narrow(0, 0, n * 3), places.narrow(0, n * 3, n * 5)}, {in.narrow(0, 0, 3), in.narrow(0, 3, 5)})
         ->wait();
-    CHECK(at::equal(places.narrow(0, 0, n * 3).view({n, 3}), all.narrow(1, 0, 3)));
-    CHECK(at::equal(places.narrow(0, n * 3, n * 5).view({n, 5}), all.narrow(1, 3, 5)));
+    RANK_CHECK(at::equal(places.narrow(0, 0, n * 3).view({n, 3}), all.narrow(1, 0, 3)));
+    RANK_CHECK(at::equal(places.narrow(0, n * 3, n * 5).view({n, 5}), all.narrow(1, 3, 5)));
     // Grouped reduce-scatters from two places of one buffer (FSDP's gradients), averaged.
     const auto grads = at::arange(n * 8, at::kDouble).mul_(r + 1);
     auto pieces = at::full({8}, -1.0, at::kDouble);
@@ -169,32 +187,32 @@ TEST_CASE("gloo communicator: collectives and transfers match local references",
                       comm::ReduceOp::avg)
         ->wait();
     const auto mean = at::arange(n * 8, at::kDouble).mul_((n + 1) / 2.0);  // the average of (k + 1) x
-    CHECK(at::allclose(pieces.narrow(0, 0, 3), mean.narrow(0, 3 * r, 3)));
-    CHECK(at::allclose(pieces.narrow(0, 3, 5), mean.narrow(0, n * 3 + 5 * r, 5)));
+    RANK_CHECK(at::allclose(pieces.narrow(0, 0, 3), mean.narrow(0, 3 * r, 3)));
+    RANK_CHECK(at::allclose(pieces.narrow(0, 3, 5), mean.narrow(0, n * 3 + 5 * r, 5)));
 
     auto part = at::empty({2}, at::kDouble);
     c->reduce_scatter(part, input_of(r).clone(), comm::ReduceOp::sum)->wait();
-    CHECK(at::allclose(part, all.sum(0).narrow(0, 2 * r, 2)));
+    RANK_CHECK(at::allclose(part, all.sum(0).narrow(0, 2 * r, 2)));
     c->reduce_scatter(part, input_of(r).clone(), comm::ReduceOp::avg)->wait();
-    CHECK(at::allclose(part, all.mean(0).narrow(0, 2 * r, 2)));
+    RANK_CHECK(at::allclose(part, all.mean(0).narrow(0, 2 * r, 2)));
 
     auto t = input_of(r).clone();
     c->all_reduce(t, comm::ReduceOp::max)->wait();
-    CHECK(at::equal(t, std::get<0>(all.max(0))));
+    RANK_CHECK(at::equal(t, std::get<0>(all.max(0))));
     t = input_of(r).clone();
     c->all_reduce(t, comm::ReduceOp::avg)->wait();
-    CHECK(at::allclose(t, all.mean(0)));
+    RANK_CHECK(at::allclose(t, all.mean(0)));
 
     t = input_of(r).clone();
     c->broadcast(t, 2)->wait();
-    CHECK(at::equal(t, input_of(2)));
+    RANK_CHECK(at::equal(t, input_of(2)));
 
     // A ring: send to the next rank, receive from the previous one.
     auto received = at::empty({8}, at::kDouble);
     auto sent = c->send(input_of(r), (r + 1) % n);
     c->recv(received, (r + n - 1) % n)->wait();
     sent->wait();
-    CHECK(at::equal(received, input_of((r + n - 1) % n)));
+    RANK_CHECK(at::equal(received, input_of((r + n - 1) % n)));
 
     // All-to-all of rows (expert parallelism's dispatch): rank r sends (r + d) % 3 rows to rank
     // d, rows of [r, d, row] over a 2-wide row, and some ranks none at all.
@@ -210,8 +228,8 @@ TEST_CASE("gloo communicator: collectives and transfers match local references",
     auto rows_in = at::stack(parts);
     auto rows_out = at::empty({static_cast<int64_t>(expected.size()), 2}, at::kDouble);
     c->all_to_all(rows_out, recv, rows_in, send)->wait();
-    CHECK(at::equal(rows_out, at::stack(expected)));
-    CHECK_THROWS_WITH(c->all_to_all(rows_out, recv, rows_in, std::vector<int64_t>(n, 5)),
+    RANK_CHECK(at::equal(rows_out, at::stack(expected)));
+    RANK_CHECK_THROWS_WITH(c->all_to_all(rows_out, recv, rows_in, std::vector<int64_t>(n, 5)),
                       Catch::Contains("all_to_all") && Catch::Contains("rows differ from the counts"));
     c->barrier();
   });
@@ -1359,7 +1377,7 @@ TEST_CASE("gloo communicator: ranks that disagree on a collective's size end wit
 }
 
 TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 ranks, with FSDP and with a pipeline, "
-          "trains Llama 3, Qwen3, Qwen3 MoE and DeepSeek V3 as one rank does",
+          "asynchronous or not, trains Llama 3, Qwen3, Qwen3 MoE and DeepSeek V3 as one rank does",
           "[layouts]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir);
@@ -1389,25 +1407,28 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
   REQUIRE(one.steps.size() == 10);
   CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
   const auto reference = final_model(one_cfg);
-  auto layout = [&](const std::string& name, int ranks, int dp, int replicate, int pp, int tp) {
+  auto layout = [&](const std::string& name, int ranks, int dp, int replicate, int pp, int tp, bool async = false) {
     auto cfg = with_family(pp > 1 ? pp_job(dir, tokens, pp * dp, pp, "1F1B", name) : dp_job(dir, tokens, dp, replicate, name));
     cfg.job.local_ranks = ranks;
     cfg.parallelism.tensor_parallel_degree = tp;
+    cfg.parallelism.enable_async_tensor_parallel = async;
     return cfg;
   };
   struct Layout {
     const char* name;
     int ranks, dp, replicate, pp, tp;
+    bool async = false;  // collective matmuls: the same numbers, transfers reordered
   };
   std::vector<Layout> layouts = {{"tp2", 2, 1, 1, 1, 2}, {"tp4", 4, 1, 1, 1, 4}, {"fsdp2_tp2", 4, 2, 1, 1, 2},
-                                 {"pp2_tp2", 4, 1, 1, 2, 2}};
+                                 {"pp2_tp2", 4, 1, 1, 2, 2}, {"tp4_async", 4, 1, 1, 1, 4, true}};
   if (family == "llama3") {
     layouts.push_back({"hsdp2x1_tp2", 4, 2, 2, 1, 2});
     layouts.push_back({"pp2_fsdp2_tp2", 8, 2, 1, 2, 2});
+    layouts.push_back({"fsdp2_tp2_async", 4, 2, 1, 1, 2, true});
   }
   for (const auto& l : layouts) {
     SECTION(l.name) {
-      const auto cfg = layout(l.name, l.ranks, l.dp, l.replicate, l.pp, l.tp);
+      const auto cfg = layout(l.name, l.ranks, l.dp, l.replicate, l.pp, l.tp, l.async);
       const auto run = run_with_timeout(cfg);
       INFO(run.message);
       REQUIRE(run.exit_code == 0);
@@ -1591,8 +1612,6 @@ TEST_CASE("tensor parallelism: a degree that does not divide the heads (or, with
   CHECK_THROWS_WITH(train::check_layout(c, 4, *train::job_model(c)),
                     Catch::Contains("tensor_parallel_degree > 1") && Catch::Contains("etp) is not implemented yet"));
   c.parallelism.expert_parallel_degree = 1;
-  CHECK_THROWS_WITH(config::load_job_config("", {{"parallelism.enable_async_tensor_parallel", "true"}}),
-                    Catch::Contains("asynchronous tensor parallelism is not implemented yet"));
 
   // Expert parallelism: a degree that does not divide the experts (8), a dense model, a mesh
   // without room for it.
@@ -1661,17 +1680,62 @@ TEST_CASE("expert parallelism: a MoE block over 2 and 4 Gloo ranks computes as o
     const auto x_r = x.narrow(0, r, 1).clone().requires_grad_();
     const auto out = m->forward(x_r, batch, 0);
     (out * w.narrow(0, r, 1)).sum().backward();
-    CHECK(at::allclose(out, out_one.narrow(0, r, 1), 1e-10, 1e-12));
-    CHECK(at::allclose(x_r.grad(), x_one.grad().narrow(0, r, 1), 1e-10, 1e-12));
+    RANK_CHECK(at::allclose(out, out_one.narrow(0, r, 1), 1e-10, 1e-12));
+    RANK_CHECK(at::allclose(x_r.grad(), x_one.grad().narrow(0, r, 1), 1e-10, 1e-12));
     // A rank no token reached has no gradient for its experts: zeros.
     auto grad = [](const at::Tensor& t) { return t.grad().defined() ? t.grad() : at::zeros_like(t); };
-    CHECK(at::allclose(grad(m->experts->w1), one->experts->w1.grad().narrow(0, r * local, local), 1e-10, 1e-12));
-    CHECK(at::allclose(grad(m->experts->w2), one->experts->w2.grad().narrow(0, r * local, local), 1e-10, 1e-12));
+    RANK_CHECK(at::allclose(grad(m->experts->w1), one->experts->w1.grad().narrow(0, r * local, local), 1e-10, 1e-12));
+    RANK_CHECK(at::allclose(grad(m->experts->w2), one->experts->w2.grad().narrow(0, r * local, local), 1e-10, 1e-12));
     const auto received = aux.values().at("ep.rank" + std::to_string(r) + ".tokens").item<double>();
-    if (skewed && r > 0) CHECK(received == 0);
-    if (skewed && r == 0) CHECK(received == 2.0 * 6 * n);  // every token's two copies
-    CHECK(aux.values().count("ep.rank" + std::to_string(r) + ".all_to_all_bytes") == 1);
+    if (skewed && r > 0) RANK_CHECK(received == 0);
+    if (skewed && r == 0) RANK_CHECK(received == 2.0 * 6 * n);  // every token's two copies
+    RANK_CHECK(aux.values().count("ep.rank" + std::to_string(r) + ".all_to_all_bytes") == 1);
   });
+}
+
+TEST_CASE("asynchronous TP's collective matmuls equal gathering then projecting, and projecting then "
+          "scattering, with their gradients, in fp64 over 2 and 4 Gloo ranks",
+          "[parallel]") {
+  const int n = GENERATE(2, 4);
+  INFO(n << " ranks");
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  torch::manual_seed(5);
+  const int64_t B = 2, s = 3, D = 8, out_a = 6, out_b = 4, wide = 10;
+  // Every rank's input part and weights: rank r's rows of the column-parallel weights, and its
+  // columns of the row-parallel one.
+  const auto x = at::randn({n, B, s, D}, f64), wa = at::randn({n, out_a, D}, f64), wb = at::randn({n, out_b, D}, f64);
+  const auto z = at::randn({n, B, n * s, wide}, f64), wz = at::randn({n, D, wide}, f64);
+  const auto up_a = at::randn({n, B, n * s, out_a}, f64), up_b = at::randn({n, B, n * s, out_b}, f64);
+  const auto up_y = at::randn({n, B, s, D}, f64);
+  std::vector<std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>>> results(n);  // plain, collective
+  on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
+    auto group = parallel::make_rank_group(c);
+    auto run = [&](bool collective) {
+      auto xr = x[r].clone().requires_grad_(), ar = wa[r].clone().requires_grad_(), br = wb[r].clone().requires_grad_();
+      auto zr = z[r].clone().requires_grad_(), wr = wz[r].clone().requires_grad_();
+      std::vector<at::Tensor> ab;
+      at::Tensor y;
+      if (collective) {
+        ab = models::gathered_linear(xr, {ar, br}, *group, nullptr);
+        y = models::linear_scattered(zr, wr, *group, nullptr);
+      } else {
+        const auto gathered = models::gather_sequence(xr, *group);
+        ab = {at::linear(gathered, ar), at::linear(gathered, br)};
+        y = models::scatter_sequence_sum(at::linear(zr, wr), *group);
+      }
+      ((ab[0] * up_a[r]).sum() + (ab[1] * up_b[r]).sum() + (y * up_y[r]).sum()).backward();
+      return std::vector<at::Tensor>{ab[0], ab[1], y, xr.grad(), ar.grad(), br.grad(), zr.grad(), wr.grad()};
+    };
+    results[r] = {run(false), run(true)};
+  });
+  for (int r = 0; r < n; ++r) {
+    const auto& [plain, collective] = results[r];
+    for (size_t i = 0; i < plain.size(); ++i) {
+      INFO("rank " << r << ", result " << i << " (a, b, y, dx, dwa, dwb, dz, dwz)");
+      REQUIRE(collective[i].sizes() == plain[i].sizes());
+      CHECK(at::allclose(collective[i], plain[i], 1e-10, 1e-12));
+    }
+  }
 }
 
 TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Qwen3 MoE and DeepSeek V3 as one rank "

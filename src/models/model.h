@@ -45,9 +45,12 @@ class Model : public torch::nn::Module {
   // Tensor (and sequence) parallelism over `group`: the units' forwards compute with this rank's
   // part of each parameter the family's plan splits (Architecture::sharding_plan; parallelize
   // cuts the parameters by it right after) and exchange activations over the group.
+  // `asynchronous` (parallelism.enable_async_tensor_parallel): the projections at the sequence's
+  // gathers and scatters run as collective matmuls where the family has them.
   // std::invalid_argument if the family or its dimensions cannot.
-  virtual void apply_tensor_parallel(RankGroupPtr group) {
+  virtual void apply_tensor_parallel(RankGroupPtr group, bool asynchronous) {
     (void)group;
+    (void)asynchronous;
     throw std::invalid_argument("this model family has no tensor-parallel plan");
   }
 

@@ -12,6 +12,10 @@
 #include <memory>
 #include <vector>
 
+namespace troupe::kernels {
+struct WeightServices;
+}
+
 namespace troupe::models {
 
 class RankGroup {
@@ -54,6 +58,19 @@ at::Tensor gather_sequence(const at::Tensor& x, RankGroup& group);
 // x [B, S, ...], one rank's partial sum (a row-parallel projection's output) -> [B, S/n, ...] of
 // the sum over the ranks; its gradient is the all-gather of the incoming one.
 at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group);
+// Asynchronous tensor parallelism (collective matmul, on any communicator): the same products
+// as the two boundaries above around projections, with the transfers cut into the ranks' parts
+// of the sequence and passed around the ring while the part at hand is multiplied. Equal to the
+// plain forms up to the order of the sums.
+// gather_sequence(x) · wᵢᵀ for each weight: each part is projected as it arrives; the backward
+// reduce-scatters the input's gradient part by part around the ring as each part is computed.
+std::vector<at::Tensor> gathered_linear(const at::Tensor& x, at::TensorList weights, RankGroup& group,
+                                        const kernels::WeightServices* services);
+// scatter_sequence_sum(z · wᵀ): each part's partial sums are computed and added to the ones
+// travelling the ring; the backward gathers the output's gradient part by part around the ring.
+at::Tensor linear_scattered(const at::Tensor& z, const at::Tensor& weight, RankGroup& group,
+                            const kernels::WeightServices* services);
+
 // RankGroup::all_to_all, differentiable: the gradient goes back the same way, counts swapped.
 // `between` (may be empty) runs while the rows travel: what the caller can compute meanwhile
 // (the shared experts), recorded by autograd as usual.

@@ -162,7 +162,7 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   const auto plan_placements = apply_model_plan(sharding_plan, owned, mesh);
   if (dims.of(MeshDim::tp) > 1) {
     out.tp = connect(rank, mesh, {MeshDim::tp}, cuda);
-    model.apply_tensor_parallel(make_rank_group(out.tp));
+    model.apply_tensor_parallel(make_rank_group(out.tp), cfg.parallelism.enable_async_tensor_parallel);
     for (auto& [name, t] : owned) keep_piece(t, plan_placements.at(name));
   }
   if (dims.of(MeshDim::cp) > 1) {

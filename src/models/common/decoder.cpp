@@ -28,6 +28,9 @@ class AttentionModule : public torch::nn::Module {
   virtual void shard(RankGroup& group) = 0;
   // Context parallelism (DecoderModel::apply_context_parallel): null without it.
   const ContextParallel* cp = nullptr;
+  // Asynchronous tensor parallelism: the projections beside the sequence's gather and scatter
+  // run as collective matmuls (models/rank_group.h). Latent attention keeps the plain form.
+  bool async_tp = false;
 };
 
 // Attention of q [B, S, H, D] over k, v [B, S, Hkv, *] as the batch's mask says: causal over the
@@ -76,10 +79,13 @@ class Attention : public AttentionModule {
   // added up over the ranks as each takes its part of the sequence back.
   at::Tensor forward(const at::Tensor& x_in, const RotaryTables& rope, const UnitBatch& batch,
                      const kernels::InputRecipe& recipe_in) const override {
-    const auto x = tp ? gather_sequence(x_in, *tp) : x_in;
+    const bool collective_matmul = tp && async_tp;
     const auto recipe = tp ? kernels::InputRecipe{} : recipe_in;
-    const auto B = x.size(0), S = x.size(1);
-    auto qkv = kernels::linear_group(x, {wq->weight, wk->weight, wv->weight}, recipe, services);
+    auto qkv = collective_matmul
+                   ? gathered_linear(x_in, {wq->weight, wk->weight, wv->weight}, *tp, services)
+                   : kernels::linear_group(tp ? gather_sequence(x_in, *tp) : x_in, {wq->weight, wk->weight, wv->weight},
+                                           recipe, services);
+    const auto B = qkv[0].size(0), S = qkv[0].size(1);
     auto q = qkv[0].view({B, S, n_heads_, head_dim_});
     auto k = qkv[1].view({B, S, n_kv_heads_, head_dim_});
     if (q_norm) {
@@ -90,8 +96,9 @@ class Attention : public AttentionModule {
     q = kernels::rotary(q, cos, sin);
     k = kernels::rotary(k, cos, sin);
     auto v = qkv[2].view({B, S, n_kv_heads_, head_dim_});
-    auto out = attend(q, k, v, std::nullopt, batch, cp);
-    auto y = wo->forward(out.reshape({B, S, n_heads_ * head_dim_}));
+    auto out = attend(q, k, v, std::nullopt, batch, cp).reshape({B, S, n_heads_ * head_dim_});
+    if (collective_matmul) return linear_scattered(out, wo->weight, *tp, services);
+    auto y = wo->forward(out);
     return tp ? scatter_sequence_sum(y, *tp) : y;
   }
 
@@ -449,7 +456,7 @@ std::vector<std::pair<size_t, size_t>> DecoderModel::borrowed_units() const {
   return {{units_.size() - 1, 0}};
 }
 
-void DecoderModel::apply_tensor_parallel(RankGroupPtr group) {
+void DecoderModel::apply_tensor_parallel(RankGroupPtr group, bool asynchronous) {
   if (const auto problem = tensor_parallel_problem(args_, group->size()); !problem.empty())
     throw std::invalid_argument(problem);
   tp_ = std::move(group);
@@ -458,7 +465,11 @@ void DecoderModel::apply_tensor_parallel(RankGroupPtr group) {
   for (size_t i = 1; i + 1 < units_.size(); ++i) {
     auto& b = dynamic_cast<TransformerBlock&>(*units_[i]);
     b.attention->shard(g);
-    if (b.feed_forward) b.feed_forward->tp = &g;
+    b.attention->async_tp = asynchronous;
+    if (b.feed_forward) {
+      b.feed_forward->tp = &g;
+      b.feed_forward->async_tp = asynchronous;
+    }
     if (b.moe) b.moe->tp = &g;
   }
   dynamic_cast<HeadUnit&>(*units_.back()).shard(g);

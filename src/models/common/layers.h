@@ -47,6 +47,10 @@ class FeedForward : public torch::nn::Module {
   // gathered for w1 and w3 (this rank's hidden columns), and w2's partial sums are added up
   // over the ranks as each takes its part of the sequence back (the gathered x is kept).
   at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
+    if (tp && async_tp) {
+      auto gate_up = gathered_linear(x, {w1->weight, w3->weight}, *tp, services);
+      return linear_scattered(kernels::swiglu(gate_up[0], gate_up[1]), w2->weight, *tp, services);
+    }
     if (tp) {
       auto gate_up = kernels::linear_group(gather_sequence(x, *tp), {w1->weight, w3->weight}, {}, services);
       return scatter_sequence_sum(w2->forward(kernels::swiglu(gate_up[0], gate_up[1])), *tp);
@@ -59,8 +63,9 @@ class FeedForward : public torch::nn::Module {
   std::shared_ptr<Projection> w1, w2, w3;
   const kernels::WeightServices* services;
   // Tensor parallelism (Model::apply_tensor_parallel): w1 and w3 hold this rank's rows (hidden
-  // units), w2 its columns.
+  // units), w2 its columns; `async_tp`: as collective matmuls (models/rank_group.h).
   RankGroup* tp = nullptr;
+  bool async_tp = false;
 };
 
 }  // namespace troupe::models

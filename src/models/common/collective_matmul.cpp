@@ -1,0 +1,169 @@
+// Asynchronous tensor parallelism (models/rank_group.h): the sequence-parallel boundaries fused
+// with the projections beside them, part by part around the ring. Rank r holds part r of the
+// sequence ([B, s, ...], positions r*s .. r*s+s-1 of the gathered [B, n*s, ...]).
+#include <torch/torch.h>
+
+#include "kernels/gradient_sink.h"
+#include "kernels/weight_copies.h"
+#include "models/rank_group.h"
+
+namespace troupe::models {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+RankGroup& group_at(int64_t address) { return *reinterpret_cast<RankGroup*>(address); }
+const kernels::WeightServices* services_at(int64_t address) {
+  return reinterpret_cast<const kernels::WeightServices*>(address);
+}
+
+// Part `c` of a gathered [B, n*s, ...] tensor.
+at::Tensor part(const at::Tensor& t, int64_t c, int64_t s) { return t.narrow(1, c * s, s); }
+
+// The sum over the ranks of each rank's `partial(c)` for part c, left on rank c: the sums travel
+// the ring (part c's starts on rank c+1 and ends on rank c), and each rank computes its next
+// partial while the previous sum is on its way.
+at::Tensor ring_reduce_scatter(RankGroup& group, const std::function<at::Tensor(int64_t)>& partial) {
+  const int n = group.size(), r = group.rank();
+  at::Tensor sum;
+  std::unique_ptr<RankGroup::Transfer> moving;
+  for (int t = 0; t < n; ++t) {
+    const int64_t c = ((r - t - 1) % n + n) % n;
+    auto mine = partial(c);
+    sum = moving ? moving->wait() + mine : mine;
+    moving = t + 1 < n ? group.ring_shift(sum) : nullptr;
+  }
+  return sum;
+}
+
+// Every rank's `x` in turn (this rank's first, then the previous rank's, ...), each handed to
+// `use(c, part)` while the next one travels the ring.
+void ring_all_gather(RankGroup& group, const at::Tensor& x, const std::function<void(int64_t, const at::Tensor&)>& use) {
+  const int n = group.size(), r = group.rank();
+  auto block = x.contiguous();
+  for (int t = 0; t < n; ++t) {
+    auto next = t + 1 < n ? group.ring_shift(block) : nullptr;
+    use((r - t + n) % n, block);
+    if (next) block = next->wait();
+  }
+}
+
+// A weight's gradient: into its sink (added per part), or returned through autograd.
+void add_weight_gradient(at::Tensor& out, const kernels::WeightServices* s, int64_t key, const at::Tensor& dy,
+                         const at::Tensor& x) {
+  const auto dy2 = dy.reshape({-1, dy.size(-1)}), x2 = x.reshape({-1, x.size(-1)});
+  if (kernels::sink_product(s, reinterpret_cast<const void*>(key), dy2.t(), x2)) return;
+  const auto t = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // summed over parts in fp32 at least
+  const auto g = at::mm(dy2.t().to(t), x2.to(t));
+  out = out.defined() ? out + g : g;
+}
+
+struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights, int64_t group_address,
+                               int64_t services_address) {
+    auto& group = group_at(group_address);
+    const auto* s = services_at(services_address);
+    const int64_t n = group.size(), seq = x.size(1);
+    std::vector<at::Tensor> ws, outs, parts(static_cast<size_t>(n));
+    for (const auto& w : weights) {
+      ws.push_back(kernels::compute_weight(w, x.scalar_type(), s));
+      auto shape = x.sizes().vec();
+      shape[1] = n * seq;
+      shape.back() = w.size(0);
+      outs.push_back(at::empty(shape, x.options()));
+    }
+    ring_all_gather(group, x, [&](int64_t c, const at::Tensor& block) {
+      for (size_t i = 0; i < ws.size(); ++i) part(outs[i], c, seq).copy_(at::linear(block, ws[i]));
+      parts[static_cast<size_t>(c)] = block;
+    });
+    variable_list saved{at::cat(parts, 1)};  // the gathered input, for the weights' gradients
+    saved.insert(saved.end(), ws.begin(), ws.end());
+    ctx->save_for_backward(saved);
+    std::vector<int64_t> keys, dtypes;
+    for (const auto& w : weights) {
+      keys.push_back(reinterpret_cast<int64_t>(w.unsafeGetTensorImpl()));
+      dtypes.push_back(static_cast<int64_t>(w.scalar_type()));
+    }
+    ctx->saved_data["keys"] = keys;
+    ctx->saved_data["dtypes"] = dtypes;
+    ctx->saved_data["group"] = group_address;
+    ctx->saved_data["services"] = services_address;
+    return outs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x_all = saved[0];
+    auto& group = group_at(ctx->saved_data["group"].toInt());
+    const auto* s = services_at(ctx->saved_data["services"].toInt());
+    const auto keys = ctx->saved_data["keys"].toIntVector(), dtypes = ctx->saved_data["dtypes"].toIntVector();
+    const int64_t seq = x_all.size(1) / group.size();
+    variable_list out(grads.size() + 3);
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (!grads[i].defined() || !ctx->needs_input_grad(i + 1)) continue;
+      add_weight_gradient(out[i + 1], s, keys[i], grads[i], x_all);
+      if (out[i + 1].defined()) out[i + 1] = out[i + 1].to(static_cast<at::ScalarType>(dtypes[i]));
+    }
+    if (ctx->needs_input_grad(0))
+      out[0] = ring_reduce_scatter(group, [&](int64_t c) {
+        at::Tensor dx;
+        for (size_t i = 0; i < grads.size(); ++i)
+          if (grads[i].defined()) {
+            const auto d = at::matmul(part(grads[i], c, seq), saved[i + 1]);
+            dx = dx.defined() ? dx + d : d;
+          }
+        return dx.defined() ? dx : at::zeros_like(part(x_all, c, seq));
+      });
+    return out;
+  }
+};
+
+struct LinearScattered : torch::autograd::Function<LinearScattered> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& z, const at::Tensor& weight, int64_t group_address,
+                            int64_t services_address) {
+    auto& group = group_at(group_address);
+    const auto* s = services_at(services_address);
+    const int64_t seq = z.size(1) / group.size();
+    const auto w = kernels::compute_weight(weight, z.scalar_type(), s);
+    auto y = ring_reduce_scatter(group, [&](int64_t c) { return at::linear(part(z, c, seq), w); });
+    ctx->save_for_backward({z, w});
+    ctx->saved_data["key"] = reinterpret_cast<int64_t>(weight.unsafeGetTensorImpl());
+    ctx->saved_data["dtype"] = static_cast<int64_t>(weight.scalar_type());
+    ctx->saved_data["group"] = group_address;
+    ctx->saved_data["services"] = services_address;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &z = saved[0], &w = saved[1];
+    auto& group = group_at(ctx->saved_data["group"].toInt());
+    const auto* s = services_at(ctx->saved_data["services"].toInt());
+    const auto key = ctx->saved_data["key"].toInt();
+    const int64_t seq = z.size(1) / group.size();
+    auto dz = at::empty_like(z);
+    at::Tensor dw;
+    ring_all_gather(group, grads[0], [&](int64_t c, const at::Tensor& dy) {
+      part(dz, c, seq).copy_(at::matmul(dy, w));
+      if (ctx->needs_input_grad(1)) add_weight_gradient(dw, s, key, dy, part(z, c, seq));
+    });
+    if (dw.defined()) dw = dw.to(static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt()));
+    return {dz, dw, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::vector<at::Tensor> gathered_linear(const at::Tensor& x, at::TensorList weights, RankGroup& group,
+                                        const kernels::WeightServices* services) {
+  return GatheredLinear::apply(x, weights, reinterpret_cast<int64_t>(&group), reinterpret_cast<int64_t>(services));
+}
+
+at::Tensor linear_scattered(const at::Tensor& z, const at::Tensor& weight, RankGroup& group,
+                            const kernels::WeightServices* services) {
+  return LinearScattered::apply(z, weight, reinterpret_cast<int64_t>(&group), reinterpret_cast<int64_t>(services));
+}
+
+}  // namespace troupe::models
