@@ -1459,6 +1459,40 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
   }
 }
 
+TEST_CASE("tensor parallelism with multi-token prediction: DeepSeek V3 with two prediction blocks (MoE, the sequence-"
+          "wise balance loss, the bias) under tp 2 and FSDP 2 x tp 2 trains as one rank does",
+          "[layouts]") {
+  TempDir dir;
+  const auto tokens = prepare_tokens(dir);
+  auto with_mtp = [&](config::JobConfig c, int ranks, int tp) {
+    c.model.name = "deepseek_v3";
+    c.model.dimensions = {{"n_layers", "3", "test"},           {"mtp_layers", "2", "test"},
+                          {"aux_loss_coeff", "0.01", "test"},  {"aux_loss_per_sequence", "true", "test"},
+                          {"load_balance_coeff", "0.01", "test"}};
+    c.job.local_ranks = ranks;
+    c.parallelism.tensor_parallel_degree = tp;
+    c.training.steps = 10;
+    c.checkpoint.interval = 5;
+    c.validation.enable = false;
+    return c;
+  };
+  const auto one_cfg = with_mtp(dp_job(dir, tokens, 1, 1, "one"), 1, 1);
+  const auto one = run_with_timeout(one_cfg);
+  REQUIRE(one.steps.size() == 10);
+  CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
+  const auto reference = final_model(one_cfg);
+  for (const auto& [name, ranks, dp, tp] : {std::tuple{"tp2", 2, 1, 2}, std::tuple{"fsdp2_tp2", 4, 2, 2}}) {
+    SECTION(name) {
+      const auto cfg = with_mtp(dp_job(dir, tokens, dp, 1, name), ranks, tp);
+      const auto run = run_with_timeout(cfg);
+      INFO(run.message);
+      REQUIRE(run.exit_code == 0);
+      check_same_run(run, one);
+      check_same_model(final_model(cfg), reference);
+    }
+  }
+}
+
 TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 2 and 4 ranks, with FSDP, TP, a "
           "pipeline and activation checkpointing, trains and validates as one rank does, and its checkpoints move to "
           "and from one rank",
@@ -1602,10 +1636,6 @@ TEST_CASE("tensor parallelism: a degree that does not divide the heads (or, with
                     Catch::Contains("parallelism.tensor_parallel_degree = 6 is not a multiple of the model's n_kv_heads (4)"));
   c.parallelism.tensor_parallel_degree = 2;
   c.training.seq_len = 32;
-  c.model.name = "deepseek_v3";
-  c.model.dimensions = {{"mtp_layers", "1", "test"}};
-  CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
-                    Catch::Contains("tensor parallelism with multi-token prediction is not implemented yet"));
   c.model.dimensions.clear();
   c.model.name = "qwen3_moe";
   c.parallelism.expert_parallel_degree = 2;

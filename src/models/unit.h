@@ -54,6 +54,10 @@ struct UnitBatch {
   // the attention sees (its own, or the cp group's gathered); under the ring method one per
   // rank whose block of keys it sees, by rank.
   std::vector<kernels::AttentionSegments> attention_segments;
+  // Multi-token prediction's blocks under tensor parallelism keep the sequence's length (its
+  // parts stay equal) and score only the first `scored_positions` of each row: a MoE block routes
+  // only those tokens. -1: every position.
+  int64_t scored_positions = -1;
 };
 
 class Unit : public torch::nn::Module {

@@ -208,13 +208,15 @@ class EmbeddingUnit : public Unit {
         compute_dtype(o.dtype().toScalarType()) {}
   // Under tensor parallelism the table holds this rank's rows of the vocabulary: other tokens
   // look up zeros, and the ranks' lookups are added up as each takes its part of the sequence.
-  at::Tensor forward(const at::Tensor&, const UnitBatch& batch) override {
-    if (!tp) return at::embedding(weight, batch.tokens).to(compute_dtype);
+  at::Tensor forward(const at::Tensor&, const UnitBatch& batch) override { return lookup(batch.tokens, compute_dtype); }
+  // `tokens` [B, S] embedded in `dtype`: [B, S / tp, dim] under tensor parallelism.
+  at::Tensor lookup(const at::Tensor& tokens, at::ScalarType dtype) const {
+    if (!tp) return at::embedding(weight, tokens).to(dtype);
     const auto rows = weight.size(0), first = rows * tp->rank();
-    const auto local = batch.tokens - first;
+    const auto local = tokens - first;
     const auto mine = local.ge(0).logical_and(local.lt(rows)).unsqueeze(-1);
     const auto looked_up = at::embedding(weight, local.clamp(0, rows - 1)) * mine.to(weight.scalar_type());
-    return scatter_sequence_sum(looked_up.to(compute_dtype), *tp);
+    return scatter_sequence_sum(looked_up.to(dtype), *tp);
   }
   // A sharded table's rows are not the unit's output: no row-wise gradient then.
   at::Tensor lookup_table() const override { return tp ? at::Tensor() : weight; }
@@ -313,9 +315,8 @@ class HeadUnit : public Unit {
   // block earlier, and is scored against the target i + k (causal attention makes the cut exact).
   at::Tensor forward(const at::Tensor& x, const UnitBatch& batch) override {
     if (tp_) {
-      // Loss parallel: the whole sequence, this rank's rows of the vocabulary.
-      return kernels::vocab_parallel_cross_entropy(gather_sequence(norm->forward(x), *tp_), weight(), batch.targets,
-                                                   weight().size(0) * tp_->rank(), reduce_, services_);
+      auto loss = loss_parallel(norm->forward(x), batch.targets);
+      return mtp_blocks.empty() ? loss : with_predictions_tp(loss, x, batch);
     }
     auto loss = kernels::linear_cross_entropy(norm->forward(x), weight(), batch.targets, services_);
     if (mtp_blocks.empty()) return loss;
@@ -331,13 +332,46 @@ class HeadUnit : public Unit {
                      .aux = batch.aux,
                      .loss_scale = batch.loss_scale,
                      .documents = batch.documents.defined() ? batch.documents.narrow(1, 0, n) : at::Tensor()};
-      const auto embedded = at::embedding(embedding_->weight, part.tokens).to(x.scalar_type());
-      previous = mtp_blocks[k]->predict(previous.narrow(1, 0, n), embedded, part);
+      previous = mtp_blocks[k]->predict(previous.narrow(1, 0, n), embedding_->lookup(part.tokens, x.scalar_type()), part);
       const auto l = kernels::linear_cross_entropy(mtp_blocks[k]->mtp_norm->forward(previous), weight(), part.targets,
                                                    services_);
       sum = sum.defined() ? sum + l : l;
       ++used;
     }
+    return with_mtp_loss(loss, sum, used, batch);
+  }
+
+  // Loss parallel: the whole sequence of normed states `h`, this rank's rows of the vocabulary;
+  // negative targets are not scored.
+  at::Tensor loss_parallel(const at::Tensor& h, const at::Tensor& targets) const {
+    return kernels::vocab_parallel_cross_entropy(gather_sequence(h, *tp_), weight(), targets,
+                                                 weight().size(0) * tp_->rank(), reduce_, services_);
+  }
+
+  // Prediction blocks under tensor parallelism: the sequence keeps its length so that its parts
+  // stay equal; block k's tokens and targets are shifted k + 1 ahead and its last k + 1 positions
+  // are not scored (their targets -1, their tokens not routed). Causal attention makes the scored
+  // positions' states the same as the cut sequence's.
+  at::Tensor with_predictions_tp(const at::Tensor& loss, const at::Tensor& x, const UnitBatch& batch) {
+    const auto S = batch.tokens.size(1);
+    at::Tensor previous = x, sum;
+    int64_t used = 0;
+    for (size_t k = 0; k < mtp_blocks.size(); ++k) {
+      const int64_t ahead = static_cast<int64_t>(k) + 1, n = S - ahead;
+      if (n <= 0) break;
+      UnitBatch part = batch;
+      part.tokens = at::cat({batch.tokens.narrow(1, ahead, n), batch.tokens.narrow(1, 0, ahead)}, 1);
+      part.targets = at::cat({batch.targets.narrow(1, ahead, n), at::full_like(batch.targets.narrow(1, 0, ahead), -1)}, 1);
+      part.scored_positions = n;
+      previous = mtp_blocks[k]->predict(previous, embedding_->lookup(part.tokens, x.scalar_type()), part);
+      const auto l = loss_parallel(mtp_blocks[k]->mtp_norm->forward(previous), part.targets);
+      sum = sum.defined() ? sum + l : l;
+      ++used;
+    }
+    return with_mtp_loss(loss, sum, used, batch);
+  }
+
+  at::Tensor with_mtp_loss(const at::Tensor& loss, const at::Tensor& sum, int64_t used, const UnitBatch& batch) const {
     if (!used) return loss;
     const auto mtp_loss = sum / static_cast<double>(used);
     if (batch.aux) batch.aux->add("mtp.loss", mtp_loss);
@@ -462,8 +496,7 @@ void DecoderModel::apply_tensor_parallel(RankGroupPtr group, bool asynchronous) 
   tp_ = std::move(group);
   auto& g = *tp_;
   dynamic_cast<EmbeddingUnit&>(*units_.front()).tp = &g;
-  for (size_t i = 1; i + 1 < units_.size(); ++i) {
-    auto& b = dynamic_cast<TransformerBlock&>(*units_[i]);
+  auto shard_block = [&](TransformerBlock& b) {
     b.attention->shard(g);
     b.attention->async_tp = asynchronous;
     if (b.feed_forward) {
@@ -471,14 +504,16 @@ void DecoderModel::apply_tensor_parallel(RankGroupPtr group, bool asynchronous) 
       b.feed_forward->async_tp = asynchronous;
     }
     if (b.moe) b.moe->tp = &g;
-  }
-  dynamic_cast<HeadUnit&>(*units_.back()).shard(g);
+  };
+  for (size_t i = 1; i + 1 < units_.size(); ++i) shard_block(dynamic_cast<TransformerBlock&>(*units_[i]));
+  auto& head = dynamic_cast<HeadUnit&>(*units_.back());
+  for (auto& m : head.mtp_blocks) shard_block(*m);
+  head.shard(g);
 }
 
 std::string tensor_parallel_problem(const DecoderArgs& a, int64_t tp) {
   if (tp <= 1) return {};
   const auto degree = "parallelism.tensor_parallel_degree = " + std::to_string(tp);
-  if (a.mtp_layers > 0) return degree + ": tensor parallelism with multi-token prediction is not implemented yet";
   auto must_divide = [&](const char* what, int64_t value) -> std::string {
     if (value % tp == 0) return {};
     return degree + " does not divide the model's " + what + " (" + std::to_string(value) + ")";
