@@ -1459,31 +1459,45 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
   }
 }
 
-TEST_CASE("tensor parallelism with multi-token prediction: DeepSeek V3 with two prediction blocks (MoE, the sequence-"
-          "wise balance loss, the bias) under tp 2 and FSDP 2 x tp 2 trains as one rank does",
+TEST_CASE("tensor and context parallelism with multi-token prediction: DeepSeek V3 with two prediction blocks (MoE, "
+          "the balance loss, the bias) under tp 2, FSDP 2 x tp 2, cp 2 (allgather, ring) and cp 2 x tp 2 trains as "
+          "one rank does",
           "[layouts]") {
   TempDir dir;
   const auto tokens = prepare_tokens(dir);
-  auto with_mtp = [&](config::JobConfig c, int ranks, int tp) {
+  // The sequence-wise balance loss (the same whichever data-parallel rank holds a sequence) is
+  // left out beside cp, whose rank's loss is over its part of each sequence (docs/design.md).
+  auto with_mtp = [&](config::JobConfig c, int ranks, int tp, int cp, const char* method, bool balance_loss) {
     c.model.name = "deepseek_v3";
-    c.model.dimensions = {{"n_layers", "3", "test"},           {"mtp_layers", "2", "test"},
-                          {"aux_loss_coeff", "0.01", "test"},  {"aux_loss_per_sequence", "true", "test"},
+    c.model.dimensions = {{"n_layers", "3", "test"},
+                          {"mtp_layers", "2", "test"},
+                          {"aux_loss_coeff", balance_loss ? "0.01" : "0", "test"},
+                          {"aux_loss_per_sequence", "true", "test"},
                           {"load_balance_coeff", "0.01", "test"}};
     c.job.local_ranks = ranks;
     c.parallelism.tensor_parallel_degree = tp;
+    c.parallelism.context_parallel_degree = cp;
+    c.parallelism.context_parallel_rotate_method = method;
     c.training.steps = 10;
     c.checkpoint.interval = 5;
     c.validation.enable = false;
     return c;
   };
-  const auto one_cfg = with_mtp(dp_job(dir, tokens, 1, 1, "one"), 1, 1);
-  const auto one = run_with_timeout(one_cfg);
-  REQUIRE(one.steps.size() == 10);
-  CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
-  const auto reference = final_model(one_cfg);
-  for (const auto& [name, ranks, dp, tp] : {std::tuple{"tp2", 2, 1, 2}, std::tuple{"fsdp2_tp2", 4, 2, 2}}) {
-    SECTION(name) {
-      const auto cfg = with_mtp(dp_job(dir, tokens, dp, 1, name), ranks, tp);
+  struct Layout {
+    const char* name;
+    int ranks, dp, tp, cp;
+    const char* method;
+  };
+  for (const auto& l : {Layout{"tp2", 2, 1, 2, 1, "allgather"}, Layout{"fsdp2_tp2", 4, 2, 2, 1, "allgather"},
+                        Layout{"cp2_allgather", 2, 1, 1, 2, "allgather"}, Layout{"cp2_ring", 2, 1, 1, 2, "ring"},
+                        Layout{"cp2_tp2", 4, 1, 2, 2, "allgather"}}) {
+    SECTION(l.name) {
+      const auto one_cfg = with_mtp(dp_job(dir, tokens, 1, 1, "one"), 1, 1, 1, "allgather", l.cp == 1);
+      const auto one = run_with_timeout(one_cfg);
+      REQUIRE(one.steps.size() == 10);
+      CHECK(one.steps.back().loss < one.steps.front().loss - 0.3);
+      const auto reference = final_model(one_cfg);
+      const auto cfg = with_mtp(dp_job(dir, tokens, l.dp, 1, l.name), l.ranks, l.tp, l.cp, l.method, l.cp == 1);
       const auto run = run_with_timeout(cfg);
       INFO(run.message);
       REQUIRE(run.exit_code == 0);
@@ -1570,7 +1584,7 @@ TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 
   }
 }
 
-TEST_CASE("context parallelism: a sequence that does not cut into 2 x cp chunks, multi-token prediction, an unknown "
+TEST_CASE("context parallelism: a sequence that does not cut into 2 x cp chunks, an unknown "
           "rotate method or mask, and block_causal without an EOS token are refused up front",
           "[parallel]") {
   config::JobConfig c;
@@ -1587,10 +1601,6 @@ TEST_CASE("context parallelism: a sequence that does not cut into 2 x cp chunks,
                                     "parallelism.tensor_parallel_degree = 8"));
   c.training.seq_len = 32;
   c.parallelism.tensor_parallel_degree = 1;
-  c.model.name = "deepseek_v3";
-  c.model.dimensions = {{"mtp_layers", "1", "test"}};
-  CHECK_THROWS_WITH(train::check_layout(c, 2, *train::job_model(c)),
-                    Catch::Contains("context parallelism with multi-token prediction (mtp_layers) is not implemented yet"));
   CHECK_THROWS_WITH(config::load_job_config("", {{"parallelism.context_parallel_rotate_method", "alltoall"}}),
                     Catch::Contains("parallelism.context_parallel_rotate_method") && Catch::Contains("alltoall"));
   CHECK_THROWS_WITH(config::load_job_config("", {{"training.attention_mask", "sliding"}}),

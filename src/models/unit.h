@@ -54,10 +54,13 @@ struct UnitBatch {
   // the attention sees (its own, or the cp group's gathered); under the ring method one per
   // rank whose block of keys it sees, by rank.
   std::vector<kernels::AttentionSegments> attention_segments;
-  // Multi-token prediction's blocks under tensor parallelism keep the sequence's length (its
-  // parts stay equal) and score only the first `scored_positions` of each row: a MoE block routes
-  // only those tokens. -1: every position.
-  int64_t scored_positions = -1;
+  // Context parallelism: the whole rows' tokens and targets [batch, seq x cp], in order (what a
+  // prediction block reads ahead of this rank's positions), and this rank's positions on the host.
+  at::Tensor all_tokens, all_targets, host_positions;
+  // Multi-token prediction's blocks under tensor or context parallelism keep the sequence's
+  // length (its parts stay equal) and score only these of each row's positions (int64, on the
+  // device; a MoE block routes only their tokens). Undefined: every position.
+  at::Tensor scored_rows;
 };
 
 class Unit : public torch::nn::Module {

@@ -27,7 +27,10 @@ models::UnitBatch context_parallel_part(const models::UnitBatch& whole, const Co
   const auto device = whole.tokens.device();
   auto out = whole;
   out.all_positions = layout.rank_major.to(device);
-  out.positions = layout.positions.at(static_cast<size_t>(rank)).to(device);
+  out.host_positions = layout.positions.at(static_cast<size_t>(rank));
+  out.positions = out.host_positions.to(device);
+  out.all_tokens = whole.tokens;
+  out.all_targets = whole.targets;
   out.tokens = whole.tokens.index_select(1, out.positions);
   out.targets = whole.targets.index_select(1, out.positions);
   if (whole.documents.defined()) {

@@ -314,12 +314,9 @@ class HeadUnit : public Unit {
   // sequence's first S - k positions: position i the token i + k and the state of position i one
   // block earlier, and is scored against the target i + k (causal attention makes the cut exact).
   at::Tensor forward(const at::Tensor& x, const UnitBatch& batch) override {
-    if (tp_) {
-      auto loss = loss_parallel(norm->forward(x), batch.targets);
-      return mtp_blocks.empty() ? loss : with_predictions_tp(loss, x, batch);
-    }
-    auto loss = kernels::linear_cross_entropy(norm->forward(x), weight(), batch.targets, services_);
+    auto loss = cross_entropy(norm->forward(x), batch.targets);
     if (mtp_blocks.empty()) return loss;
+    if (tp_ || batch.all_tokens.defined()) return with_split_predictions(loss, x, batch);
     const auto S = x.size(1);
     at::Tensor previous = x, sum;
     int64_t used = 0;
@@ -333,38 +330,49 @@ class HeadUnit : public Unit {
                      .loss_scale = batch.loss_scale,
                      .documents = batch.documents.defined() ? batch.documents.narrow(1, 0, n) : at::Tensor()};
       previous = mtp_blocks[k]->predict(previous.narrow(1, 0, n), embedding_->lookup(part.tokens, x.scalar_type()), part);
-      const auto l = kernels::linear_cross_entropy(mtp_blocks[k]->mtp_norm->forward(previous), weight(), part.targets,
-                                                   services_);
+      const auto l = cross_entropy(mtp_blocks[k]->mtp_norm->forward(previous), part.targets);
       sum = sum.defined() ? sum + l : l;
       ++used;
     }
     return with_mtp_loss(loss, sum, used, batch);
   }
 
-  // Loss parallel: the whole sequence of normed states `h`, this rank's rows of the vocabulary;
-  // negative targets are not scored.
-  at::Tensor loss_parallel(const at::Tensor& h, const at::Tensor& targets) const {
+  // The mean cross-entropy of normed states `h` over the targets that are not negative; under
+  // tensor parallelism the loss parallel's (the whole sequence, this rank's rows of the vocabulary).
+  at::Tensor cross_entropy(const at::Tensor& h, const at::Tensor& targets) const {
+    if (!tp_) return kernels::linear_cross_entropy(h, weight(), targets, services_);
     return kernels::vocab_parallel_cross_entropy(gather_sequence(h, *tp_), weight(), targets,
                                                  weight().size(0) * tp_->rank(), reduce_, services_);
   }
 
-  // Prediction blocks under tensor parallelism: the sequence keeps its length so that its parts
-  // stay equal; block k's tokens and targets are shifted k + 1 ahead and its last k + 1 positions
-  // are not scored (their targets -1, their tokens not routed). Causal attention makes the scored
-  // positions' states the same as the cut sequence's.
-  at::Tensor with_predictions_tp(const at::Tensor& loss, const at::Tensor& x, const UnitBatch& batch) {
-    const auto S = batch.tokens.size(1);
+  // Prediction blocks under tensor or context parallelism: the sequence keeps its length, so that
+  // its parts stay equal. Block k's tokens and targets are those k + 1 positions ahead of each of
+  // this rank's positions; the positions past the row's end are not scored (targets ignored) nor
+  // routed by a MoE block. Causal attention leaves the scored positions' states those of the cut
+  // sequence; each rank's mean is weighted by its share of the scored positions, so that the
+  // average over the cp ranks is the mean over all of them.
+  at::Tensor with_split_predictions(const at::Tensor& loss, const at::Tensor& x, const UnitBatch& batch) {
+    const auto& tokens = batch.all_tokens.defined() ? batch.all_tokens : batch.tokens;
+    const auto& targets = batch.all_targets.defined() ? batch.all_targets : batch.targets;
+    const auto S = tokens.size(1);
+    const auto host = batch.host_positions.defined() ? batch.host_positions : at::arange(S, at::kLong);
+    const auto positions = batch.positions.defined() ? batch.positions : at::arange(S, tokens.options());
     at::Tensor previous = x, sum;
     int64_t used = 0;
     for (size_t k = 0; k < mtp_blocks.size(); ++k) {
       const int64_t ahead = static_cast<int64_t>(k) + 1, n = S - ahead;
       if (n <= 0) break;
+      const auto source = (positions + ahead).clamp_max(S - 1);
+      const auto scored = (positions + ahead).lt(S);
       UnitBatch part = batch;
-      part.tokens = at::cat({batch.tokens.narrow(1, ahead, n), batch.tokens.narrow(1, 0, ahead)}, 1);
-      part.targets = at::cat({batch.targets.narrow(1, ahead, n), at::full_like(batch.targets.narrow(1, 0, ahead), -1)}, 1);
-      part.scored_positions = n;
+      part.tokens = tokens.index_select(1, source);
+      part.targets = targets.index_select(1, source).masked_fill(scored.logical_not(), kIgnored);
+      const auto rows = at::nonzero(host + ahead < S).reshape({-1});  // on the host: no device sync
+      part.scored_rows = rows.to(tokens.device());
       previous = mtp_blocks[k]->predict(previous, embedding_->lookup(part.tokens, x.scalar_type()), part);
-      const auto l = loss_parallel(mtp_blocks[k]->mtp_norm->forward(previous), part.targets);
+      const auto share = static_cast<double>(rows.numel()) * static_cast<double>(S) /
+                         (static_cast<double>(host.numel()) * static_cast<double>(n));
+      const auto l = cross_entropy(mtp_blocks[k]->mtp_norm->forward(previous), part.targets) * share;
       sum = sum.defined() ? sum + l : l;
       ++used;
     }
@@ -391,6 +399,9 @@ class HeadUnit : public Unit {
   std::vector<std::shared_ptr<MtpBlock>> mtp_blocks;
 
  private:
+  // A target the cross-entropy skips (ATen's default ignore_index; Troupe's kernels skip any
+  // negative one).
+  static constexpr int64_t kIgnored = -100;
   RankGroup* tp_ = nullptr;
   kernels::GroupAllReduce reduce_;
   std::shared_ptr<EmbeddingUnit> embedding_;  // its table is the output when tied, and MTP's input
@@ -533,19 +544,9 @@ std::string tensor_parallel_problem(const DecoderArgs& a, int64_t tp) {
 }
 
 void DecoderModel::apply_context_parallel(const ContextParallel& cp) {
-  if (const auto problem = context_parallel_problem(args_, cp.group->size()); !problem.empty())
-    throw std::invalid_argument(problem);
   cp_ = std::make_unique<ContextParallel>(cp);
   for (size_t i = 1; i + 1 < units_.size(); ++i) dynamic_cast<TransformerBlock&>(*units_[i]).attention->cp = cp_.get();
-}
-
-std::string context_parallel_problem(const DecoderArgs& a, int64_t cp) {
-  if (cp <= 1) return {};
-  // A prediction block reads the tokens ahead of each position, which another rank may hold.
-  if (a.mtp_layers > 0)
-    return "parallelism.context_parallel_degree = " + std::to_string(cp) +
-           ": context parallelism with multi-token prediction (mtp_layers) is not implemented yet";
-  return {};
+  for (auto& m : dynamic_cast<HeadUnit&>(*units_.back()).mtp_blocks) m->attention->cp = cp_.get();
 }
 
 std::string expert_parallel_problem(const DecoderArgs& a, int64_t ep) {

@@ -56,8 +56,6 @@ class DecoderModel : public Model {
 // Why the decoder described by `args` cannot be split over `tp` tensor-parallel ranks (a message
 // naming parallelism.tensor_parallel_degree and the dimension), or empty.
 std::string tensor_parallel_problem(const DecoderArgs& args, int64_t tp);
-// Why it cannot attend over `cp` context-parallel ranks, or empty.
-std::string context_parallel_problem(const DecoderArgs& args, int64_t cp);
 // Why its routed experts cannot be split over `ep` expert-parallel ranks, or empty.
 std::string expert_parallel_problem(const DecoderArgs& args, int64_t ep);
 

@@ -92,9 +92,7 @@ std::string DecoderArchitecture::tensor_parallel_problem(int64_t tp) const {
   return models::tensor_parallel_problem(args_, tp);
 }
 
-std::string DecoderArchitecture::context_parallel_problem(int64_t cp) const {
-  return models::context_parallel_problem(args_, cp);
-}
+std::string DecoderArchitecture::context_parallel_problem(int64_t) const { return {}; }
 
 std::string DecoderArchitecture::expert_parallel_problem(int64_t ep) const {
   return models::expert_parallel_problem(args_, ep);

@@ -110,9 +110,8 @@ MoE::MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::Weight
 at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t layer,
                         const kernels::InputRecipe& recipe) const {
   const auto gathered = tp ? gather_sequence(x, *tp) : x;
-  const auto length = gathered.size(1);
-  const bool cut = batch.scored_positions >= 0 && batch.scored_positions < length;
-  const auto whole = cut ? gathered.narrow(1, 0, batch.scored_positions) : gathered;
+  const bool cut = batch.scored_rows.defined();
+  const auto whole = cut ? gathered.index_select(1, batch.scored_rows) : gathered;
   const auto shape = whole.sizes().vec();
   const auto dim = shape.back();
   const auto flat = whole.reshape({-1, dim});
@@ -133,7 +132,7 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
     out = out + shared;
   }
   out = out.view(shape);
-  if (cut) out = at::constant_pad_nd(out, {0, 0, 0, length - batch.scored_positions});  // unscored: zero
+  if (cut) out = at::zeros_like(gathered).index_copy(1, batch.scored_rows, out);  // unscored: zero
   if (tp) out = scatter_sequence_sum(out, *tp);
 
   if (batch.aux)
