@@ -24,7 +24,10 @@
 #include "kernels/widen_copy.h"
 #include "data/batch_source.h"
 #include "data/tokenizer.h"
+#include "models/context_parallel.h"
 #include "models/model.h"
+#include "models/unit.h"
+#include "parallel/context_parallel.h"
 #include "models/registry.h"
 #include "models/common/decoder_architecture.h"
 #include "train/adamw.h"
@@ -1064,6 +1067,69 @@ TEST_CASE("cuDNN's dense blocks of causal attention match the masked attention i
       INFO("result " << i << " (out, dq, dk, dv)");
       CHECK(rel(got[i], want[i]) < 1e-2);
     }
+  }
+}
+
+namespace {
+// A cp group seen from one rank: its gathers return the whole sequence's keys and values held
+// by the test (rank-major), with this rank's own part where the gather puts it.
+class HeldSequence : public models::RankGroup {
+ public:
+  HeldSequence(int rank, std::vector<at::Tensor> wholes) : rank_(rank), wholes_(std::move(wholes)) {}
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(wholes_.front().size(0)); }
+  at::Tensor all_gather(const at::Tensor& in) override {
+    auto out = wholes_.at(next_++ % wholes_.size()).to(in.scalar_type()).clone();
+    out[rank_].copy_(in);
+    return out;
+  }
+  at::Tensor reduce_scatter(const at::Tensor& in) override { return in[rank_]; }
+  void all_reduce(at::Tensor&, bool) override {}
+  std::unique_ptr<Transfer> ring_shift(const at::Tensor&) override { throw std::logic_error("not here"); }
+  std::unique_ptr<Transfer> start_all_to_all(const at::Tensor&, const std::vector<int64_t>&,
+                                             const std::vector<int64_t>&) override {
+    throw std::logic_error("not here");
+  }
+
+ private:
+  int rank_;
+  std::vector<at::Tensor> wholes_;
+  size_t next_ = 0;
+};
+}  // namespace
+
+TEST_CASE("context parallelism's allgather on CUDA takes cuDNN's dense blocks with the trainer's runs and key "
+          "order, and matches fp64 attention over the whole sequence",
+          "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  torch::manual_seed(11);
+  const int64_t B = 1, S = 1024, H = 4, Hkv = 2, D = 64, cp = 4;
+  const double scale = 0.125;
+  const auto layout = parallel::context_parallel_layout(S, cp);
+  const auto q_all = torch::randn({B, S, H, D}), k_all = torch::randn({B, S, Hkv, D}), v_all = torch::randn({B, S, Hkv, D});
+  const auto seen = [](const at::Tensor& t) { return t.to(at::kBFloat16).to(torch::kDouble); };
+  // The reference: the whole sequence's causal attention in fp64, the rank's rows taken after.
+  const auto whole = kernels::masked_attention(seen(q_all), seen(k_all), seen(v_all),
+                                               kernels::AttentionMask::of(torch::arange(S), torch::arange(S), {}), scale);
+  for (int rank : {0, 2}) {
+    INFO("cp rank " << rank);
+    const auto mine = layout.positions[static_cast<size_t>(rank)];
+    const auto dev = torch::Device(torch::kCUDA);
+    // Every rank's keys and values, rank-major [cp, B, S / cp, Hkv, D], as the gather lays them.
+    auto rank_major = [&](const at::Tensor& t) {
+      return t.index_select(1, layout.rank_major).view({B, cp, S / cp, Hkv, D}).transpose(0, 1).to(dev);
+    };
+    auto group = std::make_shared<HeldSequence>(rank, std::vector<at::Tensor>{rank_major(k_all), rank_major(v_all)});
+    models::UnitBatch batch;
+    batch.positions = mine.to(dev);
+    batch.all_positions = layout.rank_major.to(dev);
+    batch.query_runs = kernels::query_runs(mine, S);
+    batch.key_order = at::argsort(layout.rank_major).to(dev);
+    REQUIRE(batch.query_runs.size() == 2);
+    auto on_dev = [&](const at::Tensor& t) { return t.index_select(1, mine).to(dev, at::kBFloat16); };
+    const auto got = models::context_parallel_attention(on_dev(q_all), on_dev(k_all), on_dev(v_all), batch, scale,
+                                                        {group, models::RotateMethod::allgather});
+    CHECK(rel(got.to(torch::kCPU, torch::kDouble), whole.index_select(1, mine)) < 1e-2);
   }
 }
 

@@ -5,7 +5,7 @@
 // (its two chunks of every sequence over the gathered keys), run on the kernel the whole sequence
 // runs on. Flash attention's variable-length form (kernels::segment_attention) is about 1.5x
 // slower than cuDNN on an H100 at these shapes. Measured by `troupe_bench attention-share`; the
-// trainer takes it for allgather once its [gpu] test has run on a GPU (it has not yet).
+// trainer takes it for context parallelism's allgather under causal masking.
 //
 // Shapes as kernels/attention.h: q [B, Sq, H, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv].
 #pragma once

@@ -7,8 +7,11 @@
 //    travels, the partial results merged by their log-sum-exp; the backward passes the blocks
 //    around again with their gradients, which arrive home after a full turn.
 // The mask comes from positions and documents (kernels::AttentionMask), so a rank's part need not
-// be contiguous and documents may cross the parts. On CUDA, allgather runs flash attention over
-// the mask's segments (kernels::segment_attention); ring's blocks run the ATen masked attention.
+// be contiguous and documents may cross the parts. On CUDA, allgather runs cuDNN's fused attention
+// over dense blocks under plain causal masking (kernels::dense_block_attention: a rank's runs of
+// queries over the keys before them and their own square), and flash attention over the mask's
+// segments (kernels::segment_attention) with documents; ring's blocks run flash attention over
+// each block's segments.
 #pragma once
 #include <ATen/core/Tensor.h>
 

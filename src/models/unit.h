@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/attention.h"
+#include "kernels/dense_block_attention.h"
 
 namespace troupe::models {
 
@@ -54,6 +55,11 @@ struct UnitBatch {
   // the attention sees (its own, or the cp group's gathered); under the ring method one per
   // rank whose block of keys it sees, by rank.
   std::vector<kernels::AttentionSegments> attention_segments;
+  // On CUDA, context parallelism's allgather under plain causal masking: this rank's queries as
+  // runs of consecutive positions, and the gathered keys' order by position (int64, on the
+  // device), for cuDNN's dense blocks (kernels::dense_block_attention). Empty: not taken.
+  std::vector<kernels::QueryRun> query_runs;
+  at::Tensor key_order;
   // Context parallelism: the whole rows' tokens and targets [batch, seq x cp], in order (what a
   // prediction block reads ahead of this rank's positions), and this rank's positions on the host.
   at::Tensor all_tokens, all_targets, host_positions;

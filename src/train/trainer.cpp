@@ -85,9 +85,12 @@ void check_layout(const config::JobConfig& cfg, int world, const models::Archite
   if (const auto problem = model.context_parallel_problem(cp); !problem.empty()) throw std::invalid_argument(problem);
   if (const auto problem = model.expert_parallel_problem(dims.of(parallel::MeshDim::ep)); !problem.empty())
     throw std::invalid_argument(problem);
-  if (dims.of(parallel::MeshDim::ep) > 1 && tp > 1)
-    throw std::invalid_argument("parallelism.expert_parallel_degree with tensor_parallel_degree > 1 (experts split over "
-                                "both, torchtitan's etp) is not implemented yet");
+  // With tp, the routed experts are whole and each tp rank routes its own part of the sequence
+  // (torchtitan's etp 1): an ep group holds whole tp groups.
+  if (const auto ep = dims.of(parallel::MeshDim::ep); ep > 1 && tp > 1 && ep % tp)
+    throw std::invalid_argument("parallelism.expert_parallel_degree = " + std::to_string(ep) +
+                                " must be a multiple of parallelism.tensor_parallel_degree = " + std::to_string(tp) +
+                                " (the routed experts are whole and each tp rank routes its own part of the sequence)");
   models::parse_rotate_method(cfg.parallelism.context_parallel_rotate_method);
   if (cp > 1 && seq % (2 * cp))
     throw std::invalid_argument("training.seq_len = " + std::to_string(seq) + " must be a multiple of 2 x "
@@ -202,6 +205,7 @@ struct Trainer::Impl {
     if (converts_float8(cfg)) {
       float8 = std::make_unique<kernels::Float8Linears>(kernels::parse_float8_recipe(cfg.float8.recipe_name));
       const auto conversion = convert_to_float8(*model, cfg.float8, *float8);
+      float8_precompute = cfg.float8.enable_fsdp_float8_all_gather && cfg.float8.precompute_float8_dynamic_scale_for_fsdp;
       if (rank.rank == 0) std::cerr << "troupe: " << conversion.describe(float8->recipe()) << std::endl;
     }
     const auto global = cfg.training.global_batch_size;
@@ -306,6 +310,7 @@ struct Trainer::Impl {
   std::optional<parallel::PipelinePlan> plan;  // with pipeline parallelism
   std::shared_ptr<models::Model> model;
   std::unique_ptr<kernels::Float8Linears> float8;  // with model.converters' FP8; the model's services point here
+  bool float8_precompute = false;  // FSDP's FP8 all-gather scales, computed after each optimizer step
   LrSchedule schedule;
   double max_norm;
   // Before the optimizer and the sharded units, which keep pointers to it.
@@ -359,6 +364,10 @@ struct Trainer::Impl {
       } else {
         add(layout.rank_major);
       }
+      if (cp > 1 && !ring_attention && !block_causal) {
+        ub.query_runs = kernels::query_runs(mine, seq);
+        ub.key_order = at::argsort(layout.rank_major).to(dev);
+      }
     }
     return cp > 1 ? parallel::context_parallel_part(ub, layout, cp_rank) : ub;
   }
@@ -379,18 +388,16 @@ struct Trainer::Impl {
       if (name.ends_with(".tokens_per_expert")) loads.emplace_back(name, v);
     if (loads.empty()) return;
     models::AuxValues step;
-    if (parallelized.sharded) {
-      std::vector<at::Tensor> parts;
-      for (const auto& [name, v] : loads) parts.push_back(v.reshape({-1}));
-      auto all = at::cat(parts);
-      parallelized.sharded->average_over_data_parallel(all);
-      int64_t offset = 0;
-      for (const auto& [name, v] : loads) {
-        step.add(name, all.narrow(0, offset, v.numel()).view_as(v));
-        offset += v.numel();
-      }
-    } else {
-      for (const auto& [name, v] : loads) step.add(name, v);
+    std::vector<at::Tensor> parts;
+    for (const auto& [name, v] : loads) parts.push_back(v.reshape({-1}));
+    auto all = at::cat(parts);
+    if (parallelized.sharded) parallelized.sharded->average_over_data_parallel(all);
+    // Routing their own parts of the sequence (with ep), tp ranks see different loads.
+    if (parallelized.tp) parallelized.tp->all_reduce(all, comm::ReduceOp::avg)->wait();
+    int64_t offset = 0;
+    for (const auto& [name, v] : loads) {
+      step.add(name, all.narrow(0, offset, v.numel()).view_as(v));
+      offset += v.numel();
     }
     model->balance_experts(step);
   }
@@ -473,9 +480,13 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   if (m.activity) m.activity("optimizer", -1);
   const auto optimizer_start = std::chrono::steady_clock::now();
   const double waited_before_optimizer = waited();
-  m.optimizer->step(stats.lr, parallel::clip_divisor(norm, m.max_norm, dev), m.prefetched_pieces, [&](size_t k) {
-    m.parallelized.sharded->prefetch(k);
-  });
+  // FP8 all-gather with precomputed scales: every unit's scale needs every master updated, so the
+  // first units are gathered after the precompute rather than during the update.
+  const bool precompute = m.parallelized.sharded && m.float8_precompute;
+  m.optimizer->step(stats.lr, parallel::clip_divisor(norm, m.max_norm, dev),
+                    precompute ? std::vector<size_t>{} : m.prefetched_pieces,
+                    [&](size_t k) { m.parallelized.sharded->prefetch(k); });
+  if (precompute) m.parallelized.sharded->precompute_float8_scales();
   m.balance_experts();
   stats.optimizer_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - optimizer_start).count() -
                             (waited() - waited_before_optimizer);

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "kernels/attention.h"
+#include "kernels/dense_block_attention.h"
 #include "models/unit.h"
 
 namespace troupe::models {
@@ -144,6 +145,9 @@ at::Tensor context_parallel_attention(const at::Tensor& q, const at::Tensor& k, 
     return RingAttention::apply(q, k, v, reinterpret_cast<int64_t>(&batch), reinterpret_cast<int64_t>(&group), scale);
   // allgather: the whole sequence's keys and values, rank-major as all_positions.
   const auto k_all = gather_sequence(k, group), v_all = gather_sequence(v, group);
+  if (!batch.query_runs.empty() && kernels::dense_block_attention_fits(q, k_all, v_all))
+    return kernels::dense_block_attention(q, k_all.index_select(1, batch.key_order),
+                                          v_all.index_select(1, batch.key_order), batch.query_runs, scale);
   if (batch.attention_segments.size() == 1 && kernels::fused_attention_fits(q, k, v))
     return kernels::segment_attention(q, k_all, v_all, batch.attention_segments[0], scale);
   kernels::AttentionMask mask{batch.positions, batch.all_positions, batch.documents, batch.all_documents};
