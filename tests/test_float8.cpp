@@ -13,6 +13,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #endif
 
+#include "comm/rendezvous.h"
 #include "data/batch_source.h"
 #include "kernels/float8.h"
 #include "kernels/float8_linear.h"
@@ -221,9 +222,24 @@ filter_fqns = ["output", "auto_filter_small_kn"]
   // A recipe without the converter would do nothing.
   CHECK_THROWS_WITH(config::load_job_config(path, {{"model.converters", ""}}),
                     Catch::Contains("unless model.converters has"));
+  // FP8 all-gather sends one scale per weight: tensorwise only; the precompute needs it.
   CHECK_THROWS_WITH(config::load_job_config(path, {{"quantize.linear.float8.enable_fsdp_float8_all_gather", "true"},
                                                    {"parallelism.data_parallel_shard_degree", "2"}}),
-                    Catch::Contains("FP8 all-gather is not implemented yet"));
+                    Catch::Contains("quantize.linear.float8.enable_fsdp_float8_all_gather must be false unless "
+                                    "quantize.linear.float8.recipe_name is \"tensorwise\""));
+  cfg = config::load_job_config(path, {{"quantize.linear.float8.recipe_name", "tensorwise"},
+                                       {"quantize.linear.float8.enable_fsdp_float8_all_gather", "true"},
+                                       {"quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp", "true"},
+                                       {"parallelism.data_parallel_shard_degree", "2"}});
+  CHECK(cfg.float8.enable_fsdp_float8_all_gather);
+  CHECK(cfg.float8.precompute_float8_dynamic_scale_for_fsdp);
+  CHECK_THROWS_WITH(config::load_job_config(path, {{"quantize.linear.float8.recipe_name", "tensorwise"},
+                                                   {"quantize.linear.float8.precompute_float8_dynamic_scale_for_fsdp",
+                                                    "true"}}),
+                    Catch::Contains("unless quantize.linear.float8.enable_fsdp_float8_all_gather is true"));
+  CHECK_THROWS_WITH(config::load_job_config(path, {{"parallelism.enable_async_tensor_parallel", "true"},
+                                                   {"parallelism.tensor_parallel_degree", "2"}}),
+                    Catch::Contains("asynchronous TP do not compute in FP8 yet"));
   const auto typo = dir.write("typo.toml", "[quantize.linear.float9]\nrecipe_name = \"rowwise\"\n");
   CHECK_THROWS_WITH(config::load_job_config(typo),
                     Catch::Contains("typo.toml:1: unknown section 'quantize.linear.float9'") &&
@@ -497,6 +513,47 @@ TEST_CASE("200 steps of the debug model with each FP8 recipe track bf16", "[gpu]
     CHECK(std::abs(fp8 - bf16) / bf16 < 0.03);
   }
   CHECK(bf16 < 5.0);  // it trained: agreeing means something
+}
+
+TEST_CASE("FSDP's FP8 all-gather on CUDA trains as one rank's tensorwise FP8 does: the gathered bytes are the "
+          "whole master's quantization (FSDP over a one-rank NCCL group)",
+          "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  config::JobConfig c;
+  c.job.device = "cuda";
+  c.model.tokenizer_path = testing::source_dir() + "/data/kjv/tokenizer.json";
+  c.model.converters = {"quantize.linear.float8"};
+  c.float8.recipe_name = "tensorwise";
+  c.training.local_batch_size = 4;
+  c.training.seq_len = 256;
+  c.training.steps = 12;
+  c.lr_scheduler.warmup_steps = 2;
+  const auto vocab = data::Tokenizer::load(c.model.tokenizer_path).vocab_size();
+  auto run = [&](bool sharded, bool gather, bool precompute) {
+    auto cfg = c;
+    cfg.float8.enable_fsdp_float8_all_gather = gather;
+    cfg.float8.precompute_float8_dynamic_scale_for_fsdp = precompute;
+    parallel::RankContext rank;
+    if (sharded) rank = {0, 0, 1, comm::Rendezvous::in_process(std::chrono::minutes(2)), true, nullptr};
+    data::BatchSource src(cfg);
+    train::Trainer trainer(cfg, train::job_model(cfg, vocab), rank);
+    std::vector<double> losses;
+    for (int64_t s = 1; s <= cfg.training.steps; ++s)
+      losses.push_back(trainer.step(s, {std::make_shared<const data::Batch>(src.next())}).loss);
+    return losses;
+  };
+  const auto one = run(false, false, false);
+  const auto gathered_bf16 = run(true, false, false);
+  for (const bool precompute : {false, true}) {
+    const auto fp8_gathered = run(true, true, precompute);
+    for (size_t i = 0; i < one.size(); ++i) {
+      INFO("precompute " << precompute << ", step " << i + 1 << ": one rank " << one[i] << ", FSDP with FP8 all-gather "
+                         << fp8_gathered[i] << ", FSDP gathering bf16 " << gathered_bf16[i]);
+      CHECK(std::abs(fp8_gathered[i] - one[i]) < 1e-3 * one[i]);
+      CHECK(std::abs(gathered_bf16[i] - one[i]) < 2e-2 * one[i]);
+    }
+  }
+  CHECK(one.back() < one.front() - 0.5);  // it trained
 }
 
 TEST_CASE("a run saved with FP8 resumes with FP8 or without it (checkpoints hold no FP8 state)", "[gpu]") {

@@ -303,13 +303,31 @@ Rule float8_needs_converter() {
                               });
 }
 
-// FP8 all-gather is not built yet: on with sharded data parallelism, it is refused rather than
-// ignored (one rank, or replicas only, gather nothing).
+// FSDP's FP8 all-gather sends one scale per weight (tensorwise): under the other recipes a weight's
+// transposed use needs scales over its columns, which span the shards (torchao gathers FP8 only for
+// tensorwise too).
 Rule fsdp_float8_rule() {
-  return must_be<bool>("false while data_parallel_shard_degree is above 1 (FP8 all-gather is not implemented yet)",
+  return must_be<bool>("false unless quantize.linear.float8.recipe_name is \"tensorwise\" (FP8 all-gather sends "
+                       "one scale per weight)",
                        [](bool v, const JobConfig& cfg) {
-                         return !v || !converts_float8(cfg) || cfg.parallelism.data_parallel_shard_degree == 1;
+                         return !v || !converts_float8(cfg) || cfg.float8.recipe_name == "tensorwise";
                        });
+}
+
+// The scales are precomputed for the FP8 all-gather; without it there is nothing to precompute.
+Rule float8_precompute_rule() {
+  return both(fsdp_float8_rule(),
+              must_be<bool>("false unless quantize.linear.float8.enable_fsdp_float8_all_gather is true (the scales "
+                            "are those of the FP8 all-gather)",
+                            [](bool v, const JobConfig& cfg) { return !v || cfg.float8.enable_fsdp_float8_all_gather; }));
+}
+
+// Asynchronous TP's collective matmuls compute in bf16; with FP8 projections they would silently
+// not be FP8.
+Rule async_tp_rule() {
+  return must_be<bool>("false while model.converters has \"quantize.linear.float8\" (the collective matmuls of "
+                       "asynchronous TP do not compute in FP8 yet)",
+                       [](bool v, const JobConfig& cfg) { return !v || !converts_float8(cfg); });
 }
 
 // Rules run in this order, so a rule that reads another key comes after that key's own rule.
@@ -384,7 +402,7 @@ const std::vector<KeySpec>& key_specs() {
       {TROUPE_KEY(parallelism, disable_loss_parallel),
        must_be<bool>("false (the loss is computed on the vocabulary-sharded logits under tensor parallelism)",
                      [](bool v, auto&) { return !v; })},
-      {TROUPE_KEY(parallelism, enable_async_tensor_parallel), {}},
+      {TROUPE_KEY(parallelism, enable_async_tensor_parallel), async_tp_rule()},
       {TROUPE_KEY(parallelism, pipeline_parallel_degree), at_least(1)},
       {TROUPE_KEY(parallelism, context_parallel_degree), at_least(1)},
       {TROUPE_KEY(parallelism, context_parallel_rotate_method), one_of({"allgather", "ring"})},
@@ -429,7 +447,8 @@ const std::vector<KeySpec>& key_specs() {
        both(one_of({"tensorwise", "rowwise", "rowwise_with_gw_hp", "blockwise"}), float8_needs_converter())},
       {TROUPE_KEY_IN("quantize.linear.float8", float8, filter_fqns), {}},
       {TROUPE_KEY_IN("quantize.linear.float8", float8, enable_fsdp_float8_all_gather), fsdp_float8_rule()},
-      {TROUPE_KEY_IN("quantize.linear.float8", float8, precompute_float8_dynamic_scale_for_fsdp), fsdp_float8_rule()},
+      {TROUPE_KEY_IN("quantize.linear.float8", float8, precompute_float8_dynamic_scale_for_fsdp),
+       float8_precompute_rule()},
   };
   return specs;
 }

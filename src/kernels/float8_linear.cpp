@@ -82,6 +82,44 @@ size_t Float8Linears::size() const {
   return weights_.size();
 }
 
+Float8Linears::Quantized Float8Linears::quantized(const at::Tensor& weight, bool plain, bool transposed) {
+  {
+    std::lock_guard lock(mutex_);
+    const auto it = weights_.find(weight.unsafeGetTensorImpl());
+    if (it != weights_.end() && it->second.gathered) {
+      if (!it->second.provided)
+        throw std::logic_error("an FP8 weight gathered by FSDP as FP8 is used while its unit is not gathered");
+      auto& q = it->second.q;
+      if (transposed && !q.q_t.defined()) q.q_t = q.q.t().contiguous();
+      return q;
+    }
+  }
+  if (weight.scalar_type() != at::kFloat || !weight.is_contiguous()) return quantize_weight(weight, plain, transposed);
+  std::lock_guard lock(mutex_);
+  auto& kept = weights_[weight.unsafeGetTensorImpl()];
+  if (kept.version != weight._version() || !kept.q.q.defined()) {
+    kept.q = quantize_weight(weight, true, true);
+    kept.version = weight._version();
+  }
+  return kept.q;
+}
+
+void Float8Linears::gather_as_float8(const at::Tensor& weight) {
+  if (recipe_ != Float8Recipe::tensorwise) throw std::logic_error("FP8 all-gather gathers tensorwise weights only");
+  std::lock_guard lock(mutex_);
+  weights_.at(weight.unsafeGetTensorImpl()) = Kept{{}, -1, true, false};
+}
+
+void Float8Linears::provide(const at::Tensor& weight, const at::Tensor& q, const at::Tensor& scale) {
+  std::lock_guard lock(mutex_);
+  weights_.at(weight.unsafeGetTensorImpl()) = Kept{{q, scale, at::Tensor(), scale}, -1, true, true};
+}
+
+void Float8Linears::withdraw(const at::Tensor& weight) {
+  std::lock_guard lock(mutex_);
+  weights_.at(weight.unsafeGetTensorImpl()) = Kept{{}, -1, true, false};
+}
+
 #ifdef TROUPE_WITH_CUDA
 
 namespace {
@@ -129,8 +167,9 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // Saves the input's transpose in FP8 (half of bf16's bytes) for the weight-gradient GEMM, or the
-// bf16 input under rowwise_with_gw_hp, and each weight's transposed FP8 copy for the
-// input-gradient GEMM.
+// bf16 input under rowwise_with_gw_hp. The weights' transposed FP8 copies for the input-gradient
+// GEMM are asked for again in the backward, not saved: under FSDP a whole weight's copy held from
+// every layer's forward to its backward would undo the sharding (a master's copy is kept anyway).
 struct Float8LinearGroupFn : torch::autograd::Function<Float8LinearGroupFn> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights, int64_t services) {
     const auto* s = reinterpret_cast<const WeightServices*>(services);
@@ -147,15 +186,14 @@ struct Float8LinearGroupFn : torch::autograd::Function<Float8LinearGroupFn> {
     variable_list outs, to_save;
     std::vector<int64_t> keys;
     for (const auto& weight : weights) {
-      auto w = f8->quantized(weight);
+      auto w = f8->quantized(weight, /*plain=*/true, /*transposed=*/false);
       auto y = at::empty({M, weight.size(0)}, x2.options());
       gemm(operand(qx.q, qx.scale, Fp8Format::e4m3, sc.input), operand(w.q, w.scale, Fp8Format::e4m3, sc.weight), y,
            false, sc.fast_accum_forward);
       auto shape = x.sizes().vec();
       shape.back() = weight.size(0);
       outs.push_back(y.view(shape));
-      to_save.push_back(w.q_t);
-      to_save.push_back(w.scale_t);
+      to_save.push_back(weight);
       keys.push_back(reinterpret_cast<int64_t>(weight.unsafeGetTensorImpl()));
     }
     if (save_t) {
@@ -181,6 +219,7 @@ struct Float8LinearGroupFn : torch::autograd::Function<Float8LinearGroupFn> {
     const auto x_shape = ctx->saved_data["x_shape"].toIntVector();
     const size_t n = keys.size();
     const auto K = x_shape.back();
+    auto* f8 = s->float8;
     variable_list out(n + 2);
     at::Tensor dx;
     for (size_t i = 0; i < n; ++i) {
@@ -192,18 +231,19 @@ struct Float8LinearGroupFn : torch::autograd::Function<Float8LinearGroupFn> {
       if (ctx->needs_input_grad(0)) {
         const bool accumulate = dx.defined();
         if (!accumulate) dx = at::empty({M, K}, dy.options());
-        gemm(operand(qdy.q, qdy.scale, sc.grad_format, sc.grad),
-             operand(saved[2 * i], saved[2 * i + 1], Fp8Format::e4m3, sc.weight), dx, accumulate, false);
+        const auto w = f8->quantized(saved[i], /*plain=*/false, /*transposed=*/true);
+        gemm(operand(qdy.q, qdy.scale, sc.grad_format, sc.grad), operand(w.q_t, w.scale_t, Fp8Format::e4m3, sc.weight),
+             dx, accumulate, false);
       }
       if (!wants_dw) continue;
       const void* key = reinterpret_cast<const void*>(keys[i]);
       if (!fp8_dw) {
-        const auto& x2 = saved[2 * n];
+        const auto& x2 = saved[n];
         if (!sink_product(s, key, dy.t(), x2)) out[i + 1] = at::mm(dy.t(), x2, weight_dtype);
         continue;
       }
       const auto a = operand(qdy.q_t, qdy.scale_t, sc.grad_format, sc.grad);
-      const auto b = operand(saved[2 * n], saved[2 * n + 1], Fp8Format::e4m3, sc.input);
+      const auto b = operand(saved[n], saved[n + 1], Fp8Format::e4m3, sc.input);
       if (sink_write(s, key, [&](const at::Tensor& dest, bool add) { gemm(a, b, dest, add, false); })) continue;
       auto dw = at::empty({N, K}, dy.options().dtype(weight_dtype == at::kFloat ? at::kFloat : dy.scalar_type()));
       gemm(a, b, dw, false, false);
@@ -216,20 +256,10 @@ struct Float8LinearGroupFn : torch::autograd::Function<Float8LinearGroupFn> {
 
 }  // namespace
 
-Float8Linears::Quantized Float8Linears::quantized(const at::Tensor& weight) {
+Float8Linears::Quantized Float8Linears::quantize_weight(const at::Tensor& weight, bool plain, bool transposed) const {
   const auto sc = float8_scaling(recipe_);
-  auto make = [&] {
-    auto w = weight.detach().contiguous();
-    return quantize(w, sc.weight, Fp8Format::e4m3, sc.pow2, true, true, w.size(0));
-  };
-  if (weight.scalar_type() != at::kFloat || !weight.is_contiguous()) return make();
-  std::lock_guard lock(mutex_);
-  auto& kept = weights_[weight.unsafeGetTensorImpl()];
-  if (kept.version != weight._version() || !kept.q.q.defined()) {
-    kept.q = make();
-    kept.version = weight._version();
-  }
-  return kept.q;
+  auto w = weight.detach().contiguous();
+  return quantize(w, sc.weight, Fp8Format::e4m3, sc.pow2, plain, transposed, w.size(0));
 }
 
 std::vector<at::Tensor> float8_linear_group(const at::Tensor& x, at::TensorList weights, const WeightServices* services) {
@@ -240,7 +270,7 @@ std::vector<at::Tensor> float8_linear_group(const at::Tensor& x, at::TensorList 
 
 #else
 
-Float8Linears::Quantized Float8Linears::quantized(const at::Tensor&) {
+Float8Linears::Quantized Float8Linears::quantize_weight(const at::Tensor&, bool, bool) const {
   throw std::invalid_argument("FP8 projections need a build with CUDA");
 }
 

@@ -62,15 +62,27 @@ class Float8Linears {
     at::Tensor q, scale;      // [out, in] and its scales (the forward's operand)
     at::Tensor q_t, scale_t;  // [in, out] (the input-gradient GEMM's operand)
   };
-  // The weight's quantized copy: the kept one when the weight is a master not written since, else
-  // a fresh one (kept when the weight is an fp32 master).
-  Quantized quantized(const at::Tensor& weight);
+  // The weight's quantized copy, the layouts asked for (`plain`: q, `transposed`: q_t): the one
+  // provided by FSDP's FP8 all-gather, else the kept one when the weight is a master not written
+  // since, else a fresh one (kept, both layouts, when the weight is an fp32 master).
+  Quantized quantized(const at::Tensor& weight, bool plain = true, bool transposed = true);
+
+  // FSDP's FP8 all-gather (tensorwise): the weight's gathered e4m3 bytes `q` [out, in] and their
+  // one dequantization scale stand for the weight until withdrawn (its gathered buffer is freed);
+  // the transpose is made from them when a backward asks.
+  // From gather_as_float8 on, the weight has no values of its own: it is used only while
+  // provided (quantized() throws otherwise).
+  void gather_as_float8(const at::Tensor& weight);
+  void provide(const at::Tensor& weight, const at::Tensor& q, const at::Tensor& scale);
+  void withdraw(const at::Tensor& weight);
 
  private:
   struct Kept {
     Quantized q;
     int64_t version = -1;
+    bool gathered = false, provided = false;
   };
+  Quantized quantize_weight(const at::Tensor& weight, bool plain, bool transposed) const;
   Float8Recipe recipe_;
   mutable std::mutex mutex_;
   std::unordered_map<const void*, Kept> weights_;

@@ -1,5 +1,7 @@
 #include "parallel/fsdp.h"
 
+#include "kernels/float8.h"
+#include "kernels/float8_linear.h"
 #include "kernels/gradient_sink.h"
 #include "kernels/weight_copies.h"
 
@@ -58,6 +60,10 @@ struct ShardedUnits::Unit {
     // when they do not split evenly): rank r's chunk is its rows [r * chunk_rows, ...), so the
     // gather writes every chunk straight into its place.
     int64_t full_offset = 0;
+    // Where the gather puts it: in `full`, or in `full8` (an FP8 weight gathered as bytes, whose
+    // chunk is quantized into `send8` at shard8_offset); the gradients keep full_offset's layout.
+    bool fp8 = false;
+    int64_t gather_offset = 0, shard8_offset = 0;
     int64_t chunk_numel() const { return chunk_rows * row_numel; }
     // Rank r's rows: [first, first + count), count < chunk_rows (or 0) past the end.
     std::pair<int64_t, int64_t> rows_of(int64_t r) const {
@@ -74,7 +80,15 @@ struct ShardedUnits::Unit {
   // fp32 [shard_numel], from the unit's first reduction of a step until the next step starts:
   // not held while the activations of the forward are (FSDP2 allocates its sharded gradients so).
   at::Tensor master_grad;
-  at::Tensor full;                 // compute dtype [full_numel]; its storage comes and goes
+  at::Tensor full;                 // compute dtype [gathered_numel]; its storage comes and goes
+  int64_t gathered_numel = 0;      // full_numel less the FP8 weights'
+  // FP8 all-gather: the FP8 weights' gathered e4m3 bytes (storage coming and going as `full`'s),
+  // their quantized chunks, and the scales of the gather in flight or done (fp32 [n, 4], one row
+  // per FP8 weight in order, the scale first); `scales` ([n]) are the precomputed ones while
+  // `scales_current`.
+  at::Tensor full8, send8, gathered_scales, scales;
+  int64_t fp8_count = 0;
+  bool scales_current = false;
   at::Tensor send;                 // compute dtype [shard_numel], with keep_send_copies
   std::vector<at::Tensor> placed;  // the master's views whose copies live in `send`
   comm::WorkPtr gather_work;
@@ -106,7 +120,7 @@ ShardedUnits::ShardedUnits(const std::vector<models::UnitPtr>& units,
     parts_.emplace_back();
     add_unit(dense, options_.shard, 1, m, name_of);
     first_part(m).lookup = first_part(m).shard_size > 1 && dense.size() == 1 && units[m]->lookup_table().defined();
-    if (!experts.empty()) add_unit(experts, options_.experts.shard, options_.experts.ep, m, name_of);
+    if (!experts.empty()) add_unit(experts, options_.experts.shard, options_.experts.divide, m, name_of);
   }
   for (const auto& [user, owner] : options_.borrows) first_part(owner).lookup = false;  // tied: dense
 }
@@ -122,6 +136,7 @@ void ShardedUnits::add_unit(const std::vector<at::Tensor>& params, comm::Communi
   }
   u->divide = divide;
   const int64_t S = u->shard_size;
+  int64_t full8_numel = 0, shard8_numel = 0;
   for (const auto& p : params) {
     Unit::Param q;
     q.module_param = p;
@@ -130,6 +145,17 @@ void ShardedUnits::add_unit(const std::vector<at::Tensor>& params, comm::Communi
     q.chunk_rows = ceil_div(q.rows, S);
     q.shard_offset = u->shard_numel;
     q.full_offset = u->full_numel;
+    q.fp8 = u->shard && options_.float8 && options_.float8->has(p);
+    if (q.fp8) {
+      q.gather_offset = full8_numel;
+      q.shard8_offset = shard8_numel;
+      full8_numel += S * q.chunk_numel();
+      shard8_numel += q.chunk_numel();
+      ++u->fp8_count;
+    } else {
+      q.gather_offset = u->gathered_numel;
+      u->gathered_numel += S * q.chunk_numel();
+    }
     u->shard_numel += q.chunk_numel();
     u->full_numel += S * q.chunk_numel();
     u->even = u->even && q.rows == S * q.chunk_rows;
@@ -138,7 +164,11 @@ void ShardedUnits::add_unit(const std::vector<at::Tensor>& params, comm::Communi
   const auto device = params.empty() ? at::Device(at::kCPU) : params.front().device();
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
   u->master = at::zeros({u->shard_numel}, f32);
-  u->full = at::empty({u->full_numel}, f32.dtype(options_.compute_dtype));
+  u->full = at::empty({u->gathered_numel}, f32.dtype(options_.compute_dtype));
+  if (u->fp8_count > 0) {
+    u->full8 = at::empty({full8_numel}, f32.dtype(at::kByte));
+    u->send8 = at::zeros({shard8_numel}, f32.dtype(at::kByte));
+  }
   for (auto& q : u->params) {
     const auto& p = q.module_param;
     const auto it = name_of.find(p.unsafeGetTensorImpl());
@@ -152,11 +182,19 @@ void ShardedUnits::add_unit(const std::vector<at::Tensor>& params, comm::Communi
                          u->master.narrow(0, q.shard_offset, mine * q.row_numel).view(chunk_shape)};
     q.shard = shards_.size();
     shards_.push_back(std::move(piece));
-    // The module computes with a view of the gathered buffer from now on.
-    q.module_param.set_data(u->full.narrow(0, q.full_offset, p.numel()).view(p.sizes()));
+    // The module computes with a view of the gathered buffer from now on. An FP8-gathered weight
+    // has no values of its own: its projection computes with the gathered bytes (provided at each
+    // gather), and anything else reading it is refused by Float8Linears.
+    if (q.fp8) {
+      q.module_param.set_data(at::zeros({1}, u->full.options()).as_strided(p.sizes(), std::vector<int64_t>(p.dim(), 0)));
+      options_.float8->gather_as_float8(q.module_param);
+    } else {
+      q.module_param.set_data(u->full.narrow(0, q.gather_offset, p.numel()).view(p.sizes()));
+    }
     if (sinks_) gradient_sinks_.add(q.module_param);
   }
   free_storage(u->full);
+  if (u->full8.defined()) free_storage(u->full8);
   parts_.at(module).push_back(units_.size());
   units_.push_back(std::move(u));
 }
@@ -202,7 +240,7 @@ void ShardedUnits::keep_send_copies(kernels::WeightCopies& copies) {
     u.send = at::empty({u.shard_numel}, u.master.options().dtype(options_.compute_dtype));
     for (const auto& q : u.params) {
       const auto& master = shards_.at(q.shard).master;
-      if (master.numel() == 0) continue;
+      if (master.numel() == 0 || q.fp8) continue;  // sent as FP8, quantized at the gather
       copies.place(master, u.send.narrow(0, q.shard_offset, master.numel()).view(master.sizes()));
       u.placed.push_back(master);
     }
@@ -234,9 +272,76 @@ void ShardedUnits::gather(Unit& u) {
   }
   // One all-gather per parameter, grouped into one operation, each into the parameter's place: no
   // staging buffer to copy out of (that copy was 1.3% of a step at the 1.50B shapes on one GPU).
-  const auto [places, pieces] = per_parameter(u, u.full, send_buffer(u));
+  auto [places, pieces] = per_parameter(u, u.full, send_buffer(u));
+  if (u.fp8_count > 0) {
+    allocate_storage(u.full8);
+    if (!u.scales_current) {
+      auto amax = float8_amax(u);
+      u.shard->all_reduce(amax, comm::ReduceOp::max)->wait();
+      u.scales = amax.clamp_min_(kernels::kFp8AmaxFloor).div_(kernels::kFp8E4m3Max);
+    }
+    quantize_float8(u, u.scales);
+    for (const auto& q : u.params) {
+      if (!q.fp8 || q.chunk_numel() == 0) continue;
+      places.push_back(u.full8.narrow(0, q.gather_offset, u.shard_size * q.chunk_numel()));
+      pieces.push_back(u.send8.narrow(0, q.shard8_offset, q.chunk_numel()));
+    }
+  }
   u.gather_work = u.shard->all_gather(places, pieces);
   u.in_flight = true;
+}
+
+at::Tensor ShardedUnits::float8_amax(const Unit& u) const {
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> amax;
+  for (const auto& q : u.params) {
+    if (!q.fp8) continue;
+    const auto& master = shards_.at(q.shard).master;
+    amax.push_back(master.numel() == 0 ? at::zeros({}, master.options()) : master.abs().amax());
+  }
+  return at::stack(amax);
+}
+
+void ShardedUnits::quantize_float8(Unit& u, const at::Tensor& scales) {
+  // saturate(x * (1 / s)) rounded to nearest even, as the FP8 kernels quantize (kernels/float8.h).
+  torch::NoGradGuard no_grad;
+  const auto inverse = scales.reciprocal();
+  int64_t k = 0;
+  for (const auto& q : u.params) {
+    if (!q.fp8) continue;
+    const auto& master = shards_.at(q.shard).master;
+    if (master.numel() > 0)
+      u.send8.narrow(0, q.shard8_offset, master.numel())
+          .copy_(master.reshape({-1})
+                     .mul(inverse[k])
+                     .clamp_(-kernels::kFp8E4m3Max, kernels::kFp8E4m3Max)
+                     .to(at::kFloat8_e4m3fn)
+                     .view(at::kByte));
+    ++k;
+  }
+  // Each scale on its own 16 bytes: cuBLASLt refuses a scale pointer that is not so aligned.
+  u.gathered_scales = at::zeros({k, 4}, scales.options());
+  u.gathered_scales.select(1, 0).copy_(scales);
+}
+
+void ShardedUnits::precompute_float8_scales() {
+  std::vector<Unit*> units;
+  std::vector<at::Tensor> amax;
+  for (auto& u : units_)
+    if (u->fp8_count > 0) {
+      units.push_back(u.get());
+      amax.push_back(float8_amax(*u));
+    }
+  if (units.empty()) return;
+  auto all = at::cat(amax);
+  options_.shard->all_reduce(all, comm::ReduceOp::max)->wait();
+  all.clamp_min_(kernels::kFp8AmaxFloor).div_(kernels::kFp8E4m3Max);
+  int64_t at = 0;
+  for (auto* u : units) {
+    u->scales = all.narrow(0, at, u->fp8_count);
+    u->scales_current = true;
+    at += u->fp8_count;
+  }
 }
 
 void ShardedUnits::wait_gathered(Unit& u) {
@@ -246,12 +351,22 @@ void ShardedUnits::wait_gathered(Unit& u) {
   u.gather_work.reset();
   u.in_flight = false;
   u.ready = true;
+  int64_t k = 0;
+  for (const auto& q : u.params) {
+    if (!q.fp8) continue;
+    options_.float8->provide(q.module_param,
+                             u.full8.narrow(0, q.gather_offset, q.rows * q.row_numel).view({q.rows, q.row_numel}),
+                             u.gathered_scales[k++].narrow(0, 0, 1));
+  }
 }
 
 void ShardedUnits::free_gathered(Unit& u) {
   if (u.in_flight) wait_gathered(u);
   if (!u.ready) return;
+  for (const auto& q : u.params)
+    if (q.fp8) options_.float8->withdraw(q.module_param);
   free_storage(u.full);
+  if (u.full8.defined()) free_storage(u.full8);
   u.ready = false;
 }
 
@@ -324,9 +439,10 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> ShardedUnits::per_pa
                                                                                       const at::Tensor& gathered,
                                                                                       const at::Tensor& shard) const {
   std::vector<at::Tensor> places, pieces;  // each parameter's S chunks in `gathered`, its chunk in `shard`
+  const bool gathering = gathered.is_same(u.full);  // the gather's layout leaves out FP8 weights
   for (const auto& q : u.params) {
-    if (q.chunk_numel() == 0) continue;
-    places.push_back(gathered.narrow(0, q.full_offset, u.shard_size * q.chunk_numel()));
+    if (q.chunk_numel() == 0 || (gathering && q.fp8)) continue;
+    places.push_back(gathered.narrow(0, gathering ? q.gather_offset : q.full_offset, u.shard_size * q.chunk_numel()));
     pieces.push_back(shard.narrow(0, q.shard_offset, q.chunk_numel()));
   }
   return {places, pieces};
@@ -464,7 +580,10 @@ void ShardedUnits::finish_gradients() {
 }
 
 void ShardedUnits::release_all() {
-  for (auto& u : units_) free_gathered(*u);
+  for (auto& u : units_) {
+    free_gathered(*u);
+    u->scales_current = false;  // a restore writes the masters
+  }
 }
 
 void ShardedUnits::average_over_data_parallel(at::Tensor& scalar) {

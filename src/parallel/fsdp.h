@@ -24,6 +24,7 @@
 #include "parallel/unit_executor.h"
 
 namespace troupe::kernels {
+class Float8Linears;
 class WeightCopies;
 }
 
@@ -44,15 +45,24 @@ struct DataParallelOptions {
   // Expert parallelism: the routed experts' parameters (these, already cut to this rank's
   // experts) are sharded over `shard` (efsdp; null when its degree is 1) instead, each unit's in
   // a buffer of their own; replicated over dp_replicate as the rest. Their gradients sum the
-  // tokens of `ep` ranks (the all-to-all brought them), so they are divided by ep as well: the
-  // average over every data-parallel rank, as the other parameters' (torchtitan's
-  // gradient_divide_factor).
+  // tokens of the ep ranks (the all-to-all brought them), which hold ep / tp data-parallel
+  // ranks' batches (a tp group's ranks hold parts of the same sequences), so they are divided by
+  // that as well: the average over every data-parallel rank, as the other parameters'
+  // (torchtitan's gradient_divide_factor).
   struct Experts {
     std::set<const void*> parameters;  // TensorImpl addresses
     comm::CommunicatorPtr shard;
-    int64_t ep = 1;
+    int64_t divide = 1;  // ep / tp
   };
   Experts experts;
+  // FP8 all-gather (torchtitan's enable_fsdp_float8_all_gather; tensorwise): the FP8 projections'
+  // weights travel as e4m3 bytes, half of bf16's, quantized from the fp32 master shards with one
+  // scale per weight from the amax over every shard (a max all-reduce), and their projections
+  // compute with the gathered bytes (Float8Linears::provide); no bf16 copy of them is gathered.
+  // `float8_precompute` (precompute_float8_dynamic_scale_for_fsdp): every weight's scale comes
+  // from one all-reduce after the optimizer step (precompute_float8_scales), not one per gather.
+  kernels::Float8Linears* float8 = nullptr;
+  bool float8_precompute = false;
 };
 
 // One rank's piece of a parameter: its dim-0 chunk (rows [first_row, first_row + rows) of
@@ -108,6 +118,10 @@ class ShardedUnits : public parallel::UnitHooks {
   void finish_gradients();
   // Frees every gathered unit (after evaluation, before a checkpoint restore).
   void release_all();
+  // FP8 all-gather: every FP8 weight's scale from its masters as they are now, in one max
+  // all-reduce over the shard group (after the optimizer step; the gathers until the next one use
+  // them). Without it, or after release_all, each gather computes its unit's.
+  void precompute_float8_scales();
   // Averages a scalar (the loss) over every data-parallel rank, in place.
   void average_over_data_parallel(at::Tensor& scalar);
 
@@ -131,6 +145,10 @@ class ShardedUnits : public parallel::UnitHooks {
   // and its piece of a buffer of the shard's layout.
   std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> per_parameter(const Unit& u, const at::Tensor& gathered,
                                                                             const at::Tensor& shard) const;
+  // FP8 all-gather: the unit's FP8 weights' amax over their master chunks (fp32 [n]), and their
+  // chunks quantized with `scales` into the unit's byte send buffer.
+  at::Tensor float8_amax(const Unit& u) const;
+  void quantize_float8(Unit& u, const at::Tensor& scales);
   void open_gradients(Unit& u);
   void copy_gradients(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) const;
   at::Tensor& master_gradient(Unit& u);  // allocated at the unit's first reduction of a step

@@ -2,7 +2,8 @@
 # Float8 on the GPU machine. PHASE=tests builds the CUDA variant and runs the FP8 GPU tests
 # (TESTS= another selection); PHASE=bench measures Troupe bf16 and each FP8 recipe on the 1.50B
 # shapes (batch 4 x 4096), and torchtitan's bf16 and FP8 anchors in the same call (TT=0 skips
-# them; SHAPE=8b8 the Llama 3 8B blocks x 8 layers at batch 1 x 8192). PHASE=profile: the step
+# them; SHAPE=8b8 the Llama 3 8B blocks x 8 layers at batch 1 x 8192). PHASE=curves: STEPS (300)
+# steps per recipe on the bundled text, the loss curves against bf16's. PHASE=profile: the step
 # profile of RECIPE by kernel category. Logs and tables in $OUT.
 set -uo pipefail
 out=${OUT:-gpu-logs}
@@ -39,6 +40,40 @@ bench)
       echo "torchtitan $anchor: $(grep -E 'step: +(20|30)' "$out/tt-$anchor.log" | tail -2 | sed 's/\x1b\[[0-9;]*m//g' | tr '\n' ' ')"
     done
   fi
+  ;;
+curves)
+  # Loss parity: STEPS (300) steps of the 1.50B shapes on the bundled text per recipe (bf16 too),
+  # the same data and seed; each run's metrics.jsonl (loss every 10 steps) and throughput line.
+  for recipe in ${RECIPES:-bf16 tensorwise rowwise rowwise_with_gw_hp blockwise}; do
+    args=()
+    [ "$recipe" != bf16 ] && args=($FP8 --quantize.linear.float8.recipe_name "$recipe")
+    rm -rf "/tmp/curve_$recipe"
+    build-gpu/troupe_bench throughput --config configs/llama3_1.5b.toml --warmup 10 \
+      --model.tokenizer_path .device/llama3_1.tokenizer.json --training.steps "${STEPS:-300}" --metrics.log_freq 10 \
+      --job.dump_folder "/tmp/curve_$recipe" "${SHAPES[@]}" "${args[@]}" > "$out/curve-$recipe.log" 2>&1
+    find "/tmp/curve_$recipe" -name metrics.jsonl -exec cp {} "$out/curve-$recipe.jsonl" \;
+    echo "$recipe: $(grep '^{"runner"' "$out/curve-$recipe.log")"
+  done
+  python3 - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+curves = {}
+for f in sorted(os.listdir(out)):
+    if f.startswith("curve-") and f.endswith(".jsonl"):
+        rows = [json.loads(l) for l in open(os.path.join(out, f)) if l.strip()]
+        curves[f[6:-6]] = {r["step"]: r["loss"] for r in rows if "loss" in r}
+base = curves.get("bf16", {})
+steps = sorted(base)
+print("| step | " + " | ".join(curves) + " |")
+print("|---|" + "---|" * len(curves))
+for s in steps[::3] + ([steps[-1]] if steps and steps[-1] not in steps[::3] else []):
+    print(f"| {s} | " + " | ".join(f"{c.get(s, float('nan')):.4f}" for c in curves.values()) + " |")
+for name, c in curves.items():
+    tail = [s for s in steps if s > steps[-1] - 50] if steps else []
+    if name != "bf16" and tail:
+        mean = sum(c[s] for s in tail if s in c) / len(tail); ref = sum(base[s] for s in tail) / len(tail)
+        print(f"{name}: mean loss of the last 50 steps {mean:.4f} vs bf16 {ref:.4f}: {100 * (mean - ref) / ref:+.2f}%")
+PY
   ;;
 profile)
   build-gpu/troupe_bench step-profile --config configs/llama3_1.5b.toml --model.tokenizer_path .device/llama3_1.tokenizer.json \
