@@ -163,7 +163,9 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   if (dims.of(MeshDim::tp) > 1) {
     out.tp = connect(rank, mesh, {MeshDim::tp}, cuda);
     model.apply_tensor_parallel(make_rank_group(out.tp), cfg.parallelism.enable_async_tensor_parallel);
-    for (auto& [name, t] : owned) keep_piece(t, plan_placements.at(name));
+    // Routed experts under ep are cut by expert below, not by width (etp 1).
+    for (auto& [name, t] : owned)
+      if (dims.of(MeshDim::ep) == 1 || !is_expert(sharding_plan, name)) keep_piece(t, plan_placements.at(name));
   }
   if (dims.of(MeshDim::cp) > 1) {
     out.cp = connect(rank, mesh, {MeshDim::cp}, cuda);
@@ -207,7 +209,14 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
     o.compute_dtype = compute_dtype;
     o.reduce_dtype = reduce_dtype;
     o.reshard = parse_reshard(cfg.parallelism.fsdp_reshard_after_forward);
-    if (!experts.empty()) o.experts = {experts, connect(rank, mesh, {MeshDim::efsdp}, cuda), dims.of(MeshDim::ep)};
+    // The tp ranks' tokens are parts of the same sequences, whose gradients add up: the average is
+    // over ep / tp of the ep ranks' sums.
+    if (!experts.empty())
+      o.experts = {experts, connect(rank, mesh, {MeshDim::efsdp}, cuda), dims.of(MeshDim::ep) / dims.of(MeshDim::tp)};
+    if (cfg.float8.enable_fsdp_float8_all_gather) {
+      o.float8 = model.weight_services().float8;  // null without the FP8 converter
+      o.float8_precompute = cfg.float8.precompute_float8_dynamic_scale_for_fsdp;
+    }
     out.sharded = std::make_unique<ShardedUnits>(out.units, owned, o);
     model.weight_services().sinks = &out.sharded->gradient_sinks();
     for (const auto& s : out.sharded->shards()) {
@@ -224,8 +233,8 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   }
   std::set<std::vector<MeshDim>> split;
   for (const auto& t : out.trained) {
-    // An expert's pieces over ep x efsdp are one to a rank of dp_shard x cp (tp is 1 under
-    // expert parallelism): the shard group's sum already covers them once.
+    // An expert's pieces over ep x efsdp are one to a rank of dp_shard x cp x tp: the shard and
+    // tp groups' sums already cover them once.
     if (t.placement.split_over(MeshDim::ep)) continue;
     for (const auto& g : t.placement.split_groups()) split.insert(g);
     if (!out.tp) continue;

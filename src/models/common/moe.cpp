@@ -98,6 +98,17 @@ at::Tensor routed_over_ranks(const at::Tensor& flat, const kernels::Permutation&
   return back;
 }
 
+namespace {
+
+// Of `rows` (int64 indices into the whole sequence, ascending), those in this tp rank's part of
+// `part` positions, as indices into the part.
+at::Tensor this_ranks_rows(const at::Tensor& rows, int64_t part, const RankGroup& tp) {
+  const int64_t first = tp.rank() * part;
+  return rows.masked_select((rows >= first).logical_and_(rows < first + part)) - first;
+}
+
+}  // namespace
+
 MoE::MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::WeightServices* s) : args_(a) {
   router = register_module("router", std::make_shared<Router>(a, o, s));
   experts = register_module("experts", std::make_shared<GroupedExperts>(a, o, s));
@@ -109,9 +120,15 @@ MoE::MoE(const DecoderArgs& a, const at::TensorOptions& o, const kernels::Weight
 
 at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t layer,
                         const kernels::InputRecipe& recipe) const {
-  const auto gathered = tp ? gather_sequence(x, *tp) : x;
+  // Under tp with ep (torchtitan's etp 1), each tp rank routes its own part of the sequence to
+  // whole experts over the ep ranks, which include the tp ranks; only the shared experts, split
+  // by width, see the whole sequence. Under tp alone every rank routes all of it to its slices.
+  const bool own_part = tp && ep;
+  const auto gathered = tp && !own_part ? gather_sequence(x, *tp) : x;
   const bool cut = batch.scored_rows.defined();
-  const auto whole = cut ? gathered.index_select(1, batch.scored_rows) : gathered;
+  // The scored rows index the whole sequence: this rank's part holds rows [rank * s, rank * s + s).
+  const auto scored = !cut || !own_part ? batch.scored_rows : this_ranks_rows(batch.scored_rows, x.size(1), *tp);
+  const auto whole = cut ? gathered.index_select(1, scored) : gathered;
   const auto shape = whole.sizes().vec();
   const auto dim = shape.back();
   const auto flat = whole.reshape({-1, dim});
@@ -123,8 +140,19 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
   // Under expert parallelism the shared experts compute while the copies travel.
   at::Tensor shared;
   std::function<void()> compute_shared;
-  if (shared_experts) compute_shared = [&] { shared = shared_experts->forward(flat, recipe); };
-  const auto routed = ep ? routed_over_ranks(flat, perm, *experts, recompute, *ep, batch.aux, compute_shared)
+  if (shared_experts && own_part)  // the whole sequence, this rank's slice of the width, summed into its part
+    compute_shared = [&] {
+      const auto all = gather_sequence(x, *tp);
+      auto partial = shared_experts->forward(cut ? all.index_select(1, batch.scored_rows) : all, recipe);
+      if (cut) partial = at::zeros_like(all).index_copy(1, batch.scored_rows, partial);
+      shared = scatter_sequence_sum(partial, *tp).reshape({-1, dim});
+      if (cut) shared = shared.view({x.size(0), x.size(1), dim}).index_select(1, scored).reshape({-1, dim});
+    };
+  else if (shared_experts)
+    compute_shared = [&] { shared = shared_experts->forward(flat, recipe); };
+  // (Their own collectives over the tp group wait until the dispatch is done.)
+  const auto routed = ep ? routed_over_ranks(flat, perm, *experts, recompute, *ep, batch.aux,
+                                             own_part ? std::function<void()>() : compute_shared)
                         : experts->forward(flat, perm, recompute);
   auto out = kernels::unpermute(routed, r.weights, perm);
   if (shared_experts) {
@@ -132,8 +160,8 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
     out = out + shared;
   }
   out = out.view(shape);
-  if (cut) out = at::zeros_like(gathered).index_copy(1, batch.scored_rows, out);  // unscored: zero
-  if (tp) out = scatter_sequence_sum(out, *tp);
+  if (cut) out = at::zeros_like(gathered).index_copy(1, scored, out);  // unscored: zero
+  if (tp && !own_part) out = scatter_sequence_sum(out, *tp);
 
   if (batch.aux)
     batch.aux->add("moe.layers." + std::to_string(layer) + ".tokens_per_expert", r.counts.to(at::kFloat));
@@ -145,7 +173,8 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
     const auto loss =
         load_balancing_loss(r, args_.num_experts, sequences) / static_cast<double>(args_.moe_blocks());
     if (batch.aux) batch.aux->add("moe.layers." + std::to_string(layer) + ".aux_loss", loss);
-    // Every tp rank computes the same loss: each adds its tp-th of the gradient.
+    // Every tp rank computes the same loss (or, routing its own part, its part's): each adds its
+    // tp-th of the gradient, which the router's gradient sums over the tp ranks.
     const double ranks = tp ? static_cast<double>(tp->size()) : 1.0;
     if (differentiated) out = WithAuxLoss::apply(out, loss, args_.aux_loss_coeff * batch.loss_scale / ranks);
   }

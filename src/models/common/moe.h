@@ -95,7 +95,10 @@ class MoE : public torch::nn::Module {
   RankGroup* ep = nullptr;
   // Tensor parallelism: the routed and shared experts hold this rank's part of their hidden
   // width; the block gathers the sequence, routes all of it (alike on every tp rank) and adds
-  // its partial sums up as each rank takes its part of the sequence back.
+  // its partial sums up as each rank takes its part of the sequence back. With expert
+  // parallelism as well (torchtitan's etp 1: ep ranks taken from the tp ranks), the routed
+  // experts are whole and each tp rank routes its own part of the sequence; the shared experts
+  // stay split by width.
   RankGroup* tp = nullptr;
 
  private:
