@@ -34,6 +34,8 @@
 #include "data/dataset_files.h"
 #include "data/shard_preparer.h"
 #include "data/token_shards.h"
+#include "kernels/float8.h"
+#include "kernels/float8_linear.h"
 #include "kernels/gradient_sink.h"
 #include "kernels/weight_copies.h"
 #include "models/common/moe.h"
@@ -479,6 +481,103 @@ TEST_CASE("FSDP over 3 ranks: a lookup table's gradient sent as rows is the aver
     INFO("rank " << r);
     CHECK(taken[r] == 3);
     CHECK(at::allclose(grads[r], chunks[r]));
+  }
+}
+
+namespace {
+// Two projections' weights (40 rows: 14, 14, 12 over 3 ranks; and 16 rows) and a norm's.
+struct Float8Unit : models::Unit {
+  Float8Unit() {
+    wq = register_parameter("wq", at::sin(at::arange(40 * 32, at::kFloat)).view({40, 32}) * 3);
+    wo = register_parameter("wo", at::cos(at::arange(16 * 32, at::kFloat)).view({16, 32}) / 7);
+    norm = register_parameter("norm", at::arange(32, at::kFloat) / 5);
+  }
+  at::Tensor forward(const at::Tensor& x, const models::UnitBatch&) override { return x; }
+  at::Tensor wq, wo, norm;
+};
+}  // namespace
+
+TEST_CASE("FSDP's FP8 all-gather over 3 ranks: each FP8 weight arrives as one rank's tensorwise quantization of "
+          "the whole fp32 weight, bytes and scale, with per-gather or precomputed scales; gradients as before",
+          "[parallel]") {
+  constexpr int n = 3;
+  const Float8Unit whole;
+  // One rank's quantization of each whole weight (kernels/float8.h's reference).
+  auto reference = [](const at::Tensor& w) {
+    auto q = at::empty(w.sizes(), at::kByte);
+    auto scale = at::empty({1}, at::kFloat);
+    const auto c = w.contiguous();
+    kernels::fp8_quantize_ref({kernels::Dtype::f32, c.data_ptr(), c.size(0), c.size(1), kernels::ScaleGranularity::tensor,
+                               kernels::Fp8Format::e4m3, false, q.data_ptr<uint8_t>(), scale.data_ptr<float>()});
+    return std::pair{q, scale};
+  };
+  struct Seen {
+    std::vector<at::Tensor> bytes, scales;  // wq, wo per gather
+    at::Tensor norm, wq_grad, norm_grad;
+    std::string refused;
+  };
+  std::vector<Seen> seen(n);
+  on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
+    auto unit = std::make_shared<Float8Unit>();
+    kernels::Float8Linears float8(kernels::Float8Recipe::tensorwise);
+    float8.add(unit->wq);
+    float8.add(unit->wo);
+    parallel::DataParallelOptions options;
+    options.shard = c;
+    options.float8 = &float8;
+    std::vector<std::pair<std::string, at::Tensor>> names;
+    for (const auto& p : unit->named_parameters()) names.emplace_back(p.key(), p.value());
+    parallel::ShardedUnits fsdp({unit}, names, options);
+    auto look = [&] {
+      for (const auto* w : {&unit->wq, &unit->wo}) {
+        const auto q = float8.quantized(*w, true, true);
+        seen[r].bytes.push_back(q.q.clone());
+        seen[r].scales.push_back(q.scale.clone());
+        seen[r].bytes.push_back(q.q_t.clone());  // the backward's operand: the transpose
+        seen[r].scales.push_back(q.scale_t.clone());
+      }
+    };
+    fsdp.zero_gradients();
+    fsdp.before_forward(0);  // scales from this gather's all-reduce
+    look();
+    seen[r].norm = unit->norm.detach().clone();
+    // Rank r's gradients: (r + 1) (p + 1), averaged 2 (p + 1) over 3 ranks, in the usual layout.
+    unit->wq.mutable_grad() = (whole.wq + 1) * (r + 1);
+    unit->norm.mutable_grad() = (whole.norm + 1) * (r + 1);
+    fsdp.after_backward(0);
+    fsdp.finish_gradients();
+    for (const auto& s : fsdp.shards()) {
+      if (s.name == "wq") seen[r].wq_grad = s.master.grad().clone();
+      if (s.name == "norm") seen[r].norm_grad = s.master.grad().clone();
+    }
+    // Unit freed: the weight has no values to quantize.
+    try {
+      float8.quantized(unit->wq);
+    } catch (const std::logic_error& e) {
+      seen[r].refused = e.what();
+    }
+    fsdp.precompute_float8_scales();  // one all-reduce for every unit
+    fsdp.before_forward(0);
+    look();
+    fsdp.release_all();
+  });
+  const auto [wq_q, wq_s] = reference(whole.wq);
+  const auto [wo_q, wo_s] = reference(whole.wo);
+  const std::vector<at::Tensor> bytes{wq_q, wq_q.t().contiguous(), wo_q, wo_q.t().contiguous()};
+  const std::vector<at::Tensor> scales{wq_s, wq_s, wo_s, wo_s};
+  const auto chunks = [&](const at::Tensor& t, int r) { return t.chunk(n, 0)[static_cast<size_t>(r)]; };
+  for (int r = 0; r < n; ++r) {
+    INFO("rank " << r);
+    REQUIRE(seen[r].bytes.size() == 8);
+    for (size_t i = 0; i < 8; ++i) {
+      INFO((i < 4 ? "per-gather scales, " : "precomputed scales, ") << "operand " << i % 4 << " (wq, wqᵀ, wo, woᵀ)");
+      CHECK(at::equal(seen[r].bytes[i], bytes[i % 4]));
+      CHECK(at::equal(seen[r].scales[i], scales[i % 4]));
+    }
+    CHECK(at::equal(seen[r].norm, whole.norm));
+    CHECK(at::allclose(seen[r].wq_grad, (chunks(whole.wq, r) + 1) * 2));
+    CHECK(at::allclose(seen[r].norm_grad, (chunks(whole.norm, r) + 1) * 2));
+    CHECK_THAT(seen[r].refused, Catch::Contains("while its unit is not gathered"));
   }
 }
 
@@ -1649,8 +1748,12 @@ TEST_CASE("tensor parallelism: a degree that does not divide the heads (or, with
   c.model.dimensions.clear();
   c.model.name = "qwen3_moe";
   c.parallelism.expert_parallel_degree = 2;
+  CHECK_NOTHROW(train::check_layout(c, 4, *train::job_model(c)));  // etp 1: an ep group of whole tp groups
+  c.parallelism.tensor_parallel_degree = 4;
   CHECK_THROWS_WITH(train::check_layout(c, 4, *train::job_model(c)),
-                    Catch::Contains("tensor_parallel_degree > 1") && Catch::Contains("etp) is not implemented yet"));
+                    Catch::Contains("parallelism.expert_parallel_degree = 2 must be a multiple of "
+                                    "parallelism.tensor_parallel_degree = 4"));
+  c.parallelism.tensor_parallel_degree = 2;
   c.parallelism.expert_parallel_degree = 1;
 
   // Expert parallelism: a degree that does not divide the experts (8), a dense model, a mesh
@@ -1778,8 +1881,8 @@ TEST_CASE("asynchronous TP's collective matmuls equal gathering then projecting,
   }
 }
 
-TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Qwen3 MoE and DeepSeek V3 as one rank "
-          "does; an ep 4 checkpoint resumes on ep 2 and on one rank",
+TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2, tp 2 x ep 2 and pp 2 x ep 2 train Qwen3 MoE and DeepSeek V3 "
+          "as one rank does; an ep 4 checkpoint resumes on ep 2 and on one rank",
           "[layouts]") {
   // The debug flavors (8 routed experts) cut to 4 blocks.
   // Under ep the routed experts' gradients sum every ep rank's tokens (the all-to-all's backward)
@@ -1802,6 +1905,17 @@ TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Q
     c.checkpoint.interval = 5;
     return with_validation(c, tokens);  // evaluation exchanges tokens too
   };
+  // A layout's run against a one-rank run: losses, final parameters, validation.
+  auto run_as = [](const config::JobConfig& cfg, const auto& want, const auto& want_model,
+                   const config::JobConfig& want_cfg) {
+    INFO(cfg.job.dump_folder);
+    const auto run = run_with_timeout(cfg);
+    INFO(run.message);
+    check_same_run(run, want);
+    check_same_model(final_model(cfg), want_model);
+    check_same_validation(cfg, want_cfg);
+    return run;
+  };
   const auto one_cfg = moe(dp_job(dir, tokens, 1, 1, "one"), 1);
   const auto one = run_with_timeout(one_cfg);
   REQUIRE(one.steps.size() == 10);
@@ -1813,11 +1927,7 @@ TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Q
       if (ranks == 2) cfg.activation_checkpoint.mode = "full";
       if (ranks == 4 && ep == 2) cfg.activation_checkpoint.mode = "selective", cfg.activation_checkpoint.selective_ac_option = "op";
       INFO(cfg.job.dump_folder);
-      const auto run = run_with_timeout(cfg);
-      INFO(run.message);
-      check_same_run(run, one);
-      check_same_model(final_model(cfg), reference);
-      check_same_validation(cfg, one_cfg);
+      const auto run = run_as(cfg, one, reference, one_cfg);
       // Each ep rank reports the rows its experts computed and the bytes it moved.
       REQUIRE(!run.steps.empty());
       std::map<std::string, double> aux(run.steps.back().aux.begin(), run.steps.back().aux.end());
@@ -1879,6 +1989,24 @@ TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2 and pp 2 x ep 2 train Q
       check_same_run(run, want);
       check_same_model(final_model(cfg), want_model);
     }
+  }
+  SECTION("tp 2 x ep 2 and fsdp 2 x tp 2 x ep 4 (torchtitan's etp 1: whole experts over ep ranks taken from the tp "
+          "ranks, each tp rank routing its own part of the sequence)") {
+    // A tp rank's balance loss is over its part of each sequence, as a cp rank's: off here.
+    auto one_without = moe(dp_job(dir, tokens, 1, 1, "one_without_loss_tp"), 1);
+    auto etp = [&](int dp, int64_t ep, const std::string& name) {
+      auto c = moe(dp_job(dir, tokens, dp, 1, name), ep);
+      c.job.local_ranks = 2 * dp;
+      c.parallelism.tensor_parallel_degree = 2;
+      return c;
+    };
+    std::vector<config::JobConfig> layouts{etp(1, 2, "tp2_ep2"), etp(2, 4, "fsdp2_tp2_ep4")};
+    for (auto* c : {&one_without, &layouts[0], &layouts[1]})
+      for (auto& d : c->model.dimensions)
+        if (d.key == "aux_loss_coeff") d.value = "0";
+    const auto want = run_with_timeout(one_without);
+    const auto want_model = final_model(one_without);
+    for (const auto& cfg : layouts) run_as(cfg, want, want_model, one_without);
   }
   SECTION("pp 2 x ep 2 (ZBVZeroBubble: the backward's halves each pass the all-to-alls)") {
     auto cfg = moe(pp_job(dir, tokens, 4, 2, "ZBVZeroBubble", "pp_ep"), 2);

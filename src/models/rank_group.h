@@ -13,6 +13,7 @@
 #include <vector>
 
 namespace troupe::kernels {
+struct InputRecipe;
 struct WeightServices;
 }
 
@@ -70,6 +71,17 @@ std::vector<at::Tensor> gathered_linear(const at::Tensor& x, at::TensorList weig
 // travelling the ring; the backward gathers the output's gradient part by part around the ring.
 at::Tensor linear_scattered(const at::Tensor& z, const at::Tensor& weight, RankGroup& group,
                             const kernels::WeightServices* services);
+
+// A block's projections on either side of a sequence-parallel region, with or without tensor
+// parallelism (`tp` null: x's own rows, with `recipe`); under it the recipe is not taken and,
+// `asynchronous`, the transfers run as the collective matmuls above.
+// Each weight's projection of the whole sequence (gather_sequence(x) under tp).
+std::vector<at::Tensor> project_whole_sequence(const at::Tensor& x, at::TensorList weights, RankGroup* tp,
+                                               bool asynchronous, const kernels::InputRecipe& recipe,
+                                               const kernels::WeightServices* services);
+// z · wᵀ, under tp summed over the ranks into this rank's part of the sequence.
+at::Tensor project_to_parts(const at::Tensor& z, const at::Tensor& weight, RankGroup* tp, bool asynchronous,
+                            const kernels::InputRecipe& recipe, const kernels::WeightServices* services);
 
 // RankGroup::all_to_all, differentiable: the gradient goes back the same way, counts swapped.
 // `between` (may be empty) runs while the rows travel: what the caller can compute meanwhile

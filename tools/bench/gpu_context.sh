@@ -44,18 +44,22 @@ case "${PHASE:-tests}" in
         --training.local_batch_size 1 --training.seq_len 131072 --training.attention_mask $2 --document-tokens 2048 \
         --parallelism.context_parallel_degree 8 --parallelism.context_parallel_rotate_method $1 \
         --activation_checkpoint.mode full --rank-of 8 --vocab 128256 --warmup 1 --steps 1 2>&1 \
-        | grep -E "plain loop|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/cprank.log"
+        | grep -E "plain loop|compute stream busy|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/cprank.log"
     done ;;
   tprank)
-    # One tensor-parallel rank's share (issue 27's benchmark): 8B blocks x 16 layers, batch 1 x
-    # 8192, TP 8 and TP 2 x FSDP 4, replicas standing in for the other 7 ranks.
-    for layout in "8 1" "2 4"; do
+    # One tensor-parallel rank's share (issue 27's benchmark): 8B blocks x 16 layers, batch 2 x
+    # 8192, replicas standing in for the other 7 ranks. "tp 1 x dp_shard 8" computes the whole
+    # blocks (its state sharded by FSDP): the unsharded compute the shares are held against, by
+    # the compute stream's busy time (the replicas' copies run on their own stream). LAYOUTS:
+    # "tp dp_shard async" triples, comma-separated.
+    IFS=, read -ra layouts <<< "${LAYOUTS:-1 8 false,2 4 false,2 4 true,8 1 false,8 1 true}"
+    for layout in "${layouts[@]}"; do
       set -- $layout
-      echo "== tp $1 x dp_shard $2" | tee -a "$out/tprank.log"
+      echo "== tp $1 x dp_shard $2, async $3" | tee -a "$out/tprank.log"
       timeout 300 $bench step-profile --config configs/llama3_debug.toml --model.flavor 8B --model.n_layers 16 \
         --model.tokenizer_path .device/llama3_1.tokenizer.json --job.device cuda \
-        --training.local_batch_size 1 --training.seq_len 8192 --parallelism.tensor_parallel_degree $1 \
-        --rank-of 8 --vocab 128256 --warmup 1 --steps 2 2>&1 \
-        | grep -E "plain loop|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/tprank.log"
+        --training.local_batch_size 2 --training.seq_len 8192 --parallelism.tensor_parallel_degree $1 \
+        --parallelism.enable_async_tensor_parallel $3 --rank-of 8 --vocab 128256 --warmup 1 --steps 2 2>&1 \
+        | grep -E "plain loop|compute stream busy|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/tprank.log"
     done ;;
 esac

@@ -56,7 +56,8 @@ void add_weight_gradient(at::Tensor& out, const kernels::WeightServices* s, int6
   const auto dy2 = dy.reshape({-1, dy.size(-1)}), x2 = x.reshape({-1, x.size(-1)});
   if (kernels::sink_product(s, reinterpret_cast<const void*>(key), dy2.t(), x2)) return;
   const auto t = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // summed over parts in fp32 at least
-  const auto g = at::mm(dy2.t().to(t), x2.to(t));
+  // On CUDA the GEMM of bf16 operands writes fp32 itself; the CPU's casts first.
+  const auto g = x2.is_cuda() ? at::mm(dy2.t(), x2, t) : at::mm(dy2.t().to(t), x2.to(t));
   out = out.defined() ? out + g : g;
 }
 

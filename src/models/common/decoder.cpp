@@ -79,12 +79,7 @@ class Attention : public AttentionModule {
   // added up over the ranks as each takes its part of the sequence back.
   at::Tensor forward(const at::Tensor& x_in, const RotaryTables& rope, const UnitBatch& batch,
                      const kernels::InputRecipe& recipe_in) const override {
-    const bool collective_matmul = tp && async_tp;
-    const auto recipe = tp ? kernels::InputRecipe{} : recipe_in;
-    auto qkv = collective_matmul
-                   ? gathered_linear(x_in, {wq->weight, wk->weight, wv->weight}, *tp, services)
-                   : kernels::linear_group(tp ? gather_sequence(x_in, *tp) : x_in, {wq->weight, wk->weight, wv->weight},
-                                           recipe, services);
+    auto qkv = project_whole_sequence(x_in, {wq->weight, wk->weight, wv->weight}, tp, async_tp, recipe_in, services);
     const auto B = qkv[0].size(0), S = qkv[0].size(1);
     auto q = qkv[0].view({B, S, n_heads_, head_dim_});
     auto k = qkv[1].view({B, S, n_kv_heads_, head_dim_});
@@ -97,9 +92,7 @@ class Attention : public AttentionModule {
     k = kernels::rotary(k, cos, sin);
     auto v = qkv[2].view({B, S, n_kv_heads_, head_dim_});
     auto out = attend(q, k, v, std::nullopt, batch, cp).reshape({B, S, n_heads_ * head_dim_});
-    if (collective_matmul) return linear_scattered(out, wo->weight, *tp, services);
-    auto y = wo->forward(out);
-    return tp ? scatter_sequence_sum(y, *tp) : y;
+    return project_to_parts(out, wo->weight, tp, async_tp, {}, services);
   }
 
   // Tensor parallelism: this rank's heads (q's and k/v's, consecutive, so each q head keeps its
@@ -160,11 +153,9 @@ class LatentAttention : public AttentionModule {
   at::Tensor forward(const at::Tensor& x, const RotaryTables& rope, const UnitBatch& batch,
                      const kernels::InputRecipe& recipe) const override {
     // Under tensor parallelism: the whole sequence, this rank's heads.
-    const auto whole = tp ? gather_sequence(x, *tp) : x;
-    const auto B = whole.size(0), S = whole.size(1), H = a_.n_heads / (tp ? tp->size() : 1);
+    auto first = project_whole_sequence(x, {wq ? wq->weight : wq_a->weight, wkv_a->weight}, tp, false, recipe, services);
+    const auto B = first[0].size(0), S = first[0].size(1), H = a_.n_heads / (tp ? tp->size() : 1);
     const auto nope = a_.qk_nope_head_dim, pe = a_.qk_rope_head_dim, latent = a_.kv_lora_rank;
-    auto first = kernels::linear_group(whole, {wq ? wq->weight : wq_a->weight, wkv_a->weight}, tp ? kernels::InputRecipe{} : recipe,
-                                       services);
     auto q = wq ? first[0] : wq_b->forward(q_norm->forward(first[0]));
     q = q.view({B, S, H, nope + pe});
     const auto [cos, sin] = rotary_rows(rope, batch.positions);
@@ -175,8 +166,7 @@ class LatentAttention : public AttentionModule {
     const auto key = at::cat({kv.narrow(-1, 0, nope), k_pe.expand({B, S, H, pe})}, -1);
     const auto value = kv.narrow(-1, nope, a_.v_head_dim);
     auto out = attend(query, key, value, a_.attention_scale(), batch, cp);
-    const auto y = wo->forward(out.reshape({B, S, H * a_.v_head_dim}));
-    return tp ? scatter_sequence_sum(y, *tp) : y;
+    return project_to_parts(out.reshape({B, S, H * a_.v_head_dim}), wo->weight, tp, false, {}, services);
   }
 
   void init(const std::function<void(at::Tensor&, double)>& normal, double out_std) override {

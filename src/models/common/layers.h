@@ -47,18 +47,11 @@ class FeedForward : public torch::nn::Module {
   // gathered for w1 and w3 (this rank's hidden columns), and w2's partial sums are added up
   // over the ranks as each takes its part of the sequence back (the gathered x is kept).
   at::Tensor forward(const at::Tensor& x, const kernels::InputRecipe& recipe = {}) const {
-    if (tp && async_tp) {
-      auto gate_up = gathered_linear(x, {w1->weight, w3->weight}, *tp, services);
-      return linear_scattered(kernels::swiglu(gate_up[0], gate_up[1]), w2->weight, *tp, services);
-    }
-    if (tp) {
-      auto gate_up = kernels::linear_group(gather_sequence(x, *tp), {w1->weight, w3->weight}, {}, services);
-      return scatter_sequence_sum(w2->forward(kernels::swiglu(gate_up[0], gate_up[1])), *tp);
-    }
-    auto gate_up = kernels::linear_group(x, {w1->weight, w3->weight}, recipe, services);
-    auto act = kernels::swiglu(gate_up[0], gate_up[1]);
-    if (recipe.op == kernels::InputRecipe::Op::none) return w2->forward(act);
-    return w2->forward(act, kernels::InputRecipe::swiglu(gate_up[0], gate_up[1]));
+    auto gate_up = project_whole_sequence(x, {w1->weight, w3->weight}, tp, async_tp, recipe, services);
+    const auto w2_recipe = recipe.op == kernels::InputRecipe::Op::none
+                               ? kernels::InputRecipe{}
+                               : kernels::InputRecipe::swiglu(gate_up[0], gate_up[1]);
+    return project_to_parts(kernels::swiglu(gate_up[0], gate_up[1]), w2->weight, tp, async_tp, w2_recipe, services);
   }
   std::shared_ptr<Projection> w1, w2, w3;
   const kernels::WeightServices* services;

@@ -2,6 +2,8 @@
 
 #include "models/rank_group.h"
 
+#include "kernels/ops.h"
+
 namespace troupe::models {
 
 namespace {
@@ -87,6 +89,21 @@ at::Tensor gather_sequence(const at::Tensor& x, RankGroup& group) {
 
 at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group) {
   return ScatterSequenceSum::apply(x, reinterpret_cast<int64_t>(&group));
+}
+
+std::vector<at::Tensor> project_whole_sequence(const at::Tensor& x, at::TensorList weights, RankGroup* tp,
+                                               bool asynchronous, const kernels::InputRecipe& recipe,
+                                               const kernels::WeightServices* services) {
+  if (!tp) return kernels::linear_group(x, weights, recipe, services);
+  if (asynchronous) return gathered_linear(x, weights, *tp, services);
+  return kernels::linear_group(gather_sequence(x, *tp), weights, {}, services);
+}
+
+at::Tensor project_to_parts(const at::Tensor& z, const at::Tensor& weight, RankGroup* tp, bool asynchronous,
+                            const kernels::InputRecipe& recipe, const kernels::WeightServices* services) {
+  if (!tp) return kernels::linear(z, weight, recipe, services);
+  if (asynchronous) return linear_scattered(z, weight, *tp, services);
+  return scatter_sequence_sum(kernels::linear(z, weight, {}, services), *tp);
 }
 
 }  // namespace troupe::models
