@@ -43,8 +43,10 @@ elif [ "${PHASE}" = ep ]; then
   done
 elif [ "${PHASE}" = tp ]; then
   # Tensor parallelism of the MoE and latent-attention blocks on CUDA: one rank of 8 under FSDP 8,
-  # tp 8 and tp 2 x FSDP 4 (replicas stand in for the others).
-  for layout in "1 1" "8 1" "2 1" "1 8"; do
+  # tp 8, tp 2 x FSDP 4, ep 8 and tp 2 x ep 8 (etp 1) (replicas stand in for the others).
+  # LAYOUTS: "tp ep" pairs, comma-separated.
+  IFS=, read -ra layouts <<< "${LAYOUTS:-1 1,8 1,2 1,1 8,2 8}"
+  for layout in "${layouts[@]}"; do
     set -- $layout
     echo "== DeepSeek V3 16B x 4 layers, one rank of 8, tensor_parallel_degree $1, expert_parallel_degree $2" \
       | tee -a "$out/ds16b-tp.log"
