@@ -63,8 +63,9 @@ at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group);
 // as the two boundaries above around projections, with the transfers cut into the ranks' parts
 // of the sequence and passed around the ring while the part at hand is multiplied. Equal to the
 // plain forms up to the order of the sums.
-// gather_sequence(x) · wᵢᵀ for each weight: each part is projected as it arrives; the backward
-// reduce-scatters the input's gradient part by part around the ring as each part is computed.
+// gather_sequence(x) · wᵢᵀ for each weight: each part is projected as it arrives; only this
+// rank's part is kept, and the backward passes the parts around the ring again for the weights'
+// gradients, then reduce-scatters the input's gradient part by part as each part is computed.
 std::vector<at::Tensor> gathered_linear(const at::Tensor& x, at::TensorList weights, RankGroup& group,
                                         const kernels::WeightServices* services);
 // scatter_sequence_sum(z · wᵀ): each part's partial sums are computed and added to the ones

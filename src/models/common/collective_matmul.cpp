@@ -67,7 +67,7 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
     auto& group = group_at(group_address);
     const auto* s = services_at(services_address);
     const int64_t n = group.size(), seq = x.size(1);
-    std::vector<at::Tensor> ws, outs, parts(static_cast<size_t>(n));
+    std::vector<at::Tensor> ws, outs;
     for (const auto& w : weights) {
       ws.push_back(kernels::compute_weight(w, x.scalar_type(), s));
       auto shape = x.sizes().vec();
@@ -77,9 +77,11 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
     }
     ring_all_gather(group, x, [&](int64_t c, const at::Tensor& block) {
       for (size_t i = 0; i < ws.size(); ++i) part(outs[i], c, seq).copy_(at::linear(block, ws[i]));
-      parts[static_cast<size_t>(c)] = block;
     });
-    variable_list saved{at::cat(parts, 1)};  // the gathered input, for the weights' gradients
+    // This rank's part of the input, not the gathered sequence: the backward passes the parts
+    // around the ring again for the weights' gradients (as Megatron's sequence parallelism
+    // gathers again), so a block keeps 1/n of the input it projects.
+    variable_list saved{x};
     saved.insert(saved.end(), ws.begin(), ws.end());
     ctx->save_for_backward(saved);
     std::vector<int64_t> keys, dtypes;
@@ -96,17 +98,23 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto& x_all = saved[0];
+    const auto& x = saved[0];
     auto& group = group_at(ctx->saved_data["group"].toInt());
     const auto* s = services_at(ctx->saved_data["services"].toInt());
     const auto keys = ctx->saved_data["keys"].toIntVector(), dtypes = ctx->saved_data["dtypes"].toIntVector();
-    const int64_t seq = x_all.size(1) / group.size();
+    const int64_t seq = x.size(1);
     variable_list out(grads.size() + 3);
-    for (size_t i = 0; i < grads.size(); ++i) {
-      if (!grads[i].defined() || !ctx->needs_input_grad(i + 1)) continue;
-      add_weight_gradient(out[i + 1], s, keys[i], grads[i], x_all);
+    auto wants_dw = [&](size_t i) { return grads[i].defined() && ctx->needs_input_grad(i + 1); };
+    bool any_dw = false;
+    for (size_t i = 0; i < grads.size(); ++i) any_dw = any_dw || wants_dw(i);
+    // The weights' gradients, part by part as the input's parts come around the ring again.
+    if (any_dw)
+      ring_all_gather(group, x, [&](int64_t c, const at::Tensor& block) {
+        for (size_t i = 0; i < grads.size(); ++i)
+          if (wants_dw(i)) add_weight_gradient(out[i + 1], s, keys[i], part(grads[i], c, seq), block);
+      });
+    for (size_t i = 0; i < grads.size(); ++i)
       if (out[i + 1].defined()) out[i + 1] = out[i + 1].to(static_cast<at::ScalarType>(dtypes[i]));
-    }
     if (ctx->needs_input_grad(0))
       out[0] = ring_reduce_scatter(group, [&](int64_t c) {
         at::Tensor dx;
@@ -115,7 +123,7 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
             const auto d = at::matmul(part(grads[i], c, seq), saved[i + 1]);
             dx = dx.defined() ? dx + d : d;
           }
-        return dx.defined() ? dx : at::zeros_like(part(x_all, c, seq));
+        return dx.defined() ? dx : at::zeros_like(x);
       });
     return out;
   }
