@@ -1836,6 +1836,36 @@ TEST_CASE("expert parallelism: a MoE block over 2 and 4 Gloo ranks computes as o
   });
 }
 
+TEST_CASE("sequence parallelism's gather and reduce-scatter over a communicator move each batch row in place and "
+          "equal the rank-major path, over 3 Gloo ranks",
+          "[parallel]") {
+  constexpr int n = 3;
+  const int64_t B = 3, s = 2, D = 5;
+  // Rank r's part [B, s, D] and its whole-sequence partial sums [B, n * s, D].
+  auto part_of = [](int r) { return at::arange(B * s * D, at::kFloat).view({B, s, D}) + 100 * r; };
+  auto partial_of = [](int r) { return at::arange(B * n * s * D, at::kFloat).view({B, n * s, D}) * (r + 1); };
+  std::vector<at::Tensor> gathered(n), gathered_default(n), summed(n), summed_default(n);
+  on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
+    auto group = parallel::make_rank_group(c);
+    gathered[r] = group->all_gather_sequence(part_of(r));
+    gathered_default[r] = group->models::RankGroup::all_gather_sequence(part_of(r));
+    summed[r] = group->reduce_scatter_sequence(partial_of(r));
+    summed_default[r] = group->models::RankGroup::reduce_scatter_sequence(partial_of(r));
+  });
+  std::vector<at::Tensor> parts;
+  for (int r = 0; r < n; ++r) parts.push_back(part_of(r));
+  const auto whole = at::cat(parts, 1);  // [B, n * s, D], rank r's part at positions r*s..
+  auto sum = partial_of(0);
+  for (int r = 1; r < n; ++r) sum = sum + partial_of(r);
+  for (int r = 0; r < n; ++r) {
+    INFO("rank " << r);
+    CHECK(at::equal(gathered[r], whole));
+    CHECK(at::equal(gathered_default[r], whole));
+    CHECK(at::equal(summed[r], sum.narrow(1, r * s, s)));
+    CHECK(at::equal(summed_default[r], sum.narrow(1, r * s, s)));
+  }
+}
+
 TEST_CASE("asynchronous TP's collective matmuls equal gathering then projecting, and projecting then "
           "scattering, with their gradients, in fp64 over 2 and 4 Gloo ranks",
           "[parallel]") {

@@ -30,6 +30,12 @@ class RankGroup {
   virtual at::Tensor reduce_scatter(const at::Tensor& in) = 0;
   // In place over every rank: the sum, or the maximum.
   virtual void all_reduce(at::Tensor& t, bool max) = 0;
+  // Sequence parallelism's layouts: x [B, s, ...] of every rank -> [B, size * s, ...], rank r's
+  // part at positions r*s .. r*s+s-1; and x [B, size * s, ...] -> [B, s, ...], the sum over the
+  // ranks of their part `rank`. By default through all_gather and reduce_scatter and a
+  // rank-major copy; a group over a communicator moves each row in place instead.
+  virtual at::Tensor all_gather_sequence(const at::Tensor& x);
+  virtual at::Tensor reduce_scatter_sequence(const at::Tensor& x);
 
   // A transfer between ranks, running while the caller computes.
   class Transfer {

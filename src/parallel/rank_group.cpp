@@ -2,6 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <stdexcept>
+#include <string>
+#include <vector>
+
 namespace troupe::parallel {
 
 namespace {
@@ -36,6 +40,37 @@ class CommunicatorGroup : public models::RankGroup {
     auto src = in.contiguous();
     auto out = at::empty(src.sizes().slice(1), src.options());
     c_->reduce_scatter(out.view({-1}), src.view({-1}), comm::ReduceOp::sum)->wait();
+    return out;
+  }
+  // One collective per batch row, grouped: row b of the gathered [B, n*s, ...] holds the ranks'
+  // parts of it in rank order, contiguous, so each lands in place (no rank-major copy).
+  at::Tensor all_gather_sequence(const at::Tensor& x) override {
+    auto src = x.contiguous();
+    auto shape = src.sizes().vec();
+    shape.at(1) *= size();
+    auto out = at::empty(shape, src.options());
+    std::vector<at::Tensor> outs, ins;
+    for (int64_t b = 0; b < src.size(0); ++b) {
+      outs.push_back(out[b].view({-1}));
+      ins.push_back(src[b].view({-1}));
+    }
+    c_->all_gather(outs, ins)->wait();
+    return out;
+  }
+  at::Tensor reduce_scatter_sequence(const at::Tensor& x) override {
+    auto src = x.contiguous();
+    auto shape = src.sizes().vec();
+    if (shape.size() < 2 || shape[1] % size())
+      throw std::invalid_argument("sequence parallelism: the sequence (" + std::to_string(shape.at(1)) +
+                                  ") must split into " + std::to_string(size()) + " equal parts");
+    shape[1] /= size();
+    auto out = at::empty(shape, src.options());
+    std::vector<at::Tensor> outs, ins;
+    for (int64_t b = 0; b < src.size(0); ++b) {
+      outs.push_back(out[b].view({-1}));
+      ins.push_back(src[b].view({-1}));
+    }
+    c_->reduce_scatter(outs, ins, comm::ReduceOp::sum)->wait();
     return out;
   }
   void all_reduce(at::Tensor& t, bool max) override {

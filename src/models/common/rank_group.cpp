@@ -35,23 +35,20 @@ RankGroup& group_of(AutogradContext* ctx) {
 struct GatherSequence : torch::autograd::Function<GatherSequence> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group) {
     ctx->saved_data["group"] = group;
-    auto& g = *reinterpret_cast<RankGroup*>(group);
-    return rank_major_to_sequence(g.all_gather(x.contiguous()));
+    return reinterpret_cast<RankGroup*>(group)->all_gather_sequence(x);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto& g = group_of(ctx);
-    return {g.reduce_scatter(sequence_to_rank_major(grads[0], g.size())), at::Tensor()};
+    return {group_of(ctx).reduce_scatter_sequence(grads[0]), at::Tensor()};
   }
 };
 
 struct ScatterSequenceSum : torch::autograd::Function<ScatterSequenceSum> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t group) {
     ctx->saved_data["group"] = group;
-    auto& g = *reinterpret_cast<RankGroup*>(group);
-    return g.reduce_scatter(sequence_to_rank_major(x, g.size()));
+    return reinterpret_cast<RankGroup*>(group)->reduce_scatter_sequence(x);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {rank_major_to_sequence(group_of(ctx).all_gather(grads[0].contiguous())), at::Tensor()};
+    return {group_of(ctx).all_gather_sequence(grads[0]), at::Tensor()};
   }
 };
 
@@ -74,6 +71,14 @@ struct ExchangeRows : torch::autograd::Function<ExchangeRows> {
 };
 
 }  // namespace
+
+at::Tensor RankGroup::all_gather_sequence(const at::Tensor& x) {
+  return rank_major_to_sequence(all_gather(x.contiguous()));
+}
+
+at::Tensor RankGroup::reduce_scatter_sequence(const at::Tensor& x) {
+  return reduce_scatter(sequence_to_rank_major(x, size()));
+}
 
 at::Tensor exchange_rows(const at::Tensor& x, const std::vector<int64_t>& send_rows,
                          const std::vector<int64_t>& recv_rows, RankGroup& group, const std::function<void()>& between) {
