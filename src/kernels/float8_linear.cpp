@@ -106,8 +106,7 @@ Float8Linears::Quantized Float8Linears::quantized(const at::Tensor& weight, bool
 
 void Float8Linears::gather_as_float8(const at::Tensor& weight) {
   if (recipe_ != Float8Recipe::tensorwise) throw std::logic_error("FP8 all-gather gathers tensorwise weights only");
-  std::lock_guard lock(mutex_);
-  weights_.at(weight.unsafeGetTensorImpl()) = Kept{{}, -1, true, false};
+  withdraw(weight);
 }
 
 void Float8Linears::provide(const at::Tensor& weight, const at::Tensor& q, const at::Tensor& scale) {

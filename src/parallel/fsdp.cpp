@@ -89,6 +89,9 @@ struct ShardedUnits::Unit {
   at::Tensor full8, send8, gathered_scales, scales;
   int64_t fp8_count = 0;
   bool scales_current = false;
+  // send8 holds the masters quantized with the precomputed `scales`: the gathers until the next
+  // precompute (a step's forward and backward) send it as it is.
+  bool send8_current = false;
   at::Tensor send;                 // compute dtype [shard_numel], with keep_send_copies
   std::vector<at::Tensor> placed;  // the master's views whose copies live in `send`
   comm::WorkPtr gather_work;
@@ -280,7 +283,8 @@ void ShardedUnits::gather(Unit& u) {
       u.shard->all_reduce(amax, comm::ReduceOp::max)->wait();
       u.scales = amax.clamp_min_(kernels::kFp8AmaxFloor).div_(kernels::kFp8E4m3Max);
     }
-    quantize_float8(u, u.scales);
+    if (!u.send8_current) quantize_float8(u, u.scales);
+    u.send8_current = u.scales_current;
     for (const auto& q : u.params) {
       if (!q.fp8 || q.chunk_numel() == 0) continue;
       places.push_back(u.full8.narrow(0, q.gather_offset, u.shard_size * q.chunk_numel()));
@@ -340,6 +344,7 @@ void ShardedUnits::precompute_float8_scales() {
   for (auto* u : units) {
     u->scales = all.narrow(0, at, u->fp8_count);
     u->scales_current = true;
+    u->send8_current = false;
     at += u->fp8_count;
   }
 }
@@ -582,7 +587,7 @@ void ShardedUnits::finish_gradients() {
 void ShardedUnits::release_all() {
   for (auto& u : units_) {
     free_gathered(*u);
-    u->scales_current = false;  // a restore writes the masters
+    u->scales_current = u->send8_current = false;  // a restore writes the masters
   }
 }
 

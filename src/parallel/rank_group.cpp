@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace troupe::parallel {
@@ -22,6 +23,17 @@ class PendingWork : public models::RankGroup::Transfer {
   comm::WorkPtr work_;
   at::Tensor received_;
 };
+
+// Row b of `out` and of `src` ([B, ...] each), flat: the operands of a grouped collective with an
+// operation per batch row.
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> per_row(const at::Tensor& out, const at::Tensor& src) {
+  std::vector<at::Tensor> outs, ins;
+  for (int64_t b = 0; b < src.size(0); ++b) {
+    outs.push_back(out[b].view({-1}));
+    ins.push_back(src[b].view({-1}));
+  }
+  return {outs, ins};
+}
 
 class CommunicatorGroup : public models::RankGroup {
  public:
@@ -49,11 +61,7 @@ class CommunicatorGroup : public models::RankGroup {
     auto shape = src.sizes().vec();
     shape.at(1) *= size();
     auto out = at::empty(shape, src.options());
-    std::vector<at::Tensor> outs, ins;
-    for (int64_t b = 0; b < src.size(0); ++b) {
-      outs.push_back(out[b].view({-1}));
-      ins.push_back(src[b].view({-1}));
-    }
+    const auto [outs, ins] = per_row(out, src);
     c_->all_gather(outs, ins)->wait();
     return out;
   }
@@ -65,11 +73,7 @@ class CommunicatorGroup : public models::RankGroup {
                                   ") must split into " + std::to_string(size()) + " equal parts");
     shape[1] /= size();
     auto out = at::empty(shape, src.options());
-    std::vector<at::Tensor> outs, ins;
-    for (int64_t b = 0; b < src.size(0); ++b) {
-      outs.push_back(out[b].view({-1}));
-      ins.push_back(src[b].view({-1}));
-    }
+    const auto [outs, ins] = per_row(out, src);
     c_->reduce_scatter(outs, ins, comm::ReduceOp::sum)->wait();
     return out;
   }

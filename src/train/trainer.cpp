@@ -393,7 +393,7 @@ struct Trainer::Impl {
     auto all = at::cat(parts);
     if (parallelized.sharded) parallelized.sharded->average_over_data_parallel(all);
     // Routing their own parts of the sequence (with ep), tp ranks see different loads.
-    if (parallelized.tp) parallelized.tp->all_reduce(all, comm::ReduceOp::avg)->wait();
+    if (parallelized.tp && parallelized.ep) parallelized.tp->all_reduce(all, comm::ReduceOp::avg)->wait();
     int64_t offset = 0;
     for (const auto& [name, v] : loads) {
       step.add(name, all.narrow(0, offset, v.numel()).view_as(v));
