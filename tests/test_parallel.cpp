@@ -20,6 +20,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#ifdef TROUPE_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/Sleep.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include "checkpoint/checkpoint_folder.h"
 #include "checkpoint/checkpoint_metadata.h"
 #include "checkpoint/shard_file.h"
@@ -761,6 +768,60 @@ TEST_CASE("FSDP over a one-rank NCCL group trains as the plain model and gathers
   REQUIRE(torch::cuda::is_available());
   check_one_rank_fsdp(true, 1e-2, 5e-3);
 }
+
+#ifdef TROUPE_WITH_CUDA
+// A NCCL wait stalls the waiting stream, not the host: the recorder learns how long from the
+// device. A collective held back by a side stream's long kernel is exposed for about that
+// kernel's time; one that ended while the stream computed is not exposed at all.
+TEST_CASE("a NCCL rank's exposed communication is its stream's stall in waits", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  const auto rendezvous = comm::Rendezvous::in_process(std::chrono::seconds(30));
+  auto recorder = std::make_shared<comm::FlightRecorder>(16);
+  auto nccl = comm::make_nccl_communicator(*rendezvous, "exposure", 0, 1, 0, recorder);
+  const auto t = torch::ones({1 << 20}, torch::TensorOptions().device(torch::kCUDA));
+  auto side = c10::cuda::getStreamFromPool(false, 0), compute = c10::cuda::getStreamFromPool(false, 0);
+  const int64_t cycles = 100'000'000;
+  // The sleep kernel's own time, by events on one stream.
+  double slept = 0;
+  {
+    c10::cuda::CUDAStreamGuard guard(side);
+    at::cuda::CUDAEvent a(cudaEventDefault), b(cudaEventDefault);
+    a.record(side);
+    at::cuda::sleep(cycles);
+    b.record(side);
+    b.synchronize();
+    slept = 1e-3 * a.elapsed_time(b);
+  }
+  REQUIRE(slept > 0.01);
+  const double before = recorder->waited_seconds();
+  comm::WorkPtr work;
+  {
+    c10::cuda::CUDAStreamGuard guard(side);  // the collective follows the side stream's sleep
+    at::cuda::sleep(cycles);
+    work = nccl->all_reduce(t, comm::ReduceOp::sum);
+  }
+  {
+    c10::cuda::CUDAStreamGuard guard(compute);  // idle: it stalls at the wait
+    work->wait();
+    CHECK(recorder->waited_seconds() == before);  // the device has not passed the wait yet
+    compute.synchronize();
+  }
+  const double exposed = recorder->waited_seconds() - before;
+  INFO("slept " << slept << " s, exposed " << exposed << " s");
+  CHECK(exposed > 0.8 * slept);
+  CHECK(exposed < 1.2 * slept + 0.005);
+  {
+    c10::cuda::CUDAStreamGuard guard(compute);  // the collective runs while the stream sleeps
+    work = nccl->all_reduce(t, comm::ReduceOp::sum);
+    at::cuda::sleep(cycles);
+    work->wait();
+    compute.synchronize();
+  }
+  const double hidden = recorder->waited_seconds() - before - exposed;
+  CHECK(hidden >= 0);
+  CHECK(hidden < 0.05 * slept);
+}
+#endif
 
 TEST_CASE("FSDP's kept bf16 send casts follow every write to their masters", "[parallel]") {
   auto model_ptr = models::model_spec("llama3").configure("debugmodel", {})->build(at::TensorOptions().dtype(at::kFloat), 2048);

@@ -43,6 +43,21 @@ std::vector<FlightRecorder::Group> FlightRecorder::groups() const {
   return groups_;
 }
 
+void FlightRecorder::add_device_wait(std::function<double()> seconds) {
+  std::lock_guard lock(mutex_);
+  device_waits_.push_back(std::move(seconds));
+}
+
+double FlightRecorder::waited_seconds() const {
+  std::lock_guard lock(mutex_);
+  std::erase_if(device_waits_, [&](const auto& seconds) {
+    const double s = seconds();
+    if (s >= 0) device_waited_ += s;
+    return s >= 0;
+  });
+  return device_waited_ + host_waited_seconds();
+}
+
 uint64_t FlightRecorder::issued(const std::string& group_name, const std::string& op, int64_t elements,
                                 const std::string& dtype) {
   std::lock_guard lock(mutex_);

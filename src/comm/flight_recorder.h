@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -46,10 +47,17 @@ class FlightRecorder {
   void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
   // Marks the entry finished (or failed); an id the ring has dropped is ignored.
   void ended(uint64_t id, bool failed = false);
-  // Host time the rank's threads spent blocked in waits for its collectives: a CPU rank's
-  // exposed communication (Gloo). A NCCL wait is the stream's and adds nothing here.
+  // The rank's exposed communication: how long its work stood still waiting for its collectives.
+  // Gloo: the host time its threads spent blocked in waits.
   void add_wait(std::chrono::nanoseconds blocked) { waited_ns_.fetch_add(blocked.count(), std::memory_order_relaxed); }
-  double waited_seconds() const { return 1e-9 * static_cast<double>(waited_ns_.load(std::memory_order_relaxed)); }
+  // NCCL: the host does not block; the waiting CUDA stream stalls, and for how long is known only
+  // once the device has passed the wait. `seconds` returns that stall then, and a negative number
+  // before.
+  void add_device_wait(std::function<double()> seconds);
+  // Both kinds, the device's as far as it has run: after the rank's stream is synchronized, all.
+  double waited_seconds() const;
+  // The host's alone: what a span of host time (the optimizer's) lost to waits.
+  double host_waited_seconds() const { return 1e-9 * static_cast<double>(waited_ns_.load(std::memory_order_relaxed)); }
   // Oldest first.
   std::vector<Entry> entries() const;
   std::vector<Group> groups() const;
@@ -70,6 +78,8 @@ class FlightRecorder {
   uint64_t next_id_ = 1;
   std::atomic<int64_t> step_{0};
   std::atomic<int64_t> waited_ns_{0};
+  mutable std::vector<std::function<double()>> device_waits_;  // not yet passed; under mutex_
+  mutable double device_waited_ = 0;                            // of those passed; under mutex_
   std::vector<Group> groups_;  // few: a vector beats a map
   Group& group(const std::string& name);  // under mutex_
 };

@@ -265,7 +265,7 @@ class NcclCommunicator : public Communicator {
       pending_.push_back({done, std::chrono::steady_clock::now() + timeout_, op, record});
     }
     cv_.notify_all();
-    return std::make_unique<StreamWork>(done);
+    return std::make_unique<StreamWork>(done, recorder_);
   }
 
   // The oldest operation, when it has finished, leaves the queue (true). Its event is queried

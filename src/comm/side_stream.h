@@ -13,17 +13,35 @@
 
 namespace troupe::comm {
 
-// The caller's current CUDA stream waits for the operation; the host does not block.
+// The caller's current CUDA stream waits for the operation; the host does not block. With a
+// recorder, the stream's stall is timed between two events around the wait and added to the
+// recorder's exposed communication once the device has passed them: zero when the operation
+// ended before the stream reached the wait, what was left of it when not.
 class StreamWork : public Work {
  public:
-  explicit StreamWork(std::shared_ptr<at::cuda::CUDAEvent> done) : done_(std::move(done)) {}
+  explicit StreamWork(std::shared_ptr<at::cuda::CUDAEvent> done, std::shared_ptr<FlightRecorder> recorder = nullptr)
+      : done_(std::move(done)), recorder_(std::move(recorder)) {}
   void wait() override {
-    if (done_) done_->block(c10::cuda::getCurrentCUDAStream());
+    if (!done_) return;
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    if (!recorder_) {
+      done_->block(stream);
+    } else {
+      auto reached = std::make_shared<at::cuda::CUDAEvent>(cudaEventDefault);
+      auto passed = std::make_shared<at::cuda::CUDAEvent>(cudaEventDefault);
+      reached->record(stream);
+      done_->block(stream);
+      passed->record(stream);
+      recorder_->add_device_wait([reached, passed] {
+        return passed->query() ? 1e-3 * static_cast<double>(reached->elapsed_time(*passed)) : -1.0;
+      });
+    }
     done_.reset();
   }
 
  private:
   std::shared_ptr<at::cuda::CUDAEvent> done_;
+  std::shared_ptr<FlightRecorder> recorder_;
 };
 
 // `side` starts once the caller's current stream has produced the inputs.

@@ -39,7 +39,7 @@ struct StepStats {
   // host's time and the device's shows as the wait for the loss at the end, in compute).
   int64_t rank = 0, node = 0;
   double optimizer_seconds = 0;  // the optimizer step and expert balancing
-  double comm_wait_seconds = 0;  // blocked in waits for collectives (Gloo); NCCL's waits are the stream's
+  double comm_wait_seconds = 0;  // exposed communication: Gloo waits block the host, NCCL ones the stream
   int64_t rss_bytes = 0;         // the rank's process, at the end of the step
   // With pipelines and profiling.enable_profiling: this step's actions on this rank (the first
   // traced steps only, as the Chrome trace).

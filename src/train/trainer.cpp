@@ -479,7 +479,8 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   const auto norm = m.grad_norm();
   if (m.activity) m.activity("optimizer", -1);
   const auto optimizer_start = std::chrono::steady_clock::now();
-  const double waited_before_optimizer = waited();
+  const auto host_waited = [&] { return m.rank.flight_recorder ? m.rank.flight_recorder->host_waited_seconds() : 0.0; };
+  const double waited_before_optimizer = host_waited();
   // FP8 all-gather with precomputed scales: every unit's scale needs every master updated, so the
   // first units are gathered after the precompute rather than during the update.
   const bool precompute = m.parallelized.sharded && m.float8_precompute;
@@ -489,7 +490,7 @@ StepStats Trainer::step(int64_t step, const std::vector<std::shared_ptr<const da
   if (precompute) m.parallelized.sharded->precompute_float8_scales();
   m.balance_experts();
   stats.optimizer_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - optimizer_start).count() -
-                            (waited() - waited_before_optimizer);
+                            (host_waited() - waited_before_optimizer);
   if (m.parallelized.pipeline && !m.trace_path.empty()) stats.pipeline = m.save_trace();
   if (m.activity) m.activity("reading back the loss", -1);  // the host waits for the step's device work here
   const auto both = to_host(at::stack({loss.reshape({}), norm.to(at::kDouble).reshape({})}));
