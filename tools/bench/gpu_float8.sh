@@ -43,13 +43,18 @@ bench)
   ;;
 curves)
   # Loss parity: STEPS (300) steps of the 1.50B shapes on the bundled text per recipe (bf16 too),
-  # the same data and seed; each run's metrics.jsonl (loss every 10 steps) and throughput line.
-  for recipe in ${RECIPES:-bf16 tensorwise rowwise rowwise_with_gw_hp blockwise}; do
+  # the same data and seed; each run's metrics.jsonl (the loss of every step) and throughput line.
+  # bf16_seed1 is bf16 from another initialization: how far two bf16 runs end apart.
+  for recipe in ${RECIPES:-bf16 bf16_seed1 tensorwise rowwise rowwise_with_gw_hp blockwise}; do
     args=()
-    [ "$recipe" != bf16 ] && args=($FP8 --quantize.linear.float8.recipe_name "$recipe")
+    case "$recipe" in
+      bf16) ;;
+      bf16_seed1) args=(--job.seed 1) ;;
+      *) args=($FP8 --quantize.linear.float8.recipe_name "$recipe") ;;
+    esac
     rm -rf "/tmp/curve_$recipe"
     build-gpu/troupe_bench throughput --config configs/llama3_1.5b.toml --warmup 10 \
-      --model.tokenizer_path .device/llama3_1.tokenizer.json --training.steps "${STEPS:-300}" --metrics.log_freq 10 \
+      --model.tokenizer_path .device/llama3_1.tokenizer.json --training.steps "${STEPS:-300}" --metrics.log_freq 1 \
       --job.dump_folder "/tmp/curve_$recipe" "${SHAPES[@]}" "${args[@]}" > "$out/curve-$recipe.log" 2>&1
     find "/tmp/curve_$recipe" -name metrics.jsonl -exec cp {} "$out/curve-$recipe.jsonl" \;
     echo "$recipe: $(grep '^{"runner"' "$out/curve-$recipe.log")"
@@ -66,7 +71,8 @@ base = curves.get("bf16", {})
 steps = sorted(base)
 print("| step | " + " | ".join(curves) + " |")
 print("|---|" + "---|" * len(curves))
-for s in steps[::3] + ([steps[-1]] if steps and steps[-1] not in steps[::3] else []):
+shown = steps[29::30]
+for s in steps[:1] + shown + ([steps[-1]] if steps and steps[-1] not in shown else []):
     print(f"| {s} | " + " | ".join(f"{c.get(s, float('nan')):.4f}" for c in curves.values()) + " |")
 for name, c in curves.items():
     tail = [s for s in steps if s > steps[-1] - 50] if steps else []
