@@ -1927,8 +1927,9 @@ TEST_CASE("sequence parallelism's gather and reduce-scatter over a communicator 
   }
 }
 
-TEST_CASE("asynchronous TP's collective matmuls equal gathering then projecting, and projecting then "
-          "scattering, with their gradients, in fp64 over 2 and 4 Gloo ranks",
+TEST_CASE("TP's gathered projections that keep the rank's part (at once, and asynchronous TP's around the "
+          "ring) equal gathering then projecting, and projecting then scattering, with their gradients, in "
+          "fp64 over 2 and 4 Gloo ranks",
           "[parallel]") {
   const int n = GENERATE(2, 4);
   INFO(n << " ranks");
@@ -1941,17 +1942,21 @@ TEST_CASE("asynchronous TP's collective matmuls equal gathering then projecting,
   const auto z = at::randn({n, B, n * s, wide}, f64), wz = at::randn({n, D, wide}, f64);
   const auto up_a = at::randn({n, B, n * s, out_a}, f64), up_b = at::randn({n, B, n * s, out_b}, f64);
   const auto up_y = at::randn({n, B, s, D}, f64);
-  std::vector<std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>>> results(n);  // plain, collective
+  enum Mode { plain, kept_part, ring };
+  std::vector<std::vector<std::vector<at::Tensor>>> results(n);  // per rank, per mode
   on_ranks(n, [&](int r, comm::CommunicatorPtr c) {
     auto group = parallel::make_rank_group(c);
-    auto run = [&](bool collective) {
+    auto run = [&](Mode mode) {
       auto xr = x[r].clone().requires_grad_(), ar = wa[r].clone().requires_grad_(), br = wb[r].clone().requires_grad_();
       auto zr = z[r].clone().requires_grad_(), wr = wz[r].clone().requires_grad_();
       std::vector<at::Tensor> ab;
       at::Tensor y;
-      if (collective) {
-        ab = models::gathered_linear(xr, {ar, br}, *group, nullptr);
+      if (mode == ring) {
+        ab = models::gathered_linear(xr, {ar, br}, *group, nullptr, true);
         y = models::linear_scattered(zr, wr, *group, nullptr);
+      } else if (mode == kept_part) {
+        ab = models::gathered_linear(xr, {ar, br}, *group, nullptr, false);
+        y = models::scatter_sequence_sum(at::linear(zr, wr), *group);
       } else {
         const auto gathered = models::gather_sequence(xr, *group);
         ab = {at::linear(gathered, ar), at::linear(gathered, br)};
@@ -1960,16 +1965,17 @@ TEST_CASE("asynchronous TP's collective matmuls equal gathering then projecting,
       ((ab[0] * up_a[r]).sum() + (ab[1] * up_b[r]).sum() + (y * up_y[r]).sum()).backward();
       return std::vector<at::Tensor>{ab[0], ab[1], y, xr.grad(), ar.grad(), br.grad(), zr.grad(), wr.grad()};
     };
-    results[r] = {run(false), run(true)};
+    results[r] = {run(plain), run(kept_part), run(ring)};
   });
-  for (int r = 0; r < n; ++r) {
-    const auto& [plain, collective] = results[r];
-    for (size_t i = 0; i < plain.size(); ++i) {
-      INFO("rank " << r << ", result " << i << " (a, b, y, dx, dwa, dwb, dz, dwz)");
-      REQUIRE(collective[i].sizes() == plain[i].sizes());
-      CHECK(at::allclose(collective[i], plain[i], 1e-10, 1e-12));
-    }
-  }
+  for (int r = 0; r < n; ++r)
+    for (int mode : {kept_part, ring})
+      for (size_t i = 0; i < results[r][plain].size(); ++i) {
+        INFO("rank " << r << (mode == ring ? ", ring" : ", at once") << ", result " << i
+                     << " (a, b, y, dx, dwa, dwb, dz, dwz)");
+        const auto &want = results[r][plain][i], &got = results[r][mode][i];
+        REQUIRE(got.sizes() == want.sizes());
+        CHECK(at::allclose(got, want, 1e-10, 1e-12));
+      }
 }
 
 TEST_CASE("expert parallelism: ep 2, ep 4, ep 2 x fsdp 2, tp 2 x ep 2 and pp 2 x ep 2 train Qwen3 MoE and DeepSeek V3 "

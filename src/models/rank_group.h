@@ -69,11 +69,13 @@ at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group);
 // as the two boundaries above around projections, with the transfers cut into the ranks' parts
 // of the sequence and passed around the ring while the part at hand is multiplied. Equal to the
 // plain forms up to the order of the sums.
-// gather_sequence(x) · wᵢᵀ for each weight: each part is projected as it arrives; only this
-// rank's part is kept, and the backward passes the parts around the ring again for the weights'
-// gradients, then reduce-scatters the input's gradient part by part as each part is computed.
+// gather_sequence(x) · wᵢᵀ for each weight, keeping only this rank's part of the input (as
+// Megatron's sequence parallelism): the backward gathers it again for the weights' gradients.
+// `ring`: each part is projected as it arrives, the backward passes the parts around the ring
+// again and reduce-scatters the input's gradient part by part as each part is computed; else
+// one gather and one reduce-scatter, as gather_sequence's.
 std::vector<at::Tensor> gathered_linear(const at::Tensor& x, at::TensorList weights, RankGroup& group,
-                                        const kernels::WeightServices* services);
+                                        const kernels::WeightServices* services, bool ring);
 // scatter_sequence_sum(z · wᵀ): each part's partial sums are computed and added to the ones
 // travelling the ring; the backward gathers the output's gradient part by part around the ring.
 at::Tensor linear_scattered(const at::Tensor& z, const at::Tensor& weight, RankGroup& group,

@@ -63,24 +63,29 @@ void add_weight_gradient(at::Tensor& out, const kernels::WeightServices* s, int6
 
 struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights, int64_t group_address,
-                               int64_t services_address) {
+                               int64_t services_address, bool ring) {
     auto& group = group_at(group_address);
     const auto* s = services_at(services_address);
     const int64_t n = group.size(), seq = x.size(1);
     std::vector<at::Tensor> ws, outs;
-    for (const auto& w : weights) {
-      ws.push_back(kernels::compute_weight(w, x.scalar_type(), s));
-      auto shape = x.sizes().vec();
-      shape[1] = n * seq;
-      shape.back() = w.size(0);
-      outs.push_back(at::empty(shape, x.options()));
+    for (const auto& w : weights) ws.push_back(kernels::compute_weight(w, x.scalar_type(), s));
+    if (ring) {
+      for (const auto& w : ws) {
+        auto shape = x.sizes().vec();
+        shape[1] = n * seq;
+        shape.back() = w.size(0);
+        outs.push_back(at::empty(shape, x.options()));
+      }
+      ring_all_gather(group, x, [&](int64_t c, const at::Tensor& block) {
+        for (size_t i = 0; i < ws.size(); ++i) part(outs[i], c, seq).copy_(at::linear(block, ws[i]));
+      });
+    } else {
+      const auto whole = group.all_gather_sequence(x);
+      for (const auto& w : ws) outs.push_back(at::linear(whole, w));
     }
-    ring_all_gather(group, x, [&](int64_t c, const at::Tensor& block) {
-      for (size_t i = 0; i < ws.size(); ++i) part(outs[i], c, seq).copy_(at::linear(block, ws[i]));
-    });
-    // This rank's part of the input, not the gathered sequence: the backward passes the parts
-    // around the ring again for the weights' gradients (as Megatron's sequence parallelism
-    // gathers again), so a block keeps 1/n of the input it projects.
+    // This rank's part of the input, not the gathered sequence: the backward gathers it again
+    // for the weights' gradients (as Megatron's sequence parallelism does), so a block keeps 1/n
+    // of the input it projects.
     variable_list saved{x};
     saved.insert(saved.end(), ws.begin(), ws.end());
     ctx->save_for_backward(saved);
@@ -93,6 +98,7 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
     ctx->saved_data["dtypes"] = dtypes;
     ctx->saved_data["group"] = group_address;
     ctx->saved_data["services"] = services_address;
+    ctx->saved_data["ring"] = ring;
     return outs;
   }
 
@@ -103,28 +109,45 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
     const auto* s = services_at(ctx->saved_data["services"].toInt());
     const auto keys = ctx->saved_data["keys"].toIntVector(), dtypes = ctx->saved_data["dtypes"].toIntVector();
     const int64_t seq = x.size(1);
-    variable_list out(grads.size() + 3);
+    const bool ring = ctx->saved_data["ring"].toBool();
+    variable_list out(grads.size() + 4);
     auto wants_dw = [&](size_t i) { return grads[i].defined() && ctx->needs_input_grad(i + 1); };
     bool any_dw = false;
     for (size_t i = 0; i < grads.size(); ++i) any_dw = any_dw || wants_dw(i);
-    // The weights' gradients, part by part as the input's parts come around the ring again.
-    if (any_dw)
+    // The weights' gradients: part by part as the input's parts come around the ring again, or
+    // from the input gathered again at once.
+    if (any_dw && ring) {
       ring_all_gather(group, x, [&](int64_t c, const at::Tensor& block) {
         for (size_t i = 0; i < grads.size(); ++i)
           if (wants_dw(i)) add_weight_gradient(out[i + 1], s, keys[i], part(grads[i], c, seq), block);
       });
+    } else if (any_dw) {
+      const auto whole = group.all_gather_sequence(x);
+      for (size_t i = 0; i < grads.size(); ++i)
+        if (wants_dw(i)) add_weight_gradient(out[i + 1], s, keys[i], grads[i], whole);
+    }
     for (size_t i = 0; i < grads.size(); ++i)
       if (out[i + 1].defined()) out[i + 1] = out[i + 1].to(static_cast<at::ScalarType>(dtypes[i]));
-    if (ctx->needs_input_grad(0))
-      out[0] = ring_reduce_scatter(group, [&](int64_t c) {
-        at::Tensor dx;
-        for (size_t i = 0; i < grads.size(); ++i)
-          if (grads[i].defined()) {
-            const auto d = at::matmul(part(grads[i], c, seq), saved[i + 1]);
-            dx = dx.defined() ? dx + d : d;
-          }
-        return dx.defined() ? dx : at::zeros_like(x);
-      });
+    if (!ctx->needs_input_grad(0)) return out;
+    // The input's gradient over `rows` of the sequence ([B, rows, D]), each projection's product
+    // added by the GEMM itself.
+    auto input_gradient = [&](int64_t first, int64_t rows) {
+      auto shape = x.sizes().vec();
+      shape[1] = rows;
+      at::Tensor dx;
+      for (size_t i = 0; i < grads.size(); ++i) {
+        if (!grads[i].defined()) continue;
+        const auto g = grads[i].narrow(1, first, rows);
+        const auto g2 = g.reshape({-1, g.size(-1)});
+        if (!dx.defined()) dx = at::mm(g2, saved[i + 1]);
+        else dx.addmm_(g2, saved[i + 1]);
+      }
+      return dx.defined() ? dx.view(shape) : at::zeros(shape, x.options());
+    };
+    if (ring)
+      out[0] = ring_reduce_scatter(group, [&](int64_t c) { return input_gradient(c * seq, seq); });
+    else
+      out[0] = group.reduce_scatter_sequence(input_gradient(0, group.size() * seq));
     return out;
   }
 };
@@ -166,8 +189,9 @@ struct LinearScattered : torch::autograd::Function<LinearScattered> {
 }  // namespace
 
 std::vector<at::Tensor> gathered_linear(const at::Tensor& x, at::TensorList weights, RankGroup& group,
-                                        const kernels::WeightServices* services) {
-  return GatheredLinear::apply(x, weights, reinterpret_cast<int64_t>(&group), reinterpret_cast<int64_t>(services));
+                                        const kernels::WeightServices* services, bool ring) {
+  return GatheredLinear::apply(x, weights, reinterpret_cast<int64_t>(&group), reinterpret_cast<int64_t>(services),
+                               ring);
 }
 
 at::Tensor linear_scattered(const at::Tensor& z, const at::Tensor& weight, RankGroup& group,

@@ -2,7 +2,9 @@
 
 #include "models/rank_group.h"
 
+#include "kernels/float8_linear.h"
 #include "kernels/ops.h"
+#include "kernels/weight_services.h"
 
 namespace troupe::models {
 
@@ -100,7 +102,11 @@ std::vector<at::Tensor> project_whole_sequence(const at::Tensor& x, at::TensorLi
                                                bool asynchronous, const kernels::InputRecipe& recipe,
                                                const kernels::WeightServices* services) {
   if (!tp) return kernels::linear_group(x, weights, recipe, services);
-  if (asynchronous) return gathered_linear(x, weights, *tp, services);
+  // FP8 projections compute from the gathered sequence with their own kernels (and keep its
+  // FP8 transpose, half the bf16 input).
+  const bool fp8 = services && services->float8 &&
+                   std::any_of(weights.begin(), weights.end(), [&](const auto& w) { return services->float8->has(w); });
+  if (asynchronous || !fp8) return gathered_linear(x, weights, *tp, services, asynchronous);
   return kernels::linear_group(gather_sequence(x, *tp), weights, {}, services);
 }
 
