@@ -36,13 +36,13 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
       auto row_max = std::get<0>(logits.max(1));
       all_reduce(row_max, true);
       auto e = (logits - row_max.unsqueeze(1)).exp_();
-      auto sum_exp = e.sum(1);
-      all_reduce(sum_exp, false);
-      // The target's logit, from the rank that holds its row (zero elsewhere).
+      // The sums of exponentials and the target's logit (from the rank that holds its row, zero
+      // elsewhere), summed over the group in one collective.
       auto mine = (tc >= vocab_start).logical_and(tc < vocab_start + local);
       auto local_target = (tc - vocab_start).clamp(0, local - 1);
-      auto target_logit = logits.gather(1, local_target.unsqueeze(1)).squeeze(1) * mine.to(acc);
-      all_reduce(target_logit, false);
+      auto sums = at::stack({e.sum(1), logits.gather(1, local_target.unsqueeze(1)).squeeze(1) * mine.to(acc)});
+      all_reduce(sums, false);
+      const auto sum_exp = sums[0], target_logit = sums[1];
       auto counted = (tc >= 0).to(acc);
       total += ((sum_exp.log() + row_max - target_logit) * counted).sum();
       // d loss / d logits = (softmax - one-hot) / count on the counted rows.
