@@ -6,8 +6,10 @@
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 
+#include <barrier>
 #include <map>
 #include <optional>
+#include <thread>
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
@@ -20,6 +22,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rotary.h"
 #include "kernels/swiglu.h"
+#include "kernels/vocab_parallel_loss.h"
 #include "kernels/weight_copies.h"
 #include "kernels/widen_copy.h"
 #include "data/batch_source.h"
@@ -888,6 +891,44 @@ TEST_CASE("AdamW on CUDA: Troupe's kernel matches the fp64 reference and ATen's 
   }
   CHECK(kept[2].second._version() > c_version);
   CHECK(!copies.current(kept[2].second).defined());
+}
+
+// Two threads stand in for a TP group of 2 over unequal halves of the vocabulary: bf16 hidden
+// rows, fp32 master weights, the GEMMs writing fp32 logits and weight gradients from bf16.
+TEST_CASE("loss parallel on CUDA: two ranks' vocabulary shares give the whole loss and gradients of fp64", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  torch::manual_seed(3);
+  const int64_t rows = 515, dim = 128, vocab = 32000, first = 19000;
+  auto h = torch::randn({rows, dim}), w = 0.2 * torch::randn({vocab, dim});
+  auto targets = torch::randint(0, vocab, {rows}, torch::kLong);
+  std::barrier sync(2);
+  at::Tensor slots[2];
+  std::vector<at::Tensor> got[2];
+  auto rank = [&](int r) {
+    const kernels::GroupAllReduce all_reduce = [&](at::Tensor& t, bool max) {
+      slots[r] = t.clone();
+      sync.arrive_and_wait();
+      const auto result = max ? at::maximum(slots[0], slots[1]) : slots[0] + slots[1];
+      sync.arrive_and_wait();
+      t.copy_(result);
+    };
+    const auto share = r == 0 ? w.narrow(0, 0, first) : w.narrow(0, first, vocab - first);
+    got[r] = run_op([&](auto& in) {
+      return kernels::vocab_parallel_cross_entropy(in[0], in[1], targets.cuda(), r == 0 ? 0 : first, all_reduce,
+                                                   nullptr, 128);
+    }, {on_gpu(h, at::kBFloat16), share.cuda()}, torch::ones({}).cuda());
+  };
+  std::thread other(rank, 1);
+  rank(0);
+  other.join();
+  const auto ref = cross_entropy_ref(as_seen(h, at::kBFloat16), as_seen(w, at::kBFloat16), targets);
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r);
+    CHECK(std::abs(got[r][0].item<double>() - ref.loss) / ref.loss < 1e-2);
+    CHECK(got[r][2].scalar_type() == at::kFloat);
+  }
+  CHECK(rel(got[0][1].to(at::kFloat) + got[1][1].to(at::kFloat), ref.dhidden) < 2e-2);  // the shares add up
+  CHECK(rel(at::cat({got[0][2], got[1][2]}), ref.dweight) < 2e-2);
 }
 
 TEST_CASE("FSDP's gradient copy-in kernel writes what ATen's _chunk_cat_out writes", "[gpu]") {

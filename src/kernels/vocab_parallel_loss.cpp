@@ -27,12 +27,14 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
     auto count = (t >= 0).sum().clamp_min(1).to(acc);
     auto dh = at::empty_like(h);
     auto dw = at::zeros({local, dim}, weight.options().dtype(acc));
+    const bool out_dtype = h.is_cuda() && h.scalar_type() != acc;  // GEMMs that write fp32 from bf16
     auto total = at::zeros({}, h.options().dtype(acc));
     for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
       const auto n = std::min(chunk_rows, rows - r0);
       auto hc = h.narrow(0, r0, n);
       auto tc = t.narrow(0, r0, n);
-      auto logits = at::mm(hc, w.t()).to(acc);  // [n, local]
+      // [n, local] in fp32: on CUDA the GEMM of bf16 operands writes it so itself.
+      auto logits = out_dtype ? at::mm(hc, w.t(), acc) : at::mm(hc, w.t()).to(acc);
       auto row_max = std::get<0>(logits.max(1));
       all_reduce(row_max, true);
       auto e = (logits - row_max.unsqueeze(1)).exp_();
@@ -51,7 +53,10 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
       dlogits.mul_((counted / count).unsqueeze(1));
       auto dl = dlogits.to(h.scalar_type());
       dh.narrow(0, r0, n).copy_(at::mm(dl, w));
-      dw.addmm_(dl.t().to(acc), hc.to(acc));
+      // The weight's gradient summed in fp32; on CUDA from a bf16 GEMM (an fp32 GEMM of the cast
+      // operands took an H100 several times as long as the rest of the loss).
+      if (out_dtype) dw.add_(at::mm(dl.t(), hc, acc));
+      else dw.addmm_(dl.t().to(acc), hc.to(acc));
     }
     ctx->save_for_backward({dh.view(hidden.sizes()), dw});
     ctx->saved_data["services"] = services;
