@@ -71,9 +71,10 @@ at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group);
 // plain forms up to the order of the sums.
 // gather_sequence(x) · wᵢᵀ for each weight, keeping only this rank's part of the input (as
 // Megatron's sequence parallelism): the backward gathers it again for the weights' gradients.
-// `ring`: each part is projected as it arrives, the backward passes the parts around the ring
-// again and reduce-scatters the input's gradient part by part as each part is computed; else
-// one gather and one reduce-scatter, as gather_sequence's.
+// `ring`: each part is projected as it arrives; the backward makes one more pass around the
+// ring, the input's parts coming round again for the weights' gradients while the input
+// gradient's partial sums travel to their owners. Else one gather and one reduce-scatter, as
+// gather_sequence's.
 std::vector<at::Tensor> gathered_linear(const at::Tensor& x, at::TensorList weights, RankGroup& group,
                                         const kernels::WeightServices* services, bool ring);
 // scatter_sequence_sum(z · wᵀ): each part's partial sums are computed and added to the ones

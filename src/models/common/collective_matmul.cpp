@@ -22,32 +22,38 @@ const kernels::WeightServices* services_at(int64_t address) {
 // Part `c` of a gathered [B, n*s, ...] tensor.
 at::Tensor part(const at::Tensor& t, int64_t c, int64_t s) { return t.narrow(1, c * s, s); }
 
-// The sum over the ranks of each rank's `partial(c)` for part c, left on rank c: the sums travel
-// the ring (part c's starts on rank c+1 and ends on rank c), and each rank computes its next
-// partial while the previous sum is on its way.
-at::Tensor ring_reduce_scatter(RankGroup& group, const std::function<at::Tensor(int64_t)>& partial) {
+// One pass around the ring, with either or both of two traffics (each rank issues its shifts in
+// the same order, so they pair up):
+// - `use` (with `x`): every rank's `x` in turn (this rank's first, then the previous rank's, ...),
+//   each handed to `use(c, part)` while the next one travels;
+// - `partial`: the sum over the ranks of each rank's `partial(c)` for part c, returned on rank c.
+//   The sums travel the ring (part c's starts on rank c+1 and ends on rank c), and each rank
+//   computes its next partial while the previous sum is on its way.
+at::Tensor ring_pass(RankGroup& group, const at::Tensor& x, const std::function<void(int64_t, const at::Tensor&)>& use,
+                     const std::function<at::Tensor(int64_t)>& partial) {
   const int n = group.size(), r = group.rank();
+  auto block = use ? x.contiguous() : at::Tensor();
   at::Tensor sum;
   std::unique_ptr<RankGroup::Transfer> moving;
   for (int t = 0; t < n; ++t) {
-    const int64_t c = ((r - t - 1) % n + n) % n;
-    auto mine = partial(c);
-    sum = moving ? moving->wait() + mine : mine;
-    moving = t + 1 < n ? group.ring_shift(sum) : nullptr;
+    auto next = use && t + 1 < n ? group.ring_shift(block) : nullptr;
+    if (use) use((r - t + n) % n, block);
+    if (partial) {
+      auto mine = partial(((r - t - 1) % n + n) % n);
+      sum = moving ? moving->wait() + mine : mine;
+      moving = t + 1 < n ? group.ring_shift(sum) : nullptr;
+    }
+    if (next) block = next->wait();
   }
   return sum;
 }
 
-// Every rank's `x` in turn (this rank's first, then the previous rank's, ...), each handed to
-// `use(c, part)` while the next one travels the ring.
+at::Tensor ring_reduce_scatter(RankGroup& group, const std::function<at::Tensor(int64_t)>& partial) {
+  return ring_pass(group, {}, {}, partial);
+}
+
 void ring_all_gather(RankGroup& group, const at::Tensor& x, const std::function<void(int64_t, const at::Tensor&)>& use) {
-  const int n = group.size(), r = group.rank();
-  auto block = x.contiguous();
-  for (int t = 0; t < n; ++t) {
-    auto next = t + 1 < n ? group.ring_shift(block) : nullptr;
-    use((r - t + n) % n, block);
-    if (next) block = next->wait();
-  }
+  ring_pass(group, x, use, {});
 }
 
 // A weight's gradient: into its sink (added per part), or returned through autograd.
@@ -114,21 +120,6 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
     auto wants_dw = [&](size_t i) { return grads[i].defined() && ctx->needs_input_grad(i + 1); };
     bool any_dw = false;
     for (size_t i = 0; i < grads.size(); ++i) any_dw = any_dw || wants_dw(i);
-    // The weights' gradients: part by part as the input's parts come around the ring again, or
-    // from the input gathered again at once.
-    if (any_dw && ring) {
-      ring_all_gather(group, x, [&](int64_t c, const at::Tensor& block) {
-        for (size_t i = 0; i < grads.size(); ++i)
-          if (wants_dw(i)) add_weight_gradient(out[i + 1], s, keys[i], part(grads[i], c, seq), block);
-      });
-    } else if (any_dw) {
-      const auto whole = group.all_gather_sequence(x);
-      for (size_t i = 0; i < grads.size(); ++i)
-        if (wants_dw(i)) add_weight_gradient(out[i + 1], s, keys[i], grads[i], whole);
-    }
-    for (size_t i = 0; i < grads.size(); ++i)
-      if (out[i + 1].defined()) out[i + 1] = out[i + 1].to(static_cast<at::ScalarType>(dtypes[i]));
-    if (!ctx->needs_input_grad(0)) return out;
     // The input's gradient over `rows` of the sequence ([B, rows, D]), each projection's product
     // added by the GEMM itself.
     auto input_gradient = [&](int64_t first, int64_t rows) {
@@ -144,10 +135,27 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
       }
       return dx.defined() ? dx.view(shape) : at::zeros(shape, x.options());
     };
-    if (ring)
-      out[0] = ring_reduce_scatter(group, [&](int64_t c) { return input_gradient(c * seq, seq); });
-    else
-      out[0] = group.reduce_scatter_sequence(input_gradient(0, group.size() * seq));
+    auto weight_gradients = [&](int64_t c, const at::Tensor& block) {
+      for (size_t i = 0; i < grads.size(); ++i)
+        if (wants_dw(i)) add_weight_gradient(out[i + 1], s, keys[i], c < 0 ? grads[i] : part(grads[i], c, seq), block);
+    };
+    const bool dx = ctx->needs_input_grad(0);
+    if (ring) {
+      // One pass: the input's parts come around again for the weights' gradients while the input
+      // gradient's partial sums travel to their owners.
+      std::function<void(int64_t, const at::Tensor&)> use;
+      std::function<at::Tensor(int64_t)> partial;
+      if (any_dw) use = weight_gradients;
+      if (dx) partial = [&](int64_t c) { return input_gradient(c * seq, seq); };
+      auto sum = ring_pass(group, x, use, partial);
+      if (dx) out[0] = sum;
+    } else {
+      // The input gathered again at once for the weights' gradients (c < 0: the whole sequence).
+      if (any_dw) weight_gradients(-1, group.all_gather_sequence(x));
+      if (dx) out[0] = group.reduce_scatter_sequence(input_gradient(0, group.size() * seq));
+    }
+    for (size_t i = 0; i < grads.size(); ++i)
+      if (out[i + 1].defined()) out[i + 1] = out[i + 1].to(static_cast<at::ScalarType>(dtypes[i]));
     return out;
   }
 };
