@@ -33,26 +33,30 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
       const auto n = std::min(chunk_rows, rows - r0);
       auto hc = h.narrow(0, r0, n);
       auto tc = t.narrow(0, r0, n);
-      // [n, local] in fp32: on CUDA the GEMM of bf16 operands writes it so itself.
+      // [n, local] in fp32: on CUDA the GEMM of bf16 operands writes it so itself. It becomes the
+      // exponentials and then the logits' gradient in place: passes over a vocabulary-wide chunk
+      // are most of the loss's time.
       auto logits = out_dtype ? at::mm(hc, w.t(), acc) : at::mm(hc, w.t()).to(acc);
-      auto row_max = std::get<0>(logits.max(1));
+      auto row_max = logits.amax(1);
       all_reduce(row_max, true);
-      auto e = (logits - row_max.unsqueeze(1)).exp_();
-      // The sums of exponentials and the target's logit (from the rank that holds its row, zero
-      // elsewhere), summed over the group in one collective.
-      auto mine = (tc >= vocab_start).logical_and(tc < vocab_start + local);
-      auto local_target = (tc - vocab_start).clamp(0, local - 1);
-      auto sums = at::stack({e.sum(1), logits.gather(1, local_target.unsqueeze(1)).squeeze(1) * mine.to(acc)});
+      // The target's logit, from the rank that holds its row (zero elsewhere).
+      auto mine = (tc >= vocab_start).logical_and(tc < vocab_start + local).to(acc);
+      auto local_target = (tc - vocab_start).clamp(0, local - 1).unsqueeze(1);
+      auto target_logit = logits.gather(1, local_target).squeeze(1) * mine;
+      auto& e = logits.sub_(row_max.unsqueeze(1)).exp_();
+      // The sums of exponentials and the targets' logits, summed over the group in one collective.
+      auto sums = at::stack({e.sum(1), target_logit});
       all_reduce(sums, false);
-      const auto sum_exp = sums[0], target_logit = sums[1];
+      const auto sum_exp = sums[0];
       auto counted = (tc >= 0).to(acc);
-      total += ((sum_exp.log() + row_max - target_logit) * counted).sum();
+      total += ((sum_exp.log() + row_max - sums[1]) * counted).sum();
       // d loss / d logits = (softmax - one-hot) / count on the counted rows.
-      auto dlogits = e.div_(sum_exp.unsqueeze(1));
-      dlogits.scatter_add_(1, local_target.unsqueeze(1), -mine.to(acc).unsqueeze(1));
-      dlogits.mul_((counted / count).unsqueeze(1));
+      const auto weight_of_row = counted / count;
+      auto& dlogits = e.mul_((weight_of_row / sum_exp).unsqueeze(1));
+      dlogits.scatter_add_(1, local_target, -(mine * weight_of_row).unsqueeze(1));
       auto dl = dlogits.to(h.scalar_type());
-      dh.narrow(0, r0, n).copy_(at::mm(dl, w));
+      auto dh_rows = dh.narrow(0, r0, n);
+      at::mm_out(dh_rows, dl, w);
       // The weight's gradient summed in fp32; on CUDA from a bf16 GEMM (an fp32 GEMM of the cast
       // operands took an H100 several times as long as the rest of the loss).
       if (out_dtype) dw.add_(at::mm(dl.t(), hc, acc));
