@@ -338,6 +338,29 @@ TEST_CASE("gloo communicator: a peer that never arrives ends the wait with an er
   CHECK_THAT(recorder->summary(std::chrono::system_clock::now()), Catch::StartsWith("all_reduce #2 of timeout in step 0, failed after 1"));
 }
 
+// The exposed-communication count: host waits at once, device stalls once the device has passed
+// them (here stand-ins that report a stall only when told it has passed), each counted once.
+TEST_CASE("flight recorder: exposed communication adds host waits and device stalls as they pass", "[parallel]") {
+  comm::FlightRecorder recorder(4);
+  recorder.add_wait(std::chrono::milliseconds(250));
+  CHECK(recorder.waited_seconds() == Approx(0.25));
+  CHECK(recorder.host_waited_seconds() == Approx(0.25));
+  std::atomic<int> passed{0};
+  std::atomic<int> asked{0};
+  recorder.add_device_wait([&] { return ++asked, passed >= 1 ? 0.5 : -1.0; });
+  recorder.add_device_wait([&] { return ++asked, passed >= 2 ? 0.125 : -1.0; });
+  CHECK(recorder.waited_seconds() == Approx(0.25));  // neither passed yet
+  passed = 1;
+  CHECK(recorder.waited_seconds() == Approx(0.75));
+  CHECK(recorder.waited_seconds() == Approx(0.75));  // counted once, not again
+  passed = 2;
+  CHECK(recorder.waited_seconds() == Approx(0.875));
+  CHECK(recorder.host_waited_seconds() == Approx(0.25));  // the optimizer's span counts host waits alone
+  const int asked_before = asked;
+  CHECK(recorder.waited_seconds() == Approx(0.875));
+  CHECK(asked == asked_before);  // a passed stall is dropped, not asked again
+}
+
 TEST_CASE("flight recorder: numbers per group, a bounded ring, the oldest unfinished, and its file", "[parallel]") {
   comm::FlightRecorder r(3);
   const auto t0 = std::chrono::system_clock::now();

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <iterator>
 #include <filesystem>
 #include <stdexcept>
 #include <system_error>
@@ -49,12 +50,23 @@ void FlightRecorder::add_device_wait(std::function<double()> seconds) {
 }
 
 double FlightRecorder::waited_seconds() const {
-  std::lock_guard lock(mutex_);
-  std::erase_if(device_waits_, [&](const auto& seconds) {
+  std::vector<std::function<double()>> pending;
+  {
+    std::lock_guard lock(mutex_);
+    pending.swap(device_waits_);
+  }
+  // Asked without the lock: a CUDA query stalled by a driver lock held elsewhere must not hold up
+  // the NCCL watchdog, which ends entries under it.
+  double passed = 0;
+  std::erase_if(pending, [&](const auto& seconds) {
     const double s = seconds();
-    if (s >= 0) device_waited_ += s;
+    if (s >= 0) passed += s;
     return s >= 0;
   });
+  std::lock_guard lock(mutex_);
+  device_waits_.insert(device_waits_.begin(), std::make_move_iterator(pending.begin()),
+                       std::make_move_iterator(pending.end()));
+  device_waited_ += passed;
   return device_waited_ + host_waited_seconds();
 }
 
