@@ -931,6 +931,140 @@ TEST_CASE("loss parallel on CUDA: two ranks' vocabulary shares give the whole lo
   CHECK(rel(at::cat({got[0][2], got[1][2]}), ref.dweight) < 2e-2);
 }
 
+namespace {
+// n threads of one process as a rank group, each rank's tensors on its own device: each
+// collective meets at a barrier and reads the others' tensors from shared slots, moved to the
+// reader's device and dtype (a ring shift is complete when it returns). One rank on the GPU and
+// the others on the CPU: autograd runs one GPU's backward nodes on one thread, where two ranks
+// waiting for each other would deadlock.
+class ThreadGroup : public models::RankGroup {
+ public:
+  struct Shared {
+    explicit Shared(int n) : slots(n), sync(n) {}
+    std::vector<at::Tensor> slots;
+    std::barrier<> sync;
+  };
+  ThreadGroup(int rank, Shared& shared) : rank_(rank), s_(shared) {}
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(s_.slots.size()); }
+  at::Tensor all_gather(const at::Tensor& in) override {
+    return meet(in, [&](auto slot) {
+      std::vector<at::Tensor> all;
+      for (int r = 0; r < size(); ++r) all.push_back(slot(r));
+      return at::stack(all);
+    });
+  }
+  at::Tensor reduce_scatter(const at::Tensor& in) override {
+    return meet(in, [&](auto slot) {
+      auto sum = slot(0)[rank_].clone();
+      for (int r = 1; r < size(); ++r) sum += slot(r)[rank_];
+      return sum;
+    });
+  }
+  void all_reduce(at::Tensor& t, bool max) override {
+    t.copy_(meet(t, [&](auto slot) {
+      auto out = slot(0);
+      for (int r = 1; r < size(); ++r) out = max ? at::maximum(out, slot(r)) : out + slot(r);
+      return out;
+    }));
+  }
+  std::unique_ptr<Transfer> ring_shift(const at::Tensor& t) override {
+    struct Done : Transfer {
+      explicit Done(at::Tensor t) : got(std::move(t)) {}
+      at::Tensor wait() override { return got; }
+      at::Tensor got;
+    };
+    return std::make_unique<Done>(meet(t, [&](auto slot) { return slot((rank_ + size() - 1) % size()); }));
+  }
+  std::unique_ptr<Transfer> start_all_to_all(const at::Tensor&, const std::vector<int64_t>&,
+                                             const std::vector<int64_t>&) override {
+    throw std::logic_error("not here");
+  }
+
+ private:
+  template <class Read>
+  at::Tensor meet(const at::Tensor& mine, Read&& read) {
+    s_.slots[rank_] = mine.detach().clone();
+    s_.sync.arrive_and_wait();
+    auto out = read([&](int r) { return s_.slots[r].to(mine.options(), /*non_blocking=*/false, /*copy=*/true); });
+    s_.sync.arrive_and_wait();
+    return out;
+  }
+  int rank_;
+  Shared& s_;
+};
+}  // namespace
+
+// Tensor parallelism's projections on CUDA (bf16 operands, the weight gradients' GEMMs writing
+// fp32) against fp64 of all ranks at once: synchronous TP keeping the rank's part of the input,
+// and asynchronous TP's collective matmuls with their one-pass backward. The GPU rank is rank 0,
+// then rank 1; its peer computes on the CPU in fp32.
+TEST_CASE("TP's gathered and scattered projections on CUDA, at once and around the ring, match fp64 with their "
+          "gradients (a tp-2 group of a GPU rank and a CPU rank)",
+          "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  constexpr int n = 2;
+  torch::manual_seed(8);
+  const int64_t B = 2, s = 96, D = 256, out_a = 192, out_b = 64, wide = 320;
+  const auto seen = [](const at::Tensor& t) { return t.to(at::kBFloat16).to(at::kDouble); };
+  const auto x = at::randn({n, B, s, D}), wa = at::randn({n, out_a, D}) / 16, wb = at::randn({n, out_b, D}) / 16;
+  const auto z = at::randn({n, B, n * s, wide}), wz = at::randn({n, D, wide}) / 16;
+  const auto up_a = at::randn({n, B, n * s, out_a}), up_b = at::randn({n, B, n * s, out_b}), up_y = at::randn({n, B, s, D});
+  // fp64 of the bf16 inputs, all ranks at once.
+  std::vector<at::Tensor> xs, as, bs, zs, ws;
+  for (int r = 0; r < n; ++r) {
+    xs.push_back(seen(x[r]).requires_grad_());
+    as.push_back(seen(wa[r]).requires_grad_());
+    bs.push_back(seen(wb[r]).requires_grad_());
+    zs.push_back(seen(z[r]).requires_grad_());
+    ws.push_back(seen(wz[r]).requires_grad_());
+  }
+  const auto whole = at::cat(xs, 1);
+  at::Tensor y_sum, loss = at::zeros({}, at::kDouble);
+  std::vector<std::vector<at::Tensor>> want(n);
+  for (int r = 0; r < n; ++r) {
+    const auto y_r = at::linear(zs[r], ws[r]);
+    y_sum = y_sum.defined() ? y_sum + y_r : y_r;
+  }
+  for (int r = 0; r < n; ++r) {
+    const auto a = at::linear(whole, as[r]), b = at::linear(whole, bs[r]), y = y_sum.narrow(1, r * s, s);
+    loss = loss + (a * seen(up_a[r])).sum() + (b * seen(up_b[r])).sum() + (y * seen(up_y[r])).sum();
+    want[r] = {a.detach(), b.detach(), y.detach()};
+  }
+  loss.backward();
+  for (int r = 0; r < n; ++r)
+    for (const auto& t : {xs[r], as[r], bs[r], zs[r], ws[r]}) want[r].push_back(t.grad());
+  for (const bool ring : {false, true})
+    for (const int on_gpu_rank : {0, 1}) {
+      INFO((ring ? "asynchronous (around the ring)" : "at once, keeping the rank's part") << ", rank " << on_gpu_rank
+                                                                                          << " on the GPU");
+      ThreadGroup::Shared shared(n);
+      std::vector<std::vector<at::Tensor>> got(n);
+      auto rank = [&](int r) {
+        ThreadGroup group(r, shared);
+        const auto o = r == on_gpu_rank ? at::TensorOptions(torch::kCUDA).dtype(at::kBFloat16)
+                                        : at::TensorOptions().dtype(at::kFloat);
+        auto leaf = [&](const at::Tensor& t) { return t.to(at::kBFloat16).to(o).requires_grad_(); };
+        auto xr = leaf(x[r]), ar = leaf(wa[r]), br = leaf(wb[r]), zr = leaf(z[r]), wr = leaf(wz[r]);
+        const auto ab = models::gathered_linear(xr, {ar, br}, group, nullptr, ring);
+        const auto y = ring ? models::linear_scattered(zr, wr, group, nullptr)
+                            : models::scatter_sequence_sum(at::linear(zr, wr), group);
+        ((ab[0] * up_a[r].to(o)).sum() + (ab[1] * up_b[r].to(o)).sum() + (y * up_y[r].to(o)).sum()).backward();
+        got[r] = {ab[0], ab[1], y, xr.grad(), ar.grad(), br.grad(), zr.grad(), wr.grad()};
+      };
+      std::thread other(rank, 1);
+      rank(0);
+      other.join();
+      for (int r = 0; r < n; ++r)
+        for (size_t i = 0; i < want[r].size(); ++i) {
+          INFO("rank " << r << ", result " << i << " (a, b, y, dx, dwa, dwb, dz, dwz)");
+          REQUIRE(got[r][i].sizes() == want[r][i].sizes());
+          CHECK(got[r][i].is_cuda() == (r == on_gpu_rank));
+          CHECK(rel(got[r][i].to(at::kDouble), want[r][i]) < 1e-2);
+        }
+    }
+}
+
 TEST_CASE("FSDP's gradient copy-in kernel writes what ATen's _chunk_cat_out writes", "[gpu]") {
   REQUIRE(torch::cuda::is_available());
   // Whole vector tiles, a ragged tail, rows that do not split evenly, a 1-D weight, and a

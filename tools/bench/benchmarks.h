@@ -26,7 +26,8 @@ int inspect_overhead(const config::JobConfig& cfg, double window);
 // one-rank group; N > 1: one rank as rank 0 of a world of N, replicas standing in for the others
 // (parallel::RankContext::replicas).
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, int alone_as, int64_t document_tokens = 0);
+                 const std::string& trace_path, int alone_as, int64_t document_tokens = 0,
+                 const std::string& memory_history_path = {});
 // [rows, seq] documents of 1 .. 2n-1 tokens (n on average), the same on every call.
 at::Tensor random_documents(int64_t rows, int64_t seq, int64_t n);
 // One context-parallel rank's share of attention against the whole sequence's (forward and

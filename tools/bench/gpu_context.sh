@@ -62,4 +62,19 @@ case "${PHASE:-tests}" in
         --parallelism.enable_async_tensor_parallel $3 --rank-of 8 --vocab 128256 --warmup 1 --steps 2 2>&1 \
         | grep -E "plain loop|compute stream busy|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/tprank.log"
     done ;;
+  tpmemory)
+    # What is live at the peak of one step of a tensor-parallel rank's share (the tprank shapes), by
+    # the Troupe frames that allocated it (tools/bench/memory_peak.py). LAYOUTS as tprank's.
+    IFS=, read -ra layouts <<< "${LAYOUTS:-1 8 false,2 4 false}"
+    for layout in "${layouts[@]}"; do
+      set -- $layout
+      snapshot=/tmp/memory-tp$1-async$3.pickle
+      TORCH_SYMBOLIZE_MODE=dladdr timeout 300 $bench step-profile --config configs/llama3_debug.toml --model.flavor 8B \
+        --model.n_layers 16 --model.tokenizer_path .device/llama3_1.tokenizer.json --job.device cuda \
+        --training.local_batch_size 2 --training.seq_len 8192 --parallelism.tensor_parallel_degree $1 \
+        --parallelism.enable_async_tensor_parallel $3 --rank-of 8 --vocab 128256 --warmup 1 --steps 1 \
+        --memory-history $snapshot 2>&1 | grep -E "plain loop|rank.*failed|error|out of memory" | head -5
+      python3 tools/bench/memory_peak.py $snapshot --depth ${DEPTH:-3} > "$out/memory-tp$1-async$3.md" 2>&1
+      head -30 "$out/memory-tp$1-async$3.md"
+    done ;;
 esac

@@ -79,9 +79,13 @@ int main(int argc, char** argv) {
   int64_t document_tokens = 0;
   profile->add_option("--document-tokens", document_tokens,
                       "random documents of this many tokens on average (with --training.attention_mask block_causal)");
+  std::string memory_history_path;
+  profile->add_option("--memory-history", memory_history_path,
+                      "after the timed steps, one step with the CUDA allocator's history (C++ stacks) written here as "
+                      "its pickled snapshot: tools/bench/memory_peak.py says what is live at the peak");
   benchmarks.push_back({profile, [&](const config::JobConfig& cfg) {
                           return bench::step_profile(cfg, profile_vocab, profile_warmup, profile_steps, trace_path,
-                                                     shard_alone_as, document_tokens);
+                                                     shard_alone_as, document_tokens, memory_history_path);
                         }});
 
   int64_t share_cp = 8, share_rounds = 5;

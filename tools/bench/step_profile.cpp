@@ -11,7 +11,17 @@
 #include <chrono>
 #include <cstdio>
 #include <future>
+#include <atomic>
+#include <malloc.h>
 #include <map>
+#include <optional>
+#include <thread>
+
+#ifdef TROUPE_WITH_CUDA
+#include <torch/csrc/cuda/memory_snapshot.h>
+#endif
+
+#include <fstream>
 
 #include "bench/benchmarks.h"
 #include "comm/rendezvous.h"
@@ -23,6 +33,58 @@
 namespace troupe::bench {
 
 namespace {
+
+// The heap's bytes in use (small chunks and mmapped blocks): a CPU rank's tensors, as glibc sees them.
+int64_t heap_in_use() {
+  const auto m = mallinfo2();
+  return static_cast<int64_t>(m.uordblks + m.hblkhd);
+}
+
+// The most heap in use while it lives, sampled every 200 us: CPU tensors have no allocator statistics.
+class HeapPeak {
+ public:
+  HeapPeak() : peak_(heap_in_use()), sampler_([this] {
+    while (!done_) {
+      peak_ = std::max(peak_.load(), heap_in_use());
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }) {}
+  ~HeapPeak() {
+    done_ = true;
+    sampler_.join();
+  }
+  int64_t peak() const { return std::max(peak_.load(), heap_in_use()); }
+
+ private:
+  std::atomic<bool> done_{false};
+  std::atomic<int64_t> peak_;
+  std::thread sampler_;
+};
+
+// One more step with the CUDA caching allocator's history on (every allocation with its C++ stack),
+// written as its pickled snapshot (tools/bench/memory_peak.py tells what is live at the peak).
+template <class Step>
+void record_memory_history(const std::string& path, bool first, std::barrier<>& phase, Step&& step) {
+#ifdef TROUPE_WITH_CUDA
+  phase.arrive_and_wait();
+  if (first)
+    torch::cuda::_record_memory_history(/*enabled=*/true, /*record_context=*/true, /*trace_alloc_max_entries=*/2'000'000,
+                                        /*trace_alloc_record_context=*/true, /*record_cpp_context=*/true);
+  phase.arrive_and_wait();
+  step();
+  phase.arrive_and_wait();
+  if (first) {
+    std::ofstream out(path, std::ios::binary);
+    out << torch::cuda::_memory_snapshot_pickled();
+    if (!out) throw std::runtime_error("--memory-history: cannot write " + path);
+    torch::cuda::_record_memory_history(false);
+  }
+  phase.arrive_and_wait();
+#else
+  (void)path, (void)first, (void)phase, (void)step;
+  throw std::invalid_argument("--memory-history needs a CUDA build");
+#endif
+}
 
 struct Total {
   double ns = 0;
@@ -122,7 +184,8 @@ void report(const std::vector<torch::autograd::profiler::KinetoEvent>& events, i
 }  // namespace
 
 int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, int64_t steps,
-                 const std::string& trace_path, int alone_as, int64_t document_tokens) {
+                 const std::string& trace_path, int alone_as, int64_t document_tokens,
+                 const std::string& memory_history_path) {
   const int ranks = train::local_rank_count(cfg);
   if (alone_as > 0 && ranks > 1) throw std::invalid_argument("--rank-of profiles one rank: set job.local_ranks 1");
   if (alone_as > 1 && cfg.parallelism.pipeline_parallel_degree > 1)
@@ -133,6 +196,7 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
   std::barrier phase(ranks);
   double loop_seconds = 0, profiled_seconds = 0;
   int64_t peak_active = 0, peak_reserved = 0;  // rank 0's, over the plain loop
+  int64_t heap_before = 0, heap_peak = 0;  // the process's, around the plain loop (CPU)
   std::unique_ptr<torch::autograd::profiler::ProfilerResult> result;
   namespace prof = torch::autograd::profiler;
   using torch::profiler::impl::ActivityType;
@@ -154,7 +218,12 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
     const std::shared_ptr<const data::Batch> b = std::move(batch);
     int64_t step = 0;
     double seconds = 0;
+    std::optional<HeapPeak> heap;
     for (int64_t i = 0; i < warmup + steps; ++i) {
+      if (i == warmup && r == 0 && train::resolve_device(cfg.job.device) != "cuda") {
+        heap_before = heap_in_use();  // the model, its optimizer state and the warm-up's leftovers
+        heap.emplace();
+      }
       const auto t0 = std::chrono::steady_clock::now();
       const auto stats = trainer.step(++step, {b});  // ends by reading the loss back: the step is finished
       if (i >= warmup) seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -164,6 +233,9 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
       }
     }
     if (r == 0) loop_seconds = seconds;
+    if (!memory_history_path.empty()) record_memory_history(memory_history_path, r == 0, phase, [&] { trainer.step(++step, {b}); });
+    if (heap) heap_peak = heap->peak();
+    heap.reset();
     phase.arrive_and_wait();
     // CUDA activity is recorded process-wide, so rank 0's profiler sees every GPU.
     if (r == 0) {
@@ -203,6 +275,10 @@ int step_profile(const config::JobConfig& cfg, int64_t vocab, int64_t warmup, in
               ranks, alone.c_str(), 1e3 * loop_seconds / steps, static_cast<double>(B * S * steps) / cp / loop_seconds,
               static_cast<long long>(steps), static_cast<double>(peak_active) / GiB,
               static_cast<double>(peak_reserved) / GiB);
+  if (heap_peak > 0)
+    std::printf("heap in use: %.3f GiB before the timed steps, %.3f GiB at their peak (+%.3f GiB)\n",
+                static_cast<double>(heap_before) / GiB, static_cast<double>(heap_peak) / GiB,
+                static_cast<double>(heap_peak - heap_before) / GiB);
   if (train::resolve_device(cfg.job.device) == "cuda")
     for (int d = 0; d < ranks; ++d) report(result->events(), d, steps, 1e3 * profiled_seconds / steps);
   if (!trace_path.empty()) result->save(trace_path);
