@@ -69,6 +69,62 @@ __global__ void cross_entropy_kernel(T* logits, float* losses, const int64_t* ta
   }
 }
 
+// Loss parallel, one rank's share [start, start + local) of the vocabulary per row. Stats: the
+// online max and sum of exponentials over the share (one read), and the target's logit where the
+// share holds it (0 elsewhere).
+template <class T, int P>
+__global__ void vocab_share_stats_kernel(const T* logits, const int64_t* targets, int64_t rows, int64_t local,
+                                         int64_t start, float* row_max, float* sum_exp, float* target_logit) {
+  __shared__ float scratch[32];
+  const int64_t body = local / P * P;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* lr = logits + row * local;
+    float m = -INFINITY, sum = 0.f;
+    for (int64_t i = static_cast<int64_t>(threadIdx.x) * P; i < body; i += static_cast<int64_t>(blockDim.x) * P) {
+      float v[P];
+      load_floats<P>(lr + i, v);
+      fold<P>(v, m, sum);
+    }
+    for (int64_t i = body + threadIdx.x; i < local; i += blockDim.x) {
+      const float v[1] = {to_float(lr[i])};
+      fold<1>(v, m, sum);
+    }
+    const float share_max = block_max(m, scratch);
+    const float share_sum = block_sum(m == -INFINITY ? 0.f : sum * __expf(m - share_max), scratch);
+    if (threadIdx.x == 0) {
+      const int64_t t = targets[row] - start;
+      row_max[row] = share_max;
+      sum_exp[row] = share_sum;
+      target_logit[row] = targets[row] >= 0 && t >= 0 && t < local ? to_float(lr[t]) : 0.f;
+    }
+    __syncthreads();  // the next row's reductions reuse `scratch`
+  }
+}
+
+// The share's logits overwritten by their gradient, scale · (exp(x − max) / sum − onehot), with
+// the group's max and sum of each row; scale = *inv_count on counted rows, 0 on ignored ones.
+template <class T, int P>
+__global__ void vocab_share_gradient_kernel(T* logits, const int64_t* targets, int64_t rows, int64_t local,
+                                            int64_t start, const float* row_max, const float* sum_exp,
+                                            const float* inv_count) {
+  const int64_t body = local / P * P;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    T* lr = logits + row * local;
+    const float mx = row_max[row], inv_sum = 1.f / sum_exp[row];
+    const float scale = targets[row] < 0 ? 0.f : *inv_count;
+    const int64_t target = targets[row] < 0 ? -1 : targets[row] - start;  // outside [0, local): not here
+    for (int64_t i = static_cast<int64_t>(threadIdx.x) * P; i < body; i += static_cast<int64_t>(blockDim.x) * P) {
+      float v[P];
+      load_floats<P>(lr + i, v);
+#pragma unroll
+      for (int j = 0; j < P; ++j) v[j] = scale * (__expf(v[j] - mx) * inv_sum - (i + j == target ? 1.f : 0.f));
+      store_floats<P>(lr + i, v);
+    }
+    for (int64_t i = body + threadIdx.x; i < local; i += blockDim.x)
+      lr[i] = from_float<T>(scale * (__expf(to_float(lr[i]) - mx) * inv_sum - (i == target ? 1.f : 0.f)));
+  }
+}
+
 template <class T>
 __global__ void scale_unless_one_kernel(T* x, int64_t n, const float* scale) {
   const float s = *scale;
@@ -110,6 +166,45 @@ void cross_entropy_forward_backward(Dtype dtype, void* logits, float* losses, co
     else
       cross_entropy_kernel<T, 1><<<blocks, threads, 0, stream>>>(l, losses, targets, rows, vocab, grad_scale,
                                                                  device_scale);
+  });
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+void vocab_share_stats(Dtype dtype, const void* logits, const int64_t* targets, int64_t rows, int64_t local,
+                       int64_t start, float* row_max, float* sum_exp, float* target_logit, cudaStream_t stream) {
+  if (rows == 0) return;
+  constexpr int threads = 1024;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(rows, 2 * int64_t{device_sm_count()}));
+  dispatch_dtype(dtype, [&](auto t) {
+    using T = decltype(t);
+    auto l = static_cast<const T*>(logits);
+    constexpr int P = Pack<T>::size;
+    if (pack_aligned({logits}) && local % P == 0)
+      vocab_share_stats_kernel<T, P><<<blocks, threads, 0, stream>>>(l, targets, rows, local, start, row_max, sum_exp,
+                                                                     target_logit);
+    else
+      vocab_share_stats_kernel<T, 1><<<blocks, threads, 0, stream>>>(l, targets, rows, local, start, row_max, sum_exp,
+                                                                     target_logit);
+  });
+  TROUPE_CUDA_CHECK_LAUNCH();
+}
+
+void vocab_share_gradient(Dtype dtype, void* logits, const int64_t* targets, int64_t rows, int64_t local,
+                          int64_t start, const float* row_max, const float* sum_exp, const float* inv_count,
+                          cudaStream_t stream) {
+  if (rows == 0) return;
+  constexpr int threads = 1024;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(rows, 2 * int64_t{device_sm_count()}));
+  dispatch_dtype(dtype, [&](auto t) {
+    using T = decltype(t);
+    auto l = static_cast<T*>(logits);
+    constexpr int P = Pack<T>::size;
+    if (pack_aligned({logits}) && local % P == 0)
+      vocab_share_gradient_kernel<T, P><<<blocks, threads, 0, stream>>>(l, targets, rows, local, start, row_max,
+                                                                        sum_exp, inv_count);
+    else
+      vocab_share_gradient_kernel<T, 1><<<blocks, threads, 0, stream>>>(l, targets, rows, local, start, row_max,
+                                                                        sum_exp, inv_count);
   });
   TROUPE_CUDA_CHECK_LAUNCH();
 }

@@ -22,6 +22,17 @@ void cross_entropy_forward_backward(Dtype dtype, void* logits, float* losses, co
 // kernel returns without touching x (no pass over a vocabulary-sized gradient).
 void scale_unless_one(Dtype dtype, void* x, int64_t n, const float* scale, cudaStream_t stream);
 
+// Loss parallel (kernels/vocab_parallel_loss.h): logits [rows, local] of one rank's share
+// [start, start + local) of the vocabulary. Stats: per row the share's max, the sum of its
+// exponentials relative to that max, and the target's logit where the share holds it (else 0).
+// Gradient: the logits overwritten by *inv_count · (exp(x − row_max) / sum_exp − onehot), with
+// the whole vocabulary's row_max and sum_exp (reduced over the group); 0 on ignored rows.
+void vocab_share_stats(Dtype dtype, const void* logits, const int64_t* targets, int64_t rows, int64_t local,
+                       int64_t start, float* row_max, float* sum_exp, float* target_logit, cudaStream_t stream);
+void vocab_share_gradient(Dtype dtype, void* logits, const int64_t* targets, int64_t rows, int64_t local,
+                          int64_t start, const float* row_max, const float* sum_exp, const float* inv_count,
+                          cudaStream_t stream);
+
 void cross_entropy_ref(float* logits, float* losses, const int64_t* targets, int64_t rows, int64_t vocab,
                        float grad_scale);
 

@@ -4,6 +4,10 @@
 
 #include "kernels/gradient_sink.h"
 #include "kernels/weight_copies.h"
+#ifdef TROUPE_WITH_CUDA
+#include "kernels/cross_entropy.h"
+#include "kernels/kernel_tensors.h"
+#endif
 
 namespace troupe::kernels {
 
@@ -11,6 +15,54 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+// One chunk of rows against this rank's share of the vocabulary: its logits made into their
+// gradient, d loss / d logits = (softmax − onehot) / count on the counted rows, in `h`'s dtype;
+// the chunk's summed loss added to `total`. The row maxima, then the sums of exponentials and the
+// targets' logits (one collective for both), are reduced over the group.
+at::Tensor share_gradient(const at::Tensor& hc, const at::Tensor& w, const at::Tensor& tc, const at::Tensor& counted,
+                          const at::Tensor& count, int64_t vocab_start, const GroupAllReduce& all_reduce,
+                          at::Tensor& total) {
+  const auto local = w.size(0);
+  const auto acc = counted.scalar_type();
+#ifdef TROUPE_WITH_CUDA
+  if (use_kernels(hc)) {
+    // In the compute dtype, as the unsharded loss's: one read for the share's statistics, one
+    // read and write for the gradient (the passes over a vocabulary-wide chunk are most of the
+    // loss's time beside its GEMMs).
+    auto logits = at::mm(hc, w.t());
+    const auto n = hc.size(0);
+    auto stats = at::empty({3, n}, hc.options().dtype(at::kFloat));  // share max, sum of exp, target logit
+    vocab_share_stats(kernel_dtype(logits), logits.data_ptr(), tc.data_ptr<int64_t>(), n, local, vocab_start,
+                      stats[0].data_ptr<float>(), stats[1].data_ptr<float>(), stats[2].data_ptr<float>(), stream());
+    auto row_max = stats[0].clone();
+    all_reduce(row_max, true);
+    auto sums = at::stack({stats[1] * (stats[0] - row_max).exp(), stats[2]});
+    all_reduce(sums, false);
+    total += ((sums[0].log() + row_max - sums[1]) * counted).sum();
+    const auto inv_count = count.to(at::kFloat).reciprocal();
+    vocab_share_gradient(kernel_dtype(logits), logits.data_ptr(), tc.data_ptr<int64_t>(), n, local, vocab_start,
+                         row_max.data_ptr<float>(), sums[0].data_ptr<float>(), inv_count.data_ptr<float>(), stream());
+    return logits;
+  }
+#endif
+  auto logits = at::mm(hc, w.t()).to(acc);
+  auto row_max = logits.amax(1);
+  all_reduce(row_max, true);
+  // The target's logit, from the rank that holds its row (zero elsewhere).
+  auto mine = (tc >= vocab_start).logical_and(tc < vocab_start + local).to(acc);
+  auto local_target = (tc - vocab_start).clamp(0, local - 1).unsqueeze(1);
+  auto target_logit = logits.gather(1, local_target).squeeze(1) * mine;
+  auto& e = logits.sub_(row_max.unsqueeze(1)).exp_();
+  auto sums = at::stack({e.sum(1), target_logit});
+  all_reduce(sums, false);
+  const auto sum_exp = sums[0];
+  total += ((sum_exp.log() + row_max - sums[1]) * counted).sum();
+  const auto weight_of_row = counted / count;
+  auto& dlogits = e.mul_((weight_of_row / sum_exp).unsqueeze(1));
+  dlogits.scatter_add_(1, local_target, -(mine * weight_of_row).unsqueeze(1));
+  return dlogits.to(hc.scalar_type());
+}
 
 struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCrossEntropyFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
@@ -26,41 +78,26 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
     auto w = compute_weight(weight, h.scalar_type(), s);
     auto count = (t >= 0).sum().clamp_min(1).to(acc);
     auto dh = at::empty_like(h);
-    auto dw = at::zeros({local, dim}, weight.options().dtype(acc));
-    const bool out_dtype = h.is_cuda() && h.scalar_type() != acc;  // GEMMs that write fp32 from bf16
+    auto dw = at::empty({local, dim}, weight.options().dtype(acc));
     auto total = at::zeros({}, h.options().dtype(acc));
     for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
       const auto n = std::min(chunk_rows, rows - r0);
       auto hc = h.narrow(0, r0, n);
       auto tc = t.narrow(0, r0, n);
-      // [n, local] in fp32: on CUDA the GEMM of bf16 operands writes it so itself. It becomes the
-      // exponentials and then the logits' gradient in place: passes over a vocabulary-wide chunk
-      // are most of the loss's time.
-      auto logits = out_dtype ? at::mm(hc, w.t(), acc) : at::mm(hc, w.t()).to(acc);
-      auto row_max = logits.amax(1);
-      all_reduce(row_max, true);
-      // The target's logit, from the rank that holds its row (zero elsewhere).
-      auto mine = (tc >= vocab_start).logical_and(tc < vocab_start + local).to(acc);
-      auto local_target = (tc - vocab_start).clamp(0, local - 1).unsqueeze(1);
-      auto target_logit = logits.gather(1, local_target).squeeze(1) * mine;
-      auto& e = logits.sub_(row_max.unsqueeze(1)).exp_();
-      // The sums of exponentials and the targets' logits, summed over the group in one collective.
-      auto sums = at::stack({e.sum(1), target_logit});
-      all_reduce(sums, false);
-      const auto sum_exp = sums[0];
       auto counted = (tc >= 0).to(acc);
-      total += ((sum_exp.log() + row_max - sums[1]) * counted).sum();
-      // d loss / d logits = (softmax - one-hot) / count on the counted rows.
-      const auto weight_of_row = counted / count;
-      auto& dlogits = e.mul_((weight_of_row / sum_exp).unsqueeze(1));
-      dlogits.scatter_add_(1, local_target, -(mine * weight_of_row).unsqueeze(1));
-      auto dl = dlogits.to(h.scalar_type());
+      // The chunk's logits, turned into their own gradient.
+      auto dlogits = share_gradient(hc, w, tc, counted, count, vocab_start, all_reduce, total);
       auto dh_rows = dh.narrow(0, r0, n);
-      at::mm_out(dh_rows, dl, w);
-      // The weight's gradient summed in fp32; on CUDA from a bf16 GEMM (an fp32 GEMM of the cast
-      // operands took an H100 several times as long as the rest of the loss).
-      if (out_dtype) dw.add_(at::mm(dl.t(), hc, acc));
-      else dw.addmm_(dl.t().to(acc), hc.to(acc));
+      at::mm_out(dh_rows, dlogits, w);
+      // The weight's gradient summed in fp32: on CUDA by the GEMM of bf16 operands itself.
+      if (h.is_cuda() && h.scalar_type() != acc) {
+        if (r0 == 0) at::mm_out(dw, dlogits.t(), hc, acc);
+        else at::addmm_out(dw, dw, dlogits.t(), hc, acc);
+      } else if (r0 == 0) {
+        at::mm_out(dw, dlogits.t().to(acc), hc.to(acc));
+      } else {
+        dw.addmm_(dlogits.t().to(acc), hc.to(acc));
+      }
     }
     ctx->save_for_backward({dh.view(hidden.sizes()), dw});
     ctx->saved_data["services"] = services;
@@ -72,9 +109,21 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
     auto saved = ctx->get_saved_variables();
     const auto scale = grads[0];
     variable_list out(7);
-    if (ctx->needs_input_grad(0)) out[0] = saved[0] * scale.to(saved[0].scalar_type());
+    // The gradients were computed for an incoming gradient of 1: scaled in place (nothing else
+    // holds them) on CUDA only when it is not 1, each once by the backward that asks for it.
+    auto scaled = [&](const at::Tensor& g) {
+#ifdef TROUPE_WITH_CUDA
+      if (use_kernels(g)) {
+        const auto s = scale.to(at::kFloat).contiguous();
+        scale_unless_one(kernel_dtype(g), g.data_ptr(), g.numel(), s.data_ptr<float>(), stream());
+        return g;
+      }
+#endif
+      return g * scale.to(g.scalar_type());
+    };
+    if (ctx->needs_input_grad(0)) out[0] = scaled(saved[0]);
     if (ctx->needs_input_grad(1)) {
-      auto dw = saved[1] * scale.to(saved[1].scalar_type());
+      auto dw = scaled(saved[1]);
       const auto* s = reinterpret_cast<const WeightServices*>(ctx->saved_data["services"].toInt());
       const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
       if (!sink_gradient(s, reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt()), dw))

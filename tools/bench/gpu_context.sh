@@ -59,8 +59,10 @@ case "${PHASE:-tests}" in
       timeout 300 $bench step-profile --config configs/llama3_debug.toml --model.flavor 8B --model.n_layers 16 \
         --model.tokenizer_path .device/llama3_1.tokenizer.json --job.device cuda \
         --training.local_batch_size 2 --training.seq_len 8192 --parallelism.tensor_parallel_degree $1 \
-        --parallelism.enable_async_tensor_parallel $3 --rank-of 8 --vocab 128256 --warmup 1 --steps 2 2>&1 \
-        | grep -E "plain loop|compute stream busy|rank.*failed|error|out of memory|more than" | head -5 | tee -a "$out/tprank.log"
+        --parallelism.enable_async_tensor_parallel $3 --rank-of 8 --vocab 128256 --warmup 1 --steps 2 \
+        > "$out/tprank-tp$1-async$3.log" 2>&1
+      grep -E "plain loop|compute stream busy|rank.*failed|error|out of memory|more than" "$out/tprank-tp$1-async$3.log" \
+        | head -5 | tee -a "$out/tprank.log"
     done ;;
   tpmemory)
     # What is live at the peak of one step of a tensor-parallel rank's share (the tprank shapes), by
