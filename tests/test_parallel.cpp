@@ -1860,6 +1860,69 @@ TEST_CASE("tensor parallelism: a degree that does not divide the heads (or, with
                     Catch::Contains("parallelism.expert_parallel_degree 2 does not divide data_parallel_shard_degree"));
 }
 
+namespace {
+// One rank whose all-to-alls log when they are issued and waited for (and return what was sent).
+class LoggedRows : public models::RankGroup {
+ public:
+  explicit LoggedRows(std::vector<std::string>& log) : log_(log) {}
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  at::Tensor all_gather(const at::Tensor& in) override { return in.unsqueeze(0); }
+  at::Tensor reduce_scatter(const at::Tensor& in) override { return in[0]; }
+  void all_reduce(at::Tensor&, bool) override {}
+  std::unique_ptr<Transfer> ring_shift(const at::Tensor&) override { throw std::logic_error("not here"); }
+  std::unique_ptr<Transfer> start_all_to_all(const at::Tensor& in, const std::vector<int64_t>&,
+                                             const std::vector<int64_t>&) override {
+    struct Logged : Transfer {
+      Logged(std::vector<std::string>& log, at::Tensor t) : log(log), t(std::move(t)) {}
+      at::Tensor wait() override {
+        log.push_back("wait");
+        return t;
+      }
+      std::vector<std::string>& log;
+      at::Tensor t;
+    };
+    log_.push_back("send");
+    return std::make_unique<Logged>(log_, in.clone());
+  }
+
+ private:
+  std::vector<std::string>& log_;
+};
+
+// Passes its input through; its backward logs.
+struct LoggedBackward : torch::autograd::Function<LoggedBackward> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t log) {
+    ctx->saved_data["log"] = log;
+    return x.clone();
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    reinterpret_cast<std::vector<std::string>*>(ctx->saved_data["log"].toInt())->push_back("between's backward");
+    return {grads[0], at::Tensor()};
+  }
+};
+}  // namespace
+
+TEST_CASE("an exchange of rows differentiates the work done while the rows travel while their gradient travels "
+          "back",
+          "[parallel]") {
+  std::vector<std::string> log;
+  LoggedRows group(log);
+  const auto x = at::randn({4, 3}, at::kDouble).requires_grad_(), y = at::randn({2, 3}, at::kDouble).requires_grad_();
+  at::Tensor side;
+  const auto arrived = models::exchange_rows(x, {4}, {4}, group, [&] {
+    log.push_back("between");
+    side = LoggedBackward::apply(y, reinterpret_cast<int64_t>(&log)) * 2;
+  });
+  CHECK(log == std::vector<std::string>{"send", "between", "wait"});
+  log.clear();
+  (arrived.pow(2).sum() + side.sum()).backward();
+  CHECK(log == std::vector<std::string>{"send", "between's backward", "wait"});
+  CHECK(at::allclose(x.grad(), 2 * x));
+  CHECK(at::allclose(y.grad(), at::full_like(y, 2.0)));
+}
+
 TEST_CASE("expert parallelism: a MoE block over 2 and 4 Gloo ranks computes as one rank does, a router that sends "
           "every token to one rank's experts included",
           "[parallel]") {

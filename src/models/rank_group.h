@@ -95,7 +95,8 @@ at::Tensor project_to_parts(const at::Tensor& z, const at::Tensor& weight, RankG
 
 // RankGroup::all_to_all, differentiable: the gradient goes back the same way, counts swapped.
 // `between` (may be empty) runs while the rows travel: what the caller can compute meanwhile
-// (the shared experts), recorded by autograd as usual.
+// (the shared experts), recorded by autograd as usual; its backward runs while the gradient
+// travels back.
 at::Tensor exchange_rows(const at::Tensor& x, const std::vector<int64_t>& send_rows,
                          const std::vector<int64_t>& recv_rows, RankGroup& group,
                          const std::function<void()>& between = {});

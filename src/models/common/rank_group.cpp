@@ -54,21 +54,59 @@ struct ScatterSequenceSum : torch::autograd::Function<ScatterSequenceSum> {
   }
 };
 
-// The rows were sent before the call (so that the caller computes while they travel): the
-// forward waits for them; the backward sends the gradient back the same way, counts swapped.
-struct ExchangeRows : torch::autograd::Function<ExchangeRows> {
+// An exchange of rows is two autograd nodes around the caller's work (`between`): RowsDepart
+// sends, RowsArrive waits. Their backwards run in the reverse order, RowsArrive's sending the
+// gradient back (counts swapped) and RowsDepart's waiting for it, so the backward of what was
+// computed between them (recorded between them, it runs between them) overlaps the return trip
+// too. What the two nodes share: the transfer in flight.
+struct RowsInFlight : torch::CustomClassHolder {
+  std::unique_ptr<RankGroup::Transfer> transfer;
+  at::Tensor take() {
+    if (!transfer) throw std::logic_error("exchange_rows: no transfer in flight");
+    auto t = std::exchange(transfer, nullptr);
+    return t->wait();
+  }
+};
+
+c10::intrusive_ptr<RowsInFlight> flight_of(AutogradContext* ctx) {
+  return c10::static_intrusive_pointer_cast<RowsInFlight>(ctx->saved_data["flight"].toCapsule());
+}
+
+void save_exchange(AutogradContext* ctx, int64_t group, const std::vector<int64_t>& send,
+                   const std::vector<int64_t>& recv, const c10::intrusive_ptr<RowsInFlight>& flight) {
+  ctx->saved_data["group"] = group;
+  ctx->saved_data["send"] = send;
+  ctx->saved_data["recv"] = recv;
+  ctx->saved_data["flight"] = c10::IValue::make_capsule(flight);
+}
+
+// Forward: sends `x`; its output only orders RowsArrive after it. Backward: the gradient's
+// return trip, which RowsArrive's backward sent.
+struct RowsDepart : torch::autograd::Function<RowsDepart> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, std::vector<int64_t> send_rows,
-                            std::vector<int64_t> recv_rows, int64_t group, int64_t pending) {
-    (void)x;
-    ctx->saved_data["group"] = group;
-    ctx->saved_data["send"] = send_rows;
-    ctx->saved_data["recv"] = recv_rows;
-    return reinterpret_cast<RankGroup::Transfer*>(pending)->wait();
+                            std::vector<int64_t> recv_rows, int64_t group, c10::intrusive_ptr<RowsInFlight> flight) {
+    flight->transfer = reinterpret_cast<RankGroup*>(group)->start_all_to_all(x.detach(), send_rows, recv_rows);
+    save_exchange(ctx, group, send_rows, recv_rows, flight);
+    return at::empty({0}, x.options());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list) {
+    return {flight_of(ctx)->take(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// Forward: the rows that arrived. Backward: sends their gradient back.
+struct RowsArrive : torch::autograd::Function<RowsArrive> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& departed, std::vector<int64_t> send_rows,
+                            std::vector<int64_t> recv_rows, int64_t group, c10::intrusive_ptr<RowsInFlight> flight) {
+    (void)departed;
+    save_exchange(ctx, group, send_rows, recv_rows, flight);
+    return flight->take();
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto send = ctx->saved_data["send"].toIntVector(), recv = ctx->saved_data["recv"].toIntVector();
-    return {group_of(ctx).all_to_all(grads[0].contiguous(), recv, send), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    flight_of(ctx)->transfer = group_of(ctx).start_all_to_all(grads[0].contiguous(), recv, send);
+    // The departure's (empty) gradient: it only orders RowsDepart's backward after this one.
+    return {at::empty({0}, grads[0].options()), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -84,10 +122,11 @@ at::Tensor RankGroup::reduce_scatter_sequence(const at::Tensor& x) {
 
 at::Tensor exchange_rows(const at::Tensor& x, const std::vector<int64_t>& send_rows,
                          const std::vector<int64_t>& recv_rows, RankGroup& group, const std::function<void()>& between) {
-  auto pending = group.start_all_to_all(x.detach(), send_rows, recv_rows);
+  const auto address = reinterpret_cast<int64_t>(&group);
+  const auto flight = c10::make_intrusive<RowsInFlight>();
+  const auto departed = RowsDepart::apply(x.contiguous(), send_rows, recv_rows, address, flight);
   if (between) between();
-  return ExchangeRows::apply(x, send_rows, recv_rows, reinterpret_cast<int64_t>(&group),
-                             reinterpret_cast<int64_t>(pending.get()));
+  return RowsArrive::apply(departed, send_rows, recv_rows, address, flight);
 }
 
 at::Tensor gather_sequence(const at::Tensor& x, RankGroup& group) {
