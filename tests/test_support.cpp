@@ -112,8 +112,11 @@ config::JobConfig small_job_config(const TempDir& dir) {
 
 actors::TrainOutcome run_with_timeout(const config::JobConfig& c, const cli::RunHooks& hooks) {
   auto future = std::async(std::launch::async, [&] { return cli::run_training(c, hooks); });
-  if (future.wait_for(std::chrono::seconds(120)) != std::future_status::ready) {
-    FAIL_CHECK("run_training did not finish within 120 s");
+  // TROUPE_TEST_TIMEOUT_S: longer under valgrind or a sanitizer.
+  const char* limit = std::getenv("TROUPE_TEST_TIMEOUT_S");
+  const auto seconds = limit ? std::stoi(limit) : 120;
+  if (future.wait_for(std::chrono::seconds(seconds)) != std::future_status::ready) {
+    FAIL_CHECK("run_training did not finish within " << seconds << " s");
     std::_Exit(1);  // the actors are stuck; nothing else can end this process
   }
   return future.get();
