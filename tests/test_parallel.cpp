@@ -1563,7 +1563,7 @@ TEST_CASE("gloo communicator: ranks that disagree on a collective's size end wit
   }
 }
 
-TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 ranks, with FSDP and with a pipeline, "
+TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 ranks, with FSDP, a pipeline and AC, "
           "asynchronous or not, trains Llama 3, Qwen3, Qwen3 MoE and DeepSeek V3 as one rank does",
           "[layouts]") {
   TempDir dir;
@@ -1605,6 +1605,7 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
     const char* name;
     int ranks, dp, replicate, pp, tp;
     bool async = false;  // collective matmuls: the same numbers, transfers reordered
+    const char* ac = "none";  // activation_checkpoint.mode; "op": selective, the op policy
   };
   std::vector<Layout> layouts = {{"tp2", 2, 1, 1, 1, 2}, {"tp4", 4, 1, 1, 1, 4}, {"fsdp2_tp2", 4, 2, 1, 1, 2},
                                  {"pp2_tp2", 4, 1, 1, 2, 2}, {"tp4_async", 4, 1, 1, 1, 4, true}};
@@ -1612,10 +1613,15 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
     layouts.push_back({"hsdp2x1_tp2", 4, 2, 2, 1, 2});
     layouts.push_back({"pp2_fsdp2_tp2", 8, 2, 1, 2, 2});
     layouts.push_back({"fsdp2_tp2_async", 4, 2, 1, 1, 2, true});
+    layouts.push_back({"fsdp2_tp2_full_ac", 4, 2, 1, 1, 2, false, "full"});
+    layouts.push_back({"tp2_op_ac", 2, 1, 1, 1, 2, false, "op"});
+    layouts.push_back({"tp2_async_op_ac", 2, 1, 1, 1, 2, true, "op"});
   }
   for (const auto& l : layouts) {
     SECTION(l.name) {
-      const auto cfg = layout(l.name, l.ranks, l.dp, l.replicate, l.pp, l.tp, l.async);
+      auto cfg = layout(l.name, l.ranks, l.dp, l.replicate, l.pp, l.tp, l.async);
+      cfg.activation_checkpoint.mode = std::string(l.ac) == "op" ? "selective" : l.ac;
+      if (std::string(l.ac) == "op") cfg.activation_checkpoint.selective_ac_option = "op";
       const auto run = run_with_timeout(cfg);
       INFO(run.message);
       REQUIRE(run.exit_code == 0);

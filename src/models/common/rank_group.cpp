@@ -153,7 +153,8 @@ at::Tensor project_to_parts(const at::Tensor& z, const at::Tensor& weight, RankG
                             const kernels::InputRecipe& recipe, const kernels::WeightServices* services) {
   if (!tp) return kernels::linear(z, weight, recipe, services);
   if (asynchronous) return linear_scattered(z, weight, *tp, services);
-  return scatter_sequence_sum(kernels::linear(z, weight, {}, services), *tp);
+  // The rank's part of the width: a recipe (the op policy's SwiGLU) recomputes it as without tp.
+  return scatter_sequence_sum(kernels::linear(z, weight, recipe, services), *tp);
 }
 
 }  // namespace troupe::models
