@@ -259,13 +259,13 @@ class NcclCommunicator : public Communicator {
       if (recorder_) recorder_->ended(record, /*failed=*/true);
       throw;
     }
-    auto done = end_on(stream_, tensors);
+    auto done = end_on(stream_);
     {
       std::lock_guard lock(mu_);
       pending_.push_back({done, std::chrono::steady_clock::now() + timeout_, op, record});
     }
     cv_.notify_all();
-    return std::make_unique<StreamWork>(done, recorder_);
+    return std::make_unique<StreamWork>(done, stream_, tensors, recorder_);
   }
 
   // The oldest operation, when it has finished, leaves the queue (true). Its event is queried

@@ -119,7 +119,7 @@ class ReplicaCommunicator : public Communicator {
         c10::cuda::CUDAStreamGuard on(*stream_);
         copies();
       }
-      return std::make_unique<StreamWork>(end_on(*stream_, tensors));
+      return std::make_unique<StreamWork>(end_on(*stream_), *stream_, tensors);
     }
 #endif
     (void)tensors;

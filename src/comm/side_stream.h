@@ -17,10 +17,20 @@ namespace troupe::comm {
 // recorder, the stream's stall is timed between two events around the wait and added to the
 // recorder's exposed communication once the device has passed them: zero when the operation
 // ended before the stream reached the wait, what was left of it when not.
+// The operation's tensors are held until the wait has put the waiter's stream after it; dropped
+// then, their blocks are free for that stream at once. (Marking them as used by the side stream
+// instead defers every free until an event query sees the side stream past it: with the host
+// running a step ahead of the device, whole layers' gathers and gradients piled up.) A work
+// dropped unwaited marks them so.
 class StreamWork : public Work {
  public:
-  explicit StreamWork(std::shared_ptr<at::cuda::CUDAEvent> done, std::shared_ptr<FlightRecorder> recorder = nullptr)
-      : done_(std::move(done)), recorder_(std::move(recorder)) {}
+  StreamWork(std::shared_ptr<at::cuda::CUDAEvent> done, c10::cuda::CUDAStream side, std::vector<at::Tensor> tensors,
+             std::shared_ptr<FlightRecorder> recorder = nullptr)
+      : done_(std::move(done)), side_(side), tensors_(std::move(tensors)), recorder_(std::move(recorder)) {}
+  ~StreamWork() override {
+    for (const auto& t : tensors_)
+      if (t.storage().data_ptr().get()) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), side_);
+  }
   void wait() override {
     if (!done_) return;
     const auto stream = c10::cuda::getCurrentCUDAStream();
@@ -37,10 +47,13 @@ class StreamWork : public Work {
       });
     }
     done_.reset();
+    tensors_.clear();
   }
 
  private:
   std::shared_ptr<at::cuda::CUDAEvent> done_;
+  c10::cuda::CUDAStream side_;
+  std::vector<at::Tensor> tensors_;
   std::shared_ptr<FlightRecorder> recorder_;
 };
 
@@ -51,11 +64,8 @@ inline void follow_current_stream(const c10::cuda::CUDAStream& side) {
   ready.block(side);
 }
 
-// After the operation is queued on `side`: the caching allocator must not hand the tensors'
-// blocks out again before `side` is done with them. Returns the event that marks that.
-inline std::shared_ptr<at::cuda::CUDAEvent> end_on(const c10::cuda::CUDAStream& side,
-                                                   const std::vector<at::Tensor>& tensors) {
-  for (const auto& t : tensors) c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), side);
+// After the operation is queued on `side`: the event that marks its end.
+inline std::shared_ptr<at::cuda::CUDAEvent> end_on(const c10::cuda::CUDAStream& side) {
   auto done = std::make_shared<at::cuda::CUDAEvent>();
   done->record(side);
   return done;

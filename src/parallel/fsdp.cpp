@@ -506,6 +506,11 @@ void ShardedUnits::reduce_gradients(Unit& u) {
   // alive while the reduction needs it (NCCL: recorded on its stream; Gloo: held by the work).
   const auto [places, pieces] = per_parameter(u, grad_full, u.grad_out);
   u.reduce_work = u.shard->reduce_scatter(pieces, places, comm::ReduceOp::avg);
+  // The communicator holds grad_full until its work is waited for (CUDA: the waiting stream put
+  // after it, then the block is free at once): the previous unit's, now. It has had this unit's
+  // backward to finish in, so at most two whole gradients are held.
+  if (reducing_ && reducing_ != &u) finish_unit(*reducing_);
+  reducing_ = &u;
 }
 
 void ShardedUnits::copy_gradients(const std::vector<std::pair<at::Tensor, at::Tensor>>& copies) const {
@@ -539,6 +544,7 @@ at::Tensor& ShardedUnits::master_gradient(Unit& u) {
 }
 
 void ShardedUnits::zero_gradients() {
+  reducing_ = nullptr;
   for (auto& u : units_) {
     u->fresh = true;
     // The last step's, read by its optimizer (queued on this stream before anything reuses them).
@@ -577,6 +583,7 @@ void ShardedUnits::finish_unit(Unit& u) {
 }
 
 void ShardedUnits::finish_gradients() {
+  reducing_ = nullptr;
   for (auto& u : units_) {
     finish_unit(*u);
     if (u->fresh) master_gradient(*u).zero_();  // no backward reached it

@@ -165,6 +165,9 @@ class ShardedUnits : public parallel::UnitHooks {
   kernels::WeightCopies* copies_ = nullptr;
   bool sinks_ = true;  // the weights' gradients go to sinks (kernels/gradient_sink.h)
   kernels::GradientSinks gradient_sinks_;
+  // The unit whose reduction was issued last: finished when the next one is issued, so that its
+  // whole gradient is freed then, not when the step ends.
+  Unit* reducing_ = nullptr;
 };
 
 }  // namespace troupe::parallel
