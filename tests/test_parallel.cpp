@@ -23,6 +23,7 @@
 #ifdef TROUPE_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/Sleep.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -820,6 +821,10 @@ TEST_CASE("a NCCL rank's exposed communication is its stream's stall in waits", 
     slept = 1e-3 * a.elapsed_time(b);
   }
   REQUIRE(slept > 0.01);
+  // A first collective sets the communicator up on the host: not inside the timed window (the
+  // compute stream must reach its wait while the sleep still runs).
+  nccl->all_reduce(t, comm::ReduceOp::sum)->wait();
+  c10::cuda::device_synchronize();
   const double before = recorder->waited_seconds();
   comm::WorkPtr work;
   {

@@ -502,8 +502,8 @@ void ShardedUnits::reduce_gradients(Unit& u) {
   u.grad_out = direct ? master_gradient(u) : at::empty({u.shard_numel}, grad_full.options());
   // One reduce-scatter per parameter, grouped, each from the parameter's place (its rank-major
   // chunks) into its piece of the shard. The unit's whole gradient (grad_full) is not kept until
-  // the step ends (for the 8B model that was the model's size in fp32): the communicator keeps it
-  // alive while the reduction needs it (NCCL: recorded on its stream; Gloo: held by the work).
+  // the step ends (for the 8B model that was the model's size in fp32): the work holds it until
+  // it is waited for, the next unit's reduction on (below).
   const auto [places, pieces] = per_parameter(u, grad_full, u.grad_out);
   u.reduce_work = u.shard->reduce_scatter(pieces, places, comm::ReduceOp::avg);
   // The communicator holds grad_full until its work is waited for (CUDA: the waiting stream put
