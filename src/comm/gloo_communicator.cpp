@@ -141,14 +141,17 @@ class GlooCommunicator : public Communicator {
     return issue("broadcast", ts, [&] { return pg_->broadcast(ts, o); });
   }
 
-  WorkPtr send(at::Tensor t, int peer) override {
-    std::vector<at::Tensor> ts{t};
-    return issue("send to rank " + std::to_string(peer), ts, [&] { return pg_->send(ts, peer, 0); });
-  }
+  WorkPtr send(at::Tensor t, int peer) override { return send(std::move(t), peer, 0); }
+  WorkPtr recv(at::Tensor t, int peer) override { return recv(std::move(t), peer, 0); }
 
-  WorkPtr recv(at::Tensor t, int peer) override {
-    std::vector<at::Tensor> ts{t};
-    return issue("recv from rank " + std::to_string(peer), ts, [&] { return pg_->recv(ts, peer, 0); });
+  // Each exchange gets a Gloo slot of its own (tags from 1; plain send and recv keep 0), so two in
+  // flight between the same ranks, as the ring's backward keeps (the next K/V block and the
+  // gradients travelling with it), never share one slot's bookkeeping. The ranks of a ring call
+  // send_recv alike, so their k-th calls meet on one tag.
+  WorkPtr send_recv(at::Tensor out, int to, at::Tensor in, int from) override {
+    const int tag = 1 + static_cast<int>(exchanges_++ % (1u << 30));
+    auto sent = send(std::move(out), to, tag);
+    return std::make_unique<BothWork>(std::move(sent), recv(std::move(in), from, tag));
   }
 
   WorkPtr all_to_all(at::Tensor out, const std::vector<int64_t>& out_rows, at::Tensor in,
@@ -167,6 +170,16 @@ class GlooCommunicator : public Communicator {
  private:
   std::string describe(const std::string& op) const {
     return "gloo group '" + name_ + "' (rank " + std::to_string(rank_) + " of " + std::to_string(size_) + "): " + op;
+  }
+
+  WorkPtr send(at::Tensor t, int peer, int tag) {
+    std::vector<at::Tensor> ts{t};
+    return issue("send to rank " + std::to_string(peer), ts, [&] { return pg_->send(ts, peer, tag); });
+  }
+
+  WorkPtr recv(at::Tensor t, int peer, int tag) {
+    std::vector<at::Tensor> ts{t};
+    return issue("recv from rank " + std::to_string(peer), ts, [&] { return pg_->recv(ts, peer, tag); });
   }
 
   void check(bool ok, const std::string& what) const {
@@ -204,6 +217,7 @@ class GlooCommunicator : public Communicator {
   std::chrono::milliseconds timeout_;
   std::shared_ptr<FlightRecorder> recorder_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  uint64_t exchanges_ = 0;
 };
 
 }  // namespace

@@ -22,50 +22,61 @@ __device__ __forceinline__ void fold(const float (&v)[P], float& m, float& sum) 
   for (int j = 0; j < P; ++j) sum += __expf(v[j] - m);
 }
 
+// One block's pass over a row of n logits: its max and sum of exponentials (relative to that
+// max), each thread folding P elements per access (a 16-byte pack, or 1 where the rows are not
+// 16-byte aligned), the ragged tail element by element. The reductions sync before they write
+// `scratch`, so the next row may reuse it.
+template <class T, int P>
+__device__ __forceinline__ float2 row_max_and_sum(const T* lr, int64_t n, float* scratch) {
+  const int64_t body = n / P * P;
+  float m = -INFINITY, sum = 0.f;
+  for (int64_t i = static_cast<int64_t>(threadIdx.x) * P; i < body; i += static_cast<int64_t>(blockDim.x) * P) {
+    float v[P];
+    load_floats<P>(lr + i, v);
+    fold<P>(v, m, sum);
+  }
+  for (int64_t i = body + threadIdx.x; i < n; i += blockDim.x) {
+    const float v[1] = {to_float(lr[i])};
+    fold<1>(v, m, sum);
+  }
+  const float row_max = block_max(m, scratch);
+  return make_float2(row_max, block_sum(m == -INFINITY ? 0.f : sum * __expf(m - row_max), scratch));
+}
+
+// A row of n logits overwritten by their gradient, scale · (exp(x − max) / sum − onehot(target));
+// a target outside [0, n) marks no element.
+template <class T, int P>
+__device__ __forceinline__ void write_softmax_gradient(T* lr, int64_t n, float row_max, float inv_sum, float scale,
+                                                       int64_t target) {
+  const int64_t body = n / P * P;
+  for (int64_t i = static_cast<int64_t>(threadIdx.x) * P; i < body; i += static_cast<int64_t>(blockDim.x) * P) {
+    float v[P];
+    load_floats<P>(lr + i, v);
+#pragma unroll
+    for (int j = 0; j < P; ++j) v[j] = scale * (__expf(v[j] - row_max) * inv_sum - (i + j == target ? 1.f : 0.f));
+    store_floats<P>(lr + i, v);
+  }
+  for (int64_t i = body + threadIdx.x; i < n; i += blockDim.x)
+    lr[i] = from_float<T>(scale * (__expf(to_float(lr[i]) - row_max) * inv_sum - (i == target ? 1.f : 0.f)));
+}
+
 // A persistent grid walks the rows, one block per row at a time. Pass 1: the online max and
 // sum of exponentials over the row (one read). Pass 2: the loss from the target's logit, and
-// the gradient written over the logits. P elements per access (a 16-byte pack, or 1 where the
-// rows are not 16-byte aligned); the ragged tail of a row goes element by element.
+// the gradient written over the logits.
 template <class T, int P>
 __global__ void cross_entropy_kernel(T* logits, float* losses, const int64_t* targets, int64_t rows, int64_t vocab,
                                      float grad_scale, const float* device_scale) {
   __shared__ float scratch[32];
-  const int64_t body = vocab / P * P;
   const float scale_all = grad_scale * (device_scale ? *device_scale : 1.f);
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     T* lr = logits + row * vocab;
-    float m = -INFINITY, sum = 0.f;
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * P; i < body; i += static_cast<int64_t>(blockDim.x) * P) {
-      float v[P];
-      load_floats<P>(lr + i, v);
-      fold<P>(v, m, sum);
-    }
-    for (int64_t i = body + threadIdx.x; i < vocab; i += blockDim.x) {
-      const float v[1] = {to_float(lr[i])};
-      fold<1>(v, m, sum);
-    }
-    const float row_max = block_max(m, scratch);
-    const float row_sum = block_sum(m == -INFINITY ? 0.f : sum * __expf(m - row_max), scratch);
-    const float log_sum = logf(row_sum) + row_max;
+    const float2 stats = row_max_and_sum<T, P>(lr, vocab, scratch);
     const int64_t target = targets[row];
     const bool ignored = target < 0;
-    if (threadIdx.x == 0) losses[row] = ignored ? 0.f : log_sum - to_float(lr[target]);
+    if (threadIdx.x == 0) losses[row] = ignored ? 0.f : logf(stats.y) + stats.x - to_float(lr[target]);
     if (grad_scale == 0.f) continue;
     __syncthreads();  // every thread has read lr[target] before anyone overwrites it
-    const float scale = ignored ? 0.f : scale_all;
-    const float inv_sum = 1.f / row_sum;
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * P; i < body; i += static_cast<int64_t>(blockDim.x) * P) {
-      float v[P];
-      load_floats<P>(lr + i, v);
-#pragma unroll
-      for (int j = 0; j < P; ++j) v[j] = scale * (__expf(v[j] - row_max) * inv_sum - (i + j == target ? 1.f : 0.f));
-      store_floats<P>(lr + i, v);
-    }
-    for (int64_t i = body + threadIdx.x; i < vocab; i += blockDim.x) {
-      const float p = __expf(to_float(lr[i]) - row_max) * inv_sum;
-      lr[i] = from_float<T>(scale * (p - (i == target ? 1.f : 0.f)));
-    }
-    __syncthreads();  // the next row's reductions reuse `scratch`
+    write_softmax_gradient<T, P>(lr, vocab, stats.x, 1.f / stats.y, ignored ? 0.f : scale_all, target);
   }
 }
 
@@ -76,52 +87,28 @@ template <class T, int P>
 __global__ void vocab_share_stats_kernel(const T* logits, const int64_t* targets, int64_t rows, int64_t local,
                                          int64_t start, float* row_max, float* sum_exp, float* target_logit) {
   __shared__ float scratch[32];
-  const int64_t body = local / P * P;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* lr = logits + row * local;
-    float m = -INFINITY, sum = 0.f;
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * P; i < body; i += static_cast<int64_t>(blockDim.x) * P) {
-      float v[P];
-      load_floats<P>(lr + i, v);
-      fold<P>(v, m, sum);
-    }
-    for (int64_t i = body + threadIdx.x; i < local; i += blockDim.x) {
-      const float v[1] = {to_float(lr[i])};
-      fold<1>(v, m, sum);
-    }
-    const float share_max = block_max(m, scratch);
-    const float share_sum = block_sum(m == -INFINITY ? 0.f : sum * __expf(m - share_max), scratch);
+    const float2 stats = row_max_and_sum<T, P>(lr, local, scratch);
     if (threadIdx.x == 0) {
       const int64_t t = targets[row] - start;
-      row_max[row] = share_max;
-      sum_exp[row] = share_sum;
+      row_max[row] = stats.x;
+      sum_exp[row] = stats.y;
       target_logit[row] = targets[row] >= 0 && t >= 0 && t < local ? to_float(lr[t]) : 0.f;
     }
-    __syncthreads();  // the next row's reductions reuse `scratch`
   }
 }
 
-// The share's logits overwritten by their gradient, scale · (exp(x − max) / sum − onehot), with
-// the group's max and sum of each row; scale = *inv_count on counted rows, 0 on ignored ones.
+// The share's logits overwritten by their gradient with the group's max and sum of each row;
+// scale = *inv_count on counted rows, 0 on ignored ones.
 template <class T, int P>
 __global__ void vocab_share_gradient_kernel(T* logits, const int64_t* targets, int64_t rows, int64_t local,
                                             int64_t start, const float* row_max, const float* sum_exp,
                                             const float* inv_count) {
-  const int64_t body = local / P * P;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
-    T* lr = logits + row * local;
-    const float mx = row_max[row], inv_sum = 1.f / sum_exp[row];
     const float scale = targets[row] < 0 ? 0.f : *inv_count;
     const int64_t target = targets[row] < 0 ? -1 : targets[row] - start;  // outside [0, local): not here
-    for (int64_t i = static_cast<int64_t>(threadIdx.x) * P; i < body; i += static_cast<int64_t>(blockDim.x) * P) {
-      float v[P];
-      load_floats<P>(lr + i, v);
-#pragma unroll
-      for (int j = 0; j < P; ++j) v[j] = scale * (__expf(v[j] - mx) * inv_sum - (i + j == target ? 1.f : 0.f));
-      store_floats<P>(lr + i, v);
-    }
-    for (int64_t i = body + threadIdx.x; i < local; i += blockDim.x)
-      lr[i] = from_float<T>(scale * (__expf(to_float(lr[i]) - mx) * inv_sum - (i == target ? 1.f : 0.f)));
+    write_softmax_gradient<T, P>(logits + row * local, local, row_max[row], 1.f / sum_exp[row], scale, target);
   }
 }
 
