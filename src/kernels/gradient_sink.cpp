@@ -1,5 +1,7 @@
 #include "kernels/gradient_sink.h"
 
+#include "kernels/precomputed_gradient.h"
+
 #include <ATen/ATen.h>
 
 #include <stdexcept>
@@ -82,21 +84,7 @@ bool GradientSinks::write_into(const void* weight_key,
 }
 
 bool GradientSinks::product(const void* weight_key, const at::Tensor& a, const at::Tensor& b) {
-  return write_into(weight_key, [&](const at::Tensor& d, bool add) {
-    auto dest = d;  // the out= overloads take a non-const reference
-    const auto dtype = dest.scalar_type();
-    if (dtype == a.scalar_type()) {
-      if (add) at::addmm_out(dest, dest, a, b);
-      else at::mm_out(dest, a, b);
-    } else if (a.is_cuda() && dtype == at::kFloat) {  // cuBLAS accumulates in fp32 and writes it so
-      if (add) at::addmm_out(dest, dest, a, b, dtype);
-      else at::mm_out(dest, a, b, dtype);
-    } else if (add) {
-      dest.add_(at::mm(a, b));
-    } else {
-      dest.copy_(at::mm(a, b));
-    }
-  });
+  return write_into(weight_key, [&](const at::Tensor& dest, bool add) { product_into(dest, a, b, add); });
 }
 
 }  // namespace troupe::kernels

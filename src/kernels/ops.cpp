@@ -16,6 +16,7 @@
 #include "kernels/float8_linear.h"
 #include "kernels/gradient_sink.h"
 #include "kernels/kernel_tensors.h"
+#include "kernels/precomputed_gradient.h"
 #include "kernels/weight_copies.h"
 
 namespace troupe::kernels {
@@ -232,10 +233,7 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
       auto dh_chunk = dh.narrow(0, r0, n);
       at::mm_out(dh_chunk, logits, w);
       // fp32 accumulation across chunks; the first chunk writes dw without reading it.
-      if (r0 == 0)
-        at::mm_out(dw, logits.t(), hc, at::kFloat);
-      else
-        at::addmm_out(dw, dw, logits.t(), hc, at::kFloat);
+      product_into(dw, logits.t(), hc, r0 > 0);
     }
     ctx->save_for_backward({dh.view(hidden.sizes()), dw});
     ctx->saved_data["services"] = services;
@@ -250,14 +248,10 @@ struct LinearCrossEntropyFn : torch::autograd::Function<LinearCrossEntropyFn> {
     // again for the weight, and must not scale a gradient twice.
     auto saved = ctx->get_saved_variables();
     auto dh = saved[0], dw = saved[1];
-    const auto scale = grads[0].to(at::kFloat).contiguous();
     variable_list out(5);
-    if (ctx->needs_input_grad(0)) {
-      scale_unless_one(kernel_dtype(dh), dh.data_ptr(), dh.numel(), scale.data_ptr<float>(), stream());
-      out[0] = dh;
-    }
+    if (ctx->needs_input_grad(0)) out[0] = scale_precomputed(dh, grads[0]);
     if (ctx->needs_input_grad(1)) {
-      scale_unless_one(Dtype::f32, dw.data_ptr(), dw.numel(), scale.data_ptr<float>(), stream());
+      scale_precomputed(dw, grads[0]);
       // dw is fp32: a sink (FSDP's, fp32) takes it as it is, not rounded to a bf16 weight's dtype.
       const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
       if (!sink_gradient(saved_services(ctx), reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt()), dw))

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "kernels/gradient_sink.h"
+#include "kernels/precomputed_gradient.h"
 #include "kernels/weight_copies.h"
 #ifdef TROUPE_WITH_CUDA
 #include "kernels/cross_entropy.h"
@@ -89,15 +90,7 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
       auto dlogits = share_gradient(hc, w, tc, counted, count, vocab_start, all_reduce, total);
       auto dh_rows = dh.narrow(0, r0, n);
       at::mm_out(dh_rows, dlogits, w);
-      // The weight's gradient summed in fp32: on CUDA by the GEMM of bf16 operands itself.
-      if (h.is_cuda() && h.scalar_type() != acc) {
-        if (r0 == 0) at::mm_out(dw, dlogits.t(), hc, acc);
-        else at::addmm_out(dw, dw, dlogits.t(), hc, acc);
-      } else if (r0 == 0) {
-        at::mm_out(dw, dlogits.t().to(acc), hc.to(acc));
-      } else {
-        dw.addmm_(dlogits.t().to(acc), hc.to(acc));
-      }
+      product_into(dw, dlogits.t(), hc, r0 > 0);  // summed in fp32
     }
     ctx->save_for_backward({dh.view(hidden.sizes()), dw});
     ctx->saved_data["services"] = services;
@@ -107,23 +100,11 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const auto scale = grads[0];
     variable_list out(7);
-    // The gradients were computed for an incoming gradient of 1: scaled in place (nothing else
-    // holds them) on CUDA only when it is not 1, each once by the backward that asks for it.
-    auto scaled = [&](const at::Tensor& g) {
-#ifdef TROUPE_WITH_CUDA
-      if (use_kernels(g)) {
-        const auto s = scale.to(at::kFloat).contiguous();
-        scale_unless_one(kernel_dtype(g), g.data_ptr(), g.numel(), s.data_ptr<float>(), stream());
-        return g;
-      }
-#endif
-      return g * scale.to(g.scalar_type());
-    };
-    if (ctx->needs_input_grad(0)) out[0] = scaled(saved[0]);
+    // Each gradient scaled once, by the backward that asks for it (a split backward asks twice).
+    if (ctx->needs_input_grad(0)) out[0] = scale_precomputed(saved[0], grads[0]);
     if (ctx->needs_input_grad(1)) {
-      auto dw = scaled(saved[1]);
+      auto dw = scale_precomputed(saved[1], grads[0]);
       const auto* s = reinterpret_cast<const WeightServices*>(ctx->saved_data["services"].toInt());
       const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
       if (!sink_gradient(s, reinterpret_cast<const void*>(ctx->saved_data["weight_key"].toInt()), dw))

@@ -42,44 +42,24 @@ bench)
   fi
   ;;
 curves)
-  # Loss parity: STEPS (300) steps of the 1.50B shapes on the bundled text per recipe (bf16 too),
-  # the same data and seed; each run's metrics.jsonl (the loss of every step) and throughput line.
-  # bf16_seed1 is bf16 from another initialization: how far two bf16 runs end apart.
-  for recipe in ${RECIPES:-bf16 bf16_seed1 tensorwise rowwise rowwise_with_gw_hp blockwise}; do
-    args=()
-    case "$recipe" in
-      bf16) ;;
-      bf16_seed1) args=(--job.seed 1) ;;
-      *) args=($FP8 --quantize.linear.float8.recipe_name "$recipe") ;;
-    esac
-    rm -rf "/tmp/curve_$recipe"
+  # Loss parity: STEPS (300) steps of the 1.50B shapes on the bundled text per run, the loss of
+  # every step (curve-RUN.jsonl) and the throughput line. A run is a recipe (bf16 or an FP8 one),
+  # with -sN for seed N (0 if none): e.g. RECIPES="bf16-s1 tensorwise-s1". Summary by
+  # tools/bench/loss_curves.py (means over seeds against bf16's).
+  for run in ${RECIPES:-bf16 tensorwise rowwise rowwise_with_gw_hp blockwise}; do
+    recipe=${run%-s*}
+    seed=0
+    [ "$recipe" != "$run" ] && seed=${run##*-s}
+    args=(--job.seed "$seed")
+    [ "$recipe" != bf16 ] && args+=($FP8 --quantize.linear.float8.recipe_name "$recipe")
+    rm -rf "/tmp/curve_$run"
     build-gpu/troupe_bench throughput --config configs/llama3_1.5b.toml --warmup 10 \
       --model.tokenizer_path .device/llama3_1.tokenizer.json --training.steps "${STEPS:-300}" --metrics.log_freq 1 \
-      --job.dump_folder "/tmp/curve_$recipe" "${SHAPES[@]}" "${args[@]}" > "$out/curve-$recipe.log" 2>&1
-    find "/tmp/curve_$recipe" -name metrics.jsonl -exec cp {} "$out/curve-$recipe.jsonl" \;
-    echo "$recipe: $(grep '^{"runner"' "$out/curve-$recipe.log")"
+      --job.dump_folder "/tmp/curve_$run" "${SHAPES[@]}" "${args[@]}" > "$out/curve-$run.log" 2>&1
+    find "/tmp/curve_$run" -name metrics.jsonl -exec cp {} "$out/curve-$run.jsonl" \;
+    echo "$run: $(grep '^{"runner"' "$out/curve-$run.log")"
   done
-  python3 - "$out" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-curves = {}
-for f in sorted(os.listdir(out)):
-    if f.startswith("curve-") and f.endswith(".jsonl"):
-        rows = [json.loads(l) for l in open(os.path.join(out, f)) if l.strip()]
-        curves[f[6:-6]] = {r["step"]: r["loss"] for r in rows if "loss" in r}
-base = curves.get("bf16", {})
-steps = sorted(base)
-print("| step | " + " | ".join(curves) + " |")
-print("|---|" + "---|" * len(curves))
-shown = steps[29::30]
-for s in steps[:1] + shown + ([steps[-1]] if steps and steps[-1] not in shown else []):
-    print(f"| {s} | " + " | ".join(f"{c.get(s, float('nan')):.4f}" for c in curves.values()) + " |")
-for name, c in curves.items():
-    tail = [s for s in steps if s > steps[-1] - 50] if steps else []
-    if name != "bf16" and tail:
-        mean = sum(c[s] for s in tail if s in c) / len(tail); ref = sum(base[s] for s in tail) / len(tail)
-        print(f"{name}: mean loss of the last 50 steps {mean:.4f} vs bf16 {ref:.4f}: {100 * (mean - ref) / ref:+.2f}%")
-PY
+  python3 tools/bench/loss_curves.py "$out"
   ;;
 profile)
   build-gpu/troupe_bench step-profile --config configs/llama3_1.5b.toml --model.tokenizer_path .device/llama3_1.tokenizer.json \
