@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "kernels/gradient_sink.h"
+#include "kernels/precomputed_gradient.h"
 #include "kernels/weight_copies.h"
 #include "models/rank_group.h"
 
@@ -61,10 +62,10 @@ void add_weight_gradient(at::Tensor& out, const kernels::WeightServices* s, int6
                          const at::Tensor& x) {
   const auto dy2 = dy.reshape({-1, dy.size(-1)}), x2 = x.reshape({-1, x.size(-1)});
   if (kernels::sink_product(s, reinterpret_cast<const void*>(key), dy2.t(), x2)) return;
-  const auto t = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // summed over parts in fp32 at least
-  // On CUDA the GEMM of bf16 operands writes fp32 itself; the CPU's casts first.
-  const auto g = x2.is_cuda() ? at::mm(dy2.t(), x2, t) : at::mm(dy2.t().to(t), x2.to(t));
-  out = out.defined() ? out + g : g;
+  const bool add = out.defined();
+  if (!add)  // summed over parts in fp32 at least
+    out = at::empty({dy2.size(-1), x2.size(-1)}, x2.options().dtype(x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  kernels::product_into(out, dy2.t(), x2, add);
 }
 
 struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
