@@ -1046,8 +1046,8 @@ TEST_CASE("TP's gathered and scattered projections on CUDA, at once and around t
                                         : at::TensorOptions().dtype(at::kFloat);
         auto leaf = [&](const at::Tensor& t) { return t.to(at::kBFloat16).to(o).requires_grad_(); };
         auto xr = leaf(x[r]), ar = leaf(wa[r]), br = leaf(wb[r]), zr = leaf(z[r]), wr = leaf(wz[r]);
-        const auto ab = models::gathered_linear(xr, {ar, br}, group, nullptr, ring);
-        const auto y = ring ? models::linear_scattered(zr, wr, group, nullptr)
+        const auto ab = models::gathered_linear(xr, {ar, br}, group, nullptr, ring, {});
+        const auto y = ring ? models::linear_scattered(zr, wr, group, nullptr, {})
                             : models::scatter_sequence_sum(at::linear(zr, wr), group);
         ((ab[0] * up_a[r].to(o)).sum() + (ab[1] * up_b[r].to(o)).sum() + (y * up_y[r].to(o)).sum()).backward();
         got[r] = {ab[0], ab[1], y, xr.grad(), ar.grad(), br.grad(), zr.grad(), wr.grad()};

@@ -1622,6 +1622,8 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
     layouts.push_back({"tp2_op_ac", 2, 1, 1, 1, 2, false, "op"});
     layouts.push_back({"tp2_async_op_ac", 2, 1, 1, 1, 2, true, "op"});
   }
+  if (family == "deepseek_v3")  // latent attention and the shared experts under the op policy
+    layouts.push_back({"tp2_op_ac", 2, 1, 1, 1, 2, false, "op"});
   for (const auto& l : layouts) {
     SECTION(l.name) {
       auto cfg = layout(l.name, l.ranks, l.dp, l.replicate, l.pp, l.tp, l.async);
@@ -2053,10 +2055,10 @@ TEST_CASE("TP's gathered projections that keep the rank's part (at once, and asy
       std::vector<at::Tensor> ab;
       at::Tensor y;
       if (mode == ring) {
-        ab = models::gathered_linear(xr, {ar, br}, *group, nullptr, true);
-        y = models::linear_scattered(zr, wr, *group, nullptr);
+        ab = models::gathered_linear(xr, {ar, br}, *group, nullptr, true, {});
+        y = models::linear_scattered(zr, wr, *group, nullptr, {});
       } else if (mode == kept_part) {
-        ab = models::gathered_linear(xr, {ar, br}, *group, nullptr, false);
+        ab = models::gathered_linear(xr, {ar, br}, *group, nullptr, false, {});
         y = models::scatter_sequence_sum(at::linear(zr, wr), *group);
       } else {
         const auto gathered = models::gather_sequence(xr, *group);

@@ -311,32 +311,14 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
     std::vector<int64_t> keys;
     for (const auto& weight : weights) keys.push_back(reinterpret_cast<int64_t>(weight.unsafeGetTensorImpl()));
     ctx->saved_data["weight_keys"] = keys;
-    if (recipe.op != InputRecipe::Op::none) {
-      // Detached: the recipe's tensors are kept by the ops that made them; holding their
-      // autograd history here would only lengthen its life.
-      ctx->saved_data["recipe_op"] = static_cast<int64_t>(recipe.op);
-      ctx->saved_data["recipe_a"] = recipe.a.detach();
-      ctx->saved_data["recipe_b"] = recipe.op == InputRecipe::Op::rms_norm
-                                        ? compute_weight(recipe.b, x.scalar_type(), s).detach()
-                                        : recipe.b.detach();
-      ctx->saved_data["recipe_eps"] = recipe.eps;
-    }
+    keep_recipe(ctx, recipe, x.scalar_type(), s);
     return outs;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const bool recomputed = ctx->saved_data.find("recipe_op") != ctx->saved_data.end();
-    at::Tensor x;
-    if (recomputed) {
-      InputRecipe r;
-      r.op = static_cast<InputRecipe::Op>(ctx->saved_data["recipe_op"].toInt());
-      r.a = ctx->saved_data["recipe_a"].toTensor();
-      r.b = ctx->saved_data["recipe_b"].toTensor();
-      r.eps = ctx->saved_data["recipe_eps"].toDouble();
-      x = recompute_input(r);
-    } else {
-      x = saved[0];
-    }
+    auto x = recompute_kept_input(ctx);
+    const bool recomputed = x.defined();
+    if (!recomputed) x = saved[0];
     const size_t first_weight = recomputed ? 0 : 1;
     const auto weight_dtype = static_cast<at::ScalarType>(ctx->saved_data["weight_dtype"].toInt());
     const auto keys = ctx->saved_data["weight_keys"].toIntVector();
@@ -363,6 +345,27 @@ struct LinearGroupFn : torch::autograd::Function<LinearGroupFn> {
 int64_t as_int(const WeightServices* services) { return reinterpret_cast<int64_t>(services); }
 
 }  // namespace
+
+void keep_recipe(AutogradContext* ctx, const InputRecipe& recipe, at::ScalarType dtype, const WeightServices* s) {
+  if (recipe.op == InputRecipe::Op::none) return;
+  // Detached: the recipe's tensors are kept by the ops that made them; holding their autograd
+  // history here would only lengthen its life.
+  ctx->saved_data["recipe_op"] = static_cast<int64_t>(recipe.op);
+  ctx->saved_data["recipe_a"] = recipe.a.detach();
+  ctx->saved_data["recipe_b"] =
+      recipe.op == InputRecipe::Op::rms_norm ? compute_weight(recipe.b, dtype, s).detach() : recipe.b.detach();
+  ctx->saved_data["recipe_eps"] = recipe.eps;
+}
+
+at::Tensor recompute_kept_input(AutogradContext* ctx) {
+  if (ctx->saved_data.find("recipe_op") == ctx->saved_data.end()) return {};
+  InputRecipe r;
+  r.op = static_cast<InputRecipe::Op>(ctx->saved_data["recipe_op"].toInt());
+  r.a = ctx->saved_data["recipe_a"].toTensor();
+  r.b = ctx->saved_data["recipe_b"].toTensor();
+  r.eps = ctx->saved_data["recipe_eps"].toDouble();
+  return recompute_input(r);
+}
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps, const WeightServices* services) {
 #ifdef TROUPE_WITH_CUDA

@@ -10,6 +10,10 @@
 
 #include "kernels/weight_services.h"
 
+namespace torch::autograd {
+struct AutogradContext;
+}
+
 namespace troupe::kernels {
 
 // The ops of parameters take the model's WeightServices (kernels/weight_services.h): the kept
@@ -50,6 +54,13 @@ struct InputRecipe {
   // x = swiglu(gate, up).
   static InputRecipe swiglu(const at::Tensor& gate, const at::Tensor& up);
 };
+
+// An autograd function that takes a recipe keeps it in `ctx` instead of x (a norm's weight cast
+// to `dtype`, as the forward used it; nothing kept for none), and recomputes x from it in the
+// backward, as the forward computed it; undefined where no recipe was kept.
+void keep_recipe(torch::autograd::AutogradContext* ctx, const InputRecipe& recipe, at::ScalarType dtype,
+                 const WeightServices* services);
+at::Tensor recompute_kept_input(torch::autograd::AutogradContext* ctx);
 
 // x · weightᵀ with weight cast to x's dtype. On CUDA, each weight gradient is produced in the
 // weight's dtype by its GEMM (fp32 masters: no bf16 rounding and cast back).

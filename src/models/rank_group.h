@@ -75,15 +75,18 @@ at::Tensor scatter_sequence_sum(const at::Tensor& x, RankGroup& group);
 // ring, the input's parts coming round again for the weights' gradients while the input
 // gradient's partial sums travel to their owners. Else one gather and one reduce-scatter, as
 // gather_sequence's.
+// `recipe` (the op policy): the input's part is recomputed for the backward rather than kept.
 std::vector<at::Tensor> gathered_linear(const at::Tensor& x, at::TensorList weights, RankGroup& group,
-                                        const kernels::WeightServices* services, bool ring);
+                                        const kernels::WeightServices* services, bool ring,
+                                        const kernels::InputRecipe& recipe);
 // scatter_sequence_sum(z · wᵀ): each part's partial sums are computed and added to the ones
 // travelling the ring; the backward gathers the output's gradient part by part around the ring.
 at::Tensor linear_scattered(const at::Tensor& z, const at::Tensor& weight, RankGroup& group,
-                            const kernels::WeightServices* services);
+                            const kernels::WeightServices* services, const kernels::InputRecipe& recipe);
 
 // A block's projections on either side of a sequence-parallel region, with or without tensor
-// parallelism (`tp` null: x's own rows, with `recipe`); under it the recipe is not taken and,
+// parallelism (`tp` null: x's own rows), recomputing their input from `recipe` when it is given
+// (FP8 projections of the gathered sequence excepted: they keep its FP8 transpose); under tp,
 // `asynchronous`, the transfers run as the collective matmuls above.
 // Each weight's projection of the whole sequence (gather_sequence(x) under tp).
 std::vector<at::Tensor> project_whole_sequence(const at::Tensor& x, at::TensorList weights, RankGroup* tp,

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "kernels/gradient_sink.h"
+#include "kernels/ops.h"
 #include "kernels/precomputed_gradient.h"
 #include "kernels/weight_copies.h"
 #include "models/rank_group.h"
@@ -68,9 +69,19 @@ void add_weight_gradient(at::Tensor& out, const kernels::WeightServices* s, int6
   kernels::product_into(out, dy2.t(), x2, add);
 }
 
+// The projection's input: recomputed from its kept recipe, or the first saved tensor (taken
+// out of `saved`, which then holds what followed it).
+at::Tensor kept_input(AutogradContext* ctx, variable_list& saved) {
+  auto x = kernels::recompute_kept_input(ctx);
+  if (x.defined()) return x;
+  x = saved.front();
+  saved.erase(saved.begin());
+  return x;
+}
+
 struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, at::TensorList weights, int64_t group_address,
-                               int64_t services_address, bool ring) {
+                               int64_t services_address, bool ring, const kernels::InputRecipe& recipe) {
     auto& group = group_at(group_address);
     const auto* s = services_at(services_address);
     const int64_t n = group.size(), seq = x.size(1);
@@ -92,10 +103,12 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
     }
     // This rank's part of the input, not the gathered sequence: the backward gathers it again
     // for the weights' gradients (as Megatron's sequence parallelism does), so a block keeps 1/n
-    // of the input it projects.
-    variable_list saved{x};
+    // of the input it projects; with a recipe (the op policy) not even that: it is recomputed.
+    variable_list saved;
+    if (recipe.op == kernels::InputRecipe::Op::none) saved.push_back(x);
     saved.insert(saved.end(), ws.begin(), ws.end());
     ctx->save_for_backward(saved);
+    kernels::keep_recipe(ctx, recipe, x.scalar_type(), s);
     std::vector<int64_t> keys, dtypes;
     for (const auto& w : weights) {
       keys.push_back(reinterpret_cast<int64_t>(w.unsafeGetTensorImpl()));
@@ -110,14 +123,14 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const auto& x = saved[0];
+    auto saved = ctx->get_saved_variables();
+    const auto x = kept_input(ctx, saved);
     auto& group = group_at(ctx->saved_data["group"].toInt());
     const auto* s = services_at(ctx->saved_data["services"].toInt());
     const auto keys = ctx->saved_data["keys"].toIntVector(), dtypes = ctx->saved_data["dtypes"].toIntVector();
     const int64_t seq = x.size(1);
     const bool ring = ctx->saved_data["ring"].toBool();
-    variable_list out(grads.size() + 4);
+    variable_list out(grads.size() + 5);
     auto wants_dw = [&](size_t i) { return grads[i].defined() && ctx->needs_input_grad(i + 1); };
     bool any_dw = false;
     for (size_t i = 0; i < grads.size(); ++i) any_dw = any_dw || wants_dw(i);
@@ -131,8 +144,8 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
         if (!grads[i].defined()) continue;
         const auto g = grads[i].narrow(1, first, rows);
         const auto g2 = g.reshape({-1, g.size(-1)});
-        if (!dx.defined()) dx = at::mm(g2, saved[i + 1]);
-        else dx.addmm_(g2, saved[i + 1]);
+        if (!dx.defined()) dx = at::mm(g2, saved[i]);
+        else dx.addmm_(g2, saved[i]);
       }
       return dx.defined() ? dx.view(shape) : at::zeros(shape, x.options());
     };
@@ -163,13 +176,15 @@ struct GatheredLinear : torch::autograd::Function<GatheredLinear> {
 
 struct LinearScattered : torch::autograd::Function<LinearScattered> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& z, const at::Tensor& weight, int64_t group_address,
-                            int64_t services_address) {
+                            int64_t services_address, const kernels::InputRecipe& recipe) {
     auto& group = group_at(group_address);
     const auto* s = services_at(services_address);
     const int64_t seq = z.size(1) / group.size();
     const auto w = kernels::compute_weight(weight, z.scalar_type(), s);
     auto y = ring_reduce_scatter(group, [&](int64_t c) { return at::linear(part(z, c, seq), w); });
-    ctx->save_for_backward({z, w});
+    if (recipe.op == kernels::InputRecipe::Op::none) ctx->save_for_backward({z, w});
+    else ctx->save_for_backward({w});
+    kernels::keep_recipe(ctx, recipe, z.scalar_type(), s);
     ctx->saved_data["key"] = reinterpret_cast<int64_t>(weight.unsafeGetTensorImpl());
     ctx->saved_data["dtype"] = static_cast<int64_t>(weight.scalar_type());
     ctx->saved_data["group"] = group_address;
@@ -178,8 +193,9 @@ struct LinearScattered : torch::autograd::Function<LinearScattered> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const auto &z = saved[0], &w = saved[1];
+    auto saved = ctx->get_saved_variables();
+    const auto z = kept_input(ctx, saved);
+    const auto w = saved[0];
     auto& group = group_at(ctx->saved_data["group"].toInt());
     const auto* s = services_at(ctx->saved_data["services"].toInt());
     const auto key = ctx->saved_data["key"].toInt();
@@ -191,21 +207,23 @@ struct LinearScattered : torch::autograd::Function<LinearScattered> {
       if (ctx->needs_input_grad(1)) add_weight_gradient(dw, s, key, dy, part(z, c, seq));
     });
     if (dw.defined()) dw = dw.to(static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt()));
-    return {dz, dw, at::Tensor(), at::Tensor()};
+    return {dz, dw, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
 std::vector<at::Tensor> gathered_linear(const at::Tensor& x, at::TensorList weights, RankGroup& group,
-                                        const kernels::WeightServices* services, bool ring) {
+                                        const kernels::WeightServices* services, bool ring,
+                                        const kernels::InputRecipe& recipe) {
   return GatheredLinear::apply(x, weights, reinterpret_cast<int64_t>(&group), reinterpret_cast<int64_t>(services),
-                               ring);
+                               ring, recipe);
 }
 
 at::Tensor linear_scattered(const at::Tensor& z, const at::Tensor& weight, RankGroup& group,
-                            const kernels::WeightServices* services) {
-  return LinearScattered::apply(z, weight, reinterpret_cast<int64_t>(&group), reinterpret_cast<int64_t>(services));
+                            const kernels::WeightServices* services, const kernels::InputRecipe& recipe) {
+  return LinearScattered::apply(z, weight, reinterpret_cast<int64_t>(&group), reinterpret_cast<int64_t>(services),
+                                recipe);
 }
 
 }  // namespace troupe::models

@@ -137,19 +137,22 @@ at::Tensor MoE::forward(const at::Tensor& x, const UnitBatch& batch, int64_t lay
   // The token copies grouped by expert, through the experts, weighted and added back per token.
   const auto perm = kernels::permutation(r.experts, r.counts);
   const bool recompute = recipe.op != kernels::InputRecipe::Op::none;
+  // The recipe recomputes x: the shared experts take it only where their input is x itself, not
+  // gathered over tp nor cut to the scored rows.
+  const auto shared_recipe = tp || cut ? kernels::InputRecipe{} : recipe;
   // Under expert parallelism the shared experts compute while the copies travel.
   at::Tensor shared;
   std::function<void()> compute_shared;
   if (shared_experts && own_part)  // the whole sequence, this rank's slice of the width, summed into its part
     compute_shared = [&] {
       const auto all = gather_sequence(x, *tp);
-      auto partial = shared_experts->forward(cut ? all.index_select(1, batch.scored_rows) : all, recipe);
+      auto partial = shared_experts->forward(cut ? all.index_select(1, batch.scored_rows) : all, shared_recipe);
       if (cut) partial = at::zeros_like(all).index_copy(1, batch.scored_rows, partial);
       shared = scatter_sequence_sum(partial, *tp).reshape({-1, dim});
       if (cut) shared = shared.view({x.size(0), x.size(1), dim}).index_select(1, scored).reshape({-1, dim});
     };
   else if (shared_experts)
-    compute_shared = [&] { shared = shared_experts->forward(flat, recipe); };
+    compute_shared = [&] { shared = shared_experts->forward(flat, shared_recipe); };
   // (Their own collectives over the tp group wait until the dispatch is done.)
   const auto routed = ep ? routed_over_ranks(flat, perm, *experts, recompute, *ep, batch.aux,
                                              own_part ? std::function<void()>() : compute_shared)

@@ -145,15 +145,14 @@ std::vector<at::Tensor> project_whole_sequence(const at::Tensor& x, at::TensorLi
   // FP8 transpose, half the bf16 input).
   const bool fp8 = services && services->float8 &&
                    std::any_of(weights.begin(), weights.end(), [&](const auto& w) { return services->float8->has(w); });
-  if (asynchronous || !fp8) return gathered_linear(x, weights, *tp, services, asynchronous);
+  if (asynchronous || !fp8) return gathered_linear(x, weights, *tp, services, asynchronous, recipe);
   return kernels::linear_group(gather_sequence(x, *tp), weights, {}, services);
 }
 
 at::Tensor project_to_parts(const at::Tensor& z, const at::Tensor& weight, RankGroup* tp, bool asynchronous,
                             const kernels::InputRecipe& recipe, const kernels::WeightServices* services) {
   if (!tp) return kernels::linear(z, weight, recipe, services);
-  if (asynchronous) return linear_scattered(z, weight, *tp, services);
-  // The rank's part of the width: a recipe (the op policy's SwiGLU) recomputes it as without tp.
+  if (asynchronous) return linear_scattered(z, weight, *tp, services, recipe);
   return scatter_sequence_sum(kernels::linear(z, weight, recipe, services), *tp);
 }
 
