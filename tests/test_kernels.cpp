@@ -893,42 +893,68 @@ TEST_CASE("AdamW on CUDA: Troupe's kernel matches the fp64 reference and ATen's 
   CHECK(!copies.current(kept[2].second).defined());
 }
 
-// Two threads stand in for a TP group of 2 over unequal halves of the vocabulary: bf16 hidden
-// rows, fp32 master weights, the GEMMs writing fp32 logits and weight gradients from bf16.
-TEST_CASE("loss parallel on CUDA: two ranks' vocabulary shares give the whole loss and gradients of fp64", "[gpu]") {
-  REQUIRE(torch::cuda::is_available());
+namespace {
+// Two threads stand in for a TP group of 2 over the vocabulary: on the CPU fp32 throughout; on
+// CUDA bf16 hidden rows and fp32 master weights, the GEMMs writing fp32 logits and weight gradients
+// from bf16. Loss parallel over unequal shares, or (disable_loss_parallel) each chunk's logits
+// gathered whole over equal ones; some targets ignored.
+void check_vocab_shares(bool gpu, bool whole_logits) {
+  INFO((gpu ? "CUDA" : "CPU") << ", logits gathered whole: " << whole_logits);
   torch::manual_seed(3);
-  const int64_t rows = 515, dim = 128, vocab = 32000, first = 19000;
+  const int64_t rows = 515, dim = 128, vocab = 32000, first = whole_logits ? vocab / 2 : 19000;
+  const auto dtype = gpu ? at::kBFloat16 : at::kFloat;
+  auto on_device = [&](const at::Tensor& t) { return gpu ? t.cuda() : t; };
   auto h = torch::randn({rows, dim}), w = 0.2 * torch::randn({vocab, dim});
   auto targets = torch::randint(0, vocab, {rows}, torch::kLong);
+  targets.narrow(0, 7, 40).fill_(-100);
   std::barrier sync(2);
   at::Tensor slots[2];
   std::vector<at::Tensor> got[2];
   auto rank = [&](int r) {
-    const kernels::GroupAllReduce all_reduce = [&](at::Tensor& t, bool max) {
+    auto meet = [&](const at::Tensor& t, auto combine) {
       slots[r] = t.clone();
       sync.arrive_and_wait();
-      const auto result = max ? at::maximum(slots[0], slots[1]) : slots[0] + slots[1];
+      auto result = combine(slots[0], slots[1]);
       sync.arrive_and_wait();
-      t.copy_(result);
+      return result;
     };
+    const kernels::GroupAllReduce all_reduce = [&](at::Tensor& t, bool max) {
+      t.copy_(meet(t, [&](auto& a, auto& b) { return max ? at::maximum(a, b) : a + b; }));
+    };
+    kernels::GroupAllGather all_gather;
+    if (whole_logits) all_gather = [&](const at::Tensor& t) { return meet(t, [](auto& a, auto& b) { return at::stack({a, b}); }); };
     const auto share = r == 0 ? w.narrow(0, 0, first) : w.narrow(0, first, vocab - first);
     got[r] = run_op([&](auto& in) {
-      return kernels::vocab_parallel_cross_entropy(in[0], in[1], targets.cuda(), r == 0 ? 0 : first, all_reduce,
-                                                   nullptr, 128);
-    }, {on_gpu(h, at::kBFloat16), share.cuda()}, torch::ones({}).cuda());
+      return kernels::vocab_parallel_cross_entropy(in[0], in[1], on_device(targets), r == 0 ? 0 : first, all_reduce,
+                                                   all_gather, nullptr, 128);
+    }, {on_device(h.to(dtype)), on_device(share.contiguous())}, on_device(torch::ones({})));
   };
   std::thread other(rank, 1);
   rank(0);
   other.join();
-  const auto ref = cross_entropy_ref(as_seen(h, at::kBFloat16), as_seen(w, at::kBFloat16), targets);
+  // The reference over the counted rows, its mean rescaled to theirs.
+  const auto counted = at::nonzero(targets >= 0).reshape({-1});
+  auto ref = cross_entropy_ref(as_seen(h.index_select(0, counted), dtype), as_seen(w, dtype), targets.index_select(0, counted));
+  const auto dhidden = torch::zeros({rows, dim}).index_copy_(0, counted, ref.dhidden);
+  const double tolerance = gpu ? 2e-2 : 1e-5;
   for (int r = 0; r < 2; ++r) {
     INFO("rank " << r);
-    CHECK(std::abs(got[r][0].item<double>() - ref.loss) / ref.loss < 1e-2);
+    CHECK(std::abs(got[r][0].item<double>() - ref.loss) / ref.loss < tolerance / 2);
     CHECK(got[r][2].scalar_type() == at::kFloat);
   }
-  CHECK(rel(got[0][1].to(at::kFloat) + got[1][1].to(at::kFloat), ref.dhidden) < 2e-2);  // the shares add up
-  CHECK(rel(at::cat({got[0][2], got[1][2]}), ref.dweight) < 2e-2);
+  CHECK(rel(got[0][1].to(at::kFloat) + got[1][1].to(at::kFloat), dhidden) < tolerance);  // the shares add up
+  CHECK(rel(at::cat({got[0][2], got[1][2]}), ref.dweight) < tolerance);
+}
+}  // namespace
+
+TEST_CASE("loss parallel: two ranks' vocabulary shares give the whole loss and gradients, the logits gathered whole "
+          "or not", "[kernels]") {
+  check_vocab_shares(false, GENERATE(false, true));
+}
+
+TEST_CASE("loss parallel on CUDA: two ranks' vocabulary shares give the whole loss and gradients of fp64", "[gpu]") {
+  REQUIRE(torch::cuda::is_available());
+  check_vocab_shares(true, GENERATE(false, true));
 }
 
 namespace {

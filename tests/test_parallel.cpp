@@ -1611,6 +1611,7 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
     int ranks, dp, replicate, pp, tp;
     bool async = false;  // collective matmuls: the same numbers, transfers reordered
     const char* ac = "none";  // activation_checkpoint.mode; "op": selective, the op policy
+    bool loss_parallel = true;  // false: each chunk's logits gathered whole (disable_loss_parallel)
   };
   std::vector<Layout> layouts = {{"tp2", 2, 1, 1, 1, 2}, {"tp4", 4, 1, 1, 1, 4}, {"fsdp2_tp2", 4, 2, 1, 1, 2},
                                  {"pp2_tp2", 4, 1, 1, 2, 2}, {"tp4_async", 4, 1, 1, 1, 4, true}};
@@ -1621,7 +1622,9 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
     layouts.push_back({"fsdp2_tp2_full_ac", 4, 2, 1, 1, 2, false, "full"});
     layouts.push_back({"tp2_op_ac", 2, 1, 1, 1, 2, false, "op"});
     layouts.push_back({"tp2_async_op_ac", 2, 1, 1, 1, 2, true, "op"});
+    layouts.push_back({"fsdp2_tp2_whole_logits", 4, 2, 1, 1, 2, false, "none", false});
   }
+  if (family == "qwen3") layouts.push_back({"tp4_whole_logits", 4, 1, 1, 1, 4, false, "none", false});
   if (family == "deepseek_v3")  // latent attention and the shared experts under the op policy
     layouts.push_back({"tp2_op_ac", 2, 1, 1, 1, 2, false, "op"});
   for (const auto& l : layouts) {
@@ -1629,6 +1632,7 @@ TEST_CASE("tensor parallelism (sequence parallel, loss parallel) of 2 and 4 rank
       auto cfg = layout(l.name, l.ranks, l.dp, l.replicate, l.pp, l.tp, l.async);
       cfg.activation_checkpoint.mode = std::string(l.ac) == "op" ? "selective" : l.ac;
       if (std::string(l.ac) == "op") cfg.activation_checkpoint.selective_ac_option = "op";
+      cfg.parallelism.disable_loss_parallel = !l.loss_parallel;
       const auto run = run_with_timeout(cfg);
       INFO(run.message);
       REQUIRE(run.exit_code == 0);
@@ -1731,6 +1735,7 @@ TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 
     int ranks, dp, pp, tp, cp;
     const char* method;
     const char* ac = "none";  // activation_checkpoint.mode; "op": selective, the op policy
+    bool loss_parallel = true;  // false: each chunk's logits gathered whole (disable_loss_parallel)
   };
   auto layout = [&](const Layout& l) {
     auto cfg = with_mask(l.pp > 1 ? pp_job(dir, tokens, l.pp * l.dp, l.pp, "1F1B", l.name) : dp_job(dir, tokens, l.dp, 1, l.name));

@@ -65,11 +65,30 @@ at::Tensor share_gradient(const at::Tensor& hc, const at::Tensor& w, const at::T
   return dlogits.to(hc.scalar_type());
 }
 
+// Loss parallel off: the chunk's logits gathered whole on every rank and its loss taken over them
+// (the same on every rank), added to `total`; this rank's columns of their gradient.
+at::Tensor whole_logits_gradient(const at::Tensor& hc, const at::Tensor& w, const at::Tensor& tc, const at::Tensor& counted,
+                                 const at::Tensor& count, int64_t vocab_start, const GroupAllGather& all_gather,
+                                 at::Tensor& total) {
+  const auto local = w.size(0), n = hc.size(0);
+  const auto acc = counted.scalar_type();
+  auto logits = all_gather(at::mm(hc, w.t()).to(acc)).permute({1, 0, 2}).reshape({n, -1});
+  const auto log_sum_exp = logits.logsumexp(1);
+  total += ((log_sum_exp - logits.gather(1, tc.clamp_min(0).unsqueeze(1)).squeeze(1)) * counted).sum();
+  const auto weight_of_row = counted / count;
+  auto dlogits = logits.narrow(1, vocab_start, local).sub(log_sum_exp.unsqueeze(1)).exp_();
+  dlogits.mul_(weight_of_row.unsqueeze(1));
+  auto mine = (tc >= vocab_start).logical_and(tc < vocab_start + local).to(acc);
+  dlogits.scatter_add_(1, (tc - vocab_start).clamp(0, local - 1).unsqueeze(1), -(mine * weight_of_row).unsqueeze(1));
+  return dlogits.to(hc.scalar_type());
+}
+
 struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCrossEntropyFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const at::Tensor& targets, int64_t vocab_start, int64_t reduce, int64_t services,
-                            int64_t chunk_rows) {
+                            int64_t chunk_rows, int64_t gather) {
     const auto& all_reduce = *reinterpret_cast<const GroupAllReduce*>(reduce);
+    const auto& all_gather = *reinterpret_cast<const GroupAllGather*>(gather);
     const auto* s = reinterpret_cast<const WeightServices*>(services);
     const auto dim = hidden.size(-1);
     auto h = hidden.reshape({-1, dim}).contiguous();
@@ -87,7 +106,8 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
       auto tc = t.narrow(0, r0, n);
       auto counted = (tc >= 0).to(acc);
       // The chunk's logits, turned into their own gradient.
-      auto dlogits = share_gradient(hc, w, tc, counted, count, vocab_start, all_reduce, total);
+      auto dlogits = all_gather ? whole_logits_gradient(hc, w, tc, counted, count, vocab_start, all_gather, total)
+                                : share_gradient(hc, w, tc, counted, count, vocab_start, all_reduce, total);
       auto dh_rows = dh.narrow(0, r0, n);
       at::mm_out(dh_rows, dlogits, w);
       product_into(dw, dlogits.t(), hc, r0 > 0);  // summed in fp32
@@ -100,7 +120,7 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    variable_list out(7);
+    variable_list out(8);
     // Each gradient scaled once, by the backward that asks for it (a split backward asks twice).
     if (ctx->needs_input_grad(0)) out[0] = scale_precomputed(saved[0], grads[0]);
     if (ctx->needs_input_grad(1)) {
@@ -118,10 +138,12 @@ struct VocabParallelCrossEntropyFn : torch::autograd::Function<VocabParallelCros
 
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
                                         int64_t vocab_start, const GroupAllReduce& all_reduce,
-                                        const WeightServices* services, int64_t chunk_rows) {
+                                        const GroupAllGather& all_gather, const WeightServices* services,
+                                        int64_t chunk_rows) {
   return VocabParallelCrossEntropyFn::apply(hidden, weight, targets, vocab_start,
                                             reinterpret_cast<int64_t>(&all_reduce),
-                                            reinterpret_cast<int64_t>(services), chunk_rows);
+                                            reinterpret_cast<int64_t>(services), chunk_rows,
+                                            reinterpret_cast<int64_t>(&all_gather));
 }
 
 }  // namespace troupe::kernels

@@ -45,12 +45,18 @@ class Model : public torch::nn::Module {
   // Tensor (and sequence) parallelism over `group`: the units' forwards compute with this rank's
   // part of each parameter the family's plan splits (Architecture::sharding_plan; parallelize
   // cuts the parameters by it right after) and exchange activations over the group.
-  // `asynchronous` (parallelism.enable_async_tensor_parallel): the projections at the sequence's
-  // gathers and scatters run as collective matmuls where the family has them.
   // std::invalid_argument if the family or its dimensions cannot.
-  virtual void apply_tensor_parallel(RankGroupPtr group, bool asynchronous) {
+  struct TensorParallelStyle {
+    // parallelism.enable_async_tensor_parallel: the projections at the sequence's gathers and
+    // scatters run as collective matmuls where the family has them.
+    bool asynchronous = false;
+    // Not parallelism.disable_loss_parallel: the loss on the vocabulary-sharded logits; else each
+    // chunk's logits are gathered whole on every rank for it.
+    bool loss_parallel = true;
+  };
+  virtual void apply_tensor_parallel(RankGroupPtr group, TensorParallelStyle style) {
     (void)group;
-    (void)asynchronous;
+    (void)style;
     throw std::invalid_argument("this model family has no tensor-parallel plan");
   }
 

@@ -162,7 +162,8 @@ ParallelModel parallelize(models::Model& model, const models::Architecture& arch
   const auto plan_placements = apply_model_plan(sharding_plan, owned, mesh);
   if (dims.of(MeshDim::tp) > 1) {
     out.tp = connect(rank, mesh, {MeshDim::tp}, cuda);
-    model.apply_tensor_parallel(make_rank_group(out.tp), cfg.parallelism.enable_async_tensor_parallel);
+    model.apply_tensor_parallel(make_rank_group(out.tp), {.asynchronous = cfg.parallelism.enable_async_tensor_parallel,
+                                                           .loss_parallel = !cfg.parallelism.disable_loss_parallel});
     // Routed experts under ep are cut by expert below, not by width (etp 1).
     for (auto& [name, t] : owned)
       if (dims.of(MeshDim::ep) == 1 || !is_expert(sharding_plan, name)) keep_piece(t, plan_placements.at(name));

@@ -328,11 +328,12 @@ class HeadUnit : public Unit {
   }
 
   // The mean cross-entropy of normed states `h` over the targets that are not negative; under
-  // tensor parallelism the loss parallel's (the whole sequence, this rank's rows of the vocabulary).
+  // tensor parallelism the loss parallel's (the whole sequence, this rank's rows of the vocabulary),
+  // or over each chunk's logits gathered whole when it is off.
   at::Tensor cross_entropy(const at::Tensor& h, const at::Tensor& targets) const {
     if (!tp_) return kernels::linear_cross_entropy(h, weight(), targets, services_);
     return kernels::vocab_parallel_cross_entropy(gather_sequence(h, *tp_), weight(), targets,
-                                                 weight().size(0) * tp_->rank(), reduce_, services_);
+                                                 weight().size(0) * tp_->rank(), reduce_, gather_, services_);
   }
 
   // Prediction blocks under tensor or context parallelism: the sequence keeps its length, so that
@@ -377,10 +378,12 @@ class HeadUnit : public Unit {
   }
 
   // Tensor parallelism: the output holds this rank's rows of the vocabulary (a tied one is the
-  // embedding's table, sharded with it).
-  void shard(RankGroup& group) {
+  // embedding's table, sharded with it). Without `loss_parallel`, each chunk's logits are gathered
+  // whole for the loss.
+  void shard(RankGroup& group, bool loss_parallel) {
     tp_ = &group;
     reduce_ = [g = &group](at::Tensor& t, bool max) { g->all_reduce(t, max); };
+    if (!loss_parallel) gather_ = [g = &group](const at::Tensor& t) { return g->all_gather(t); };
   }
 
   std::shared_ptr<RMSNorm> norm;
@@ -394,6 +397,7 @@ class HeadUnit : public Unit {
   static constexpr int64_t kIgnored = -100;
   RankGroup* tp_ = nullptr;
   kernels::GroupAllReduce reduce_;
+  kernels::GroupAllGather gather_;  // set when loss parallel is off
   std::shared_ptr<EmbeddingUnit> embedding_;  // its table is the output when tied, and MTP's input
   const kernels::WeightServices* services_;
   double mtp_loss_weight_;
@@ -491,7 +495,7 @@ std::vector<std::pair<size_t, size_t>> DecoderModel::borrowed_units() const {
   return {{units_.size() - 1, 0}};
 }
 
-void DecoderModel::apply_tensor_parallel(RankGroupPtr group, bool asynchronous) {
+void DecoderModel::apply_tensor_parallel(RankGroupPtr group, TensorParallelStyle style) {
   if (const auto problem = tensor_parallel_problem(args_, group->size()); !problem.empty())
     throw std::invalid_argument(problem);
   tp_ = std::move(group);
@@ -499,17 +503,17 @@ void DecoderModel::apply_tensor_parallel(RankGroupPtr group, bool asynchronous) 
   dynamic_cast<EmbeddingUnit&>(*units_.front()).tp = &g;
   auto shard_block = [&](TransformerBlock& b) {
     b.attention->shard(g);
-    b.attention->async_tp = asynchronous;
+    b.attention->async_tp = style.asynchronous;
     if (b.feed_forward) {
       b.feed_forward->tp = &g;
-      b.feed_forward->async_tp = asynchronous;
+      b.feed_forward->async_tp = style.asynchronous;
     }
     if (b.moe) b.moe->tp = &g;
   };
   for (size_t i = 1; i + 1 < units_.size(); ++i) shard_block(dynamic_cast<TransformerBlock&>(*units_[i]));
   auto& head = dynamic_cast<HeadUnit&>(*units_.back());
   for (auto& m : head.mtp_blocks) shard_block(*m);
-  head.shard(g);
+  head.shard(g, style.loss_parallel);
 }
 
 std::string tensor_parallel_problem(const DecoderArgs& a, int64_t tp) {

@@ -41,7 +41,7 @@ class DecoderModel : public Model {
   // (DeepSeek V3's update, centred as torchtitan's).
   void balance_experts(const AuxValues& step) override;
   bool balances_experts() const override { return args_.num_experts > 0 && args_.load_balance_coeff > 0; }
-  void apply_tensor_parallel(RankGroupPtr group, bool asynchronous) override;
+  void apply_tensor_parallel(RankGroupPtr group, TensorParallelStyle style) override;
   void apply_context_parallel(const ContextParallel& cp) override;
   void apply_expert_parallel(RankGroupPtr group) override;
 
