@@ -45,7 +45,8 @@ curves)
   # Loss parity: STEPS (300) steps of the 1.50B shapes on the bundled text per run, the loss of
   # every step (curve-RUN.jsonl) and the throughput line. A run is a recipe (bf16 or an FP8 one),
   # with -sN for seed N (0 if none): e.g. RECIPES="bf16-s1 tensorwise-s1". Summary by
-  # tools/bench/loss_curves.py (means over seeds against bf16's).
+  # tools/bench/loss_curves.py (means over seeds against bf16's), with the runs kept in KEPT (the
+  # last CSV in docs/perf; KEPT= none): $out/curves.csv holds them all.
   for run in ${RECIPES:-bf16 tensorwise rowwise rowwise_with_gw_hp blockwise}; do
     recipe=${run%-s*}
     seed=0
@@ -59,7 +60,8 @@ curves)
     find "/tmp/curve_$run" -name metrics.jsonl -exec cp {} "$out/curve-$run.jsonl" \;
     echo "$run: $(grep '^{"runner"' "$out/curve-$run.log")"
   done
-  python3 tools/bench/loss_curves.py "$out"
+  kept=${KEPT-docs/perf/2026-12-07-stop33-fp8-loss-curves.csv}
+  python3 tools/bench/loss_curves.py "$out" --csv "$out/curves.csv" ${kept:+--from-csv "$kept"}
   ;;
 profile)
   build-gpu/troupe_bench step-profile --config configs/llama3_1.5b.toml --model.tokenizer_path .device/llama3_1.tokenizer.json \
