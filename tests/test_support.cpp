@@ -134,6 +134,12 @@ std::string corpus_slice(const TempDir& dir) {
 
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv) {
+  // The arguments are laid out before the fork: the child of a process with other threads may
+  // call only async-signal-safe functions until it execs. A malloc there deadlocks whenever
+  // another thread held the allocator's lock at the fork (a two-process test hung in CI so).
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
   int fds[2];
   if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
   pid_ = fork();
@@ -143,9 +149,6 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv) {
     dup2(fds[1], STDERR_FILENO);
     close(fds[0]);
     close(fds[1]);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
     execv(args[0], args.data());
     _exit(127);
   }

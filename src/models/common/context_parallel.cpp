@@ -119,9 +119,11 @@ struct RingAttention : torch::autograd::Function<RingAttention> {
       dq = dq.defined() ? dq + dq_part : dq_part;
       auto mine = pack(dk_part, dv_part);
       carried = carried.defined() ? carried + mine : mine;
+      // The next block has had the step's compute to arrive; it is waited for before the
+      // gradient leaves, so that one exchange at a time is in flight between two ranks.
+      if (next) block = next->wait();
       // After a full turn each block's gradient is back with its owner.
       carried = group.ring_shift(carried)->wait();
-      if (next) block = next->wait();
     }
     const auto [dk, dv] = unpack(carried, k, v);
     return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type()), {}, {}, {}};
