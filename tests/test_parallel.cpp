@@ -1735,7 +1735,6 @@ TEST_CASE("context parallelism (allgather and ring; causal and block_causal) of 
     int ranks, dp, pp, tp, cp;
     const char* method;
     const char* ac = "none";  // activation_checkpoint.mode; "op": selective, the op policy
-    bool loss_parallel = true;  // false: each chunk's logits gathered whole (disable_loss_parallel)
   };
   auto layout = [&](const Layout& l) {
     auto cfg = with_mask(l.pp > 1 ? pp_job(dir, tokens, l.pp * l.dp, l.pp, "1F1B", l.name) : dp_job(dir, tokens, l.dp, 1, l.name));

@@ -17,6 +17,14 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// Which of the chunk's targets `tc` fall in this rank's share [vocab_start, vocab_start + local)
+// (1 or 0, in `acc`), and each one's column there ([n, 1], clamped into the share where it is not).
+std::pair<at::Tensor, at::Tensor> targets_in_share(const at::Tensor& tc, int64_t vocab_start, int64_t local,
+                                                   at::ScalarType acc) {
+  return {(tc >= vocab_start).logical_and(tc < vocab_start + local).to(acc),
+          (tc - vocab_start).clamp(0, local - 1).unsqueeze(1)};
+}
+
 // One chunk of rows against this rank's share of the vocabulary: its logits made into their
 // gradient, d loss / d logits = (softmax − onehot) / count on the counted rows, in `h`'s dtype;
 // the chunk's summed loss added to `total`. The row maxima, then the sums of exponentials and the
@@ -51,8 +59,7 @@ at::Tensor share_gradient(const at::Tensor& hc, const at::Tensor& w, const at::T
   auto row_max = logits.amax(1);
   all_reduce(row_max, true);
   // The target's logit, from the rank that holds its row (zero elsewhere).
-  auto mine = (tc >= vocab_start).logical_and(tc < vocab_start + local).to(acc);
-  auto local_target = (tc - vocab_start).clamp(0, local - 1).unsqueeze(1);
+  const auto [mine, local_target] = targets_in_share(tc, vocab_start, local, acc);
   auto target_logit = logits.gather(1, local_target).squeeze(1) * mine;
   auto& e = logits.sub_(row_max.unsqueeze(1)).exp_();
   auto sums = at::stack({e.sum(1), target_logit});
@@ -78,8 +85,8 @@ at::Tensor whole_logits_gradient(const at::Tensor& hc, const at::Tensor& w, cons
   const auto weight_of_row = counted / count;
   auto dlogits = logits.narrow(1, vocab_start, local).sub(log_sum_exp.unsqueeze(1)).exp_();
   dlogits.mul_(weight_of_row.unsqueeze(1));
-  auto mine = (tc >= vocab_start).logical_and(tc < vocab_start + local).to(acc);
-  dlogits.scatter_add_(1, (tc - vocab_start).clamp(0, local - 1).unsqueeze(1), -(mine * weight_of_row).unsqueeze(1));
+  const auto [mine, local_target] = targets_in_share(tc, vocab_start, local, acc);
+  dlogits.scatter_add_(1, local_target, -(mine * weight_of_row).unsqueeze(1));
   return dlogits.to(hc.scalar_type());
 }
 
