@@ -60,7 +60,7 @@ curves)
     find "/tmp/curve_$run" -name metrics.jsonl -exec cp {} "$out/curve-$run.jsonl" \;
     echo "$run: $(grep '^{"runner"' "$out/curve-$run.log")"
   done
-  kept=${KEPT-docs/perf/2026-12-07-stop33-fp8-loss-curves.csv}
+  kept=${KEPT-docs/perf/2026-12-08-stop43-fp8-loss-curves.csv}
   python3 tools/bench/loss_curves.py "$out" --csv "$out/curves.csv" ${kept:+--from-csv "$kept"}
   ;;
 profile)

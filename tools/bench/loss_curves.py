@@ -10,6 +10,10 @@ runs (the backward is not bitwise deterministic, other seeds) as FP8 is asked to
 so the comparison is between means over runs. Folders may repeat a recipe and seed. The standard
 error of each difference takes one run's spread pooled over every recipe with two runs or more,
 and the 95% interval is the difference plus or minus twice it.
+A second table pairs runs by seed: a seed fixes the initial weights and much of where a run
+ends (seed 2's runs all end higher than seed 0's), so each FP8 run is set against bf16's runs of
+its own seed, and a recipe's difference is the mean of its runs' differences, its standard error
+their spread over the square root of their number.
 """
 import json, os, re, statistics, sys
 
@@ -74,6 +78,24 @@ for r in recipes:
             e = 100 * pooled_sd / base * (1 / len(vals) + 1 / len(means["bf16"])) ** 0.5
             se, interval = f"{e:.2f}%", f"{diff - 2 * e:+.2f}% .. {diff + 2 * e:+.2f}%"
     print(f"| {r} | {cells} | {mean:.4f} | {sd} | {vs} | {se} | {interval} |")
+bf16_by_seed = {}
+for seed, _, m in means.get("bf16", []):
+    bf16_by_seed.setdefault(seed, []).append(m)
+paired = {r: [100 * (m - statistics.fmean(bf16_by_seed[seed])) / statistics.fmean(bf16_by_seed[seed])
+              for seed, _, m in means[r] if seed in bf16_by_seed] for r in recipes if r != "bf16"}
+if any(paired.values()):
+    print("\neach run against bf16's runs of its own seed")
+    print("| recipe | runs' differences | mean | standard error | 95% interval |")
+    print("|---|---|---|---|---|")
+    for r, d in paired.items():
+        if not d:
+            continue
+        mean = statistics.fmean(d)
+        se = interval = ""
+        if len(d) > 1:
+            e = statistics.stdev(d) / len(d) ** 0.5
+            se, interval = f"{e:.2f}%", f"{mean - 2 * e:+.2f}% .. {mean + 2 * e:+.2f}%"
+        print(f"| {r} | {', '.join(f'{x:+.2f}%' for x in d)} | {mean:+.2f}% | {se} | {interval} |")
 if csv_path:
     with open(csv_path, "w") as out:
         out.write("step," + ",".join(f"{r}-s{seed}-{os.path.basename(os.path.normpath(folder))}" for r, seed, folder, _ in runs) + "\n")
