@@ -9,7 +9,7 @@ set -uo pipefail
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
 source .device/gpu-env.sh
-export LD_LIBRARY_PATH=/opt/deps/lib/x86_64-linux-gnu:$LD_LIBRARY_PATH
+export LD_LIBRARY_PATH=/opt/deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 [ -x build-gpu/troupe_bench ] || { OUT=$out TARGETS="troupe troupe_tests troupe_bench" bash tools/bench/gpu_build.sh || exit 1; }
 FP8="--model.converters quantize.linear.float8"
 SHAPES=()
@@ -43,10 +43,14 @@ bench)
   ;;
 curves)
   # Loss parity: STEPS (300) steps of the 1.50B shapes on the bundled text per run, the loss of
-  # every step (curve-RUN.jsonl) and the throughput line. A run is a recipe (bf16 or an FP8 one),
-  # with -sN for seed N (0 if none): e.g. RECIPES="bf16-s1 tensorwise-s1". Summary by
-  # tools/bench/loss_curves.py (means over seeds against bf16's), with the runs kept in KEPT (the
-  # last CSV in docs/perf; KEPT= none): $out/curves.csv holds them all.
+  # every step and the throughput line. A run is a recipe (bf16 or an FP8 one), with -sN for seed
+  # N (0 if none): e.g. RECIPES="bf16-s1 tensorwise-s1". After each run, $out/curves.csv holds
+  # every run's curve, this call's (columns RECIPE-sSEED-LABEL, LABEL the date unless given) and
+  # those kept in KEPT (the last CSV in docs/perf; KEPT= none), and $out/curves.md the summary by
+  # tools/bench/loss_curves.py: two files however many runs (a call's files are few).
+  runs=/tmp/${LABEL:-$(date +%Y%m%d)}
+  mkdir -p "$runs"
+  kept=${KEPT-docs/perf/2026-12-08-stop43-fp8-loss-curves.csv}
   for run in ${RECIPES:-bf16 tensorwise rowwise rowwise_with_gw_hp blockwise}; do
     recipe=${run%-s*}
     seed=0
@@ -56,12 +60,13 @@ curves)
     rm -rf "/tmp/curve_$run"
     build-gpu/troupe_bench throughput --config configs/llama3_1.5b.toml --warmup 10 \
       --model.tokenizer_path .device/llama3_1.tokenizer.json --training.steps "${STEPS:-300}" --metrics.log_freq 1 \
-      --job.dump_folder "/tmp/curve_$run" "${SHAPES[@]}" "${args[@]}" > "$out/curve-$run.log" 2>&1
-    find "/tmp/curve_$run" -name metrics.jsonl -exec cp {} "$out/curve-$run.jsonl" \;
-    echo "$run: $(grep '^{"runner"' "$out/curve-$run.log")"
+      --job.dump_folder "/tmp/curve_$run" "${SHAPES[@]}" "${args[@]}" > "$runs/curve-$run.log" 2>&1
+    find "/tmp/curve_$run" -name metrics.jsonl -exec cp {} "$runs/curve-$run.jsonl" \;
+    rm -rf "/tmp/curve_$run"
+    echo "$run: $(grep '^{"runner"' "$runs/curve-$run.log" || tail -2 "$runs/curve-$run.log")"
+    python3 tools/bench/loss_curves.py "$runs" --csv "$out/curves.csv" ${kept:+--from-csv "$kept"} > "$out/curves.md"
   done
-  kept=${KEPT-docs/perf/2026-12-08-stop43-fp8-loss-curves.csv}
-  python3 tools/bench/loss_curves.py "$out" --csv "$out/curves.csv" ${kept:+--from-csv "$kept"}
+  cat "$out/curves.md"
   ;;
 profile)
   build-gpu/troupe_bench step-profile --config configs/llama3_1.5b.toml --model.tokenizer_path .device/llama3_1.tokenizer.json \
