@@ -54,6 +54,9 @@ for recipe, seed, folder, c in runs:
     if all(s in c for s in tail):
         means.setdefault(recipe, []).append((seed, folder, statistics.fmean(c[s] for s in tail)))
 recipes = sorted(means, key=lambda r: (r != "bf16", r))
+def spread_cells(diff, e):
+    """A difference's standard error and 95% interval (plus or minus twice it), in %."""
+    return f"{e:.2f}%", f"{diff - 2 * e:+.2f}% .. {diff + 2 * e:+.2f}%"
 base = statistics.fmean(m for *_, m in means["bf16"]) if "bf16" in means else None
 # One run's spread, pooled: the squared deviations from each recipe's own mean over the degrees
 # of freedom left.
@@ -75,14 +78,11 @@ for r in recipes:
         diff = 100 * (mean - base) / base
         vs = f"{diff:+.2f}%"
         if pooled_sd:
-            e = 100 * pooled_sd / base * (1 / len(vals) + 1 / len(means["bf16"])) ** 0.5
-            se, interval = f"{e:.2f}%", f"{diff - 2 * e:+.2f}% .. {diff + 2 * e:+.2f}%"
+            se, interval = spread_cells(diff, 100 * pooled_sd / base * (1 / len(vals) + 1 / len(means["bf16"])) ** 0.5)
     print(f"| {r} | {cells} | {mean:.4f} | {sd} | {vs} | {se} | {interval} |")
-bf16_by_seed = {}
-for seed, _, m in means.get("bf16", []):
-    bf16_by_seed.setdefault(seed, []).append(m)
-paired = {r: [100 * (m - statistics.fmean(bf16_by_seed[seed])) / statistics.fmean(bf16_by_seed[seed])
-              for seed, _, m in means[r] if seed in bf16_by_seed] for r in recipes if r != "bf16"}
+bf16_of_seed = {seed: statistics.fmean(m for s, _, m in means["bf16"] if s == seed) for seed, *_ in means.get("bf16", [])}
+paired = {r: [100 * (m - bf16_of_seed[seed]) / bf16_of_seed[seed] for seed, _, m in means[r] if seed in bf16_of_seed]
+          for r in recipes if r != "bf16"}
 if any(paired.values()):
     print("\neach run against bf16's runs of its own seed")
     print("| recipe | runs' differences | mean | standard error | 95% interval |")
@@ -93,8 +93,7 @@ if any(paired.values()):
         mean = statistics.fmean(d)
         se = interval = ""
         if len(d) > 1:
-            e = statistics.stdev(d) / len(d) ** 0.5
-            se, interval = f"{e:.2f}%", f"{mean - 2 * e:+.2f}% .. {mean + 2 * e:+.2f}%"
+            se, interval = spread_cells(mean, statistics.stdev(d) / len(d) ** 0.5)
         print(f"| {r} | {', '.join(f'{x:+.2f}%' for x in d)} | {mean:+.2f}% | {se} | {interval} |")
 if csv_path:
     with open(csv_path, "w") as out:
